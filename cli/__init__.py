@@ -1,0 +1,1 @@
+"""The ``shaperctl`` command line (installed as ``shaper_deploy.cli``)."""

@@ -1,0 +1,24 @@
+"""The ``shaperctl`` entry point: assembles the command groups."""
+
+from __future__ import annotations
+
+import click
+
+from shaper_deploy import __version__
+
+from .common import ShaperGroup
+from .supernet import params, supernet
+
+
+@click.group(cls=ShaperGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shaperctl")
+def main() -> None:
+    """Compile SuperShaper sub-networks into fast, validated ONNX models per device.
+
+    Every command prints human-readable text, or one JSON document with --json; progress
+    goes to stderr.
+    """
+
+
+main.add_command(supernet)
+main.add_command(params)

@@ -1,0 +1,139 @@
+"""``shaperctl supernet ...`` and ``shaperctl params``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape, flops, param_breakdown, parse_shape
+
+from .common import ShaperGroup, emit, json_option, millions, progress, table
+
+
+def _space_of(supernet: Path | None) -> DesignSpace:
+    if supernet is None:
+        return PAPER_SPACE
+    from shaper_deploy.supernet import read_checkpoint_header
+
+    return read_checkpoint_header(supernet)["config"].space
+
+
+def _space_summary(space: DesignSpace) -> dict:
+    return {"design_space": space.to_dict(), "num_shapes": space.size,
+            "params_min": space.smallest.params(), "params_max": space.largest.params()}
+
+
+@click.group(cls=ShaperGroup)
+def supernet() -> None:
+    """Create and inspect super networks."""
+
+
+@supernet.command("init")
+@click.option("--from-bert", "source", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A local Hugging Face BERT folder (config.json + weights), or a SuperShaper "
+                   "repository checkpoint.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write the super network to (must not exist).")
+@click.option("--widths", default=None,
+              help="Allowed per-layer widths, comma-separated (default: the paper's "
+                   "120..768 scaled to the model's width, rounded to multiples of the heads).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@json_option
+def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool) -> None:
+    """Turn a pretrained BERT into a super network with identity bottlenecks.
+
+    At the full shape the result computes exactly what the source BERT computes.
+
+    \b
+    Example:
+      shaperctl supernet init --from-bert ./bert-base-cased --out ./super
+    """
+    from shaper_deploy.io import check_output_dir
+    from shaper_deploy.supernet import SuperBert
+
+    check_output_dir(out, force)
+    width_list = None
+    if widths is not None:
+        try:
+            width_list = [int(w) for w in widths.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{widths!r} is not a comma-separated list of integers",
+                                     param_hint="--widths") from None
+    progress(f"reading {source}")
+    model = SuperBert.from_bert(source, widths=width_list)
+    model.save(out, force=force)
+    progress(f"wrote {out}")
+    data = {"out": str(out), "source": model.source, **_space_summary(model.config.space)}
+    emit(data, as_json, lambda d: _info_text(d, model.config.to_dict()))
+
+
+@supernet.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+@json_option
+def info(path: Path, as_json: bool) -> None:
+    """Describe a super network: architecture, design space, parameter range.
+
+    \b
+    Example:
+      shaperctl supernet info ./super --json
+    """
+    from shaper_deploy.supernet import read_checkpoint_header
+
+    header = read_checkpoint_header(path)
+    config = header["config"]
+    data = {"path": str(path), "format_version": header["format_version"],
+            "config": config.to_dict(), "source": header.get("source", {}),
+            "tokenizer": sorted(p.name for p in path.iterdir()
+                                if p.name not in ("config.json", "model.safetensors")),
+            **_space_summary(config.space)}
+    emit(data, as_json, lambda d: _info_text(d, d["config"]))
+
+
+def _info_text(d: dict, config: dict) -> str:
+    s = d["design_space"]
+    heads = [h for h, on in (("pooler", config["pooler"]), ("MLM head", s["mlm_head"])) if on]
+    source = d.get("source") or {}
+    rows = [("architecture", f"{s['num_layers']} layers, D={s['hidden_size']}, "
+                             f"{s['num_heads']} heads, FFN {s['intermediate_size']}, vocab "
+                             f"{s['vocab_size']}, {config['hidden_act']}, heads: "
+                             f"{', '.join(heads) or 'none'}"),
+            ("widths", ", ".join(map(str, s["widths"]))),
+            ("shapes", f"{d['num_shapes']:,} ({len(s['widths'])}^{s['num_layers']})"),
+            ("parameters", f"{millions(d['params_min'])} .. {millions(d['params_max'])} "
+                           "(fused, paper convention)")]
+    if source:
+        rows.insert(0, ("source", f"{source.get('kind', '?')} {source.get('path', '')}"))
+    return table(rows)
+
+
+@click.command("params")
+@click.option("--shape", "shape_text", required=True,
+              help="Widths per layer: '360,240,...', '360x12', '240x4,480x8' or a JSON file.")
+@click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
+              help="Super network whose design space to use (default: the paper's, BERT-base).")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Sequence length for the FLOP count.")
+@json_option
+def params(shape_text: str, supernet_path: Path | None, seq_len: int, as_json: bool) -> None:
+    """Parameter count (fused and unfused) and FLOPs of a shape; no checkpoint needed.
+
+    Counts follow the SuperShaper paper's convention: embeddings, layers, bottlenecks and the
+    MLM transform; not the tied decoder, its bias or the pooler.
+
+    \b
+    Example:
+      shaperctl params --shape 120,120,240,240,360,360,360,480,540,540,600,768
+    """
+    shape: Shape = parse_shape(shape_text, _space_of(supernet_path))
+    data = {"shape": list(shape.widths), "params_fused": shape.params(fused=True),
+            "params_unfused": shape.params(fused=False),
+            "breakdown_fused": param_breakdown(shape, fused=True),
+            "seq_len": seq_len, "flops": flops(shape, seq_len=seq_len)}
+    emit(data, as_json, lambda d: table([
+        ("shape", str(shape)),
+        ("params (fused)", f"{d['params_fused']:,} ({millions(d['params_fused'])})"),
+        ("params (unfused)", f"{d['params_unfused']:,} ({millions(d['params_unfused'])})"),
+        *((f"  {k}", f"{v:,}") for k, v in d["breakdown_fused"].items()),
+        (f"GFLOPs (seq {seq_len})", f"{d['flops'] / 1e9:.2f}")]))

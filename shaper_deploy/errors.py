@@ -1,0 +1,21 @@
+"""Exceptions raised by the library.
+
+The library never prints or exits: it raises one of these, and the CLI turns it into a single
+line on stderr and a non-zero exit. Every message names what was wrong and what is allowed.
+"""
+
+
+class ShaperError(Exception):
+    """Root of every error shaper-deploy raises on purpose."""
+
+
+class ShapeError(ShaperError, ValueError):
+    """A shape or design space is malformed or does not fit its design space."""
+
+
+class CheckpointError(ShaperError):
+    """A checkpoint is missing, unreadable, or does not match the architecture it claims."""
+
+
+class OutputError(ShaperError):
+    """The output location cannot be written, or already holds something."""

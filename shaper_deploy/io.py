@@ -1,0 +1,94 @@
+"""Writing artifacts safely: nothing half-written is ever left at the destination."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputError
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_dir(dest: str | Path, force: bool = False) -> Path:
+    """Fail early, before any long work, if ``dest`` cannot become a new folder; its parent."""
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise OutputError(f"output folder {dest} already exists; choose a new path "
+                          "or pass --force to replace it")
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"output path {dest} exists and is not a folder")
+    parent = dest.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"cannot write to {dest}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write to {dest}: {ancestor} is not writable")
+            break
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dest``; on success it becomes ``dest``.
+
+    On any exception the temporary folder is removed and ``dest`` is untouched. An existing
+    ``dest`` is an error unless ``force``, in which case it is replaced only after the new
+    content is complete.
+    """
+    dest = Path(dest)
+    parent = check_output_dir(dest, force)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        _apply_umask(tmp)
+        if dest.exists():
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _apply_umask(root: Path) -> None:
+    """mkdtemp and some writers create private (0700/0600) entries; give them normal modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file through a temporary sibling and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,268 @@
+"""Shapes, design spaces and their parameter and FLOP counts (no torch needed).
+
+A *design space* fixes the architecture around the layers (model width D, heads, FFN size,
+vocabulary) and the widths a layer may take. A *shape* is one width per layer. The parameter
+count follows the SuperShaper paper's convention (SPEC section 4), so numbers compare with the
+paper's tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import ShapeError
+
+# The paper's per-layer widths for BERT-base (D = 768), as fractions of D they define the
+# default widths of a design space derived from any other BERT.
+PAPER_WIDTHS = (120, 240, 360, 480, 540, 600, 768)
+
+
+def _fmt_widths(widths: Sequence[int]) -> str:
+    return ", ".join(str(w) for w in widths)
+
+
+@dataclass(frozen=True)
+class DesignSpace:
+    """The architecture a super network fixes and the widths each layer may take."""
+
+    num_layers: int = 12  # encoder layers; a shape has one width per layer
+    widths: tuple[int, ...] = PAPER_WIDTHS  # allowed per-layer hidden widths, ascending
+    hidden_size: int = 768  # model width D: embeddings and the outer side of every bottleneck
+    num_heads: int = 12  # attention heads in every layer whatever its width (head size d/heads)
+    intermediate_size: int = 3072  # FFN inner size F, the same in every layer
+    vocab_size: int = 28996  # word-piece vocabulary (bert-base-cased by default)
+    max_positions: int = 512  # learned position embeddings
+    type_vocab_size: int = 2  # token type (segment) embeddings
+    mlm_head: bool = True  # the network carries an MLM head; its transform counts as parameters
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size",
+                     "vocab_size", "max_positions", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ShapeError(f"design space {name} must be a positive integer, got {value!r}")
+        if not self.widths:
+            raise ShapeError("design space has no widths; give at least one layer width")
+        if list(self.widths) != sorted(set(self.widths)):
+            raise ShapeError(
+                f"design space widths must be strictly ascending, got {_fmt_widths(self.widths)}")
+        for w in self.widths:
+            if w < 1 or w > self.hidden_size:
+                raise ShapeError(
+                    f"design space width {w} is outside 1..{self.hidden_size} (the model width)")
+            if w % self.num_heads:
+                raise ShapeError(
+                    f"design space width {w} is not divisible by the {self.num_heads} attention "
+                    f"heads; every width must be a multiple of {self.num_heads}")
+
+    @classmethod
+    def for_model(cls, hidden_size: int, num_heads: int, num_layers: int,
+                  widths: Sequence[int] | None = None, **arch: Any) -> "DesignSpace":
+        """A design space for a BERT of this size; widths default to the paper's fractions of D."""
+        if widths is None:
+            widths = paper_widths_for(hidden_size, num_heads)
+        return cls(num_layers=num_layers, widths=tuple(widths), hidden_size=hidden_size,
+                   num_heads=num_heads, **arch)
+
+    @property
+    def size(self) -> int:
+        """How many distinct shapes the space holds."""
+        return len(self.widths) ** self.num_layers
+
+    @property
+    def smallest(self) -> "Shape":
+        return Shape((self.widths[0],) * self.num_layers, self)
+
+    @property
+    def largest(self) -> "Shape":
+        return Shape((self.widths[-1],) * self.num_layers, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DesignSpace":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ShapeError(f"unknown design space field(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def paper_widths_for(hidden_size: int, num_heads: int) -> tuple[int, ...]:
+    """The paper's widths scaled to model width D, each rounded to a multiple of the heads."""
+    out = set()
+    for w in PAPER_WIDTHS:
+        scaled = round(w * hidden_size / PAPER_WIDTHS[-1] / num_heads) * num_heads
+        out.add(min(max(scaled, num_heads), hidden_size))
+    return tuple(sorted(out))
+
+
+PAPER_SPACE = DesignSpace()
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One hidden width per layer, validated against its design space."""
+
+    widths: tuple[int, ...]
+    space: DesignSpace = field(default=PAPER_SPACE)
+
+    def __post_init__(self) -> None:
+        try:
+            widths = tuple(int(w) for w in self.widths)
+        except (TypeError, ValueError):
+            raise ShapeError(f"a shape is a list of integer widths, got {self.widths!r}") from None
+        object.__setattr__(self, "widths", widths)
+        space = self.space
+        if len(widths) != space.num_layers:
+            raise ShapeError(f"shape has {len(widths)} widths but the design space has "
+                             f"{space.num_layers} layers; give one width per layer")
+        for i, w in enumerate(widths, start=1):
+            if w % space.num_heads:
+                raise ShapeError(
+                    f"layer {i} width {w} is not divisible by the {space.num_heads} attention "
+                    f"heads; allowed widths: {_fmt_widths(space.widths)}")
+            if w not in space.widths:
+                raise ShapeError(f"layer {i} width {w} is not in the design space; "
+                                 f"allowed widths: {_fmt_widths(space.widths)}")
+
+    @classmethod
+    def uniform(cls, width: int, space: DesignSpace = PAPER_SPACE) -> "Shape":
+        return cls((width,) * space.num_layers, space)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.widths)
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def __getitem__(self, i: int) -> int:
+        return self.widths[i]
+
+    def __str__(self) -> str:
+        if len(set(self.widths)) == 1:
+            return f"{self.widths[0]}x{len(self.widths)}"
+        return ",".join(str(w) for w in self.widths)
+
+    def params(self, fused: bool = True) -> int:
+        return param_count(self, fused=fused)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.widths)}
+
+
+def _as_shape(shape: Shape | Sequence[int], space: DesignSpace | None) -> Shape:
+    if isinstance(shape, Shape):
+        if space is not None and space != shape.space:
+            raise ShapeError("the shape belongs to another design space than the one given")
+        return shape
+    return Shape(tuple(shape), space or PAPER_SPACE)
+
+
+def param_breakdown(shape: Shape | Sequence[int], space: DesignSpace | None = None,
+                    fused: bool = True) -> dict[str, int]:
+    """Parameters by part, in the paper's convention (SPEC section 4).
+
+    ``bottlenecks`` is the fused chain (D->d1, d_i->d_{i+1}, dL->D) when ``fused`` and the
+    per-layer input and output bottlenecks otherwise. ``mlm_transform`` is the MLM head's dense
+    layer and LayerNorm (their code counts 2*d_12 for that LayerNorm; we count the real 2D).
+    Never counted, as in the paper: the tied decoder weight, the decoder bias and the pooler.
+    """
+    shape = _as_shape(shape, space)
+    s = shape.space
+    D, F, w = s.hidden_size, s.intermediate_size, shape.widths
+    embeddings = (s.vocab_size + s.max_positions + s.type_vocab_size) * D + 2 * D
+    # q, k, v, attention output (d x d + d each), FFN (d x F + F, F x d + d), two LayerNorms.
+    layers = sum(4 * (d * d + d) + 2 * d * F + F + d + 4 * d for d in w)
+    if fused:
+        chain = [D, *w, D]
+        bottlenecks = sum(a * b + b for a, b in zip(chain[:-1], chain[1:]))
+    else:
+        bottlenecks = sum((D * d + d) + (d * D + D) for d in w)
+    mlm = D * D + D + 2 * D if s.mlm_head else 0
+    return {"embeddings": embeddings, "layers": layers, "bottlenecks": bottlenecks,
+            "mlm_transform": mlm}
+
+
+def param_count(shape: Shape | Sequence[int], space: DesignSpace | None = None,
+                fused: bool = True) -> int:
+    """Total parameters of a shape in the paper's convention; see :func:`param_breakdown`."""
+    return sum(param_breakdown(shape, space, fused).values())
+
+
+def flops(shape: Shape | Sequence[int], seq_len: int = 128, batch: int = 1,
+          space: DesignSpace | None = None) -> int:
+    """Floating-point operations (2 x multiply-adds) of the fused encoder's matrix products.
+
+    Counts the fused bottleneck chain, q/k/v/output projections, the two attention products
+    and the FFN; elementwise work (softmax, GELU, LayerNorm, embedding lookup) and heads are
+    left out, as is usual for transformer FLOP counts.
+    """
+    shape = _as_shape(shape, space)
+    if seq_len < 1 or batch < 1:
+        raise ShapeError(f"seq_len and batch must be positive, got {seq_len} and {batch}")
+    s, S = shape.space, seq_len
+    D, F, w = s.hidden_size, s.intermediate_size, shape.widths
+    chain = [D, *w, D]
+    macs = sum(S * a * b for a, b in zip(chain[:-1], chain[1:]))
+    macs += sum(4 * S * d * d + 2 * S * S * d + 2 * S * d * F for d in w)
+    return 2 * macs * batch
+
+
+def parse_shape(text: str | Path | Sequence[int], space: DesignSpace = PAPER_SPACE) -> Shape:
+    """Read a shape as the CLI takes it.
+
+    Accepted: ``360,240,240,...`` (one width per layer), ``360x12``, items mixed as
+    ``360,240x3,480x8``, a JSON list, or a JSON file holding ``{"shape": [...]}`` (ours, also
+    a bundle's ``shaper.json``) or ``{"sample_hidden_size": [...]}`` (the SuperShaper repo's).
+    """
+    if not isinstance(text, (str, Path)):
+        return Shape(tuple(text), space)
+    raw = str(text).strip()
+    if raw.endswith(".json") or Path(raw).is_file():
+        return Shape(_widths_from_file(Path(raw)), space)
+    if raw.startswith("["):
+        return Shape(_widths_from_json(_loads(raw, "the shape"), "the shape"), space)
+    widths: list[int] = []
+    for item in raw.split(","):
+        item = item.strip().lower()
+        width, times, count = item.partition("x")
+        if not width.isdigit() or (times and not count.isdigit()):
+            raise ShapeError(f"cannot read {item!r} in shape {raw!r}: expected widths like "
+                             "'360,240,...' (one per layer), '360x12' or a .json file")
+        widths.extend([int(width)] * (int(count) if count else 1))
+    return Shape(tuple(widths), space)
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ShapeError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _widths_from_file(path: Path) -> list[int]:
+    if not path.is_file():
+        raise ShapeError(f"shape file {path} does not exist")
+    return _widths_from_json(_loads(path.read_text(), f"shape file {path}"), f"shape file {path}")
+
+
+def _widths_from_json(data: Any, what: str) -> list[int]:
+    if isinstance(data, dict):
+        for key in ("shape", "sample_hidden_size"):
+            if key in data:
+                data = data[key]
+                break
+        else:
+            raise ShapeError(f"{what} has neither a 'shape' nor a 'sample_hidden_size' list")
+    if not isinstance(data, list) or not all(isinstance(w, int) for w in data):
+        raise ShapeError(f"{what} must hold a list of integer widths, got {data!r}")
+    return data

@@ -1,0 +1,260 @@
+"""Reading and writing super network checkpoints.
+
+Three sources are read:
+
+* ours: a folder with ``config.json`` (format header + :class:`SuperConfig`), ``model.safetensors``
+  and the tokenizer files of the BERT it came from;
+* a plain Hugging Face BERT folder (``BertModel`` or ``BertForMaskedLM`` weights, safetensors or
+  ``pytorch_model.bin``), which becomes a super network with identity bottlenecks;
+* the SuperShaper training repository's checkpoints (HF layout plus
+  ``encoder.layer.{i}.input_bottleneck`` / ``output_bottleneck``, ``"mixing": "bert-bottleneck"``).
+
+Pickled weights are read with ``torch.load(weights_only=True)``: tensors only, never objects.
+Every tensor's name and shape is checked, and a mismatch names the key and both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..errors import CheckpointError, ShaperError
+from ..io import atomic_dir, sha256_file
+from ..shape import DesignSpace
+from .config import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SuperConfig, read_checkpoint_header, read_json
+from .model import BottleneckBert, SuperBert
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json", "added_tokens.json")
+
+# Hugging Face BERT module names -> ours.
+_HF_TOP = {
+    "embeddings.word_embeddings": "embeddings.word",
+    "embeddings.position_embeddings": "embeddings.position",
+    "embeddings.token_type_embeddings": "embeddings.token_type",
+    "embeddings.LayerNorm": "embeddings.norm",
+    "pooler.dense": "pooler.dense",
+    "cls.predictions.transform.dense": "mlm_head.transform",
+    "cls.predictions.transform.LayerNorm": "mlm_head.norm",
+}
+_HF_LAYER = {
+    "input_bottleneck": "input_bottleneck",
+    "output_bottleneck": "output_bottleneck",
+    "attention.self.query": "layer.query",
+    "attention.self.key": "layer.key",
+    "attention.self.value": "layer.value",
+    "attention.output.dense": "layer.attn_out",
+    "attention.output.LayerNorm": "layer.attn_norm",
+    "intermediate.dense": "layer.ffn_in",
+    "output.dense": "layer.ffn_out",
+    "output.LayerNorm": "layer.ffn_norm",
+}
+# Tensors a BERT checkpoint may hold that a super network does not use.
+_HF_IGNORED = re.compile(
+    r"embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)|cls\.seq_relationship\..+")
+_HF_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a checkpoint folder, from safetensors or a weights-only pickle."""
+    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
+    if st.is_file():
+        try:
+            return load_file(st), st
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"weights file {st} is corrupted or unreadable: {exc}") from None
+    if pt.is_file():
+        try:
+            state = torch.load(pt, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"weights file {pt} is corrupted or holds more than tensors "
+                                  f"(only tensors are loaded): {first}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise CheckpointError(f"weights file {pt} is not a state dict of tensors")
+        return state, pt
+    if (path / "model.safetensors.index.json").is_file():
+        raise CheckpointError(f"{path} holds a sharded checkpoint, which is not supported; "
+                              "save it unsharded (model.safetensors)")
+    raise CheckpointError(f"{path} holds no weights: expected model.safetensors or "
+                          "pytorch_model.bin")
+
+
+def _read_tokenizer_files(path: Path) -> dict[str, bytes]:
+    return {name: (path / name).read_bytes() for name in TOKENIZER_FILES
+            if (path / name).is_file()}
+
+
+def _from_hf_names(state: dict[str, torch.Tensor], path: Path
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Rename a Hugging Face BERT state dict to ours; return it and any decoder weight."""
+    ours: dict[str, torch.Tensor] = {}
+    decoder = None
+    unexpected = []
+    for key, tensor in state.items():
+        k = key[len("bert."):] if key.startswith("bert.") else key
+        k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", k)
+        k = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)
+        if k == "cls.predictions.bias":
+            ours["mlm_head.bias"] = tensor
+            continue
+        if _HF_IGNORED.fullmatch(k):
+            if k == "cls.predictions.decoder.weight":
+                decoder = tensor
+            continue
+        module, _, param = k.rpartition(".")
+        m = _HF_LAYER_KEY.fullmatch(module)
+        if m and m.group(2) in _HF_LAYER:
+            ours[f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}.{param}"] = tensor
+        elif module in _HF_TOP:
+            ours[f"{_HF_TOP[module]}.{param}"] = tensor
+        else:
+            unexpected.append(key)
+    if unexpected:
+        more = f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""
+        raise CheckpointError(f"{path} holds tensors a BERT encoder does not have: "
+                              f"{', '.join(unexpected[:3])}{more}; expected BertModel or "
+                              "BertForMaskedLM weights")
+    return ours, decoder
+
+
+def _config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: bool,
+                    widths: Sequence[int] | None) -> SuperConfig:
+    if cfg.get("model_type") != "bert":
+        raise CheckpointError(f"{path} is a {cfg.get('model_type')!r} model; only BERT "
+                              "(model_type 'bert') can become a super network")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"{path} uses {cfg['position_embedding_type']!r} position "
+                              "embeddings; only 'absolute' is supported")
+    need = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+            "vocab_size", "max_position_embeddings", "type_vocab_size")
+    missing = [k for k in need if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise CheckpointError(f"{path}/config.json lacks integer field(s) {', '.join(missing)}")
+    try:
+        space = DesignSpace.for_model(
+            cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"],
+            widths=widths, intermediate_size=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"],
+            type_vocab_size=cfg["type_vocab_size"], mlm_head=mlm_head)
+        return SuperConfig(space=space, hidden_act=cfg.get("hidden_act", "gelu"),
+                           layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+                           pad_token_id=int(cfg.get("pad_token_id") or 0), pooler=pooler)
+    except ShaperError as exc:
+        raise CheckpointError(f"cannot build a super network from {path}: {exc}") from None
+
+
+def _identity_bottlenecks(model: BottleneckBert) -> None:
+    """Every bottleneck the identity with zero bias: the full shape is then the source BERT."""
+    with torch.no_grad():
+        for layer in model.layers:
+            for lin in (layer.input_bottleneck, layer.output_bottleneck):
+                lin.weight.copy_(torch.eye(*lin.weight.shape))
+                lin.bias.zero_()
+
+
+def _load_checked(model: BottleneckBert, state: dict[str, torch.Tensor], source: Path,
+                  optional: re.Pattern | None = None) -> None:
+    """Load ``state`` into ``model`` after checking every key and shape.
+
+    Keys matching ``optional`` may be absent (the model keeps what it has).
+    """
+    expected = model.state_dict()
+    problems = []
+    for key, tensor in expected.items():
+        if key not in state:
+            if optional is None or not optional.fullmatch(key):
+                problems.append(f"missing tensor '{key}' (shape {list(tensor.shape)})")
+        elif tuple(state[key].shape) != tuple(tensor.shape):
+            problems.append(f"tensor '{key}' has shape {list(state[key].shape)} but the "
+                            f"architecture needs {list(tensor.shape)}")
+    problems += [f"unexpected tensor '{k}'" for k in state if k not in expected]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"checkpoint {source} does not match its architecture: "
+                              f"{'; '.join(problems[:3])}{more}")
+    model.load_state_dict(state, strict=False)
+
+
+def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) -> SuperBert:
+    """A super network from a Hugging Face BERT folder, bottlenecks set to the identity.
+
+    ``widths`` are the design space's per-layer widths; by default the paper's, scaled to the
+    model's width. If the folder is a SuperShaper repository checkpoint its bottlenecks are
+    loaded instead (and must all be there).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"BERT folder {path} does not exist")
+    cfg = read_json(path / "config.json", "BERT config")
+    is_supershaper = "mixing" in cfg
+    if is_supershaper and cfg["mixing"] != "bert-bottleneck":
+        raise CheckpointError(f"{path} is a SuperShaper checkpoint with mixing "
+                              f"{cfg['mixing']!r}; only 'bert-bottleneck' is supported")
+    raw, weights_file = _read_weights(path)
+    state, decoder = _from_hf_names(raw, path)
+    config = _config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
+                             pooler="pooler.dense.weight" in state, widths=widths)
+    model = SuperBert(config)
+    if decoder is not None and "embeddings.word.weight" in state and not torch.equal(
+            decoder, state["embeddings.word.weight"]):
+        raise CheckpointError(f"{path} has an MLM decoder not tied to the word embeddings; "
+                              "only tied decoders (BERT's default) are supported")
+    has_bottlenecks = any("bottleneck" in k for k in state)
+    if is_supershaper and not has_bottlenecks:
+        raise CheckpointError(f"SuperShaper checkpoint {path} has no bottleneck tensors "
+                              "(encoder.layer.N.input_bottleneck / output_bottleneck)")
+    _identity_bottlenecks(model)
+    _load_checked(model, state, weights_file,
+                  optional=None if has_bottlenecks else re.compile(r".*_bottleneck\.(weight|bias)"))
+    model.tokenizer_files = _read_tokenizer_files(path)
+    model.source = {"path": str(path.resolve()),
+                    "kind": "supershaper" if is_supershaper else "bert",
+                    "weights_sha256": sha256_file(weights_file)}
+    return model.eval()
+
+
+def load_supernet(path: str | Path) -> SuperBert:
+    """One of our checkpoints, or a SuperShaper repository checkpoint."""
+    path = Path(path)
+    if (path / "config.json").is_file() and "mixing" in read_json(path / "config.json", "config"):
+        return supernet_from_bert(path)
+    header = read_checkpoint_header(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"super network {path} has no model.safetensors")
+    expected_sha = header.get("weights_sha256")
+    if expected_sha and sha256_file(weights) != expected_sha:
+        raise CheckpointError(f"weights file {weights} is corrupted: its sha256 differs from "
+                              "the one recorded in config.json")
+    state, _ = _read_weights(path)
+    model = SuperBert(header["config"])
+    _load_checked(model, state, weights)
+    model.tokenizer_files = _read_tokenizer_files(path)
+    model.source = header.get("source", {})
+    return model.eval()
+
+
+def save_supernet(model: SuperBert, path: str | Path, force: bool = False) -> Path:
+    """Write ``model`` as a checkpoint folder, atomically."""
+    path = Path(path)
+    with atomic_dir(path, force=force) as tmp:
+        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                  "shaper_deploy_version": __version__, "config": model.config.to_dict(),
+                  "source": model.source,
+                  "weights_sha256": sha256_file(tmp / "model.safetensors")}
+        (tmp / "config.json").write_text(json.dumps(header, indent=2) + "\n")
+        for name, data in model.tokenizer_files.items():
+            (tmp / name).write_bytes(data)
+    return path

@@ -1,0 +1,102 @@
+"""The SuperShaper backbone: BERT with a linear bottleneck around every layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ..shape import Shape
+from .config import SuperConfig
+from .modules import BottleneckLayer, Embeddings, MLMHead, Pooler, attention_bias
+
+
+class EncoderOutput(NamedTuple):
+    last_hidden_state: torch.Tensor  # (B, S, D): after the last output bottleneck
+    pooler_output: torch.Tensor | None  # (B, D) when the network has a pooler
+
+
+class BottleneckBert(nn.Module):
+    """Embeddings, one BottleneckLayer per layer at the given widths, optional heads.
+
+    The super network holds every layer at the largest width; a sliced sub-network holds each
+    layer at its own width. Both run the same forward code.
+    """
+
+    def __init__(self, config: SuperConfig, widths: Sequence[int]):
+        super().__init__()
+        s = config.space
+        self.config = config
+        self.embeddings = Embeddings(s, config.layer_norm_eps, config.dropout)
+        self.layers = nn.ModuleList(
+            BottleneckLayer(s.hidden_size, w, s.num_heads, s.intermediate_size,
+                            config.hidden_act, config.layer_norm_eps, config.dropout)
+            for w in widths)
+        self.pooler = Pooler(s.hidden_size) if config.pooler else None
+        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size, config.hidden_act,
+                                 config.layer_norm_eps) if s.mlm_head else None)
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None, widths: Sequence[int | None]
+                ) -> EncoderOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        bias = attention_bias(attention_mask, x.dtype)
+        for layer, width in zip(self.layers, widths):
+            x = layer(x, bias, width)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return EncoderOutput(x, pooled)
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Masked-LM logits (B, S, vocab) from ``last_hidden_state``."""
+        if self.mlm_head is None:
+            raise ValueError("this network has no MLM head")
+        return self.mlm_head(hidden, self.embeddings.word.weight)
+
+
+class SuperBert(BottleneckBert):
+    """The super network: every layer at the design space's largest width.
+
+    ``forward(..., shape=S)`` runs sub-network S by slicing weights on the fly; the module is
+    never mutated, so any number of shapes can run one after another (or in one training step).
+    """
+
+    def __init__(self, config: SuperConfig):
+        super().__init__(config, config.space.largest.widths)
+        self.tokenizer_files: dict[str, bytes] = {}  # carried over from the source BERT
+        self.source: dict = {}  # provenance recorded in the checkpoint
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, shape: Shape | None = None
+                ) -> EncoderOutput:
+        if shape is None:
+            widths: Sequence[int | None] = [None] * len(self.layers)
+        else:
+            if shape.space != self.config.space:
+                raise ValueError("shape belongs to another design space than this network")
+            widths = shape.widths
+        return self._encode(input_ids, attention_mask, token_type_ids, widths)
+
+    @classmethod
+    def from_bert(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
+        """A super network with identity bottlenecks from a local Hugging Face BERT folder."""
+        from .checkpoint import supernet_from_bert
+
+        return supernet_from_bert(path, widths)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SuperBert":
+        """A checkpoint written by :meth:`save` or by the SuperShaper training repository."""
+        from .checkpoint import load_supernet
+
+        return load_supernet(path)
+
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        from .checkpoint import save_supernet
+
+        return save_supernet(self, path, force=force)

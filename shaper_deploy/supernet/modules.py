@@ -1,0 +1,153 @@
+"""Plain BERT building blocks at any width, shared by the super network and its slices.
+
+Every block computes with its own weights; a block of the super network may be asked to run
+at a smaller width, in which case it uses the leading rows and columns of each weight (SPEC
+section 2) as views, so gradients flow into the shared super weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..shape import DesignSpace
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACT_FNS = {"gelu": F.gelu, "gelu_new": _gelu_tanh, "relu": F.relu}
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor, out: int, inp: int) -> torch.Tensor:
+    """``layer`` applied with its leading ``out`` rows and ``inp`` columns."""
+    w, b = layer.weight, layer.bias
+    if (out, inp) != tuple(w.shape):
+        w, b = w[:out, :inp], b[:out]
+    return F.linear(x, w, b)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, width: int) -> torch.Tensor:
+    w, b = norm.weight, norm.bias
+    if width != w.shape[0]:
+        w, b = w[:width], b[:width]
+    return F.layer_norm(x, (width,), w, b, norm.eps)
+
+
+def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, S) mask of 1 = token, 0 = padding -> (B, 1, 1, S) additive bias for the scores."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+class Embeddings(nn.Module):
+    """Word + position + token type embeddings, LayerNorm, dropout; always D wide."""
+
+    def __init__(self, space: DesignSpace, eps: float, dropout: float):
+        super().__init__()
+        D = space.hidden_size
+        self.word = nn.Embedding(space.vocab_size, D)
+        self.position = nn.Embedding(space.max_positions, D)
+        self.token_type = nn.Embedding(space.type_vocab_size, D)
+        self.norm = nn.LayerNorm(D, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("position_ids", torch.arange(space.max_positions)[None, :],
+                             persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = self.position_ids[:, : input_ids.shape[1]]
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
+        return self.dropout(self.norm(x))  # (B, S, D)
+
+
+class TransformerLayer(nn.Module):
+    """A post-LN BERT layer computed entirely at width d (SPEC section 1, step 2).
+
+    ``num_heads`` heads of size d / num_heads; the FFN is d -> F -> d; both residuals are
+    inside the layer at width d.
+    """
+
+    def __init__(self, width: int, num_heads: int, ffn_size: int, act: str, eps: float,
+                 dropout: float):
+        super().__init__()
+        self.width, self.num_heads, self.ffn_size = width, num_heads, ffn_size
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.attn_out = nn.Linear(width, width)
+        self.attn_norm = nn.LayerNorm(width, eps=eps)
+        self.ffn_in = nn.Linear(width, ffn_size)
+        self.ffn_out = nn.Linear(ffn_size, width)
+        self.ffn_norm = nn.LayerNorm(width, eps=eps)
+        self.act = ACT_FNS[act]
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor, head_size: int) -> torch.Tensor:
+        # (B, S, d) -> (B, heads, S, d / heads); heads are contiguous chunks of the features.
+        return x.view(x.size()[:-1] + (self.num_heads, head_size)).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, width: int | None = None
+                ) -> torch.Tensor:
+        d = width or self.width
+        head_size = d // self.num_heads
+        q = self._heads(_linear(self.query, x, d, d), head_size)
+        k = self._heads(_linear(self.key, x, d, d), head_size)
+        v = self._heads(_linear(self.value, x, d, d), head_size)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + bias
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
+        ctx = ctx.view(ctx.size()[:-2] + (d,))  # (B, S, d)
+        attn = self.dropout(_linear(self.attn_out, ctx, d, d))
+        attn = _layer_norm(self.attn_norm, attn + x, d)
+        inner = self.act(_linear(self.ffn_in, attn, self.ffn_size, d))
+        out = self.dropout(_linear(self.ffn_out, inner, d, self.ffn_size))
+        return _layer_norm(self.ffn_norm, out + attn, d)
+
+
+class BottleneckLayer(nn.Module):
+    """input bottleneck (D -> d), a TransformerLayer at d, output bottleneck (d -> D)."""
+
+    def __init__(self, hidden_size: int, width: int, num_heads: int, ffn_size: int, act: str,
+                 eps: float, dropout: float):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input_bottleneck = nn.Linear(hidden_size, width)
+        self.layer = TransformerLayer(width, num_heads, ffn_size, act, eps, dropout)
+        self.output_bottleneck = nn.Linear(width, hidden_size)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, width: int | None = None
+                ) -> torch.Tensor:
+        d = width or self.layer.width
+        D = self.hidden_size
+        h = self.layer(_linear(self.input_bottleneck, x, d, D), bias, d)
+        return _linear(self.output_bottleneck, h, D, d)  # no activation, residual or norm
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: dense + tanh on the first ([CLS]) token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class MLMHead(nn.Module):
+    """dense + activation + LayerNorm, then the decoder tied to the word embeddings."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float):
+        super().__init__()
+        self.transform = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.act = ACT_FNS[act]
+
+    def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.act(self.transform(hidden)))
+        return F.linear(h, word_embeddings, self.bias)  # (B, S, vocab)

