@@ -27,6 +27,8 @@ demo: install
 	$(BIN)/shaperctl supernet init --from-bert "$(MINILM)" --out $(RUNS)/minilm-super --force
 	$(BIN)/shaperctl supernet info $(RUNS)/minilm-super
 	$(BIN)/shaperctl params --supernet $(RUNS)/minilm-super --shape 180,120,120,180,240,300
+	$(BIN)/shaperctl export --supernet $(RUNS)/minilm-super --shape 180,120,120,180,240,300 \
+		--out $(RUNS)/minilm-bundle --force
 
 clean:
 	rm -rf $(VENV) $(RUNS) *.egg-info

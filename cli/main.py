@@ -7,6 +7,7 @@ import click
 from shaper_deploy import __version__
 
 from .common import ShaperGroup
+from .export import export
 from .supernet import params, supernet
 
 
@@ -22,3 +23,4 @@ def main() -> None:
 
 main.add_command(supernet)
 main.add_command(params)
+main.add_command(export)

@@ -19,3 +19,20 @@ class CheckpointError(ShaperError):
 
 class OutputError(ShaperError):
     """The output location cannot be written, or already holds something."""
+
+
+class DeviceError(ShaperError):
+    """The requested execution device (ONNX Runtime provider) cannot run here."""
+
+
+class ExportError(ShaperError):
+    """A sub-network could not be exported, optimized or quantized as asked."""
+
+
+class ValidationError(ExportError):
+    """The exported model disagrees with PyTorch; ``mismatches`` lists every disagreement."""
+
+    def __init__(self, mismatches: list[str], atol: float):
+        self.mismatches = list(mismatches)
+        super().__init__(f"ONNX Runtime disagrees with PyTorch beyond atol {atol:g} in "
+                         f"{len(mismatches)} output(s): {'; '.join(mismatches)}")

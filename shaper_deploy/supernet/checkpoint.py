@@ -220,6 +220,9 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     model.source = {"path": str(path.resolve()),
                     "kind": "supershaper" if is_supershaper else "bert",
                     "weights_sha256": sha256_file(weights_file)}
+    if is_supershaper:
+        model.checkpoint = {"checkpoint": model.source["path"],
+                            "checkpoint_weights_sha256": model.source["weights_sha256"]}
     return model.eval()
 
 
@@ -233,7 +236,8 @@ def load_supernet(path: str | Path) -> SuperBert:
     if not weights.is_file():
         raise CheckpointError(f"super network {path} has no model.safetensors")
     expected_sha = header.get("weights_sha256")
-    if expected_sha and sha256_file(weights) != expected_sha:
+    actual_sha = sha256_file(weights)
+    if expected_sha and actual_sha != expected_sha:
         raise CheckpointError(f"weights file {weights} is corrupted: its sha256 differs from "
                               "the one recorded in config.json")
     state, _ = _read_weights(path)
@@ -241,6 +245,8 @@ def load_supernet(path: str | Path) -> SuperBert:
     _load_checked(model, state, weights)
     model.tokenizer_files = _read_tokenizer_files(path)
     model.source = header.get("source", {})
+    model.checkpoint = {"checkpoint": str(path.resolve()),
+                        "checkpoint_weights_sha256": actual_sha}
     return model.eval()
 
 

@@ -70,6 +70,7 @@ class SuperBert(BottleneckBert):
         super().__init__(config, config.space.largest.widths)
         self.tokenizer_files: dict[str, bytes] = {}  # carried over from the source BERT
         self.source: dict = {}  # provenance recorded in the checkpoint
+        self.checkpoint: dict = {}  # where it was loaded from and that file's sha256
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, shape: Shape | None = None

@@ -23,19 +23,18 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 ACT_FNS = {"gelu": F.gelu, "gelu_new": _gelu_tanh, "relu": F.relu}
 
 
-def _linear(layer: nn.Linear, x: torch.Tensor, out: int, inp: int) -> torch.Tensor:
-    """``layer`` applied with its leading ``out`` rows and ``inp`` columns."""
-    w, b = layer.weight, layer.bias
-    if (out, inp) != tuple(w.shape):
-        w, b = w[:out, :inp], b[:out]
-    return F.linear(x, w, b)
+def _linear(layer: nn.Linear, x: torch.Tensor, out: int | None = None,
+            inp: int | None = None) -> torch.Tensor:
+    """``layer`` applied with its leading ``out`` rows and ``inp`` columns (None: all)."""
+    if out is None and inp is None:
+        return layer(x)
+    return F.linear(x, layer.weight[:out, :inp], layer.bias[:out])
 
 
-def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, width: int) -> torch.Tensor:
-    w, b = norm.weight, norm.bias
-    if width != w.shape[0]:
-        w, b = w[:width], b[:width]
-    return F.layer_norm(x, (width,), w, b, norm.eps)
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, width: int | None) -> torch.Tensor:
+    if width is None:
+        return norm(x)
+    return F.layer_norm(x, (width,), norm.weight[:width], norm.bias[:width], norm.eps)
 
 
 def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -92,20 +91,23 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, width: int | None = None
                 ) -> torch.Tensor:
-        d = width or self.width
+        # Only a super network's layer run at a smaller width slices; a plain layer calls its
+        # modules directly, which keeps the exported graph free of Slice nodes.
+        cut = width if width is not None and width != self.width else None
+        d = cut or self.width
         head_size = d // self.num_heads
-        q = self._heads(_linear(self.query, x, d, d), head_size)
-        k = self._heads(_linear(self.key, x, d, d), head_size)
-        v = self._heads(_linear(self.value, x, d, d), head_size)
+        q = self._heads(_linear(self.query, x, cut, cut), head_size)
+        k = self._heads(_linear(self.key, x, cut, cut), head_size)
+        v = self._heads(_linear(self.value, x, cut, cut), head_size)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size) + bias
         probs = self.dropout(torch.softmax(scores, dim=-1))
         ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).contiguous()
         ctx = ctx.view(ctx.size()[:-2] + (d,))  # (B, S, d)
-        attn = self.dropout(_linear(self.attn_out, ctx, d, d))
-        attn = _layer_norm(self.attn_norm, attn + x, d)
-        inner = self.act(_linear(self.ffn_in, attn, self.ffn_size, d))
-        out = self.dropout(_linear(self.ffn_out, inner, d, self.ffn_size))
-        return _layer_norm(self.ffn_norm, out + attn, d)
+        attn = self.dropout(_linear(self.attn_out, ctx, cut, cut))
+        attn = _layer_norm(self.attn_norm, attn + x, cut)
+        inner = self.act(_linear(self.ffn_in, attn, None, cut))
+        out = self.dropout(_linear(self.ffn_out, inner, cut, None))
+        return _layer_norm(self.ffn_norm, out + attn, cut)
 
 
 class BottleneckLayer(nn.Module):
@@ -114,25 +116,23 @@ class BottleneckLayer(nn.Module):
     def __init__(self, hidden_size: int, width: int, num_heads: int, ffn_size: int, act: str,
                  eps: float, dropout: float):
         super().__init__()
-        self.hidden_size = hidden_size
         self.input_bottleneck = nn.Linear(hidden_size, width)
         self.layer = TransformerLayer(width, num_heads, ffn_size, act, eps, dropout)
         self.output_bottleneck = nn.Linear(width, hidden_size)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, width: int | None = None
                 ) -> torch.Tensor:
-        d = width or self.layer.width
-        D = self.hidden_size
-        h = self.layer(_linear(self.input_bottleneck, x, d, D), bias, d)
-        return _linear(self.output_bottleneck, h, D, d)  # no activation, residual or norm
+        cut = width if width is not None and width != self.layer.width else None
+        h = self.layer(_linear(self.input_bottleneck, x, cut, None), bias, cut)
+        return _linear(self.output_bottleneck, h, None, cut)  # no activation, residual or norm
 
 
 class Pooler(nn.Module):
     """BERT's pooler: dense + tanh on the first ([CLS]) token."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, in_features: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = nn.Linear(in_features or hidden_size, hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
@@ -141,9 +141,10 @@ class Pooler(nn.Module):
 class MLMHead(nn.Module):
     """dense + activation + LayerNorm, then the decoder tied to the word embeddings."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float):
+    def __init__(self, hidden_size: int, vocab_size: int, act: str, eps: float,
+                 in_features: int | None = None):
         super().__init__()
-        self.transform = nn.Linear(hidden_size, hidden_size)
+        self.transform = nn.Linear(in_features or hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
         self.act = ACT_FNS[act]

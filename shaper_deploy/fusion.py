@@ -1,0 +1,129 @@
+"""Fusing the bottlenecks of a sliced sub-network into its deployment form.
+
+Output bottleneck i and input bottleneck i+1 are two affine maps back to back with nothing in
+between, so they are one ``d_i -> d_{i+1}`` map (paper, Appendix C)::
+
+    W = W_in(i+1) @ W_out(i)        b = W_in(i+1) @ b_out(i) + b_in(i+1)
+
+The first input bottleneck (D -> d_1) and the last output bottleneck (d_L -> D) stay. One step
+past the paper: when only a head's output is wanted, the last output bottleneck is folded into
+the head's first dense layer as well (``fold_last=True``), since the MLM transform and the
+pooler both begin with an affine map of the D-wide state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .shape import Shape
+from .slicing import SubnetBert
+from .supernet.config import SuperConfig
+from .supernet.modules import Embeddings, MLMHead, Pooler, TransformerLayer, attention_bias
+
+
+class FusedOutput(NamedTuple):
+    last_hidden_state: torch.Tensor | None  # (B, S, D); None when folded into a head
+    pooler_output: torch.Tensor | None  # (B, D)
+
+
+def _compose(first: nn.Linear, second: nn.Linear) -> nn.Linear:
+    """One Linear computing ``second(first(x))``; products in float64, stored in float32."""
+    w1, b1 = first.weight.double(), first.bias.double()
+    w2, b2 = second.weight.double(), second.bias.double()
+    fused = nn.Linear(w1.shape[1], w2.shape[0])
+    with torch.no_grad():
+        fused.weight.copy_(w2 @ w1)
+        fused.bias.copy_(w2 @ b1 + b2)
+    return fused
+
+
+class FusedBert(nn.Module):
+    """The deployment network: D -> d_1, L layers joined by d_i -> d_{i+1}, d_L -> D."""
+
+    def __init__(self, config: SuperConfig, shape: Shape, fold_last: bool = False):
+        super().__init__()
+        s = config.space
+        w = shape.widths
+        self.config, self.shape, self.fold_last = config, shape, fold_last
+        self.embeddings = Embeddings(s, config.layer_norm_eps, 0.0)
+        self.proj_in = nn.Linear(s.hidden_size, w[0])
+        self.layers = nn.ModuleList(
+            TransformerLayer(d, s.num_heads, s.intermediate_size, config.hidden_act,
+                             config.layer_norm_eps, 0.0) for d in w)
+        self.transitions = nn.ModuleList(nn.Linear(a, b) for a, b in zip(w[:-1], w[1:]))
+        self.proj_out = None if fold_last else nn.Linear(w[-1], s.hidden_size)
+        # With fold_last the heads read the d_L-wide state directly.
+        head_in = w[-1] if fold_last else s.hidden_size
+        self.pooler = Pooler(s.hidden_size, head_in) if config.pooler else None
+        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size, config.hidden_act,
+                                 config.layer_norm_eps, head_in) if s.mlm_head else None)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               token_type_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's final state: (B, S, D), or (B, S, d_L) when folded."""
+        x = self.embeddings(input_ids, token_type_ids)
+        bias = attention_bias(attention_mask, x.dtype)
+        x = self.proj_in(x)
+        for i, layer in enumerate(self.layers):
+            if i:
+                x = self.transitions[i - 1](x)
+            x = layer(x, bias)
+        return x if self.proj_out is None else self.proj_out(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> FusedOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return FusedOutput(None if self.fold_last else x, pooled)
+
+    def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mlm_head is None:
+            raise ValueError("this network has no MLM head")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.mlm_head(x, self.embeddings.word.weight)
+
+
+def fuse_bottlenecks(subnet: SubnetBert, fold_last: bool = False) -> FusedBert:
+    """The deployment form of ``subnet``: same outputs, fewer matrices; ``subnet`` untouched.
+
+    Parameters of the result = ``param_count(shape, fused=True)`` (embeddings, layers, fused
+    bottleneck chain, MLM transform) + the MLM decoder bias (vocab) + the pooler (D*D + D), the
+    two parts the paper's convention leaves out. ``fold_last`` removes the last output
+    bottleneck (d_L*D + D) and changes each head's first dense layer from D x D to D x d_L.
+    """
+    fused = FusedBert(subnet.config, subnet.shape, fold_last=fold_last)
+    layers = subnet.layers
+    with torch.no_grad():
+        fused.embeddings.load_state_dict(subnet.embeddings.state_dict())
+        fused.proj_in.load_state_dict(layers[0].input_bottleneck.state_dict())
+        for i, layer in enumerate(layers):
+            fused.layers[i].load_state_dict(layer.layer.state_dict())
+            if i + 1 < len(layers):
+                fused.transitions[i].load_state_dict(
+                    _compose(layer.output_bottleneck, layers[i + 1].input_bottleneck).state_dict())
+        last = layers[-1].output_bottleneck
+        if fused.proj_out is not None:
+            fused.proj_out.load_state_dict(last.state_dict())
+        if fused.pooler is not None:
+            dense = subnet.pooler.dense
+            fused.pooler.dense.load_state_dict(
+                (_compose(last, dense) if fold_last else dense).state_dict())
+        if fused.mlm_head is not None:
+            head = subnet.mlm_head
+            fused.mlm_head.norm.load_state_dict(head.norm.state_dict())
+            fused.mlm_head.bias.copy_(head.bias)
+            fused.mlm_head.transform.load_state_dict(
+                (_compose(last, head.transform) if fold_last else head.transform).state_dict())
+    return fused.eval()
