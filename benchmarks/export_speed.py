@@ -129,7 +129,7 @@ def main() -> None:
     torch.manual_seed(0)
     log("building the BERT-base-sized super network (random weights)")
     supernet = SuperBert(SuperConfig(PAPER_SPACE)).eval()
-    feeds = sample_inputs(PAPER_SPACE.vocab_size, 1, args.seq_len, padded=False)
+    feeds = sample_inputs(PAPER_SPACE.vocab_size, 1, args.seq_len, padding="none")
     tensors = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask",
                                                     "token_type_ids")]
     rate = gemm_rate(args.threads)

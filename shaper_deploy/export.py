@@ -110,15 +110,31 @@ class _Graph(nn.Module):
         return tuple(t for t in out if t is not None)
 
 
+PADDINGS = ("none", "right", "mixed")
+
+
 def sample_inputs(vocab_size: int, batch: int, seq_len: int, seed: int = 0,
-                  padded: bool = True) -> dict[str, np.ndarray]:
-    """Random int64 inputs; with ``padded`` every row after the first is shorter."""
+                  padding: str = "right") -> dict[str, np.ndarray]:
+    """Random int64 inputs.
+
+    ``padding``: "none"; "right" (every row after the first is shorter, as tokenizers pad);
+    "mixed" (rows cycle through left padding, a hole in the middle, right padding), which a
+    graph that assumes right padding gets wrong.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64)
     mask = np.ones_like(ids)
-    if padded:
-        for row in range(1, batch):
-            mask[row, max(1, seq_len - 1 - (row * seq_len) // (batch + 1)):] = 0
+    for row in range(1, batch if padding != "none" else 1):
+        cut = max(1, seq_len - 1 - (row * seq_len) // (batch + 1))
+        kind = "right" if padding == "right" else ("left", "hole", "right")[(row - 1) % 3]
+        if kind == "right":
+            mask[row, cut:] = 0
+        elif kind == "left":
+            mask[row, : seq_len - cut] = 0
+        else:
+            mask[row, seq_len // 3: seq_len // 3 + max(1, seq_len // 4)] = 0
     types = np.zeros_like(ids)
     types[:, seq_len // 2:] = 1
     return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
@@ -150,14 +166,22 @@ def op_counts(path: Path) -> dict[str, int]:
 
 
 def _optimize(src: Path, dst: Path, num_layers: int) -> dict[str, int]:
-    """ONNX Runtime's BERT fusions; post-condition: one fused Attention per layer."""
+    """ONNX Runtime's BERT fusions; post-condition: one fused Attention per layer.
+
+    The attention mask stays a 2-D (batch, sequence) mask. The optimizer's default turns it
+    into one count per row, which Attention reads as "padding starts here": measured, a
+    left-padded row or a masked token inside a row then differed from PyTorch by 1.2e-3.
+    """
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    options = FusionOptions("bert")
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask
     # opt_level 0: only the portable graph fusions are saved; each device's session applies
     # its own hardware-specific optimizations when it loads the model.
     model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
-                           opt_level=0, use_gpu=False)
+                           opt_level=0, use_gpu=False, optimization_options=options)
     model.save_model_to_file(str(dst))
     counts = op_counts(dst)
     if counts.get("Attention", 0) != num_layers:
@@ -176,10 +200,11 @@ def _check(path: Path) -> None:
         raise ExportError(f"onnx.checker rejected {path.name}: {str(exc).splitlines()[0]}") from None
 
 
-def validation_cases(max_positions: int) -> list[tuple[int, int, bool]]:
-    """(batch, seq_len, padded): none equals the traced (2, 16); two are padded."""
-    return [(1, min(7, max_positions), False), (3, min(23, max_positions), True),
-            (4, min(61, max_positions), True)]
+def validation_cases(max_positions: int) -> list[tuple[int, int, str]]:
+    """(batch, seq_len, padding): none equals the traced (2, 16); three are padded, one with
+    left padding and a hole."""
+    return [(1, min(7, max_positions), "none"), (3, min(23, max_positions), "right"),
+            (4, min(61, max_positions), "right"), (4, min(19, max_positions), "mixed")]
 
 
 def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_positions: int,
@@ -194,8 +219,8 @@ def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_posit
     session = make_session(path, "cpu")
     graph64 = copy.deepcopy(graph).double()
     report, mismatches = [], []
-    for i, (batch, seq, padded) in enumerate(validation_cases(max_positions)):
-        feeds = sample_inputs(vocab, batch, seq, seed=100 + i, padded=padded)
+    for i, (batch, seq, padding) in enumerate(validation_cases(max_positions)):
+        feeds = sample_inputs(vocab, batch, seq, seed=100 + i, padding=padding)
         args = [torch.from_numpy(feeds[n]) for n in INPUT_NAMES]
         with torch.no_grad():
             exact, fp32 = graph64(*args), graph(*args)
@@ -212,7 +237,7 @@ def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_posit
             if not diffs[name] <= atol:  # also catches NaN
                 mismatches.append(f"{name} at batch {batch} seq {seq}: max |diff| "
                                   f"{diffs[name]:.2e}")
-        report.append({"batch": batch, "seq_len": seq, "padded": padded,
+        report.append({"batch": batch, "seq_len": seq, "padding": padding,
                        "max_abs_diff": diffs, "max_abs_diff_vs_torch_fp32": diffs32})
     if mismatches:
         raise ValidationError(mismatches, atol)
@@ -234,7 +259,7 @@ def _judge_feeds(tokenizer_files: dict[str, bytes], vocab: int, max_positions: i
                  "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
         return [feeds], f"{len(SAMPLE_TEXTS)} English sentences"
     cases = validation_cases(max_positions)
-    return ([sample_inputs(vocab, b, s, seed=200 + i, padded=p)
+    return ([sample_inputs(vocab, b, s, seed=200 + i, padding=p)
              for i, (b, s, p) in enumerate(cases)], "random token ids (no tokenizer)")
 
 
@@ -394,6 +419,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                                      "fill-mask folds the last bottleneck into the head)"},
             "flops_seq128": flops(shape, seq_len=128),
             "opset": options.opset, "optimized": options.optimize,
+            "attention_mask": "2-D (batch, sequence); any padding pattern",
             "fused_last_bottleneck_into_head": fold,
             "operators": op_counts(model_path), "fusion": fusion,
             "validation": {"atol": options.atol, "reference": "PyTorch float64",

@@ -40,7 +40,7 @@ def test_bundle_contents_and_manifest(bundle):
     assert manifest["fusion"]["Attention"] == 3  # one fused Attention per layer
     assert manifest["outputs"] == ["last_hidden_state", "pooler_output"]
     cases = manifest["validation"]["cases"]
-    assert len(cases) >= 3 and any(c["padded"] for c in cases)
+    assert len(cases) >= 3 and {c["padding"] for c in cases} == {"none", "right", "mixed"}
     assert all((c["batch"], c["seq_len"]) != (2, 16) for c in cases)  # never the traced size
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["source"]["supernet"] == {}  # built in memory, not from a checkpoint
@@ -50,7 +50,8 @@ def test_bundle_runs_like_pytorch_on_new_sizes(bundle, tiny_supernet):
     out, _ = bundle
     session = make_session(out / "model.onnx")
     fused = fuse_bottlenecks(slice_subnet(tiny_supernet, SHAPE))
-    feeds = sample_inputs(97, batch=5, seq_len=37, seed=9)
+    feeds = sample_inputs(97, batch=5, seq_len=37, seed=9, padding="mixed")
+    assert feeds["attention_mask"][1, 0] == 0  # left padding: a right-padding graph fails this
     got = session.run(["last_hidden_state", "pooler_output"], feeds)
     with torch.no_grad():
         ref = fused(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
@@ -146,7 +147,7 @@ def test_validation_lists_every_mismatch(tmp_path, tiny_supernet):
         fused.transitions[0].weight.mul_(1.5)  # PyTorch now disagrees with the exported graph
     with pytest.raises(ValidationError) as err:
         _validate(tmp_path / "m.onnx", graph, names, 97, 64, atol=1e-4)
-    assert len(err.value.mismatches) == 6  # 2 outputs x 3 input sizes, all in one error
+    assert len(err.value.mismatches) == 8  # 2 outputs x 4 input sizes, all in one error
     assert "last_hidden_state at batch 3 seq 23" in str(err.value)
     assert "\n" not in str(err.value)
 
