@@ -8,6 +8,7 @@ from shaper_deploy import __version__
 
 from .common import ShaperGroup
 from .export import export
+from .profile import predict, profile, profiles
 from .supernet import params, supernet
 
 
@@ -24,3 +25,6 @@ def main() -> None:
 main.add_command(supernet)
 main.add_command(params)
 main.add_command(export)
+main.add_command(profile)
+main.add_command(predict)
+main.add_command(profiles)

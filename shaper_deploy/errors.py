@@ -36,3 +36,7 @@ class ValidationError(ExportError):
         self.mismatches = list(mismatches)
         super().__init__(f"ONNX Runtime disagrees with PyTorch beyond atol {atol:g} in "
                          f"{len(mismatches)} output(s): {'; '.join(mismatches)}")
+
+
+class ProfileError(ShaperError):
+    """A profile cannot be created, resumed, read or used as asked."""

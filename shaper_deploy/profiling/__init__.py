@@ -1,0 +1,1 @@
+"""Device latency profiles: graphs, sampling, measurement protocol, profile folders."""

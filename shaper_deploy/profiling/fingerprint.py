@@ -1,0 +1,71 @@
+"""What a latency profile was measured on, and whether another machine is the same kind."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+from ..errors import DeviceError
+
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "avx_vnni", "asimd", "sve")
+# Fields that must agree for a profile to describe this machine.
+DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "logical_cores", "isa",
+               "onnxruntime", "gpu")
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "Hardware") and model in ("", platform.machine()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, sorted(f for f in ISA_FLAGS if f in flags)
+
+
+def _gpu() -> dict[str, str] | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, _, driver = out[0].partition(",")
+    return {"name": name.strip(), "driver": driver.strip()}
+
+
+def device_fingerprint(device: str) -> dict[str, Any]:
+    """The machine as far as latency is concerned (the workload settings live in the protocol)."""
+    import onnxruntime as ort
+
+    from ..runtime import DEVICES
+
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    model, isa = _cpu_model_and_flags()
+    gpu = _gpu() if device == "cuda" else None
+    if device == "cuda" and gpu is None:
+        raise DeviceError("device 'cuda' was requested but no NVIDIA GPU is visible "
+                          "(nvidia-smi found none)")
+    return {"device": device, "provider": DEVICES[device], "machine": platform.machine(),
+            "cpu_model": model, "logical_cores": os.cpu_count(), "isa": isa,
+            "onnxruntime": ort.__version__, "gpu": gpu, "os": platform.system()}
+
+
+def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The device fields on which two fingerprints disagree, as readable phrases."""
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in DEVICE_KEYS if a.get(k) != b.get(k)]
