@@ -10,8 +10,9 @@ weights: latency does not depend on their values), batch 1, sequence 128, 2 thre
 5. ort-hf: a transformers BertModel of the same uniform width (all-768: BERT-base), exported
    with optimum and optimized with ONNX Runtime's transformer optimizer, the standard way
 
-Variants are interleaved round by round so that drift in the machine's speed hits all alike;
-each reports the median of all its timed runs. The roofline divides the encoder's FLOPs by the
+Variants are interleaved round by round with the profiling protocol (shuffled order, a pause
+and warm-up runs before each turn), so that drift in the machine's speed hits all alike; each
+reports the median of its round medians. The roofline divides the encoder's FLOPs by the
 latency and compares with this machine's fp32 GEMM rate measured in ONNX Runtime and torch.
 
     .venv/bin/python benchmarks/export_speed.py --out benchmarks/results/export_speed.json
@@ -33,6 +34,7 @@ import torch
 
 from shaper_deploy.export import ExportOptions, export_bundle, sample_inputs
 from shaper_deploy.fusion import fuse_bottlenecks
+from shaper_deploy.profiling.protocol import Protocol, measure_interleaved
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, Shape, flops
 from shaper_deploy.slicing import slice_subnet
@@ -98,22 +100,14 @@ def hf_bert_session(width: int, threads: int, work: Path):
     return make_session(out / "model_opt.onnx", "cpu", threads=threads), stats
 
 
-def measure(variants: dict, rounds: int, per_round: int, warmup: int) -> dict:
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for r in range(rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            fn = variants[name]
-            for _ in range(per_round):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    return {name: {"median_ms": 1000 * statistics.median(ts),
-                   "p90_ms": 1000 * float(np.percentile(ts, 90)), "runs": len(ts)}
-            for name, ts in times.items()}
+def measure(variants: dict, rounds: int, per_round: int) -> dict:
+    """The profiling protocol: shuffled rounds, a 20 ms pause and 2 warm-up runs before each
+    turn (ONNX Runtime's and torch's worker threads keep spinning after a run and would slow
+    whichever variant runs next), median of round medians."""
+    protocol = Protocol(rounds=rounds, warmup=2, timed=per_round, pause_ms=20.0)
+    result = measure_interleaved(variants, protocol)
+    return {name: {"median_ms": r["median_ms"], "p90_ms": r["p90_ms"], "cv": r["cv"],
+                   "runs": rounds * per_round} for name, r in result.items()}
 
 
 def main() -> None:
@@ -159,7 +153,7 @@ def main() -> None:
                 variants["ort-hf"] = lambda: hf.run(None, feeds)
             log(f"[{name}] timing {', '.join(variants)}")
             with torch.no_grad():
-                timing = measure(variants, args.rounds, args.per_round, warmup=5)
+                timing = measure(variants, args.rounds, args.per_round)
             f = flops(shape, seq_len=args.seq_len)
             row = {"shape": name, "widths": shape.widths, "params_fused": shape.params(),
                    "flops": f, "latency": timing, "ort_fusion": manifest["fusion"],

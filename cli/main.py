@@ -7,7 +7,7 @@ import click
 from shaper_deploy import __version__
 
 from .common import ShaperGroup
-from .export import export
+from .export import export, shapes
 from .profile import predict, profile, profiles
 from .supernet import params, supernet
 
@@ -25,6 +25,7 @@ def main() -> None:
 main.add_command(supernet)
 main.add_command(params)
 main.add_command(export)
+main.add_command(shapes)
 main.add_command(profile)
 main.add_command(predict)
 main.add_command(profiles)

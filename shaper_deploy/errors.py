@@ -40,3 +40,7 @@ class ValidationError(ExportError):
 
 class ProfileError(ShaperError):
     """A profile cannot be created, resumed, read or used as asked."""
+
+
+class PlannerError(ShaperError):
+    """No sub-network can be planned or verified for the budget as asked."""

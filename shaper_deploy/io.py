@@ -70,10 +70,15 @@ def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
-def _apply_umask(root: Path) -> None:
-    """mkdtemp and some writers create private (0700/0600) entries; give them normal modes."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _apply_umask(root: Path) -> None:
+    """mkdtemp and some writers create private (0700/0600) entries; give them normal modes."""
+    umask = _umask()
     for path in [root, *root.rglob("*")]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
@@ -87,6 +92,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

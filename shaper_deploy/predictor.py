@@ -94,9 +94,14 @@ class LatencyPredictor:
         d = xgb.DMatrix(x, base_margin=np.log(base), feature_names=self.meta["features"])
         return np.exp(self.booster.predict(d))
 
+    @property
+    def margin(self) -> float:
+        """1 + the held-out 95th percentile of relative error."""
+        return 1 + self.meta["metrics"]["held_out"]["abs_rel_p95"]
+
     def upper_bound(self, shapes: Sequence[Shape]) -> np.ndarray:
         """Prediction plus the held-out 95th percentile of relative error: a safe estimate."""
-        return self.predict(shapes) * (1 + self.meta["metrics"]["held_out"]["abs_rel_p95"])
+        return self.predict(shapes) * self.margin
 
     def _baseline(self, x: np.ndarray) -> np.ndarray:
         coef = np.asarray(self.meta["baseline"]["coef"])

@@ -120,7 +120,7 @@ def _check_resumable(existing: dict[str, Any], plan: dict[str, Any], path: Path)
                            "choose a new --out folder")
 
 
-class _Sessions:
+class GraphSessions:
     """ONNX Runtime sessions of random-weight deployment graphs, built without tracing."""
 
     def __init__(self, work: Path, config: SuperConfig, protocol: Protocol, device: str):
@@ -128,7 +128,8 @@ class _Sessions:
         self.random = RandomWeightFile.for_space(work, config)
         self.feeds = inputs_for(protocol, config.space.vocab_size)
 
-    def build(self, shape: Shape):
+    def build(self, shape: Shape) -> Callable[[], Any]:
+        """A warmed-up runner of ``shape``'s graph on the protocol's inputs."""
         import onnx
 
         path = self.work / "graph.onnx"
@@ -181,7 +182,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     started, measured_now = time.perf_counter(), 0
     reference = Shape(tuple(header["reference_shape"]), space)
     with tempfile.TemporaryDirectory(prefix="shaper-profile-") as work:
-        sessions = _Sessions(Path(work), config, protocol, device)
+        sessions = GraphSessions(Path(work), config, protocol, device)
         ref_runner = sessions.build(reference)
         retry: list[tuple[Shape, str]] = []
 

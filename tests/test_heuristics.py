@@ -1,0 +1,70 @@
+import pytest
+
+from shaper_deploy.errors import ShapeError
+from shaper_deploy.heuristics import (REFERENCE_CIGAR, cigar_family, cigar_shape, parse_count,
+                                      scaled_cigar)
+from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
+
+from .conftest import TINY_SPACE
+
+MINILM_SPACE = DesignSpace.for_model(384, 12, 6, vocab_size=30522, intermediate_size=1536,
+                                     mlm_head=False)
+SPACES = [PAPER_SPACE, MINILM_SPACE, TINY_SPACE,
+          DesignSpace(num_layers=1, widths=(8, 16), hidden_size=16, num_heads=4,
+                      intermediate_size=32, vocab_size=10, max_positions=8)]
+
+
+def test_the_reference_cigar_is_reproduced():
+    ref = Shape(REFERENCE_CIGAR)
+    assert cigar_shape(ref.params(), PAPER_SPACE) == ref
+    assert scaled_cigar(1.0, PAPER_SPACE) == ref
+
+
+@pytest.mark.parametrize("published", [
+    (480, 240, 240, 240, 480, 480, 480, 480, 540, 540, 600, 600),  # the paper's 70M
+    (600, 360, 360, 360, 600, 600, 600, 600, 768, 768, 768, 768),  # the paper's 91M
+])
+def test_the_published_pattern(published):
+    shape = cigar_shape(Shape(published).params(), PAPER_SPACE).widths
+    # Layer 1 moderate, layers 2-4 narrowest, middle moderate, last layers widest.
+    assert shape[0] > max(shape[1:4])
+    assert max(shape[1:4]) <= min(shape[4:8]) <= max(shape[4:8]) <= min(shape[8:])
+    assert Shape(shape).params() <= Shape(published).params()
+    assert abs(Shape(shape).params() / Shape(published).params() - 1) < 0.08
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: f"{s.num_layers}x{s.hidden_size}")
+def test_closest_not_above_and_monotone(space):
+    lo, hi = space.smallest.params(), space.largest.params()
+    family = cigar_family(space)
+    previous = None
+    for i in range(41):
+        target = lo + (hi - lo) * i // 40
+        shape = cigar_shape(target, space)
+        assert shape.params() <= target
+        # No cigar shape lies strictly between it and the target.
+        assert not [s for s in family if shape.params() < s.params() <= target]
+        if previous is not None:  # more parameters never narrow a layer
+            assert all(a >= b for a, b in zip(shape.widths, previous.widths))
+        previous = shape
+    assert cigar_shape(hi * 2, space) == space.largest
+    with pytest.raises(ShapeError, match="no cigar shape has at most"):
+        cigar_shape(lo - 1, space)
+
+
+def test_cigar_on_the_minilm_space_keeps_the_pattern():
+    shape = cigar_shape(18_000_000, MINILM_SPACE).widths
+    assert shape[0] >= shape[1] and shape[-1] == max(shape) and shape[1] == min(shape)
+
+
+@pytest.mark.parametrize("text, value", [("60M", 60_000_000), ("60m", 60_000_000),
+                                         ("1.2B", 1_200_000_000), ("500k", 500_000),
+                                         ("64212768", 64_212_768), (" 64.5M ", 64_500_000)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["60X", "-5M", "0", "M", ""])
+def test_parse_count_errors(text):
+    with pytest.raises(ShapeError):
+        parse_count(text)
