@@ -219,7 +219,9 @@ def export_for_budget(supernet: SuperBert, budget_ms: float, profiles: list[str 
                                      out.parent.exists() else None) as work:
         for attempt in range(max_attempts):
             candidate = Path(work) / f"attempt{attempt}"
-            export_bundle(supernet, plan.shape, candidate, export_opts, progress=note)
+            # Attempts live in a temporary folder; only the accepted one is moved to --out.
+            export_bundle(supernet, plan.shape, candidate, export_opts,
+                          progress=lambda m: None if m.startswith("wrote ") else note(m))
             note(f"measuring {plan.shape} on {device} with the profile's protocol")
             m = measure_bundle(candidate, profile, device)
             if m["measured_ms"] > budget_ms:
