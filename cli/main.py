@@ -9,6 +9,7 @@ from shaper_deploy import __version__
 from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
+from .serve import bench, run
 from .supernet import params, supernet
 
 
@@ -29,3 +30,5 @@ main.add_command(shapes)
 main.add_command(profile)
 main.add_command(predict)
 main.add_command(profiles)
+main.add_command(run)
+main.add_command(bench)

@@ -44,3 +44,7 @@ class ProfileError(ShaperError):
 
 class PlannerError(ShaperError):
     """No sub-network can be planned or verified for the budget as asked."""
+
+
+class ServingError(ShaperError):
+    """A bundle cannot be loaded or run as asked."""

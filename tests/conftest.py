@@ -80,13 +80,14 @@ def tiny_tokenizer_json(vocab_size: int = 97) -> str:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = ["the", "a", "model", "is", "fast", "small", "bert", "on", "device", "latency",
+    words = ["the", "model", "is", "fast", "small", "bert", "on", "device", "latency",
              "shape", "layer", "to", "of", "and", "in", "runs", "with", "we", "deploy"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces = ["##" + c for c in letters]
-    tokens = (specials + words + letters + pieces)[:vocab_size]
+    tokens = list(dict.fromkeys(specials + words + letters + pieces))[:vocab_size]
     tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.add_special_tokens(specials)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(

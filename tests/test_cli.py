@@ -91,3 +91,34 @@ def test_unwritable_output(run, tiny_bert_dir, tmp_path):
 def test_every_command_has_help_with_an_example(run):
     for args in (["supernet", "init"], ["supernet", "info"], ["params"]):
         assert "Example:" in run(*args, "--help").stdout
+
+
+def test_cli_reference_in_docs_is_current():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", root / "scripts" / "gen_cli_docs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    import difflib
+
+    stale = list(difflib.unified_diff((root / "docs" / "cli.md").read_text().splitlines(),
+                                      gen.render().splitlines(), lineterm="", n=0))
+    assert not stale, ("docs/cli.md is stale: run .venv/bin/python scripts/gen_cli_docs.py\n"
+                       + "\n".join(stale[:12]))
+
+
+def test_every_command_has_an_example():
+    import click
+
+    from shaper_deploy.cli.main import main as root
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(click.Context(cmd)):
+                yield from walk(cmd.get_command(click.Context(cmd), name), path + [name])
+        else:
+            yield path, cmd
+    for path, cmd in walk(root, []):
+        assert "Example" in (cmd.help or ""), f"shaperctl {' '.join(path)} has no example"

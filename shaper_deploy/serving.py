@@ -1,0 +1,195 @@
+"""Serving an exported bundle with onnxruntime, tokenizers and numpy alone (never torch).
+
+    from shaper_deploy.serving import Bundle
+    bundle = Bundle.load("bundle")                 # verifies model.onnx against shaper.json
+    vectors = bundle.embed(["a sentence", "another"], pooling="mean", normalize=True)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ServingError
+from .io import sha256_file
+from .runtime import make_session
+
+BUNDLE_FORMAT = "shaper-deploy/bundle"
+BUNDLE_VERSION = 1
+POOLINGS = ("mean", "cls", "pooler")
+
+
+@dataclass
+class Encoded:
+    feeds: dict[str, np.ndarray]
+    truncated: list[bool] = field(default_factory=list)  # per text: cut to the length limit
+
+
+class Bundle:
+    """A loaded bundle: a verified ONNX Runtime session plus its tokenizer."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], session, tokenizer, model_file: str):
+        self.path, self.manifest, self.session = path, manifest, session
+        self.tokenizer, self.model_file = tokenizer, model_file
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.max_length = int(manifest.get("max_length", 512))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
+             model: str | None = None) -> "Bundle":
+        """Open a bundle; the ONNX file must match the sha256 recorded in shaper.json."""
+        path = Path(path)
+        file = path / "shaper.json"
+        if not file.is_file():
+            raise ServingError(f"{path} is not a bundle (no shaper.json); make one with "
+                               "shaperctl export")
+        try:
+            manifest = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ServingError(f"{file} is not readable JSON: {exc}") from None
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ServingError(f"{file} is not a shaper-deploy bundle manifest")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > BUNDLE_VERSION:
+            raise ServingError(f"bundle {path} has format version {version!r}, newer than this "
+                               f"shaper-deploy reads ({BUNDLE_VERSION}); upgrade shaper-deploy")
+        model_file = model or manifest["default_model"]
+        entry = manifest["files"].get(model_file)
+        if entry is None:
+            raise ServingError(f"bundle {path} has no {model_file!r}; it has "
+                               f"{', '.join(manifest['files'])}")
+        onnx_path = path / model_file
+        if not onnx_path.is_file():
+            raise ServingError(f"bundle {path} is missing {model_file}")
+        if sha256_file(onnx_path) != entry["sha256"]:
+            raise ServingError(f"{onnx_path} does not match the sha256 recorded in shaper.json: "
+                               "the file was altered or corrupted; export the bundle again")
+        session = make_session(onnx_path, device, threads=threads)
+        tokenizer = None
+        if (path / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        return cls(path, manifest, session, tokenizer, model_file)
+
+    def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
+        """Token ids, mask and types, padded to the longest text, cut at ``max_length``."""
+        if self.tokenizer is None:
+            raise ServingError(f"bundle {self.path} has no tokenizer.json, so it cannot take "
+                               "text; feed token ids to its session instead")
+        if not texts:
+            raise ServingError("no text given")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ServingError(f"text {i + 1} is empty; every text needs some content")
+        limit = min(max_length or self.max_length, self.max_length)
+        if limit < 2:
+            raise ServingError(f"max length must be at least 2 tokens, got {limit}")
+        self.tokenizer.enable_truncation(limit)
+        self.tokenizer.enable_padding()
+        enc = self.tokenizer.encode_batch(list(texts))
+        feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+        return Encoded(feeds, [bool(e.overflowing) for e in enc])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+
+    def embed(self, texts: Sequence[str], pooling: str = "mean", normalize: bool = False,
+              batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
+        """One vector per text: masked mean of the last hidden state, its [CLS] row, or the
+        BERT pooler's output."""
+        if self.manifest["task"] != "feature-extraction":
+            raise ServingError(f"bundle {self.path} computes {self.manifest['task']}, not "
+                               "embeddings; use logits() for fill-mask bundles")
+        if pooling not in POOLINGS:
+            raise ServingError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        if pooling == "pooler" and "pooler_output" not in self.outputs:
+            raise ServingError(f"bundle {self.path} has no pooler; allowed pooling: mean, cls")
+        if batch_size < 1:
+            raise ServingError(f"batch size must be positive, got {batch_size}")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.encode(texts[start:start + batch_size], max_length)
+            result = self.run(enc.feeds)
+            if pooling == "pooler":
+                vec = result["pooler_output"]
+            elif pooling == "cls":
+                vec = result["last_hidden_state"][:, 0]
+            else:
+                mask = enc.feeds["attention_mask"][..., None].astype(np.float32)
+                vec = (result["last_hidden_state"] * mask).sum(1) / mask.sum(1)
+            out.append(vec)
+        vectors = np.concatenate(out)
+        if normalize:
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+        return vectors
+
+    def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
+        """Per text, per [MASK] token: the top-k (token, probability)."""
+        if self.manifest["task"] != "fill-mask":
+            raise ServingError(f"bundle {self.path} computes {self.manifest['task']}, not "
+                               "masked-token logits")
+        enc = self.encode(texts)
+        logits = self.run(enc.feeds)["logits"]
+        mask_id = self.tokenizer.token_to_id("[MASK]")
+        answers = []
+        for row, ids in enumerate(enc.feeds["input_ids"]):
+            per_text = []
+            for pos in np.flatnonzero(ids == mask_id):
+                z = logits[row, pos] - logits[row, pos].max()
+                p = np.exp(z) / np.exp(z).sum()
+                best = np.argsort(-p)[:top_k]
+                per_text.append([(self.tokenizer.id_to_token(int(i)), float(p[i])) for i in best])
+            answers.append(per_text)
+        return answers
+
+    def bench(self, batch: int = 1, seq_len: int = 128, concurrency: int = 1,
+              duration: float = 10.0, warmup: int = 5) -> dict[str, Any]:
+        """Latency percentiles and throughput: ``concurrency`` threads share the session."""
+        if batch < 1 or seq_len < 1 or concurrency < 1 or duration <= 0:
+            raise ServingError("batch, seq-len and concurrency must be positive, and the "
+                               "duration above zero")
+        if seq_len > self.max_length:
+            raise ServingError(f"seq-len {seq_len} exceeds the model's {self.max_length} positions")
+        rng = np.random.default_rng(0)
+        vocab = int(self.manifest["design_space"]["vocab_size"])
+        feeds = {"input_ids": rng.integers(1, vocab, size=(batch, seq_len), dtype=np.int64),
+                 "attention_mask": np.ones((batch, seq_len), np.int64),
+                 "token_type_ids": np.zeros((batch, seq_len), np.int64)}
+        for _ in range(warmup):
+            self.session.run(self.outputs, feeds)
+        times: list[list[float]] = [[] for _ in range(concurrency)]
+        stop = time.perf_counter() + duration
+
+        def worker(slot: list[float]) -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                self.session.run(self.outputs, feeds)
+                slot.append((time.perf_counter() - t) * 1000.0)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(slot,)) for slot in times]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+        every = [x for slot in times for x in slot]
+        return {"batch": batch, "seq_len": seq_len, "concurrency": concurrency,
+                "duration_s": round(wall, 3), "requests": len(every),
+                "latency_ms": {"p50": float(np.percentile(every, 50)),
+                               "p90": float(np.percentile(every, 90)),
+                               "p99": float(np.percentile(every, 99)),
+                               "mean": statistics.fmean(every)},
+                "throughput_rps": len(every) / wall,
+                "sequences_per_s": len(every) * batch / wall,
+                "model": self.model_file}

@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from shaper_deploy.cli.main import main
+from shaper_deploy.errors import ServingError
+from shaper_deploy.export import ExportOptions, export_bundle
+from shaper_deploy.fusion import fuse_bottlenecks
+from shaper_deploy.serving import Bundle
+from shaper_deploy.shape import Shape
+from shaper_deploy.slicing import slice_subnet
+
+from .conftest import TINY_SPACE
+
+SHAPE = Shape((16, 36, 8), TINY_SPACE)
+TEXTS = ["we deploy a small model", "the bert runs fast on device", "shape of a layer"]
+
+
+@pytest.fixture
+def bundle(tmp_path, tiny_supernet_with_tokenizer):
+    export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "b")
+    return tmp_path / "b"
+
+
+def test_importing_serving_never_imports_torch():
+    code = ("import sys, shaper_deploy.serving\n"
+            "heavy = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_embeddings_equal_pytorch_mean_pooling(bundle, tiny_supernet_with_tokenizer):
+    model = Bundle.load(bundle)
+    vectors = model.embed(TEXTS, pooling="mean", batch_size=2)
+    enc = model.encode(TEXTS)
+    fused = fuse_bottlenecks(slice_subnet(tiny_supernet_with_tokenizer, SHAPE))
+    with torch.no_grad():
+        hidden = fused(*(torch.from_numpy(enc.feeds[k]) for k in
+                         ("input_ids", "attention_mask", "token_type_ids"))).last_hidden_state
+    mask = torch.from_numpy(enc.feeds["attention_mask"])[..., None].float()
+    ref = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    assert np.abs(vectors - ref).max() < 1e-4  # batching by 2 changes nothing
+    unit = model.embed(TEXTS, pooling="cls", normalize=True)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+    assert model.embed(TEXTS, pooling="pooler").shape == (3, 48)
+
+
+def test_overlong_text_is_truncated_and_reported(bundle):
+    model = Bundle.load(bundle)
+    enc = model.encode(["the model " * 100, "a device"])
+    assert enc.feeds["input_ids"].shape[1] == model.max_length == 64
+    assert enc.truncated == [True, False]
+    assert model.encode(["the model " * 100], max_length=16).feeds["input_ids"].shape[1] == 16
+
+
+def test_bad_bundles_and_inputs(bundle, tmp_path):
+    with pytest.raises(ServingError, match="text 2 is empty"):
+        Bundle.load(bundle).embed(["fine", "  "])
+    with pytest.raises(ServingError, match="unknown pooling 'max'; allowed: mean, cls, pooler"):
+        Bundle.load(bundle).embed(["fine"], pooling="max")
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[-5] ^= 1
+    (bundle / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ServingError, match="does not match the sha256 recorded in shaper.json"):
+        Bundle.load(bundle)
+    (bundle / "model.onnx").unlink()
+    with pytest.raises(ServingError, match="is missing model.onnx"):
+        Bundle.load(bundle)
+    manifest = json.loads((bundle / "shaper.json").read_text())
+    manifest["format_version"] = 99
+    (bundle / "shaper.json").write_text(json.dumps(manifest))
+    with pytest.raises(ServingError, match="format version 99, newer than this shaper-deploy"):
+        Bundle.load(bundle)
+    with pytest.raises(ServingError, match="is not a bundle"):
+        Bundle.load(tmp_path)
+
+
+def test_fill_mask_bundle(tmp_path, tiny_supernet_with_tokenizer):
+    export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "mlm",
+                  ExportOptions(task="fill-mask"))
+    answers = Bundle.load(tmp_path / "mlm").fill_mask(["the [MASK] runs fast", "a [MASK]"],
+                                                      top_k=3)
+    assert [len(a) for a in answers] == [1, 1] and len(answers[0][0]) == 3
+    assert all(0 <= p <= 1 for _, p in answers[0][0])
+    with pytest.raises(ServingError, match="computes fill-mask, not embeddings"):
+        Bundle.load(tmp_path / "mlm").embed(["x"])
+
+
+def test_cli_run_and_bench(bundle, tmp_path):
+    runner = CliRunner()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n\n")
+    result = runner.invoke(main, ["run", str(bundle), "--file", str(texts), "--compare",
+                                  str(bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["embeddings"]) == 3 and data["compare"]["mean_cosine"] == pytest.approx(1)
+    human = runner.invoke(main, ["run", str(bundle), "we deploy", "the model"])
+    assert "cosine similarity between the texts" in human.stdout
+    empty = runner.invoke(main, ["run", str(bundle)])
+    assert empty.exit_code == 2 and "give TEXT arguments or --file" in empty.stderr
+    b = json.loads(runner.invoke(main, ["bench", str(bundle), "--duration", "0.5",
+                                        "--concurrency", "2", "--seq-len", "16",
+                                        "--json"]).stdout)
+    assert b["requests"] > 0 and b["latency_ms"]["p50"] <= b["latency_ms"]["p99"]
+    assert b["concurrency"] == 2
+    too_long = runner.invoke(main, ["bench", str(bundle), "--seq-len", "65", "--duration", "0.1"])
+    assert too_long.exit_code == 1 and "exceeds the model's 64 positions" in too_long.stderr
