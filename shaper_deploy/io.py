@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
+from .errors import OutputError, ShaperError
 
 
 def sha256_file(path: str | Path) -> str:
@@ -98,3 +99,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_manifest(file: Path, fmt: str, max_version: int, what: str,
+                  error: type[ShaperError], missing: str) -> dict:
+    """A self-describing artifact's JSON header, its format and version checked.
+
+    ``missing`` is the message when the file is absent (say how to make one).
+    """
+    if not file.is_file():
+        raise error(missing)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{file} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{file} is not a shaper-deploy {what}")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > max_version:
+        raise error(f"{what} {file.parent} has format version {version!r}, newer than this "
+                    f"shaper-deploy reads ({max_version}); upgrade shaper-deploy")
+    return data

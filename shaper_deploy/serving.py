@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ServingError
-from .io import sha256_file
+from .io import read_manifest, sha256_file
 from .runtime import make_session
 
 BUNDLE_FORMAT = "shaper-deploy/bundle"
@@ -46,20 +45,9 @@ class Bundle:
              model: str | None = None) -> "Bundle":
         """Open a bundle; the ONNX file must match the sha256 recorded in shaper.json."""
         path = Path(path)
-        file = path / "shaper.json"
-        if not file.is_file():
-            raise ServingError(f"{path} is not a bundle (no shaper.json); make one with "
-                               "shaperctl export")
-        try:
-            manifest = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ServingError(f"{file} is not readable JSON: {exc}") from None
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise ServingError(f"{file} is not a shaper-deploy bundle manifest")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > BUNDLE_VERSION:
-            raise ServingError(f"bundle {path} has format version {version!r}, newer than this "
-                               f"shaper-deploy reads ({BUNDLE_VERSION}); upgrade shaper-deploy")
+        manifest = read_manifest(path / "shaper.json", BUNDLE_FORMAT, BUNDLE_VERSION, "bundle",
+                                 ServingError, f"{path} is not a bundle (no shaper.json); "
+                                               "make one with shaperctl export")
         model_file = model or manifest["default_model"]
         entry = manifest["files"].get(model_file)
         if entry is None:

@@ -20,6 +20,16 @@ from .errors import ShapeError
 PAPER_WIDTHS = (120, 240, 360, 480, 540, 600, 768)
 
 
+def reject_unknown_fields(cls: type, data: dict[str, Any], what: str,
+                          error: type[Exception]) -> None:
+    """Raise ``error`` naming any key of ``data`` that is not a field of dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {what} field(s) {', '.join(unknown)}; "
+                    f"allowed: {', '.join(sorted(known))}")
+
+
 def _fmt_widths(widths: Sequence[int]) -> str:
     return ", ".join(str(w) for w in widths)
 
@@ -88,11 +98,7 @@ class DesignSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DesignSpace":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ShapeError(f"unknown design space field(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, data, "design space", ShapeError)
         return cls(**data)
 
 

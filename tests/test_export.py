@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from shaper_deploy.errors import CheckpointError, ExportError, OutputError, ValidationError
+from shaper_deploy.errors import ExportError, OutputError, ValidationError
 from shaper_deploy.export import (INPUT_NAMES, ExportOptions, _Graph, _export_onnx, _optimize,
                                   _validate, export_bundle, sample_inputs)
 from shaper_deploy.fusion import fuse_bottlenecks

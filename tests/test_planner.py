@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import PlannerError
+from shaper_deploy.export import ExportOptions
 from shaper_deploy.heuristics import cigar_family, cigar_shape
 from shaper_deploy.planner import (export_for_budget, load_profile_predictor, measure_bundle,
                                    parse_budget, plan_for_latency)
@@ -182,3 +183,26 @@ def test_minilm_budget_export_with_the_shipped_profile(minilm_dir, tmp_path):
     plan = json.loads(r.stdout)["plan"]
     assert plan["measured_ms"] <= 10 and plan["predicted_upper_ms"] <= 10
     assert plan["params"] > 14_000_000  # more than the smallest shape: the budget is used
+
+
+def test_int8_profile_and_automatic_precision(tiny_profile, supernet, tmp_path):
+    """An int8 profile times quantized graphs; auto picks the precision fitting more params."""
+    int8 = tmp_path / "int8"
+    run_profile(int8, "cpu", Protocol(**{**FAST.to_dict(), "precision": "int8"}), CONFIG,
+                samples=12)
+    fit_profile(int8)
+    fp32_model, int8_model = LatencyPredictor.load(tiny_profile), LatencyPredictor.load(int8)
+    assert int8_model.meta["protocol"]["precision"] == "int8"
+    budget = float(fp32_model.upper_bound([SPACE.largest])[0]) * 0.8
+    notes = []
+    manifest = export_for_budget(supernet, budget, [tiny_profile, int8], tmp_path / "b",
+                                 precision="auto", options=ExportOptions(int8_min_cosine=0.5),
+                                 progress=notes.append)
+    plan = manifest["plan"]
+    chosen = {"fp32": plan_for_latency(fp32_model, budget), "int8": plan_for_latency(int8_model, budget)}
+    best = max(chosen.values(), key=lambda p: p.shape.params())
+    assert plan["precision_reason"].startswith(f"{plan['precision']} fits")
+    assert plan["attempts"][0]["params"] == best.shape.params()
+    if plan["precision"] == "int8":
+        assert manifest["default_model"] == "model_quantized.onnx"
+    assert plan["measured_ms"] <= budget

@@ -75,7 +75,7 @@ def test_bad_bundles_and_inputs(bundle, tmp_path):
     manifest = json.loads((bundle / "shaper.json").read_text())
     manifest["format_version"] = 99
     (bundle / "shaper.json").write_text(json.dumps(manifest))
-    with pytest.raises(ServingError, match="format version 99, newer than this shaper-deploy"):
+    with pytest.raises(ServingError, match="has format version 99, newer than this shaper-deploy reads"):
         Bundle.load(bundle)
     with pytest.raises(ServingError, match="is not a bundle"):
         Bundle.load(tmp_path)

@@ -141,6 +141,13 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         y = node("MatMul", [x, w.add(f"{name}.w", weight)], f"{name}.mm")
         return node("Add", [w.add(f"{name}.b", bias), y], name)
 
+    def skip_norm(y: str, residual: str, norm: str, bias_name: str, bias, d: int) -> str:
+        """LayerNorm(y + bias + residual), as ONNX Runtime fuses BERT's residual norms."""
+        return node("SkipLayerNormalization",
+                    [y, residual, w.add(f"{norm}.g", w.get(f"{norm}.weight", (d,))),
+                     w.add(f"{norm}.b", w.get(f"{norm}.bias", (d,))), w.add(bias_name, bias)],
+                    norm, domain=ms, epsilon=eps)
+
     ids = node("Cast", ["input_ids"], "input_ids_int32", to=TensorProto.INT32)
     types = node("Cast", ["token_type_ids"], "token_type_ids_int32", to=TensorProto.INT32)
     mask = node("Cast", ["attention_mask"], "attention_mask_int32", to=TensorProto.INT32)
@@ -165,19 +172,13 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
                    mask_filter_value=float(np.finfo(np.float32).min))
         wo, bo = w.linear(f"{p}.attn_out", d, d)
         y = node("MatMul", [att, w.add(f"{p}.attn_out.w", wo)], f"{p}.attn_out.mm")
-        attn = node("SkipLayerNormalization",
-                    [y, x, w.add(f"{p}.attn_norm.g", w.get(f"{p}.attn_norm.weight", (d,))),
-                     w.add(f"{p}.attn_norm.b", w.get(f"{p}.attn_norm.bias", (d,))),
-                     w.add(f"{p}.attn_out.b", bo)], f"{p}.attn_norm", domain=ms, epsilon=eps)
+        attn = skip_norm(y, x, f"{p}.attn_norm", f"{p}.attn_out.b", bo, d)
         w1, b1 = w.linear(f"{p}.ffn_in", d, F)
         h = node("MatMul", [attn, w.add(f"{p}.ffn_in.w", w1)], f"{p}.ffn_in.mm")
         h = node("BiasGelu", [h, w.add(f"{p}.ffn_in.b", b1)], f"{p}.gelu", domain=ms)
         w2, b2 = w.linear(f"{p}.ffn_out", F, d)
         y = node("MatMul", [h, w.add(f"{p}.ffn_out.w", w2)], f"{p}.ffn_out.mm")
-        x = node("SkipLayerNormalization",
-                 [y, attn, w.add(f"{p}.ffn_norm.g", w.get(f"{p}.ffn_norm.weight", (d,))),
-                  w.add(f"{p}.ffn_norm.b", w.get(f"{p}.ffn_norm.bias", (d,))),
-                  w.add(f"{p}.ffn_out.b", b2)], f"{p}.ffn_norm", domain=ms, epsilon=eps)
+        x = skip_norm(y, attn, f"{p}.ffn_norm", f"{p}.ffn_out.b", b2, d)
         if i + 1 < len(shape.widths):
             x = dense(x, f"transitions.{i}", d, shape.widths[i + 1], f"transitions.{i}")
     w_out, b_out = w.linear("proj_out", shape.widths[-1], D)

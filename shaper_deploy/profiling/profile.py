@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ProfileError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, read_manifest
 from ..runtime import make_session
 from ..shape import Shape, flops
 from ..supernet.config import SuperConfig
@@ -41,20 +41,9 @@ def shape_key(widths) -> str:
 
 def read_header(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    file = path / HEADER
-    if not file.is_file():
-        raise ProfileError(f"{path} is not a profile (no {HEADER}); make one with: "
-                           "shaperctl profile --device cpu --out DIR")
-    try:
-        header = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProfileError(f"{file} is not readable JSON: {exc}") from None
-    if header.get("format") != PROFILE_FORMAT:
-        raise ProfileError(f"{file} is not a shaper-deploy profile")
-    if header.get("format_version", 0) > PROFILE_VERSION:
-        raise ProfileError(f"profile {path} has format version {header['format_version']}; "
-                           f"this shaper-deploy reads versions up to {PROFILE_VERSION}")
-    return header
+    return read_manifest(path / HEADER, PROFILE_FORMAT, PROFILE_VERSION, "profile",
+                         ProfileError, f"{path} is not a profile (no {HEADER}); make one with: "
+                                       "shaperctl profile --device cpu --out DIR")
 
 
 def read_measurements(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:

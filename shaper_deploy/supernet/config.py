@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ShaperError
-from ..shape import DesignSpace
+from ..shape import DesignSpace, reject_unknown_fields
 
 CHECKPOINT_FORMAT = "shaper-deploy/supernet"
 CHECKPOINT_VERSION = 1
@@ -40,11 +40,7 @@ class SuperConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SuperConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"unknown super network config field(s) {', '.join(unknown)}; "
-                                  f"allowed: {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, data, "super network config", CheckpointError)
         data = dict(data)
         try:
             data["space"] = DesignSpace.from_dict(data.get("space", {}))
