@@ -10,6 +10,7 @@ from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
 from .serve import bench, run
+from .train import train
 from .supernet import params, supernet
 
 
@@ -32,3 +33,8 @@ main.add_command(predict)
 main.add_command(profiles)
 main.add_command(run)
 main.add_command(bench)
+main.add_command(train)
+
+
+if __name__ == "__main__":  # python -m shaper_deploy.cli.main (e.g. under torchrun)
+    main()

@@ -48,3 +48,7 @@ class PlannerError(ShaperError):
 
 class ServingError(ShaperError):
     """A bundle cannot be loaded or run as asked."""
+
+
+class TrainingError(ShaperError):
+    """Training cannot start or continue as asked (data, checkpoint, settings)."""

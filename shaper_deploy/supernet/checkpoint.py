@@ -250,17 +250,22 @@ def load_supernet(path: str | Path) -> SuperBert:
     return model.eval()
 
 
+def write_supernet(model: SuperBert, folder: Path) -> None:
+    """Write ``model``'s checkpoint files into an existing (temporary) folder."""
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+              "shaper_deploy_version": __version__, "config": model.config.to_dict(),
+              "source": model.source,
+              "weights_sha256": sha256_file(folder / "model.safetensors")}
+    (folder / "config.json").write_text(json.dumps(header, indent=2) + "\n")
+    for name, data in model.tokenizer_files.items():
+        (folder / name).write_bytes(data)
+
+
 def save_supernet(model: SuperBert, path: str | Path, force: bool = False) -> Path:
     """Write ``model`` as a checkpoint folder, atomically."""
     path = Path(path)
     with atomic_dir(path, force=force) as tmp:
-        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                  "shaper_deploy_version": __version__, "config": model.config.to_dict(),
-                  "source": model.source,
-                  "weights_sha256": sha256_file(tmp / "model.safetensors")}
-        (tmp / "config.json").write_text(json.dumps(header, indent=2) + "\n")
-        for name, data in model.tokenizer_files.items():
-            (tmp / name).write_bytes(data)
+        write_supernet(model, tmp)
     return path

@@ -1,0 +1,1 @@
+"""Training super networks (sandwich rule). Nothing in the deploy path imports this package."""

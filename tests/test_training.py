@@ -1,0 +1,144 @@
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from shaper_deploy.errors import TrainingError
+from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.training.data import read_texts, tokenize
+from shaper_deploy.training.sandwich import TrainConfig, sandwich_shapes, train_supernet
+
+from .conftest import TINY_SPACE, randomize, save_tiny_bert, tiny_tokenizer_json
+
+WORDS = ("the model is fast small bert on device latency shape layer to of and in runs "
+         "with we deploy").split()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
+    model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    model.save(tmp_path / "super")
+    rng = random.Random(0)
+    (tmp_path / "texts.txt").write_text("\n".join(
+        " ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)))
+    corpus = tokenize(read_texts(tmp_path / "texts.txt"), tiny_tokenizer_json().encode(), 32,
+                      0.05)
+    return tmp_path, corpus
+
+
+def _mean(history, pick):
+    return sum(sum(h["loss"]) / len(h["loss"]) for h in pick(history)) / len(pick(history))
+
+
+@pytest.mark.parametrize("objective", ["distill", "mlm"])
+def test_short_training_lowers_the_loss(setup, objective):
+    tmp, corpus = setup
+    config = TrainConfig(objective=objective, steps=30, batch_size=8, seq_len=32, lr=1e-3)
+    summary = train_supernet(tmp / "super", corpus, config, tmp / "run")
+    history = summary["history"]
+    assert len(history) == 30 and all(len(h["loss"]) == 4 for h in history)  # sandwich of 4
+    first, last = _mean(history, lambda h: h[:5]), _mean(history, lambda h: h[-5:])
+    if objective == "distill":
+        assert last < 0.8 * first
+    else:  # from about ln(97) towards ln(20) (the text draws from 20 words): 0.35 measured
+        assert last < first - 0.2
+    trained = SuperBert.load(tmp / "run" / "supernet")
+    assert trained.config == SuperBert.load(tmp / "super").config
+    assert summary["validation"]["largest"]["loss"] >= 0
+
+
+def test_sandwich_shapes_are_the_same_for_a_step():
+    model = SuperBert(SuperConfig(TINY_SPACE))
+    a, b = (sandwich_shapes(model, 7, 3, seed=1) for _ in range(2))
+    assert a == b and a[0] == TINY_SPACE.largest and a[1] == TINY_SPACE.smallest
+    assert sandwich_shapes(model, 8, 3, seed=1) != a
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup):
+    tmp, corpus = setup
+    config = TrainConfig(objective="mlm", steps=10, batch_size=4, seq_len=32, lr=1e-3,
+                         checkpoint_every=4)
+    straight = train_supernet(tmp / "super", corpus, config, tmp / "straight")
+
+    def interrupt(message):
+        if message.startswith("step 6/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(tmp / "super", corpus, config, tmp / "resumed", progress=interrupt)
+    assert json.loads((tmp / "resumed" / "checkpoint" / "train.json").read_text())["step"] == 4
+    notes = []
+    resumed = train_supernet(tmp / "super", corpus, config, tmp / "resumed",
+                             progress=notes.append)
+    assert "resuming" in notes[0] and "at step 4" in notes[0]
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+
+    with pytest.raises(TrainingError, match=r"other settings \(lr: 0.001 then, 0.002 now\)"):
+        train_supernet(tmp / "super", corpus,
+                       TrainConfig(**{**config.__dict__, "lr": 2e-3}), tmp / "resumed")
+    other = SuperBert(SuperConfig(TINY_SPACE.for_model(48, 4, 2, vocab_size=97,
+                                                       max_positions=64, intermediate_size=96)))
+    other.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    other.save(tmp / "other")
+    with pytest.raises(TrainingError, match="of another architecture"):
+        train_supernet(tmp / "other", corpus, config, tmp / "resumed")
+
+
+def test_two_processes_end_with_identical_weights(setup):
+    tmp, _ = setup
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "shaper_deploy.cli.main", "train", "supernet", "--supernet",
+           str(tmp / "super"), "--data", str(tmp / "texts.txt"), "--steps", "4", "--seq-len",
+           "32", "--batch-size", "4", "--out", str(tmp / "ddp"), "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp / "ddp" / "train.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+
+
+def test_mlm_on_a_bert_without_head_creates_one(tmp_path):
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    save_tiny_bert(tmp_path / "bert", masked_lm=False)
+    model = SuperBert.from_bert(tmp_path / "bert")
+    assert model.mlm_head is None
+    model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    model.save(tmp_path / "super")
+    rng = random.Random(1)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("\n".join(
+        " ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(120)))
+    r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp_path / "super"),
+                                  "--data", str(tmp_path / "data"), "--objective", "mlm",
+                                  "--steps", "3", "--seq-len", "32", "--batch-size", "2",
+                                  "--out", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "creating one" in r.stderr
+    assert SuperBert.load(tmp_path / "run" / "supernet").mlm_head is not None
+
+
+def test_bad_data_and_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    with pytest.raises(TrainingError, match="does not exist"):
+        read_texts(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blank.txt").write_text("\n  \n")
+    with pytest.raises(TrainingError, match="no text found"):
+        read_texts(tmp_path / "empty")
+    with pytest.raises(TrainingError, match="too few for two blocks"):
+        tokenize(["the model"], tiny_tokenizer_json().encode(), 32, 0.05)
+    with pytest.raises(TrainingError, match="unknown objective 'rl'; allowed: mlm, distill"):
+        TrainConfig(objective="rl")
+    r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp_path),
+                                  "--data", str(tmp_path / "empty"), "--steps", "3",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
