@@ -122,3 +122,15 @@ def test_every_command_has_an_example():
             yield path, cmd
     for path, cmd in walk(root, []):
         assert "Example" in (cmd.help or ""), f"shaperctl {' '.join(path)} has no example"
+
+
+def test_the_deploy_path_never_imports_training():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import shaper_deploy.planner, shaper_deploy.serving, shaper_deploy.export\n"
+            "import shaper_deploy.cli.main\n"
+            "print([m for m in sys.modules if m.startswith('shaper_deploy.training')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
