@@ -10,7 +10,7 @@ from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
 from .serve import bench, run
-from .train import train
+from .train import search, train
 from .supernet import params, supernet
 
 
@@ -34,6 +34,7 @@ main.add_command(profiles)
 main.add_command(run)
 main.add_command(bench)
 main.add_command(train)
+main.add_command(search)
 
 
 if __name__ == "__main__":  # python -m shaper_deploy.cli.main (e.g. under torchrun)

@@ -80,3 +80,106 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
         ("validation", ", ".join(f"{k} {v['loss']:.4f}" for k, v in d["validation"].items())),
         ("super network", str(Path(d["out"]) / "supernet"))]))
 
+
+
+@train.command("quality")
+@click.option("--supernet", "supernet_path", required=True, type=click.Path(path_type=Path),
+              help="The (trained) super network whose shapes to measure.")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Held-out text: a .txt file or a folder of them.")
+@click.option("--metric", type=click.Choice(["cosine", "perplexity"]), default="cosine",
+              show_default=True,
+              help="Embedding cosine to the full network, or masked-LM perplexity.")
+@click.option("--samples", default=200, show_default=True, type=int,
+              help="Shapes to measure, spread over the parameter range.")
+@click.option("--seq-len", default=128, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for quality.ubj, quality.json and the measured shapes.")
+@json_option
+def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq_len: int,
+            out: Path, as_json: bool) -> None:
+    """Measure shapes' quality on held-out text and fit an XGBoost quality predictor.
+
+    \b
+    Example:
+      shaperctl train quality --supernet runs/t/supernet --data val/ --out runs/quality
+    """
+    import json
+
+    from shaper_deploy.io import check_output_dir
+    from shaper_deploy.supernet import SuperBert
+    from shaper_deploy.training.data import read_texts, tokenize
+    from shaper_deploy.training.quality import fit_quality, quality_dataset
+
+    check_output_dir(out)
+    model = SuperBert.load(supernet_path)
+    if "tokenizer.json" not in model.tokenizer_files:
+        raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
+    corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,
+                      0.5)
+    shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress)
+    predictor = fit_quality(shapes, values, metric)
+    predictor.save(out)
+    (out / "measurements.json").write_text(json.dumps(
+        [{"shape": list(s.widths), "params": s.params(), metric: v}
+         for s, v in zip(shapes, values)], indent=1) + "\n")
+    h = predictor.meta["held_out"]
+    emit({"out": str(out), **predictor.meta}, as_json, lambda d: table([
+        ("predictor", f"{out} ({metric}, {d['trained_on']} shapes fitted)"),
+        ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)")]))
+
+
+@click.command("search")
+@click.option("--supernet", "supernet_path", required=True, type=click.Path(path_type=Path),
+              help="Super network whose design space to search.")
+@click.option("--quality-predictor", "quality_path", required=True,
+              type=click.Path(path_type=Path), help="Folder written by shaperctl train quality.")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="Latency profile for --latency (and latency in the results).")
+@click.option("--latency", "latency_text", default=None, help="Latency limit, e.g. 20ms.")
+@click.option("--params", "params_text", default=None, help="Parameter limit, e.g. 60M.")
+@click.option("--iterations", default=300, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@json_option
+def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
+           latency_text: str | None, params_text: str | None, iterations: int, seed: int,
+           as_json: bool) -> None:
+    """Evolutionary search for the best shape under parameter and latency limits.
+
+    \b
+    Example:
+      shaperctl search --supernet ./super --quality-predictor runs/quality \\
+          --profile profiles/mine --latency 20ms --params 60M
+    """
+    from shaper_deploy.heuristics import parse_count
+    from shaper_deploy.planner import parse_budget
+    from shaper_deploy.supernet import read_checkpoint_header
+    from shaper_deploy.training.quality import QualityPredictor
+    from shaper_deploy.training.search import SearchConfig, evolutionary_search
+
+    space = read_checkpoint_header(supernet_path)["config"].space
+    model = QualityPredictor.load(quality_path)
+    if model.space != space:
+        raise click.ClickException("the quality predictor covers another design space than "
+                                   "the super network")
+    latency = None
+    if profile_path is not None:
+        from shaper_deploy.predictor import LatencyPredictor
+
+        latency_model = LatencyPredictor.load(profile_path)
+        if latency_model.space != space:
+            raise click.ClickException(f"profile {profile_path} covers another design space")
+        latency = latency_model.upper_bound
+    result = evolutionary_search(
+        space, model.predict, model.higher_is_better, latency,
+        parse_budget(latency_text) if latency_text else None,
+        parse_count(params_text) if params_text else None,
+        SearchConfig(iterations=iterations, seed=seed), progress)
+    data = {"best": result.best.to_dict(), "pareto": [c.to_dict() for c in result.pareto],
+            "evaluated": result.evaluated, "metric": model.meta["metric"]}
+    b = result.best
+    emit(data, as_json, lambda d: table([
+        ("best", f"{','.join(map(str, b.shape.widths))} ({b.params / 1e6:.1f}M params, "
+                 f"{d['metric']} {b.quality:.4f}"
+                 + (f", {b.latency_ms:.2f} ms" if b.latency_ms is not None else "") + ")"),
+        ("pareto front", f"{len(d['pareto'])} shapes; {d['evaluated']} evaluated")]))

@@ -1,0 +1,140 @@
+"""How good is a shape? Measured on held-out text, and predicted by an XGBoost model.
+
+Metrics:
+
+* ``cosine``: mean cosine between the shape's and the full network's mean-pooled sentence
+  embeddings (for encoders trained by distillation, such as all-MiniLM-L6-v2);
+* ``perplexity``: exp of the mean masked-LM loss (the paper's), lower is better.
+
+The quality predictor is XGBoost on (per-layer widths, parameters), saved as ``.ubj`` beside a
+JSON file with the metric, design space and held-out R^2 and Spearman correlation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import TrainingError
+from ..io import atomic_write_bytes
+from ..shape import DesignSpace, Shape
+from ..supernet.model import SuperBert
+from ..templates import sample_shapes
+from .data import Corpus
+from .sandwich import mask_tokens
+
+METRICS = {"cosine": True, "perplexity": False}  # metric -> higher is better
+FORMAT = "shaper-deploy/quality-predictor"
+
+
+@torch.no_grad()
+def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus,
+                    metric: str, max_blocks: int = 64) -> list[float]:
+    """The metric of every shape on (up to ``max_blocks``) held-out blocks."""
+    if metric not in METRICS:
+        raise TrainingError(f"unknown quality metric {metric!r}; allowed: {', '.join(METRICS)}")
+    supernet.eval()
+    ids = corpus.val[:max_blocks]
+    if metric == "cosine":
+        full = supernet(ids).last_hidden_state.mean(1)
+        return [float(torch.nn.functional.cosine_similarity(
+            supernet(ids, shape=s).last_hidden_state.mean(1), full).mean()) for s in shapes]
+    if supernet.mlm_head is None:
+        raise TrainingError("perplexity needs an MLM head; train with --objective mlm first, "
+                            "or use the cosine metric")
+    g = torch.Generator().manual_seed(4321)
+    inputs, labels = mask_tokens(ids, corpus, supernet.config.space.vocab_size, 0.15, g)
+    out = []
+    for s in shapes:
+        logits = supernet.mlm_logits(supernet(inputs, shape=s).last_hidden_state)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
+                                                 labels.view(-1), ignore_index=-100)
+        out.append(math.exp(min(float(loss), 50)))
+    return out
+
+
+def _features(shapes: Sequence[Shape]) -> np.ndarray:
+    return np.array([[*s.widths, s.params()] for s in shapes], dtype=np.float64)
+
+
+class QualityPredictor:
+    def __init__(self, booster, meta: dict[str, Any]):
+        self.booster, self.meta = booster, meta
+
+    @property
+    def space(self) -> DesignSpace:
+        return DesignSpace.from_dict(self.meta["design_space"])
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.meta["metric"]]
+
+    def predict(self, shapes: Sequence[Shape]) -> np.ndarray:
+        import xgboost as xgb
+
+        return self.booster.predict(xgb.DMatrix(_features(shapes)))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path / "quality.ubj", bytes(self.booster.save_raw(raw_format="ubj")))
+        atomic_write_bytes(path / "quality.json", (json.dumps(self.meta, indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QualityPredictor":
+        import xgboost as xgb
+
+        path = Path(path)
+        if not (path / "quality.json").is_file() or not (path / "quality.ubj").is_file():
+            raise TrainingError(f"{path} holds no quality predictor (quality.json, quality.ubj); "
+                                "make one with: shaperctl train quality")
+        meta = json.loads((path / "quality.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise TrainingError(f"{path / 'quality.json'} is not a quality predictor")
+        booster = xgb.Booster()
+        booster.load_model(str(path / "quality.ubj"))
+        return cls(booster, meta)
+
+
+def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
+                held_out: float = 0.25) -> QualityPredictor:
+    """XGBoost on the shapes' widths and parameters; held-out R^2 and Spearman recorded."""
+    import xgboost as xgb
+    from scipy.stats import spearmanr
+
+    y = np.asarray(quality, dtype=np.float64)
+    if len(y) < 8:
+        raise TrainingError(f"a quality predictor needs at least 8 measured shapes, got {len(y)}")
+    test = np.zeros(len(y), dtype=bool)
+    test[np.argsort([s.params() for s in shapes], kind="stable")[2::max(2, round(1 / held_out))]] = True
+    x = _features(shapes)
+    params = {"objective": "reg:squarederror", "eta": 0.05, "max_depth": 3, "subsample": 0.8,
+              "seed": 0, "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(x[~test], label=y[~test]), num_boost_round=300)
+    pred = booster.predict(xgb.DMatrix(x[test]))
+    ss_tot = float(((y[test] - y[test].mean()) ** 2).sum())
+    meta = {"format": FORMAT, "metric": metric, "higher_is_better": METRICS[metric],
+            "design_space": shapes[0].space.to_dict(), "features": "widths + params",
+            "xgboost": params, "trained_on": int((~test).sum()),
+            "held_out": {"n": int(test.sum()),
+                         "r2": 1 - float(((y[test] - pred) ** 2).sum()) / ss_tot if ss_tot else None,
+                         "spearman": float(spearmanr(y[test], pred).statistic)}}
+    return QualityPredictor(booster, meta)
+
+
+def quality_dataset(supernet: SuperBert, corpus: Corpus, metric: str, samples: int,
+                    seed: int = 0, progress: Callable[[str], None] | None = None
+                    ) -> tuple[list[Shape], list[float]]:
+    """Measure ``samples`` shapes spread over the parameter range."""
+    note = progress or (lambda message: None)
+    shapes = sample_shapes(supernet.config.space, samples, seed)
+    quality = []
+    for i in range(0, len(shapes), 16):
+        quality += measure_quality(supernet, shapes[i:i + 16], corpus, metric)
+        note(f"[{min(i + 16, len(shapes))}/{len(shapes)}] shapes measured")
+    return shapes, quality

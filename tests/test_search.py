@@ -1,0 +1,97 @@
+import json
+import random
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from shaper_deploy.cli.main import main
+from shaper_deploy.errors import TrainingError
+from shaper_deploy.shape import PAPER_SPACE
+from shaper_deploy.templates import random_shape, sample_shapes
+from shaper_deploy.training.data import tokenize
+from shaper_deploy.training.quality import QualityPredictor, fit_quality, measure_quality
+from shaper_deploy.training.search import SearchConfig, evolutionary_search
+
+from .conftest import TINY_SPACE, tiny_tokenizer_json
+
+WORDS = "the model is fast small bert on device latency shape layer to of and in runs".split()
+
+
+def synthetic_quality(shapes):
+    """Later layers matter more; diminishing returns in width."""
+    return np.array([sum((i + 1) * np.log(w) for i, w in enumerate(s.widths)) for s in shapes])
+
+
+def test_measured_quality(tiny_supernet):
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(120)]
+    corpus = tokenize(texts, tiny_tokenizer_json().encode(), 32, 0.5)
+    cos = measure_quality(tiny_supernet, [TINY_SPACE.largest, TINY_SPACE.smallest], corpus,
+                          "cosine")
+    assert cos[0] == pytest.approx(1.0, abs=1e-6) and cos[1] < cos[0]
+    ppl = measure_quality(tiny_supernet, [TINY_SPACE.largest], corpus, "perplexity")
+    assert ppl[0] > 1
+    with pytest.raises(TrainingError, match="unknown quality metric 'bleu'"):
+        measure_quality(tiny_supernet, [TINY_SPACE.largest], corpus, "bleu")
+
+
+def test_quality_predictor_learns_and_round_trips(tmp_path):
+    shapes = sample_shapes(PAPER_SPACE, 160, seed=2)
+    model = fit_quality(shapes, synthetic_quality(shapes), "cosine")
+    assert model.meta["held_out"]["r2"] > 0.9 and model.meta["held_out"]["spearman"] > 0.9
+    model.save(tmp_path / "q")
+    again = QualityPredictor.load(tmp_path / "q")
+    assert np.allclose(again.predict(shapes[:5]), model.predict(shapes[:5]))
+    with pytest.raises(TrainingError, match="holds no quality predictor"):
+        QualityPredictor.load(tmp_path)
+
+
+def test_search_respects_limits_and_beats_random():
+    limit = 60_000_000
+    latency = lambda shapes: np.array([s.params() / 1e6 for s in shapes])  # noqa: E731
+    result = evolutionary_search(PAPER_SPACE, synthetic_quality, True, latency, 55.0, limit,
+                                 SearchConfig(iterations=30, seed=1))
+    everything = [result.best, *result.pareto]
+    assert all(c.params <= limit and c.latency_ms <= 55.0 for c in everything)
+    rng = random.Random(5)
+    randoms = [s for s in (random_shape(PAPER_SPACE, rng) for _ in range(3000))
+               if s.params() <= 55_000_000]
+    assert result.best.quality >= synthetic_quality(randoms).max()
+    params = [c.params for c in result.pareto]
+    assert params == sorted(params)
+    qualities = [c.quality for c in result.pareto]
+    assert qualities == sorted(qualities)  # each Pareto step buys quality with parameters
+
+
+def test_search_lower_is_better_and_impossible_limits():
+    result = evolutionary_search(PAPER_SPACE, lambda s: -synthetic_quality(s), False,
+                                 max_params=50_000_000, config=SearchConfig(iterations=5))
+    assert result.best.params <= 50_000_000
+    with pytest.raises(TrainingError, match=r"no shape meets 1,000 parameters; the smallest"):
+        evolutionary_search(PAPER_SPACE, synthetic_quality, max_params=1000,
+                            config=SearchConfig(iterations=2))
+    with pytest.raises(TrainingError, match="a latency limit needs a latency model"):
+        evolutionary_search(PAPER_SPACE, synthetic_quality, max_latency_ms=5.0)
+
+
+def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer):
+    tiny_supernet_with_tokenizer.save(tmp_path / "super")
+    rng = random.Random(3)
+    (tmp_path / "val.txt").write_text("\n".join(
+        " ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(150)))
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "quality", "--supernet", str(tmp_path / "super"),
+                             "--data", str(tmp_path / "val.txt"), "--samples", "16",
+                             "--seq-len", "32", "--out", str(tmp_path / "q"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["metric"] == "cosine"
+    r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
+                             "--quality-predictor", str(tmp_path / "q"), "--params", "40K",
+                             "--iterations", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["best"]["params"] <= 40_000 and data["pareto"]
+    r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
+                             "--quality-predictor", str(tmp_path / "q"), "--params", "1K"])
+    assert r.exit_code == 1 and "no shape meets 1,000 parameters" in r.stderr
