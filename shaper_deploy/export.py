@@ -269,7 +269,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / den
 
 
-def _quantize(src: Path, dst: Path, per_channel: bool) -> None:
+def quantize_int8(src: Path, dst: Path, per_channel: bool) -> None:
+    """Dynamic int8 quantization of an (optimized) graph: int8 weights, float activations."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -380,7 +381,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             t = time.perf_counter()
             note("quantizing to int8 and measuring it against fp32")
             int8_path = tmp / INT8_FILE
-            _quantize(model_path, int8_path, options.int8_per_channel)
+            quantize_int8(model_path, int8_path, options.int8_per_channel)
             _check(int8_path)
             feeds, judged_on = _judge_feeds(supernet.tokenizer_files, space.vocab_size,
                                             space.max_positions)

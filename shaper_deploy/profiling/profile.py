@@ -124,10 +124,10 @@ class GraphSessions:
         path = self.work / "graph.onnx"
         onnx.save(build_deploy_graph(self.config, shape, random=self.random), str(path))
         if self.protocol.precision == "int8":
-            from ..export import _quantize
+            from ..export import quantize_int8
 
             quantized = self.work / "graph_int8.onnx"
-            _quantize(path, quantized, per_channel=True)
+            quantize_int8(path, quantized, per_channel=True)
             path = quantized
         session = make_session(path, self.device, threads=self.protocol.threads)
         feeds = self.feeds
