@@ -113,6 +113,10 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
           threads: int | None, device: str, as_json: bool) -> None:
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
 
+    One session shared by --concurrency threads for --duration seconds. For a bundle exported
+    with --latency whose profile is at hand, it is also measured with the profile's protocol,
+    the number its prediction is comparable with.
+
     \b
     Example:
       shaperctl bench ./bundle --concurrency 2 --duration 20
@@ -131,6 +135,15 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     data = {"bundle": str(bundle), "device": device, "threads": threads, **result}
     if plan:
         data["plan"] = {k: plan[k] for k in ("budget_ms", "predicted_ms", "measured_ms")}
+        if Path(plan["profile"]).is_dir():
+            # The profile's own protocol (interleaved with its reference model), so the
+            # number is comparable with the prediction; needs the profiling stack (torch).
+            from shaper_deploy.planner import measure_bundle
+
+            m = measure_bundle(bundle, plan["profile"], device)
+            data["profile_protocol"] = {"profile": plan["profile"],
+                                        "measured_ms": m["measured_ms"],
+                                        "predicted_ms": plan["predicted_ms"]}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),
@@ -141,4 +154,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         rows.append(("plan", f"budget {plan['budget_ms']:g} ms, predicted "
                              f"{plan['predicted_ms']:.2f} ms, measured at export "
                              f"{plan['measured_ms']:.2f} ms"))
+    if "profile_protocol" in data:
+        rows.append(("now", f"{data['profile_protocol']['measured_ms']:.2f} ms with the "
+                            "profile's protocol (comparable with the prediction)"))
     emit(data, as_json, lambda d: table(rows))
