@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.predictor import LatencyPredictor, _metrics, _split, fit
+from shaper_deploy.predictor import LatencyPredictor, fit, held_out_mask, regression_metrics
 from shaper_deploy.profiling.profile import normalized_latency, read_header, read_measurements
 from shaper_deploy.shape import Shape
 from shaper_deploy.supernet import SuperConfig
@@ -36,7 +36,7 @@ def main() -> None:
     shapes = [Shape(tuple(int(w) for w in k.split(",")), space) for k in keys]
     y = np.array([latency[k] for k in keys])
     params = np.array([s.params() for s in shapes], dtype=float)
-    test = _split(keys, params, 0.25)
+    test = held_out_mask(params, 0.25)
     pool = np.flatnonzero(~test)
     p = header["protocol"]
     rows = []
@@ -50,7 +50,7 @@ def main() -> None:
             model = LatencyPredictor(booster, {"design_space": space.to_dict(), "protocol": p,
                                                "baseline": {"coef": coef.tolist()},
                                                "features": booster.feature_names})
-            draws.append(_metrics(y[test], model.predict([s for s, t in zip(shapes, test) if t])))
+            draws.append(regression_metrics(y[test], model.predict([s for s, t in zip(shapes, test) if t])))
         rows.append({"train_shapes": size, "draws": args.draws,
                      **{k: statistics.median(m[k] for m in draws)
                         for k in ("r2", "mape", "within_5pct", "within_10pct", "kendall_tau")}})

@@ -38,7 +38,7 @@ from . import __version__
 from .errors import ExportError, ValidationError
 from .fusion import FusedBert, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
-from .runtime import make_session
+from .runtime import feeds_from_encodings, make_session
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
@@ -254,10 +254,7 @@ def _judge_feeds(tokenizer_files: dict[str, bytes], vocab: int, max_positions: i
         tok.enable_truncation(max_positions)
         tok.enable_padding()
         enc = tok.encode_batch(list(SAMPLE_TEXTS))
-        feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-        return [feeds], f"{len(SAMPLE_TEXTS)} English sentences"
+        return [feeds_from_encodings(enc)], f"{len(SAMPLE_TEXTS)} English sentences"
     cases = validation_cases(max_positions)
     return ([sample_inputs(vocab, b, s, seed=200 + i, padding=p)
              for i, (b, s, p) in enumerate(cases)], "random token ids (no tokenizer)")

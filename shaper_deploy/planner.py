@@ -138,8 +138,7 @@ def choose_precision(plans: dict[str, Plan]) -> tuple[Plan, str]:
                   f"{best.budget_ms:g} ms ({best.upper_ms:.2f} ms with margin); {others}")
 
 
-def measure_bundle(bundle: str | Path, profile: str | Path, device: str,
-                   rounds: int | None = None) -> dict[str, Any]:
+def measure_bundle(bundle: str | Path, profile: str | Path, device: str) -> dict[str, Any]:
     """The bundle's latency under the profile's protocol, on the profile's scale.
 
     The bundle and the profile's reference model are timed interleaved; the bundle's median
@@ -148,8 +147,6 @@ def measure_bundle(bundle: str | Path, profile: str | Path, device: str,
     bundle, profile = Path(bundle), Path(profile)
     header = read_header(profile)
     protocol = Protocol.from_dict(header["protocol"])
-    if rounds is not None:
-        protocol = replace(protocol, rounds=rounds)
     config = SuperConfig.from_dict(header["config"])
     manifest = json.loads((bundle / "shaper.json").read_text())
     model_file = manifest["default_model"]

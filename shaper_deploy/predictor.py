@@ -54,7 +54,7 @@ def _baseline_design(x: np.ndarray, n_layers: int) -> np.ndarray:
     return np.column_stack([fl / 1e9, params / 1e6, np.ones(len(x))])
 
 
-def _metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     from scipy.stats import kendalltau
 
     rel = predicted / actual - 1
@@ -127,11 +127,11 @@ class LatencyPredictor:
         return cls(booster, meta)
 
 
-def _split(keys: list[str], params: np.ndarray, held_out: float) -> np.ndarray:
+def held_out_mask(params: Sequence[float], held_out: float) -> np.ndarray:
     """A deterministic held-out mask spread evenly over the parameter range."""
-    order = np.argsort(params, kind="stable")
+    order = np.argsort(np.asarray(params), kind="stable")
     step = max(2, round(1 / held_out))
-    mask = np.zeros(len(keys), dtype=bool)
+    mask = np.zeros(len(order), dtype=bool)
     mask[order[step // 2::step]] = True
     return mask
 
@@ -171,7 +171,7 @@ def fit_profile(profile: str | Path, held_out: float = 0.25,
     y = np.array([latency_by_key[k] for k in keys])
     p = header["protocol"]
     params = np.array([s.params() for s in shapes], dtype=np.float64)
-    test = _split(keys, params, held_out)
+    test = held_out_mask(params, held_out)
     note(f"fitting on {int((~test).sum())} shapes, holding out {int(test.sum())}")
     booster, coef = fit(shapes, y, p["seq_len"], p["batch"], ~test)
     meta = {"format": "shaper-deploy/predictor", "feature_schema_version": FEATURE_SCHEMA_VERSION,
@@ -185,9 +185,9 @@ def fit_profile(profile: str | Path, held_out: float = 0.25,
     pred = model.predict(shapes)
     # For comparison, the paper's observation: a straight line in parameters alone.
     line = np.polyfit(params[~test], y[~test], 1)
-    meta["metrics"] = {"held_out": _metrics(y[test], pred[test]),
-                       "train": _metrics(y[~test], pred[~test]),
-                       "params_only_line_held_out": _metrics(y[test], np.polyval(line, params[test])),
+    meta["metrics"] = {"held_out": regression_metrics(y[test], pred[test]),
+                       "train": regression_metrics(y[~test], pred[~test]),
+                       "params_only_line_held_out": regression_metrics(y[test], np.polyval(line, params[test])),
                        "noise_floor": header.get("summary", {}).get("noise_floor")}
     raw = bytes(booster.save_raw(raw_format="ubj"))
     atomic_write_bytes(profile / MODEL_FILE, raw)

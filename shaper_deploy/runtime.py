@@ -14,6 +14,15 @@ from .errors import DeviceError
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def feeds_from_encodings(encodings) -> dict:
+    """A BERT graph's int64 inputs from a padded batch of ``tokenizers`` encodings."""
+    import numpy as np
+
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+
+
 def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,
                  sequential: bool = True):
     """An ``onnxruntime.InferenceSession`` whose first provider is the one ``device`` names.

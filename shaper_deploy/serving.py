@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import ServingError
 from .io import read_manifest, sha256_file
-from .runtime import make_session
+from .runtime import feeds_from_encodings, make_session
 
 BUNDLE_FORMAT = "shaper-deploy/bundle"
 BUNDLE_VERSION = 1
@@ -83,10 +83,7 @@ class Bundle:
         self.tokenizer.enable_truncation(limit)
         self.tokenizer.enable_padding()
         enc = self.tokenizer.encode_batch(list(texts))
-        feeds = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-        return Encoded(feeds, [bool(e.overflowing) for e in enc])
+        return Encoded(feeds_from_encodings(enc), [bool(e.overflowing) for e in enc])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))

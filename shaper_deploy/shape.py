@@ -161,9 +161,6 @@ class Shape:
     def params(self, fused: bool = True) -> int:
         return param_count(self, fused=fused)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"shape": list(self.widths)}
-
 
 def _as_shape(shape: Shape | Sequence[int], space: DesignSpace | None) -> Shape:
     if isinstance(shape, Shape):

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import TrainingError
 from ..io import atomic_write_bytes
+from ..predictor import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
 from ..templates import sample_shapes
@@ -110,8 +111,7 @@ def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
     y = np.asarray(quality, dtype=np.float64)
     if len(y) < 8:
         raise TrainingError(f"a quality predictor needs at least 8 measured shapes, got {len(y)}")
-    test = np.zeros(len(y), dtype=bool)
-    test[np.argsort([s.params() for s in shapes], kind="stable")[2::max(2, round(1 / held_out))]] = True
+    test = held_out_mask([s.params() for s in shapes], held_out)
     x = _features(shapes)
     params = {"objective": "reg:squarederror", "eta": 0.05, "max_depth": 3, "subsample": 0.8,
               "seed": 0, "nthread": 1}
