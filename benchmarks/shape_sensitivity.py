@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 from shaper_deploy.heuristics import cigar_shape
-from shaper_deploy.profiling.profile import GraphSessions
-from shaper_deploy.profiling.protocol import Protocol, measure_interleaved
+from shaper_deploy.profiling.profile import GraphSessions, runner
+from shaper_deploy.profiling.protocol import Protocol, inputs_for, measure_interleaved
 from shaper_deploy.shape import Shape
 from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 from shaper_deploy.templates import PAPER_TEMPLATE_POSITION, random_shape, template_shapes
@@ -55,8 +55,10 @@ def main() -> None:
     print(f"timing {len(same_count)} shapes near {target / 1e6:.1f}M and {len(uniform)} "
           "uniform shapes", file=sys.stderr)
     with tempfile.TemporaryDirectory() as work:
-        sessions = GraphSessions(Path(work), config, protocol, "cpu")
-        runners = {name: sessions.build(s) for name, s in {**same_count, **uniform}.items()}
+        sessions = GraphSessions(Path(work), config, "cpu", protocol.threads)
+        feeds = inputs_for(protocol.reference, config.space.vocab_size)
+        runners = {name: runner(sessions.build(s, "fp32"), feeds)
+                   for name, s in {**same_count, **uniform}.items()}
         results = measure_interleaved(runners, protocol)
     rows = {name: {"shape": list(s.widths), "params": s.params(),
                    "median_ms": results[name]["median_ms"], "cv": results[name]["cv"]}

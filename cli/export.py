@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from shaper_deploy.runtime import DEVICES
+
 from .common import emit, json_option, millions, progress, table
 
 
@@ -17,53 +19,71 @@ from .common import emit, json_option, millions, progress, table
 @click.option("--params", "params_text", default=None,
               help="Export the cigar shape with the most parameters up to this count (60M).")
 @click.option("--latency", "latency_text", default=None,
-              help="Export the largest cigar shape meeting this budget on this device "
-                   "(20ms, 0.02s, 20); needs --profile, and measures the result.")
-@click.option("--profile", "profile_paths", multiple=True, type=click.Path(path_type=Path),
-              help="Latency profile of this device (repeat for fp32 and int8 profiles).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Export the model closest to the full one that meets this budget on this "
+                   "device for the workload (20ms, 0.02s, 20); needs --profile.")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="Latency profile of this device (fp32 and int8, a range of input sizes).")
+@click.option("--batch", type=click.IntRange(1), default=None,
+              help="With --latency: rows per request the budget is for (default: the "
+                   "profile's reference batch, 1).")
+@click.option("--seq-len", type=click.IntRange(1), default=None,
+              help="With --latency: tokens per row the budget is for (default: the profile's "
+                   "reference length, 128).")
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True,
               help="Provider the budget is for; must match the profile.")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "auto"]), default="fp32",
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
               show_default=True,
-              help="With --latency: the profile's precision to plan with; auto picks the one "
-                   "that fits the most parameters.")
+              help="With --latency: auto exports the best shape at each precision the device "
+                   "runs and keeps the one closest to the full model; fp32/int8 force one.")
+@click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+              default=None,
+              help="With --latency: your own text, one sentence per line, for measuring "
+                   "fidelity (default: built-in English sentences).")
+@click.option("--allow-unreliable", is_flag=True,
+              help="Plan with a profile marked unreliable (held-out MAPE > 5% or noise > 3%).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Bundle folder to write (must not exist unless --force).")
 @click.option("--task", type=click.Choice(["feature-extraction", "fill-mask"]),
               default="feature-extraction", show_default=True,
               help="Outputs: last_hidden_state (+ pooler_output), or MLM logits.")
 @click.option("--int8", is_flag=True,
-              help="Also write model_quantized.onnx (dynamic int8) and record its accuracy.")
+              help="With --shape/--params: also write model_quantized.onnx (dynamic int8) and "
+                   "make it the default model. With --latency use --precision instead.")
 @click.option("--int8-min-cosine", default=0.95, show_default=True, type=float,
-              help="Fail if int8's mean token cosine to fp32 is below this.")
+              help="Fail (or, with --latency, drop the int8 candidate) if int8's mean token "
+                   "cosine to fp32 is below this.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
 @click.option("--no-optimize", is_flag=True,
               help="Skip ONNX Runtime's transformer fusions (and their Attention check).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @json_option
 def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
-           latency_text: str | None, profile_paths: tuple[Path, ...], device: str,
-           precision: str, out: Path, task: str, int8: bool, int8_min_cosine: float,
+           latency_text: str | None, profile_path: Path | None, batch: int | None,
+           seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
+           allow_unreliable: bool, out: Path, task: str, int8: bool, int8_min_cosine: float,
            opset: int, no_optimize: bool, force: bool, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
-    Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency (the
-    largest cigar shape whose predicted latency fits, then measured on this device; if it
-    misses, a smaller one). The bundle holds model.onnx, config.json, the tokenizer and
-    shaper.json (shape, parameters, fusion counts, validation, plan, checksums, versions).
+    Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
+    precision the largest cigar shape predicted to fit the budget at your batch and sequence
+    length is exported and measured on this device (stepping down on a miss, up when far
+    under); of those within budget, the one whose outputs are closest to the full fp32 model
+    on calibration text is kept. The candidates are printed and recorded in shaper.json.
     Nothing is left behind if any step fails.
 
     \b
     Examples:
       shaperctl export --supernet ./super --shape 360,240x3,360x4,480x2,540x2 --out ./b
       shaperctl export --supernet ./super --params 60M --out ./b60
-      shaperctl export --supernet ./super --latency 20ms --profile profiles/mine --out ./b20
+      shaperctl export --supernet ./super --latency 9ms --profile profiles/mine --out ./b9
+      shaperctl export --supernet ./super --latency 5ms --seq-len 32 --profile profiles/mine \\
+        --calibration queries.txt --out ./b5
     """
     from shaper_deploy.errors import CheckpointError
     from shaper_deploy.export import ExportOptions, export_bundle
     from shaper_deploy.heuristics import cigar_shape, parse_count
-    from shaper_deploy.io import check_output_dir
-    from shaper_deploy.planner import export_for_budget, make_plan, parse_budget
+    from shaper_deploy.io import check_output_dir, output_lock
+    from shaper_deploy.planner import parse_budget
     from shaper_deploy.shape import parse_shape
     from shaper_deploy.supernet import SuperBert, read_checkpoint_header
 
@@ -72,52 +92,109 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --shape, --params or --latency"
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
-    if precision != "fp32" and latency_text is None:
-        raise click.UsageError("--precision goes with --latency; for a fixed shape use --int8")
+    planning = {"--precision": precision != "auto", "--batch": batch is not None,
+                "--seq-len": seq_len is not None, "--calibration": calibration_path is not None,
+                "--allow-unreliable": allow_unreliable}
+    if latency_text is None and any(planning.values()):
+        raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
+                               "--latency; for a fixed shape in int8 use --int8")
+    if latency_text is not None and int8:
+        raise click.UsageError("--int8 does not go with --latency: the plan picks the precision "
+                               "(--precision auto, the default), or force one with "
+                               "--precision int8")
+    if latency_text is not None and profile_path is None:
+        raise click.UsageError("--latency needs --profile (a profile of this device: "
+                               "shaperctl profile --device cpu --supernet S --out P)")
     options = ExportOptions(task=task, opset=opset, optimize=not no_optimize, int8=int8,
                             int8_min_cosine=int8_min_cosine)
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
     check_output_dir(out, force)
-    try:  # a bad shape or budget fails before the model loads
-        space = read_checkpoint_header(supernet_path)["config"].space
-    except CheckpointError:
-        space = None  # not our format (a SuperShaper repo checkpoint) or unreadable: loading says
-    if space is not None and shape_text is not None:
-        parse_shape(shape_text, space)
-    if space is not None and budget is not None:
-        make_plan(budget, list(profile_paths), device, precision, space, lambda m: None)
-    progress(f"loading {supernet_path}")
-    model = SuperBert.load(supernet_path)
-    if budget is not None:
-        manifest = export_for_budget(model, budget, list(profile_paths), out, device,
-                                     precision, options, force=force, progress=progress)
-    else:
-        shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
-                 else cigar_shape(count, model.config.space))
-        manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
-        if profile_paths:
-            manifest = _record_prediction(out, manifest, profile_paths, device, shape)
+    with output_lock(out):
+        if budget is not None:
+            manifest = _export_for_budget(supernet_path, budget, profile_path, out, device,
+                                          precision, batch, seq_len, options, calibration_path,
+                                          allow_unreliable, force)
+        else:
+            try:  # a bad shape fails before the model loads
+                space = read_checkpoint_header(supernet_path)["config"].space
+            except CheckpointError:
+                space = None  # not our format (a SuperShaper repo checkpoint): loading says
+            if space is not None and shape_text is not None:
+                parse_shape(shape_text, space)
+            progress(f"loading {supernet_path}")
+            model = SuperBert.load(supernet_path)
+            shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
+                     else cigar_shape(count, model.config.space))
+            manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
+            if profile_path is not None:
+                manifest = _record_prediction(out, manifest, profile_path, device, shape)
     emit({"out": str(out), **manifest}, as_json, _export_text)
 
 
-def _record_prediction(out: Path, manifest: dict, profile_paths, device: str, shape) -> dict:
-    """With --profile but no budget: add each profile's predicted latency to shaper.json."""
+def _export_for_budget(supernet_path, budget, profile_path, out, device, precision, batch,
+                       seq_len, options, calibration_path, allow_unreliable, force) -> dict:
+    from shaper_deploy.fidelity import read_calibration
+    from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
+    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.supernet import SuperBert, read_checkpoint_header
+    from shaper_deploy.errors import CheckpointError
+
+    profile = DeviceProfile.load(profile_path)
+    calibration = read_calibration(calibration_path) if calibration_path else None
+    workload = None
+    if batch is not None or seq_len is not None:
+        workload = (batch or profile.reference_workload[0],
+                    seq_len or profile.reference_workload[1])
+    # Fail before the model loads: a workload outside the profile, an unattainable budget,
+    # a precision the device or profile lacks, a profile of another graph.
+    plan_candidates(profile, budget, device, precision, workload or profile.reference_workload)
+    try:
+        config = read_checkpoint_header(supernet_path)["config"]
+        check_profile(profile, device, options, config, allow_unreliable, lambda m: None)
+    except CheckpointError:
+        pass  # not our format (a SuperShaper repo checkpoint): checked after loading
+    progress(f"loading {supernet_path}")
+    model = SuperBert.load(supernet_path)
+    return export_for_budget(model, budget, profile, out, device, precision, workload, options,
+                             calibration, force=force, allow_unreliable=allow_unreliable,
+                             progress=progress)
+
+
+def _record_prediction(out: Path, manifest: dict, profile_path, device: str, shape) -> dict:
+    """With --profile but no budget: add the predicted latency at the reference size."""
     import json
 
     from shaper_deploy.io import atomic_write_bytes
-    from shaper_deploy.planner import load_profile_predictor
+    from shaper_deploy.predictor import DeviceProfile
 
-    predictions = []
-    for path in profile_paths:
-        predictor = load_profile_predictor(path, device, progress)
-        predictions.append({"profile": str(path),
-                            "precision": predictor.meta["protocol"]["precision"],
-                            "predicted_ms": float(predictor.predict([shape])[0]),
-                            "predicted_upper_ms": float(predictor.upper_bound([shape])[0])})
-    manifest["predicted_latency"] = predictions
+    profile = DeviceProfile.load(profile_path)
+    profile.check_device(device, progress)
+    b, s = profile.reference_workload
+    manifest["predicted_latency"] = [
+        {"profile": str(profile_path), "precision": p, "batch": b, "seq_len": s,
+         "predicted_ms": float(profile.predict([shape], p, b, s)[0]),
+         "predicted_upper_ms": float(profile.predict([shape], p, b, s)[0] * profile.margin(p))}
+        for p in profile.precisions]
     atomic_write_bytes(out / "shaper.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def candidates_table(plan: dict) -> str:
+    """The plan's candidates, one line each: precision, shape, latency beside fidelity."""
+    head = (f"{'':2}{'precision':<9} {'shape':<34} {'params':>8} {'predicted':>10} "
+            f"{'measured':>9} {'fidelity':>8}  status")
+    lines = [head]
+    for c in plan["candidates"]:
+        shape = ",".join(map(str, c["shape"])) if c["shape"] else "-"
+        num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+        lines.append(
+            f"{'*' if c['status'] == 'chosen' else ' ':2}{c['precision']:<9} {shape:<34} "
+            f"{num(c['params'] and c['params'] / 1e6, '7.1f') + ('M' if c['params'] else ''):>8} "
+            f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '6.2f') + ' ms':>9} "
+            f"{num(c['fidelity'], '8.4f'):>8}  {c['status']}"
+            + (f": {c['reason']}" if c["reason"] else ""))
+    return "\n".join(lines)
 
 
 def _export_text(d: dict) -> str:
@@ -126,8 +203,11 @@ def _export_text(d: dict) -> str:
             ("params", f"{millions(d['params']['fused'])} fused "
                        f"({millions(d['params']['unfused'])} unfused)"),
             ("outputs", ", ".join(d["outputs"])),
+            ("model", d["default_model"]),
             ("validation", f"max |ORT - PyTorch| {worst:.1e} (atol {d['validation']['atol']:g}, "
                            f"{len(d['validation']['cases'])} input sizes)")]
+    if d.get("dropped_identities"):
+        rows.append(("dropped", f"{len(d['dropped_identities'])} exact identity projections"))
     if d["fusion"]:
         f = d["fusion"]
         rows.append(("fused ops", ", ".join(f"{k} {f[k]}" for k in
@@ -140,14 +220,18 @@ def _export_text(d: dict) -> str:
                              f"{q['max_abs_diff']:.3g} ({q['judged_on']})"))
     plan = d.get("plan")
     if plan:
-        rows.append(("budget", f"{plan['budget_ms']:g} ms on {plan['device']} ({plan['precision']})"))
-        rows.append(("latency", f"predicted {plan['predicted_ms']:.2f} ms "
-                                f"({plan['predicted_upper_ms']:.2f} with margin), measured "
-                                f"{plan['measured_ms']:.2f} ms after "
-                                f"{len(plan['attempts'])} export(s)"))
+        rows.append(("budget", f"{plan['budget_ms']:g} ms at batch {plan['batch']} x "
+                               f"{plan['seq_len']} tokens ({plan['workload_source']}) on "
+                               f"{plan['device']}"))
+        rows.append(("chosen", f"{plan['precision']}, measured {plan['measured_ms']:.2f} ms "
+                               f"(predicted {plan['predicted_ms']:.2f}), fidelity "
+                               f"{plan['fidelity']:.4f} ({plan['fidelity_metric']}, "
+                               f"{plan['calibration']})"))
     for p in d.get("predicted_latency", []):
-        rows.append(("predicted", f"{p['predicted_ms']:.2f} ms ({p['precision']}, {p['profile']})"))
-    return table(rows)
+        rows.append(("predicted", f"{p['predicted_ms']:.2f} ms ({p['precision']}, batch "
+                                  f"{p['batch']} x {p['seq_len']}, {p['profile']})"))
+    text = table(rows)
+    return text + ("\n\ncandidates:\n" + candidates_table(plan) if plan else "")
 
 
 @click.command("shapes")
@@ -157,7 +241,7 @@ def _export_text(d: dict) -> str:
 @click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
               help="Super network whose design space to use (default: the paper's).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
-              help="Also predict each shape's latency on this profile's device.")
+              help="Also predict each shape's latency at the profile's reference size, per precision.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(2, 200),
               help="Rows of the table when no --params is given.")
 @json_option
@@ -173,11 +257,11 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
     from shaper_deploy.heuristics import cigar_shape, parse_count
     from shaper_deploy.shape import PAPER_SPACE
 
-    predictor = None
+    profile = None
     if profile_path is not None:
-        from shaper_deploy.predictor import LatencyPredictor
+        from shaper_deploy.predictor import DeviceProfile
 
-        predictor = LatencyPredictor.load(profile_path)
+        profile = DeviceProfile.load(profile_path)
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
 
@@ -193,11 +277,13 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
     for target in targets:
         shape = cigar_shape(target, space)
         row = {"target": target, "shape": list(shape.widths), "params": shape.params()}
-        if predictor is not None:
-            row["predicted_ms"] = float(predictor.predict([shape])[0])
+        if profile is not None:
+            row["predicted_ms"] = {p: float(profile.predict([shape], p,
+                                                             *profile.reference_workload)[0])
+                                   for p in profile.precisions}
         rows.append(row)
     emit({"shapes": rows}, as_json, lambda d: "\n".join(
         f"{millions(r['target']):>8} -> {millions(r['params']):>8}  "
         f"{','.join(map(str, r['shape']))}"
-        + (f"  {r['predicted_ms']:.2f} ms" if "predicted_ms" in r else "")
+        + "".join(f"  {p} {ms:.2f} ms" for p, ms in r.get("predicted_ms", {}).items())
         for r in d["shapes"]))

@@ -9,7 +9,7 @@ from shaper_deploy import __version__
 from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
-from .serve import bench, run
+from .serve import bench, run, triton
 from .train import search, train
 from .supernet import params, supernet
 
@@ -33,6 +33,7 @@ main.add_command(predict)
 main.add_command(profiles)
 main.add_command(run)
 main.add_command(bench)
+main.add_command(triton)
 main.add_command(train)
 main.add_command(search)
 

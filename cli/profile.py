@@ -2,88 +2,125 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from shaper_deploy.runtime import DEVICES
+
 from .common import ShaperGroup, emit, json_option, millions, progress, table
 
 
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated whole numbers like 1,4,16, got "
+                                 f"{text!r}", param_hint=what) from None
+    return values
+
+
 @click.command("profile")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), required=True,
+@click.option("--device", type=click.Choice(sorted(DEVICES)), required=True,
               help="ONNX Runtime provider to measure; cuda fails unless CUDA really starts.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Profile folder; running the same command again resumes it.")
 @click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
               help="Profile this super network's architecture (default: the paper's BERT-base "
                    "design space). Weights are not needed: latency does not depend on them.")
-@click.option("--threads", default=2, show_default=True, type=int, help="Intra-op threads.")
-@click.option("--batch", default=1, show_default=True, type=int, help="Rows per inference.")
-@click.option("--seq-len", default=128, show_default=True, type=int, help="Tokens per row.")
-@click.option("--int8", is_flag=True, help="Measure dynamically quantized int8 graphs.")
-@click.option("--samples", default=300, show_default=True, type=int,
-              help="Shapes to measure (stratified over the parameter range).")
-@click.option("--rounds", default=8, show_default=True, type=int,
-              help="Interleaved rounds per group of shapes.")
+@click.option("--precision", "precisions", default=None,
+              help="Precisions to measure, comma-separated: fp32,int8 (default on cpu) or "
+                   "fp32 (default on cuda, where dynamic int8 does not run).")
+@click.option("--batch", "batches", default="1,4,16", show_default=True,
+              help="Grid batch sizes; batches between them are interpolated.")
+@click.option("--seq-len", "seq_lens", default="16,32,64,128,256,512", show_default=True,
+              help="Grid sequence lengths (longer than the model's positions are dropped); "
+                   "lengths between them are interpolated.")
+@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
+              help="Leave out grid points with more than this many batch x length tokens.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
+              help="Intra-op threads.")
+@click.option("--samples", default=32, show_default=True, type=click.IntRange(12),
+              help="Shapes to measure (stratified over the parameter range; 1 in 4 held out).")
+@click.option("--rounds", default=4, show_default=True, type=click.IntRange(1),
+              help="Interleaved rounds per group of shapes and input size.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @json_option
-def profile(device: str, out: Path, supernet_path: Path | None, threads: int, batch: int,
-            seq_len: int, int8: bool, samples: int, rounds: int, seed: int,
-            as_json: bool) -> None:
-    """Measure latency over a design space on this device and fit a predictor.
+def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
+            batches: str, seq_lens: str, max_tokens: int, threads: int, samples: int,
+            rounds: int, seed: int, as_json: bool) -> None:
+    """Measure latency over a design space and a grid of input sizes; fit a predictor.
 
-    Shapes are built straight as optimized ONNX graphs with random weights (no tracing),
-    timed interleaved with a reference model, appended to measurements.jsonl one by one;
-    an interrupted run resumes when the same command is run again. The folder ends with
-    predictor.ubj / predictor.json and two plots.
+    Every sampled shape is built straight as an optimized ONNX graph with random weights (no
+    tracing), in fp32 and as the export's dynamic int8, and timed at every grid point
+    (batch x sequence length) interleaved with a reference model. Measurements are appended
+    as they are made; an interrupted run resumes when the same command is run again. The
+    folder ends with predictor.json (the latency model and its held-out error, also at input
+    sizes never fitted) and two plots.
 
     \b
-    Example:
-      shaperctl profile --device cpu --out profiles/my-laptop
-      shaperctl profile --device cpu --supernet ./super --seq-len 64 --out profiles/s64
+    Examples:
+      shaperctl profile --device cpu --supernet ./super --out profiles/my-laptop
+      shaperctl profile --device cpu --out profiles/s64 --precision int8 --seq-len 32,64
     """
-    from shaper_deploy.predictor import fit_profile
+    from shaper_deploy.io import output_lock
+    from shaper_deploy.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.profile import run_profile
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
-    protocol = Protocol(threads=threads, batch=batch, seq_len=seq_len,
-                        precision="int8" if int8 else "fp32", rounds=rounds)
     if supernet_path is not None:
-        header = read_checkpoint_header(supernet_path)
-        config, source = header["config"], {"supernet": str(supernet_path)}
+        config = read_checkpoint_header(supernet_path)["config"]
+        source = {"supernet": str(supernet_path)}
     else:
         config, source = SuperConfig(), {"supernet": None}
-    if seq_len > config.space.max_positions:
-        raise click.BadParameter(f"{seq_len} exceeds the model's {config.space.max_positions} "
-                                 "positions", param_hint="--seq-len")
-    try:
-        header = run_profile(out, device, protocol, config, samples, seed, source, progress)
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; what was measured is kept in {out}: run the "
-                                   "same command again to resume") from None
-    meta = fit_profile(out, progress=progress)
-    data = {"profile": str(out), **header, "predictor": meta["metrics"]}
-    emit(data, as_json, _profile_text)
+    chosen = tuple((precisions or ("fp32" if device == "cuda" else "fp32,int8")).split(","))
+    lens = int_list(seq_lens, "--seq-len")
+    usable = tuple(s for s in lens if s <= config.space.max_positions)
+    if not usable:
+        raise click.BadParameter(f"every length exceeds the model's "
+                                 f"{config.space.max_positions} positions", param_hint="--seq-len")
+    grid_batches = int_list(batches, "--batch")
+    reference = (1 if 1 in grid_batches else grid_batches[0],
+                 128 if 128 in usable else usable[len(usable) // 2])
+    protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
+                        seq_lens=usable, max_tokens=max_tokens, reference_batch=reference[0],
+                        reference_seq_len=reference[1], rounds=rounds)
+    with output_lock(out):
+        try:
+            run_profile(out, device, protocol, config, samples, seed, source, progress)
+        except KeyboardInterrupt:
+            raise click.ClickException(f"interrupted; what was measured is kept in {out}: run "
+                                       "the same command again to resume") from None
+        fit_profile(out, progress=progress)
+    emit(profile_data(DeviceProfile.load(out)), as_json, _profile_text)
+
+
+def profile_data(p) -> dict:
+    return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
+            "margin": p.model.margin, "trust": p.trust}
 
 
 def _profile_text(d: dict) -> str:
-    s, m = d["summary"], d["predictor"]["held_out"]
     rows = [("profile", d["profile"]), ("device", _device_line(d["fingerprint"])),
             ("protocol", _protocol_line(d["protocol"])),
-            ("shapes", f"{s['shapes']} ({s['retried']} measured again as noisy)"),
-            ("latency", f"{s['latency_ms_range'][0]:.2f} .. {s['latency_ms_range'][1]:.2f} ms")]
-    if s.get("last_run"):
-        rows.append(("speed", f"{s['last_run']['shapes_per_minute']} measurements/min "
-                              f"({s['last_run']['seconds'] / 60:.1f} min)"))
-    if s.get("noise_floor"):
-        n = s["noise_floor"]["normalized"]
-        rows.append(("noise floor", f"re-measured shapes differ by {n['median_abs_rel_diff']:.1%}"
-                                    f" (median), {n['within_5pct']:.0%} within +-5%"))
-    rows.append(("predictor", f"held-out R^2 {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
-                              f"{m['within_5pct']:.0%} within +-5%, Kendall tau "
-                              f"{m['kendall_tau']:.3f} ({m['n']} shapes)"))
+            ("graph", _graph_line(d["graph"]))]
+    summary = d.get("summary") or {}
+    if summary.get("last_run"):
+        rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))
+    for precision, s in summary.get("precisions", {}).items():
+        n = s.get("noise_floor") or {}
+        rows.append((precision, f"{s['shapes']} shapes, {s['latency_ms_range'][0]:.2f} .. "
+                                f"{s['latency_ms_range'][1]:.2f} ms; noise floor "
+                                + (f"{n['median_abs_rel_diff']:.1%}" if n else "n/a")))
+        m = d["predictor"][precision]["held_out"]
+        rows.append(("", f"held-out R^2 {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
+                         f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "
+                         f"{d['predictor'][precision]['held_out_shapes']} held-out shapes); "
+                         f"planning margin x{d['margin'][precision]:.3f}"))
+    t = d["trust"]
+    rows.append(("trust", "reliable" if t["reliable"] else
+                 f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))
     return table(rows)
 
 
@@ -94,37 +131,63 @@ def _device_line(fp: dict) -> str:
 
 
 def _protocol_line(p: dict) -> str:
-    return (f"{p['precision']}, batch {p['batch']}, seq {p['seq_len']}, {p['threads']} threads; "
-            f"{p['rounds']} interleaved rounds x ({p['warmup']} warm-up + {p['timed']} timed)")
+    from shaper_deploy.profiling.protocol import Protocol, describe_range
+
+    grid = Protocol.from_dict(p).grid
+    return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; {describe_range(grid)} "
+            f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
+            f"{p['reference_seq_len']}")
+
+
+def _graph_line(g: dict) -> str:
+    return (f"{g['task']}, {'optimized' if g['optimized'] else 'unoptimized'}, "
+            f"{g['activation']}, opset {g['opset']}, onnxruntime {g['onnxruntime']}")
 
 
 @click.command("predict")
 @click.option("--profile", "profile_path", required=True, type=click.Path(path_type=Path),
-              help="A profile folder with a fitted predictor.")
+              help="A finished profile folder.")
 @click.option("--shape", "shape_text", required=True,
               help="Widths per layer: '360,240,...', '360x12', '240x4,480x8' or a JSON file.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="Default: every precision the profile has.")
+@click.option("--batch", type=click.IntRange(1), default=None,
+              help="Rows per inference (default: the profile's reference batch).")
+@click.option("--seq-len", type=click.IntRange(1), default=None,
+              help="Tokens per row (default: the profile's reference length).")
 @json_option
-def predict(profile_path: Path, shape_text: str, as_json: bool) -> None:
-    """Predicted latency of a shape on a profiled device.
+def predict(profile_path: Path, shape_text: str, precision: str | None, batch: int | None,
+            seq_len: int | None, as_json: bool) -> None:
+    """Predicted latency of a shape for a workload on a profiled device.
+
+    Sizes between the profile's grid points are interpolated; sizes outside it are refused.
 
     \b
     Example:
-      shaperctl predict --profile profiles/cpu-2core-x86_64-minilm --shape 180,120x2,180,240,300
+      shaperctl predict --profile profiles/x86_64-2core-avx512-minilm --shape 384x6 \\
+        --precision int8 --batch 2 --seq-len 96
     """
-    from shaper_deploy.predictor import LatencyPredictor
+    from shaper_deploy.predictor import DeviceProfile
     from shaper_deploy.shape import parse_shape
 
-    model = LatencyPredictor.load(profile_path)
-    shape = parse_shape(shape_text, model.space)
-    ms = float(model.predict([shape])[0])
-    upper = float(model.upper_bound([shape])[0])
-    p = model.meta["protocol"]
-    data = {"shape": list(shape.widths), "params": shape.params(), "predicted_ms": ms,
-            "upper_ms": upper, "protocol": p, "profile": str(profile_path)}
-    emit(data, as_json, lambda d: table([
-        ("shape", str(shape)), ("params", millions(d["params"])),
-        ("latency", f"{ms:.2f} ms predicted, {upper:.2f} ms with the held-out p95 error"),
-        ("conditions", _protocol_line(p))]))
+    p = DeviceProfile.load(profile_path)
+    shape = parse_shape(shape_text, p.space)
+    b = batch or p.reference_workload[0]
+    s = seq_len or p.reference_workload[1]
+    rows = []
+    for prec in ([precision] if precision else p.precisions):
+        ms = float(p.predict([shape], prec, b, s)[0])
+        rows.append({"precision": prec, "predicted_ms": ms,
+                     "upper_ms": ms * p.margin(prec), "margin": p.margin(prec)})
+    data = {"shape": list(shape.widths), "params": shape.params(), "batch": b, "seq_len": s,
+            "predictions": rows, "profile": str(profile_path), "trust": p.trust}
+    emit(data, as_json, lambda d: table(
+        [("shape", str(shape)), ("params", millions(d["params"])),
+         ("workload", f"batch {b} x {s} tokens")]
+        + [(r["precision"], f"{r['predicted_ms']:.2f} ms predicted, {r['upper_ms']:.2f} ms with "
+                            f"the planning margin (x{r['margin']:.3f})") for r in rows]
+        + ([] if p.trust["reliable"] else
+           [("WARNING", "unreliable profile: " + "; ".join(p.trust["reasons"]))])))
 
 
 @click.group(cls=ShaperGroup)
@@ -136,54 +199,58 @@ def profiles() -> None:
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
-    """Profiles under ROOTS (default: ./profiles), and whether each matches this machine.
+    """Profiles under ROOTS (default: ./profiles): device, trust, and whether each matches
+    this machine. A profile that cannot be read is listed with the reason.
 
     \b
     Example:
       shaperctl profiles list profiles
     """
+    from shaper_deploy.errors import ShaperError
+    from shaper_deploy.predictor import DeviceProfile
     from shaper_deploy.profiling.fingerprint import device_fingerprint, fingerprint_differences
-    from shaper_deploy.profiling.profile import HEADER, read_header
+    from shaper_deploy.profiling.profile import HEADER
 
     here = device_fingerprint("cpu")
     found = []
     for root in roots or (Path("profiles"),):
         for file in sorted(Path(root).glob(f"*/{HEADER}")):
-            h = read_header(file.parent)
-            fp = h["fingerprint"]
-            diffs = ([] if fp["device"] != "cpu" else
-                     fingerprint_differences(fp, here))
-            found.append({"path": str(file.parent), "device": fp["device"],
-                          "cpu_model": fp["cpu_model"], "status": h["status"],
-                          "shapes": (h.get("summary") or {}).get("shapes", 0),
-                          "protocol": h["protocol"],
+            try:
+                p = DeviceProfile.load(file.parent)
+            except ShaperError as exc:
+                found.append({"path": str(file.parent), "error": str(exc)})
+                continue
+            fp = p.header.fingerprint
+            diffs = [] if fp["device"] != "cpu" else fingerprint_differences(fp, here)
+            found.append({"path": str(p.path), "device": fp["device"],
+                          "cpu_model": fp["cpu_model"], "precisions": p.precisions,
+                          "protocol": p.header.protocol.to_dict(), "trust": p.trust,
+                          "mape": {k: p.model.metrics[k]["held_out"]["mape"]
+                                   for k in p.precisions},
                           "matches_this_machine": fp["device"] == "cpu" and not diffs})
-    emit({"profiles": found}, as_json, lambda d: "\n".join(
-        f"{p['path']}  {p['device']} {p['cpu_model']}  {_protocol_line(p['protocol'])}  "
-        f"{p['shapes']} shapes  {'matches this machine' if p['matches_this_machine'] else ''}"
-        for p in d["profiles"]) or "no profiles found")
+
+    def line(p: dict) -> str:
+        if "error" in p:
+            return f"{p['path']}  UNREADABLE: {p['error']}"
+        mape = ", ".join(f"{k} MAPE {v:.1%}" for k, v in p["mape"].items())
+        return (f"{p['path']}  {p['device']} {p['cpu_model']}  {mape}  "
+                f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}"
+                f"{'  matches this machine' if p['matches_this_machine'] else ''}")
+
+    emit({"profiles": found}, as_json,
+         lambda d: "\n".join(line(p) for p in d["profiles"]) or "no profiles found")
 
 
 @profiles.command("show")
 @click.argument("path", type=click.Path(path_type=Path))
 @json_option
 def profiles_show(path: Path, as_json: bool) -> None:
-    """A profile's device, protocol, measurements and predictor metrics.
+    """A profile's device, protocol, graph, noise floor, predictor error and trust.
 
     \b
     Example:
-      shaperctl profiles show profiles/cpu-2core-x86_64-minilm --json
+      shaperctl profiles show profiles/x86_64-2core-avx512-minilm --json
     """
-    from shaper_deploy.predictor import META_FILE
-    from shaper_deploy.profiling.profile import read_header
+    from shaper_deploy.predictor import DeviceProfile
 
-    header = read_header(path)
-    meta_file = path / META_FILE
-    predictor = json.loads(meta_file.read_text())["metrics"] if meta_file.is_file() else None
-    data = {"profile": str(path), **header, "predictor": predictor}
-    if predictor is None:
-        emit(data, as_json, lambda d: table([("profile", str(path)),
-                                             ("device", _device_line(d["fingerprint"])),
-                                             ("status", d["status"] + ", no predictor yet")]))
-    else:
-        emit(data, as_json, _profile_text)
+    emit(profile_data(DeviceProfile.load(path)), as_json, _profile_text)

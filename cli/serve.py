@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
+from shaper_deploy.runtime import DEVICES
+
 from .common import emit, json_option, table
+
+model_option = click.option(
+    "--model", "model_file", default=None,
+    help="Which ONNX file of the bundle to run (default: shaper.json's default_model, the "
+         "one the plan chose), e.g. model.onnx or model_quantized.onnx.")
 
 
 def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
@@ -31,11 +38,12 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
               help="Another bundle (e.g. the full model): report each text's embedding cosine.")
 @click.option("--max-length", type=int, default=None,
               help="Cut texts to this many tokens (default and upper limit: the model's).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
+@model_option
 @json_option
 def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: str,
         normalize: bool, compare_bundle: Path | None, max_length: int | None, device: str,
-        as_json: bool) -> None:
+        model_file: str | None, as_json: bool) -> None:
     """Embed texts (or fill [MASK] tokens) with a bundle, through onnxruntime alone.
 
     \b
@@ -48,7 +56,7 @@ def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: s
     from shaper_deploy.serving import Bundle
 
     items = _texts(texts, text_file)
-    model = Bundle.load(bundle, device=device)
+    model = Bundle.load(bundle, device=device, model=model_file)
     enc = model.encode(items, max_length)
     truncated = [i + 1 for i, t in enumerate(enc.truncated) if t]
     data = {"bundle": str(bundle), "task": model.manifest["task"],
@@ -70,12 +78,20 @@ def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: s
         np.linalg.norm(vectors, axis=1)[:, None] * np.linalg.norm(vectors, axis=1)[None, :])
     data["similarity"] = sims.round(4).tolist()
     if compare_bundle is not None:
+        from shaper_deploy.errors import ServingError
+        from shaper_deploy.fidelity import cosine_rows
+
         other = Bundle.load(compare_bundle, device=device).embed(items, pooling, normalize,
                                                                  max_length=max_length)
-        cos = (vectors * other).sum(1) / (np.linalg.norm(vectors, axis=1)
-                                          * np.linalg.norm(other, axis=1))
+        if other.shape != vectors.shape:
+            raise ServingError(f"cannot compare embeddings of width {vectors.shape[1]} with "
+                               f"{compare_bundle}'s width {other.shape[1]}; compare bundles "
+                               "of one super network")
+        cos = cosine_rows(vectors, other)
+        # With mean pooling this is the planner's fidelity (shaper_deploy.fidelity).
         data["compare"] = {"bundle": str(compare_bundle), "cosine": cos.round(4).tolist(),
-                           "mean_cosine": float(cos.mean())}
+                           "mean_cosine": float(cos.mean()),
+                           "is_fidelity": pooling == "mean"}
     emit(data, as_json, lambda d: _run_text(d, items))
 
 
@@ -107,10 +123,11 @@ def _run_text(d: dict, items: list[str]) -> str:
 @click.option("--duration", default=10.0, show_default=True, type=float, help="Seconds.")
 @click.option("--threads", default=None, type=int,
               help="Intra-op threads (default: the plan's profile protocol, else ORT's).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
+@model_option
 @json_option
 def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: float,
-          threads: int | None, device: str, as_json: bool) -> None:
+          threads: int | None, device: str, model_file: str | None, as_json: bool) -> None:
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
 
     One session shared by --concurrency threads for --duration seconds. For a bundle exported
@@ -121,29 +138,35 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     Example:
       shaperctl bench ./bundle --concurrency 2 --duration 20
     """
-    import json
-
     from shaper_deploy.serving import Bundle
 
-    manifest = json.loads((bundle / "shaper.json").read_text()) if (
-        bundle / "shaper.json").is_file() else {}
-    plan = manifest.get("plan")
-    if threads is None and plan:
-        threads = plan["measurement"]["protocol"]["threads"]
-    model = Bundle.load(bundle, device=device, threads=threads)
+    model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
+    plan = model.manifest.get("plan")
+    profile = None
+    if plan and Path(plan["profile"]).is_dir():
+        from shaper_deploy.predictor import DeviceProfile
+
+        profile = DeviceProfile.load(plan["profile"])
+        if threads is None:  # the profile's threads, so the numbers compare
+            threads = profile.header.protocol.threads
+            model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     result = model.bench(batch, seq_len, concurrency, duration)
     data = {"bundle": str(bundle), "device": device, "threads": threads, **result}
     if plan:
-        data["plan"] = {k: plan[k] for k in ("budget_ms", "predicted_ms", "measured_ms")}
-        if Path(plan["profile"]).is_dir():
-            # The profile's own protocol (interleaved with its reference model), so the
-            # number is comparable with the prediction; needs the profiling stack (torch).
-            from shaper_deploy.planner import measure_bundle
+        data["plan"] = {k: plan[k] for k in ("budget_ms", "batch", "seq_len", "precision",
+                                             "predicted_ms", "measured_ms", "fidelity")}
+    if profile is not None and model.model_file == model.manifest["default_model"]:
+        # The profile's own protocol at the plan's workload (interleaved with its reference
+        # graph), so the number is comparable with the prediction. No torch needed.
+        from shaper_deploy.profiling.profile import measure_model
 
-            m = measure_bundle(bundle, plan["profile"], device)
-            data["profile_protocol"] = {"profile": plan["profile"],
-                                        "measured_ms": m["measured_ms"],
-                                        "predicted_ms": plan["predicted_ms"]}
+        w = (plan["batch"], plan["seq_len"])
+        m = measure_model(bundle / model.model_file, profile.header,
+                          profile.reference_ms(plan["precision"], *w), plan["precision"], w,
+                          device)
+        data["profile_protocol"] = {"profile": plan["profile"], "batch": w[0],
+                                    "seq_len": w[1], "measured_ms": m["measured_ms"],
+                                    "predicted_ms": plan["predicted_ms"]}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),
@@ -151,10 +174,60 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
             ("throughput", f"{result['throughput_rps']:.1f} requests/s, "
                            f"{result['sequences_per_s']:.1f} sequences/s")]
     if plan:
-        rows.append(("plan", f"budget {plan['budget_ms']:g} ms, predicted "
+        rows.append(("plan", f"budget {plan['budget_ms']:g} ms at batch {plan['batch']} x "
+                             f"{plan['seq_len']} ({plan['precision']}), predicted "
                              f"{plan['predicted_ms']:.2f} ms, measured at export "
-                             f"{plan['measured_ms']:.2f} ms"))
+                             f"{plan['measured_ms']:.2f} ms, fidelity {plan['fidelity']:.4f}"))
     if "profile_protocol" in data:
         rows.append(("now", f"{data['profile_protocol']['measured_ms']:.2f} ms with the "
-                            "profile's protocol (comparable with the prediction)"))
+                            "profile's protocol at the plan's workload (comparable with the "
+                            "prediction)"))
     emit(data, as_json, lambda d: table(rows))
+
+
+@click.command("triton")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Model repository folder (created if missing; other entries are kept).")
+@click.option("--name", "names", multiple=True,
+              help="Model name per bundle, in order (default: each bundle's folder name). "
+                   "Letters, digits, '_', '-' and '.'.")
+@click.option("--max-batch", default=8, show_default=True, type=int,
+              help="Triton's max_batch_size; requests are batched dynamically up to it.")
+@click.option("--instances", default=1, show_default=True, type=int,
+              help="Model instances (onnxruntime sessions) per model.")
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True,
+              help="Instance kind: cpu (KIND_CPU) or cuda (KIND_GPU).")
+@click.option("--threads", default=None, type=int,
+              help="onnxruntime intra-op threads (default: the threads the plan was measured "
+                   "with, when its profile is at hand; else onnxruntime's).")
+@click.option("--force", is_flag=True, help="Replace existing entries of the same name.")
+@json_option
+def triton(bundles: tuple[Path, ...], out: Path, names: tuple[str, ...], max_batch: int,
+           instances: int, device: str, threads: int | None, force: bool,
+           as_json: bool) -> None:
+    """Write bundles as a Triton Inference Server model repository (also KServe's).
+
+    Each bundle becomes REPO/NAME/config.pbtxt (onnxruntime backend, variable-length int64
+    inputs, dynamic batching, instance group, threads), REPO/NAME/1/model.onnx (the bundle's
+    default model, checksum verified) and the tokenizer files and shaper.json beside them.
+    See docs/serving.md for the server, client and KServe commands.
+
+    \b
+    Examples:
+      shaperctl triton ./b9 --out ./repo
+      shaperctl triton ./b5 ./b9 ./b20 --name minilm_5ms --name minilm_9ms --name minilm_20ms \\
+        --out ./repo --instances 2
+    """
+    from shaper_deploy.io import output_lock
+    from shaper_deploy.triton import TritonOptions, write_repository
+
+    options = TritonOptions(max_batch=max_batch, instances=instances, device=device,
+                            threads=threads)
+    with output_lock(out):
+        written = write_repository(bundles, out, names, options, force=force)
+    emit({"repository": str(out), "models": written}, as_json, lambda d: "\n".join(
+        f"{m['path']}: {m['model']} from {m['bundle']}, max_batch_size {m['max_batch_size']}, "
+        f"{m['instances']} x {m['device']}"
+        + (f", {m['intra_op_threads']} intra-op threads" if m["intra_op_threads"] else "")
+        for m in d["models"]))

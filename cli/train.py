@@ -164,22 +164,36 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
                                    "the super network")
     latency = None
     if profile_path is not None:
-        from shaper_deploy.predictor import LatencyPredictor
+        from shaper_deploy.predictor import DeviceProfile
 
-        latency_model = LatencyPredictor.load(profile_path)
-        if latency_model.space != space:
+        device_profile = DeviceProfile.load(profile_path)
+        if device_profile.space != space:
             raise click.ClickException(f"profile {profile_path} covers another design space")
-        latency = latency_model.upper_bound
+        precision = device_profile.precisions[0]
+        workload = device_profile.reference_workload
+
+        def latency(shapes):  # the planner's safe estimate: fp32 at the reference size
+            return (device_profile.predict(shapes, precision, *workload)
+                    * device_profile.margin(precision))
     result = evolutionary_search(
         space, model.predict, model.higher_is_better, latency,
         parse_budget(latency_text) if latency_text else None,
         parse_count(params_text) if params_text else None,
         SearchConfig(iterations=iterations, seed=seed), progress)
+    held = model.meta["held_out"]
     data = {"best": result.best.to_dict(), "pareto": [c.to_dict() for c in result.pareto],
-            "evaluated": result.evaluated, "metric": model.meta["metric"]}
+            "evaluated": result.evaluated, "metric": model.meta["metric"],
+            "quality_is": "predicted by the quality predictor, not measured",
+            "quality_predictor_held_out": held}
     b = result.best
+    label = ("fidelity (cosine to the full model)" if model.meta["metric"] == "cosine"
+             else model.meta["metric"])
     emit(data, as_json, lambda d: table([
         ("best", f"{','.join(map(str, b.shape.widths))} ({b.params / 1e6:.1f}M params, "
-                 f"{d['metric']} {b.quality:.4f}"
-                 + (f", {b.latency_ms:.2f} ms" if b.latency_ms is not None else "") + ")"),
+                 f"predicted {label} {b.quality:.4f}"
+                 + (f", {b.latency_ms:.2f} ms predicted with margin" if b.latency_ms is not None
+                    else "") + ")"),
+        ("predictor", f"quality predictor held-out R^2 {held['r2']:.3f}, Spearman "
+                      f"{held['spearman']:.3f} ({held['n']} shapes); measure the chosen shape "
+                      "with shaperctl export + run --compare"),
         ("pareto front", f"{len(d['pareto'])} shapes; {d['evaluated']} evaluated")]))

@@ -36,8 +36,10 @@ from torch import nn
 
 from . import __version__
 from .errors import ExportError, ValidationError
-from .fusion import FusedBert, fuse_bottlenecks
+from .fusion import FusedBert, drop_identities, fuse_bottlenecks
+from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .io import atomic_dir, check_output_dir, sha256_file
+from .quantize import quantize_int8
 from .runtime import feeds_from_encodings, make_session
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
@@ -50,24 +52,6 @@ INT8_FILE = "model_quantized.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 TASKS = ("feature-extraction", "fill-mask")
 OPSETS = range(14, 21)
-# Real sentences for judging int8 against fp32 when the bundle has a tokenizer: random token
-# ids flatter int8 (cosine 0.9999 on random weights vs 0.96-0.99 on the real MiniLM).
-SAMPLE_TEXTS = (
-    "The central bank raised interest rates by a quarter point on Thursday.",
-    "Shares in the telecoms group fell sharply after the profit warning.",
-    "The striker scored twice in the second half to secure the title.",
-    "A new study suggests that regular exercise improves long-term memory.",
-    "The film won three awards, including best director and best actress.",
-    "Parliament will vote on the proposed changes to the tax system next week.",
-    "Engineers deploy compact language models on phones, laptops and servers.",
-    "Heavy rain caused flooding across the north of the country overnight.",
-    "She said the negotiations had been difficult but ultimately productive.",
-    "How many parameters does the smallest model need to answer questions well?",
-    "The orchestra performed a new symphony to a sold-out concert hall.",
-    "Researchers measured latency on two CPU cores with a batch of one.",
-)
-
-
 @dataclass(frozen=True)
 class ExportOptions:
     task: str = "feature-extraction"  # feature-extraction: last_hidden_state (+ pooler_output); fill-mask: logits
@@ -253,35 +237,11 @@ def _judge_feeds(tokenizer_files: dict[str, bytes], vocab: int, max_positions: i
         tok = Tokenizer.from_str(tokenizer_files["tokenizer.json"].decode())
         tok.enable_truncation(max_positions)
         tok.enable_padding()
-        enc = tok.encode_batch(list(SAMPLE_TEXTS))
-        return [feeds_from_encodings(enc)], f"{len(SAMPLE_TEXTS)} English sentences"
+        enc = tok.encode_batch(list(CALIBRATION_TEXTS))
+        return [feeds_from_encodings(enc)], f"{len(CALIBRATION_TEXTS)} English sentences"
     cases = validation_cases(max_positions)
     return ([sample_inputs(vocab, b, s, seed=200 + i, padding=p)
              for i, (b, s, p) in enumerate(cases)], "random token ids (no tokenizer)")
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = (a * b).sum(-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12
-    return num / den
-
-
-def quantize_int8(src: Path, dst: Path, per_channel: bool) -> None:
-    """Dynamic int8 quantization of an (optimized) graph: int8 weights, float activations."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # The quantizer advises pre-processing on the root logger; the fused graph needs none.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        # The fused Attention's outputs carry no type; DefaultTensorType says float.
-        quantize_dynamic(str(src), str(dst), per_channel=per_channel,
-                         weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
 
 
 def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray]],
@@ -294,9 +254,9 @@ def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray
         b = b_s.run([first_output], feeds)[0]
         real = feeds["attention_mask"].astype(bool)
         diffs.append(float(np.abs(a - b)[real].max()))
-        tokens.append(_cosines(a[real], b[real]))
+        tokens.append(cosine_rows(a[real], b[real]))
         w = feeds["attention_mask"][..., None].astype(a.dtype)
-        sentences.append(_cosines((a * w).sum(1), (b * w).sum(1)))  # mean pooling's direction
+        sentences.append(cosine_rows((a * w).sum(1), (b * w).sum(1)))  # mean pooling's direction
     tok = np.concatenate(tokens)
     return {"max_abs_diff": max(diffs), "mean_token_cosine": float(tok.mean()),
             "min_token_cosine": float(tok.min()),
@@ -346,6 +306,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
     note(f"slicing and fusing shape {shape}")
     fold = options.task == "fill-mask"  # only logits leave the graph: fold d_L -> D into the head
     fused = fuse_bottlenecks(slice_subnet(supernet, shape), fold_last=fold)
+    dropped = drop_identities(fused)
     graph = _Graph(fused, options.task).eval()
     names = output_names(fused, options.task)
     stage("slice_fuse", t)
@@ -419,6 +380,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             "opset": options.opset, "optimized": options.optimize,
             "attention_mask": "2-D (batch, sequence); any padding pattern",
             "fused_last_bottleneck_into_head": fold,
+            "dropped_identities": dropped,
             "operators": op_counts(model_path), "fusion": fusion,
             "validation": {"atol": options.atol, "reference": "PyTorch float64",
                            "cases": validation, "passed": True},

@@ -120,3 +120,34 @@ def read_manifest(file: Path, fmt: str, max_version: int, what: str,
         raise error(f"{what} {file.parent} has format version {version!r}, newer than this "
                     f"shaper-deploy reads ({max_version}); upgrade shaper-deploy")
     return data
+
+
+@contextlib.contextmanager
+def output_lock(dest: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on writing ``dest`` for the whole block, or fail at once.
+
+    The lock is a hidden file beside ``dest`` (``.NAME.lock``, removed at the end), taken with
+    ``filelock``, so a second writer of the same output stops with one line instead of
+    racing the first.
+    """
+    from filelock import FileLock, Timeout
+
+    dest = Path(dest)
+    check_output_dir(dest, force=True)
+    path = dest.parent / f".{dest.name}.lock"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise OutputError(f"{dest} is being written by another shaperctl process; wait for it "
+                          "to finish or choose another output") from None
+    except OSError as exc:
+        raise OutputError(f"cannot lock {dest}: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        # filelock keeps the file on Unix; nobody waits on it (timeout 0), so remove it.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        lock.release()

@@ -1,15 +1,19 @@
-"""Picking the sub-network for a latency budget, and checking it on the device after export.
+"""What a latency budget buys: the model closest to the full one that meets the budget on the
+user's workload (batch x sequence length), chosen among precisions and shapes by measured
+fidelity.
 
-1. Plan: search over parameter counts (bisection) for the largest count whose cigar shape's
-   predicted latency, plus the predictor's held-out 95th-percentile error, fits the budget.
-   The prediction is of the cigar shape itself (per-layer widths are features), so the plan
-   does not assume that latency depends on the parameter count alone.
-2. Export that shape.
-3. Measure the bundle with the profile's protocol, interleaved with the profile's reference
-   model, so the number is on the profile's scale with today's drift divided out.
-4. A miss is measured once more; if it stands, the plan is redone with the predictor scaled
-   by the observed measured/predicted ratio. A miss caused by noise therefore costs one
-   re-measurement, not a step down.
+1. Plan per precision: the fine cigar family's largest shape whose predicted latency at the
+   workload, times the profile's held-out p95 error margin, fits the budget.
+2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``).
+3. Measure it on this device with the profile's protocol at the workload, interleaved with
+   the profile's reference graph (drift divided out). A miss is measured once more; if it
+   stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
+   under budget (by more than the margin) steps up to the next larger shape the observed
+   ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
+4. Measure each fitting candidate's fidelity to the full-shape fp32 model on calibration text
+   (:mod:`shaper_deploy.fidelity`). The highest fidelity wins; ties go to the faster.
+   An int8 candidate that fails its accuracy gate or the budget drops out with a line saying
+   why; the plan fails only when no candidate fits.
 """
 
 from __future__ import annotations
@@ -19,24 +23,23 @@ import re
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from .errors import PlannerError
-from .export import ExportOptions, export_bundle
-from .heuristics import cigar_shape
+import numpy as np
+
+from .errors import ExportError, PlannerError
+from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
+from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
+from .heuristics import cigar_family
 from .io import atomic_dir, atomic_write_bytes, check_output_dir
-from .predictor import LatencyPredictor
-from .profiling.fingerprint import device_fingerprint, fingerprint_differences
-from .profiling.profile import GraphSessions, read_header, read_measurements
-from .profiling.protocol import Protocol, inputs_for, measure_interleaved
-from .runtime import make_session
+from .predictor import DeviceProfile
+from .profiling.profile import measure_model
 from .shape import Shape
-from .supernet.config import SuperConfig
-from .supernet.model import SuperBert
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$", re.IGNORECASE)
+DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32",)}
 
 
 def parse_budget(text: str) -> float:
@@ -54,209 +57,335 @@ def parse_budget(text: str) -> float:
 
 @dataclass
 class Plan:
+    """One precision's shape for the budget, before it is exported and measured."""
+
     shape: Shape
-    predicted_ms: float  # the predictor's median latency
-    upper_ms: float  # with the held-out p95 error margin (and any closed-loop correction)
-    budget_ms: float
     precision: str
-    profile: str
-    evaluations: int  # distinct shapes whose latency was predicted during the search
+    predicted_ms: float  # the predictor's median latency at the workload (x correction)
+    upper_ms: float  # with the profile's margin
+    budget_ms: float
+    batch: int
+    seq_len: int
+    correction: float = 1.0  # measured/predicted ratio the closed loop applied
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["shape"] = list(self.shape.widths)
-        d["params"] = self.shape.params()
+        d["shape"], d["params"] = list(self.shape.widths), self.shape.params()
         return d
 
 
-def plan_for_latency(predictor: LatencyPredictor, budget_ms: float, profile: str = "",
-                     correction: float = 1.0) -> Plan:
-    """The cigar shape with the most parameters whose safe latency fits the budget.
+def plan_for_latency(profile: DeviceProfile, budget_ms: float, precision: str,
+                     batch: int, seq_len: int, correction: float = 1.0,
+                     family: Sequence[Shape] | None = None) -> Plan | None:
+    """The largest family shape whose prediction x margin x correction fits; None if none.
 
-    ``correction`` multiplies every prediction (the closed loop's measured/predicted ratio).
+    Every family member is predicted (a matrix product per grid point), so the answer is the
+    brute-force best, not a search's approximation.
     """
-    space = predictor.space
-    predicted: dict[tuple[int, ...], tuple[float, float]] = {}
-
-    def safe(shape: Shape) -> tuple[float, float]:
-        # Many parameter counts map to one cigar shape: predict each shape once.
-        if shape.widths not in predicted:
-            median = float(predictor.predict([shape])[0]) * correction
-            predicted[shape.widths] = (median, median * predictor.margin)
-        return predicted[shape.widths]
-
-    lo_p, hi_p = space.smallest.params(), space.largest.params()
-    fastest = cigar_shape(lo_p, space)
-    median, upper = safe(fastest)
-    if upper > budget_ms:
-        raise PlannerError(
-            f"a {budget_ms:g} ms budget is unattainable on profile {profile or 'given'}: the "
-            f"fastest shape ({fastest}, {fastest.params() / 1e6:.1f}M params) is predicted at "
-            f"{median:.2f} ms, {upper:.2f} ms with the p95 error margin")
-    best = (fastest, median, upper)
-    top = cigar_shape(hi_p, space)
-    m_top, u_top = safe(top)
-    if u_top <= budget_ms:
-        best = (top, m_top, u_top)
-    else:
-        while hi_p - lo_p > max(1, space.hidden_size):  # parameter counts, not shapes
-            mid = (lo_p + hi_p) // 2
-            shape = cigar_shape(mid, space)
-            m, u = safe(shape)
-            if u <= budget_ms:
-                lo_p, best = mid, max(best, (shape, m, u), key=lambda b: b[0].params())
-            else:
-                hi_p = mid
-    shape, median, upper = best
-    precision = predictor.meta["protocol"]["precision"]
-    return Plan(shape, median, upper, budget_ms, precision, profile, len(predicted))
+    family = list(family or cigar_family(profile.space))
+    predicted = profile.predict(family, precision, batch, seq_len) * correction
+    upper = predicted * profile.margin(precision)
+    fits = np.flatnonzero(upper <= budget_ms)
+    if len(fits) == 0:
+        return None
+    i = int(fits.max())
+    return Plan(family[i], precision, float(predicted[i]), float(upper[i]), budget_ms, batch,
+                seq_len, correction)
 
 
-def load_profile_predictor(profile: str | Path, device: str,
-                           warn: Callable[[str], None]) -> LatencyPredictor:
-    """The profile's predictor, refusing another device kind and warning on another machine."""
-    header = read_header(profile)
-    fp = header["fingerprint"]
-    if fp["device"] != device:
-        raise PlannerError(f"profile {profile} was measured on {fp['device']}, but --device is "
-                           f"{device}; pass --device {fp['device']} or a {device} profile")
-    differences = fingerprint_differences(fp, device_fingerprint(device))
+@dataclass
+class Candidate:
+    """A precision's final shape: predicted, measured, fidelity, and why it won or lost."""
+
+    precision: str
+    shape: list[int] | None
+    params: int | None
+    predicted_ms: float | None
+    upper_ms: float | None
+    measured_ms: float | None = None
+    fidelity: float | None = None
+    status: str = "planned"  # chosen, fits, over budget, gate failed, no shape fits
+    reason: str = ""
+    exports: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
+                  supernet_config, allow_unreliable: bool, warn: Callable[[str], None]) -> None:
+    """Refuse a profile that does not describe what would be exported, here."""
+    profile.check_device(device, warn)
+    if profile.space != supernet_config.space:
+        raise PlannerError(f"profile {profile.path} covers another design space than the super "
+                           "network; profile it with --supernet")
+    g = profile.header.graph
+    wanted = {"task": options.task, "optimized": options.optimize,
+              "activation": supernet_config.hidden_act, "pooler": supernet_config.pooler,
+              "opset": options.opset}
+    differences = [f"{k} {g.get(k)!r} (profile) vs {v!r} (export)" for k, v in wanted.items()
+                   if g.get(k) != v]
     if differences:
-        warn(f"WARNING: profile {profile} was measured on another machine "
-             f"({'; '.join(differences[:3])}); its predictions may not hold here")
-    return LatencyPredictor.load(profile)
+        raise PlannerError(f"profile {profile.path} timed another graph than this export would "
+                           f"write ({'; '.join(differences)}); a latency budget is planned for "
+                           "optimized feature-extraction exports at the profile's opset")
+    if not profile.trust["reliable"] and not allow_unreliable:
+        raise PlannerError(f"profile {profile.path} is unreliable ({'; '.join(profile.trust['reasons'])}); "
+                           "remake it on a quiet machine, or pass --allow-unreliable to plan "
+                           "with it anyway")
 
 
-def choose_precision(plans: dict[str, Plan]) -> tuple[Plan, str]:
-    """The plan that fits the most parameters; and why."""
-    best = max(plans.values(), key=lambda p: (p.shape.params(), p.precision == "fp32"))
-    if len(plans) == 1:
-        return best, f"only a {best.precision} profile was given"
-    others = ", ".join(f"{p.precision}: {p.shape.params() / 1e6:.1f}M params "
-                       f"({p.upper_ms:.2f} ms)" for p in plans.values() if p is not best)
-    return best, (f"{best.precision} fits {best.shape.params() / 1e6:.1f}M params within "
-                  f"{best.budget_ms:g} ms ({best.upper_ms:.2f} ms with margin); {others}")
+def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int = 128):
+    """The full-shape fp32 model's outputs on calibration text cut to ``max_length`` tokens:
+    (outputs, feeds, positions, what was used). Without a tokenizer, random ids stand in."""
+    import torch
+
+    from .export import sample_inputs
+    from .runtime import feeds_from_encodings
+
+    space = supernet.config.space
+    if "tokenizer.json" in supernet.tokenizer_files:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(supernet.tokenizer_files["tokenizer.json"].decode())
+        tok.enable_truncation(min(max_length, space.max_positions))
+        tok.enable_padding()
+        feeds = feeds_from_encodings(tok.encode_batch(list(texts)))
+        used = f"{len(texts)} calibration texts"
+        mask_id = tok.token_to_id("[MASK]")
+    else:
+        feeds = sample_inputs(space.vocab_size, 8, min(32, max_length, space.max_positions),
+                              seed=11)
+        used = "8 rows of random token ids (the super network has no tokenizer)"
+        mask_id = None
+    positions = masked_positions(feeds["attention_mask"]) if task == "fill-mask" else []
+    if positions and mask_id is not None:
+        feeds = {k: v.copy() for k, v in feeds.items()}
+        for r, c in positions:
+            feeds["input_ids"][r, c] = mask_id
+    args = [torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    with torch.no_grad():
+        out = supernet(*args)
+        result = (supernet.mlm_logits(out.last_hidden_state) if task == "fill-mask"
+                  else out.last_hidden_state)
+    return result.float().numpy(), feeds, positions, used
 
 
-def measure_bundle(bundle: str | Path, profile: str | Path, device: str) -> dict[str, Any]:
-    """The bundle's latency under the profile's protocol, on the profile's scale.
+def bundle_fidelity(bundle: Path, model_file: str, task: str, reference: np.ndarray,
+                    feeds: dict[str, np.ndarray], positions) -> float:
+    from .runtime import make_session
 
-    The bundle and the profile's reference model are timed interleaved; the bundle's median
-    is scaled by (the reference's median in the profile) / (the reference's median now).
-    """
-    bundle, profile = Path(bundle), Path(profile)
-    header = read_header(profile)
-    protocol = Protocol.from_dict(header["protocol"])
-    config = SuperConfig.from_dict(header["config"])
-    manifest = json.loads((bundle / "shaper.json").read_text())
-    model_file = manifest["default_model"]
-    feeds = inputs_for(protocol, config.space.vocab_size)
-    session = make_session(bundle / model_file, device, threads=protocol.threads)
-    names = [o.name for o in session.get_outputs()]
-    with tempfile.TemporaryDirectory(prefix="shaper-measure-") as work:
-        sessions = GraphSessions(Path(work), config, protocol, device)
-        reference = sessions.build(Shape(tuple(header["reference_shape"]), config.space))
-        results = measure_interleaved({"bundle": lambda: session.run(names, feeds),
-                                       "reference": reference}, protocol, seed=7)
-    ref_profile = statistics.median(r["reference_ms"] for r in read_measurements(profile))
-    ref_now = results["reference"]["median_ms"]
-    raw = results["bundle"]["median_ms"]
-    return {"measured_ms": raw * ref_profile / ref_now, "raw_ms": raw,
-            "reference_ms_now": ref_now, "reference_ms_profile": ref_profile,
-            "cv": results["bundle"]["cv"], "model": model_file,
-            "protocol": protocol.to_dict()}
+    session = make_session(bundle / model_file, "cpu")
+    out = session.run([session.get_outputs()[0].name], feeds)[0]
+    if task == "fill-mask":
+        return top1_agreement(reference, out, positions)
+    return embedding_fidelity(reference, out, feeds["attention_mask"])
 
 
-def make_plan(budget_ms: float, profiles: list[str | Path], device: str, precision: str,
-              space, warn: Callable[[str], None]
-              ) -> tuple[Plan, str, dict[str, tuple[LatencyPredictor, str]]]:
-    """Load the profiles, plan per precision, choose one: (plan, why, predictors)."""
-    if precision not in ("fp32", "int8", "auto"):
-        raise PlannerError(f"unknown precision {precision!r}; allowed: fp32, int8, auto")
-    if not profiles:
-        raise PlannerError("a latency budget needs --profile (a profile of this device)")
-    predictors: dict[str, tuple[LatencyPredictor, str]] = {}
-    for path in profiles:
-        predictor = load_profile_predictor(path, device, warn)
-        if predictor.space != space:
-            raise PlannerError(f"profile {path} covers another design space than the super "
-                               "network; profile it with --supernet")
-        p = predictor.meta["protocol"]["precision"]
-        if p in predictors:
-            raise PlannerError(f"two {p} profiles given; give at most one per precision")
-        predictors[p] = (predictor, str(path))
-    wanted = [p for p in predictors if precision in (p, "auto")]
-    if not wanted:
-        raise PlannerError(f"no {precision} profile given (have: {', '.join(predictors)}); "
-                           f"measure one with: shaperctl profile --device {device}"
-                           f"{' --int8' if precision == 'int8' else ''} --out DIR")
-    plans = {p: plan_for_latency(predictors[p][0], budget_ms, predictors[p][1]) for p in wanted}
-    plan, why = choose_precision(plans)
-    return plan, why, predictors
+def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, precision: str,
+                    workload: tuple[int, int]) -> dict[str, Plan | None]:
+    """Each precision's plan at the workload (None where no shape fits); refuses a precision
+    the device or profile lacks, a workload outside the profile, and a budget nothing meets."""
+    if precision != "auto":
+        if precision not in DEVICE_PRECISIONS[device]:
+            raise PlannerError(f"{precision} does not run on {device}; allowed there: "
+                               f"{', '.join(DEVICE_PRECISIONS[device])}")
+        if precision not in profile.precisions:
+            raise PlannerError(f"profile {profile.path} has no {precision} measurements (it has "
+                               f"{', '.join(profile.precisions)}); remake it with --precision "
+                               f"{','.join(profile.precisions + [precision])}")
+    allowed = [p for p in DEVICE_PRECISIONS[device] if p in profile.precisions
+               and precision in (p, "auto")]
+    if not allowed:
+        raise PlannerError(f"profile {profile.path} has no precision that runs on {device} "
+                           f"(it has {', '.join(profile.precisions)})")
+    family = cigar_family(profile.space)
+    plans = {p: plan_for_latency(profile, budget_ms, p, *workload, family=family)
+             for p in allowed}
+    if all(plan is None for plan in plans.values()):
+        fastest = family[0]
+        times = ", ".join(f"{p} {profile.predict([fastest], p, *workload)[0]:.2f} ms"
+                          for p in allowed)
+        raise PlannerError(f"a {budget_ms:g} ms budget is unattainable at batch {workload[0]} x "
+                           f"{workload[1]} tokens on profile {profile.path}: the fastest shape "
+                           f"({fastest}, {fastest.params() / 1e6:.1f}M params) is predicted at "
+                           f"{times} (before the error margin)")
+    return plans
 
 
-def export_for_budget(supernet: SuperBert, budget_ms: float, profiles: list[str | Path],
-                      out: str | Path, device: str = "cpu", precision: str = "fp32",
-                      options: ExportOptions = ExportOptions(), force: bool = False,
-                      max_attempts: int = 4,
+def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: str | Path,
+                      device: str = "cpu", precision: str = "auto",
+                      workload: tuple[int, int] | None = None,
+                      options: ExportOptions = ExportOptions(),
+                      calibration: Sequence[str] | None = None, force: bool = False,
+                      allow_unreliable: bool = False, max_exports: int = 4,
+                      measure: Callable[..., float] | None = None,
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Plan, export, measure, and step down until the bundle meets the budget on this device."""
+    """Plan, export, measure latency and fidelity per precision, keep the best that fits.
+
+    ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds on the
+    profile's scale; the default times the bundle with the profile's protocol. Tests pass a
+    scripted one, so the loop's logic is checked without depending on this machine's timing.
+    """
     note = progress or (lambda message: None)
     out = Path(out)
     check_output_dir(out, force)
-    plan, why, predictors = make_plan(budget_ms, profiles, device, precision,
-                                      supernet.config.space, note)
-    note(f"plan: {plan.shape} ({plan.shape.params() / 1e6:.1f}M params, {plan.precision}), "
-         f"predicted {plan.predicted_ms:.2f} ms ({plan.upper_ms:.2f} ms with margin); {why}")
-    predictor, profile = predictors[plan.precision]
-    export_opts = replace(options, int8=plan.precision == "int8")
-    attempts: list[dict[str, Any]] = []
-    correction = 1.0
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent if
-                                     out.parent.exists() else None) as work:
-        for attempt in range(max_attempts):
-            candidate = Path(work) / f"attempt{attempt}"
-            # Attempts live in a temporary folder; only the accepted one is moved to --out.
-            export_bundle(supernet, plan.shape, candidate, export_opts,
-                          progress=lambda m: None if m.startswith("wrote ") else note(m))
-            note(f"measuring {plan.shape} on {device} with the profile's protocol")
-            m = measure_bundle(candidate, profile, device)
-            if m["measured_ms"] > budget_ms:
-                note(f"measured {m['measured_ms']:.2f} ms > {budget_ms:g} ms; measuring again "
-                     "to rule out noise")
-                again = measure_bundle(candidate, profile, device)
-                m["measured_ms"] = statistics.median([m["measured_ms"], again["measured_ms"]])
-                m["remeasured"] = True
-            record = {**plan.to_dict(), **{k: m[k] for k in ("measured_ms", "raw_ms", "cv")},
-                      "correction": correction, "within_budget": m["measured_ms"] <= budget_ms}
-            attempts.append(record)
-            if record["within_budget"]:
-                return _finish(candidate, out, force, plan, m, attempts, why, device, budget_ms)
-            ratio = m["measured_ms"] / (plan.predicted_ms / correction)
-            correction = max(correction, ratio)
-            note(f"missed the budget ({m['measured_ms']:.2f} ms); re-planning with predictions "
-                 f"scaled by {correction:.3f}")
-            # measured > budget >= the plan's upper bound, so the ratio exceeds the old
-            # correction and this shape cannot be chosen again.
-            plan = plan_for_latency(predictor, budget_ms, profile, correction)
-    raise PlannerError(f"no export met {budget_ms:g} ms after {max_attempts} attempts; last: "
-                       f"{attempts[-1]['shape']} measured {attempts[-1]['measured_ms']:.2f} ms")
-
-
-def _finish(candidate: Path, out: Path, force: bool, plan: Plan, m: dict[str, Any],
-            attempts: list[dict[str, Any]], why: str, device: str, budget_ms: float
-            ) -> dict[str, Any]:
-    manifest = json.loads((candidate / "shaper.json").read_text())
-    manifest["plan"] = {
-        "budget_ms": budget_ms, "device": device, "precision": plan.precision,
-        "precision_reason": why, "profile": plan.profile, "shape": list(plan.shape.widths),
-        "params": plan.shape.params(), "predicted_ms": plan.predicted_ms,
-        "predicted_upper_ms": plan.upper_ms, "measured_ms": m["measured_ms"],
-        "measured_raw_ms": m["raw_ms"], "measurement": m, "attempts": attempts,
-        "method": "largest cigar shape whose predicted latency + held-out p95 error fits; "
-                  "measured after export with the profile's protocol"}
-    atomic_write_bytes(candidate / "shaper.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    with atomic_dir(out, force=force) as tmp:
-        for item in candidate.iterdir():
-            shutil.move(str(item), tmp / item.name)
+    batch, seq_len = workload or profile.reference_workload
+    plans = plan_candidates(profile, budget_ms, device, precision, (batch, seq_len))
+    check_profile(profile, device, options, supernet.config, allow_unreliable, note)
+    family = cigar_family(profile.space)
+    note(f"budget {budget_ms:g} ms at batch {batch} x {seq_len} tokens"
+         + (" (the profile's reference size)" if workload is None else "") + f" on {device}")
+    if measure is None:
+        def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
+            ref = profile.reference_ms(prec, *w)
+            return measure_model(bundle / model_file, profile.header, ref, prec, w,
+                                 device)["measured_ms"]
+    reference, feeds, positions, used = reference_outputs(
+        supernet, options.task, calibration or CALIBRATION_TEXTS, max_length=seq_len)
+    candidates: list[Candidate] = []
+    parent = out.parent if out.parent.exists() else None
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as work:
+        for prec, plan in plans.items():
+            if plan is None:
+                fastest = family[0]
+                ms = float(profile.predict([fastest], prec, batch, seq_len)[0])
+                candidates.append(Candidate(prec, None, None, None, None, status="no shape fits",
+                                            reason=f"the fastest shape is predicted at "
+                                                   f"{ms:.2f} ms"))
+                note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms)")
+                continue
+            candidates.append(_closed_loop(supernet, profile, plan, family, Path(work) / prec,
+                                           replace(options, int8=prec == "int8"), measure,
+                                           max_exports, note))
+        fitting = [c for c in candidates if c.status == "fits"]
+        for c in fitting:
+            c.fidelity = bundle_fidelity(Path(work) / c.precision, _model_file(c.precision),
+                                         options.task, reference, feeds, positions)
+        if not fitting:
+            raise PlannerError(f"no candidate met {budget_ms:g} ms at batch {batch} x {seq_len} "
+                               "tokens: " + "; ".join(f"{c.precision}: {c.status} ({c.reason})"
+                                                      for c in candidates))
+        best = max(fitting, key=lambda c: (round(c.fidelity, 4), -c.measured_ms))
+        best.status = "chosen"
+        for c in fitting:
+            if c is not best:
+                c.reason = (f"fidelity {c.fidelity:.4f} < {best.fidelity:.4f} "
+                            f"({best.precision})")
+        best.reason = ("highest fidelity within the budget" if len(fitting) > 1 else
+                       "the only candidate within the budget")
+        plan_record = {
+            "budget_ms": budget_ms, "batch": batch, "seq_len": seq_len,
+            "workload_source": "given" if workload else "profile reference size",
+            "device": device, "precision": best.precision, "shape": best.shape,
+            "params": best.params, "predicted_ms": best.predicted_ms,
+            "predicted_upper_ms": best.upper_ms, "measured_ms": best.measured_ms,
+            "fidelity": best.fidelity,
+            "fidelity_metric": ("masked-token top-1 agreement with the full fp32 model"
+                                if options.task == "fill-mask" else
+                                "mean cosine of mean-pooled embeddings to the full fp32 model"),
+            "calibration": used, "profile": str(profile.path),
+            "profile_trust": profile.trust,
+            "candidates": [c.to_dict() for c in candidates],
+            "method": "per precision the largest fine-cigar shape whose predicted latency x "
+                      "the profile's p95 margin fits; exported, measured with the profile's "
+                      "protocol, stepped down or up; highest fidelity among those within budget"}
+        chosen = Path(work) / best.precision
+        manifest = json.loads((chosen / "shaper.json").read_text())
+        manifest["plan"] = plan_record
+        atomic_write_bytes(chosen / "shaper.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        with atomic_dir(out, force=force) as tmp:
+            for item in chosen.iterdir():
+                shutil.move(str(item), tmp / item.name)
+    note(f"chose {best.precision} {','.join(map(str, best.shape))}: measured "
+         f"{best.measured_ms:.2f} ms, fidelity {best.fidelity:.4f}")
     return manifest
+
+
+def _model_file(precision: str) -> str:
+    return INT8_FILE if precision == "int8" else MODEL_FILE
+
+
+def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
+                 folder: Path, options: ExportOptions, measure, max_exports: int,
+                 note: Callable[[str], None]) -> Candidate:
+    """Export and measure one precision's plan until it fits as tightly as the loop allows.
+
+    The fitting bundle ends in ``folder``; returns its candidate (status fits, over budget,
+    or gate failed).
+    """
+    prec, budget, w = plan.precision, plan.budget_ms, (plan.batch, plan.seq_len)
+    margin = profile.margin(prec)
+    index = {s.widths: i for i, s in enumerate(family)}
+    cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
+                     plan.upper_ms)
+    tried: dict[tuple[int, ...], float] = {}
+    best: tuple[Plan, float] | None = None
+    shape_plan: Plan | None = plan
+    while shape_plan is not None and len(tried) < max_exports:
+        attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
+        note(f"{prec}: exporting {shape_plan.shape} ({shape_plan.shape.params() / 1e6:.1f}M "
+             f"params, predicted {shape_plan.predicted_ms:.2f} ms)")
+        try:
+            export_bundle(supernet, shape_plan.shape, attempt, options,
+                          progress=lambda m: None if m.startswith("wrote ") else note(m))
+        except ExportError as exc:
+            if prec != "int8":
+                raise
+            reason = str(exc).split(";")[0]
+            if best is not None:  # a step up failed the gate: keep the shape that fit
+                cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
+                note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); keeping "
+                     f"{best[0].shape}")
+                break
+            cand.status, cand.reason = "gate failed", reason
+            note(f"int8 dropped: {reason}; fp32 remains")
+            return cand
+        ms = measure(attempt, _model_file(prec), prec, w)
+        if ms > budget:
+            note(f"{prec}: measured {ms:.2f} ms > {budget:g} ms; measuring again to rule out noise")
+            ms = statistics.median([ms, measure(attempt, _model_file(prec), prec, w)])
+        raw_predicted = shape_plan.predicted_ms / shape_plan.correction
+        ratio = ms / raw_predicted
+        tried[shape_plan.shape.widths] = ms
+        cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
+                             "within_budget": ms <= budget})
+        if ms <= budget:
+            if best is None or shape_plan.shape.params() > best[0].shape.params():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                attempt.rename(folder)
+                best = (shape_plan, ms)
+            # Well under budget: try the largest shape the observed ratio allows.
+            if ms * margin < budget:
+                # Scaled by the observed ratio (+2% for noise) instead of the margin: it is measured next.
+                nxt = plan_for_latency(profile, budget, prec, *w,
+                                       correction=ratio * 1.02 / margin, family=family)
+                if (nxt is not None and index[nxt.shape.widths] > index[shape_plan.shape.widths]
+                        and nxt.shape.widths not in tried):
+                    note(f"{prec}: {ms:.2f} ms leaves room; stepping up to {nxt.shape}")
+                    shape_plan = nxt
+                    continue
+            break
+        shutil.rmtree(attempt, ignore_errors=True)
+        if best is not None:
+            break  # a step up missed: keep the last shape that fit
+        correction = max(shape_plan.correction, ratio)
+        note(f"{prec}: missed the budget ({ms:.2f} ms); re-planning with predictions scaled "
+             f"by {correction:.3f}")
+        shape_plan = plan_for_latency(profile, budget, prec, *w, correction=correction,
+                                      family=family)
+        if shape_plan is not None and shape_plan.shape.widths in tried:
+            smaller = index[shape_plan.shape.widths] - 1
+            shape_plan = (replace(shape_plan, shape=family[smaller]) if smaller >= 0 else None)
+    if best is None:
+        cand.status = "over budget"
+        cand.reason = (f"{len(tried)} export(s) measured over {budget:g} ms" if tried else
+                       "no shape fits after correction")
+        return cand
+    final, ms = best
+    cand.shape, cand.params = list(final.shape.widths), final.shape.params()
+    cand.predicted_ms, cand.upper_ms, cand.measured_ms = (final.predicted_ms / final.correction,
+                                                          final.upper_ms / final.correction, ms)
+    cand.status = "fits"
+    return cand

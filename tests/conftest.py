@@ -100,3 +100,30 @@ def tiny_tokenizer_json(vocab_size: int = 97) -> str:
 def tiny_supernet_with_tokenizer(tiny_supernet) -> SuperBert:
     tiny_supernet.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
     return tiny_supernet
+
+
+# A design space big enough that latency grows with the shape (in the 48-wide test space it
+# is all overhead), and a fast protocol over a small grid, for profile and planner tests.
+PLAN_SPACE = DesignSpace.for_model(128, 4, 3, vocab_size=97, max_positions=64,
+                                   intermediate_size=512)
+
+
+def fast_protocol(**changes):
+    from shaper_deploy.profiling.protocol import Protocol
+
+    base = dict(rounds=2, warmup=1, timed=2, pause_ms=2, group_size=6, repeat_shapes=2,
+                batches=(1, 2), seq_lens=(8, 16), max_tokens=32, reference_batch=1,
+                reference_seq_len=16, check_workloads=((1, 12), (2, 12)))
+    return Protocol(**{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tmp_path_factory) -> Path:
+    """A finished fp32 + int8 profile of PLAN_SPACE on this machine (timings not asserted)."""
+    from shaper_deploy.predictor import fit_profile
+    from shaper_deploy.profiling.profile import run_profile
+
+    out = tmp_path_factory.mktemp("profiles") / "tiny"
+    run_profile(out, "cpu", fast_protocol(), SuperConfig(PLAN_SPACE, pooler=True), samples=12)
+    fit_profile(out)
+    return out

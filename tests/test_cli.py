@@ -134,3 +134,39 @@ def test_the_deploy_path_never_imports_training():
             "print([m for m in sys.modules if m.startswith('shaper_deploy.training')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_measuring_and_serving_never_import_torch():
+    """Profiles, predictions, the int8 quantizer, fidelity, bench and Triton: no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import shaper_deploy.profiling.profile, shaper_deploy.predictor\n"
+            "import shaper_deploy.quantize, shaper_deploy.fidelity, shaper_deploy.serving\n"
+            "import shaper_deploy.triton, shaper_deploy.cli.main\n"
+            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_supernet):
+    """Every command that writes an output holds an exclusive lock on it (filelock)."""
+    from click.testing import CliRunner
+    from filelock import FileLock
+
+    from shaper_deploy.cli.main import main
+
+    tiny_supernet.save(tmp_path / "super")
+    out = tmp_path / "bundle"
+    with FileLock(str(tmp_path / ".bundle.lock")):  # what a running export holds
+        r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
+                                      "--shape", "16,36,8", "--out", str(out)])
+        assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+        assert "is being written by another shaperctl process" in r.stderr
+        p = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out)])
+        assert p.exit_code == 1 and "being written by another shaperctl process" in p.stderr
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
+                                  "--shape", "16,36,8", "--out", str(out)])
+    assert r.exit_code == 0, r.output  # the lock is released with its holder

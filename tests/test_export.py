@@ -111,7 +111,7 @@ def test_int8_accuracy_is_recorded_and_enforced(tmp_path, tiny_supernet_with_tok
     manifest = export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "q",
                              ExportOptions(int8=True, int8_min_cosine=0.5))
     q = manifest["quantization"]
-    assert q["judged_on"] == "12 English sentences"
+    assert q["judged_on"] == "32 English sentences"
     assert 0.5 < q["mean_token_cosine"] <= 1 and q["max_abs_diff"] > 0
     assert manifest["default_model"] == "model_quantized.onnx"
     int8 = onnx.load(str(tmp_path / "q" / "model_quantized.onnx"))

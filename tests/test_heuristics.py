@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 
 from shaper_deploy.errors import ShapeError
 from shaper_deploy.heuristics import (REFERENCE_CIGAR, cigar_family, cigar_shape, parse_count,
-                                      scaled_cigar)
+                                      scaled_cigar, scaled_family)
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
 
 from .conftest import TINY_SPACE
@@ -68,3 +69,24 @@ def test_parse_count(text, value):
 def test_parse_count_errors(text):
     with pytest.raises(ShapeError):
         parse_count(text)
+
+
+@pytest.mark.parametrize("space", SPACES[:2], ids=["bert-base", "minilm"])
+def test_fine_family_is_within_5pct_below_every_target(space):
+    family, scaled = cigar_family(space), scaled_family(space)
+    assert set(s.widths for s in scaled) <= set(s.widths for s in family)
+    assert len(family) > len(scaled)
+    for a, b in zip(family, family[1:]):  # one layer one width wider each step
+        assert a.params() < b.params()
+        wider = [i for i, (x, y) in enumerate(zip(a.widths, b.widths)) if x != y]
+        assert len(wider) == 1 and all(x <= y for x, y in zip(a.widths, b.widths))
+        i = wider[0]
+        assert space.widths.index(b.widths[i]) == space.widths.index(a.widths[i]) + 1
+    lo, hi = family[0].params(), family[-1].params()
+    for target in np.linspace(lo, hi, 300).astype(int):
+        assert 0.95 * target <= cigar_shape(int(target), space).params() <= target
+
+
+def test_fine_family_answers_the_issue_example():
+    # The scaled family alone answered 46.35M for 50M (7% under).
+    assert 47_500_000 <= cigar_shape(50_000_000, Shape(REFERENCE_CIGAR).space).params() <= 50_000_000

@@ -84,23 +84,60 @@ def test_bad_bundles_and_inputs(bundle, tmp_path):
 def test_fill_mask_bundle(tmp_path, tiny_supernet_with_tokenizer):
     export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "mlm",
                   ExportOptions(task="fill-mask"))
-    answers = Bundle.load(tmp_path / "mlm").fill_mask(["the [MASK] runs fast", "a [MASK]"],
-                                                      top_k=3)
+    model = Bundle.load(tmp_path / "mlm")
+    texts = ["the [MASK] runs fast", "a [MASK]"]
+    answers = model.fill_mask(texts, top_k=3)
     assert [len(a) for a in answers] == [1, 1] and len(answers[0][0]) == 3
-    assert all(0 <= p <= 1 for _, p in answers[0][0])
+    # The same top-3 tokens and probabilities as PyTorch's fused network.
+    enc = model.encode(texts)
+    fused = fuse_bottlenecks(slice_subnet(tiny_supernet_with_tokenizer, SHAPE), fold_last=True)
+    with torch.no_grad():
+        logits = fused.mlm_logits(*(torch.from_numpy(enc.feeds[k]) for k in
+                                    ("input_ids", "attention_mask", "token_type_ids")))
+    mask_id = model.tokenizer.token_to_id("[MASK]")
+    for row, answer in enumerate(answers):
+        col = int(np.flatnonzero(enc.feeds["input_ids"][row] == mask_id)[0])
+        probs = torch.softmax(logits[row, col], -1)
+        top = torch.topk(probs, 3)
+        assert [t for t, _ in answer[0]] == [model.tokenizer.id_to_token(int(i))
+                                             for i in top.indices]
+        assert [p for _, p in answer[0]] == pytest.approx(top.values.tolist(), abs=1e-4)
     with pytest.raises(ServingError, match="computes fill-mask, not embeddings"):
         Bundle.load(tmp_path / "mlm").embed(["x"])
 
 
-def test_cli_run_and_bench(bundle, tmp_path):
+def test_cli_run_and_bench(bundle, tmp_path, tiny_supernet_with_tokenizer):
     runner = CliRunner()
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n\n")
+    other = Shape((48, 48, 48), TINY_SPACE)
+    export_bundle(tiny_supernet_with_tokenizer, other, tmp_path / "full")
     result = runner.invoke(main, ["run", str(bundle), "--file", str(texts), "--compare",
-                                  str(bundle), "--json"])
+                                  str(tmp_path / "full"), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert len(data["embeddings"]) == 3 and data["compare"]["mean_cosine"] == pytest.approx(1)
+    # The cosine of PyTorch's mean-pooled embeddings of the two shapes.
+    enc = Bundle.load(bundle).encode(TEXTS)
+    args = [torch.from_numpy(enc.feeds[k]) for k in ("input_ids", "attention_mask",
+                                                      "token_type_ids")]
+    mask = args[1][..., None].float()
+    with torch.no_grad():
+        pooled = [(fuse_bottlenecks(slice_subnet(tiny_supernet_with_tokenizer, s))(*args)
+                   .last_hidden_state * mask).sum(1) / mask.sum(1) for s in (SHAPE, other)]
+    expected = torch.nn.functional.cosine_similarity(*pooled).numpy()
+    assert len(data["embeddings"]) == 3
+    assert data["compare"]["cosine"] == pytest.approx(expected.tolist(), abs=1e-3)
+    assert data["compare"]["mean_cosine"] < 0.99 and data["compare"]["is_fidelity"]
+    int8 = tmp_path / "int8"
+    export_bundle(tiny_supernet_with_tokenizer, SHAPE, int8, ExportOptions(int8=True,
+                                                                            int8_min_cosine=0.5))
+    picked = json.loads(runner.invoke(main, ["run", str(int8), "x", "--model", "model.onnx",
+                                             "--json"]).stdout)
+    assert picked["model"] == "model.onnx"
+    assert json.loads(runner.invoke(main, ["run", str(int8), "x", "--json"]).stdout)["model"] \
+        == "model_quantized.onnx"
+    missing = runner.invoke(main, ["run", str(int8), "x", "--model", "nope.onnx"])
+    assert missing.exit_code == 1 and "has no 'nope.onnx'" in missing.stderr
     human = runner.invoke(main, ["run", str(bundle), "we deploy", "the model"])
     assert "cosine similarity between the texts" in human.stdout
     empty = runner.invoke(main, ["run", str(bundle)])
@@ -108,7 +145,24 @@ def test_cli_run_and_bench(bundle, tmp_path):
     b = json.loads(runner.invoke(main, ["bench", str(bundle), "--duration", "0.5",
                                         "--concurrency", "2", "--seq-len", "16",
                                         "--json"]).stdout)
-    assert b["requests"] > 0 and b["latency_ms"]["p50"] <= b["latency_ms"]["p99"]
-    assert b["concurrency"] == 2
+    assert b["requests"] > 0 and b["concurrency"] == 2
+    assert b["model"] == "model.onnx"
     too_long = runner.invoke(main, ["bench", str(bundle), "--seq-len", "65", "--duration", "0.1"])
     assert too_long.exit_code == 1 and "exceeds the model's 64 positions" in too_long.stderr
+
+
+def test_optimum_loads_the_default_model_with_file_name(tmp_path, tiny_supernet_with_tokenizer):
+    """optimum loads model.onnx unless told; file_name=default_model loads the plan's choice."""
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+
+    export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "b",
+                  ExportOptions(int8=True, int8_min_cosine=0.5))
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    assert manifest["default_model"] == "model_quantized.onnx"
+    ours = Bundle.load(tmp_path / "b")
+    enc = ours.encode(TEXTS)
+    expected = ours.run(enc.feeds)["last_hidden_state"]
+    model = ORTModelForFeatureExtraction.from_pretrained(
+        tmp_path / "b", file_name=manifest["default_model"])
+    got = model(**{k: torch.from_numpy(v) for k, v in enc.feeds.items()}).last_hidden_state
+    assert np.abs(got.numpy() - expected).max() < 1e-5

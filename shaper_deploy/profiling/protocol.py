@@ -1,4 +1,4 @@
-"""How latency is measured: interleaved, paused, warmed up, normalised to a reference.
+"""How latency is measured: over a grid of input sizes, interleaved, paused, warmed up.
 
 Measured on this 2-core class with ONNX Runtime CPU sessions:
 
@@ -10,65 +10,167 @@ Measured on this 2-core class with ONNX Runtime CPU sessions:
   before; a 20 ms pause plus 2 untimed runs before each turn removed that (real and random
   weights then agreed within 4%, as when run alone). Turning spinning off instead made every
   run ~50% slower, so sessions keep ONNX Runtime's default and the protocol pauses;
-* a reference model is timed in every group; dividing by it cancels drift between groups.
+* short runs (batch 1, 16-64 tokens, 1-5 ms) are the noisiest on a shared 2-core machine, so
+  a turn times as many runs as fit in ``turn_ms`` and a measurement whose rounds disagree by
+  more than ``noisy_cv`` is timed again at once;
+* a reference graph is timed in every group as a record of drift (dividing by it added more
+  noise than it removed once turns were long enough; see docs/profiles.md).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
 from ..errors import ProfileError
+from ..shape import reject_unknown_fields
 
 PRECISIONS = ("fp32", "int8")
+Workload = tuple[int, int]  # (batch, sequence length)
+# Sizes the predictor is checked at and never fitted on (held-out input sizes), where the
+# grid covers them: between grid lengths, and batches between grid batches.
+CHECK_WORKLOADS: tuple[Workload, ...] = ((1, 24), (1, 48), (1, 96), (1, 200), (1, 384),
+                                         (2, 64), (2, 200), (8, 32), (8, 128))
 
 
 @dataclass(frozen=True)
 class Protocol:
+    """How a device is measured: which workloads, and how each latency is timed.
+
+    The grid is every (batch, seq_len) of ``batches`` x ``seq_lens`` with at most
+    ``max_tokens`` tokens; the predictor interpolates between grid points and refuses sizes
+    outside them. Powers of two in length (what serving stacks pad to) and a batch step of
+    4: latency is close to affine in the batch and in the length, so linear interpolation
+    between grid points stays within about 1% (docs/profiles.md has the numbers).
+    """
+
     threads: int = 2  # intra-op threads of every session (inter-op 1, sequential execution)
-    batch: int = 1  # rows per inference
-    seq_len: int = 128  # tokens per row, no padding
-    precision: str = "fp32"  # fp32, or int8 (ONNX Runtime dynamic quantization, per-channel)
-    rounds: int = 8  # interleaved rounds per group
-    warmup: int = 2  # untimed runs before each model's turn in a round
-    timed: int = 5  # timed runs per model per round
+    precisions: tuple[str, ...] = PRECISIONS  # fp32, and int8 (dynamic, per-channel: as exported)
+    batches: tuple[int, ...] = (1, 4, 16)  # grid batch sizes
+    seq_lens: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # grid lengths (<= max positions)
+    max_tokens: int = 1024  # grid points with more batch x seq_len tokens are left out
+    reference_batch: int = 1  # the workload a budget is for when the user names none
+    reference_seq_len: int = 128
+    rounds: int = 4  # interleaved rounds per group and workload
+    warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
+    long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
+    timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
+    turn_ms: float = 30.0  # a turn times ceil(turn_ms / one run) runs, at least one
     pause_ms: float = 20.0  # idle time before each turn, so other sessions' threads park
-    group_size: int = 8  # shapes whose sessions are alive and interleaved together
-    noisy_cv: float = 0.05  # a shape whose round medians vary more is measured once more
-    repeat_shapes: int = 10  # shapes measured again at the end: the protocol's noise floor
+    group_size: int = 10  # shapes whose sessions are alive and interleaved together
+    noisy_cv: float = 0.1  # a measurement whose round medians vary more is repeated at once
+    repeat_shapes: int = 8  # shapes measured again at the end: the protocol's noise floor
+    check_workloads: tuple[Workload, ...] = CHECK_WORKLOADS  # held-out sizes (held-out shapes)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "precision":
-                if value not in PRECISIONS:
-                    raise ProfileError(f"precision {value!r} is not supported; allowed: "
-                                       f"{', '.join(PRECISIONS)}")
-            elif f.name in ("pause_ms", "noisy_cv", "repeat_shapes"):
-                if value < 0:
-                    raise ProfileError(f"{f.name} must not be negative, got {value}")
-            elif not isinstance(value, int) or value < 1:
+            if f.name == "precisions":
+                bad = [p for p in value if p not in PRECISIONS]
+                if bad or not value or len(set(value)) != len(value):
+                    raise ProfileError(f"precision {', '.join(map(repr, bad or value))} is "
+                                       f"not supported; allowed: {', '.join(PRECISIONS)} "
+                                       "(each at most once)")
+            elif f.name in ("batches", "seq_lens"):
+                if (not value or any(not isinstance(v, int) or isinstance(v, bool) or v < 1
+                                     for v in value) or list(value) != sorted(set(value))):
+                    raise ProfileError(f"{f.name.replace('_', '-')} must be increasing "
+                                       f"positive integers, got {list(value)}")
+            elif f.name == "check_workloads":
+                if any(len(w) != 2 or min(w) < 1 for w in value):
+                    raise ProfileError(f"check workloads must be (batch, seq_len) pairs, "
+                                       f"got {value!r}")
+            elif f.name in ("pause_ms", "repeat_shapes", "turn_ms", "long_run_ms", "noisy_cv"):
+                if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                    raise ProfileError(f"{f.name} must be a finite non-negative number, "
+                                       f"got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProfileError(f"{f.name.replace('_', '-')} must be a positive integer, "
                                    f"got {value!r}")
+        if not self.grid:
+            raise ProfileError(f"no grid point has at most {self.max_tokens} tokens; raise "
+                               "--max-tokens or choose smaller --batch/--seq-len values")
+        if self.reference not in self.grid:
+            raise ProfileError(f"the reference workload batch {self.reference_batch} x "
+                               f"{self.reference_seq_len} tokens must be a grid point")
+
+    @property
+    def grid(self) -> list[Workload]:
+        return [(b, s) for b in self.batches for s in self.seq_lens if b * s <= self.max_tokens]
+
+    @property
+    def reference(self) -> Workload:
+        return (self.reference_batch, self.reference_seq_len)
+
+    @property
+    def checks(self) -> list[Workload]:
+        """The check workloads inside the grid's range and not on it."""
+        grid = set(self.grid)
+        return [tuple(w) for w in self.check_workloads
+                if tuple(w) not in grid and grid_cell(self.grid, *w) is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("precisions", "batches", "seq_lens"):
+            d[key] = list(d[key])
+        d["check_workloads"] = [list(w) for w in self.check_workloads]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Protocol":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        reject_unknown_fields(cls, data, "protocol", ProfileError)
+        data = dict(data)
+        for key in ("precisions", "batches", "seq_lens"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if "check_workloads" in data:
+            data["check_workloads"] = tuple(tuple(w) for w in data["check_workloads"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ProfileError(f"invalid protocol: {exc}") from None
 
 
-def inputs_for(protocol: Protocol, vocab_size: int) -> dict[str, np.ndarray]:
-    """Fixed int64 inputs of the protocol's batch and length (no padding)."""
+def grid_cell(grid: Sequence[Workload], batch: int, seq_len: int
+              ) -> tuple[Workload, Workload, Workload, Workload] | None:
+    """The four grid points around (batch, seq_len) for bilinear interpolation, or None when
+    the point lies outside the measured region (a corner is missing)."""
+    batches = sorted({b for b, _ in grid})
+    lens = sorted({s for _, s in grid})
+
+    def bracket(values: list[int], x: int) -> tuple[int, int] | None:
+        if x < values[0] or x > values[-1]:
+            return None
+        lo = max(v for v in values if v <= x)
+        hi = min(v for v in values if v >= x)
+        return lo, hi
+
+    bb, ss = bracket(batches, batch), bracket(lens, seq_len)
+    if bb is None or ss is None:
+        return None
+    corners = ((bb[0], ss[0]), (bb[0], ss[1]), (bb[1], ss[0]), (bb[1], ss[1]))
+    points = set(grid)
+    return corners if all(c in points for c in corners) else None
+
+
+def describe_range(grid: Sequence[Workload]) -> str:
+    """'batch 1: 16..512 tokens; batch 4: 16..512; batch 16: 16..128'."""
+    rows: dict[int, list[int]] = {}
+    for b, s in grid:
+        rows.setdefault(b, []).append(s)
+    return "; ".join(f"batch {b}: seq {min(v)}..{max(v)}" for b, v in sorted(rows.items()))
+
+
+def inputs_for(workload: Workload, vocab_size: int) -> dict[str, np.ndarray]:
+    """Fixed int64 inputs of a (batch, seq_len) workload (no padding)."""
     rng = np.random.default_rng(1234)
-    shape = (protocol.batch, protocol.seq_len)
+    shape = tuple(workload)
     return {"input_ids": rng.integers(1, vocab_size, size=shape, dtype=np.int64),
             "attention_mask": np.ones(shape, np.int64),
             "token_type_ids": np.zeros(shape, np.int64)}
@@ -81,6 +183,8 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
     pause = protocol.pause_ms / 1000.0
     rounds: dict[Hashable, list[float]] = {k: [] for k in runners}
     every: dict[Hashable, list[float]] = {k: [] for k in runners}
+    timed: dict[Hashable, int] = {}
+    warmup: dict[Hashable, int] = {}
     order = list(runners)
     for _ in range(protocol.rounds):
         rng.shuffle(order)
@@ -88,10 +192,15 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
             run = runners[key]
             if pause:
                 time.sleep(pause)
-            for _ in range(protocol.warmup):
+            for i in range(warmup.get(key, protocol.warmup)):
+                start = time.perf_counter()
                 run()
+                if key not in timed and i == protocol.warmup - 1:
+                    one = (time.perf_counter() - start) * 1000.0
+                    timed[key] = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / one)))
+                    warmup[key] = 1 if one > protocol.long_run_ms else protocol.warmup
             times = []
-            for _ in range(protocol.timed):
+            for _ in range(timed.get(key, protocol.timed)):
                 start = time.perf_counter()
                 run()
                 times.append((time.perf_counter() - start) * 1000.0)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import TrainingError
+from ..fidelity import embedding_fidelity
 from ..io import atomic_write_bytes
 from ..predictor import held_out_mask
 from ..shape import DesignSpace, Shape
@@ -41,10 +42,11 @@ def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus
         raise TrainingError(f"unknown quality metric {metric!r}; allowed: {', '.join(METRICS)}")
     supernet.eval()
     ids = corpus.val[:max_blocks]
-    if metric == "cosine":
-        full = supernet(ids).last_hidden_state.mean(1)
-        return [float(torch.nn.functional.cosine_similarity(
-            supernet(ids, shape=s).last_hidden_state.mean(1), full).mean()) for s in shapes]
+    if metric == "cosine":  # the planner's fidelity (shaper_deploy.fidelity), unpadded blocks
+        mask = np.ones(tuple(ids.shape), dtype=np.int64)
+        full = supernet(ids).last_hidden_state.numpy()
+        return [embedding_fidelity(full, supernet(ids, shape=s).last_hidden_state.numpy(), mask)
+                for s in shapes]
     if supernet.mlm_head is None:
         raise TrainingError("perplexity needs an MLM head; train with --objective mlm first, "
                             "or use the cosine metric")

@@ -1,0 +1,164 @@
+"""Bundles as a Triton Inference Server (and KServe) model repository (no torch).
+
+Each bundle becomes one model entry::
+
+    REPO/NAME/config.pbtxt     Triton's ModelConfig: onnxruntime backend, int64 inputs of
+                               variable length, outputs, max_batch_size, dynamic batching,
+                               instance group, intra/inter-op threads
+    REPO/NAME/1/model.onnx     the bundle's default model (the one its plan chose),
+                               its sha256 checked against shaper.json while it is copied
+    REPO/NAME/shaper.json      the bundle's manifest, and its tokenizer files beside it, so a
+    REPO/NAME/tokenizer.json   client tokenizes exactly as the bundle does
+
+``config.pbtxt`` is built as a ``ModelConfig`` message with the protobuf module that
+``tritonclient`` ships and printed in protobuf text format, so it is what Triton parses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ServingError
+from .io import atomic_dir, check_output_dir, read_manifest
+from .serving import BUNDLE_FORMAT, BUNDLE_VERSION
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+
+
+def model_config_pb2():
+    """Triton's ModelConfig protobuf module from tritonclient, loaded from its file (the
+    ``tritonclient.grpc`` package itself wants grpcio, which this does not need)."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None:
+        raise ServingError("writing a Triton repository needs the tritonclient package "
+                           "(pip install --no-deps tritonclient)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    max_batch: int = 8  # Triton's max_batch_size (dynamic batching up to it)
+    instances: int = 1  # model instances (sessions) in the instance group
+    device: str = "cpu"  # instance kind: cpu -> KIND_CPU, cuda -> KIND_GPU
+    threads: int | None = None  # onnxruntime intra-op threads (None: the plan's profile's, else ORT's)
+    queue_delay_us: int = 100  # how long dynamic batching may hold a request
+
+    def __post_init__(self) -> None:
+        if self.device not in KINDS:
+            raise ServingError(f"unknown device {self.device!r}; allowed: {', '.join(KINDS)}")
+        for name in ("max_batch", "instances"):
+            if getattr(self, name) < 1:
+                raise ServingError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                   f"{getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ServingError(f"--threads must be at least 1, got {self.threads}")
+
+
+def build_config(name: str, manifest: dict[str, Any], options: TritonOptions, threads: int | None):
+    """The ModelConfig message for one bundle."""
+    pb = model_config_pb2()
+    space = manifest["design_space"]
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch)
+    for input_name in manifest["inputs"]:
+        config.input.add(name=input_name, data_type=pb.TYPE_INT64, dims=[-1])
+    widths = {"last_hidden_state": [-1, space["hidden_size"]],
+              "pooler_output": [space["hidden_size"]], "logits": [-1, space["vocab_size"]]}
+    for output in manifest["outputs"]:
+        config.output.add(name=output, data_type=pb.TYPE_FP32, dims=widths[output])
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    config.instance_group.add(count=options.instances,
+                              kind=getattr(pb.ModelInstanceGroup, KINDS[options.device]))
+    if threads is not None:
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        config.parameters["inter_op_thread_count"].string_value = "1"
+    return config
+
+
+def _verified_copy(src: Path, dst: Path, sha256: str) -> None:
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            h.update(block)
+            fout.write(block)
+    if h.hexdigest() != sha256:
+        raise ServingError(f"{src} does not match the sha256 recorded in shaper.json (altered "
+                           "or damaged); export the bundle again")
+
+
+def write_repository(bundles: Sequence[str | Path], out: str | Path,
+                     names: Sequence[str] | None = None,
+                     options: TritonOptions = TritonOptions(), force: bool = False
+                     ) -> list[dict[str, Any]]:
+    """Write one model entry per bundle into the repository ``out``; what was written."""
+    from google.protobuf import text_format
+
+    out = Path(out)
+    bundles = [Path(b) for b in bundles]
+    names = list(names) if names else [b.resolve().name for b in bundles]
+    if len(names) != len(bundles):
+        raise ServingError(f"give one --name per bundle ({len(bundles)} bundles, "
+                           f"{len(names)} names)")
+    if len(set(names)) != len(names):
+        raise ServingError(f"model names must differ; got {', '.join(names)}")
+    entries = []
+    for bundle, name in zip(bundles, names):  # check everything before writing anything
+        if not NAME.match(name):
+            raise ServingError(f"{name!r} is not a Triton model name; allowed: letters, digits, "
+                               "'_', '-' and '.' (pass --name)")
+        manifest = read_manifest(bundle / "shaper.json", BUNDLE_FORMAT, BUNDLE_VERSION, "bundle",
+                                 ServingError, f"{bundle} is not a bundle (no shaper.json); "
+                                               "make one with shaperctl export")
+        model_file = manifest["default_model"]
+        entry = manifest.get("files", {}).get(model_file, {})
+        if "sha256" not in entry:
+            raise ServingError(f"bundle {bundle} records no sha256 for {model_file}; export it "
+                               "again")
+        if options.device == "cuda" and entry.get("precision") == "int8":
+            raise ServingError(f"bundle {bundle} serves dynamic int8, which ONNX Runtime runs "
+                               "on the CPU provider only; use --device cpu or an fp32 bundle")
+        check_output_dir(out / name, force)
+        threads = options.threads
+        plan = manifest.get("plan")
+        if threads is None and plan:
+            threads = _plan_threads(plan)
+        entries.append((bundle, name, manifest, model_file, entry["sha256"], threads))
+    written = []
+    for bundle, name, manifest, model_file, sha256, threads in entries:
+        config = build_config(name, manifest, options, threads)
+        with atomic_dir(out / name, force=force) as tmp:
+            (tmp / "1").mkdir()
+            _verified_copy(bundle / model_file, tmp / "1" / "model.onnx", sha256)
+            (tmp / "config.pbtxt").write_text(text_format.MessageToString(config))
+            shutil.copyfile(bundle / "shaper.json", tmp / "shaper.json")
+            for extra in TOKENIZER_FILES:
+                if (bundle / extra).is_file():
+                    shutil.copyfile(bundle / extra, tmp / extra)
+        written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
+                        "model": model_file, "max_batch_size": options.max_batch,
+                        "instances": options.instances, "device": options.device,
+                        "intra_op_threads": threads, "outputs": manifest["outputs"]})
+    return written
+
+
+def _plan_threads(plan: dict[str, Any]) -> int | None:
+    """The threads the plan's latency was measured with, when its profile is at hand."""
+    from .errors import ShaperError
+    from .profiling.profile import read_header
+
+    try:
+        return read_header(plan.get("profile", "")).protocol.threads
+    except ShaperError:
+        return None
