@@ -199,11 +199,11 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             pred_g.append(p)
             by_workload[workload_key(w)] = float(np.abs(p / y[test] - 1).mean())
         trial = LatencyModel(space, list(protocol.grid), {precision: split}, {}, {})
-        held_keys = [k for k, t in zip(keys, test) if t]
+        held = [k for k, t in zip(keys, test) if t]
         actual_c, pred_c = [], []
         for w in protocol.checks:
             measured = main.get((precision, *w), {})
-            ks = [k for k in held_keys if k in measured]
+            ks = [k for k in held if k in measured]
             if not ks:
                 continue
             y = np.array([measured[k] for k in ks])
@@ -215,7 +215,7 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
         grid_a, grid_p = np.concatenate(actual_g), np.concatenate(pred_g)
         m = {"grid_held_out": regression_metrics(grid_a, grid_p),
              "trained_on": int((~test).sum()), "held_out_shapes": int(test.sum()),
-             "held_out_keys": [k for k, t in zip(keys, test) if t],
+             "held_out_keys": held,
              "mape_by_workload": by_workload}
         if actual_c:
             ca, cp = np.concatenate(actual_c), np.concatenate(pred_c)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import __version__
-from ..errors import ProfileError
+from ..errors import ProfileError, ShaperError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
 from ..quantize import METHOD as INT8_METHOD, quantize_int8
 from ..runtime import make_session
@@ -37,7 +37,7 @@ PROFILE_VERSION = 2
 HEADER = "profile.json"
 MEASUREMENTS = "measurements.jsonl"
 REFERENCE = "__reference__"
-REMAKE = ("shaperctl profile --device {device} --supernet SUPERNET --out NEW_FOLDER")
+REMAKE = "shaperctl profile --device {device} --supernet SUPERNET --out NEW_FOLDER"
 
 
 def shape_key(widths: Iterable[int]) -> str:
@@ -79,7 +79,7 @@ class ProfileHeader:
     graph: dict[str, Any]  # the graph timed: task, optimization, activation, opset, ORT
     sampling: dict[str, Any]  # how many shapes, seed, method
     templates: dict[str, list[int]]  # the paper's template shapes, always measured
-    reference_shape: list[int]  # timed in every group, to divide drift out
+    reference_shape: list[int]  # timed in every group and size: a record of drift
     source: dict[str, Any] = field(default_factory=dict)  # the super network profiled
     status: str = "measuring"  # measuring, then measured
     summary: dict[str, Any] | None = None  # counts, time, noise floor per precision
@@ -107,7 +107,7 @@ class ProfileHeader:
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"profile {where} has an invalid {HEADER} ({exc}); remake it "
                                f"with: {REMAKE.format(device='cpu')}") from None
-        except Exception as exc:  # a config or protocol that fails its own checks
+        except ShaperError as exc:  # a config or protocol that fails its own checks
             raise ProfileError(f"profile {where} has an invalid {HEADER}: {exc}") from None
 
 
@@ -255,7 +255,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         header = read_header(out)
         _check_resumable(header, plan, out)
     else:
-        if out.exists() and any(p for p in out.iterdir()):
+        if out.exists() and any(out.iterdir()):
             raise ProfileError(f"{out} exists and is not a profile; choose a new --out folder")
         try:
             out.mkdir(parents=True, exist_ok=True)
