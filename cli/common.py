@@ -11,13 +11,29 @@ from shaper_deploy.errors import ShaperError
 
 
 class ShaperGroup(click.Group):
-    """A click group that turns library errors into one clear line and exit status 1."""
+    """A click group that turns library errors, and the operating system's (disk full, a name
+    too long, a busy or read-only path), into one clear line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShaperError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(os_error_line(exc)) from None
+        except Exception as exc:
+            if type(exc).__name__ == "SafetensorError":  # safetensors' own I/O error type
+                raise click.ClickException(f"cannot write or read weights: {exc}") from None
+            raise
+
+
+def os_error_line(exc: OSError) -> str:
+    """'cannot write runs/x/model.onnx: No space left on device (errno 28)'."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if len(str(where)) > 120:
+        where = f"{str(where)[:60]}...{str(where)[-40:]}"
+    reason = exc.strerror or str(exc)
+    return f"cannot use {where}: {reason}" + (f" (errno {exc.errno})" if exc.errno else "")
 
 
 json_option = click.option("--json", "as_json", is_flag=True,

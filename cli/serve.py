@@ -16,10 +16,26 @@ model_option = click.option(
          "one the plan chose), e.g. model.onnx or model_quantized.onnx.")
 
 
+def _finite(value: float, name: str) -> float:
+    if value != value:  # NaN passes click's FloatRange
+        raise click.BadParameter("nan is not a number of seconds; give 0.1 to 3600",
+                                 param_hint=name)
+    return value
+
+
 def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
     out = list(texts)
     if file is not None:
-        out += [line.rstrip("\n") for line in file.read_text().splitlines() if line.strip()]
+        try:
+            lines = file.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"{file} is not UTF-8 text (byte {exc.start}); give one "
+                                     "text per line, UTF-8", param_hint="--file") from None
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise click.BadParameter(f"{file} has no text; give one text per line",
+                                     param_hint="--file")
+        out += from_file
     if not out:
         raise click.UsageError("give TEXT arguments or --file (one text per line)")
     return out
@@ -36,7 +52,7 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
               help="Scale embeddings to unit length.")
 @click.option("--compare", "compare_bundle", type=click.Path(path_type=Path), default=None,
               help="Another bundle (e.g. the full model): report each text's embedding cosine.")
-@click.option("--max-length", type=int, default=None,
+@click.option("--max-length", type=click.IntRange(2), default=None,
               help="Cut texts to this many tokens (default and upper limit: the model's).")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
 @model_option
@@ -116,12 +132,16 @@ def _run_text(d: dict, items: list[str]) -> str:
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--batch", default=1, show_default=True, type=int, help="Rows per request.")
-@click.option("--seq-len", default=128, show_default=True, type=int, help="Tokens per row.")
-@click.option("--concurrency", default=1, show_default=True, type=int,
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1),
+              help="Rows per request.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(1),
+              help="Tokens per row.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Threads sharing one session.")
-@click.option("--duration", default=10.0, show_default=True, type=float, help="Seconds.")
-@click.option("--threads", default=None, type=int,
+@click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              callback=lambda ctx, param, v: _finite(v, "--duration"),
+              help="Seconds (0.1 to 3600).")
+@click.option("--threads", default=None, type=click.IntRange(1),
               help="Intra-op threads (default: the plan's profile protocol, else ORT's).")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
 @model_option

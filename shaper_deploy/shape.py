@@ -254,8 +254,13 @@ def _loads(text: str, what: str) -> Any:
 
 def _widths_from_file(path: Path) -> list[int]:
     if not path.is_file():
-        raise ShapeError(f"shape file {path} does not exist")
-    return _widths_from_json(_loads(path.read_text(), f"shape file {path}"), f"shape file {path}")
+        raise ShapeError(f"shape file {path} does not exist"
+                         + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ShapeError(f"shape file {path} is not UTF-8 JSON (byte {exc.start})") from None
+    return _widths_from_json(_loads(text, f"shape file {path}"), f"shape file {path}")
 
 
 def _widths_from_json(data: Any, what: str) -> list[int]:

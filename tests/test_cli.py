@@ -170,3 +170,52 @@ def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_superne
     r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
                                   "--shape", "16,36,8", "--out", str(out)])
     assert r.exit_code == 0, r.output  # the lock is released with its holder
+
+
+def test_operating_system_errors_are_one_line(tmp_path, tiny_supernet):
+    """A name the file system refuses (over 255 bytes) and a path that cannot be replaced."""
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    tiny_supernet.save(tmp_path / "super")
+    runner = CliRunner()
+    long = tmp_path / ("x" * 300)
+    r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
+                             "16,36,8", "--out", str(long)])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "File name too long" in r.stderr and "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == [tmp_path / "super"]
+    r = runner.invoke(main, ["supernet", "init", "--from-bert", str(tmp_path / "super"),
+                             "--out", "/proc/version", "--force"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_serving_inputs_are_one_line(tmp_path, tiny_supernet_with_tokenizer):
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+    from shaper_deploy.export import export_bundle
+    from shaper_deploy.shape import Shape
+
+    from .conftest import TINY_SPACE
+
+    export_bundle(tiny_supernet_with_tokenizer, Shape((16, 36, 8), TINY_SPACE), tmp_path / "b")
+    runner = CliRunner()
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    cases = [
+        (["run", str(tmp_path / "b"), "--file", str(tmp_path / "latin1.txt")], "is not UTF-8 text"),
+        (["run", str(tmp_path / "b"), "--file", str(tmp_path / "empty.txt")], "has no text"),
+        (["run", str(tmp_path / "b"), "x", "--max-length", "0"], "0 is not in the range x>=2"),
+        (["bench", str(tmp_path / "b"), "--duration", "nan"], "nan is not a number of seconds"),
+        (["bench", str(tmp_path / "b"), "--duration", "inf"], "inf is not in the range"),
+        (["bench", str(tmp_path / "b"), "--threads", "0"], "0 is not in the range x>=1"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2 and message in r.stderr, (args, r.stderr)
+    (tmp_path / "shape.json").write_bytes(b"\xff\xfe[16, 36, 8]")
+    r = runner.invoke(main, ["params", "--shape", str(tmp_path / "shape.json")])
+    assert r.exit_code == 1 and "is not UTF-8 JSON" in r.stderr
