@@ -360,6 +360,8 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             json.dumps(hf_config(supernet, shape, options.task), indent=2) + "\n")
         for name, data in supernet.tokenizer_files.items():
             (tmp / name).write_bytes(data)
+        for name in ("config.json", *supernet.tokenizer_files):  # verified before parsing
+            files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         fused_params = sum(p.numel() for p in fused.parameters())
         manifest = {
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,

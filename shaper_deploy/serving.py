@@ -31,6 +31,21 @@ class Encoded:
     truncated: list[bool] = field(default_factory=list)  # per text: cut to the length limit
 
 
+def _verified(path: Path, name: str, files: dict[str, Any]) -> Path:
+    """A bundle file, its sha256 checked against shaper.json before anything parses it."""
+    expected = (files.get(name) or {}).get("sha256")
+    if not expected:
+        raise ServingError(f"bundle {path}: shaper.json records no sha256 for {name}; export "
+                           "the bundle again")
+    file = path / name
+    if not file.is_file():
+        raise ServingError(f"bundle {path} is missing {name}")
+    if sha256_file(file) != expected:
+        raise ServingError(f"{file} does not match the sha256 recorded in shaper.json: "
+                           "the file was altered or corrupted; export the bundle again")
+    return file
+
+
 class Bundle:
     """A loaded bundle: a verified ONNX Runtime session plus its tokenizer."""
 
@@ -48,23 +63,25 @@ class Bundle:
         manifest = read_manifest(path / "shaper.json", BUNDLE_FORMAT, BUNDLE_VERSION, "bundle",
                                  ServingError, f"{path} is not a bundle (no shaper.json); "
                                                "make one with shaperctl export")
-        model_file = model or manifest["default_model"]
-        entry = manifest["files"].get(model_file)
-        if entry is None:
+        model_file = model or manifest.get("default_model")
+        files = manifest.get("files")
+        if not isinstance(files, dict) or model_file not in files:
             raise ServingError(f"bundle {path} has no {model_file!r}; it has "
-                               f"{', '.join(manifest['files'])}")
-        onnx_path = path / model_file
-        if not onnx_path.is_file():
-            raise ServingError(f"bundle {path} is missing {model_file}")
-        if sha256_file(onnx_path) != entry["sha256"]:
-            raise ServingError(f"{onnx_path} does not match the sha256 recorded in shaper.json: "
-                               "the file was altered or corrupted; export the bundle again")
+                               f"{', '.join(files or {})}")
+        onnx_path = _verified(path, model_file, files)
         session = make_session(onnx_path, device, threads=threads)
         tokenizer = None
         if (path / "tokenizer.json").is_file():
             from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tok_path = (_verified(path, "tokenizer.json", files) if "tokenizer.json" in files
+                        else path / "tokenizer.json")  # bundles made before it was recorded
+            try:
+                tokenizer = Tokenizer.from_file(str(tok_path))
+            except Exception as exc:  # tokenizers raises its own untyped errors
+                raise ServingError(f"{tok_path} is not a readable tokenizer "
+                                   f"({str(exc).splitlines()[0][:120]}); export the bundle "
+                                   "again") from None
         return cls(path, manifest, session, tokenizer, model_file)
 
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:

@@ -21,13 +21,20 @@ PAPER_WIDTHS = (120, 240, 360, 480, 540, 600, 768)
 
 
 def reject_unknown_fields(cls: type, data: dict[str, Any], what: str,
-                          error: type[Exception]) -> None:
-    """Raise ``error`` naming any key of ``data`` that is not a field of dataclass ``cls``."""
+                          error: type[Exception], require_all: bool = False) -> None:
+    """Raise ``error`` naming any key of ``data`` that is not a field of dataclass ``cls``,
+    and with ``require_all`` any field missing (what we write, we write whole: a missing
+    field is damage, never a reason to fall back on a default)."""
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object, got {data!r}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise error(f"unknown {what} field(s) {', '.join(unknown)}; "
                     f"allowed: {', '.join(sorted(known))}")
+    missing = sorted(known - set(data)) if require_all else []
+    if missing:
+        raise error(f"{what} lacks field(s) {', '.join(missing)}")
 
 
 def _fmt_widths(widths: Sequence[int]) -> str:
@@ -98,8 +105,20 @@ class DesignSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DesignSpace":
-        reject_unknown_fields(cls, data, "design space", ShapeError)
-        return cls(**data)
+        reject_unknown_fields(cls, data, "design space", ShapeError, require_all=True)
+        for f in fields(cls):
+            value = data[f.name]
+            if f.name == "widths":
+                ok = isinstance(value, (list, tuple)) and all(_is_int(w) for w in value)
+            elif f.name == "mlm_head":
+                ok = isinstance(value, bool)
+            else:
+                ok = _is_int(value)
+            if not ok:
+                kind = ("a list of integers" if f.name == "widths" else
+                        "true or false" if f.name == "mlm_head" else "an integer")
+                raise ShapeError(f"design space field {f.name} must be {kind}, got {value!r}")
+        return cls(**{**data, "widths": tuple(data["widths"])})
 
 
 def paper_widths_for(hidden_size: int, num_heads: int) -> tuple[int, ...]:
@@ -254,8 +273,8 @@ def _loads(text: str, what: str) -> Any:
 
 def _widths_from_file(path: Path) -> list[int]:
     if not path.is_file():
-        raise ShapeError(f"shape file {path} does not exist"
-                         + (" (it is a folder)" if path.is_dir() else ""))
+        raise ShapeError(f"shape file {path} is a folder, not a JSON file" if path.is_dir()
+                         else f"shape file {path} does not exist")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -271,6 +290,10 @@ def _widths_from_json(data: Any, what: str) -> list[int]:
                 break
         else:
             raise ShapeError(f"{what} has neither a 'shape' nor a 'sample_hidden_size' list")
-    if not isinstance(data, list) or not all(isinstance(w, int) for w in data):
+    if not isinstance(data, list) or not all(_is_int(w) for w in data):
         raise ShapeError(f"{what} must hold a list of integer widths, got {data!r}")
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no width

@@ -219,3 +219,33 @@ def test_bad_serving_inputs_are_one_line(tmp_path, tiny_supernet_with_tokenizer)
     (tmp_path / "shape.json").write_bytes(b"\xff\xfe[16, 36, 8]")
     r = runner.invoke(main, ["params", "--shape", str(tmp_path / "shape.json")])
     assert r.exit_code == 1 and "is not UTF-8 JSON" in r.stderr
+
+
+def test_damaged_super_network_configs_are_refused_by_name(tmp_path, tiny_supernet):
+    """A missing or mistyped field is damage: never filled with BERT-base defaults."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    tiny_supernet.save(tmp_path / "s")
+    config = _json.loads((tmp_path / "s" / "config.json").read_text())
+    runner = CliRunner()
+    cases = [({k: v for k, v in config.items() if k != "config"}, "lacks its 'config'"),
+             ({**config, "config": {**config["config"],
+                                    "space": {**config["config"]["space"], "widths": "12,24"}}},
+              "design space field widths must be a list of integers, got '12,24'"),
+             ({**config, "config": {k: v for k, v in config["config"].items()
+                                    if k != "hidden_act"}},
+              "super network config lacks field(s) hidden_act")]
+    for damaged, message in cases:
+        (tmp_path / "s" / "config.json").write_text(_json.dumps(damaged))
+        r = runner.invoke(main, ["supernet", "info", str(tmp_path / "s")])
+        assert r.exit_code == 1 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(main, ["params", "--shape", "[true, 48, 48, 48]"])
+    assert r.exit_code == 1 and "must hold a list of integer widths" in r.stderr
+    (tmp_path / "x.json").mkdir()
+    r = runner.invoke(main, ["params", "--shape", str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and "is a folder, not a JSON file" in r.stderr

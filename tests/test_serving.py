@@ -166,3 +166,19 @@ def test_optimum_loads_the_default_model_with_file_name(tmp_path, tiny_supernet_
         tmp_path / "b", file_name=manifest["default_model"])
     got = model(**{k: torch.from_numpy(v) for k, v in enc.feeds.items()}).last_hidden_state
     assert np.abs(got.numpy() - expected).max() < 1e-5
+
+
+def test_every_bundle_file_is_verified_before_it_is_parsed(bundle):
+    manifest = json.loads((bundle / "shaper.json").read_text())
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= set(manifest["files"])
+    (bundle / "tokenizer.json").write_text("{not a tokenizer")
+    with pytest.raises(ServingError, match="tokenizer.json does not match the sha256"):
+        Bundle.load(bundle)
+    del manifest["files"]["tokenizer.json"]  # a bundle from before tokenizers were recorded
+    (bundle / "shaper.json").write_text(json.dumps(manifest))
+    with pytest.raises(ServingError, match="is not a readable tokenizer"):
+        Bundle.load(bundle)
+    del manifest["files"]["model.onnx"]["sha256"]
+    (bundle / "shaper.json").write_text(json.dumps(manifest))
+    with pytest.raises(ServingError, match="records no sha256 for model.onnx"):
+        Bundle.load(bundle)

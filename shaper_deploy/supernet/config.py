@@ -40,10 +40,11 @@ class SuperConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SuperConfig":
-        reject_unknown_fields(cls, data, "super network config", CheckpointError)
+        reject_unknown_fields(cls, data, "super network config", CheckpointError,
+                              require_all=True)
         data = dict(data)
         try:
-            data["space"] = DesignSpace.from_dict(data.get("space", {}))
+            data["space"] = DesignSpace.from_dict(data["space"])
             return cls(**data)
         except ShaperError as exc:
             raise CheckpointError(f"invalid super network config: {exc}") from None
@@ -82,5 +83,9 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise CheckpointError(f"super network {path} has format version {version!r}; this "
                               f"shaper-deploy reads versions up to {CHECKPOINT_VERSION}")
-    header["config"] = SuperConfig.from_dict(header.get("config", {}))
+    if "config" not in header:
+        raise CheckpointError(f"super network {path}/config.json lacks its 'config' (the "
+                              "architecture); it is damaged: make it again with shaperctl "
+                              "supernet init")
+    header["config"] = SuperConfig.from_dict(header["config"])
     return header
