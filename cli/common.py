@@ -28,12 +28,15 @@ class ShaperGroup(click.Group):
 
 
 def os_error_line(exc: OSError) -> str:
-    """'cannot write runs/x/model.onnx: No space left on device (errno 28)'."""
-    where = exc.filename if exc.filename is not None else "a file"
-    if len(str(where)) > 120:
-        where = f"{str(where)[:60]}...{str(where)[-40:]}"
-    reason = exc.strerror or str(exc)
-    return f"cannot use {where}: {reason}" + (f" (errno {exc.errno})" if exc.errno else "")
+    """'cannot use runs/x: File name too long (errno 36)'; without a file name,
+    'the operating system refused: No space left on device (errno 28); nothing was kept'."""
+    reason = (exc.strerror or str(exc)) + (f" (errno {exc.errno})" if exc.errno else "")
+    if exc.filename is None:
+        return f"the operating system refused: {reason}; nothing half-written was kept"
+    where = str(exc.filename)
+    if len(where) > 120:
+        where = f"{where[:60]}...{where[-40:]}"
+    return f"cannot use {where}: {reason}"
 
 
 json_option = click.option("--json", "as_json", is_flag=True,

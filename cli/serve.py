@@ -190,7 +190,10 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),
-            ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms"),
+            ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms "
+                        f"(p99/p50 {result['p99_over_p50']:.2f})"),
+            ("failed", f"{result['failed']} request(s)"
+                       + (f": {result['first_failure']}" if result["failed"] else "")),
             ("throughput", f"{result['throughput_rps']:.1f} requests/s, "
                            f"{result['sequences_per_s']:.1f} sequences/s")]
     if plan:

@@ -50,7 +50,7 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
     Example:
       shaperctl supernet init --from-bert ./bert-base-cased --out ./super
     """
-    from shaper_deploy.io import check_output_dir
+    from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import SuperBert
 
     check_output_dir(out, force)
@@ -63,7 +63,8 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
                                      param_hint="--widths") from None
     progress(f"reading {source}")
     model = SuperBert.from_bert(source, widths=width_list)
-    model.save(out, force=force)
+    with output_lock(out):
+        model.save(out, force=force)
     progress(f"wrote {out}")
     data = {"out": str(out), "source": model.source, **_space_summary(model.config.space)}
     emit(data, as_json, lambda d: _info_text(d, model.config.to_dict()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
       torchrun --nproc-per-node 4 -m shaper_deploy.cli.main train supernet \\
           --supernet ./super --data texts/ --steps 500 --out runs/t
     """
+    from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import read_checkpoint_header
     from shaper_deploy.training.data import read_texts, tokenize
     from shaper_deploy.training.sandwich import TrainConfig, train_supernet
@@ -58,6 +60,11 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
                          warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
                          seed=seed)
     header = read_checkpoint_header(supernet_path)
+    # --out is a resumable folder: one that exists is fine, a file or a read-only place is
+    # not; checked before any long work (it used to fail at the first checkpoint).
+    check_output_dir(out, force=True)
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise click.ClickException(f"cannot write to {out}: it is not writable")
     tokenizer = Path(supernet_path) / "tokenizer.json"
     if not tokenizer.is_file():
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json, "
@@ -71,7 +78,14 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one report for all ranks
         progress(f"{len(corpus.train)} training and {len(corpus.val)} validation blocks of "
                  f"{seq_len} tokens")
-    summary = train_supernet(supernet_path, corpus, config, out, progress)
+    # One writer per --out; under torchrun the ranks share it and rank 0 holds the lock.
+    lock = output_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    try:
+        with lock:
+            summary = train_supernet(supernet_path, corpus, config, out, progress)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; the last checkpoint in {out / 'checkpoint'} "
+                                   "is kept: run the same command again to resume from it") from None
     if summary["validation"] is None:  # not rank 0: the launcher's rank 0 reports
         return
     summary = {k: v for k, v in summary.items() if k != "history"}
@@ -104,14 +118,20 @@ def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq
     Example:
       shaperctl train quality --supernet runs/t/supernet --data val/ --out runs/quality
     """
+    from shaper_deploy.io import check_output_dir, output_lock
+
+    check_output_dir(out)
+    with output_lock(out):
+        _quality(supernet_path, data_path, metric, samples, seq_len, out, as_json)
+
+
+def _quality(supernet_path, data_path, metric, samples, seq_len, out, as_json) -> None:
     import json
 
-    from shaper_deploy.io import check_output_dir
     from shaper_deploy.supernet import SuperBert
     from shaper_deploy.training.data import read_texts, tokenize
     from shaper_deploy.training.quality import fit_quality, quality_dataset
 
-    check_output_dir(out)
     model = SuperBert.load(supernet_path)
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,10 +52,12 @@ def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
     """
     dest = Path(dest)
     parent = check_output_dir(dest, force)
+    created = _missing_ancestors(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
+        _remove_empty(created)
         raise OutputError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
@@ -68,7 +71,40 @@ def atomic_dir(dest: str | Path, force: bool = False) -> Iterator[Path]:
             os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)  # folders made for an output that was never written
         raise
+
+
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in folders:  # deepest first; stops at the first that is not empty
+        try:
+            p.rmdir()
+        except OSError:
+            return
+
+
+def _remove_stale_temporaries(dest: Path) -> list[str]:
+    """Remove what a killed writer of ``dest`` left beside it: the temporary folders that
+    ``atomic_dir`` and the planner name ``.NAME.XXXXXXXX[.tmp[.old]]``. Called only by the
+    holder of ``dest``'s exclusive lock, so no live writer of ``dest`` owns them."""
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.[A-Za-z0-9_]{{8}}(\.tmp(\.old)?)?$")
+    removed = []
+    if dest.parent.is_dir():
+        for entry in dest.parent.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and pattern.match(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
 
 
 def _umask() -> int:
@@ -135,6 +171,7 @@ def output_lock(dest: str | Path) -> Iterator[None]:
     dest = Path(dest)
     check_output_dir(dest, force=True)
     path = dest.parent / f".{dest.name}.lock"
+    created = _missing_ancestors(dest.parent)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), timeout=0)
@@ -143,11 +180,15 @@ def output_lock(dest: str | Path) -> Iterator[None]:
         raise OutputError(f"{dest} is being written by another shaperctl process; wait for it "
                           "to finish or choose another output") from None
     except OSError as exc:
+        _remove_empty(created)
         raise OutputError(f"cannot lock {dest}: {exc.strerror or exc}") from None
     try:
+        _remove_stale_temporaries(dest)
         yield
     finally:
         # filelock keeps the file on Unix; nobody waits on it (timeout 0), so remove it.
         with contextlib.suppress(OSError):
             path.unlink()
         lock.release()
+        if not dest.exists():
+            _remove_empty(created)

@@ -53,6 +53,10 @@ class Bundle:
         self.path, self.manifest, self.session = path, manifest, session
         self.tokenizer, self.model_file = tokenizer, model_file
         self.outputs = [o.name for o in session.get_outputs()]
+        # One configured tokenizer per length limit, made once: reconfiguring a shared one on
+        # every call raced between threads. ONNX Runtime's session.run is thread-safe.
+        self._tokenizers: dict[int, Any] = {}
+        self._lock = threading.Lock()
         self.max_length = int(manifest.get("max_length", 512))
 
     @classmethod
@@ -97,10 +101,20 @@ class Bundle:
         limit = min(max_length or self.max_length, self.max_length)
         if limit < 2:
             raise ServingError(f"max length must be at least 2 tokens, got {limit}")
-        self.tokenizer.enable_truncation(limit)
-        self.tokenizer.enable_padding()
-        enc = self.tokenizer.encode_batch(list(texts))
+        enc = self._tokenizer(limit).encode_batch(list(texts))
         return Encoded(feeds_from_encodings(enc), [bool(e.overflowing) for e in enc])
+
+    def _tokenizer(self, limit: int):
+        with self._lock:
+            tok = self._tokenizers.get(limit)
+            if tok is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_str(self.tokenizer.to_str())
+                tok.enable_truncation(limit)
+                tok.enable_padding()
+                self._tokenizers[limit] = tok
+        return tok
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
@@ -170,12 +184,18 @@ class Bundle:
         for _ in range(warmup):
             self.session.run(self.outputs, feeds)
         times: list[list[float]] = [[] for _ in range(concurrency)]
+        failures: list[str] = []
         stop = time.perf_counter() + duration
 
         def worker(slot: list[float]) -> None:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
-                self.session.run(self.outputs, feeds)
+                try:
+                    self.session.run(self.outputs, feeds)
+                except Exception as exc:  # counted and reported, never silent
+                    failures.append(str(exc).splitlines()[0][:200] if str(exc) else
+                                    type(exc).__name__)
+                    continue
                 slot.append((time.perf_counter() - t) * 1000.0)
 
         started = time.perf_counter()
@@ -186,8 +206,14 @@ class Bundle:
             t.join()
         wall = time.perf_counter() - started
         every = [x for slot in times for x in slot]
+        if not every:
+            raise ServingError(f"every request failed ({len(failures)}): {failures[0]}"
+                               if failures else "no request finished within the duration")
+        p50, p99 = float(np.percentile(every, 50)), float(np.percentile(every, 99))
         return {"batch": batch, "seq_len": seq_len, "concurrency": concurrency,
                 "duration_s": round(wall, 3), "requests": len(every),
+                "failed": len(failures), "first_failure": failures[0] if failures else None,
+                "p99_over_p50": p99 / p50,
                 "latency_ms": {"p50": float(np.percentile(every, 50)),
                                "p90": float(np.percentile(every, 90)),
                                "p99": float(np.percentile(every, 99)),

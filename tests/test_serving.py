@@ -182,3 +182,32 @@ def test_every_bundle_file_is_verified_before_it_is_parsed(bundle):
     (bundle / "shaper.json").write_text(json.dumps(manifest))
     with pytest.raises(ServingError, match="records no sha256 for model.onnx"):
         Bundle.load(bundle)
+
+
+def test_a_bundle_is_safe_to_share_between_threads(bundle):
+    """Threads with different length limits at once get what one thread gets."""
+    import threading
+
+    model = Bundle.load(bundle)
+    jobs = [(TEXTS[i % 3:] + TEXTS[:i % 3], limit) for i, limit in enumerate([4, 8, 64] * 4)]
+    expected = [model.embed(texts, max_length=limit) for texts, limit in jobs]
+    got, errors = [None] * len(jobs), []
+
+    def work(i):
+        try:
+            for _ in range(20):
+                got[i] = model.embed(jobs[i][0], max_length=jobs[i][1])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
+    b = model.bench(batch=1, seq_len=8, concurrency=3, duration=0.3)
+    assert b["failed"] == 0 and b["first_failure"] is None
+    assert b["p99_over_p50"] == pytest.approx(b["latency_ms"]["p99"] / b["latency_ms"]["p50"])

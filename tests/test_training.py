@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from shaper_deploy.errors import TrainingError
 from shaper_deploy.supernet import SuperBert, SuperConfig
@@ -86,6 +87,17 @@ def test_resume_reproduces_the_uninterrupted_run(setup):
     other.save(tmp / "other")
     with pytest.raises(TrainingError, match="of another architecture"):
         train_supernet(tmp / "other", corpus, config, tmp / "resumed")
+    # A finished run resumed with fewer steps would relabel its weights: refused.
+    with pytest.raises(TrainingError, match=r"other settings \(steps: 10 then, 4 now\)"):
+        train_supernet(tmp / "super", corpus, TrainConfig(**{**config.__dict__, "steps": 4}),
+                       tmp / "resumed")
+    state = tmp / "resumed" / "checkpoint" / "trainer_state.pt"
+    torch.save({"evil": Exception("not a tensor")}, state)
+    with pytest.raises(TrainingError, match="trainer_state.pt is damaged or holds objects"):
+        train_supernet(tmp / "super", corpus, config, tmp / "resumed")
+    (tmp / "resumed" / "checkpoint" / "train.json").write_text("{not json")
+    with pytest.raises(TrainingError, match="train.json is damaged"):
+        train_supernet(tmp / "super", corpus, config, tmp / "resumed")
 
 
 def test_two_processes_end_with_identical_weights(setup):
@@ -142,3 +154,17 @@ def test_bad_data_and_settings(tmp_path):
                                   "--data", str(tmp_path / "empty"), "--steps", "3",
                                   "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_train_checks_out_before_any_long_work(setup):
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    tmp, _ = setup
+    (tmp / "a-file").write_text("x")
+    r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp / "super"),
+                                  "--data", str(tmp / "texts.txt"), "--steps", "2",
+                                  "--out", str(tmp / "a-file")])
+    assert r.exit_code == 1 and "exists and is not a folder" in r.stderr
+    assert "blocks of" not in r.stderr  # refused before the text was even tokenized

@@ -74,10 +74,16 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     if pt.is_file():
         try:
             state = torch.load(pt, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        except pickle.UnpicklingError:
+            # PyTorch's own message advises weights_only=False; never do that for a file
+            # whose objects would run code on load.
+            raise CheckpointError(f"weights file {pt} holds objects other than tensors and is "
+                                  "refused (pickled weights are read as tensors only); convert "
+                                  "it to safetensors where it was made") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"weights file {pt} is corrupted or holds more than tensors "
-                                  f"(only tensors are loaded): {first}") from None
+            raise CheckpointError(f"weights file {pt} is corrupted or unreadable: "
+                                  f"{first[:200]}") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                                   for v in state.values()):
             raise CheckpointError(f"weights file {pt} is not a state dict of tensors")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -43,7 +44,10 @@ from ..templates import random_shape
 from .data import Corpus
 
 OBJECTIVES = ("mlm", "distill")
-RESUME_KEYS = ("objective", "batch_size", "seq_len", "random_shapes", "lr", "warmup_steps",
+# A resumed run must use the settings it was started with; steps included, since the
+# learning-rate schedule is laid out over them.
+RESUME_KEYS = ("objective", "steps", "batch_size", "seq_len", "random_shapes", "lr",
+               "warmup_steps",
                "weight_decay", "mlm_probability", "seed", "val_fraction")
 
 
@@ -277,8 +281,14 @@ def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: Tr
 
 
 def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, Any]:
-    saved = json.loads((folder / "train.json").read_text())
-    before = saved["config"]
+    try:
+        saved = json.loads((folder / "train.json").read_text())
+        before, step, history = saved["config"], int(saved["step"]), saved["history"]
+        if not isinstance(before, dict) or not isinstance(history, list):
+            raise TypeError("config must be an object and history a list")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"checkpoint {folder}/train.json is damaged ({exc}); resume from "
+                            "a new --out") from None
     changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in RESUME_KEYS
                if before.get(k) != getattr(config, k)]
     if changed:
@@ -290,8 +300,16 @@ def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, An
         raise TrainingError(f"checkpoint {folder} is of another architecture than the super "
                             "network being trained; use a new --out")
     resumed.tokenizer_files, resumed.source = model.tokenizer_files, model.source
-    state = torch.load(folder / "trainer_state.pt", weights_only=True)
-    return {"model": resumed, "step": saved["step"], "history": saved["history"], **state}
+    try:  # tensors and plain containers only: a pickle holding objects is refused
+        state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise TrainingError(f"checkpoint {folder}/trainer_state.pt is damaged or holds objects "
+                            f"other than tensors ({type(exc).__name__}); it is never loaded "
+                            "otherwise: resume from a new --out") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {folder}/trainer_state.pt is not a training state; "
+                            "resume from a new --out")
+    return {"model": resumed, "step": step, "history": history, **state}
 
 
 @torch.no_grad()
