@@ -43,6 +43,21 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print exactly one JSON document on stdout.")
 
 
+def _widths(ctx: click.Context, param: click.Parameter, text: str | None):
+    if text is None:
+        return None
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+widths_option = click.option(
+    "--widths", "supershaper_widths", default=None, callback=_widths, metavar="W1,W2,...",
+    help="SuperShaper repository checkpoints only: their allowed widths, which their config "
+         "does not record (default at D = 768: the paper's 120..768; required otherwise).")
+
+
 def emit(data: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
     """Print ``data`` as JSON or through ``human``; nothing else goes to stdout."""
     click.echo(json.dumps(data, indent=2) if as_json else human(data))

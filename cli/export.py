@@ -8,7 +8,7 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import emit, json_option, millions, progress, table
+from .common import emit, json_option, millions, progress, table, widths_option
 
 
 @click.command("export")
@@ -56,12 +56,13 @@ from .common import emit, json_option, millions, progress, table
 @click.option("--no-optimize", is_flag=True,
               help="Skip ONNX Runtime's transformer fusions (and their Attention check).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@widths_option
 @json_option
 def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            latency_text: str | None, profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            allow_unreliable: bool, out: Path, task: str, int8: bool, int8_min_cosine: float,
-           opset: int, no_optimize: bool, force: bool, as_json: bool) -> None:
+           opset: int, no_optimize: bool, force: bool, supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
@@ -114,16 +115,16 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         if budget is not None:
             manifest = _export_for_budget(supernet_path, budget, profile_path, out, device,
                                           precision, batch, seq_len, options, calibration_path,
-                                          allow_unreliable, force)
+                                          allow_unreliable, force, supershaper_widths)
         else:
             try:  # a bad shape fails before the model loads
-                space = read_checkpoint_header(supernet_path)["config"].space
+                space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
             except CheckpointError:
                 space = None  # not our format (a SuperShaper repo checkpoint): loading says
             if space is not None and shape_text is not None:
                 parse_shape(shape_text, space)
             progress(f"loading {supernet_path}")
-            model = SuperBert.load(supernet_path)
+            model = SuperBert.load(supernet_path, supershaper_widths)
             shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
                      else cigar_shape(count, model.config.space))
             manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
@@ -133,7 +134,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
 
 
 def _export_for_budget(supernet_path, budget, profile_path, out, device, precision, batch,
-                       seq_len, options, calibration_path, allow_unreliable, force) -> dict:
+                       seq_len, options, calibration_path, allow_unreliable, force,
+                       widths) -> dict:
     from shaper_deploy.fidelity import read_calibration
     from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
     from shaper_deploy.predictor import DeviceProfile
@@ -150,12 +152,12 @@ def _export_for_budget(supernet_path, budget, profile_path, out, device, precisi
     # a precision the device or profile lacks, a profile of another graph.
     plan_candidates(profile, budget, device, precision, workload or profile.reference_workload)
     try:
-        config = read_checkpoint_header(supernet_path)["config"]
+        config = read_checkpoint_header(supernet_path, widths)["config"]
         check_profile(profile, device, options, config, allow_unreliable, lambda m: None)
     except CheckpointError:
         pass  # not our format (a SuperShaper repo checkpoint): checked after loading
     progress(f"loading {supernet_path}")
-    model = SuperBert.load(supernet_path)
+    model = SuperBert.load(supernet_path, widths)
     return export_for_budget(model, budget, profile, out, device, precision, workload, options,
                              calibration, force=force, allow_unreliable=allow_unreliable,
                              progress=progress)
@@ -244,9 +246,10 @@ def _export_text(d: dict) -> str:
               help="Also predict each shape's latency at the profile's reference size, per precision.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(2, 200),
               help="Rows of the table when no --params is given.")
+@widths_option
 @json_option
 def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_path: Path | None,
-           steps: int, as_json: bool) -> None:
+           steps: int, supershaper_widths, as_json: bool) -> None:
     """Cigar shapes (the paper's heuristic) for parameter counts.
 
     \b
@@ -265,7 +268,7 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
 
-        space = read_checkpoint_header(supernet_path)["config"].space
+        space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
     else:
         space = PAPER_SPACE
     if params_texts:

@@ -8,7 +8,7 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import ShaperGroup, emit, json_option, millions, progress, table
+from .common import ShaperGroup, emit, json_option, millions, progress, table, widths_option
 
 
 def int_list(text: str, what: str) -> tuple[int, ...]:
@@ -45,10 +45,11 @@ def int_list(text: str, what: str) -> tuple[int, ...]:
 @click.option("--rounds", default=4, show_default=True, type=click.IntRange(1),
               help="Interleaved rounds per group of shapes and input size.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@widths_option
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
             batches: str, seq_lens: str, max_tokens: int, threads: int, samples: int,
-            rounds: int, seed: int, as_json: bool) -> None:
+            rounds: int, seed: int, supershaper_widths, as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
 
     Every sampled shape is built straight as an optimized ONNX graph with random weights (no
@@ -70,7 +71,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
     if supernet_path is not None:
-        config = read_checkpoint_header(supernet_path)["config"]
+        config = read_checkpoint_header(supernet_path, supershaper_widths)["config"]
         source = {"supernet": str(supernet_path)}
     else:
         config, source = SuperConfig(), {"supernet": None}

@@ -8,15 +8,15 @@ import click
 
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape, flops, param_breakdown, parse_shape
 
-from .common import ShaperGroup, emit, json_option, millions, progress, table
+from .common import ShaperGroup, emit, json_option, millions, progress, table, widths_option
 
 
-def _space_of(supernet: Path | None) -> DesignSpace:
+def _space_of(supernet: Path | None, widths=None) -> DesignSpace:
     if supernet is None:
         return PAPER_SPACE
     from shaper_deploy.supernet import read_checkpoint_header
 
-    return read_checkpoint_header(supernet)["config"].space
+    return read_checkpoint_header(supernet, widths)["config"].space
 
 
 def _space_summary(space: DesignSpace) -> dict:
@@ -72,8 +72,9 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
 
 @supernet.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
+@widths_option
 @json_option
-def info(path: Path, as_json: bool) -> None:
+def info(path: Path, supershaper_widths, as_json: bool) -> None:
     """Describe a super network: architecture, design space, parameter range.
 
     \b
@@ -82,9 +83,10 @@ def info(path: Path, as_json: bool) -> None:
     """
     from shaper_deploy.supernet import read_checkpoint_header
 
-    header = read_checkpoint_header(path)
+    header = read_checkpoint_header(path, supershaper_widths)
     config = header["config"]
-    data = {"path": str(path), "format_version": header["format_version"],
+    data = {"path": str(path), "format": header.get("format"),
+            "format_version": header.get("format_version"),
             "config": config.to_dict(), "source": header.get("source", {}),
             "tokenizer": sorted(p.name for p in path.iterdir()
                                 if p.name not in ("config.json", "model.safetensors")),
@@ -116,8 +118,10 @@ def _info_text(d: dict, config: dict) -> str:
               help="Super network whose design space to use (default: the paper's, BERT-base).")
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=1),
               help="Sequence length for the FLOP count.")
+@widths_option
 @json_option
-def params(shape_text: str, supernet_path: Path | None, seq_len: int, as_json: bool) -> None:
+def params(shape_text: str, supernet_path: Path | None, seq_len: int, supershaper_widths,
+           as_json: bool) -> None:
     """Parameter count (fused and unfused) and FLOPs of a shape; no checkpoint needed.
 
     Counts follow the SuperShaper paper's convention: embeddings, layers, bottlenecks and the
@@ -127,7 +131,7 @@ def params(shape_text: str, supernet_path: Path | None, seq_len: int, as_json: b
     Example:
       shaperctl params --shape 120,120,240,240,360,360,360,480,540,540,600,768
     """
-    shape: Shape = parse_shape(shape_text, _space_of(supernet_path))
+    shape: Shape = parse_shape(shape_text, _space_of(supernet_path, supershaper_widths))
     data = {"shape": list(shape.widths), "params_fused": shape.params(fused=True),
             "params_unfused": shape.params(fused=False),
             "breakdown_fused": param_breakdown(shape, fused=True),

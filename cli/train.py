@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import ShaperGroup, emit, json_option, progress, table
+from .common import ShaperGroup, emit, json_option, progress, table, widths_option
 
 
 @click.group(cls=ShaperGroup)
@@ -35,10 +35,11 @@ def train() -> None:
 @click.option("--warmup-steps", default=0, show_default=True, type=int)
 @click.option("--checkpoint-every", default=100, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@widths_option
 @json_option
 def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, out: Path,
              batch_size: int, seq_len: int, random_shapes: int, lr: float, warmup_steps: int,
-             checkpoint_every: int, seed: int, as_json: bool) -> None:
+             checkpoint_every: int, seed: int, supershaper_widths, as_json: bool) -> None:
     """Sandwich-rule training: each step the largest, smallest and random shapes.
 
     On many processes, launch the same command with torchrun; an interrupted run resumes
@@ -59,7 +60,7 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
                          seq_len=seq_len, random_shapes=random_shapes, lr=lr,
                          warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
                          seed=seed)
-    header = read_checkpoint_header(supernet_path)
+    header = read_checkpoint_header(supernet_path, supershaper_widths)
     # --out is a resumable folder: one that exists is fine, a file or a read-only place is
     # not; checked before any long work (it used to fail at the first checkpoint).
     check_output_dir(out, force=True)
@@ -82,7 +83,8 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
     lock = output_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
         with lock:
-            summary = train_supernet(supernet_path, corpus, config, out, progress)
+            summary = train_supernet(supernet_path, corpus, config, out, progress,
+                                     supershaper_widths)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; the last checkpoint in {out / 'checkpoint'} "
                                    "is kept: run the same command again to resume from it") from None
@@ -109,9 +111,10 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
 @click.option("--seq-len", default=128, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for quality.ubj, quality.json and the measured shapes.")
+@widths_option
 @json_option
 def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq_len: int,
-            out: Path, as_json: bool) -> None:
+            out: Path, supershaper_widths, as_json: bool) -> None:
     """Measure shapes' quality on held-out text and fit an XGBoost quality predictor.
 
     \b
@@ -122,17 +125,18 @@ def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq
 
     check_output_dir(out)
     with output_lock(out):
-        _quality(supernet_path, data_path, metric, samples, seq_len, out, as_json)
+        _quality(supernet_path, data_path, metric, samples, seq_len, out, supershaper_widths,
+                 as_json)
 
 
-def _quality(supernet_path, data_path, metric, samples, seq_len, out, as_json) -> None:
+def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as_json) -> None:
     import json
 
     from shaper_deploy.supernet import SuperBert
     from shaper_deploy.training.data import read_texts, tokenize
     from shaper_deploy.training.quality import fit_quality, quality_dataset
 
-    model = SuperBert.load(supernet_path)
+    model = SuperBert.load(supernet_path, widths)
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
     corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,
@@ -160,10 +164,11 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, as_json) -
 @click.option("--params", "params_text", default=None, help="Parameter limit, e.g. 60M.")
 @click.option("--iterations", default=300, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@widths_option
 @json_option
 def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
            latency_text: str | None, params_text: str | None, iterations: int, seed: int,
-           as_json: bool) -> None:
+           supershaper_widths, as_json: bool) -> None:
     """Evolutionary search for the best shape under parameter and latency limits.
 
     \b
@@ -177,7 +182,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
     from shaper_deploy.training.quality import QualityPredictor
     from shaper_deploy.training.search import SearchConfig, evolutionary_search
 
-    space = read_checkpoint_header(supernet_path)["config"].space
+    space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
     model = QualityPredictor.load(quality_path)
     if model.space != space:
         raise click.ClickException("the quality predictor covers another design space than "

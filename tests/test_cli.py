@@ -308,3 +308,49 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, tiny_supernet, tiny_
             assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_more_one_line_refusals(tmp_path, tiny_supernet, tiny_supernet_with_tokenizer,
+                                monkeypatch):
+    from click.testing import CliRunner
+
+    import shaper_deploy.training.sandwich as sandwich
+    from shaper_deploy.cli.main import main
+    from shaper_deploy.export import export_bundle
+    from shaper_deploy.shape import DesignSpace, Shape
+    from shaper_deploy.supernet import SuperBert, SuperConfig
+
+    from .conftest import TINY_SPACE, randomize, tiny_tokenizer_json
+
+    runner = CliRunner()
+    tiny_supernet.save(tmp_path / "super")
+    # --out . --force: the working folder cannot be replaced.
+    monkeypatch.chdir(tmp_path / "super")
+    r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
+                             "16,36,8", "--out", ".", "--force"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert len([x for x in r.stderr.splitlines() if x.startswith("Error")]) == 1
+    monkeypatch.chdir(tmp_path)
+    # run --compare against a bundle of another model width.
+    export_bundle(tiny_supernet_with_tokenizer, Shape((16, 36, 8), TINY_SPACE), tmp_path / "a")
+    wide_space = DesignSpace.for_model(96, 4, 3, vocab_size=97, max_positions=64,
+                                       intermediate_size=96)
+    wide = randomize(SuperBert(SuperConfig(wide_space)))
+    wide.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    export_bundle(wide, wide_space.smallest, tmp_path / "wide")
+    r = runner.invoke(main, ["run", str(tmp_path / "a"), "the model", "--compare",
+                             str(tmp_path / "wide")])
+    assert r.exit_code == 1 and "cannot compare embeddings of width 48" in r.stderr
+    # Ctrl-C during training says what was kept and how to resume.
+    (tmp_path / "super" / "tokenizer.json").write_text(tiny_tokenizer_json())
+    (tmp_path / "t.txt").write_text("the model runs fast on device\n" * 50)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sandwich, "train_supernet", interrupted)
+    r = runner.invoke(main, ["train", "supernet", "--supernet", str(tmp_path / "super"),
+                             "--data", str(tmp_path / "t.txt"), "--steps", "2", "--seq-len",
+                             "16", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "interrupted; the last checkpoint in" in r.stderr
+    assert "run the same command again to resume" in r.stderr

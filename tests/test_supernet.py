@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from shaper_deploy.errors import CheckpointError, OutputError
 from shaper_deploy.shape import Shape
-from shaper_deploy.supernet import SuperBert
+from shaper_deploy.supernet import SuperBert, SuperConfig
 
 from .conftest import TINY_SPACE, make_inputs, random_shapes, save_tiny_bert
 
@@ -139,8 +139,13 @@ def test_supershaper_repo_checkpoint(tmp_path):
     cfg.update(mixing="bert-bottleneck", sample_hidden_size=[48, 48, 48])
     (src / "config.json").write_text(json.dumps(cfg))
 
-    model = SuperBert.load(src)
+    # D = 48: their config does not record the widths, so they must be declared.
+    with pytest.raises(CheckpointError, match=r"has D = 48; its config does not record the "
+                                              r"allowed widths.*declare them with --widths"):
+        SuperBert.load(src)
+    model = SuperBert.load(src, widths=(8, 16, 24, 32, 36, 48))
     assert model.source["kind"] == "supershaper"
+    assert model.config.space.widths == (8, 16, 24, 32, 36, 48)
     ids, mask, types = make_inputs(97)
     with torch.no_grad():
         # Independent reference: HF's own layers wrapped in the bottlenecks by hand.
@@ -159,7 +164,7 @@ def test_supershaper_repo_checkpoint(tmp_path):
     del state["bert.encoder.layer.1.output_bottleneck.bias"]
     torch.save(state, src / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"missing tensor 'layers.1.output_bottleneck.bias'"):
-        SuperBert.load(src)
+        SuperBert.load(src, widths=(8, 16, 24, 32, 36, 48))
 
 
 def test_mis_shaped_tensor_names_key_and_both_shapes(tmp_path, tiny_supernet):
@@ -231,3 +236,43 @@ def test_unexpected_tensors_are_named(tiny_bert_dir):
     save_file(state, tiny_bert_dir / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not have: classifier.weight"):
         SuperBert.from_bert(tiny_bert_dir)
+
+
+def test_supershaper_checkpoints_in_every_command(tmp_path):
+    """Their checkpoints are read (widths declared, D != 768) by every command that takes a
+    super network, from the config and the safetensors header alone where weights are not
+    needed."""
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+
+    src = tmp_path / "theirs"
+    save_tiny_bert(src, masked_lm=True)
+    state = load_file(src / "model.safetensors")
+    for i in range(3):
+        for name in ("input", "output"):
+            state[f"bert.encoder.layer.{i}.{name}_bottleneck.weight"] = torch.eye(48)
+            state[f"bert.encoder.layer.{i}.{name}_bottleneck.bias"] = torch.zeros(48)
+    save_file(state, src / "model.safetensors")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(mixing="bert-bottleneck")
+    (src / "config.json").write_text(json.dumps(cfg))
+    runner = CliRunner()
+    w = ["--widths", "8,16,24,48"]
+    for args in (["supernet", "info", str(src)], ["params", "--shape", "16,24,48", "--supernet",
+                                                  str(src)],
+                 ["shapes", "--supernet", str(src)]):
+        refused = runner.invoke(main, args)
+        assert refused.exit_code == 1 and "declare them with --widths" in refused.stderr
+        r = runner.invoke(main, [*args, *w, "--json"])
+        assert r.exit_code == 0, r.output
+    info = json.loads(runner.invoke(main, ["supernet", "info", str(src), *w, "--json"]).stdout)
+    assert info["format"] == "supershaper" and info["design_space"]["widths"] == [8, 16, 24, 48]
+    assert info["design_space"]["mlm_head"] is True
+    r = runner.invoke(main, ["export", "--supernet", str(src), *w, "--shape", "16,24,48",
+                             "--out", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    ours = tmp_path / "ours"
+    SuperBert(SuperConfig(TINY_SPACE)).save(ours)
+    r = runner.invoke(main, ["supernet", "info", str(ours), *w])
+    assert r.exit_code == 1 and "--widths is for SuperShaper checkpoints" in r.stderr

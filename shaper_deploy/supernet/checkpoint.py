@@ -29,7 +29,8 @@ from .. import __version__
 from ..errors import CheckpointError, ShaperError
 from ..io import atomic_dir, sha256_file
 from ..shape import DesignSpace
-from .config import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SuperConfig, read_checkpoint_header, read_json
+from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SuperConfig, config_from_hf,
+                     read_checkpoint_header, read_json)
 from .model import BottleneckBert, SuperBert
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -133,32 +134,6 @@ def _from_hf_names(state: dict[str, torch.Tensor], path: Path
     return ours, decoder
 
 
-def _config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: bool,
-                    widths: Sequence[int] | None) -> SuperConfig:
-    if cfg.get("model_type") != "bert":
-        raise CheckpointError(f"{path} is a {cfg.get('model_type')!r} model; only BERT "
-                              "(model_type 'bert') can become a super network")
-    if cfg.get("position_embedding_type", "absolute") != "absolute":
-        raise CheckpointError(f"{path} uses {cfg['position_embedding_type']!r} position "
-                              "embeddings; only 'absolute' is supported")
-    need = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
-            "vocab_size", "max_position_embeddings", "type_vocab_size")
-    missing = [k for k in need if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise CheckpointError(f"{path}/config.json lacks integer field(s) {', '.join(missing)}")
-    try:
-        space = DesignSpace.for_model(
-            cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"],
-            widths=widths, intermediate_size=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"],
-            type_vocab_size=cfg["type_vocab_size"], mlm_head=mlm_head)
-        return SuperConfig(space=space, hidden_act=cfg.get("hidden_act", "gelu"),
-                           layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
-                           pad_token_id=int(cfg.get("pad_token_id") or 0), pooler=pooler)
-    except ShaperError as exc:
-        raise CheckpointError(f"cannot build a super network from {path}: {exc}") from None
-
-
 def _identity_bottlenecks(model: BottleneckBert) -> None:
     """Every bottleneck the identity with zero bias: the full shape is then the source BERT."""
     with torch.no_grad():
@@ -208,8 +183,9 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
                               f"{cfg['mixing']!r}; only 'bert-bottleneck' is supported")
     raw, weights_file = _read_weights(path)
     state, decoder = _from_hf_names(raw, path)
-    config = _config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
-                             pooler="pooler.dense.weight" in state, widths=widths)
+    config = config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
+                            pooler="pooler.dense.weight" in state, widths=widths,
+                            supershaper=is_supershaper)
     model = SuperBert(config)
     if decoder is not None and "embeddings.word.weight" in state and not torch.equal(
             decoder, state["embeddings.word.weight"]):
@@ -232,12 +208,13 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     return model.eval()
 
 
-def load_supernet(path: str | Path) -> SuperBert:
-    """One of our checkpoints, or a SuperShaper repository checkpoint."""
+def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> SuperBert:
+    """One of our checkpoints, or a SuperShaper repository checkpoint (whose widths are the
+    paper's at D = 768 and must be given otherwise)."""
     path = Path(path)
     if (path / "config.json").is_file() and "mixing" in read_json(path / "config.json", "config"):
-        return supernet_from_bert(path)
-    header = read_checkpoint_header(path)
+        return supernet_from_bert(path, widths)
+    header = read_checkpoint_header(path, widths)
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"super network {path} has no model.safetensors")

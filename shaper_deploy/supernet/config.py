@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import CheckpointError, ShaperError
-from ..shape import DesignSpace, reject_unknown_fields
+from ..shape import PAPER_WIDTHS, DesignSpace, reject_unknown_fields
 
 CHECKPOINT_FORMAT = "shaper-deploy/supernet"
 CHECKPOINT_VERSION = 1
@@ -65,13 +65,94 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of one of our super network checkpoints, config validated."""
+def config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: bool,
+                   widths: Sequence[int] | None, supershaper: bool = False) -> SuperConfig:
+    """A SuperConfig from a Hugging Face BERT config.json (ours or SuperShaper's).
+
+    Widths default to the paper's fractions of D for a plain BERT. A SuperShaper checkpoint
+    does not record its widths (their code hard-codes the paper's for BERT-base): they are
+    the paper's at D = 768 and must be declared for any other D, never guessed.
+    """
+    if cfg.get("model_type") != "bert":
+        raise CheckpointError(f"{path} is a {cfg.get('model_type')!r} model; only BERT "
+                              "(model_type 'bert') can become a super network")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"{path} uses {cfg['position_embedding_type']!r} position "
+                              "embeddings; only 'absolute' is supported")
+    need = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+            "vocab_size", "max_position_embeddings", "type_vocab_size")
+    missing = [k for k in need if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise CheckpointError(f"{path}/config.json lacks integer field(s) {', '.join(missing)}")
+    if supershaper and widths is None:
+        if cfg["hidden_size"] != PAPER_WIDTHS[-1]:
+            raise CheckpointError(
+                f"SuperShaper checkpoint {path} has D = {cfg['hidden_size']}; its config does "
+                "not record the allowed widths (the authors' code hard-codes the paper's for "
+                "D = 768): declare them with --widths, e.g. --widths "
+                f"{','.join(str(w * cfg['hidden_size'] // 768) for w in (120, 360, 768))}")
+        widths = PAPER_WIDTHS
+    try:
+        space = DesignSpace.for_model(
+            cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"],
+            widths=widths, intermediate_size=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"],
+            type_vocab_size=cfg["type_vocab_size"], mlm_head=mlm_head)
+        return SuperConfig(space=space, hidden_act=cfg.get("hidden_act", "gelu"),
+                           layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+                           pad_token_id=int(cfg.get("pad_token_id") or 0), pooler=pooler)
+    except ShaperError as exc:
+        raise CheckpointError(f"cannot build a super network from {path}: {exc}") from None
+
+
+def _tensor_names(path: Path) -> list[str]:
+    """The tensor names of a checkpoint's weights, read without loading them (safetensors'
+    JSON header; a pickle needs torch, tensors only)."""
+    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
+    if st.is_file():
+        try:
+            with open(st, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 0 < n < 100_000_000:
+                    raise ValueError(f"header length {n}")
+                names = json.loads(f.read(n))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"weights file {st} is corrupted or unreadable: {exc}") from None
+        return [k for k in names if k != "__metadata__"]
+    if pt.is_file():
+        from .checkpoint import _read_weights
+
+        return list(_read_weights(path)[0])
+    raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
+
+
+def _supershaper_header(path: Path, cfg: dict[str, Any],
+                        widths: Sequence[int] | None) -> dict[str, Any]:
+    if cfg["mixing"] != "bert-bottleneck":
+        raise CheckpointError(f"{path} is a SuperShaper checkpoint with mixing "
+                              f"{cfg['mixing']!r}; only 'bert-bottleneck' is supported")
+    names = _tensor_names(path)
+    config = config_from_hf(cfg, path, supershaper=True, widths=widths,
+                            mlm_head=any(".predictions.transform." in k for k in names),
+                            pooler=any(k.endswith("pooler.dense.weight") for k in names))
+    return {"format": "supershaper", "config": config, "source": {"kind": "supershaper",
+                                                                  "path": str(path)}}
+
+
+def read_checkpoint_header(path: str | Path, widths: Sequence[int] | None = None
+                           ) -> dict[str, Any]:
+    """The parsed ``config.json`` of a super network, config validated: ours, or a SuperShaper
+    repository checkpoint's (``widths`` declares its widths; only for those)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"super network {path} is not a folder; "
                               "make one with: shaperctl supernet init --from-bert DIR --out DIR")
     header = read_json(path / "config.json", "super network config")
+    if "mixing" in header:
+        return _supershaper_header(path, header, widths)
+    if widths is not None:
+        raise CheckpointError(f"--widths is for SuperShaper checkpoints; super network {path} "
+                              "records its own widths")
     fmt = header.get("format")
     if fmt != CHECKPOINT_FORMAT:
         hint = ("it looks like a plain Hugging Face BERT; turn it into a super network with: "

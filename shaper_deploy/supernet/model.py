@@ -91,11 +91,12 @@ class SuperBert(BottleneckBert):
         return supernet_from_bert(path, widths)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SuperBert":
-        """A checkpoint written by :meth:`save` or by the SuperShaper training repository."""
+    def load(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
+        """A checkpoint written by :meth:`save` or by the SuperShaper training repository
+        (``widths``: its allowed widths, needed when D is not 768)."""
         from .checkpoint import load_supernet
 
-        return load_supernet(path)
+        return load_supernet(path, widths)
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         from .checkpoint import save_supernet

@@ -28,7 +28,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -157,13 +157,15 @@ class _BatchOrder:
 
 
 def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out: str | Path,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train the super network at ``source`` on ``corpus``; resumes from ``out/checkpoint``."""
+                   progress: Callable[[str], None] | None = None,
+                   widths: Sequence[int] | None = None) -> dict[str, Any]:
+    """Train the super network at ``source`` on ``corpus``; resumes from ``out/checkpoint``.
+    ``widths``: a SuperShaper checkpoint's allowed widths (needed when D is not 768)."""
     note = progress or (lambda message: None)
     out = Path(out)
     rank, world = _distributed()
     talk = note if rank == 0 else (lambda message: None)
-    base = load_supernet(source)
+    base = load_supernet(source, widths)
     model = base
     teacher = None
     if config.objective == "distill":
