@@ -124,10 +124,20 @@ def test_grid_cell_finds_corners_or_refuses():
 
 def test_interleaved_measurement_counts_runs():
     calls = collections.Counter()
+    # turn_ms and long_run_ms out of reach: a preempted run on a loaded machine must not
+    # change the counts (the adaptive part is a pure function of one run's time).
+    fixed = Protocol(rounds=3, warmup=2, timed=4, pause_ms=0, turn_ms=1e9, long_run_ms=1e9)
     result = measure_interleaved({"a": lambda: calls.update("a"), "b": lambda: calls.update("b")},
-                                 Protocol(rounds=3, warmup=2, timed=4, pause_ms=0))
-    assert calls == {"a": 18, "b": 18}  # 3 rounds x (2 warm-up + 4 timed): fast runs
+                                 fixed)
+    assert calls == {"a": 18, "b": 18}  # 3 rounds x (2 warm-up + 4 timed)
     assert len(result["a"]["round_medians"]) == 3
+    # A run slower than long_run_ms gets one warm-up; a turn times ceil(turn_ms / run) runs.
+    import time as _time
+
+    calls.clear()
+    slow = Protocol(rounds=2, warmup=2, timed=20, pause_ms=0, turn_ms=1e-6, long_run_ms=1e-6)
+    measure_interleaved({"s": lambda: (calls.update("s"), _time.sleep(0.001))}, slow)
+    assert calls == {"s": 2 + 1 + 1 + 1}  # round 1: 2 warm-up + 1 timed; round 2: 1 + 1
 
 
 def _constant_model(law, grid, space):
