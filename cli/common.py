@@ -43,13 +43,17 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print exactly one JSON document on stdout.")
 
 
-def _widths(ctx: click.Context, param: click.Parameter, text: str | None):
-    if text is None:
-        return None
+def int_list(text: str, param_hint: str) -> tuple[int, ...]:
+    """'1,4,16' -> (1, 4, 16), or one usage error naming the option."""
     try:
-        return tuple(int(w) for w in text.split(","))
+        return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint=param_hint) from None
+
+
+def _widths(ctx: click.Context, param: click.Parameter, text: str | None):
+    return None if text is None else int_list(text, "--widths")
 
 
 widths_option = click.option(

@@ -8,16 +8,8 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import ShaperGroup, emit, json_option, millions, progress, table, widths_option
-
-
-def int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated whole numbers like 1,4,16, got "
-                                 f"{text!r}", param_hint=what) from None
-    return values
+from .common import (ShaperGroup, emit, int_list, json_option, millions, progress, table,
+                     widths_option)
 
 
 @click.command("profile")

@@ -8,7 +8,8 @@ import click
 
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape, flops, param_breakdown, parse_shape
 
-from .common import ShaperGroup, emit, json_option, millions, progress, table, widths_option
+from .common import (ShaperGroup, emit, int_list, json_option, millions, progress, table,
+                     widths_option)
 
 
 def _space_of(supernet: Path | None, widths=None) -> DesignSpace:
@@ -54,13 +55,7 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
     from shaper_deploy.supernet import SuperBert
 
     check_output_dir(out, force)
-    width_list = None
-    if widths is not None:
-        try:
-            width_list = [int(w) for w in widths.split(",")]
-        except ValueError:
-            raise click.BadParameter(f"{widths!r} is not a comma-separated list of integers",
-                                     param_hint="--widths") from None
+    width_list = None if widths is None else int_list(widths, "--widths")
     progress(f"reading {source}")
     model = SuperBert.from_bert(source, widths=width_list)
     with output_lock(out):

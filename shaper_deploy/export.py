@@ -36,11 +36,11 @@ from torch import nn
 
 from . import __version__
 from .errors import ExportError, ValidationError
-from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
+from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
 from .quantize import quantize_int8
-from .runtime import feeds_from_encodings, make_session
+from .runtime import feeds_from_encodings, make_session, padded_tokenizer
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
@@ -232,11 +232,7 @@ def _judge_feeds(tokenizer_files: dict[str, bytes], vocab: int, max_positions: i
                  ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Inputs for int8-vs-fp32: the sample sentences when a tokenizer is there."""
     if "tokenizer.json" in tokenizer_files:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(tokenizer_files["tokenizer.json"].decode())
-        tok.enable_truncation(max_positions)
-        tok.enable_padding()
+        tok = padded_tokenizer(tokenizer_files["tokenizer.json"].decode(), max_positions)
         enc = tok.encode_batch(list(CALIBRATION_TEXTS))
         return [feeds_from_encodings(enc)], f"{len(CALIBRATION_TEXTS)} English sentences"
     cases = validation_cases(max_positions)

@@ -30,12 +30,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ExportError, PlannerError
-from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
+from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle, sample_inputs
 from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
 from .heuristics import cigar_family
 from .io import atomic_dir, atomic_write_bytes, check_output_dir
 from .predictor import DeviceProfile
 from .profiling.profile import measure_model
+from .runtime import feeds_from_encodings, make_session, padded_tokenizer
 from .shape import Shape
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$", re.IGNORECASE)
@@ -129,8 +130,9 @@ def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
         raise PlannerError(f"profile {profile.path} timed another graph than this export would "
                            f"write ({'; '.join(differences)}); a latency budget is planned for "
                            "optimized feature-extraction exports at the profile's opset")
-    if not profile.trust["reliable"] and not allow_unreliable:
-        raise PlannerError(f"profile {profile.path} is unreliable ({'; '.join(profile.trust['reasons'])}); "
+    trust = profile.trust
+    if not trust["reliable"] and not allow_unreliable:
+        raise PlannerError(f"profile {profile.path} is unreliable ({'; '.join(trust['reasons'])}); "
                            "remake it on a quiet machine, or pass --allow-unreliable to plan "
                            "with it anyway")
 
@@ -140,16 +142,10 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
     (outputs, feeds, positions, what was used). Without a tokenizer, random ids stand in."""
     import torch
 
-    from .export import sample_inputs
-    from .runtime import feeds_from_encodings
-
     space = supernet.config.space
     if "tokenizer.json" in supernet.tokenizer_files:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(supernet.tokenizer_files["tokenizer.json"].decode())
-        tok.enable_truncation(min(max_length, space.max_positions))
-        tok.enable_padding()
+        tok = padded_tokenizer(supernet.tokenizer_files["tokenizer.json"].decode(),
+                               min(max_length, space.max_positions))
         feeds = feeds_from_encodings(tok.encode_batch(list(texts)))
         used = f"{len(texts)} calibration texts"
         mask_id = tok.token_to_id("[MASK]")
@@ -173,8 +169,6 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
 
 def bundle_fidelity(bundle: Path, model_file: str, task: str, reference: np.ndarray,
                     feeds: dict[str, np.ndarray], positions) -> float:
-    from .runtime import make_session
-
     session = make_session(bundle / model_file, "cpu")
     out = session.run([session.get_outputs()[0].name], feeds)[0]
     if task == "fill-mask":

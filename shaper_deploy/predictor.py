@@ -31,10 +31,10 @@ import numpy as np
 from .errors import ProfileError
 from .io import atomic_write_bytes, read_manifest
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
-from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, held_out_mask,
-                                measured_latency, noise_floor, read_header,
-                                read_measurements, reference_spread, verify_file,
-                                workload_key, write_header)
+from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, held_out_keys,
+                                measured_latency, noise_floor, read_header, read_measurements,
+                                reference_spread, shape_from_key, verify_file, workload_key,
+                                write_header)
 from .profiling.protocol import Workload, describe_range, grid_cell
 from .shape import DesignSpace, Shape
 
@@ -113,8 +113,10 @@ class LatencyModel:
     metrics: dict[str, Any]  # precision -> held-out metrics (grid sizes, check sizes, both)
     margin: dict[str, float]  # precision -> 1 + held-out p95 relative error
     features: list[str] = field(default_factory=list)
-    method: str = ("additive per-width layer costs + transitions per grid point (NNLS on "
-                   "relative error), bilinear in batch and length between grid points")
+    method: str = ("additive per grid point: per-layer cost smooth in width plus ridge-penalized "
+                   "per-width corrections, transitions, projections, width changes (NNLS on "
+                   "relative error, one trimmed refit); bilinear in batch and length between "
+                   "grid points, refused outside")
 
     @property
     def precisions(self) -> list[str]:
@@ -182,10 +184,10 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             raise ProfileError(f"the profile has {len(keys)} shapes measured at every {precision} "
                                "input size; a predictor needs at least 12: run the same "
                                "profile command again to finish it")
-        shapes = [Shape(tuple(int(v) for v in k.split(",")), space) for k in keys]
+        shapes = [shape_from_key(k, space) for k in keys]
         x = features(shapes)
-        test = (held_out_mask([s.params() for s in shapes], held_out) if held_keys is None
-                else np.array([k in held_keys for k in keys]))
+        held_set = held_keys if held_keys is not None else held_out_keys(shapes, held_out)
+        test = np.array([k in held_set for k in keys])
         split: dict[str, list[float]] = {}
         coef[precision] = {}
         actual_g, pred_g, by_workload = [], [], {}
@@ -207,8 +209,7 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             if not ks:
                 continue
             y = np.array([measured[k] for k in ks])
-            p = trial.predict([Shape(tuple(int(v) for v in k.split(",")), space) for k in ks],
-                              precision, *w)
+            p = trial.predict([shape_from_key(k, space) for k in ks], precision, *w)
             actual_c.append(y)
             pred_c.append(p)
             by_workload[workload_key(w) + " (check)"] = float(np.abs(p / y - 1).mean())
@@ -325,7 +326,8 @@ class DeviceProfile:
         return self.model.margin[precision]
 
     def reference_ms(self, precision: str, batch: int, seq_len: int) -> float:
-        """The profile's reference graph's latency at a workload (to rescale measurements)."""
+        """The profile's reference graph's predicted latency at a workload: measurements
+        report drift as the reference now over this."""
         ref = Shape(tuple(self.header.reference_shape), self.space)
         return float(self.predict([ref], precision, batch, seq_len)[0])
 
@@ -362,8 +364,8 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
             if p != precision or grid_cell(model.grid, b, s) is None:
                 continue
             keys = sorted(shapes)
-            pred = model.predict([Shape(tuple(int(v) for v in k.split(",")), header.space)
-                                  for k in keys], precision, b, s)
+            pred = model.predict([shape_from_key(k, header.space) for k in keys], precision,
+                                 b, s)
             xs += [shapes[k] for k in keys]
             ys += list(pred)
         xs, ys = np.array(xs), np.array(ys)
@@ -392,8 +394,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
     b, s = header.protocol.reference
     for precision in model.precisions:
         shapes = main.get((precision, b, s), {})
-        params = [Shape(tuple(int(v) for v in k.split(",")), header.space).params() / 1e6
-                  for k in shapes]
+        params = [shape_from_key(k, header.space).params() / 1e6 for k in shapes]
         ax.scatter(params, list(shapes.values()), s=10, color=colors.get(precision),
                    alpha=0.7, label=precision)
     ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency (ms)",

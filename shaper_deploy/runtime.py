@@ -14,6 +14,17 @@ from .errors import DeviceError
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def padded_tokenizer(tokenizer_json: str, max_length: int):
+    """A ``tokenizers`` tokenizer from tokenizer.json text that cuts every text at
+    ``max_length`` tokens and pads a batch to its longest text."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.enable_truncation(max_length)
+    tok.enable_padding()
+    return tok
+
+
 def feeds_from_encodings(encodings) -> dict:
     """A BERT graph's int64 inputs from a padded batch of ``tokenizers`` encodings."""
     import numpy as np

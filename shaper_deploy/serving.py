@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import ServingError
 from .io import read_manifest, sha256_file
-from .runtime import feeds_from_encodings, make_session
+from .runtime import feeds_from_encodings, make_session, padded_tokenizer
 
 BUNDLE_FORMAT = "shaper-deploy/bundle"
 BUNDLE_VERSION = 1
@@ -108,12 +108,7 @@ class Bundle:
         with self._lock:
             tok = self._tokenizers.get(limit)
             if tok is None:
-                from tokenizers import Tokenizer
-
-                tok = Tokenizer.from_str(self.tokenizer.to_str())
-                tok.enable_truncation(limit)
-                tok.enable_padding()
-                self._tokenizers[limit] = tok
+                tok = self._tokenizers[limit] = padded_tokenizer(self.tokenizer.to_str(), limit)
         return tok
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -214,9 +209,7 @@ class Bundle:
                 "duration_s": round(wall, 3), "requests": len(every),
                 "failed": len(failures), "first_failure": failures[0] if failures else None,
                 "p99_over_p50": p99 / p50,
-                "latency_ms": {"p50": float(np.percentile(every, 50)),
-                               "p90": float(np.percentile(every, 90)),
-                               "p99": float(np.percentile(every, 99)),
+                "latency_ms": {"p50": p50, "p90": float(np.percentile(every, 90)), "p99": p99,
                                "mean": statistics.fmean(every)},
                 "throughput_rps": len(every) / wall,
                 "sequences_per_s": len(every) * batch / wall,

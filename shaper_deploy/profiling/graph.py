@@ -70,10 +70,6 @@ class RandomWeightFile:
         self.ensure(4 * n)
         return np.fromfile(self.path, dtype=np.float32, count=n)
 
-    @classmethod
-    def for_space(cls, folder: Path, config: SuperConfig) -> "RandomWeightFile":
-        return cls(folder)
-
 
 class _Weights:
     """Initializers: a fused network's weights, or views into a :class:`RandomWeightFile`."""

@@ -44,6 +44,10 @@ def shape_key(widths: Iterable[int]) -> str:
     return ",".join(str(w) for w in widths)
 
 
+def shape_from_key(key: str, space) -> Shape:
+    return Shape(tuple(int(v) for v in key.split(",")), space)
+
+
 def workload_key(workload: Workload) -> str:
     return f"{workload[0]}x{workload[1]}"
 
@@ -57,6 +61,14 @@ def held_out_mask(params, held_out: float = 0.25):
     mask = np.zeros(len(order), dtype=bool)
     mask[order[step // 2::step]] = True
     return mask
+
+
+def held_out_keys(shapes: Iterable[Shape], held_out: float = 0.25) -> set[str]:
+    """The shapes a profile holds out from fitting (and also measures at the check sizes):
+    every 4th by parameter count, ties broken by key."""
+    by_key = sorted(shapes, key=lambda s: shape_key(s.widths))
+    mask = held_out_mask([s.params() for s in by_key], held_out)
+    return {shape_key(s.widths) for s, t in zip(by_key, mask) if t}
 
 
 def graph_record(config: SuperConfig) -> dict[str, Any]:
@@ -264,9 +276,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         header = plan
         write_header(out, header)
     planned = planned_shapes(header)
-    by_key = sorted(planned, key=lambda s: shape_key(s.widths))  # the order fit_model uses
-    held_keys = {shape_key(s.widths) for s, t in
-                 zip(by_key, held_out_mask([s.params() for s in by_key])) if t}
+    held_keys = held_out_keys(planned)
     held = [shape_key(s.widths) in held_keys for s in planned]
     checks = protocol.checks
     records = read_measurements(out, repair=True)

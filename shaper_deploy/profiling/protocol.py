@@ -160,7 +160,7 @@ def grid_cell(grid: Sequence[Workload], batch: int, seq_len: int
 
 
 def describe_range(grid: Sequence[Workload]) -> str:
-    """'batch 1: 16..512 tokens; batch 4: 16..512; batch 16: 16..128'."""
+    """'batch 1: seq 16..512; batch 4: seq 16..256; batch 16: seq 16..64'."""
     rows: dict[int, list[int]] = {}
     for b, s in grid:
         rows.setdefault(b, []).append(s)

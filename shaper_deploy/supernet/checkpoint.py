@@ -19,17 +19,16 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..errors import CheckpointError, ShaperError
+from ..errors import CheckpointError
 from ..io import atomic_dir, sha256_file
-from ..shape import DesignSpace
-from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, SuperConfig, config_from_hf,
+from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, is_supershaper,
                      read_checkpoint_header, read_json)
 from .model import BottleneckBert, SuperBert
 
@@ -177,22 +176,19 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     if not path.is_dir():
         raise CheckpointError(f"BERT folder {path} does not exist")
     cfg = read_json(path / "config.json", "BERT config")
-    is_supershaper = "mixing" in cfg
-    if is_supershaper and cfg["mixing"] != "bert-bottleneck":
-        raise CheckpointError(f"{path} is a SuperShaper checkpoint with mixing "
-                              f"{cfg['mixing']!r}; only 'bert-bottleneck' is supported")
+    supershaper = is_supershaper(cfg, path)
     raw, weights_file = _read_weights(path)
     state, decoder = _from_hf_names(raw, path)
     config = config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
                             pooler="pooler.dense.weight" in state, widths=widths,
-                            supershaper=is_supershaper)
+                            supershaper=supershaper)
     model = SuperBert(config)
     if decoder is not None and "embeddings.word.weight" in state and not torch.equal(
             decoder, state["embeddings.word.weight"]):
         raise CheckpointError(f"{path} has an MLM decoder not tied to the word embeddings; "
                               "only tied decoders (BERT's default) are supported")
     has_bottlenecks = any("bottleneck" in k for k in state)
-    if is_supershaper and not has_bottlenecks:
+    if supershaper and not has_bottlenecks:
         raise CheckpointError(f"SuperShaper checkpoint {path} has no bottleneck tensors "
                               "(encoder.layer.N.input_bottleneck / output_bottleneck)")
     _identity_bottlenecks(model)
@@ -200,9 +196,9 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
                   optional=None if has_bottlenecks else re.compile(r".*_bottleneck\.(weight|bias)"))
     model.tokenizer_files = _read_tokenizer_files(path)
     model.source = {"path": str(path.resolve()),
-                    "kind": "supershaper" if is_supershaper else "bert",
+                    "kind": "supershaper" if supershaper else "bert",
                     "weights_sha256": sha256_file(weights_file)}
-    if is_supershaper:
+    if supershaper:
         model.checkpoint = {"checkpoint": model.source["path"],
                             "checkpoint_weights_sha256": model.source["weights_sha256"]}
     return model.eval()
@@ -212,7 +208,8 @@ def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> Supe
     """One of our checkpoints, or a SuperShaper repository checkpoint (whose widths are the
     paper's at D = 768 and must be given otherwise)."""
     path = Path(path)
-    if (path / "config.json").is_file() and "mixing" in read_json(path / "config.json", "config"):
+    if (path / "config.json").is_file() and is_supershaper(
+            read_json(path / "config.json", "config"), path):
         return supernet_from_bert(path, widths)
     header = read_checkpoint_header(path, widths)
     weights = path / "model.safetensors"

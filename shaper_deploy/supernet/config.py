@@ -126,11 +126,18 @@ def _tensor_names(path: Path) -> list[str]:
     raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
 
 
-def _supershaper_header(path: Path, cfg: dict[str, Any],
-                        widths: Sequence[int] | None) -> dict[str, Any]:
+def is_supershaper(cfg: dict[str, Any], path: Path) -> bool:
+    """Whether a config.json is a SuperShaper repository checkpoint's (one we can read)."""
+    if "mixing" not in cfg:
+        return False
     if cfg["mixing"] != "bert-bottleneck":
         raise CheckpointError(f"{path} is a SuperShaper checkpoint with mixing "
                               f"{cfg['mixing']!r}; only 'bert-bottleneck' is supported")
+    return True
+
+
+def _supershaper_header(path: Path, cfg: dict[str, Any],
+                        widths: Sequence[int] | None) -> dict[str, Any]:
     names = _tensor_names(path)
     config = config_from_hf(cfg, path, supershaper=True, widths=widths,
                             mlm_head=any(".predictions.transform." in k for k in names),
@@ -148,7 +155,7 @@ def read_checkpoint_header(path: str | Path, widths: Sequence[int] | None = None
         raise CheckpointError(f"super network {path} is not a folder; "
                               "make one with: shaperctl supernet init --from-bert DIR --out DIR")
     header = read_json(path / "config.json", "super network config")
-    if "mixing" in header:
+    if is_supershaper(header, path):
         return _supershaper_header(path, header, widths)
     if widths is not None:
         raise CheckpointError(f"--widths is for SuperShaper checkpoints; super network {path} "

@@ -23,7 +23,7 @@ import torch
 from ..errors import TrainingError
 from ..fidelity import embedding_fidelity
 from ..io import atomic_write_bytes
-from ..predictor import held_out_mask
+from ..profiling.profile import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
 from ..templates import sample_shapes
