@@ -64,8 +64,8 @@ def main() -> None:
             manifest = export_for_budget(supernet, budget, profile, out, workload=(1, seq_len),
                                          precision=args.precision,
                                          progress=lambda m: print(m, file=sys.stderr))
-            plan = manifest["plan"]
-            model_file = manifest["default_model"]
+            plan = manifest.plan
+            model_file = manifest.default_model
             again = measure_model(out / model_file, profile.header,
                                   profile.reference_ms(plan["precision"], 1, seq_len),
                                   plan["precision"], (1, seq_len), "cpu")["measured_ms"]

@@ -156,14 +156,14 @@ def main() -> None:
                 timing = measure(variants, args.rounds, args.per_round)
             f = flops(shape, seq_len=args.seq_len)
             row = {"shape": name, "widths": shape.widths, "params_fused": shape.params(),
-                   "flops": f, "latency": timing, "ort_fusion": manifest["fusion"],
+                   "flops": f, "latency": timing, "ort_fusion": manifest.fusion,
                    "hf_fusion": hf_fusion,
                    "speedup_ort_fp32_vs_torch_super":
                        timing["torch-super"]["median_ms"] / timing["ort-fp32"]["median_ms"],
                    "speedup_ort_int8_vs_ort_fp32":
                        timing["ort-fp32"]["median_ms"] / timing["ort-int8"]["median_ms"],
                    "achieved_gflops_ort_fp32": f / timing["ort-fp32"]["median_ms"] / 1e6,
-                   "int8_accuracy_random_weights": manifest["quantization"]}
+                   "int8_accuracy_random_weights": manifest.quantization}
             if "ort-hf" in timing:
                 row["ort_fp32_vs_hf"] = (timing["ort-fp32"]["median_ms"]
                                          / timing["ort-hf"]["median_ms"])

@@ -80,8 +80,8 @@ def compare(name: str, src: Path, work: Path, rounds: int) -> dict:
         print(f"[{name}] {b}x{s}: ours {row['ours_ms']:.2f} ms, optimum O2 "
               f"{row['optimum_o2_ms']:.2f} ms ({row['ratio']:.3f}x), max |diff| "
               f"{row['max_abs_diff']:.1e}", file=sys.stderr)
-    return {"model": name, "dropped_identities": manifest["dropped_identities"],
-            "operators": manifest["operators"], "rows": rows}
+    return {"model": name, "dropped_identities": manifest.dropped_identities,
+            "operators": manifest.operators, "rows": rows}
 
 
 def main() -> None:

@@ -109,9 +109,13 @@ class Evaluator:
         self.tr = encode(model, [texts[i] for i in self.train])
         self.te = encode(model, [texts[i] for i in self.test])
 
-    def __call__(self, model: SuperBert, shape: Shape) -> dict:
+    def __call__(self, model: SuperBert, shape: Shape, full: torch.Tensor | None = None
+                 ) -> dict:
+        """``full``: the reference embeddings of the test articles (default: ``model``'s own
+        full shape)."""
         model.eval()
-        full = embed(model, *self.te, None)
+        if full is None:
+            full = embed(model, *self.te, None)
         xte = embed(model, *self.te, shape)
         xtr = embed(model, *self.tr, shape)
         cos = float(torch.nn.functional.cosine_similarity(xte, full).mean())

@@ -129,13 +129,17 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                      else cigar_shape(count, model.config.space))
             manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
             if profile_path is not None:
-                manifest = _record_prediction(out, manifest, profile_path, device, shape)
-    emit({"out": str(out), **manifest}, as_json, _export_text)
+                from shaper_deploy.planner import record_prediction
+                from shaper_deploy.predictor import DeviceProfile
+
+                manifest = record_prediction(out, DeviceProfile.load(profile_path), device,
+                                             progress)
+    emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
 
 
 def _export_for_budget(supernet_path, budget, profile_path, out, device, precision, batch,
                        seq_len, options, calibration_path, allow_unreliable, force,
-                       widths) -> dict:
+                       widths):
     from shaper_deploy.fidelity import read_calibration
     from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
     from shaper_deploy.predictor import DeviceProfile
@@ -161,25 +165,6 @@ def _export_for_budget(supernet_path, budget, profile_path, out, device, precisi
     return export_for_budget(model, budget, profile, out, device, precision, workload, options,
                              calibration, force=force, allow_unreliable=allow_unreliable,
                              progress=progress)
-
-
-def _record_prediction(out: Path, manifest: dict, profile_path, device: str, shape) -> dict:
-    """With --profile but no budget: add the predicted latency at the reference size."""
-    import json
-
-    from shaper_deploy.io import atomic_write_bytes
-    from shaper_deploy.predictor import DeviceProfile
-
-    profile = DeviceProfile.load(profile_path)
-    profile.check_device(device, progress)
-    b, s = profile.reference_workload
-    manifest["predicted_latency"] = [
-        {"profile": str(profile_path), "precision": p, "batch": b, "seq_len": s,
-         "predicted_ms": float(profile.predict([shape], p, b, s)[0]),
-         "predicted_upper_ms": float(profile.predict([shape], p, b, s)[0] * profile.margin(p))}
-        for p in profile.precisions]
-    atomic_write_bytes(out / "shaper.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    return manifest
 
 
 def candidates_table(plan: dict) -> str:
@@ -229,7 +214,7 @@ def _export_text(d: dict) -> str:
                                f"(predicted {plan['predicted_ms']:.2f}), fidelity "
                                f"{plan['fidelity']:.4f} ({plan['fidelity_metric']}, "
                                f"{plan['calibration']})"))
-    for p in d.get("predicted_latency", []):
+    for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"{p['predicted_ms']:.2f} ms ({p['precision']}, batch "
                                   f"{p['batch']} x {p['seq_len']}, {p['profile']})"))
     text = table(rows)

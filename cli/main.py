@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from shaper_deploy import __version__
@@ -10,11 +12,23 @@ from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
 from .serve import bench, run, triton
-from .train import search, train
 from .supernet import params, supernet
 
+# Loaded when called (or listed by --help): the deploy path never imports training code.
+_TRAINING = {"train": "train", "search": "search"}  # command -> attribute of .train
 
-@click.group(cls=ShaperGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Main(ShaperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_TRAINING])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _TRAINING:
+            return getattr(importlib.import_module(".train", __package__), _TRAINING[name])
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="shaperctl")
 def main() -> None:
     """Compile SuperShaper sub-networks into fast, validated ONNX models per device.
@@ -34,8 +48,6 @@ main.add_command(profiles)
 main.add_command(run)
 main.add_command(bench)
 main.add_command(triton)
-main.add_command(train)
-main.add_command(search)
 
 
 if __name__ == "__main__":  # python -m shaper_deploy.cli.main (e.g. under torchrun)

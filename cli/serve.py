@@ -75,12 +75,12 @@ def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: s
     model = Bundle.load(bundle, device=device, model=model_file)
     enc = model.encode(items, max_length)
     truncated = [i + 1 for i, t in enumerate(enc.truncated) if t]
-    data = {"bundle": str(bundle), "task": model.manifest["task"],
-            "shape": model.manifest["shape"], "params": model.manifest["params"]["fused"],
+    data = {"bundle": str(bundle), "task": model.manifest.task,
+            "shape": model.manifest.shape, "params": model.manifest.params["fused"],
             "model": model.model_file, "max_length": min(max_length or model.max_length,
                                                          model.max_length),
             "truncated_texts": truncated}
-    if model.manifest["task"] == "fill-mask":
+    if model.manifest.task == "fill-mask":
         data["fill_mask"] = [[[{"token": t, "p": p} for t, p in mask] for mask in text]
                              for text in model.fill_mask(items)]
         return emit(data, as_json, lambda d: "\n".join(
@@ -161,7 +161,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     from shaper_deploy.serving import Bundle
 
     model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
-    plan = model.manifest.get("plan")
+    plan = model.manifest.plan
     profile = None
     if plan and Path(plan["profile"]).is_dir():
         from shaper_deploy.predictor import DeviceProfile
@@ -175,18 +175,12 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     if plan:
         data["plan"] = {k: plan[k] for k in ("budget_ms", "batch", "seq_len", "precision",
                                              "predicted_ms", "measured_ms", "fidelity")}
-    if profile is not None and model.model_file == model.manifest["default_model"]:
-        # The profile's own protocol at the plan's workload (interleaved with its reference
-        # graph), so the number is comparable with the prediction. No torch needed.
-        from shaper_deploy.profiling.profile import measure_model
-
-        w = (plan["batch"], plan["seq_len"])
-        m = measure_model(bundle / model.model_file, profile.header,
-                          profile.reference_ms(plan["precision"], *w), plan["precision"], w,
-                          device)
-        data["profile_protocol"] = {"profile": plan["profile"], "batch": w[0],
-                                    "seq_len": w[1], "measured_ms": m["measured_ms"],
-                                    "predicted_ms": plan["predicted_ms"]}
+    if profile is not None and model.model_file == model.manifest.default_model:
+        # comparable with the prediction: the profile's protocol at the plan's workload
+        data["profile_protocol"] = {
+            **profile.measure(bundle / model.model_file, plan["precision"],
+                              (plan["batch"], plan["seq_len"]), device),
+            "predicted_ms": plan["predicted_ms"]}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),

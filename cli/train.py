@@ -8,7 +8,11 @@ from pathlib import Path
 
 import click
 
+from shaper_deploy.training.config import DEVICES, ORDERS, PRECISIONS, TrainConfig
+
 from .common import ShaperGroup, emit, json_option, progress, table, widths_option
+
+_DEFAULT = TrainConfig()
 
 
 @click.group(cls=ShaperGroup)
@@ -26,24 +30,45 @@ def train() -> None:
 @click.option("--steps", required=True, type=int, help="Optimizer steps.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Training folder: checkpoint/ (resumed automatically), supernet/, train.json.")
-@click.option("--batch-size", default=16, show_default=True, type=int,
-              help="Blocks per process per step.")
-@click.option("--seq-len", default=128, show_default=True, type=int, help="Tokens per block.")
-@click.option("--random-shapes", default=2, show_default=True, type=int,
+@click.option("--batch-size", default=_DEFAULT.batch_size, show_default=True, type=int,
+              help="Blocks per process per micro-batch.")
+@click.option("--accumulate", default=_DEFAULT.accumulate, show_default=True, type=int,
+              help="Micro-batches per optimizer step (gradient accumulation).")
+@click.option("--seq-len", default=_DEFAULT.seq_len, show_default=True, type=int,
+              help="Tokens per block.")
+@click.option("--random-shapes", default=_DEFAULT.random_shapes, show_default=True, type=int,
               help="Random shapes per step besides the largest and the smallest.")
-@click.option("--lr", default=5e-5, show_default=True, type=float, help="Peak learning rate.")
-@click.option("--warmup-steps", default=0, show_default=True, type=int)
-@click.option("--checkpoint-every", default=100, show_default=True, type=int)
+@click.option("--lr", default=_DEFAULT.lr, show_default=True, type=float,
+              help="Peak learning rate.")
+@click.option("--warmup-steps", default=-1, show_default="5% of --steps", type=int,
+              help="Linear warm-up steps, then linear decay to 0.")
+@click.option("--layer-loss", default=_DEFAULT.layer_loss, show_default=True, type=float,
+              help="distill: weight of every layer's output as a target beside the final "
+                   "hidden state (0: final only).")
+@click.option("--order", default=_DEFAULT.order, show_default=True, type=click.Choice(ORDERS),
+              help="Put features in order of importance before the first step, so slices "
+                   "keep the ones that matter (the full shape is unchanged).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
+              help="auto: cuda when a GPU is usable; under torchrun each process takes "
+                   "cuda:LOCAL_RANK.")
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(PRECISIONS),
+              help="auto: bf16 autocast where the device computes bf16 natively (GPUs that "
+                   "support it, CPUs with AVX-512 BF16 or AMX), else fp32.")
+@click.option("--checkpoint-every", default=_DEFAULT.checkpoint_every, show_default=True,
+              type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @widths_option
 @json_option
 def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, out: Path,
-             batch_size: int, seq_len: int, random_shapes: int, lr: float, warmup_steps: int,
+             batch_size: int, accumulate: int, seq_len: int, random_shapes: int, lr: float,
+             warmup_steps: int, layer_loss: float, order: str, device: str, precision: str,
              checkpoint_every: int, seed: int, supershaper_widths, as_json: bool) -> None:
     """Sandwich-rule training: each step the largest, smallest and random shapes.
 
-    On many processes, launch the same command with torchrun; an interrupted run resumes
-    from --out/checkpoint with the same data order and shape draws.
+    On many processes or GPUs, launch the same command with torchrun; an interrupted run
+    resumes from --out/checkpoint with the same data order and shape draws (Ctrl-C finishes
+    the running step and checkpoints it).
 
     \b
     Examples:
@@ -54,12 +79,15 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
     from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import read_checkpoint_header
     from shaper_deploy.training.data import read_texts, tokenize
-    from shaper_deploy.training.sandwich import TrainConfig, train_supernet
+    from shaper_deploy.training.sandwich import train_supernet, training_device
 
     config = TrainConfig(objective=objective, steps=steps, batch_size=batch_size,
-                         seq_len=seq_len, random_shapes=random_shapes, lr=lr,
-                         warmup_steps=warmup_steps, checkpoint_every=checkpoint_every,
-                         seed=seed)
+                         accumulate=accumulate, seq_len=seq_len, random_shapes=random_shapes,
+                         lr=lr, warmup_steps=warmup_steps,
+                         layer_loss=layer_loss,
+                         order=order, device=device, precision=precision,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    training_device(config)  # a GPU that is not there fails here, before any long work
     header = read_checkpoint_header(supernet_path, supershaper_widths)
     # --out is a resumable folder: one that exists is fine, a file or a read-only place is
     # not; checked before any long work (it used to fail at the first checkpoint).

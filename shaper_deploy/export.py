@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .bundle import BundleManifest
 from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
@@ -45,8 +46,6 @@ from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
 
-BUNDLE_FORMAT = "shaper-deploy/bundle"
-BUNDLE_VERSION = 1
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -106,7 +105,7 @@ def sample_inputs(vocab_size: int, batch: int, seq_len: int, seed: int = 0,
     graph that assumes right padding gets wrong.
     """
     if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        raise ExportError(f"padding must be one of {PADDINGS}, got {padding!r}")
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64)
     mask = np.ones_like(ids)
@@ -282,8 +281,8 @@ def _versions() -> dict[str, str]:
 
 def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                   options: ExportOptions = ExportOptions(), force: bool = False,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Export ``shape`` of ``supernet`` as a validated bundle in ``out``; its shaper.json."""
+                  progress: Callable[[str], None] | None = None) -> BundleManifest:
+    """Export ``shape`` of ``supernet`` as a validated bundle in ``out``; its manifest."""
     note = progress or (lambda message: None)
     out = Path(out)
     check_output_dir(out, force)
@@ -359,14 +358,11 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
         for name in ("config.json", *supernet.tokenizer_files):  # verified before parsing
             files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         fused_params = sum(p.numel() for p in fused.parameters())
-        manifest = {
-            "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "shape": list(shape.widths), "design_space": space.to_dict(),
-            "config": supernet.config.to_dict(), "task": options.task,
-            "inputs": list(INPUT_NAMES), "outputs": names,
-            "max_length": space.max_positions,
-            "params": {"fused": sum(param_breakdown(shape, fused=True).values()),
+        manifest = BundleManifest(
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            shape=list(shape.widths), config=supernet.config.to_dict(), task=options.task,
+            inputs=list(INPUT_NAMES), outputs=names,
+            params={"fused": sum(param_breakdown(shape, fused=True).values()),
                        "unfused": sum(param_breakdown(shape, fused=False).values()),
                        "breakdown_fused": param_breakdown(shape, fused=True),
                        "deployed_module": fused_params,
@@ -374,21 +370,20 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                                      "bottlenecks, MLM transform); deployed_module: every "
                                      "tensor of the exported network (adds pooler, MLM bias; "
                                      "fill-mask folds the last bottleneck into the head)"},
-            "flops_seq128": flops(shape, seq_len=128),
-            "opset": options.opset, "optimized": options.optimize,
-            "attention_mask": "2-D (batch, sequence); any padding pattern",
-            "fused_last_bottleneck_into_head": fold,
-            "dropped_identities": dropped,
-            "operators": op_counts(model_path), "fusion": fusion,
-            "validation": {"atol": options.atol, "reference": "PyTorch float64",
-                           "cases": validation, "passed": True},
-            "quantization": quantization,
-            "default_model": INT8_FILE if options.int8 else MODEL_FILE,
-            "files": files,
-            "source": {"supernet": supernet.source, **supernet.checkpoint},
-            "versions": _versions(), "timings_s": timings,
-        }
-        (tmp / "shaper.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            flops_seq128=flops(shape, seq_len=128),
+            opset=options.opset, optimized=options.optimize,
+            fused_last_bottleneck_into_head=fold,
+            dropped_identities=dropped,
+            operators=op_counts(model_path), fusion=fusion,
+            validation={"atol": options.atol, "reference": "PyTorch float64",
+                        "cases": validation, "passed": True},
+            quantization=quantization,
+            default_model=INT8_FILE if options.int8 else MODEL_FILE,
+            files=files,
+            source={"supernet": supernet.source, **supernet.checkpoint},
+            versions=_versions(), timings_s=timings,
+        )
+        manifest.write(tmp)
     note(f"wrote {out}")
     return manifest
 

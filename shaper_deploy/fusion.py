@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .errors import ExportError
 from .shape import Shape
 from .slicing import SubnetBert
 from .supernet.config import SuperConfig
@@ -86,7 +87,8 @@ class FusedBert(nn.Module):
     def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.mlm_head is None:
-            raise ValueError("this network has no MLM head")
+            raise ExportError("this network has no MLM head; the fill-mask task needs a BERT "
+                              "with one")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:

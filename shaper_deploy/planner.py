@@ -18,7 +18,6 @@ fidelity.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import statistics
@@ -29,13 +28,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .bundle import BundleManifest
 from .errors import ExportError, PlannerError
 from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle, sample_inputs
 from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
 from .heuristics import cigar_family
-from .io import atomic_dir, atomic_write_bytes, check_output_dir
+from .io import atomic_dir, check_output_dir
 from .predictor import DeviceProfile
-from .profiling.profile import measure_model
 from .runtime import feeds_from_encodings, make_session, padded_tokenizer
 from .shape import Shape
 
@@ -214,7 +213,7 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
                       calibration: Sequence[str] | None = None, force: bool = False,
                       allow_unreliable: bool = False, max_exports: int = 4,
                       measure: Callable[..., float] | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                      progress: Callable[[str], None] | None = None) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
 
     ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds on the
@@ -232,9 +231,7 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
          + (" (the profile's reference size)" if workload is None else "") + f" on {device}")
     if measure is None:
         def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
-            ref = profile.reference_ms(prec, *w)
-            return measure_model(bundle / model_file, profile.header, ref, prec, w,
-                                 device)["measured_ms"]
+            return profile.measure(bundle / model_file, prec, w, device)["measured_ms"]
     reference, feeds, positions, used = reference_outputs(
         supernet, options.task, calibration or CALIBRATION_TEXTS, max_length=seq_len)
     candidates: list[Candidate] = []
@@ -285,14 +282,32 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
                       "the profile's p95 margin fits; exported, measured with the profile's "
                       "protocol, stepped down or up; highest fidelity among those within budget"}
         chosen = Path(work) / best.precision
-        manifest = json.loads((chosen / "shaper.json").read_text())
-        manifest["plan"] = plan_record
-        atomic_write_bytes(chosen / "shaper.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        manifest = BundleManifest.read(chosen, PlannerError)
+        manifest.plan = plan_record
+        manifest.write(chosen)
         with atomic_dir(out, force=force) as tmp:
             for item in chosen.iterdir():
                 shutil.move(str(item), tmp / item.name)
     note(f"chose {best.precision} {','.join(map(str, best.shape))}: measured "
          f"{best.measured_ms:.2f} ms, fidelity {best.fidelity:.4f}")
+    return manifest
+
+
+def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
+                      progress: Callable[[str], None] | None = None) -> BundleManifest:
+    """Add ``profile``'s predicted latency of the bundle's shape at the profile's reference
+    size, for each profiled precision, to the bundle's manifest (export --profile, no budget)."""
+    profile.check_device(device, progress or (lambda message: None))
+    manifest = BundleManifest.read(bundle, PlannerError)
+    shape = Shape(tuple(manifest.shape), profile.space)
+    b, s = profile.reference_workload
+    manifest.predicted_latency = []
+    for p in profile.precisions:
+        ms = float(profile.predict([shape], p, b, s)[0])
+        manifest.predicted_latency.append(
+            {"profile": str(profile.path), "precision": p, "batch": b, "seq_len": s,
+             "predicted_ms": ms, "predicted_upper_ms": ms * profile.margin(p)})
+    manifest.write(bundle)
     return manifest
 
 

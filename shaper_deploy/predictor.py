@@ -32,9 +32,9 @@ from .errors import ProfileError
 from .io import atomic_write_bytes, read_manifest
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
 from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, held_out_keys,
-                                measured_latency, noise_floor, read_header, read_measurements,
-                                reference_spread, shape_from_key, verify_file, workload_key,
-                                write_header)
+                                measure_model, measured_latency, noise_floor, read_header,
+                                read_measurements, reference_spread, shape_from_key,
+                                verify_file, workload_key, write_header)
 from .profiling.protocol import Workload, describe_range, grid_cell
 from .shape import DesignSpace, Shape
 
@@ -330,6 +330,15 @@ class DeviceProfile:
         report drift as the reference now over this."""
         ref = Shape(tuple(self.header.reference_shape), self.space)
         return float(self.predict([ref], precision, batch, seq_len)[0])
+
+    def measure(self, model_file: str | Path, precision: str, workload: Workload,
+                device: str) -> dict[str, Any]:
+        """An ONNX file timed now with this profile's protocol at ``workload``, interleaved
+        with the profile's reference graph: the number its prediction is comparable with."""
+        m = measure_model(Path(model_file), self.header,
+                          self.reference_ms(precision, *workload), precision, workload, device)
+        return {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
+                "measured_ms": m["measured_ms"]}
 
     def check_device(self, device: str, warn) -> None:
         """Refuse another device kind; warn when the machine differs."""

@@ -16,12 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bundle import BundleManifest
 from .errors import ServingError
-from .io import read_manifest, sha256_file
+from .io import sha256_file
 from .runtime import feeds_from_encodings, make_session, padded_tokenizer
 
-BUNDLE_FORMAT = "shaper-deploy/bundle"
-BUNDLE_VERSION = 1
 POOLINGS = ("mean", "cls", "pooler")
 
 
@@ -49,7 +48,8 @@ def _verified(path: Path, name: str, files: dict[str, Any]) -> Path:
 class Bundle:
     """A loaded bundle: a verified ONNX Runtime session plus its tokenizer."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], session, tokenizer, model_file: str):
+    def __init__(self, path: Path, manifest: BundleManifest, session, tokenizer,
+                 model_file: str):
         self.path, self.manifest, self.session = path, manifest, session
         self.tokenizer, self.model_file = tokenizer, model_file
         self.outputs = [o.name for o in session.get_outputs()]
@@ -57,19 +57,17 @@ class Bundle:
         # every call raced between threads. ONNX Runtime's session.run is thread-safe.
         self._tokenizers: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self.max_length = int(manifest.get("max_length", 512))
+        self.max_length = manifest.max_length
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
              model: str | None = None) -> "Bundle":
         """Open a bundle; the ONNX file must match the sha256 recorded in shaper.json."""
         path = Path(path)
-        manifest = read_manifest(path / "shaper.json", BUNDLE_FORMAT, BUNDLE_VERSION, "bundle",
-                                 ServingError, f"{path} is not a bundle (no shaper.json); "
-                                               "make one with shaperctl export")
-        model_file = model or manifest.get("default_model")
-        files = manifest.get("files")
-        if not isinstance(files, dict) or model_file not in files:
+        manifest = BundleManifest.read(path)
+        model_file = model or manifest.default_model
+        files = manifest.files
+        if model_file not in files:
             raise ServingError(f"bundle {path} has no {model_file!r}; it has "
                                f"{', '.join(files or {})}")
         onnx_path = _verified(path, model_file, files)
@@ -118,8 +116,8 @@ class Bundle:
               batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """One vector per text: masked mean of the last hidden state, its [CLS] row, or the
         BERT pooler's output."""
-        if self.manifest["task"] != "feature-extraction":
-            raise ServingError(f"bundle {self.path} computes {self.manifest['task']}, not "
+        if self.manifest.task != "feature-extraction":
+            raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not "
                                "embeddings; use logits() for fill-mask bundles")
         if pooling not in POOLINGS:
             raise ServingError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
@@ -146,8 +144,8 @@ class Bundle:
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
         """Per text, per [MASK] token: the top-k (token, probability)."""
-        if self.manifest["task"] != "fill-mask":
-            raise ServingError(f"bundle {self.path} computes {self.manifest['task']}, not "
+        if self.manifest.task != "fill-mask":
+            raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not "
                                "masked-token logits")
         enc = self.encode(texts)
         logits = self.run(enc.feeds)["logits"]
@@ -172,7 +170,7 @@ class Bundle:
         if seq_len > self.max_length:
             raise ServingError(f"seq-len {seq_len} exceeds the model's {self.max_length} positions")
         rng = np.random.default_rng(0)
-        vocab = int(self.manifest["design_space"]["vocab_size"])
+        vocab = int(self.manifest.design_space["vocab_size"])
         feeds = {"input_ids": rng.integers(1, vocab, size=(batch, seq_len), dtype=np.int64),
                  "attention_mask": np.ones((batch, seq_len), np.int64),
                  "token_type_ids": np.zeros((batch, seq_len), np.int64)}

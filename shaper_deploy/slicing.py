@@ -38,5 +38,5 @@ def slice_subnet(supernet: SuperBert, shape: Shape) -> SubnetBert:
         block = tuple(slice(0, n) for n in target.shape)
         sliced[key] = source[key][block].clone()
     subnet.load_state_dict(sliced, strict=True)
-    subnet.tokenizer_files = dict(supernet.tokenizer_files)
+    subnet.provenance = supernet.provenance
     return subnet.train(supernet.training)

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ServingError
-from .io import atomic_dir, check_output_dir, read_manifest
-from .serving import BUNDLE_FORMAT, BUNDLE_VERSION
+from .io import atomic_dir, check_output_dir
+from .bundle import BundleManifest
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
@@ -67,16 +67,16 @@ class TritonOptions:
             raise ServingError(f"--threads must be at least 1, got {self.threads}")
 
 
-def build_config(name: str, manifest: dict[str, Any], options: TritonOptions, threads: int | None):
+def build_config(name: str, manifest: BundleManifest, options: TritonOptions, threads: int | None):
     """The ModelConfig message for one bundle."""
     pb = model_config_pb2()
-    space = manifest["design_space"]
+    space = manifest.design_space
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch)
-    for input_name in manifest["inputs"]:
+    for input_name in manifest.inputs:
         config.input.add(name=input_name, data_type=pb.TYPE_INT64, dims=[-1])
     widths = {"last_hidden_state": [-1, space["hidden_size"]],
               "pooler_output": [space["hidden_size"]], "logits": [-1, space["vocab_size"]]}
-    for output in manifest["outputs"]:
+    for output in manifest.outputs:
         config.output.add(name=output, data_type=pb.TYPE_FP32, dims=widths[output])
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     config.instance_group.add(count=options.instances,
@@ -118,11 +118,9 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
         if not NAME.match(name):
             raise ServingError(f"{name!r} is not a Triton model name; allowed: letters, digits, "
                                "'_', '-' and '.' (pass --name)")
-        manifest = read_manifest(bundle / "shaper.json", BUNDLE_FORMAT, BUNDLE_VERSION, "bundle",
-                                 ServingError, f"{bundle} is not a bundle (no shaper.json); "
-                                               "make one with shaperctl export")
-        model_file = manifest["default_model"]
-        entry = manifest.get("files", {}).get(model_file, {})
+        manifest = BundleManifest.read(bundle)
+        model_file = manifest.default_model
+        entry = manifest.files.get(model_file, {})
         if "sha256" not in entry:
             raise ServingError(f"bundle {bundle} records no sha256 for {model_file}; export it "
                                "again")
@@ -131,7 +129,7 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
                                "on the CPU provider only; use --device cpu or an fp32 bundle")
         check_output_dir(out / name, force)
         threads = options.threads
-        plan = manifest.get("plan")
+        plan = manifest.plan
         if threads is None and plan:
             threads = _plan_threads(plan)
         entries.append((bundle, name, manifest, model_file, entry["sha256"], threads))
@@ -149,7 +147,7 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
         written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
                         "model": model_file, "max_batch_size": options.max_batch,
                         "instances": options.instances, "device": options.device,
-                        "intra_op_threads": threads, "outputs": manifest["outputs"]})
+                        "intra_op_threads": threads, "outputs": manifest.outputs})
     return written
 
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from shaper_deploy.bundle import BundleManifest
 from shaper_deploy.errors import ExportError, OutputError, ValidationError
 from shaper_deploy.export import (INPUT_NAMES, ExportOptions, _Graph, _export_onnx, _optimize,
                                   _validate, export_bundle, sample_inputs)
@@ -33,17 +34,20 @@ def test_bundle_contents_and_manifest(bundle):
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "model.onnx", "shaper.json", "tokenizer.json"]
     on_disk = json.loads((out / "shaper.json").read_text())
-    assert on_disk == manifest
-    assert manifest["shape"] == [16, 36, 8]
-    assert manifest["params"]["fused"] == SHAPE.params(fused=True)
-    assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(out / "model.onnx")
-    assert manifest["fusion"]["Attention"] == 3  # one fused Attention per layer
-    assert manifest["outputs"] == ["last_hidden_state", "pooler_output"]
-    cases = manifest["validation"]["cases"]
+    assert on_disk == manifest.to_dict() and BundleManifest.read(out) == manifest
+    # the design space is stored once, inside config; the length limit is derived from it
+    assert "design_space" not in on_disk and "max_length" not in on_disk
+    assert manifest.design_space == on_disk["config"]["space"] and manifest.max_length == 64
+    assert manifest.shape == [16, 36, 8]
+    assert manifest.params["fused"] == SHAPE.params(fused=True)
+    assert manifest.files["model.onnx"]["sha256"] == sha256_file(out / "model.onnx")
+    assert manifest.fusion["Attention"] == 3  # one fused Attention per layer
+    assert manifest.outputs == ["last_hidden_state", "pooler_output"]
+    cases = manifest.validation["cases"]
     assert len(cases) >= 3 and {c["padding"] for c in cases} == {"none", "right", "mixed"}
     assert all((c["batch"], c["seq_len"]) != (2, 16) for c in cases)  # never the traced size
-    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
-    assert manifest["source"]["supernet"] == {}  # built in memory, not from a checkpoint
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest.versions)
+    assert manifest.source["supernet"] == {}  # built in memory, not from a checkpoint
 
 
 def test_bundle_runs_like_pytorch_on_new_sizes(bundle, tiny_supernet):
@@ -97,7 +101,7 @@ print("ok")
 def test_fill_mask_bundle_folds_the_last_bottleneck(tmp_path, tiny_supernet):
     manifest = export_bundle(tiny_supernet, SHAPE, tmp_path / "mlm",
                              ExportOptions(task="fill-mask"))
-    assert manifest["outputs"] == ["logits"] and manifest["fused_last_bottleneck_into_head"]
+    assert manifest.outputs == ["logits"] and manifest.fused_last_bottleneck_into_head
     subnet = slice_subnet(tiny_supernet, SHAPE)
     feeds = sample_inputs(97, batch=3, seq_len=11, seed=5)
     logits = make_session(tmp_path / "mlm" / "model.onnx").run(["logits"], feeds)[0]
@@ -110,10 +114,10 @@ def test_fill_mask_bundle_folds_the_last_bottleneck(tmp_path, tiny_supernet):
 def test_int8_accuracy_is_recorded_and_enforced(tmp_path, tiny_supernet_with_tokenizer):
     manifest = export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "q",
                              ExportOptions(int8=True, int8_min_cosine=0.5))
-    q = manifest["quantization"]
+    q = manifest.quantization
     assert q["judged_on"] == "32 English sentences"
     assert 0.5 < q["mean_token_cosine"] <= 1 and q["max_abs_diff"] > 0
-    assert manifest["default_model"] == "model_quantized.onnx"
+    assert manifest.default_model == "model_quantized.onnx"
     int8 = onnx.load(str(tmp_path / "q" / "model_quantized.onnx"))
     assert any(n.op_type == "DynamicQuantizeMatMul" or n.op_type == "MatMulInteger"
                for n in int8.graph.node)
@@ -126,8 +130,8 @@ def test_int8_accuracy_is_recorded_and_enforced(tmp_path, tiny_supernet_with_tok
 def test_no_optimize_keeps_plain_operators(tmp_path, tiny_supernet):
     manifest = export_bundle(tiny_supernet, SHAPE, tmp_path / "plain",
                              ExportOptions(optimize=False))
-    assert manifest["fusion"] is None and "Attention" not in manifest["operators"]
-    assert manifest["operators"]["Softmax"] == 3
+    assert manifest.fusion is None and "Attention" not in manifest.operators
+    assert manifest.operators["Softmax"] == 3
 
 
 def test_attention_fusion_post_condition(tmp_path, tiny_supernet):
@@ -227,3 +231,25 @@ def test_cli_export_minilm_end_to_end(tmp_path, minilm_dir, run_cli):
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [
         "config.json", "model.onnx", "model_quantized.onnx", "shaper.json",
         "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+
+
+def test_the_manifest_reader_checks_what_it_reads(bundle):
+    from shaper_deploy.errors import ServingError
+
+    out, manifest = bundle
+    data = manifest.to_dict()
+    # a version 1 manifest (design space and length limit stored twice) is still read
+    old = {**data, "format_version": 1, "design_space": data["config"]["space"],
+           "max_length": 64}
+    (out / "shaper.json").write_text(json.dumps(old))
+    assert BundleManifest.read(out) == manifest
+    (out / "shaper.json").write_text(json.dumps({**data, "speed": "fast"}))
+    with pytest.raises(ServingError, match=r"unknown bundle manifest .* field\(s\) speed"):
+        BundleManifest.read(out)
+    del data["files"]
+    (out / "shaper.json").write_text(json.dumps(data))
+    with pytest.raises(ServingError, match=r"lacks field\(s\) files"):
+        BundleManifest.read(out)
+    (out / "shaper.json").write_text(json.dumps({**manifest.to_dict(), "format": "other"}))
+    with pytest.raises(ServingError, match="is not a shaper-deploy bundle"):
+        BundleManifest.read(out)

@@ -13,7 +13,7 @@ from shaper_deploy.cli.main import main
 from shaper_deploy.errors import PlannerError, ProfileError
 from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.fusion import drop_identities, fuse_bottlenecks
-from shaper_deploy.heuristics import cigar_family
+from shaper_deploy.heuristics import cigar_family, cigar_shape
 from shaper_deploy.planner import export_for_budget, parse_budget, plan_for_latency
 from shaper_deploy.predictor import DeviceProfile
 from shaper_deploy.slicing import slice_subnet
@@ -75,12 +75,14 @@ class Scripted:
         self.profile, self.factors, self.calls = profile, factors, []
 
     def __call__(self, bundle, model_file, precision, workload):
-        manifest = json.loads((bundle / "shaper.json").read_text())
+        from shaper_deploy.bundle import BundleManifest
         from shaper_deploy.shape import Shape
 
-        shape = Shape(tuple(manifest["shape"]), self.profile.space)
+        manifest = BundleManifest.read(bundle)
+
+        shape = Shape(tuple(manifest.shape), self.profile.space)
         ms = float(self.profile.predict([shape], precision, *workload)[0]) * self.factors[precision]
-        self.calls.append((tuple(manifest["shape"]), precision, workload, model_file))
+        self.calls.append((tuple(manifest.shape), precision, workload, model_file))
         return ms
 
 
@@ -124,7 +126,7 @@ def test_closed_loop_steps_down_when_the_predictor_is_optimistic(profile, supern
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
                                  measure=measure, progress=notes.append)
-    c = manifest["plan"]["candidates"][0]
+    c = manifest.plan["candidates"][0]
     assert len(c["exports"]) >= 2 and not c["exports"][0]["within_budget"]
     assert c["exports"][-1]["within_budget"] and c["exports"][-1]["correction"] > 1
     assert c["params"] < c["exports"][0]["params"] and c["measured_ms"] <= budget
@@ -137,10 +139,10 @@ def test_closed_loop_steps_up_when_far_under_budget(profile, supernet, tmp_path)
     measure = Scripted(profile, {"fp32": 0.6})  # everything 40% faster than predicted
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
                                  measure=measure)
-    c = manifest["plan"]["candidates"][0]
+    c = manifest.plan["candidates"][0]
     assert c["exports"][0]["params"] < c["params"]  # it stepped up
     assert c["measured_ms"] <= budget and c["status"] == "chosen"
-    assert manifest["shape"] == c["shape"]
+    assert manifest.shape == c["shape"]
     assert len(c["exports"]) <= 4
 
 
@@ -153,7 +155,7 @@ def test_auto_keeps_the_candidate_closest_to_the_full_model(profile, supernet, t
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b",
                                  options=ExportOptions(int8_min_cosine=0.5), measure=measure,
                                  progress=notes.append)
-    plan = manifest["plan"]
+    plan = manifest.plan
     cands = {c["precision"]: c for c in plan["candidates"]}
     assert set(cands) == {"fp32", "int8"}
     fitting = [c for c in cands.values() if c["measured_ms"] is not None
@@ -162,7 +164,7 @@ def test_auto_keeps_the_candidate_closest_to_the_full_model(profile, supernet, t
     assert plan["precision"] == best["precision"] and best["status"] == "chosen"
     assert plan["fidelity"] == best["fidelity"] and 0 < plan["fidelity"] <= 1.0 + 1e-6
     expected_model = "model_quantized.onnx" if best["precision"] == "int8" else "model.onnx"
-    assert manifest["default_model"] == expected_model
+    assert manifest.default_model == expected_model
     on_disk = json.loads((tmp_path / "b" / "shaper.json").read_text())
     assert on_disk["plan"]["candidates"] == plan["candidates"]
     assert plan["batch"] == 1 and plan["seq_len"] == 16
@@ -175,11 +177,11 @@ def test_full_shape_fidelity_is_one(profile, supernet, tmp_path):
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b",
                                  options=ExportOptions(int8_min_cosine=0.5),
                                  measure=Scripted(profile, {"fp32": 1.0, "int8": 1.0}))
-    cands = {c["precision"]: c for c in manifest["plan"]["candidates"]}
+    cands = {c["precision"]: c for c in manifest.plan["candidates"]}
     assert cands["fp32"]["shape"] == list(PLAN_SPACE.largest.widths)
     assert cands["fp32"]["fidelity"] == pytest.approx(1.0, abs=1e-5)
     assert cands["int8"]["fidelity"] < cands["fp32"]["fidelity"]
-    assert manifest["plan"]["precision"] == "fp32"
+    assert manifest.plan["precision"] == "fp32"
 
 
 def test_int8_that_fails_its_gate_falls_back_to_fp32(profile, supernet, tmp_path):
@@ -189,10 +191,10 @@ def test_int8_that_fails_its_gate_falls_back_to_fp32(profile, supernet, tmp_path
                                  options=ExportOptions(int8_min_cosine=1.0),
                                  measure=Scripted(profile, {"fp32": 1.0, "int8": 1.0}),
                                  progress=notes.append)
-    cands = {c["precision"]: c for c in manifest["plan"]["candidates"]}
+    cands = {c["precision"]: c for c in manifest.plan["candidates"]}
     assert cands["int8"]["status"] == "gate failed"
     assert "int8 model is too far from fp32" in cands["int8"]["reason"]
-    assert manifest["plan"]["precision"] == "fp32"
+    assert manifest.plan["precision"] == "fp32"
     assert any(n.startswith("int8 dropped") for n in notes)
 
 
@@ -202,8 +204,8 @@ def test_int8_over_budget_falls_back_and_nothing_fits_fails(profile, supernet, t
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b",
                                  options=ExportOptions(int8_min_cosine=0.5), measure=measure,
                                  max_exports=2)
-    cands = {c["precision"]: c for c in manifest["plan"]["candidates"]}
-    assert cands["int8"]["status"] == "over budget" and manifest["plan"]["precision"] == "fp32"
+    cands = {c["precision"]: c for c in manifest.plan["candidates"]}
+    assert cands["int8"]["status"] == "over budget" and manifest.plan["precision"] == "fp32"
     with pytest.raises(PlannerError, match="no candidate met"):
         export_for_budget(supernet, budget, profile, tmp_path / "c", precision="fp32",
                           measure=Scripted(profile, {"fp32": 50.0}), max_exports=2)
@@ -238,7 +240,7 @@ def test_planner_refusals(profile, supernet, tmp_path):
     manifest = export_for_budget(supernet, 1e6, DeviceProfile.load(noisy), tmp_path / "b",
                                  precision="fp32", allow_unreliable=True,
                                  measure=Scripted(profile, {"fp32": 1.0}))
-    assert manifest["plan"]["profile_trust"]["reliable"] is False
+    assert manifest.plan["profile_trust"]["reliable"] is False
     assert not any(p.name.startswith(".b.") for p in tmp_path.iterdir())
 
 
@@ -299,11 +301,19 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     data = json.loads(r.stdout)
     assert data["params"]["fused"] <= 250_000
     assert [p["precision"] for p in data["predicted_latency"]] == ["fp32", "int8"]
-    assert not (tmp_path / "x").exists()
+    # the prediction is recorded in the bundle's manifest, as printed
+    from shaper_deploy.bundle import BundleManifest
+
+    assert BundleManifest.read(tmp_path / "out").predicted_latency == data["predicted_latency"]
     shapes = json.loads(runner.invoke(main, ["shapes", "--supernet", str(tmp_path / "super"),
                                              "--profile", str(tiny_profile), "--json"]).stdout)
-    params = [r["params"] for r in shapes["shapes"]]
-    assert params == sorted(params)
+    space = supernet.config.space
+    for row in shapes["shapes"]:  # each the cigar shape of its target, predicted per precision
+        shape = cigar_shape(row["target"], space)
+        assert row["shape"] == list(shape.widths) and row["params"] == shape.params()
+        loaded = DeviceProfile.load(tiny_profile)
+        assert row["predicted_ms"]["fp32"] == pytest.approx(float(loaded.predict(
+            [shape], "fp32", *loaded.reference_workload)[0]), rel=1e-6)
     assert all(set(r["predicted_ms"]) == {"fp32", "int8"} for r in shapes["shapes"])
 
 
@@ -320,16 +330,16 @@ def test_identity_projections_are_dropped_and_outputs_unchanged(tiny_bert_dir, t
         a, b = kept(ids, mask, types), pruned(ids, mask, types)
     assert torch.equal(a.last_hidden_state, b.last_hidden_state)
     manifest = export_bundle(supernet, full, tmp_path / "b")
-    assert manifest["dropped_identities"] == dropped
+    assert manifest.dropped_identities == dropped
     # The plain BERT graph: per layer the attention output and FFN in/out (QKV is in Attention)
-    assert manifest["operators"]["MatMul"] == 3 * n
+    assert manifest.operators["MatMul"] == 3 * n
     # In an identity network every equal-width transition is a slice of I, and dropped;
     # projections that change the width stay.
     small = export_bundle(supernet, supernet.config.space.smallest, tmp_path / "s")
-    assert small["dropped_identities"] == [f"transitions.{i}" for i in range(n - 1)]
+    assert small.dropped_identities == [f"transitions.{i}" for i in range(n - 1)]
     # A network whose bottlenecks are not identities keeps every matrix.
     trained = export_bundle(randomize(supernet), full, tmp_path / "t")
-    assert trained["dropped_identities"] == [] and trained["operators"]["MatMul"] == 4 * n + 1
+    assert trained.dropped_identities == [] and trained.operators["MatMul"] == 4 * n + 1
 
 
 def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, supernet,
@@ -352,8 +362,8 @@ def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, su
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="int8",
                                  options=ExportOptions(int8_min_cosine=0.5),
                                  measure=Scripted(profile, {"int8": 0.6}))
-    c = manifest["plan"]["candidates"][0]
+    c = manifest.plan["candidates"][0]
     assert len(int8_exports) == 2 and c["status"] == "chosen"
     assert c["shape"] == list(int8_exports[0].widths)  # the first, which fit
     assert "gate_failed" in c["exports"][-1]
-    assert manifest["default_model"] == "model_quantized.onnx"
+    assert manifest.default_model == "model_quantized.onnx"

@@ -58,10 +58,29 @@ def test_search_respects_limits_and_beats_random():
     randoms = [s for s in (random_shape(PAPER_SPACE, rng) for _ in range(3000))
                if s.params() <= 55_000_000]
     assert result.best.quality >= synthetic_quality(randoms).max()
-    params = [c.params for c in result.pareto]
-    assert params == sorted(params)
-    qualities = [c.quality for c in result.pareto]
-    assert qualities == sorted(qualities)  # each Pareto step buys quality with parameters
+
+
+
+def test_search_matches_brute_force_on_a_small_space():
+    """TINY_SPACE has 6^3 = 216 shapes: the search's best and its Pareto front (best quality
+    per parameter count among shapes within the limit) equal exhaustive enumeration's."""
+    import itertools
+
+    from shaper_deploy.shape import Shape
+
+    every = [Shape(w, TINY_SPACE) for w in itertools.product(TINY_SPACE.widths, repeat=3)]
+    limit = sorted(s.params() for s in every)[150]
+    result = evolutionary_search(TINY_SPACE, synthetic_quality, True, max_params=limit,
+                                 config=SearchConfig(iterations=40, seed=3))
+    allowed = [s for s in every if s.params() <= limit]
+    q = dict(zip(allowed, synthetic_quality(allowed)))
+    assert result.best.quality == pytest.approx(max(q.values()))
+    front, best_so_far = [], -np.inf
+    for s in sorted(allowed, key=lambda s: (s.params(), -q[s])):
+        if q[s] > best_so_far:
+            front.append(s)
+            best_so_far = q[s]
+    assert [c.shape for c in result.pareto] == front
 
 
 def test_search_lower_is_better_and_impossible_limits():

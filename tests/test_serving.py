@@ -145,7 +145,9 @@ def test_cli_run_and_bench(bundle, tmp_path, tiny_supernet_with_tokenizer):
     b = json.loads(runner.invoke(main, ["bench", str(bundle), "--duration", "0.5",
                                         "--concurrency", "2", "--seq-len", "16",
                                         "--json"]).stdout)
-    assert b["requests"] > 0 and b["concurrency"] == 2
+    assert b["concurrency"] == 2 and b["throughput_rps"] == pytest.approx(
+        b["requests"] / b["duration_s"], rel=1e-2)
+    assert b["requests"] >= 2  # both threads ran at least one request in 0.5 s
     assert b["model"] == "model.onnx"
     too_long = runner.invoke(main, ["bench", str(bundle), "--seq-len", "65", "--duration", "0.1"])
     assert too_long.exit_code == 1 and "exceeds the model's 64 positions" in too_long.stderr

@@ -30,7 +30,7 @@ from ..errors import CheckpointError
 from ..io import atomic_dir, sha256_file
 from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, is_supershaper,
                      read_checkpoint_header, read_json)
-from .model import BottleneckBert, SuperBert
+from .model import BottleneckBert, Provenance, SuperBert
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json", "added_tokens.json")
@@ -194,13 +194,11 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     _identity_bottlenecks(model)
     _load_checked(model, state, weights_file,
                   optional=None if has_bottlenecks else re.compile(r".*_bottleneck\.(weight|bias)"))
-    model.tokenizer_files = _read_tokenizer_files(path)
-    model.source = {"path": str(path.resolve()),
-                    "kind": "supershaper" if supershaper else "bert",
-                    "weights_sha256": sha256_file(weights_file)}
-    if supershaper:
-        model.checkpoint = {"checkpoint": model.source["path"],
-                            "checkpoint_weights_sha256": model.source["weights_sha256"]}
+    source = {"path": str(path.resolve()), "kind": "supershaper" if supershaper else "bert",
+              "weights_sha256": sha256_file(weights_file)}
+    checkpoint = ({"checkpoint": source["path"],
+                   "checkpoint_weights_sha256": source["weights_sha256"]} if supershaper else {})
+    model.provenance = Provenance(_read_tokenizer_files(path), source, checkpoint)
     return model.eval()
 
 
@@ -223,16 +221,15 @@ def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> Supe
     state, _ = _read_weights(path)
     model = SuperBert(header["config"])
     _load_checked(model, state, weights)
-    model.tokenizer_files = _read_tokenizer_files(path)
-    model.source = header.get("source", {})
-    model.checkpoint = {"checkpoint": str(path.resolve()),
-                        "checkpoint_weights_sha256": actual_sha}
+    model.provenance = Provenance(
+        _read_tokenizer_files(path), header.get("source", {}),
+        {"checkpoint": str(path.resolve()), "checkpoint_weights_sha256": actual_sha})
     return model.eval()
 
 
 def write_supernet(model: SuperBert, folder: Path) -> None:
     """Write ``model``'s checkpoint files into an existing (temporary) folder."""
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
               "shaper_deploy_version": __version__, "config": model.config.to_dict(),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
+from ..errors import ShapeError, ShaperError
 from ..shape import Shape
 from .config import SuperConfig
 from .modules import BottleneckLayer, Embeddings, MLMHead, Pooler, attention_bias
@@ -16,6 +18,18 @@ from .modules import BottleneckLayer, Embeddings, MLMHead, Pooler, attention_bia
 class EncoderOutput(NamedTuple):
     last_hidden_state: torch.Tensor  # (B, S, D): after the last output bottleneck
     pooler_output: torch.Tensor | None  # (B, D) when the network has a pooler
+    # every layer's output after its output bottleneck (B, S, D), when asked for (training)
+    layer_outputs: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a network came from. It travels with the network (slicing, training, export)
+    as one value, and export records it in the bundle."""
+
+    tokenizer_files: Mapping[str, bytes] = field(default_factory=dict)  # the source BERT's
+    source: Mapping[str, Any] = field(default_factory=dict)  # the BERT / training it came from
+    checkpoint: Mapping[str, Any] = field(default_factory=dict)  # file loaded, and its sha256
 
 
 class BottleneckBert(nn.Module):
@@ -37,25 +51,50 @@ class BottleneckBert(nn.Module):
         self.pooler = Pooler(s.hidden_size) if config.pooler else None
         self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size, config.hidden_act,
                                  config.layer_norm_eps) if s.mlm_head else None)
+        self.provenance = Provenance()
+
+    # The provenance's parts, read and replaced one at a time (the value itself is frozen).
+    @property
+    def tokenizer_files(self) -> Mapping[str, bytes]:
+        return self.provenance.tokenizer_files
+
+    @tokenizer_files.setter
+    def tokenizer_files(self, files: Mapping[str, bytes]) -> None:
+        self.provenance = replace(self.provenance, tokenizer_files=dict(files))
+
+    @property
+    def source(self) -> Mapping[str, Any]:
+        return self.provenance.source
+
+    @source.setter
+    def source(self, source: Mapping[str, Any]) -> None:
+        self.provenance = replace(self.provenance, source=dict(source))
+
+    @property
+    def checkpoint(self) -> Mapping[str, Any]:
+        return self.provenance.checkpoint
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                token_type_ids: torch.Tensor | None, widths: Sequence[int | None]
-                ) -> EncoderOutput:
+                token_type_ids: torch.Tensor | None, widths: Sequence[int | None],
+                layer_outputs: bool = False) -> EncoderOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask, x.dtype)
+        outputs = []
         for layer, width in zip(self.layers, widths):
             x = layer(x, bias, width)
+            outputs.append(x)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return EncoderOutput(x, pooled)
+        return EncoderOutput(x, pooled, tuple(outputs) if layer_outputs else None)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Masked-LM logits (B, S, vocab) from ``last_hidden_state``."""
         if self.mlm_head is None:
-            raise ValueError("this network has no MLM head")
+            raise ShaperError("this network has no MLM head; the fill-mask task and the mlm "
+                              "objective need a BERT with one")
         return self.mlm_head(hidden, self.embeddings.word.weight)
 
 
@@ -68,20 +107,17 @@ class SuperBert(BottleneckBert):
 
     def __init__(self, config: SuperConfig):
         super().__init__(config, config.space.largest.widths)
-        self.tokenizer_files: dict[str, bytes] = {}  # carried over from the source BERT
-        self.source: dict = {}  # provenance recorded in the checkpoint
-        self.checkpoint: dict = {}  # where it was loaded from and that file's sha256
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, shape: Shape | None = None
-                ) -> EncoderOutput:
+                token_type_ids: torch.Tensor | None = None, shape: Shape | None = None,
+                layer_outputs: bool = False) -> EncoderOutput:
         if shape is None:
             widths: Sequence[int | None] = [None] * len(self.layers)
         else:
             if shape.space != self.config.space:
-                raise ValueError("shape belongs to another design space than this network")
+                raise ShapeError("shape belongs to another design space than this network")
             widths = shape.widths
-        return self._encode(input_ids, attention_mask, token_type_ids, widths)
+        return self._encode(input_ids, attention_mask, token_type_ids, widths, layer_outputs)
 
     @classmethod
     def from_bert(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":

@@ -5,14 +5,20 @@ their gradients before one optimizer step. Two objectives:
 
 * ``mlm``: masked language modelling (15%, 80/10/10), the paper's; an MLM head is created when
   the source BERT has none;
-* ``distill``: every shape learns to reproduce the *source* network's final hidden states
-  (the frozen ``--supernet`` at full width): needs only unlabeled text, and suits sentence
+* ``distill``: every shape learns to reproduce the *source* network (the frozen
+  ``--supernet`` at full width): its final hidden states and, with ``layer_loss`` > 0, every
+  layer's output after its output bottleneck. Needs only unlabeled text, and suits sentence
   encoders such as all-MiniLM-L6-v2.
 
-Many processes: launch with ``torchrun`` (``torch.distributed.run``); the process group
-(gloo on CPU, nccl on GPU) comes from its environment and the model is wrapped in PyTorch's
-DistributedDataParallel. Shapes, batch order and masks derive from (seed, step, rank) only,
-so every rank draws the same shapes and a resumed run repeats the uninterrupted one exactly.
+Before the first step the super network's features can be put in order of importance
+(``order``, :mod:`.rewire`), so that slices keep the features that matter.
+
+Devices: ``device`` "cpu" or "cuda". Under torchrun each process takes ``cuda:LOCAL_RANK``;
+model, teacher and batches live there; the process group is NCCL on GPUs and gloo on CPUs
+(from torchrun's environment) and the model is wrapped in DistributedDataParallel.
+``precision`` "bf16" runs the forward passes under autocast. Shapes, batch order and masks
+derive from (seed, step, rank) only, so every rank draws the same shapes and a resumed run
+repeats the uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import math
 import os
 import pickle
 import random
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,47 +44,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TrainingError
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_write_bytes
 from ..shape import Shape
-from ..supernet.checkpoint import load_supernet, write_supernet
+from ..supernet.checkpoint import write_supernet
 from ..supernet.model import SuperBert
 from ..templates import random_shape
 from .data import Corpus
+from .config import RESUME_KEYS, TrainConfig, native_bf16
+from .rewire import importance_order
 
-OBJECTIVES = ("mlm", "distill")
-# A resumed run must use the settings it was started with; steps included, since the
-# learning-rate schedule is laid out over them.
-RESUME_KEYS = ("objective", "steps", "batch_size", "seq_len", "random_shapes", "lr",
-               "warmup_steps",
-               "weight_decay", "mlm_probability", "seed", "val_fraction")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    objective: str = "distill"  # mlm (the paper's) or distill (match the source's hidden states)
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 16  # blocks per process per step
-    seq_len: int = 128  # tokens per block
-    random_shapes: int = 2  # random shapes per step besides the largest and the smallest
-    lr: float = 5e-5  # peak AdamW learning rate
-    warmup_steps: int = 0  # linear warm-up, then linear decay to 0
-    weight_decay: float = 0.0
-    mlm_probability: float = 0.15
-    checkpoint_every: int = 100  # steps between checkpoints
-    seed: int = 0
-    val_fraction: float = 0.05  # share of blocks held out for validation
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise TrainingError(f"unknown objective {self.objective!r}; allowed: "
-                                f"{', '.join(OBJECTIVES)}")
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name.replace('_', '-')} must be positive, "
-                                    f"got {getattr(self, name)}")
-        if self.random_shapes < 0 or self.warmup_steps < 0 or not self.lr > 0:
-            raise TrainingError("random-shapes and warmup-steps must not be negative and lr "
-                                "must be positive")
+ORDER_BLOCKS = 256  # token blocks the importance order is measured on
+PROGRESS_SECONDS = 15.0  # longest silence between progress lines
 
 
 def sandwich_shapes(model: SuperBert, step: int, n_random: int, seed: int) -> list[Shape]:
@@ -95,13 +73,24 @@ class _Objective(nn.Module):
         self.teacher = [teacher]  # a list: kept out of the module tree (frozen, not trained)
 
     def forward(self, ids: torch.Tensor, shape: Shape, labels: torch.Tensor | None,
-                target: torch.Tensor | None) -> torch.Tensor:
-        hidden = self.model(ids, shape=shape).last_hidden_state
+                target: Any, layer_loss: float = 0.0) -> torch.Tensor:
+        out = self.model(ids, shape=shape, layer_outputs=layer_loss > 0)
         if labels is not None:
-            logits = self.model.mlm_logits(hidden)
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
+            logits = self.model.mlm_logits(out.last_hidden_state)
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
                                    ignore_index=-100)
-        return F.mse_loss(hidden, target) / target.var().clamp_min(1e-6)
+        loss = _scaled_mse(out.last_hidden_state, target.last_hidden_state)
+        if layer_loss > 0:
+            per_layer = [_scaled_mse(h, t) for h, t in zip(out.layer_outputs,
+                                                           target.layer_outputs)]
+            loss = loss + layer_loss * sum(per_layer) / len(per_layer)
+        return loss
+
+
+def _scaled_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the target's variance (1 = predicting the mean)."""
+    target = target.float()
+    return F.mse_loss(output.float(), target) / target.var().clamp_min(1e-6)
 
 
 def mask_tokens(ids: torch.Tensor, corpus: Corpus, vocab: int, probability: float,
@@ -123,12 +112,63 @@ def mask_tokens(ids: torch.Tensor, corpus: Corpus, vocab: int, probability: floa
     return inputs, labels
 
 
-def _distributed() -> tuple[int, int]:
+def training_device(config: TrainConfig) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK (torchrun sets it; 0 alone) or the CPU;
+    a device or precision this machine cannot run is one TrainingError."""
+    config = config.resolved()
+    if config.device == "cpu":
+        if config.precision == "bf16" and not native_bf16("cpu"):
+            raise TrainingError("--precision bf16: this CPU has neither AVX-512 BF16 nor AMX, "
+                                "so bf16 would be emulated and slow; use --precision fp32")
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no usable CUDA GPU here (torch.cuda.is_available() "
+                            "is False); use --device cpu")
+    if local >= torch.cuda.device_count():
+        raise TrainingError(f"--device cuda: LOCAL_RANK {local} but only "
+                            f"{torch.cuda.device_count()} GPU(s) visible; start at most that "
+                            "many processes per node")
+    if config.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise TrainingError(f"--precision bf16: GPU {torch.cuda.get_device_name(local)} does "
+                            "not support bfloat16; use --precision fp32")
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class _StopRequest:
+    """Ctrl-C in a single process: finish the running step, checkpoint it, then stop.
+
+    A second Ctrl-C stops at once (the last periodic checkpoint is kept). Under torchrun
+    every rank must stop at the same step, so the default handling stays there.
+    """
+
+    def __init__(self, enabled: bool, note: Callable[[str], None]):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.note, self.requested, self.previous = note, False, None
+
+    def __enter__(self) -> "_StopRequest":
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.note("interrupt: finishing this step to checkpoint it (Ctrl-C again to stop now)")
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -163,25 +203,30 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
     ``widths``: a SuperShaper checkpoint's allowed widths (needed when D is not 768)."""
     note = progress or (lambda message: None)
     out = Path(out)
-    rank, world = _distributed()
+    config = config.resolved()
+    device = training_device(config)
+    rank, world = _distributed(device)
     talk = note if rank == 0 else (lambda message: None)
-    base = load_supernet(source, widths)
+    base = SuperBert.load(source, widths)
     model = base
     teacher = None
     if config.objective == "distill":
-        teacher = copy.deepcopy(base).eval().requires_grad_(False)
+        teacher = copy.deepcopy(base).eval().requires_grad_(False).to(device)
     elif model.mlm_head is None:
         talk("the source has no MLM head: creating one (the decoder is tied to the embeddings)")
         model = _with_mlm_head(base)
     start, history = 0, []
     checkpoint = out / "checkpoint"
     state = None
-    if (checkpoint / "train.json").is_file():
+    if (checkpoint / "train.json").is_file():  # every rank reads rank 0's checkpoint
         state = _resume(checkpoint, model, config)
         model = state["model"]
         start, history = state["step"], state["history"]
         talk(f"resuming {checkpoint} at step {start}")
-    model.train()
+    elif config.order != "none":
+        model = importance_order(model, corpus.train[:ORDER_BLOCKS], config.order,
+                                 progress=talk)
+    model.to(device).train()
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.steps
@@ -193,64 +238,105 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves the moments to the params' device
         scheduler.load_state_dict(state["scheduler"])
     objective = _Objective(model, teacher)
     wrapped: nn.Module = objective
     if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+        wrapped = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     order = _BatchOrder(len(corpus.train), config.seed)
     vocab = model.config.space.vocab_size
-    started = time.perf_counter()
-    for step in range(start, total):
-        ids = corpus.train[order.indices(step, rank, world, config.batch_size)]
-        labels = target = None
-        if config.objective == "mlm":
-            g = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1009 + rank)
-            ids, labels = mask_tokens(ids, corpus, vocab, config.mlm_probability, g)
-        else:
-            with torch.no_grad():
-                target = teacher(ids).last_hidden_state
-        optimizer.zero_grad(set_to_none=True)
-        shapes = sandwich_shapes(model, step, config.random_shapes, config.seed)
-        losses = []
-        for k, shape in enumerate(shapes):
-            last = k == len(shapes) - 1
-            sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
-            with sync:
-                loss = wrapped(ids, shape, labels, target)
-                loss.backward()  # gradients of all shapes add up; DDP reduces on the last
-            losses.append(float(loss.detach()))
-        optimizer.step()
-        scheduler.step()
-        history.append({"step": step + 1, "loss": losses, "lr": scheduler.get_last_lr()[0]})
-        done = step + 1
-        if done % max(1, total // 20) == 0 or done == total:
-            rate = (done - start) / (time.perf_counter() - started)
-            talk(f"step {done}/{total}  loss {sum(losses) / len(losses):.4f} (largest "
-                 f"{losses[0]:.4f}, smallest {losses[1]:.4f})  {rate:.2f} steps/s  "
-                 f"ETA {(total - done) / rate:.0f} s")
-        if done % config.checkpoint_every == 0 and done < total:
-            _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history, rank)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if config.precision == "bf16" else contextlib.nullcontext())
+    n_shapes = 2 + config.random_shapes
+    talk(f"training steps {start + 1}..{total} on {world} process(es), {device.type}, "
+         f"{config.precision}: each step {n_shapes} shapes x {config.accumulate} x "
+         f"{config.batch_size} blocks of {config.seq_len} tokens per process")
+    started = last_note = time.perf_counter()
+    with _StopRequest(world == 1, talk) as stop:
+        for step in range(start, total):
+            step_started = time.perf_counter()
+            shapes = sandwich_shapes(model, step, config.random_shapes, config.seed)
+            optimizer.zero_grad(set_to_none=True)
+            losses = [0.0] * len(shapes)
+            for micro in range(config.accumulate):
+                batch = order.indices(step * config.accumulate + micro, rank, world,
+                                      config.batch_size)
+                ids = corpus.train[batch]
+                labels = target = None
+                if config.objective == "mlm":
+                    g = torch.Generator().manual_seed(
+                        config.seed * 1_000_003 + (step * config.accumulate + micro) * 1009
+                        + rank)
+                    ids, labels = mask_tokens(ids, corpus, vocab, config.mlm_probability, g)
+                    labels = labels.to(device)
+                ids = ids.to(device)
+                if teacher is not None:
+                    with torch.no_grad(), autocast:
+                        target = teacher(ids, layer_outputs=config.layer_loss > 0)
+                for k, shape in enumerate(shapes):
+                    last = k == len(shapes) - 1 and micro == config.accumulate - 1
+                    sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
+                    with sync:
+                        with autocast:
+                            loss = wrapped(ids, shape, labels, target, config.layer_loss)
+                        # gradients of all shapes and micro-batches add up; DDP reduces once
+                        (loss / config.accumulate).backward()
+                    losses[k] += float(loss.detach()) / config.accumulate
+            optimizer.step()
+            scheduler.step()
+            now = time.perf_counter()
+            history.append({"step": step + 1, "loss": losses, "lr": scheduler.get_last_lr()[0],
+                            "seconds": round(now - step_started, 4)})
+            done = step + 1
+            if (done == start + 1 or done % max(1, total // 20) == 0 or done == total
+                    or now - last_note >= PROGRESS_SECONDS):
+                last_note = now
+                rate = (done - start) / (now - started)
+                talk(f"step {done}/{total}  loss {sum(losses) / len(losses):.4f} (largest "
+                     f"{losses[0]:.4f}, smallest {losses[1]:.4f})  {rate:.2f} steps/s  "
+                     f"ETA {_duration((total - done) / rate)}")
+            if stop.requested and done < total:
+                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history, rank)
+                talk(f"checkpoint of step {done} written")
+                raise KeyboardInterrupt
+            if done % config.checkpoint_every == 0 and done < total:
+                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history,
+                            rank)
+    seconds = time.perf_counter() - started
     digests = [_weights_digest(model)]
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, digests[0])
         digests = gathered
     summary = {"steps": total, "objective": config.objective, "world_size": world,
-               "ranks_identical": len(set(digests)) == 1, "weights_sha256": digests[0],
-               "config": asdict(config), "final_loss": history[-1]["loss"] if history else None,
-               "validation": _validate(model, teacher, corpus, config) if rank == 0 else None,
+               "device": device.type, "ranks_identical": len(set(digests)) == 1,
+               "weights_sha256": digests[0], "config": asdict(config),
+               "seconds": round(seconds, 3),  # the steps run by this call (not resumed ones)
+               "final_loss": history[-1]["loss"] if history else None,
+               "validation": (_validate(model, teacher, corpus, config, device)
+                              if rank == 0 else None),
                "history": history}
     if rank == 0:
         _checkpoint(checkpoint, model, optimizer, scheduler, config, total, history, rank)
         with atomic_dir(out / "supernet", force=True) as tmp:
             write_supernet(model, tmp)
-        (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_bytes(out / "train.json", (json.dumps(summary, indent=2) + "\n").encode())
         talk(f"wrote {out / 'supernet'}")
     if world > 1:
         dist.barrier()
     return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _with_mlm_head(model: SuperBert) -> SuperBert:
@@ -266,7 +352,7 @@ def _with_mlm_head(model: SuperBert) -> SuperBert:
         head.norm.weight.fill_(1.0)
         head.norm.bias.zero_()
         head.bias.zero_()
-    grown.tokenizer_files, grown.source = model.tokenizer_files, model.source
+    grown.provenance = model.provenance
     return grown
 
 
@@ -297,11 +383,10 @@ def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, An
         raise TrainingError(f"checkpoint {folder} was trained with other settings "
                             f"({'; '.join(changed)}); use the same settings to resume, "
                             "or a new --out")
-    resumed = load_supernet(folder)
+    resumed = SuperBert.load(folder)  # with its provenance (tokenizer, source, order)
     if resumed.config != model.config:
         raise TrainingError(f"checkpoint {folder} is of another architecture than the super "
                             "network being trained; use a new --out")
-    resumed.tokenizer_files, resumed.source = model.tokenizer_files, model.source
     try:  # tensors and plain containers only: a pickle holding objects is refused
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -316,23 +401,22 @@ def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, An
 
 @torch.no_grad()
 def _validate(model: SuperBert, teacher: SuperBert | None, corpus: Corpus,
-              config: TrainConfig) -> dict[str, Any]:
-    """Held-out loss of the largest and smallest shapes (and perplexity for MLM)."""
+              config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Held-out loss of the largest and smallest shapes (and perplexity for MLM), in fp32."""
     model.eval()
-    ids = corpus.val[:32]
+    ids = corpus.val[:32].to(device)
     out = {}
     objective = _Objective(model, teacher)
+    target = teacher(ids, layer_outputs=config.layer_loss > 0) if teacher is not None else None
     for name, shape in (("largest", model.config.space.largest),
                         ("smallest", model.config.space.smallest)):
         if config.objective == "mlm":
             g = torch.Generator().manual_seed(12345)
-            inputs, labels = mask_tokens(ids, corpus, model.config.space.vocab_size,
+            inputs, labels = mask_tokens(ids.cpu(), corpus, model.config.space.vocab_size,
                                          config.mlm_probability, g)
-            loss = float(objective(inputs, shape, labels, None))
+            loss = float(objective(inputs.to(device), shape, labels.to(device), None))
             out[name] = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
         else:
-            target = teacher(ids).last_hidden_state
-            out[name] = {"loss": float(objective(ids, shape, None, target))}
+            out[name] = {"loss": float(objective(ids, shape, None, target, config.layer_loss))}
     model.train()
     return out
-

@@ -1,0 +1,83 @@
+"""Settings of a super-training run (no torch here: the CLI reads them for its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import TrainingError
+
+OBJECTIVES = ("mlm", "distill")
+ORDERS = ("none", "residual", "residual+heads")  # see rewire.py
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when a GPU is usable, else cpu
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
+# A resumed run must use the settings it was started with; steps included, since the
+# learning-rate schedule is laid out over them. Device and precision may change.
+RESUME_KEYS = ("objective", "steps", "batch_size", "accumulate", "seq_len", "random_shapes",
+               "lr", "warmup_steps", "layer_loss", "order", "weight_decay", "mlm_probability",
+               "seed", "val_fraction")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "distill"  # mlm (the paper's) or distill (match the source's hidden states)
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # blocks per process per micro-batch
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    seq_len: int = 128  # tokens per block
+    random_shapes: int = 2  # random shapes per step besides the largest and the smallest
+    lr: float = 5e-4  # peak AdamW learning rate (short CPU runs; see docs/training.md)
+    warmup_steps: int = -1  # linear warm-up, then linear decay to 0; -1: 5% of the steps
+    # distill: weight of every layer's output as a target beside the final hidden state
+    # (measured no better than the final state alone on short runs: see docs/training.md)
+    layer_loss: float = 0.0
+    order: str = "residual+heads"  # importance order applied before the first step
+    device: str = "auto"  # cpu or cuda (cuda:LOCAL_RANK under torchrun); resolved when made
+    precision: str = "auto"  # fp32, or bf16 autocast; resolved when made
+    weight_decay: float = 0.0
+    mlm_probability: float = 0.15
+    checkpoint_every: int = 100  # steps between checkpoints
+    seed: int = 0
+    val_fraction: float = 0.05  # share of blocks held out for validation
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("objective", OBJECTIVES), ("order", ORDERS),
+                              ("device", DEVICES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise TrainingError(f"unknown {name} {getattr(self, name)!r}; allowed: "
+                                    f"{', '.join(allowed)}")
+        for name in ("steps", "batch_size", "accumulate", "seq_len", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name.replace('_', '-')} must be positive, "
+                                    f"got {getattr(self, name)}")
+        if self.warmup_steps == -1:
+            object.__setattr__(self, "warmup_steps", self.steps // 20)
+        if self.random_shapes < 0 or self.warmup_steps < 0 or not self.lr > 0:
+            raise TrainingError("random-shapes and warmup-steps must not be negative and lr "
+                                "must be positive")
+        if self.layer_loss < 0 or (self.layer_loss and self.objective != "distill"):
+            raise TrainingError("layer-loss must not be negative, and is for the distill "
+                                "objective only")
+
+    def resolved(self) -> "TrainConfig":
+        """The settings with ``auto`` device and precision decided for this machine."""
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if native_bf16(device) else "fp32"
+        return replace(self, device=device, precision=precision)
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere bf16 on the CPU is emulated and slower than fp32)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)()
+               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

@@ -1,0 +1,127 @@
+"""Importance-ordered super networks: the leading slice of every width keeps what matters.
+
+Slicing keeps the *first* d features of a layer (SPEC section 2). A super network made from a
+pretrained BERT has its features in no useful order, so a slice keeps an arbitrary d of them.
+Network rewiring (DynaBERT; the SuperShaper repository's ``--rewire``) reorders them first,
+measured on a little text:
+
+* the residual features inside each layer (the input bottleneck's rows, the attention and FFN
+  weights on the residual side, the LayerNorms, the output bottleneck's columns), by their
+  energy E[h_j^2] at the layer's input plus at its output;
+* the attention heads, by the energy of their contribution to the attention output; within a
+  head, the query/key dimensions by E[q_j^2] E[k_j^2] and the value dimensions by E[v_j^2]
+  times the norm of their column in the output projection.
+
+Each is a permutation applied together with its inverse on the other side (bottlenecks,
+LayerNorms, the query/key pair, the value/output pair), so the full shape computes exactly
+what it computed before (tested); only what a slice keeps changes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+
+from ..errors import TrainingError
+from ..supernet.model import SuperBert
+from .config import ORDERS
+from ..supernet.modules import BottleneckLayer
+
+
+def _stats(model: SuperBert, ids: torch.Tensor, batch: int) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the mean squares of the features the permutations act on (full shape)."""
+    layers = [b for b in model.layers]
+    stats: list[dict[str, torch.Tensor]] = [{} for _ in layers]
+    hooks = []
+
+    def add(i: int, name: str, x: torch.Tensor) -> None:
+        sq = x.detach().double().pow(2).reshape(-1, x.shape[-1]).sum(0)
+        stats[i][name] = stats[i].get(name, 0) + sq
+
+    for i, block in enumerate(layers):
+        t = block.layer
+        hooks += [
+            t.register_forward_pre_hook(lambda m, a, i=i: add(i, "in", a[0])),
+            t.register_forward_hook(lambda m, a, out, i=i: add(i, "out", out)),
+            t.query.register_forward_hook(lambda m, a, out, i=i: add(i, "q", out)),
+            t.key.register_forward_hook(lambda m, a, out, i=i: add(i, "k", out)),
+            t.value.register_forward_hook(lambda m, a, out, i=i: add(i, "v", out)),
+            t.attn_out.register_forward_pre_hook(lambda m, a, i=i: add(i, "ctx", a[0])),
+        ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for k in range(0, len(ids), batch):
+                model(ids[k:k + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return stats
+
+
+def _permute_residual(block: BottleneckLayer, p: torch.Tensor) -> None:
+    t = block.layer
+    block.input_bottleneck.weight.copy_(block.input_bottleneck.weight[p])
+    block.input_bottleneck.bias.copy_(block.input_bottleneck.bias[p])
+    for lin in (t.query, t.key, t.value, t.ffn_in):  # the residual is their input
+        lin.weight.copy_(lin.weight[:, p])
+    for lin in (t.attn_out, t.ffn_out):  # ... and their output
+        lin.weight.copy_(lin.weight[p])
+        lin.bias.copy_(lin.bias[p])
+    for norm in (t.attn_norm, t.ffn_norm):
+        norm.weight.copy_(norm.weight[p])
+        norm.bias.copy_(norm.bias[p])
+    block.output_bottleneck.weight.copy_(block.output_bottleneck.weight[:, p])
+
+
+def _permute_heads(block: BottleneckLayer, qk: torch.Tensor, v: torch.Tensor) -> None:
+    t = block.layer
+    for lin, p in ((t.query, qk), (t.key, qk), (t.value, v)):
+        lin.weight.copy_(lin.weight[p])
+        lin.bias.copy_(lin.bias[p])
+    t.attn_out.weight.copy_(t.attn_out.weight[:, v])
+
+
+def _descending(score: torch.Tensor) -> torch.Tensor:
+    # stable, so equal scores (e.g. dead features) keep their order and the result is unique
+    return torch.sort(-score, stable=True).indices
+
+
+def _head_orders(t, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    H, w = t.num_heads, t.width
+    hs = w // H
+    out_norm = t.attn_out.weight.detach().double().pow(2).sum(0)  # per ctx feature
+    contribution = (s["ctx"] * out_norm).view(H, hs)
+    order = _descending(contribution.sum(1))  # heads, most important first
+    qk_score = (s["q"] * s["k"]).view(H, hs)
+    v_score = (s["v"] * out_norm).view(H, hs)
+    qk = torch.cat([h * hs + _descending(qk_score[h]) for h in order.tolist()])
+    v = torch.cat([h * hs + _descending(v_score[h]) for h in order.tolist()])
+    return qk, v
+
+
+def importance_order(model: SuperBert, ids: torch.Tensor, order: str = "residual+heads",
+                     batch: int = 32, progress: Callable[[str], None] | None = None
+                     ) -> SuperBert:
+    """A copy of ``model`` with every layer's features sorted by importance on ``ids``
+    (token blocks, (N, S)); the full shape's outputs are unchanged."""
+    if order not in ORDERS:
+        raise TrainingError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+    out = copy.deepcopy(model)
+    if order == "none":
+        return out
+    stats = _stats(out, ids, batch)
+    with torch.no_grad():
+        for block, s in zip(out.layers, stats):
+            if order == "residual+heads":
+                _permute_heads(block, *_head_orders(block.layer, s))
+            _permute_residual(block, _descending(s["in"] + s["out"]))
+    if progress:
+        progress(f"ordered the features of {len(out.layers)} layers by importance on "
+                 f"{len(ids)} blocks ({order})")
+    out.source = {**model.source, "importance_order": order}
+    return out
