@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shaper_deploy.errors import PlannerError
 from shaper_deploy.fidelity import embedding_fidelity
 from shaper_deploy.planner import export_for_budget, reference_outputs
 from shaper_deploy.predictor import DeviceProfile
-from shaper_deploy.profiling.profile import measure_model
 from shaper_deploy.runtime import make_session
 from shaper_deploy.supernet import SuperBert
 
@@ -51,9 +51,13 @@ def main() -> None:
     ap.add_argument("--plans", nargs="+", required=True, help="BUDGET_MS@SEQ_LEN, e.g. 9@128")
     ap.add_argument("--bbc", type=int, default=200, help="BBC articles for fidelity (0: none)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"])
+    ap.add_argument("--original", type=Path, default=None,
+                    help="For a trained --supernet: also measure BBC fidelity to this "
+                         "(untrained) network's full model, e.g. the original MiniLM's.")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     supernet = SuperBert.load(args.supernet)
+    original = SuperBert.load(args.original) if args.original else None
     profile = DeviceProfile.load(args.profile)
     articles = bbc_articles(limit=args.bbc) if args.bbc else []
     rows = []
@@ -61,14 +65,18 @@ def main() -> None:
         for item in args.plans:
             budget, seq_len = float(item.split("@")[0]), int(item.split("@")[1])
             out = Path(work) / item
-            manifest = export_for_budget(supernet, budget, profile, out, workload=(1, seq_len),
-                                         precision=args.precision,
-                                         progress=lambda m: print(m, file=sys.stderr))
+            try:
+                manifest = export_for_budget(supernet, budget, profile, out,
+                                             workload=(1, seq_len), precision=args.precision,
+                                             progress=lambda m: print(m, file=sys.stderr))
+            except PlannerError as exc:  # recorded: a budget nothing meets is a result too
+                rows.append({"budget_ms": budget, "seq_len": seq_len, "error": str(exc)})
+                print(f"{budget:g} ms @ {seq_len}: {exc}", file=sys.stderr)
+                continue
             plan = manifest.plan
             model_file = manifest.default_model
-            again = measure_model(out / model_file, profile.header,
-                                  profile.reference_ms(plan["precision"], 1, seq_len),
-                                  plan["precision"], (1, seq_len), "cpu")["measured_ms"]
+            again = profile.measure(out / model_file, plan["precision"], (1, seq_len),
+                                    "cpu")["measured_ms"]
             row = {"budget_ms": budget, "seq_len": seq_len, "precision": plan["precision"],
                    "shape": plan["shape"], "params": plan["params"],
                    "predicted_ms": plan["predicted_ms"], "measured_ms": plan["measured_ms"],
@@ -80,24 +88,31 @@ def main() -> None:
                                   | {"exports": len(c["exports"])}
                                   for c in plan["candidates"]]}
             if articles:
-                fidelities = []
                 session = make_session(out / model_file, "cpu")
-                for chunk in range(0, len(articles), 25):
-                    ref, feeds, _, _ = reference_outputs(
-                        supernet, "feature-extraction", articles[chunk:chunk + 25],
-                        max_length=seq_len)
-                    got = session.run([session.get_outputs()[0].name], feeds)[0]
-                    fidelities.append(embedding_fidelity(ref, got, feeds["attention_mask"]))
-                row["fidelity_bbc"] = float(np.mean(fidelities))
+                for key, net in (("fidelity_bbc", supernet), ("fidelity_bbc_original", original)):
+                    if net is None:
+                        continue
+                    fidelities = []
+                    for chunk in range(0, len(articles), 25):
+                        ref, feeds, _, _ = reference_outputs(
+                            net, "feature-extraction", articles[chunk:chunk + 25],
+                            max_length=seq_len)
+                        got = session.run([session.get_outputs()[0].name], feeds)[0]
+                        fidelities.append(embedding_fidelity(ref, got, feeds["attention_mask"]))
+                    row[key] = float(np.mean(fidelities))
             rows.append(row)
             print(f"{budget:g} ms @ {seq_len}: {row['precision']} "
                   f"{','.join(map(str, row['shape']))} ({row['params'] / 1e6:.1f}M) predicted "
                   f"{row['predicted_ms']:.2f} measured {row['measured_ms']:.2f} re-measured "
                   f"{again:.2f} ms ({row['utilization']:.0%}), fidelity "
-                  f"{row['fidelity_calibration']:.4f} / BBC {row.get('fidelity_bbc', float('nan')):.4f}",
+                  f"{row['fidelity_calibration']:.4f} / BBC {row.get('fidelity_bbc', float('nan')):.4f}"
+                  + (f" / BBC vs original {row['fidelity_bbc_original']:.4f}"
+                     if "fidelity_bbc_original" in row else ""),
                   file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "budget_plans", "profile": str(args.profile),
+                                    "supernet": str(args.supernet),
+                                    "original": str(args.original) if args.original else None,
                                     "precision": args.precision, "rows": rows},
                                    indent=2) + "\n")
 

@@ -67,11 +67,46 @@ def show(label: str, result: dict) -> None:
         for k, r in result.items()))
 
 
+def _cell(r: dict) -> str:
+    return f"{r['cosine']:.3f} / {r['topic_accuracy']:.3f}"
+
+
+def markdown(report: dict) -> str:
+    """The docs' tables: cosine to the original / topic accuracy, per cigar and time."""
+    names = [*CIGARS, "full"]
+    head = ("| recipe | minutes | steps | " + " | ".join(
+        f"{n} cigar" if n != "full" else "full shape" for n in names) + " |\n|"
+        + "---|" * (3 + len(names)))
+    lines = [head]
+    for key, r in report["untrained"].items():
+        label = "untrained" if key == "0" else "untrained, importance-ordered"
+        lines.append(f"| {label} | 0 | 0 | " + " | ".join(_cell(r[n]) for n in names) + " |")
+    for label, run in report["runs"].items():
+        for p in run["points"]:
+            took = run.get("trained_minutes")
+            minutes = f"{p['minutes']:g}" + (f" ({took:g} run)" if took and not
+                                             p["snapshot_of_longer_run"] else "")
+            lines.append(f"| {run['recipe']} | {minutes} | {p['step']} | "
+                         + " | ".join(_cell(p["cigars"][n]) for n in names) + " |")
+    out = ["\n".join(lines)]
+    if report.get("ablations"):
+        rows = [head.replace("| recipe | minutes | steps |", "| settings | minutes | steps |")]
+        for label, a in report["ablations"].items():
+            c = a["config"]
+            rows.append(f"| lr {c['lr']:g}, layer loss {c['layer_loss']:g}, "
+                        f"{c['random_shapes']} random shapes | {a['minutes'] or '-'} | {c['steps']} | "
+                        + " | ".join(_cell(a["cigars"][n]) for n in names) + " |")
+        out.append("\n".join(rows))
+    return "\n\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--supernet", type=Path, required=True)
-    ap.add_argument("--recipe", choices=sorted(RECIPES), required=True)
-    length = ap.add_mutually_exclusive_group(required=True)
+    ap.add_argument("--supernet", type=Path)
+    ap.add_argument("--recipe", choices=sorted(RECIPES))
+    ap.add_argument("--table", action="store_true",
+                    help="Print the markdown tables of --out and stop.")
+    length = ap.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, help="Train this long (steps from the rate).")
     length.add_argument("--steps", type=int, help="Train this many steps (ablations).")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -83,6 +118,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/recipes"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/training_recipes.json"))
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return
+    if not (args.supernet and args.recipe and (args.minutes or args.steps)):
+        ap.error("--supernet, --recipe and --minutes or --steps are needed")
     torch.manual_seed(0)
     texts, labels, _ = bbc()
     model = SuperBert.load(args.supernet)
@@ -177,6 +217,8 @@ def main() -> None:
         "wall_minutes_incl_snapshots": round(wall, 1), "validation": summary["validation"],
         "points": points,
         "command": " ".join(["benchmarks/training_recipes.py"] + sys.argv[1:])}
+    report["runs" if args.minutes else "ablations"][label]["trained_minutes"] = round(
+        summary["seconds"] / 60, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -58,12 +58,16 @@ def train() -> None:
 @click.option("--checkpoint-every", default=_DEFAULT.checkpoint_every, show_default=True,
               type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--stop-after", default=None, type=click.IntRange(1),
+              help="Checkpoint after this step of the schedule and stop (time-limited jobs); "
+                   "run the command again without it to continue.")
 @widths_option
 @json_option
 def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, out: Path,
              batch_size: int, accumulate: int, seq_len: int, random_shapes: int, lr: float,
              warmup_steps: int, layer_loss: float, order: str, device: str, precision: str,
-             checkpoint_every: int, seed: int, supershaper_widths, as_json: bool) -> None:
+             checkpoint_every: int, seed: int, stop_after: int | None, supershaper_widths,
+             as_json: bool) -> None:
     """Sandwich-rule training: each step the largest, smallest and random shapes.
 
     On many processes or GPUs, launch the same command with torchrun; an interrupted run
@@ -112,13 +116,18 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
     try:
         with lock:
             summary = train_supernet(supernet_path, corpus, config, out, progress,
-                                     supershaper_widths)
+                                     supershaper_widths, stop_after)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; the last checkpoint in {out / 'checkpoint'} "
                                    "is kept: run the same command again to resume from it") from None
-    if summary["validation"] is None:  # not rank 0: the launcher's rank 0 reports
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return
     summary = {k: v for k, v in summary.items() if k != "history"}
+    if "stopped_at" in summary:
+        return emit({"out": str(out), **summary}, as_json, lambda d: table([
+            ("stopped", f"after step {d['stopped_at']} of {d['steps']} (--stop-after); run "
+                        "the same command without it to continue"),
+            ("checkpoint", str(Path(d["out"]) / "checkpoint"))]))
     emit({"out": str(out), **summary}, as_json, lambda d: table([
         ("trained", f"{d['steps']} steps, {d['objective']}, {d['world_size']} process(es)"),
         ("validation", ", ".join(f"{k} {v['loss']:.4f}" for k, v in d["validation"].items())),

@@ -105,17 +105,29 @@ def test_resume_reproduces_the_uninterrupted_run(setup):
         train_supernet(tmp / "super", corpus, config, tmp / "resumed")
 
 
-def test_two_processes_end_with_identical_weights(setup):
+def test_two_processes_end_with_identical_weights_and_resume_exactly(setup):
     tmp, _ = setup
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "shaper_deploy.cli.main", "train", "supernet", "--supernet",
-           str(tmp / "super"), "--data", str(tmp / "texts.txt"), "--steps", "4", "--seq-len",
-           "32", "--batch-size", "2", "--accumulate", "2", "--layer-loss", "1", "--out",
-           str(tmp / "ddp"), "--json"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "shaper_deploy.cli.main", "train", "supernet",
+               "--supernet", str(tmp / "super"), "--data", str(tmp / "texts.txt"), "--steps",
+               "4", "--seq-len", "32", "--batch-size", "2", "--accumulate", "2",
+               "--layer-loss", "1", "--out", str(tmp / out), "--json", *extra]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    torchrun("ddp")
     summary = json.loads((tmp / "ddp" / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    # stopped after step 2 by both ranks, then resumed by both from rank 0's checkpoint
+    assert torchrun("resumed", "--stop-after", "2")["stopped_at"] == 2
+    assert not (tmp / "resumed" / "supernet").exists()
+    torchrun("resumed")
+    again = json.loads((tmp / "resumed" / "train.json").read_text())
+    assert again["ranks_identical"] is True
+    assert again["weights_sha256"] == summary["weights_sha256"]
     # importance order first (the default), layer targets, accumulation
     assert summary["config"]["order"] == "residual+heads"
     assert summary["config"]["accumulate"] == 2 and summary["config"]["layer_loss"] == 1.0

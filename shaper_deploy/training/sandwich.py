@@ -198,9 +198,12 @@ class _BatchOrder:
 
 def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out: str | Path,
                    progress: Callable[[str], None] | None = None,
-                   widths: Sequence[int] | None = None) -> dict[str, Any]:
+                   widths: Sequence[int] | None = None,
+                   stop_after: int | None = None) -> dict[str, Any]:
     """Train the super network at ``source`` on ``corpus``; resumes from ``out/checkpoint``.
-    ``widths``: a SuperShaper checkpoint's allowed widths (needed when D is not 768)."""
+    ``widths``: a SuperShaper checkpoint's allowed widths (needed when D is not 768).
+    ``stop_after``: checkpoint after that step of the schedule and return early (every rank
+    alike), for time-limited jobs; the summary then has ``stopped_at`` and no validation."""
     note = progress or (lambda message: None)
     out = Path(out)
     config = config.resolved()
@@ -302,6 +305,15 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
                 _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history, rank)
                 talk(f"checkpoint of step {done} written")
                 raise KeyboardInterrupt
+            if stop_after is not None and stop_after <= done < total:
+                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history, rank)
+                talk(f"stopped after step {done} as asked; checkpoint written: run the same "
+                     "command again to continue")
+                if world > 1:
+                    dist.barrier()  # rank 0's checkpoint is complete before anyone leaves
+                return {"steps": total, "stopped_at": done, "objective": config.objective,
+                        "world_size": world, "device": device.type,
+                        "config": asdict(config), "validation": None, "history": history}
             if done % config.checkpoint_every == 0 and done < total:
                 _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history,
                             rank)
