@@ -193,6 +193,8 @@ def main() -> None:
                 marks.pop(0)
                 signal.raise_signal(signal.SIGINT)  # finish the step, checkpoint, stop
 
+    if marks:  # snapshots ride on Ctrl-C, which nohup and background jobs ignore
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     while True:
         try:

@@ -95,7 +95,8 @@ class BundleManifest:
     @classmethod
     def read(cls, folder: str | Path, error: type[ShaperError] = ServingError
              ) -> "BundleManifest":
-        """``folder/shaper.json``, format and version checked, every field typed."""
+        """``folder/shaper.json``: format and version checked, every field present, unknown
+        fields refused."""
         folder = Path(folder)
         data = read_manifest(folder / MANIFEST, BUNDLE_FORMAT, BUNDLE_VERSION, "bundle", error,
                              f"{folder} is not a bundle (no {MANIFEST}); make one with "

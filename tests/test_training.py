@@ -195,6 +195,8 @@ def test_ctrl_c_checkpoints_the_running_step_and_resume_repeats_the_run(setup):
     import signal
 
     tmp, corpus = setup
+    # as in a terminal, whatever launched the test run (nohup and background jobs ignore it)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     config = TrainConfig(steps=8, batch_size=4, seq_len=32, lr=1e-3, checkpoint_every=100,
                          layer_loss=1.0, order="residual+heads")
     straight = train_supernet(tmp / "super", corpus, config, tmp / "straight")
@@ -213,6 +215,15 @@ def test_ctrl_c_checkpoints_the_running_step_and_resume_repeats_the_run(setup):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     resumed = train_supernet(tmp / "super", corpus, config, tmp / "resumed")
     assert resumed["weights_sha256"] == straight["weights_sha256"]
+    # Ctrl-C ignored by whoever started us: training does not take it over
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = train_supernet(tmp / "super", corpus,
+                              TrainConfig(**{**config.__dict__, "steps": 2}), tmp / "ignored",
+                              progress=lambda m: signal.raise_signal(signal.SIGINT))
+        assert done["steps"] == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_layer_targets_and_gradient_accumulation(setup):

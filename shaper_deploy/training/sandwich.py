@@ -156,6 +156,8 @@ class _StopRequest:
         self.note, self.requested, self.previous = note, False, None
 
     def __enter__(self) -> "_StopRequest":
+        # a process started with Ctrl-C ignored (nohup, a background job) keeps ignoring it
+        self.enabled = self.enabled and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
         if self.enabled:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
