@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.predictor import DeviceProfile, fit_model
-from shaper_deploy.profiling.profile import measure_model, read_measurements
+from shaper_deploy.profiling.profile import read_measurements
 
 SHAPES = ["384,384,384,384,384,384", "264,264,264,264,264,264", "180,60,180,180,240,240",
           "120,120,120,120,120,120", "240,120,240,240,384,384"]
@@ -87,8 +87,7 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
                 if precision not in profile.precisions:
                     continue
                 for w in workloads:
-                    m = measure_model(bundle / file, profile.header,
-                                      profile.reference_ms(precision, *w), precision, w, "cpu")
+                    m = profile.measure(bundle / file, precision, w, "cpu")
                     pred = float(profile.predict([shape], precision, *w)[0])
                     rows.append({"shape": text, "precision": precision, "batch": w[0],
                                  "seq_len": w[1], "measured_ms": m["measured_ms"],

@@ -338,7 +338,7 @@ class DeviceProfile:
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device)
         return {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
-                "measured_ms": m["measured_ms"]}
+                "measured_ms": m["measured_ms"], "drift": m["drift"]}
 
     def check_device(self, device: str, warn) -> None:
         """Refuse another device kind; warn when the machine differs."""

@@ -57,7 +57,11 @@ class Bundle:
         # every call raced between threads. ONNX Runtime's session.run is thread-safe.
         self._tokenizers: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self.max_length = manifest.max_length
+
+    @property
+    def max_length(self) -> int:
+        """The longest input in tokens (the model's positions)."""
+        return self.manifest.max_length
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -69,7 +73,7 @@ class Bundle:
         files = manifest.files
         if model_file not in files:
             raise ServingError(f"bundle {path} has no {model_file!r}; it has "
-                               f"{', '.join(files or {})}")
+                               f"{', '.join(files)}")
         onnx_path = _verified(path, model_file, files)
         session = make_session(onnx_path, device, threads=threads)
         tokenizer = None

@@ -83,12 +83,13 @@ class BottleneckBert(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask, x.dtype)
-        outputs = []
+        outputs = [] if layer_outputs else None  # kept only when asked: they hold memory
         for layer, width in zip(self.layers, widths):
             x = layer(x, bias, width)
-            outputs.append(x)
+            if outputs is not None:
+                outputs.append(x)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return EncoderOutput(x, pooled, tuple(outputs) if layer_outputs else None)
+        return EncoderOutput(x, pooled, tuple(outputs) if outputs is not None else None)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Masked-LM logits (B, S, vocab) from ``last_hidden_state``."""

@@ -26,21 +26,20 @@ import torch
 
 from ..errors import TrainingError
 from ..supernet.model import SuperBert
-from .config import ORDERS
 from ..supernet.modules import BottleneckLayer
+from .config import ORDERS
 
 
 def _stats(model: SuperBert, ids: torch.Tensor, batch: int) -> list[dict[str, torch.Tensor]]:
     """Per layer, the mean squares of the features the permutations act on (full shape)."""
-    layers = [b for b in model.layers]
-    stats: list[dict[str, torch.Tensor]] = [{} for _ in layers]
+    stats: list[dict[str, torch.Tensor]] = [{} for _ in model.layers]
     hooks = []
 
     def add(i: int, name: str, x: torch.Tensor) -> None:
         sq = x.detach().double().pow(2).reshape(-1, x.shape[-1]).sum(0)
         stats[i][name] = stats[i].get(name, 0) + sq
 
-    for i, block in enumerate(layers):
+    for i, block in enumerate(model.layers):
         t = block.layer
         hooks += [
             t.register_forward_pre_hook(lambda m, a, i=i: add(i, "in", a[0])),

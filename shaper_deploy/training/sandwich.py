@@ -129,7 +129,7 @@ def training_device(config: TrainConfig) -> torch.device:
         raise TrainingError(f"--device cuda: LOCAL_RANK {local} but only "
                             f"{torch.cuda.device_count()} GPU(s) visible; start at most that "
                             "many processes per node")
-    if config.precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if config.precision == "bf16" and not native_bf16("cuda"):
         raise TrainingError(f"--precision bf16: GPU {torch.cuda.get_device_name(local)} does "
                             "not support bfloat16; use --precision fp32")
     torch.cuda.set_device(local)
