@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/python -m pytest -q
 
-BUDGET ?= 9ms
+BUDGET ?= 80%
 SEQ_LEN ?= 128
+PERCENTILE ?= 90
 demo: install
-	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET) $(SEQ_LEN)
+	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET) $(SEQ_LEN) $(PERCENTILE)
 
 clean:
 	rm -rf $(VENV) $(RUNS) *.egg-info

@@ -20,7 +20,15 @@ from .common import emit, json_option, millions, progress, table, widths_option
               help="Export the cigar shape with the most parameters up to this count (60M).")
 @click.option("--latency", "latency_text", default=None,
               help="Export the model closest to the full one that meets this budget on this "
-                   "device for the workload (20ms, 0.02s, 20); needs --profile.")
+                   "device for the workload: 20ms, 0.02s, 20, or 80% (of the full fp32 "
+                   "model's latency on the profile); needs --profile.")
+@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
+              help="With --latency: the percentile of request latency the budget promises "
+                   "(50..99).")
+@click.option("--for-device", is_flag=True,
+              help="With --latency or --profile: plan for the machine the profile was measured "
+                   "on, not this one (nothing is measured here; check it there with "
+                   "shaperctl verify).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Latency profile of this device (fp32 and int8, a range of input sizes).")
 @click.option("--batch", type=click.IntRange(1), default=None,
@@ -59,24 +67,28 @@ from .common import emit, json_option, millions, progress, table, widths_option
 @widths_option
 @json_option
 def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
-           latency_text: str | None, profile_path: Path | None, batch: int | None,
+           latency_text: str | None, percentile: float, for_device: bool,
+           profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            allow_unreliable: bool, out: Path, task: str, int8: bool, int8_min_cosine: float,
            opset: int, no_optimize: bool, force: bool, supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
-    precision the largest cigar shape predicted to fit the budget at your batch and sequence
-    length is exported and measured on this device (stepping down on a miss, up when far
-    under); of those within budget, the one whose outputs are closest to the full fp32 model
-    on calibration text is kept. The candidates are printed and recorded in shaper.json.
-    Nothing is left behind if any step fails.
+    precision the largest cigar shape predicted to fit the budget at your batch, sequence
+    length and --percentile is exported and measured on this device (stepping down on a
+    miss, up when far under); of those within budget, the one whose outputs are closest to
+    the full fp32 model on calibration text is kept. The candidates are printed and recorded
+    in shaper.json. A profile of another machine is refused unless --for-device says the
+    plan is for that machine. Nothing is left behind if any step fails.
 
     \b
     Examples:
       shaperctl export --supernet ./super --shape 360,240x3,360x4,480x2,540x2 --out ./b
       shaperctl export --supernet ./super --params 60M --out ./b60
       shaperctl export --supernet ./super --latency 9ms --profile profiles/mine --out ./b9
+      shaperctl export --supernet ./super --latency 80% --percentile 99 --profile profiles/mine \\
+        --out ./b80
       shaperctl export --supernet ./super --latency 5ms --seq-len 32 --profile profiles/mine \\
         --calibration queries.txt --out ./b5
     """
@@ -95,7 +107,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     planning = {"--precision": precision != "auto", "--batch": batch is not None,
                 "--seq-len": seq_len is not None, "--calibration": calibration_path is not None,
-                "--allow-unreliable": allow_unreliable}
+                "--allow-unreliable": allow_unreliable, "--percentile": percentile != 90.0}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
                                "--latency; for a fixed shape in int8 use --int8")
@@ -103,6 +115,9 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         raise click.UsageError("--int8 does not go with --latency: the plan picks the precision "
                                "(--precision auto, the default), or force one with "
                                "--precision int8")
+    if for_device and profile_path is None:
+        raise click.UsageError("--for-device needs --profile (the profile of the machine the "
+                               "export is for)")
     if latency_text is not None and profile_path is None:
         raise click.UsageError("--latency needs --profile (a profile of this device: "
                                "shaperctl profile --device cpu --supernet S --out P)")
@@ -115,7 +130,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         if budget is not None:
             manifest = _export_for_budget(supernet_path, budget, profile_path, out, device,
                                           precision, batch, seq_len, options, calibration_path,
-                                          allow_unreliable, force, supershaper_widths)
+                                          allow_unreliable, force, supershaper_widths,
+                                          percentile, for_device)
         else:
             try:  # a bad shape fails before the model loads
                 space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
@@ -123,6 +139,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 space = None  # not our format (a SuperShaper repo checkpoint): loading says
             if space is not None and shape_text is not None:
                 parse_shape(shape_text, space)
+            if space is not None and count is not None:
+                cigar_shape(count, space)  # a count outside the space fails before loading
             progress(f"loading {supernet_path}")
             model = SuperBert.load(supernet_path, supershaper_widths)
             shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
@@ -133,13 +151,13 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 from shaper_deploy.predictor import DeviceProfile
 
                 manifest = record_prediction(out, DeviceProfile.load(profile_path), device,
-                                             progress)
+                                             for_device=for_device)
     emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
 
 
 def _export_for_budget(supernet_path, budget, profile_path, out, device, precision, batch,
                        seq_len, options, calibration_path, allow_unreliable, force,
-                       widths):
+                       widths, percentile, for_device):
     from shaper_deploy.fidelity import read_calibration
     from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
     from shaper_deploy.predictor import DeviceProfile
@@ -152,25 +170,29 @@ def _export_for_budget(supernet_path, budget, profile_path, out, device, precisi
     if batch is not None or seq_len is not None:
         workload = (batch or profile.reference_workload[0],
                     seq_len or profile.reference_workload[1])
-    # Fail before the model loads: a workload outside the profile, an unattainable budget,
-    # a precision the device or profile lacks, a profile of another graph.
-    plan_candidates(profile, budget, device, precision, workload or profile.reference_workload)
+    # Fail before the model loads: a profile of another machine or graph, an unreliable one,
+    # a workload outside the profile, a precision the device or profile lacks, an
+    # unattainable budget (at the fastest shape with every projection computed).
     try:
         config = read_checkpoint_header(supernet_path, widths)["config"]
-        check_profile(profile, device, options, config, allow_unreliable, lambda m: None)
+        check_profile(profile, device, options, config, allow_unreliable, for_device)
     except CheckpointError:
         pass  # not our format (a SuperShaper repo checkpoint): checked after loading
+    w = workload or profile.reference_workload
+    plan_candidates(profile, budget.resolve(profile, w, percentile), device, precision, w,
+                    percentile)
     progress(f"loading {supernet_path}")
     model = SuperBert.load(supernet_path, widths)
     return export_for_budget(model, budget, profile, out, device, precision, workload, options,
                              calibration, force=force, allow_unreliable=allow_unreliable,
-                             progress=progress)
+                             progress=progress, percentile=percentile, for_device=for_device)
 
 
 def candidates_table(plan: dict) -> str:
     """The plan's candidates, one line each: precision, shape, latency beside fidelity."""
-    head = (f"{'':2}{'precision':<9} {'shape':<34} {'params':>8} {'predicted':>10} "
-            f"{'measured':>9} {'fidelity':>8}  status")
+    p = f"p{plan.get('percentile', 50):g}"
+    head = (f"{'':2}{'precision':<9} {'shape':<34} {'params':>8} {p + ' pred.':>10} "
+            f"{p + ' meas.':>10} {'fidelity':>8}  status")
     lines = [head]
     for c in plan["candidates"]:
         shape = ",".join(map(str, c["shape"])) if c["shape"] else "-"
@@ -178,7 +200,7 @@ def candidates_table(plan: dict) -> str:
         lines.append(
             f"{'*' if c['status'] == 'chosen' else ' ':2}{c['precision']:<9} {shape:<34} "
             f"{num(c['params'] and c['params'] / 1e6, '7.1f') + ('M' if c['params'] else ''):>8} "
-            f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '6.2f') + ' ms':>9} "
+            f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '7.2f') + ' ms':>10} "
             f"{num(c['fidelity'], '8.4f'):>8}  {c['status']}"
             + (f": {c['reason']}" if c["reason"] else ""))
     return "\n".join(lines)
@@ -207,16 +229,25 @@ def _export_text(d: dict) -> str:
                              f"{q['max_abs_diff']:.3g} ({q['judged_on']})"))
     plan = d.get("plan")
     if plan:
-        rows.append(("budget", f"{plan['budget_ms']:g} ms at batch {plan['batch']} x "
-                               f"{plan['seq_len']} tokens ({plan['workload_source']}) on "
-                               f"{plan['device']}"))
-        rows.append(("chosen", f"{plan['precision']}, measured {plan['measured_ms']:.2f} ms "
-                               f"(predicted {plan['predicted_ms']:.2f}), fidelity "
+        pct = f"p{plan.get('percentile', 50):g}"
+        given = (plan.get("budget") or {}).get("text", "")
+        rows.append(("budget", (f"{given} = " if given.endswith("%") else "")
+                     + f"{plan['budget_ms']:.2f} ms at {pct}, batch {plan['batch']} x "
+                       f"{plan['seq_len']} tokens ({plan['workload_source']}) on "
+                       f"{plan['device']}"))
+        target = plan.get("target") or {}
+        measured = (f"{pct} {plan['measured_ms']:.2f} ms measured here (predicted "
+                    f"{plan['predicted_ms']:.2f})" if plan["measured_ms"] is not None else
+                    f"{pct} {plan['predicted_ms']:.2f} ms predicted, {plan['predicted_upper_ms']:.2f} "
+                    "with the margin; UNVERIFIED: run shaperctl verify on "
+                    f"{target.get('fingerprint', {}).get('cpu_model', 'the target')}")
+        rows.append(("chosen", f"{plan['precision']}, {measured}, fidelity "
                                f"{plan['fidelity']:.4f} ({plan['fidelity_metric']}, "
                                f"{plan['calibration']})"))
     for p in d.get("predicted_latency") or []:
-        rows.append(("predicted", f"{p['predicted_ms']:.2f} ms ({p['precision']}, batch "
-                                  f"{p['batch']} x {p['seq_len']}, {p['profile']})"))
+        rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
+                                  f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "
+                                  f"{p['profile']})"))
     text = table(rows)
     return text + ("\n\ncandidates:\n" + candidates_table(plan) if plan else "")
 
@@ -228,13 +259,21 @@ def _export_text(d: dict) -> str:
 @click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
               help="Super network whose design space to use (default: the paper's).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
-              help="Also predict each shape's latency at the profile's reference size, per precision.")
+              help="Also predict each shape's latency at the profile's reference size, per "
+                   "precision (a profile of this machine, reliable, unless the flags below).")
+@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
+              help="With --profile: the percentile of request latency predicted.")
+@click.option("--for-device", is_flag=True,
+              help="With --profile: accept a profile of another machine (predictions for it).")
+@click.option("--allow-unreliable", is_flag=True,
+              help="With --profile: accept a profile marked unreliable.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(2, 200),
               help="Rows of the table when no --params is given.")
 @widths_option
 @json_option
 def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_path: Path | None,
-           steps: int, supershaper_widths, as_json: bool) -> None:
+           percentile: float, for_device: bool, allow_unreliable: bool, steps: int,
+           supershaper_widths, as_json: bool) -> None:
     """Cigar shapes (the paper's heuristic) for parameter counts.
 
     \b
@@ -250,6 +289,8 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         from shaper_deploy.predictor import DeviceProfile
 
         profile = DeviceProfile.load(profile_path)
+        profile.check_device("cpu" if profile.device == "cpu" else profile.device, for_device)
+        profile.check_trust(allow_unreliable)
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
 
@@ -267,11 +308,13 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         row = {"target": target, "shape": list(shape.widths), "params": shape.params()}
         if profile is not None:
             row["predicted_ms"] = {p: float(profile.predict([shape], p,
-                                                             *profile.reference_workload)[0])
+                                                             *profile.reference_workload,
+                                                             percentile)[0])
                                    for p in profile.precisions}
+            row["percentile"] = percentile
         rows.append(row)
     emit({"shapes": rows}, as_json, lambda d: "\n".join(
         f"{millions(r['target']):>8} -> {millions(r['params']):>8}  "
         f"{','.join(map(str, r['shape']))}"
-        + "".join(f"  {p} {ms:.2f} ms" for p, ms in r.get("predicted_ms", {}).items())
+        + "".join(f"  {p} p{percentile:g} {ms:.2f} ms" for p, ms in r.get("predicted_ms", {}).items())
         for r in d["shapes"]))

@@ -21,8 +21,9 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, progres
               help="Profile this super network's architecture (default: the paper's BERT-base "
                    "design space). Weights are not needed: latency does not depend on them.")
 @click.option("--precision", "precisions", default=None,
-              help="Precisions to measure, comma-separated: fp32,int8 (default on cpu) or "
-                   "fp32 (default on cuda, where dynamic int8 does not run).")
+              help="Precisions to measure, comma-separated (default: what the device runs, "
+                   "fp32,int8 on cpu, less int8 where a probe finds it under 1.10x faster "
+                   "than fp32 at every size; fp32 on cuda).")
 @click.option("--batch", "batches", default="1,4,16", show_default=True,
               help="Grid batch sizes; batches between them are interpolated.")
 @click.option("--seq-len", "seq_lens", default="16,32,64,128,256,512", show_default=True,
@@ -32,21 +33,30 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, progres
               help="Leave out grid points with more than this many batch x length tokens.")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
               help="Intra-op threads.")
-@click.option("--samples", default=32, show_default=True, type=click.IntRange(12),
-              help="Shapes to measure (stratified over the parameter range; 1 in 4 held out).")
-@click.option("--rounds", default=4, show_default=True, type=click.IntRange(1),
-              help="Interleaved rounds per group of shapes and input size.")
+@click.option("--minutes", default=12.0, show_default=True, type=click.FloatRange(0.5, 1440),
+              help="Time budget for measuring: a probe of the device's speed (its first "
+                   "seconds) picks how many shapes and rounds fit. Ignored with --samples.")
+@click.option("--samples", default=None, type=click.IntRange(12, 2000),
+              help="Shapes to measure, instead of what --minutes buys (stratified over the "
+                   "parameter range; 1 in 4 held out).")
+@click.option("--rounds", default=None, type=click.IntRange(1, 100),
+              help="Interleaved rounds per group of shapes and input size (default 4, or "
+                   "more where --minutes allows).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
-            batches: str, seq_lens: str, max_tokens: int, threads: int, samples: int,
-            rounds: int, seed: int, supershaper_widths, as_json: bool) -> None:
+            batches: str, seq_lens: str, max_tokens: int, threads: int, minutes: float,
+            samples: int | None, rounds: int | None, seed: int, supershaper_widths,
+            as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
 
-    Every sampled shape is built straight as an optimized ONNX graph with random weights (no
-    tracing), in fp32 and as the export's dynamic int8, and timed at every grid point
-    (batch x sequence length) interleaved with a reference model. Measurements are appended
+    A probe first times the smallest, largest and reference shapes at every grid point and
+    precision (what int8 buys here is recorded), and sizes the profile to --minutes. Every
+    sampled shape is then built straight as an optimized ONNX graph with random weights (no
+    tracing), in fp32 and as the export's dynamic int8 (in this CPU's format), and timed at
+    every grid point (batch x sequence length) interleaved with a reference model whose
+    slowdowns mark the machine's slow periods. Measurements are appended
     as they are made; an interrupted run resumes when the same command is run again. The
     folder ends with predictor.json (the latency model and its held-out error, also at input
     sizes never fitted) and two plots.
@@ -67,7 +77,9 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         source = {"supernet": str(supernet_path)}
     else:
         config, source = SuperConfig(), {"supernet": None}
-    chosen = tuple((precisions or ("fp32" if device == "cuda" else "fp32,int8")).split(","))
+    from shaper_deploy.runtime import DEVICE_PRECISIONS
+
+    chosen = tuple(precisions.split(",") if precisions else DEVICE_PRECISIONS[device])
     lens = int_list(seq_lens, "--seq-len")
     usable = tuple(s for s in lens if s <= config.space.max_positions)
     if not usable:
@@ -78,10 +90,12 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                  128 if 128 in usable else usable[len(usable) // 2])
     protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
                         seq_lens=usable, max_tokens=max_tokens, reference_batch=reference[0],
-                        reference_seq_len=reference[1], rounds=rounds)
+                        reference_seq_len=reference[1], rounds=rounds or 4)
     with output_lock(out):
         try:
-            run_profile(out, device, protocol, config, samples, seed, source, progress)
+            run_profile(out, device, protocol, config, samples, seed, source, progress,
+                        minutes=minutes if samples is None else None,
+                        auto_precision=precisions is None, auto_rounds=rounds is None)
         except KeyboardInterrupt:
             raise click.ClickException(f"interrupted; what was measured is kept in {out}: run "
                                        "the same command again to resume") from None
@@ -90,14 +104,29 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
+    foreign = p.foreign_fields()
     return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
-            "margin": p.model.margin, "trust": p.trust}
+            "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
+            "this_machine": {"matches": not foreign, "differences": foreign}}
+
+
+def _machine_line(m: dict) -> str:
+    return ("this machine" if m["matches"] else
+            "ANOTHER MACHINE (" + "; ".join(m["differences"]) + "): planning here refuses it "
+            "unless --for-device")
 
 
 def _profile_text(d: dict) -> str:
     rows = [("profile", d["profile"]), ("device", _device_line(d["fingerprint"])),
+            ("measured on", _machine_line(d["this_machine"])),
             ("protocol", _protocol_line(d["protocol"])),
             ("graph", _graph_line(d["graph"]))]
+    probe = d.get("probe") or {}
+    if probe.get("decision"):
+        rows.append(("probe", probe["decision"]))
+    for name, gains in (probe.get("int8_speedup") or {}).items():
+        rows.append((f"int8 gain", f"{name} shape: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in gains.items())))
     summary = d.get("summary") or {}
     if summary.get("last_run"):
         rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))
@@ -111,6 +140,13 @@ def _profile_text(d: dict) -> str:
                          f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "
                          f"{d['predictor'][precision]['held_out_shapes']} held-out shapes); "
                          f"planning margin x{d['margin'][precision]:.3f}"))
+        tail = (d.get("tail") or {}).get(precision)
+        if tail:
+            lv = tail["levels"]
+            rows.append(("", "request latency / calm median: " + "; ".join(
+                f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row)
+                                               if l != 50)
+                for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))
     t = d["trust"]
     rows.append(("trust", "reliable" if t["reliable"] else
                  f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))
@@ -148,12 +184,20 @@ def _graph_line(g: dict) -> str:
               help="Rows per inference (default: the profile's reference batch).")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
               help="Tokens per row (default: the profile's reference length).")
+@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
+              help="Percentile of request latency (50: the calm median).")
+@click.option("--for-device", is_flag=True,
+              help="Accept a profile of another machine: predictions for that machine.")
+@click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
 @json_option
 def predict(profile_path: Path, shape_text: str, precision: str | None, batch: int | None,
-            seq_len: int | None, as_json: bool) -> None:
+            seq_len: int | None, percentile: float, for_device: bool, allow_unreliable: bool,
+            as_json: bool) -> None:
     """Predicted latency of a shape for a workload on a profiled device.
 
-    Sizes between the profile's grid points are interpolated; sizes outside it are refused.
+    Sizes between the profile's grid points are interpolated; sizes outside it are refused,
+    as is a profile of another machine (unless --for-device) or an unreliable one (unless
+    --allow-unreliable).
 
     \b
     Example:
@@ -164,20 +208,28 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
     from shaper_deploy.shape import parse_shape
 
     p = DeviceProfile.load(profile_path)
+    differences = p.check_device(p.device, for_device)
+    p.check_trust(allow_unreliable)
     shape = parse_shape(shape_text, p.space)
     b = batch or p.reference_workload[0]
     s = seq_len or p.reference_workload[1]
     rows = []
     for prec in ([precision] if precision else p.precisions):
-        ms = float(p.predict([shape], prec, b, s)[0])
+        ms = float(p.predict([shape], prec, b, s, percentile)[0])
         rows.append({"precision": prec, "predicted_ms": ms,
+                     "calm_median_ms": float(p.predict([shape], prec, b, s)[0]),
                      "upper_ms": ms * p.margin(prec), "margin": p.margin(prec)})
     data = {"shape": list(shape.widths), "params": shape.params(), "batch": b, "seq_len": s,
-            "predictions": rows, "profile": str(profile_path), "trust": p.trust}
+            "percentile": percentile, "predictions": rows, "profile": str(profile_path),
+            "trust": p.trust, "this_machine": {"matches": not differences,
+                                               "differences": differences}}
     emit(data, as_json, lambda d: table(
         [("shape", str(shape)), ("params", millions(d["params"])),
          ("workload", f"batch {b} x {s} tokens")]
-        + [(r["precision"], f"{r['predicted_ms']:.2f} ms predicted, {r['upper_ms']:.2f} ms with "
+        + ([("machine", "FOR ANOTHER MACHINE (" + "; ".join(differences) + ")")]
+           if differences else [])
+        + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (calm "
+                            f"median {r['calm_median_ms']:.2f}), {r['upper_ms']:.2f} ms with "
                             f"the planning margin (x{r['margin']:.3f})") for r in rows]
         + ([] if p.trust["reliable"] else
            [("WARNING", "unreliable profile: " + "; ".join(p.trust["reasons"]))])))
@@ -193,7 +245,8 @@ def profiles() -> None:
 @json_option
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """Profiles under ROOTS (default: ./profiles): device, trust, and whether each matches
-    this machine. A profile that cannot be read is listed with the reason.
+    this machine (the first that does is marked as the one to use; the others say which
+    fields differ). A profile that cannot be read is listed with the reason.
 
     \b
     Example:
@@ -201,10 +254,8 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.predictor import DeviceProfile
-    from shaper_deploy.profiling.fingerprint import device_fingerprint, fingerprint_differences
     from shaper_deploy.profiling.profile import HEADER
 
-    here = device_fingerprint("cpu")
     found = []
     for root in roots or (Path("profiles"),):
         for file in sorted(Path(root).glob(f"*/{HEADER}")):
@@ -214,24 +265,43 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                 found.append({"path": str(file.parent), "error": str(exc)})
                 continue
             fp = p.header.fingerprint
-            diffs = [] if fp["device"] != "cpu" else fingerprint_differences(fp, here)
+            try:
+                diffs = p.foreign_fields()
+            except ShaperError as exc:  # e.g. a cuda profile on a machine without a GPU
+                diffs = [str(exc)]
             found.append({"path": str(p.path), "device": fp["device"],
-                          "cpu_model": fp["cpu_model"], "precisions": p.precisions,
+                          "cpu_model": fp["cpu_model"], "isa": fp.get("isa"),
+                          "precisions": p.precisions, "design_space": p.space.to_dict(),
                           "protocol": p.header.protocol.to_dict(), "trust": p.trust,
                           "mape": {k: p.model.metrics[k]["held_out"]["mape"]
                                    for k in p.precisions},
-                          "matches_this_machine": fp["device"] == "cpu" and not diffs})
+                          "matches_this_machine": not diffs, "differences": diffs})
+    spaces: set = set()
+    for p in found:  # the first usable match per design space is the one to use
+        key = str(p.get("design_space"))
+        p["use_here"] = bool(p.get("matches_this_machine") and p["trust"]["reliable"]
+                             and key not in spaces)
+        if p["use_here"]:
+            spaces.add(key)
 
     def line(p: dict) -> str:
         if "error" in p:
             return f"{p['path']}  UNREADABLE: {p['error']}"
         mape = ", ".join(f"{k} MAPE {v:.1%}" for k, v in p["mape"].items())
+        where = ("THIS MACHINE" + (" (use this one)" if p["use_here"] else "")
+                 if p["matches_this_machine"] else
+                 "another machine: " + "; ".join(p["differences"][:3]))
         return (f"{p['path']}  {p['device']} {p['cpu_model']}  {mape}  "
-                f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}"
-                f"{'  matches this machine' if p['matches_this_machine'] else ''}")
+                f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}  {where}")
 
-    emit({"profiles": found}, as_json,
-         lambda d: "\n".join(line(p) for p in d["profiles"]) or "no profiles found")
+    def text(d: dict) -> str:
+        lines = [line(p) for p in d["profiles"]]
+        if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
+            lines.append("no profile here was measured on this machine: make one with "
+                         "shaperctl profile --device cpu --supernet SUPERNET --out DIR")
+        return "\n".join(lines) or "no profiles found"
+
+    emit({"profiles": found}, as_json, text)
 
 
 @profiles.command("show")

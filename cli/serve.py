@@ -8,7 +8,7 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import emit, json_option, table
+from .common import emit, json_option, progress, table
 
 model_option = click.option(
     "--model", "model_file", default=None,
@@ -151,8 +151,9 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
 
     One session shared by --concurrency threads for --duration seconds. For a bundle exported
-    with --latency whose profile is at hand, it is also measured with the profile's protocol,
-    the number its prediction is comparable with.
+    with --latency whose profile is at hand and describes this machine, it is also measured
+    with the profile's protocol at the plan's workload and percentile, the number its budget
+    is checked against, and says whether it is within the budget.
 
     \b
     Example:
@@ -162,25 +163,32 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
 
     model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     plan = model.manifest.plan
-    profile = None
+    profile, elsewhere = None, []
     if plan and Path(plan["profile"]).is_dir():
         from shaper_deploy.predictor import DeviceProfile
 
         profile = DeviceProfile.load(plan["profile"])
+        elsewhere = profile.foreign_fields()
+        if elsewhere:  # its protocol numbers would describe the wrong machine
+            profile = None
+    if profile is not None:
         if threads is None:  # the profile's threads, so the numbers compare
             threads = profile.header.protocol.threads
             model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     result = model.bench(batch, seq_len, concurrency, duration)
     data = {"bundle": str(bundle), "device": device, "threads": threads, **result}
+    pct = (plan or {}).get("percentile", 50.0)
     if plan:
-        data["plan"] = {k: plan[k] for k in ("budget_ms", "batch", "seq_len", "precision",
-                                             "predicted_ms", "measured_ms", "fidelity")}
+        data["plan"] = {k: plan.get(k) for k in ("budget_ms", "percentile", "batch", "seq_len",
+                                                 "precision", "predicted_ms", "measured_ms",
+                                                 "fidelity")}
+        data["plan"]["profile_machine_differs"] = elsewhere
     if profile is not None and model.model_file == model.manifest.default_model:
         # comparable with the prediction: the profile's protocol at the plan's workload
-        data["profile_protocol"] = {
-            **profile.measure(bundle / model.model_file, plan["precision"],
-                              (plan["batch"], plan["seq_len"]), device),
-            "predicted_ms": plan["predicted_ms"]}
+        m = profile.measure(bundle / model.model_file, plan["precision"],
+                            (plan["batch"], plan["seq_len"]), device, pct)
+        data["profile_protocol"] = {**m, "predicted_ms": plan["predicted_ms"],
+                                    "within_budget": m["estimated_ms"] <= plan["budget_ms"]}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),
@@ -191,15 +199,100 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
             ("throughput", f"{result['throughput_rps']:.1f} requests/s, "
                            f"{result['sequences_per_s']:.1f} sequences/s")]
     if plan:
-        rows.append(("plan", f"budget {plan['budget_ms']:g} ms at batch {plan['batch']} x "
-                             f"{plan['seq_len']} ({plan['precision']}), predicted "
-                             f"{plan['predicted_ms']:.2f} ms, measured at export "
-                             f"{plan['measured_ms']:.2f} ms, fidelity {plan['fidelity']:.4f}"))
+        at_export = (f"{plan['measured_ms']:.2f} ms measured at export" if plan["measured_ms"]
+                     is not None else "not measured at export (planned for another machine)")
+        rows.append(("plan", f"budget {plan['budget_ms']:.2f} ms at p{pct:g}, batch "
+                             f"{plan['batch']} x {plan['seq_len']} ({plan['precision']}), "
+                             f"predicted {plan['predicted_ms']:.2f} ms, {at_export}, "
+                             f"fidelity {plan['fidelity']:.4f}"))
+    if elsewhere:
+        rows.append(("profile", f"{plan['profile']} describes another machine "
+                                f"({'; '.join(elsewhere[:3])}): not compared here"))
     if "profile_protocol" in data:
-        rows.append(("now", f"{data['profile_protocol']['measured_ms']:.2f} ms with the "
-                            "profile's protocol at the plan's workload (comparable with the "
-                            "prediction)"))
+        m = data["profile_protocol"]
+        verdict = ("within the budget" if m["within_budget"] else
+                   f"OVER the {plan['budget_ms']:.2f} ms budget")
+        rows.append(("now", f"p{pct:g} {m['estimated_ms']:.2f} ms with the profile's protocol "
+                            f"at the plan's workload: {verdict} (calm median "
+                            f"{m['intrinsic_ms']:.2f} ms; machine {m['drift']:.2f}x its calm "
+                            f"speed, observed p{pct:g} {m['observed_ms']:.2f} ms)"))
     emit(data, as_json, lambda d: table(rows))
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="Profile of this machine (default: the one the plan was made with).")
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(5, 3600),
+              help="Seconds of requests (the profile's protocol, interleaved with its "
+                   "reference graph).")
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default=None,
+              help="Default: the plan's device.")
+@json_option
+def verify(bundle: Path, profile_path: Path | None, duration: float, device: str | None,
+           as_json: bool) -> None:
+    """Measure a planned bundle on the machine it was planned for and record the result.
+
+    For a bundle from export --latency (with or without --for-device): times it for
+    --duration seconds with the profile's protocol at the plan's workload, interleaved with
+    the profile's reference graph, and writes the verdict into its shaper.json. The profile
+    must describe this machine. Exit status 3 when the budget is not met.
+
+    \b
+    Example (on the target device):
+      shaperctl verify ./bundle --duration 60
+    """
+    import datetime
+
+    from shaper_deploy.bundle import BundleManifest
+    from shaper_deploy.errors import ServingError
+    from shaper_deploy.io import output_lock
+    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.serving import Bundle
+
+    manifest = BundleManifest.read(bundle)
+    plan = manifest.plan
+    if not plan:
+        raise ServingError(f"bundle {bundle} has no plan to verify; verify checks bundles "
+                           "made by shaperctl export --latency")
+    profile = DeviceProfile.load(profile_path or plan["profile"])
+    device = device or plan["device"]
+    differences = profile.foreign_fields()
+    if differences:
+        raise ServingError(f"this machine is not the one profile {profile.path} describes "
+                           f"({'; '.join(differences)}); run verify on that machine, or pass "
+                           "--profile with a profile of this one")
+    Bundle.load(bundle, device=device)  # its model file verified against its checksum
+    pct = plan.get("percentile", 50.0)
+    progress(f"timing {bundle} for {duration:g} s at batch {plan['batch']} x {plan['seq_len']}")
+    m = profile.measure(bundle / manifest.default_model, plan["precision"],
+                        (plan["batch"], plan["seq_len"]), device, pct, seconds=duration)
+    result = {**m, "budget_ms": plan["budget_ms"], "predicted_ms": plan["predicted_ms"],
+              "within_budget": m["estimated_ms"] <= plan["budget_ms"],
+              "observed_within_budget": m["observed_ms"] <= plan["budget_ms"],
+              "error_vs_prediction": m["estimated_ms"] / plan["predicted_ms"] - 1,
+              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec="seconds")}
+    with output_lock(bundle):
+        manifest = BundleManifest.read(bundle)
+        manifest.plan["verification"] = result
+        manifest.plan.setdefault("target", {})["verified"] = result["within_budget"]
+        manifest.write(bundle)
+    verdict = ("within the budget" if result["within_budget"] else
+               f"OVER the {plan['budget_ms']:.2f} ms budget")
+    emit({"bundle": str(bundle), "verification": result}, as_json, lambda d: table([
+        ("bundle", f"{bundle} ({plan['precision']}, {','.join(map(str, plan['shape']))})"),
+        ("budget", f"{plan['budget_ms']:.2f} ms at p{pct:g}, batch {plan['batch']} x "
+                   f"{plan['seq_len']}; predicted {plan['predicted_ms']:.2f} ms"),
+        ("measured", f"p{pct:g} {m['estimated_ms']:.2f} ms: {verdict} (calm median "
+                     f"{m['intrinsic_ms']:.2f} ms, {result['error_vs_prediction']:+.1%} vs the "
+                     f"prediction; {m['runs']} runs in {m['seconds']:.0f} s, machine "
+                     f"{m['drift']:.2f}x its calm speed, observed p{pct:g} "
+                     f"{m['observed_ms']:.2f} ms)"),
+        ("fidelity", f"{plan['fidelity']:.4f} ({plan['fidelity_metric']})"),
+        ("recorded", str(bundle / "shaper.json"))]))
+    if not result["within_budget"]:
+        raise SystemExit(3)
 
 
 @click.command("triton")

@@ -31,10 +31,11 @@ def supernet() -> None:
 
 
 @supernet.command("init")
-@click.option("--from-bert", "source", required=True,
+@click.option("--from-hf", "--from-bert", "source", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A local Hugging Face BERT folder (config.json + weights), or a SuperShaper "
-                   "repository checkpoint.")
+              help="A local Hugging Face BERT folder (config.json + weights; model_type bert "
+                   "only so far), or a SuperShaper repository checkpoint. --from-bert is the "
+                   "same option.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write the super network to (must not exist).")
 @click.option("--widths", default=None,
@@ -49,7 +50,7 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
 
     \b
     Example:
-      shaperctl supernet init --from-bert ./bert-base-cased --out ./super
+      shaperctl supernet init --from-hf ./bert-base-cased --out ./super
     """
     from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import SuperBert

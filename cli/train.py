@@ -197,14 +197,20 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
               type=click.Path(path_type=Path), help="Folder written by shaperctl train quality.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Latency profile for --latency (and latency in the results).")
-@click.option("--latency", "latency_text", default=None, help="Latency limit, e.g. 20ms.")
+@click.option("--latency", "latency_text", default=None,
+              help="Latency limit: 20ms, or 80% of the full fp32 model on the profile.")
+@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
+              help="Percentile of request latency the limit is for.")
+@click.option("--for-device", is_flag=True, help="Accept a profile of another machine.")
+@click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
 @click.option("--params", "params_text", default=None, help="Parameter limit, e.g. 60M.")
 @click.option("--iterations", default=300, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @widths_option
 @json_option
 def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
-           latency_text: str | None, params_text: str | None, iterations: int, seed: int,
+           latency_text: str | None, percentile: float, for_device: bool,
+           allow_unreliable: bool, params_text: str | None, iterations: int, seed: int,
            supershaper_widths, as_json: bool) -> None:
     """Evolutionary search for the best shape under parameter and latency limits.
 
@@ -229,17 +235,23 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         from shaper_deploy.predictor import DeviceProfile
 
         device_profile = DeviceProfile.load(profile_path)
+        device_profile.check_device(device_profile.device, for_device)
+        device_profile.check_trust(allow_unreliable)
         if device_profile.space != space:
             raise click.ClickException(f"profile {profile_path} covers another design space")
         precision = device_profile.precisions[0]
         workload = device_profile.reference_workload
 
         def latency(shapes):  # the planner's safe estimate: fp32 at the reference size
-            return (device_profile.predict(shapes, precision, *workload)
+            return (device_profile.predict(shapes, precision, *workload, percentile)
                     * device_profile.margin(precision))
+    limit = None
+    if latency_text:
+        if profile_path is None:
+            raise click.UsageError("--latency needs --profile")
+        limit = parse_budget(latency_text).resolve(device_profile, workload, percentile)
     result = evolutionary_search(
-        space, model.predict, model.higher_is_better, latency,
-        parse_budget(latency_text) if latency_text else None,
+        space, model.predict, model.higher_is_better, latency, limit,
         parse_count(params_text) if params_text else None,
         SearchConfig(iterations=iterations, seed=seed), progress)
     held = model.meta["held_out"]

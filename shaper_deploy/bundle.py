@@ -98,6 +98,9 @@ class BundleManifest:
         """``folder/shaper.json``: format and version checked, every field present, unknown
         fields refused."""
         folder = Path(folder)
+        if not folder.is_dir():
+            raise error(f"{folder} does not exist or is not a folder; a bundle is the folder "
+                        "shaperctl export --out writes")
         data = read_manifest(folder / MANIFEST, BUNDLE_FORMAT, BUNDLE_VERSION, "bundle", error,
                              f"{folder} is not a bundle (no {MANIFEST}); make one with "
                              "shaperctl export")

@@ -40,8 +40,9 @@ from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
-from .quantize import quantize_int8
-from .runtime import feeds_from_encodings, make_session, padded_tokenizer
+from .quantize import int8_record, quantize_int8
+from .runtime import (cpu_model_and_flags, feeds_from_encodings, int8_format, make_session,
+                      padded_tokenizer)
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
@@ -57,7 +58,7 @@ class ExportOptions:
     opset: int = 17  # ONNX opset; 17 is the first with LayerNormalization
     optimize: bool = True  # ONNX Runtime's transformer optimizer; Attention must fuse in every layer
     int8: bool = False  # also write a dynamically quantized int8 model
-    int8_per_channel: bool = True  # per-channel weight scales (more accurate on real BERT weights)
+    int8_isa: tuple[str, ...] | None = None  # ISA flags int8 is made for (None: this CPU's; see runtime.int8_format)
     int8_min_cosine: float = 0.95  # fail the export if int8's mean token cosine to fp32 is lower
     atol: float = 1e-4  # fp32 ONNX Runtime vs PyTorch tolerance on every output
 
@@ -334,13 +335,15 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             t = time.perf_counter()
             note("quantizing to int8 and measuring it against fp32")
             int8_path = tmp / INT8_FILE
-            quantize_int8(model_path, int8_path, options.int8_per_channel)
+            fmt = int8_format(options.int8_isa if options.int8_isa is not None
+                              else cpu_model_and_flags()[1])
+            quantize_int8(model_path, int8_path, fmt)
             _check(int8_path)
             feeds, judged_on = _judge_feeds(supernet.tokenizer_files, space.vocab_size,
                                             space.max_positions)
             accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0])
-            quantization = {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8",
-                            "per_channel": options.int8_per_channel, "judged_on": judged_on,
+            quantization = {**int8_record(fmt), "format_reason": fmt["why"],
+                            "judged_on": judged_on,
                             "min_cosine_required": options.int8_min_cosine, **accuracy}
             if accuracy["mean_token_cosine"] < options.int8_min_cosine:
                 raise ExportError(

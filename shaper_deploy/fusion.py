@@ -156,3 +156,21 @@ def fuse_bottlenecks(subnet: SubnetBert, fold_last: bool = False) -> FusedBert:
             fused.mlm_head.transform.load_state_dict(
                 (_compose(last, head.transform) if fold_last else head.transform).state_dict())
     return fused.eval()
+
+
+def identity_bottlenecks(supernet) -> list[tuple[bool, bool]]:
+    """Per layer of a super network: whether its input and output bottlenecks are exactly the
+    identity with zero bias (a network made from a BERT and not trained)."""
+    return [(_is_identity(layer.input_bottleneck), _is_identity(layer.output_bottleneck))
+            for layer in supernet.layers]
+
+
+def dropped_projections(flags: list[tuple[bool, bool]], shape) -> list[str]:
+    """What :func:`drop_identities` removes from ``shape``'s fused network, from the super
+    network's :func:`identity_bottlenecks` alone: a slice of two identities is an identity
+    exactly where it is square (names as in the bundle manifest)."""
+    w, D = shape.widths, shape.space.hidden_size
+    out = ["proj_in"] if w[0] == D and flags[0][0] else []
+    out += [f"transitions.{i}" for i in range(len(w) - 1)
+            if w[i] == w[i + 1] and flags[i][1] and flags[i + 1][0]]
+    return out + (["proj_out"] if w[-1] == D and flags[-1][1] else [])

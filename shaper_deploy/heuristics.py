@@ -66,6 +66,11 @@ def cigar_shape(target_params: int, space: DesignSpace) -> Shape:
     if target_params < family[0].params():
         raise ShapeError(f"no cigar shape has at most {target_params:,} parameters; the "
                          f"smallest ({family[0]}) has {family[0].params():,}")
+    if target_params > 1.1 * family[-1].params():  # e.g. a BERT-base count on MiniLM's space
+        raise ShapeError(f"{target_params:,} parameters is far above this design space's "
+                         f"largest shape ({family[-1]}, {family[-1].params():,}); allowed: "
+                         f"{family[0].params():,} .. {family[-1].params():,} (up to 10% more "
+                         "gives the largest)")
     return max((s for s in family if s.params() <= target_params), key=lambda s: s.params())
 
 

@@ -2,11 +2,18 @@
 user's workload (batch x sequence length), chosen among precisions and shapes by measured
 fidelity.
 
+A budget is a promise about a percentile of request latency (``--percentile``, default 90),
+in milliseconds or relative to the device ("80%": 80% of the full fp32 model's latency at
+that percentile and workload on the profile, so the same command means the same thing on a
+fast and a slow machine).
+
 1. Plan per precision: the fine cigar family's largest shape whose predicted latency at the
-   workload, times the profile's held-out p95 error margin, fits the budget.
+   workload and percentile, times the profile's held-out p95 error margin, fits the budget.
 2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
-   the profile's reference graph (drift divided out). A miss is measured once more; if it
+   the profile's reference graph: its calm median (the machine's slowdown now, seen by the
+   reference, divided out) times the profile's tail factor is the percentile checked
+   against the budget (``DeviceProfile.measure``). A miss is measured once more; if it
    stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
    under budget (by more than the margin) steps up to the next larger shape the observed
    ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
@@ -14,6 +21,11 @@ fidelity.
    (:mod:`shaper_deploy.fidelity`). The highest fidelity wins; ties go to the faster.
    An int8 candidate that fails its accuracy gate or the budget drops out with a line saying
    why; the plan fails only when no candidate fits.
+
+With ``for_device`` the plan is for the machine the profile describes, not this one: step 3
+is skipped (timing here would check the wrong machine), candidates fit by prediction x
+margin alone, int8 is made in that machine's format, and the bundle records that it is
+unverified until ``shaperctl verify`` runs there.
 """
 
 from __future__ import annotations
@@ -34,25 +46,62 @@ from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle, sample_
 from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
-from .predictor import DeviceProfile
-from .runtime import feeds_from_encodings, make_session, padded_tokenizer
+from .predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
+from .quantize import int8_record
+from .runtime import (DEVICE_PRECISIONS, feeds_from_encodings, int8_format, make_session,
+                      padded_tokenizer)
 from .shape import Shape
 
-_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$", re.IGNORECASE)
-DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32",)}
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 
 
-def parse_budget(text: str) -> float:
-    """'20ms', '0.02s', '20' (milliseconds), '500us' -> milliseconds."""
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget as the user gave it: milliseconds, or a fraction of the full fp32
+    model's latency on the profile (``relative``)."""
+
+    value: float
+    relative: bool = False
+    text: str = ""
+
+    def resolve(self, profile: DeviceProfile, workload: tuple[int, int], percentile: float,
+                full_dropped: Sequence[str] = ()) -> float:
+        """Milliseconds at ``percentile`` of request latency for the workload."""
+        if not self.relative:
+            return self.value
+        full = profile.space.largest
+        return self.value * float(profile.predict([full], "fp32", *workload, percentile,
+                                                  [list(full_dropped)])[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "value": self.value, "relative": self.relative}
+
+
+def parse_budget(text: str) -> Budget:
+    """'20ms', '0.02s', '20' (milliseconds), '500us'; '80%' = 80% of the full fp32 model."""
     m = _BUDGET.match(str(text))
     if not m:
         raise PlannerError(f"cannot read latency budget {text!r}: expected a number with an "
-                           "optional unit ms, s or us, like 20ms, 0.02s or 20")
-    value = float(m.group(1)) * {"ms": 1.0, "s": 1000.0, "us": 0.001, None: 1.0}[
-        (m.group(2) or "").lower() or None]
-    if value <= 0:
-        raise PlannerError(f"latency budget must be positive, got {text!r}")
-    return value
+                           "optional unit ms, s or us, like 20ms, 0.02s or 20, or a share of "
+                           "the full fp32 model's latency on the profile, like 80%")
+    unit = (m.group(2) or "").lower()
+    value = float(m.group(1))
+    if unit == "%":
+        if not 0 < value <= 1000:
+            raise PlannerError(f"a relative budget must be in (0%, 1000%], got {text!r}")
+        return Budget(value / 100, True, str(text).strip())
+    value *= {"ms": 1.0, "s": 1000.0, "us": 0.001, "": 1.0}[unit]
+    if not 0 < value < 1e9:
+        raise PlannerError(f"latency budget must be positive and below 1e9 ms, got {text!r}")
+    return Budget(value, False, str(text).strip())
+
+
+def check_percentile(percentile: float) -> float:
+    if not (isinstance(percentile, (int, float)) and TAIL_LEVELS[0] <= percentile
+            <= TAIL_LEVELS[-1]):
+        raise PlannerError(f"--percentile must be between {TAIL_LEVELS[0]} and "
+                           f"{TAIL_LEVELS[-1]}, got {percentile!r}")
+    return float(percentile)
 
 
 @dataclass
@@ -61,12 +110,13 @@ class Plan:
 
     shape: Shape
     precision: str
-    predicted_ms: float  # the predictor's median latency at the workload (x correction)
+    predicted_ms: float  # the predicted percentile of request latency at the workload (x correction)
     upper_ms: float  # with the profile's margin
     budget_ms: float
     batch: int
     seq_len: int
     correction: float = 1.0  # measured/predicted ratio the closed loop applied
+    percentile: float = DEFAULT_PERCENTILE
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,21 +126,25 @@ class Plan:
 
 def plan_for_latency(profile: DeviceProfile, budget_ms: float, precision: str,
                      batch: int, seq_len: int, correction: float = 1.0,
-                     family: Sequence[Shape] | None = None) -> Plan | None:
-    """The largest family shape whose prediction x margin x correction fits; None if none.
+                     family: Sequence[Shape] | None = None,
+                     percentile: float = DEFAULT_PERCENTILE,
+                     dropped: Callable[[Shape], list[str]] | None = None) -> Plan | None:
+    """The largest family shape whose predicted percentile x margin x correction fits; None
+    if none. ``dropped(shape)`` names the projections its export leaves out.
 
     Every family member is predicted (a matrix product per grid point), so the answer is the
     brute-force best, not a search's approximation.
     """
     family = list(family or cigar_family(profile.space))
-    predicted = profile.predict(family, precision, batch, seq_len) * correction
+    gone = [dropped(s) for s in family] if dropped else None
+    predicted = profile.predict(family, precision, batch, seq_len, percentile, gone) * correction
     upper = predicted * profile.margin(precision)
     fits = np.flatnonzero(upper <= budget_ms)
     if len(fits) == 0:
         return None
     i = int(fits.max())
     return Plan(family[i], precision, float(predicted[i]), float(upper[i]), budget_ms, batch,
-                seq_len, correction)
+                seq_len, correction, percentile)
 
 
 @dataclass
@@ -113,9 +167,10 @@ class Candidate:
 
 
 def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
-                  supernet_config, allow_unreliable: bool, warn: Callable[[str], None]) -> None:
-    """Refuse a profile that does not describe what would be exported, here."""
-    profile.check_device(device, warn)
+                  supernet_config, allow_unreliable: bool, for_device: bool = False) -> None:
+    """Refuse a profile that does not describe what would be exported, here (or, with
+    ``for_device``, on the machine the profile describes)."""
+    profile.check_device(device, for_device)
     if profile.space != supernet_config.space:
         raise PlannerError(f"profile {profile.path} covers another design space than the super "
                            "network; profile it with --supernet")
@@ -123,17 +178,16 @@ def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
     wanted = {"task": options.task, "optimized": options.optimize,
               "activation": supernet_config.hidden_act, "pooler": supernet_config.pooler,
               "opset": options.opset}
-    differences = [f"{k} {g.get(k)!r} (profile) vs {v!r} (export)" for k, v in wanted.items()
-                   if g.get(k) != v]
+    if "int8" in profile.precisions:
+        wanted["int8"] = int8_record(int8_format(profile.header.fingerprint["isa"]))
+    recorded = {**g, "int8": {"reduce_range": False, **(g.get("int8") or {})}}
+    differences = [f"{k} {recorded.get(k)!r} (profile) vs {v!r} (export)"
+                   for k, v in wanted.items() if recorded.get(k) != v]
     if differences:
         raise PlannerError(f"profile {profile.path} timed another graph than this export would "
                            f"write ({'; '.join(differences)}); a latency budget is planned for "
                            "optimized feature-extraction exports at the profile's opset")
-    trust = profile.trust
-    if not trust["reliable"] and not allow_unreliable:
-        raise PlannerError(f"profile {profile.path} is unreliable ({'; '.join(trust['reasons'])}); "
-                           "remake it on a quiet machine, or pass --allow-unreliable to plan "
-                           "with it anyway")
+    profile.check_trust(allow_unreliable)
 
 
 def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int = 128):
@@ -175,10 +229,9 @@ def bundle_fidelity(bundle: Path, model_file: str, task: str, reference: np.ndar
     return embedding_fidelity(reference, out, feeds["attention_mask"])
 
 
-def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, precision: str,
-                    workload: tuple[int, int]) -> dict[str, Plan | None]:
-    """Each precision's plan at the workload (None where no shape fits); refuses a precision
-    the device or profile lacks, a workload outside the profile, and a budget nothing meets."""
+def allowed_precisions(profile: DeviceProfile, device: str, precision: str) -> list[str]:
+    """The precisions a plan compares: ``precision`` (or, for auto, every one the device
+    runs and the profile has); refuses one the device or profile lacks."""
     if precision != "auto":
         if precision not in DEVICE_PRECISIONS[device]:
             raise PlannerError(f"{precision} does not run on {device}; allowed there: "
@@ -192,46 +245,88 @@ def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, preci
     if not allowed:
         raise PlannerError(f"profile {profile.path} has no precision that runs on {device} "
                            f"(it has {', '.join(profile.precisions)})")
+    return allowed
+
+
+def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, precision: str,
+                    workload: tuple[int, int], percentile: float = DEFAULT_PERCENTILE,
+                    dropped: Callable[[Shape], list[str]] | None = None
+                    ) -> dict[str, Plan | None]:
+    """Each precision's plan at the workload (None where no shape fits); refuses a precision
+    the device or profile lacks, a workload outside the profile, and a budget nothing meets."""
+    allowed = allowed_precisions(profile, device, precision)
     family = cigar_family(profile.space)
-    plans = {p: plan_for_latency(profile, budget_ms, p, *workload, family=family)
+    plans = {p: plan_for_latency(profile, budget_ms, p, *workload, family=family,
+                                 percentile=percentile, dropped=dropped)
              for p in allowed}
     if all(plan is None for plan in plans.values()):
         fastest = family[0]
-        times = ", ".join(f"{p} {profile.predict([fastest], p, *workload)[0]:.2f} ms"
-                          for p in allowed)
-        raise PlannerError(f"a {budget_ms:g} ms budget is unattainable at batch {workload[0]} x "
-                           f"{workload[1]} tokens on profile {profile.path}: the fastest shape "
-                           f"({fastest}, {fastest.params() / 1e6:.1f}M params) is predicted at "
-                           f"{times} (before the error margin)")
+        gone = [dropped(fastest)] if dropped else None
+        times = ", ".join(f"{p} {profile.predict([fastest], p, *workload, percentile, gone)[0]:.2f}"
+                          f" ms (x{profile.margin(p):.2f} margin)" for p in allowed)
+        raise PlannerError(f"a {budget_ms:.4g} ms budget at p{percentile:g} is unattainable at "
+                           f"batch {workload[0]} x {workload[1]} tokens on profile "
+                           f"{profile.path}: the fastest shape ({fastest}, "
+                           f"{fastest.params() / 1e6:.1f}M params) is predicted at {times}")
     return plans
 
 
-def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: str | Path,
-                      device: str = "cpu", precision: str = "auto",
+def export_dropped(supernet) -> Callable[[Shape], list[str]]:
+    """``shape -> projections its export drops`` for this super network."""
+    from .fusion import dropped_projections, identity_bottlenecks
+
+    flags = identity_bottlenecks(supernet)
+    return lambda shape: dropped_projections(flags, shape)
+
+
+def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile,
+                      out: str | Path, device: str = "cpu", precision: str = "auto",
                       workload: tuple[int, int] | None = None,
                       options: ExportOptions = ExportOptions(),
                       calibration: Sequence[str] | None = None, force: bool = False,
                       allow_unreliable: bool = False, max_exports: int = 4,
                       measure: Callable[..., float] | None = None,
-                      progress: Callable[[str], None] | None = None) -> BundleManifest:
+                      progress: Callable[[str], None] | None = None,
+                      percentile: float = DEFAULT_PERCENTILE,
+                      for_device: bool = False) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
 
-    ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds on the
-    profile's scale; the default times the bundle with the profile's protocol. Tests pass a
-    scripted one, so the loop's logic is checked without depending on this machine's timing.
+    ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds at the
+    budget's percentile (see the module docstring); the default times the bundle with the
+    profile's protocol. Tests pass a scripted one, so the loop's logic is checked without
+    depending on this machine's timing.
     """
     note = progress or (lambda message: None)
     out = Path(out)
     check_output_dir(out, force)
+    percentile = check_percentile(percentile)
+    if not isinstance(budget, Budget):
+        budget = Budget(float(budget), False, f"{budget:g}ms")
     batch, seq_len = workload or profile.reference_workload
-    plans = plan_candidates(profile, budget_ms, device, precision, (batch, seq_len))
-    check_profile(profile, device, options, supernet.config, allow_unreliable, note)
+    allowed_precisions(profile, device, precision)
+    check_profile(profile, device, options, supernet.config, allow_unreliable, for_device)
+    dropped = export_dropped(supernet)
+    budget_ms = budget.resolve(profile, (batch, seq_len), percentile,
+                               dropped(profile.space.largest))
+    plans = plan_candidates(profile, budget_ms, device, precision, (batch, seq_len), percentile,
+                            dropped)
     family = cigar_family(profile.space)
-    note(f"budget {budget_ms:g} ms at batch {batch} x {seq_len} tokens"
-         + (" (the profile's reference size)" if workload is None else "") + f" on {device}")
-    if measure is None:
+    target = profile.header.fingerprint
+    if for_device:
+        options = replace(options, int8_isa=tuple(target["isa"]))
+    note(f"budget {budget.text or f'{budget_ms:g} ms'}"
+         + (f" = {budget_ms:.2f} ms (of the full fp32 model's p{percentile:g})"
+            if budget.relative else "")
+         + f" at p{percentile:g}, batch {batch} x {seq_len} tokens"
+         + (" (the profile's reference size)" if workload is None else "") + f" on {device}"
+         + (f", for {target['cpu_model']} (not measured here)" if for_device else ""))
+    if measure is None and not for_device:
         def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
-            return profile.measure(bundle / model_file, prec, w, device)["measured_ms"]
+            m = profile.measure(bundle / model_file, prec, w, device, percentile)
+            note(f"{prec}: p{percentile:g} {m['estimated_ms']:.2f} ms (calm median "
+                 f"{m['intrinsic_ms']:.2f} ms; machine {m['drift']:.2f}x its calm speed now, "
+                 f"observed p{percentile:g} {m['observed_ms']:.2f} ms)")
+            return m["estimated_ms"]
     reference, feeds, positions, used = reference_outputs(
         supernet, options.task, calibration or CALIBRATION_TEXTS, max_length=seq_len)
     candidates: list[Candidate] = []
@@ -240,24 +335,30 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
         for prec, plan in plans.items():
             if plan is None:
                 fastest = family[0]
-                ms = float(profile.predict([fastest], prec, batch, seq_len)[0])
+                ms = float(profile.predict([fastest], prec, batch, seq_len, percentile,
+                                           [dropped(fastest)])[0])
                 candidates.append(Candidate(prec, None, None, None, None, status="no shape fits",
                                             reason=f"the fastest shape is predicted at "
-                                                   f"{ms:.2f} ms"))
-                note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms)")
+                                                   f"{ms:.2f} ms (x{profile.margin(prec):.2f} "
+                                                   "margin)"))
+                note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms at p"
+                     f"{percentile:g}, x{profile.margin(prec):.2f} margin)")
                 continue
-            candidates.append(_closed_loop(supernet, profile, plan, family, Path(work) / prec,
-                                           replace(options, int8=prec == "int8"), measure,
-                                           max_exports, note))
+            loop = _predicted_only if for_device else _closed_loop
+            candidates.append(loop(supernet, profile, plan, family, Path(work) / prec,
+                                   replace(options, int8=prec == "int8"), measure,
+                                   max_exports, note, dropped))
         fitting = [c for c in candidates if c.status == "fits"]
         for c in fitting:
             c.fidelity = bundle_fidelity(Path(work) / c.precision, _model_file(c.precision),
                                          options.task, reference, feeds, positions)
         if not fitting:
-            raise PlannerError(f"no candidate met {budget_ms:g} ms at batch {batch} x {seq_len} "
-                               "tokens: " + "; ".join(f"{c.precision}: {c.status} ({c.reason})"
-                                                      for c in candidates))
-        best = max(fitting, key=lambda c: (round(c.fidelity, 4), -c.measured_ms))
+            raise PlannerError(f"no candidate met {budget_ms:.4g} ms at p{percentile:g}, batch "
+                               f"{batch} x {seq_len} tokens: "
+                               + "; ".join(f"{c.precision}: {c.status} ({c.reason})"
+                                           for c in candidates))
+        best = max(fitting, key=lambda c: (round(c.fidelity, 4), -(c.measured_ms or
+                                                                     c.upper_ms)))
         best.status = "chosen"
         for c in fitting:
             if c is not best:
@@ -266,7 +367,8 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
         best.reason = ("highest fidelity within the budget" if len(fitting) > 1 else
                        "the only candidate within the budget")
         plan_record = {
-            "budget_ms": budget_ms, "batch": batch, "seq_len": seq_len,
+            "budget_ms": budget_ms, "budget": budget.to_dict(), "percentile": percentile,
+            "batch": batch, "seq_len": seq_len,
             "workload_source": "given" if workload else "profile reference size",
             "device": device, "precision": best.precision, "shape": best.shape,
             "params": best.params, "predicted_ms": best.predicted_ms,
@@ -277,10 +379,16 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
                                 "mean cosine of mean-pooled embeddings to the full fp32 model"),
             "calibration": used, "profile": str(profile.path),
             "profile_trust": profile.trust,
+            "target": {"fingerprint": target, "for_device": for_device,
+                       "verified": not for_device},
+            "verification": None,
             "candidates": [c.to_dict() for c in candidates],
-            "method": "per precision the largest fine-cigar shape whose predicted latency x "
-                      "the profile's p95 margin fits; exported, measured with the profile's "
-                      "protocol, stepped down or up; highest fidelity among those within budget"}
+            "method": (f"per precision the largest fine-cigar shape whose predicted p"
+                       f"{percentile:g} x the profile's p95 margin fits; "
+                       + ("not measured (planned for the profile's machine)" if for_device
+                          else "exported, measured with the profile's protocol (calm median "
+                               "x the profile's tail factor), stepped down or up")
+                       + "; highest fidelity among those within budget")}
         chosen = Path(work) / best.precision
         manifest = BundleManifest.read(chosen, PlannerError)
         manifest.plan = plan_record
@@ -288,25 +396,30 @@ def export_for_budget(supernet, budget_ms: float, profile: DeviceProfile, out: s
         with atomic_dir(out, force=force) as tmp:
             for item in chosen.iterdir():
                 shutil.move(str(item), tmp / item.name)
-    note(f"chose {best.precision} {','.join(map(str, best.shape))}: measured "
-         f"{best.measured_ms:.2f} ms, fidelity {best.fidelity:.4f}")
+    note(f"chose {best.precision} {','.join(map(str, best.shape))}: "
+         + (f"p{percentile:g} {best.measured_ms:.2f} ms measured here" if not for_device else
+            f"p{percentile:g} {best.predicted_ms:.2f} ms predicted there (unverified)")
+         + f", fidelity {best.fidelity:.4f}")
     return manifest
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
-                      progress: Callable[[str], None] | None = None) -> BundleManifest:
+                      percentile: float = DEFAULT_PERCENTILE,
+                      for_device: bool = False) -> BundleManifest:
     """Add ``profile``'s predicted latency of the bundle's shape at the profile's reference
     size, for each profiled precision, to the bundle's manifest (export --profile, no budget)."""
-    profile.check_device(device, progress or (lambda message: None))
+    profile.check_device(device, for_device)
     manifest = BundleManifest.read(bundle, PlannerError)
     shape = Shape(tuple(manifest.shape), profile.space)
     b, s = profile.reference_workload
     manifest.predicted_latency = []
     for p in profile.precisions:
-        ms = float(profile.predict([shape], p, b, s)[0])
+        ms = float(profile.predict([shape], p, b, s, percentile,
+                                   [list(manifest.dropped_identities)])[0])
         manifest.predicted_latency.append(
             {"profile": str(profile.path), "precision": p, "batch": b, "seq_len": s,
-             "predicted_ms": ms, "predicted_upper_ms": ms * profile.margin(p)})
+             "percentile": percentile, "predicted_ms": ms,
+             "predicted_upper_ms": ms * profile.margin(p)})
     manifest.write(bundle)
     return manifest
 
@@ -315,9 +428,33 @@ def _model_file(precision: str) -> str:
     return INT8_FILE if precision == "int8" else MODEL_FILE
 
 
+def _predicted_only(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
+                    folder: Path, options: ExportOptions, measure, max_exports: int,
+                    note: Callable[[str], None], dropped) -> Candidate:
+    """A plan for another machine: the planned shape exported, its fit by prediction x margin
+    (nothing measured here). An int8 shape failing its gate drops out."""
+    prec = plan.precision
+    cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
+                     plan.upper_ms)
+    note(f"{prec}: exporting {plan.shape} ({plan.shape.params() / 1e6:.1f}M params, predicted "
+         f"p{plan.percentile:g} {plan.predicted_ms:.2f} ms, {plan.upper_ms:.2f} ms with the "
+         f"x{profile.margin(prec):.2f} margin; not measured here)")
+    try:
+        export_bundle(supernet, plan.shape, folder, options,
+                      progress=lambda m: None if m.startswith("wrote ") else note(m))
+    except ExportError as exc:
+        if prec != "int8":
+            raise
+        cand.status, cand.reason = "gate failed", str(exc).split(";")[0]
+        return cand
+    cand.exports.append({**plan.to_dict(), "measured_ms": None, "within_budget": None})
+    cand.status = "fits"
+    return cand
+
+
 def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
                  folder: Path, options: ExportOptions, measure, max_exports: int,
-                 note: Callable[[str], None]) -> Candidate:
+                 note: Callable[[str], None], dropped=None) -> Candidate:
     """Export and measure one precision's plan until it fits as tightly as the loop allows.
 
     The fitting bundle ends in ``folder``; returns its candidate (status fits, over budget,
@@ -334,7 +471,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     while shape_plan is not None and len(tried) < max_exports:
         attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
         note(f"{prec}: exporting {shape_plan.shape} ({shape_plan.shape.params() / 1e6:.1f}M "
-             f"params, predicted {shape_plan.predicted_ms:.2f} ms)")
+             f"params, predicted p{shape_plan.percentile:g} {shape_plan.predicted_ms:.2f} ms, "
+             f"{shape_plan.upper_ms:.2f} ms with the x{margin:.2f} margin)")
         try:
             export_bundle(supernet, shape_plan.shape, attempt, options,
                           progress=lambda m: None if m.startswith("wrote ") else note(m))
@@ -369,7 +507,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
             if ms * margin < budget:
                 # Scaled by the observed ratio (+2% for noise) instead of the margin: it is measured next.
                 nxt = plan_for_latency(profile, budget, prec, *w,
-                                       correction=ratio * 1.02 / margin, family=family)
+                                       correction=ratio * 1.02 / margin, family=family,
+                                       percentile=plan.percentile, dropped=dropped)
                 if (nxt is not None and index[nxt.shape.widths] > index[shape_plan.shape.widths]
                         and nxt.shape.widths not in tried):
                     note(f"{prec}: {ms:.2f} ms leaves room; stepping up to {nxt.shape}")
@@ -383,7 +522,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
         note(f"{prec}: missed the budget ({ms:.2f} ms); re-planning with predictions scaled "
              f"by {correction:.3f}")
         shape_plan = plan_for_latency(profile, budget, prec, *w, correction=correction,
-                                      family=family)
+                                      family=family, percentile=plan.percentile,
+                                      dropped=dropped)
         if shape_plan is not None and shape_plan.shape.widths in tried:
             smaller = index[shape_plan.shape.widths] - 1
             shape_plan = (replace(shape_plan, shape=family[smaller]) if smaller >= 0 else None)

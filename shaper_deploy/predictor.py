@@ -31,15 +31,16 @@ import numpy as np
 from .errors import ProfileError
 from .io import atomic_write_bytes, read_manifest
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
-from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, held_out_keys,
-                                measure_model, measured_latency, noise_floor, read_header,
-                                read_measurements, reference_spread, shape_from_key,
-                                verify_file, workload_key, write_header)
+from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, calm_reference,
+                                dropped_by_key, held_out_keys, machine_factor, measure_model,
+                                measured_latency, noise_floor, read_header, read_measurements,
+                                reference_spread, shape_from_key, verify_file, workload_key,
+                                write_header)
 from .profiling.protocol import Workload, describe_range, grid_cell
 from .shape import DesignSpace, Shape
 
 PREDICTOR_FORMAT = "shaper-deploy/predictor"
-PREDICTOR_VERSION = 2
+PREDICTOR_VERSION = 3
 META_FILE = "predictor.json"
 MAX_MAPE = 0.05  # a profile whose held-out MAPE exceeds this is unreliable
 MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) exceeds this
@@ -47,24 +48,91 @@ MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) 
 
 RIDGE = 0.5  # penalty on the per-width corrections' relative effect (scale-free)
 SMOOTH = ("layers", "layer_width", "layer_width_sq", "transitions", "projections",
-          "width_changes", "constant")
+          "projection_ops", "width_changes", "constant")
+TAIL_LEVELS = (50, 75, 90, 95, 99)  # percentiles a budget may promise
+DEFAULT_PERCENTILE = 90.0
 
 
 def feature_names(space: DesignSpace) -> list[str]:
     return [*SMOOTH, *(f"layers_{w}" for w in space.widths)]
 
 
-def features(shapes: Sequence[Shape]) -> np.ndarray:
-    """One row per shape: the smooth layer cost's terms, transition size, projections, width
-    changes, 1, then layers per width."""
+def features(shapes: Sequence[Shape], dropped: Sequence[Sequence[str]] | None = None
+             ) -> np.ndarray:
+    """One row per shape: the smooth layer cost's terms, the size of the transitions and
+    projections its graph computes (``dropped[i]`` names those shape i leaves out, as an
+    identity super network's export does), how many there are, width changes, 1, then
+    layers per width."""
     rows = []
-    for s in shapes:
+    for i, s in enumerate(shapes):
         w, D = s.widths, s.space.hidden_size
-        rows.append([len(w), sum(w) / D, sum(d * d for d in w) / D / D,
-                     sum(a * b for a, b in zip(w[:-1], w[1:])) / D / D,
-                     (w[0] + w[-1]) / D, sum(a != b for a, b in zip(w[:-1], w[1:])), 1.0,
+        gone = set(dropped[i]) if dropped is not None else set()
+        trans = [a * b for t, (a, b) in enumerate(zip(w[:-1], w[1:]))
+                 if f"transitions.{t}" not in gone]
+        proj = [d for name, d in (("proj_in", w[0]), ("proj_out", w[-1])) if name not in gone]
+        rows.append([len(w), sum(w) / D, sum(d * d for d in w) / D / D, sum(trans) / D / D,
+                     sum(proj) / D, len(trans) + len(proj),
+                     sum(a != b for a, b in zip(w[:-1], w[1:])), 1.0,
                      *(w.count(x) for x in s.space.widths)])
     return np.asarray(rows, dtype=np.float64)
+
+
+def tail_model(records: list[dict[str, Any]], precision: str, bins: int = 8
+               ) -> dict[str, Any] | None:
+    """How request latency is spread around the calm median, as a function of that median.
+
+    Every measurement keeps percentiles of its timed runs; divided by its calm median (its
+    median over its group's machine factor) they give its spread at the moment it ran,
+    the machine's slowdown then included. Mixed over all measurements of similar latency,
+    across the whole profile's time, they give the factor a percentile of request latency
+    stands above the calm median: ``percentile(P) = calm median x factor(P, median)``.
+    Measurements are put in ``bins`` bins of equal count by calm median (short runs spread
+    more); between bin centers the factor is interpolated in log latency.
+    """
+    calm = calm_reference(records)
+    rows = []
+    for r in records:
+        if r["precision"] != precision or r["phase"] != "main":
+            continue
+        center = r["median_ms"] / machine_factor(r, calm)
+        if "run_ms" in r:
+            levels = sorted((float(k), v) for k, v in r["run_ms"].items())
+        else:  # profiles before run percentiles: the median and p90 only
+            levels = [(50.0, r["median_ms"]), (90.0, r["p90_ms"])]
+        rows.append((center, [lv for lv, _ in levels], [v / center for _, v in levels]))
+    if len(rows) < bins * 5:
+        return None
+    have = set.intersection(*(set(lv) for _, lv, _ in rows))
+    levels = [lv for lv in TAIL_LEVELS if lv in have]
+    rows.sort(key=lambda t: t[0])
+    u = np.linspace(0.5, 99.5, 100)  # each record as 100 equally likely runs
+    centers, factors = [], []
+    for chunk in np.array_split(np.arange(len(rows)), bins):
+        pseudo = np.concatenate([np.interp(u, rows[i][1], rows[i][2]) for i in chunk])
+        centers.append(float(np.median([rows[i][0] for i in chunk])))
+        factors.append([float(np.percentile(pseudo, lv)) if lv != 50 else 1.0
+                        for lv in levels])
+    return {"levels": levels, "median_ms": centers, "factor": factors,
+            "records": len(rows)}
+
+
+def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray
+                ) -> np.ndarray:
+    """The factor a percentile of request latency stands above the calm median ``ms``."""
+    ms = np.asarray(ms, dtype=np.float64)
+    if percentile == 50:
+        return np.ones_like(ms)
+    if tail is None:
+        raise ProfileError("this profile has too few measurements to model latency "
+                           "percentiles; only the median (--percentile 50) can be predicted")
+    levels = tail["levels"]
+    if not levels[0] <= percentile <= levels[-1]:
+        raise ProfileError(f"percentile {percentile:g} is outside what this profile measured "
+                           f"({levels[0]:g}..{levels[-1]:g}); remake it with this "
+                           "shaper-deploy for percentiles up to 99")
+    per_level = np.array(tail["factor"])  # bins x levels
+    by_bin = np.array([np.interp(percentile, levels, row) for row in per_level])
+    return np.interp(np.log(np.maximum(ms, 1e-6)), np.log(tail["median_ms"]), by_bin)
 
 
 def fit_point(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -113,18 +181,23 @@ class LatencyModel:
     metrics: dict[str, Any]  # precision -> held-out metrics (grid sizes, check sizes, both)
     margin: dict[str, float]  # precision -> 1 + held-out p95 relative error
     features: list[str] = field(default_factory=list)
-    method: str = ("additive per grid point: per-layer cost smooth in width plus ridge-penalized "
-                   "per-width corrections, transitions, projections, width changes (NNLS on "
-                   "relative error, one trimmed refit); bilinear in batch and length between "
-                   "grid points, refused outside")
+    tail: dict[str, Any] = field(default_factory=dict)  # precision -> tail_model()
+    method: str = ("calm median, additive per grid point: per-layer cost smooth in width plus "
+                   "ridge-penalized per-width corrections, transitions and projections the "
+                   "graph computes, width changes (NNLS on relative error, one trimmed refit); "
+                   "bilinear in batch and length between grid points, refused outside; "
+                   "percentiles = median x the profile's mixed run spread at that latency")
 
     @property
     def precisions(self) -> list[str]:
         return list(self.coef)
 
-    def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int
+    def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int,
+                percentile: float = 50.0, dropped: Sequence[Sequence[str]] | None = None
                 ) -> np.ndarray:
-        """Median latency in ms at (batch, seq_len), under the profile's protocol."""
+        """Latency in ms at (batch, seq_len) under the profile's protocol: the calm median
+        (``percentile`` 50), or that percentile of request latency. ``dropped[i]`` names
+        the projections shape i's graph leaves out (default: none)."""
         if precision not in self.coef:
             raise ProfileError(f"this profile has no {precision} measurements; it has "
                                f"{', '.join(self.coef)}")
@@ -138,7 +211,7 @@ class LatencyModel:
             raise ProfileError(f"batch {batch} x {seq_len} tokens is outside the profiled "
                                f"range ({describe_range(self.grid)}); profile those sizes "
                                "with --batch/--seq-len/--max-tokens")
-        x = features(shapes)
+        x = features(shapes, dropped)
         (b0, s0), _, (b1, _), (_, s1) = cell
         tb = (batch - b0) / (b1 - b0) if b1 != b0 else 0.0
         ts = (seq_len - s0) / (s1 - s0) if s1 != s0 else 0.0
@@ -147,13 +220,14 @@ class LatencyModel:
                             ((b1, s0), tb * (1 - ts)), ((b1, s1), tb * ts)):
             if wgt:
                 out += wgt * (x @ np.asarray(self.coef[precision][workload_key((b, s))]))
-        return out
+        return out * tail_factor(self.tail.get(precision), percentile, out)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PREDICTOR_FORMAT, "format_version": PREDICTOR_VERSION,
                 "method": self.method, "features": self.features,
                 "design_space": self.space.to_dict(), "grid": [list(w) for w in self.grid],
-                "coef": self.coef, "margin": self.margin, "metrics": self.metrics}
+                "coef": self.coef, "margin": self.margin, "metrics": self.metrics,
+                "tail": self.tail}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyModel":
@@ -161,7 +235,7 @@ class LatencyModel:
             return cls(space=DesignSpace.from_dict(d["design_space"]),
                        grid=[tuple(w) for w in d["grid"]], coef=d["coef"],
                        metrics=d["metrics"], margin=d["margin"], features=d["features"],
-                       method=d["method"])
+                       tail=d["tail"], method=d["method"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{META_FILE} is malformed ({exc}); refit with: shaperctl "
                                "profile ... --out PROFILE") from None
@@ -174,6 +248,7 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
     held-out shapes instead (a learning curve compares fits on one held-out set)."""
     space, protocol = header.space, header.protocol
     main = measured_latency(records, "main")  # held-out shapes also at the check sizes
+    gone = dropped_by_key(records)
     coef: dict[str, dict[str, list[float]]] = {}
     metrics: dict[str, Any] = {}
     margin: dict[str, float] = {}
@@ -185,7 +260,7 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
                                "input size; a predictor needs at least 12: run the same "
                                "profile command again to finish it")
         shapes = [shape_from_key(k, space) for k in keys]
-        x = features(shapes)
+        x = features(shapes, [gone.get(k, []) for k in keys])
         held_set = held_keys if held_keys is not None else held_out_keys(shapes, held_out)
         test = np.array([k in held_set for k in keys])
         split: dict[str, list[float]] = {}
@@ -209,7 +284,8 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             if not ks:
                 continue
             y = np.array([measured[k] for k in ks])
-            p = trial.predict([shape_from_key(k, space) for k in ks], precision, *w)
+            p = trial.predict([shape_from_key(k, space) for k in ks], precision, *w,
+                              dropped=[gone.get(k, []) for k in ks])
             actual_c.append(y)
             pred_c.append(p)
             by_workload[workload_key(w) + " (check)"] = float(np.abs(p / y - 1).mean())
@@ -227,8 +303,9 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             m["held_out"] = m["grid_held_out"]
         metrics[precision] = m
         margin[precision] = 1 + m["held_out"]["abs_rel_p95"]
+    tail = {p: t for p in protocol.precisions if (t := tail_model(records, p)) is not None}
     return LatencyModel(space, list(protocol.grid), coef, metrics, margin,
-                        feature_names(space))
+                        feature_names(space), tail)
 
 
 def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
@@ -318,9 +395,14 @@ class DeviceProfile:
     def trust(self) -> dict[str, Any]:
         return trust(self.header, self.model)
 
-    def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int
+    def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int,
+                percentile: float = 50.0, dropped: Sequence[Sequence[str]] | None = None
                 ) -> np.ndarray:
-        return self.model.predict(shapes, precision, batch, seq_len)
+        """Calm median latency (``percentile`` 50) or a percentile of request latency."""
+        return self.model.predict(shapes, precision, batch, seq_len, percentile, dropped)
+
+    def tail_factor(self, precision: str, percentile: float, ms) -> np.ndarray:
+        return tail_factor(self.model.tail.get(precision), percentile, ms)
 
     def margin(self, precision: str) -> float:
         return self.model.margin[precision]
@@ -332,25 +414,63 @@ class DeviceProfile:
         return float(self.predict([ref], precision, batch, seq_len)[0])
 
     def measure(self, model_file: str | Path, precision: str, workload: Workload,
-                device: str) -> dict[str, Any]:
+                device: str, percentile: float = DEFAULT_PERCENTILE,
+                seconds: float | None = None) -> dict[str, Any]:
         """An ONNX file timed now with this profile's protocol at ``workload``, interleaved
-        with the profile's reference graph: the number its prediction is comparable with."""
-        m = measure_model(Path(model_file), self.header,
-                          self.reference_ms(precision, *workload), precision, workload, device)
-        return {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
-                "measured_ms": m["measured_ms"], "drift": m["drift"]}
+        with the profile's reference graph: the numbers its prediction is comparable with.
 
-    def check_device(self, device: str, warn) -> None:
-        """Refuse another device kind; warn when the machine differs."""
+        Drift is handled one way everywhere: the reference's latency now over its calm
+        latency in the profile is the machine's slowdown now (``drift``); the model's median
+        over it is its calm median (``intrinsic_ms``, what the latency model predicts), and
+        that times the profile's tail factor is its ``percentile`` as the profile's time
+        saw the machine (``estimated_ms``: what a budget is checked against, whatever the
+        machine is doing this minute). ``observed_ms`` is the percentile of the runs just
+        timed, this minute's slowdown included.
+        """
+        m = measure_model(Path(model_file), self.header,
+                          self.reference_ms(precision, *workload), precision, workload, device,
+                          seconds)
+        estimated = float(m["intrinsic_ms"] * self.tail_factor(precision, percentile,
+                                                               m["intrinsic_ms"]))
+        return {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
+                "precision": precision, "percentile": percentile,
+                "measured_ms": m["measured_ms"], "intrinsic_ms": m["intrinsic_ms"],
+                "estimated_ms": estimated,
+                "observed_ms": float(np.percentile(m["times"], percentile)),
+                "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"]}
+
+    def foreign_fields(self) -> list[str]:
+        """How the machine the profile was measured on differs from this one (empty: same)."""
+        if self.device != "cpu":
+            return fingerprint_differences(self.header.fingerprint,
+                                           device_fingerprint(self.device))
+        return fingerprint_differences(self.header.fingerprint, device_fingerprint("cpu"))
+
+    def check_device(self, device: str, for_device: bool = False) -> list[str]:
+        """Refuse another device kind, and a profile of another machine unless the plan is
+        ``for_device`` (for the machine the profile describes: then nothing may be measured
+        here). Returns the fields that differ."""
         if self.device != device:
             raise ProfileError(f"profile {self.path} was measured on {self.device}, but "
                                f"--device is {device}; pass --device {self.device} or a "
                                f"{device} profile")
-        differences = fingerprint_differences(self.header.fingerprint,
-                                              device_fingerprint(device))
-        if differences:
-            warn(f"WARNING: profile {self.path} was measured on another machine "
-                 f"({'; '.join(differences[:3])}); its predictions may not hold here")
+        differences = self.foreign_fields()
+        if differences and not for_device:
+            raise ProfileError(
+                f"profile {self.path} was measured on another machine ("
+                f"{'; '.join(differences)}); plan for that machine with --for-device (nothing "
+                "is measured here; verify there with shaperctl verify), or use this machine's "
+                "profile (shaperctl profiles list) or make one: shaperctl profile --device "
+                f"{device} --supernet SUPERNET --out DIR")
+        return differences
+
+    def check_trust(self, allow_unreliable: bool) -> None:
+        """The one trust rule every command that plans or predicts with a profile applies."""
+        t = self.trust
+        if not t["reliable"] and not allow_unreliable:
+            raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
+                               "remake it (shaperctl profile ... --minutes N with a larger N), "
+                               "or pass --allow-unreliable to use it anyway")
 
 
 def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
@@ -362,6 +482,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
 
     fp = header.fingerprint
     main = measured_latency(records, "main")
+    gone = dropped_by_key(records)
     colors = {"fp32": "tab:blue", "int8": "tab:orange"}
     fig, ax = plt.subplots(figsize=(6.5, 6.5))
     lines = []
@@ -374,7 +495,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
                 continue
             keys = sorted(shapes)
             pred = model.predict([shape_from_key(k, header.space) for k in keys], precision,
-                                 b, s)
+                                 b, s, dropped=[gone.get(k, []) for k in keys])
             xs += [shapes[k] for k in keys]
             ys += list(pred)
         xs, ys = np.array(xs), np.array(ys)

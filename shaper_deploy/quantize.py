@@ -9,11 +9,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-METHOD = {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8"}
+METHOD = "onnxruntime quantize_dynamic"
 
 
-def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
-    """Dynamic int8 quantization of an (optimized) graph: int8 weights, float activations."""
+def int8_record(fmt: dict) -> dict:
+    """What an int8 graph made with ``fmt`` (runtime.int8_format) is, as profiles and bundles
+    record it: the planner compares the whole record."""
+    return {"method": METHOD, **{k: fmt[k] for k in ("weight_type", "per_channel",
+                                                      "reduce_range")}}
+
+
+def quantize_int8(src: Path, dst: Path, fmt: dict) -> None:
+    """Dynamic int8 quantization of an (optimized) graph in the format ``fmt`` (see
+    :func:`shaper_deploy.runtime.int8_format`): 8-bit weights, float activations quantized
+    on the fly."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -23,8 +32,9 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
     root.setLevel(logging.ERROR)
     try:
         # The fused Attention's outputs carry no type; DefaultTensorType says float.
-        quantize_dynamic(str(src), str(dst), per_channel=per_channel,
-                         weight_type=QuantType.QInt8,
+        quantize_dynamic(str(src), str(dst), per_channel=fmt["per_channel"],
+                         reduce_range=fmt["reduce_range"],
+                         weight_type=getattr(QuantType, fmt["weight_type"]),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)

@@ -3,6 +3,7 @@ profiles, real exports and real fidelity on tiny networks; measurement is a func
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,9 @@ def reliable_profile(tiny_profile, tmp_path_factory):
         meta["metrics"][precision]["held_out"]["mape"] = 0.02
         meta["margin"][precision] = 1.05
         header["summary"]["precisions"][precision]["noise_floor"]["median_abs_rel_diff"] = 0.01
+        # a known spread of request latency: p90 = 1.2 x the calm median at every latency
+        meta["tail"][precision] = {"levels": [50, 75, 90, 95, 99], "median_ms": [0.1, 10.0],
+                                   "factor": [[1.0, 1.1, 1.2, 1.3, 1.5]] * 2, "records": 99}
     data = (json.dumps(meta, indent=2) + "\n").encode()
     (out / "predictor.json").write_bytes(data)
     header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
@@ -81,7 +85,8 @@ class Scripted:
         manifest = BundleManifest.read(bundle)
 
         shape = Shape(tuple(manifest.shape), self.profile.space)
-        ms = float(self.profile.predict([shape], precision, *workload)[0]) * self.factors[precision]
+        ms = (float(self.profile.predict([shape], precision, *workload, 90.0)[0])
+              * self.factors[precision])
         self.calls.append((tuple(manifest.shape), precision, workload, model_file))
         return ms
 
@@ -89,7 +94,8 @@ class Scripted:
 @pytest.mark.parametrize("text, ms", [("20ms", 20.0), ("0.02s", 20.0), ("20", 20.0),
                                       ("500us", 0.5), (" 1.5 S ", 1500.0)])
 def test_parse_budget(text, ms):
-    assert parse_budget(text) == pytest.approx(ms)
+    budget = parse_budget(text)
+    assert budget.value == pytest.approx(ms) and not budget.relative
 
 
 @pytest.mark.parametrize("text", ["fast", "-1ms", "0", "20 minutes", "nan", "inf"])
@@ -102,7 +108,7 @@ def test_parse_budget_errors(text):
 def test_plan_is_the_brute_force_best_at_the_workload(profile, workload):
     family = cigar_family(PLAN_SPACE)
     for precision in ("fp32", "int8"):
-        upper = profile.predict(family, precision, *workload) * profile.margin(precision)
+        upper = profile.predict(family, precision, *workload, 90.0) * profile.margin(precision)
         budget = float(np.median(upper))
         plan = plan_for_latency(profile, budget, precision, *workload)
         best = max(i for i, u in enumerate(upper) if u <= budget)
@@ -116,7 +122,7 @@ def test_plan_is_the_brute_force_best_at_the_workload(profile, workload):
 def _budget_for(profile, precision, index, workload=(1, 16)):
     """A budget that the family member at ``index`` just meets with the margin."""
     family = cigar_family(PLAN_SPACE)
-    up = profile.predict(family, precision, *workload) * profile.margin(precision)
+    up = profile.predict(family, precision, *workload, 90.0) * profile.margin(precision)
     return float(up[index]) * 1.0001
 
 
@@ -213,9 +219,10 @@ def test_int8_over_budget_falls_back_and_nothing_fits_fails(profile, supernet, t
 
 
 def test_planner_refusals(profile, supernet, tmp_path):
-    with pytest.raises(PlannerError, match=r"0.0001 ms budget is unattainable at batch 1 x 16 "
-                                           r"tokens on profile .*the fastest shape \(20x3, 0.1M params\) "
-                                           r"is predicted at fp32 0.12 ms, int8 0.09 ms"):
+    with pytest.raises(PlannerError, match=r"0.0001 ms budget at p90 is unattainable at batch 1 "
+                                           r"x 16 tokens on profile .*the fastest shape \(20x3, "
+                                           r"0.1M params\) is predicted at fp32 0.15 ms \(x1.05 "
+                                           r"margin\), int8 0.10 ms"):
         export_for_budget(supernet, 1e-4, profile, tmp_path / "b")
     with pytest.raises(ProfileError, match="outside the profiled range"):
         export_for_budget(supernet, 10, profile, tmp_path / "b", workload=(4, 16))
@@ -234,7 +241,7 @@ def test_planner_refusals(profile, supernet, tmp_path):
     header = json.loads((noisy / "profile.json").read_text())
     header["summary"]["precisions"]["fp32"]["noise_floor"]["median_abs_rel_diff"] = 0.5
     (noisy / "profile.json").write_text(json.dumps(header))
-    with pytest.raises(PlannerError, match=r"is unreliable \(fp32 noise floor 50.0% > 3%\).*"
+    with pytest.raises(ProfileError, match=r"is unreliable \(fp32 noise floor 50.0% > 3%\).*"
                                            r"pass --allow-unreliable"):
         export_for_budget(supernet, 10, DeviceProfile.load(noisy), tmp_path / "b")
     manifest = export_for_budget(supernet, 1e6, DeviceProfile.load(noisy), tmp_path / "b",
@@ -313,7 +320,7 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
         assert row["shape"] == list(shape.widths) and row["params"] == shape.params()
         loaded = DeviceProfile.load(tiny_profile)
         assert row["predicted_ms"]["fp32"] == pytest.approx(float(loaded.predict(
-            [shape], "fp32", *loaded.reference_workload)[0]), rel=1e-6)
+            [shape], "fp32", *loaded.reference_workload, 90.0)[0]), rel=1e-6)
     assert all(set(r["predicted_ms"]) == {"fp32", "int8"} for r in shapes["shapes"])
 
 
@@ -367,3 +374,108 @@ def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, su
     assert c["shape"] == list(int8_exports[0].widths)  # the first, which fit
     assert "gate_failed" in c["exports"][-1]
     assert manifest.default_model == "model_quantized.onnx"
+
+
+def _foreign(profile, tmp_path, **fields):
+    """A copy of ``profile`` whose fingerprint says it was measured on another machine."""
+    out = tmp_path / "foreign"
+    shutil.copytree(profile.path, out)
+    header = json.loads((out / "profile.json").read_text())
+    header["fingerprint"].update({"cpu_model": "Some Other CPU", "isa": ["avx", "avx2", "fma"],
+                                  **fields})
+    header["graph"]["int8"]["weight_type"] = "QUInt8"  # as that machine's profile timed it
+    (out / "profile.json").write_text(json.dumps(header))
+    return DeviceProfile.load(out)
+
+
+def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supernet,
+                                                                    tmp_path):
+    foreign = _foreign(profile, tmp_path)
+    assert any(d.startswith("cpu_model: 'Some Other CPU'") for d in foreign.foreign_fields())
+    assert not profile.foreign_fields()
+    with pytest.raises(ProfileError, match=r"measured on another machine \(cpu_model: 'Some "
+                                           r"Other CPU' vs .*isa: .*--for-device"):
+        export_for_budget(supernet, 1e6, foreign, tmp_path / "b")
+    supernet.save(tmp_path / "super")
+    r = CliRunner().invoke(main, ["predict", "--profile", str(foreign.path), "--shape", "60x3"])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "cpu_model: 'Some Other CPU'" in r.stderr and "--for-device" in r.stderr
+    r = CliRunner().invoke(main, ["predict", "--profile", str(foreign.path), "--shape", "60x3",
+                                  "--for-device", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["this_machine"]["matches"] is False
+    r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
+                                  "5ms", "--profile", str(foreign.path), "--out",
+                                  str(tmp_path / "x")])
+    assert r.exit_code == 1 and "--for-device" in r.stderr and not (tmp_path / "x").exists()
+
+    def never(*args):
+        raise AssertionError("a plan for another machine measured on this one")
+
+    # for that machine: nothing measured here, int8 in its format (U8U8: AVX2 without VNNI)
+    manifest = export_for_budget(supernet, 1e6, foreign, tmp_path / "b", measure=never,
+                                 for_device=True)
+    plan = manifest.plan
+    assert plan["target"] == {"fingerprint": foreign.header.fingerprint, "for_device": True,
+                              "verified": False}
+    assert plan["measured_ms"] is None and plan["shape"] == list(PLAN_SPACE.largest.widths)
+    int8 = [c for c in plan["candidates"] if c["precision"] == "int8"][0]
+    assert int8["status"] in ("fits", "chosen") and int8["measured_ms"] is None
+    # verify on this machine refuses: the plan is for the other one
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
+    assert r.exit_code == 1 and "this machine is not the one profile" in r.stderr
+    # shapes and search apply the same rule
+    r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
+                                  str(foreign.path)])
+    assert r.exit_code == 1 and "--for-device" in r.stderr
+    listed = CliRunner().invoke(main, ["profiles", "list", str(tmp_path), "--json"])
+    rows = {Path(p["path"]).name: p for p in json.loads(listed.stdout)["profiles"]}
+    assert rows["foreign"]["matches_this_machine"] is False and not rows["foreign"]["use_here"]
+    human = CliRunner().invoke(main, ["profiles", "show", str(foreign.path)])
+    assert "ANOTHER MACHINE (cpu_model: 'Some Other CPU'" in human.stdout
+
+
+def test_percentile_and_device_relative_budgets(profile, supernet, tmp_path):
+    shape = PLAN_SPACE.largest
+    p50 = float(profile.predict([shape], "fp32", 1, 16)[0])
+    assert float(profile.predict([shape], "fp32", 1, 16, 90)[0]) == pytest.approx(1.2 * p50)
+    assert float(profile.predict([shape], "fp32", 1, 16, 99)[0]) == pytest.approx(1.5 * p50)
+    assert float(profile.predict([shape], "fp32", 1, 16, 92.5)[0]) == pytest.approx(1.25 * p50)
+    budget = parse_budget("80%")
+    assert budget.relative and budget.value == pytest.approx(0.8)
+    assert budget.resolve(profile, (1, 16), 90) == pytest.approx(0.8 * 1.2 * p50)
+    for bad in ("0%", "2000%", "%", "80 %%"):
+        with pytest.raises(PlannerError, match="budget"):
+            parse_budget(bad)
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                                 measure=Scripted(profile, {"fp32": 1.0}), percentile=90)
+    plan = manifest.plan
+    assert plan["budget"] == {"text": "80%", "value": 0.8, "relative": True}
+    assert plan["percentile"] == 90 and plan["budget_ms"] == pytest.approx(0.96 * p50)
+    assert plan["shape"] != list(shape.widths) and plan["measured_ms"] <= plan["budget_ms"]
+    with pytest.raises(PlannerError, match="--percentile must be between 50 and 99"):
+        export_for_budget(supernet, budget, profile, tmp_path / "c", percentile=99.9)
+    r = CliRunner().invoke(main, ["predict", "--profile", str(profile.path), "--shape", "128x3",
+                                  "--percentile", "30"])
+    assert r.exit_code == 2 and "--percentile" in r.stderr
+
+
+def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path):
+    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                      measure=Scripted(profile, {"fp32": 1.0}))
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)["verification"]
+    assert v["within_budget"] and v["runs"] >= 10 and v["percentile"] == 90
+    assert v["estimated_ms"] == pytest.approx(v["intrinsic_ms"] * 1.2)
+    from shaper_deploy.bundle import BundleManifest
+
+    recorded = BundleManifest.read(tmp_path / "b").plan
+    assert recorded["verification"] == v and recorded["target"]["verified"] is True
+    # a budget the bundle cannot meet: exit status 3, recorded as not verified
+    manifest = BundleManifest.read(tmp_path / "b")
+    manifest.plan["budget_ms"] = 1e-6
+    manifest.write(tmp_path / "b")
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
+    assert r.exit_code == 3 and "OVER the" in r.stdout
+    assert BundleManifest.read(tmp_path / "b").plan["target"]["verified"] is False

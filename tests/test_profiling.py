@@ -309,15 +309,18 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     data = json.loads(result.stdout)
     assert data["protocol"]["precisions"] == ["fp32"] and "held_out" in data["predictor"]["fp32"]
     assert "min left" in result.stderr and "trust" in data
+    # the tiny profile's sub-millisecond timings may miss the trust thresholds
+    refused = runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "40x3"])
+    assert refused.exit_code == (0 if DeviceProfile.load(tiny_profile).trust["reliable"] else 1)
     pred = json.loads(runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape",
                                            "40x3", "--batch", "2", "--seq-len", "12",
-                                           "--json"]).stdout)
+                                           "--allow-unreliable", "--json"]).stdout)
     assert [r["precision"] for r in pred["predictions"]] == ["fp32", "int8"]
     assert pred["batch"] == 2 and pred["seq_len"] == 12
     for r in pred["predictions"]:
         assert r["upper_ms"] == pytest.approx(r["predicted_ms"] * r["margin"])
     far = runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "40x3",
-                               "--seq-len", "64"])
+                               "--seq-len", "64", "--allow-unreliable"])
     assert far.exit_code == 1 and "outside the profiled range" in far.stderr
     assert len(far.stderr.strip().splitlines()) == 1
     shutil.copytree(tiny_profile, tmp_path / "profiles" / "copy")
@@ -348,14 +351,157 @@ def test_measurement_reports_latency_and_drift_by_hand(tiny_profile, tmp_path, m
     export_bundle(randomize(SuperBert(header.config)).eval(), PLAN_SPACE.smallest,
                   tmp_path / "b")
 
-    def scripted(runners, protocol, seed=0):
-        assert set(runners) == {"model", "reference"}
+    def scripted(runners, protocol, seed=0, keep_times=False):
+        assert set(runners) == {"model", "reference"} and keep_times
         for run in runners.values():
             run()  # both sessions really run
-        return {"model": {"median_ms": 10.0, "cv": 0.01}, "reference": {"median_ms": 5.0}}
+        return {"model": {"round_medians": [10.0, 10.0], "times": [9.0, 10.0, 11.0, 30.0]},
+                "reference": {"round_medians": [5.0, 5.0], "times": [5.0] * 4}}
 
     monkeypatch.setattr(prof, "measure_interleaved", scripted)
     m = prof.measure_model(tmp_path / "b" / "model.onnx", header, 4.0, "fp32", (2, 12), "cpu")
     assert m["measured_ms"] == 10.0 and m["drift"] == pytest.approx(1.25)
+    assert m["intrinsic_ms"] == pytest.approx(8.0) and m["times"] == [9.0, 10.0, 11.0, 30.0]
     assert (m["reference_ms_now"], m["reference_ms_profile"]) == (5.0, 4.0)
     assert (m["batch"], m["seq_len"], m["precision"]) == (2, 12, "fp32")
+
+
+def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_path):
+    """An identity super network (made from a BERT) exports without its square identity
+    projections; the profiling graph built without them matches it op for op and output
+    for output."""
+    from shaper_deploy.fusion import (dropped_projections, drop_identities,
+                                      identity_bottlenecks)
+    from shaper_deploy.profiling.graph import identity_projections
+
+    model = randomize(SuperBert(TINY)).eval()
+    with torch.no_grad():  # identity bottlenecks, as supernet init writes them
+        for layer in model.layers:
+            for lin in (layer.input_bottleneck, layer.output_bottleneck):
+                lin.weight.copy_(torch.eye(48))
+                lin.bias.zero_()
+    flags = identity_bottlenecks(model)
+    for widths in ((16, 16, 48), (48, 36, 36), (48, 48, 48)):
+        shape = Shape(widths, TINY_SPACE)
+        manifest = export_bundle(model, shape, tmp_path / str(widths))
+        assert sorted(manifest.dropped_identities) == sorted(identity_projections(shape))
+        assert sorted(dropped_projections(flags, shape)) == sorted(manifest.dropped_identities)
+        fused = fuse_bottlenecks(slice_subnet(model, shape))
+        drop_identities(fused)
+        state = {k: v.detach().numpy() for k, v in fused.state_dict().items()}
+        graph = build_deploy_graph(model.config, shape, state=state,
+                                   dropped=manifest.dropped_identities)
+        exported = op_counts(tmp_path / str(widths) / "model.onnx")
+        exported.pop("Constant", None)
+        assert dict(collections.Counter(n.op_type for n in graph.graph.node)) == exported
+        feeds = sample_inputs(97, batch=2, seq_len=11, padding="mixed")
+        got = make_session(graph.SerializeToString()).run(None, feeds)
+        ref = make_session(tmp_path / str(widths) / "model.onnx").run(None, feeds)
+        for a, b in zip(got, ref, strict=True):
+            assert np.abs(a - b).max() < 1e-5
+    # a randomized (trained-like) network drops nothing
+    assert dropped_projections(identity_bottlenecks(randomize(SuperBert(TINY))),
+                               Shape((48, 48, 48), TINY_SPACE)) == []
+    with pytest.raises(ProfileError, match="only square projections"):
+        build_deploy_graph(TINY, Shape((16, 36, 8), TINY_SPACE), random=RandomWeightFile(
+            tmp_path), dropped=["transitions.0"])
+    x = features([Shape((48, 48, 48), TINY_SPACE)] * 2, [[], identity_projections(
+        Shape((48, 48, 48), TINY_SPACE))])
+    names = feature_names(TINY_SPACE)
+    assert x[0, names.index("projection_ops")] == 4 and x[1, names.index("projection_ops")] == 0
+    assert x[1, names.index("transitions")] == 0 and x[1, names.index("projections")] == 0
+
+
+def _record(key, group, ref, median, spread=1.0, precision="fp32", w=(1, 16)):
+    return {"shape_key": key, "precision": precision, "batch": w[0], "seq_len": w[1],
+            "phase": "main", "retry": False, "group": group, "reference_ms": ref,
+            "median_ms": median, "round_medians": [median] * 4, "p90_ms": median * spread,
+            "run_ms": {str(k): median * (1 + (spread - 1) * (k - 50) / 40 if k > 50 else 1)
+                       for k in (10, 25, 50, 75, 90, 95, 99)}}
+
+
+def test_slow_periods_are_divided_out_by_the_reference():
+    from shaper_deploy.profiling.profile import calm_reference, measured_latency
+
+    # three calm groups, one where the whole machine ran 1.6x slower (reference included)
+    records = [_record(f"s{g}", g, 10.0, 5.0 + g) for g in range(3)]
+    records += [_record("s3", 3, 16.0, 1.6 * 8.0), _record("s4", 4, 10.2, 9.0)]
+    assert calm_reference(records)[("fp32", 1, 16)] == pytest.approx(10.0)
+    got = measured_latency(records)[("fp32", 1, 16)]
+    assert got["s3"] == pytest.approx(8.0)  # divided by 1.6
+    assert got["s4"] == pytest.approx(9.0)  # within the deadband: left alone
+
+
+def test_tail_model_mixes_run_percentiles_over_the_profile():
+    from shaper_deploy.predictor import tail_factor, tail_model
+
+    records = [_record(f"s{i}", i, 10.0, 1.0 + i, spread=1.3) for i in range(80)]
+    tail = tail_model(records, "fp32")
+    assert tail["levels"] == [50, 75, 90, 95, 99] and tail["records"] == 80
+    assert tail_factor(tail, 90, np.array([5.0, 50.0])) == pytest.approx([1.3, 1.3], rel=0.02)
+    assert tail_factor(tail, 50, np.array([5.0]))[0] == 1.0
+    # half the profile in a period 2x slower: p90 of requests sees it, the median does not
+    slow = [_record(f"s{i}", i, 20.0 if i % 2 else 10.0, (1.0 + i) * (2 if i % 2 else 1))
+            for i in range(80)]
+    t = tail_model(slow, "fp32")
+    assert tail_factor(t, 90, np.array([20.0]))[0] == pytest.approx(2.0, rel=0.05)
+    assert tail_model(records[:20], "fp32") is None
+    with pytest.raises(ProfileError, match="only the median"):
+        tail_factor(None, 90, np.array([1.0]))
+    old = [{**r, "run_ms": None} for r in records]
+    for r in old:
+        del r["run_ms"]
+    t = tail_model(old, "fp32")
+    assert t["levels"] == [50, 90]
+    with pytest.raises(ProfileError, match="outside what this profile measured"):
+        tail_factor(t, 99, np.array([1.0]))
+
+
+def test_int8_format_follows_the_isa():
+    from shaper_deploy.runtime import int8_format
+
+    assert int8_format(["avx", "avx2", "fma"])["weight_type"] == "QUInt8"
+    assert int8_format(["avx2", "avx512f", "avx512_vnni"])["weight_type"] == "QInt8"
+    assert int8_format(["avx2", "avx_vnni"])["weight_type"] == "QInt8"
+    assert int8_format(["asimd"])["weight_type"] == "QInt8"
+    assert all(int8_format(i)["per_channel"] for i in ([], ["avx2"], ["asimd"]))
+
+
+@pytest.mark.parametrize("isa", [("avx", "avx2", "fma"), ("avx2", "avx512_vnni")])
+def test_int8_in_each_format_stays_close_to_fp32(tmp_path, isa):
+    from shaper_deploy.export import ExportOptions
+
+    model = randomize(SuperBert(TINY)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.3)
+    manifest = export_bundle(model, Shape((48, 36, 24), TINY_SPACE), tmp_path / "b",
+                             ExportOptions(int8=True, int8_isa=isa, int8_min_cosine=0.9))
+    q = manifest.quantization
+    assert q["weight_type"] == ("QUInt8" if "avx512_vnni" not in isa else "QInt8")
+    assert q["mean_token_cosine"] > 0.95
+    types = {t.data_type for t in onnx.load(str(tmp_path / "b" / "model_quantized.onnx"))
+             .graph.initializer if t.name.endswith("_quantized")}
+    # U8U8 stores no signed weights; U8S8 stores its matrices signed
+    assert (onnx.TensorProto.INT8 in types) == (q["weight_type"] == "QInt8")
+
+
+def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped():
+    from shaper_deploy.profiling.profile import estimate_seconds, new_header, size_profile
+
+    header = new_header("cpu", fast_protocol(), SuperConfig(PLAN_SPACE, pooler=True), 12, 0, {})
+    ms = {n: {workload_key(w): 2.0 * w[0] * w[1] / 16 for w in header.protocol.grid}
+          for n in ("smallest", "largest", "reference")}
+    header.probe = {"ms": {"fp32": ms, "int8": {n: {k: v / 1.05 for k, v in d.items()}
+                                                 for n, d in ms.items()}},
+                    "int8_speedup": {"largest": {"1x8": 1.05}, "smallest": {"1x8": 1.02}},
+                    "build_seconds": {"fp32": 0.1, "int8": 0.3}, "seconds": 5.0}
+    small = size_profile(header, None, 0.5, auto_precision=True)
+    assert small["precisions"] == ["fp32"] and "int8 dropped: at most 1.05x" in small["decision"]
+    big = size_profile(header, None, 30, auto_precision=True)
+    assert big["samples"] > small["samples"] or big["rounds"] > small["rounds"]
+    assert estimate_seconds(header, big["samples"], big["rounds"], ["fp32"]) <= 30 * 60
+    kept = size_profile(header, None, 30, auto_precision=False)
+    assert kept["precisions"] == ["fp32", "int8"]
+    fixed = size_profile(header, 20, None, auto_precision=False)
+    assert (fixed["samples"], fixed["rounds"]) == (20, header.protocol.rounds)

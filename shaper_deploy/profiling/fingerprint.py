@@ -9,28 +9,11 @@ import subprocess
 from typing import Any
 
 from ..errors import DeviceError
+from ..runtime import cpu_model_and_flags
 
-ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-             "amx_tile", "amx_int8", "avx_vnni", "asimd", "sve")
 # Fields that must agree for a profile to describe this machine.
 DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "logical_cores", "isa",
                "onnxruntime", "gpu")
-
-
-def _cpu_model_and_flags() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model", "Hardware") and model in ("", platform.machine()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return model, sorted(f for f in ISA_FLAGS if f in flags)
 
 
 def _gpu() -> dict[str, str] | None:
@@ -56,7 +39,7 @@ def device_fingerprint(device: str) -> dict[str, Any]:
 
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
-    model, isa = _cpu_model_and_flags()
+    model, isa = cpu_model_and_flags()
     gpu = _gpu() if device == "cuda" else None
     if device == "cuda" and gpu is None:
         raise DeviceError("device 'cuda' was requested but no NVIDIA GPU is visible "

@@ -20,7 +20,7 @@ not depend on weight values, so profiling fills it with random ones (in distinct
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -130,15 +130,33 @@ class _Weights:
         return tuple(shape)
 
 
+def identity_projections(shape: Shape) -> list[str]:
+    """The projections of ``shape`` that an identity super network (one made from a BERT,
+    untrained) fuses to exact identities, which export drops (fusion.drop_identities): the
+    input projection when d_1 = D, the output one when d_L = D, and every transition between
+    two layers of equal width. Names as in ``FusedBert`` and the bundle's manifest."""
+    w, D = shape.widths, shape.space.hidden_size
+    return ((["proj_in"] if w[0] == D else [])
+            + [f"transitions.{i}" for i in range(len(w) - 1) if w[i] == w[i + 1]]
+            + (["proj_out"] if w[-1] == D else []))
+
+
 def build_deploy_graph(config: SuperConfig, shape: Shape,
                        state: Mapping[str, np.ndarray] | None = None,
-                       random: RandomWeightFile | None = None) -> onnx.ModelProto:
-    """The optimized feature-extraction graph of ``shape``.
+                       random: RandomWeightFile | None = None,
+                       dropped: Sequence[str] = ()) -> onnx.ModelProto:
+    """The optimized feature-extraction graph of ``shape``, without the projections named in
+    ``dropped`` (square ones only: see :func:`identity_projections`).
 
     Weights come from ``state``, a :class:`~shaper_deploy.fusion.FusedBert` state dict as
     numpy arrays (``fold_last=False``), or from ``random``; then the model must be saved in
     (and loaded from) that file's folder.
     """
+    dropped = set(dropped)
+    unknown = dropped - set(identity_projections(shape))
+    if unknown:
+        raise ProfileError(f"cannot drop {', '.join(sorted(unknown))} from {shape}: only "
+                           "square projections can be identities")
     s = config.space
     D, F, V = s.hidden_size, s.intermediate_size, s.vocab_size
     eps = config.layer_norm_eps
@@ -152,6 +170,8 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         return output
 
     def dense(x: str, key: str, n_in: int, n_out: int, name: str) -> str:
+        if key in dropped:
+            return x
         weight, bias = w.linear(key, n_in, n_out)
         y = node("MatMul", [x, w.add(f"{name}.w", weight)], f"{name}.mm")
         return node("Add", [w.add(f"{name}.b", bias), y], name)
@@ -207,9 +227,12 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         x = skip_norm(y, attn, f"{p}.ffn_norm", f"{p}.ffn_out.b", b2, d)
         if i + 1 < len(shape.widths):
             x = dense(x, f"transitions.{i}", d, shape.widths[i + 1], f"transitions.{i}")
-    w_out, b_out = w.linear("proj_out", shape.widths[-1], D)
-    y = node("MatMul", [x, w.add("proj_out.w", w_out)], "proj_out.mm")
-    node("Add", [w.add("proj_out.b", b_out), y], "last_hidden_state")
+    if "proj_out" in dropped:  # the last layer's norm is the output
+        nodes[-1].output[0] = nodes[-1].name = "last_hidden_state"
+    else:
+        w_out, b_out = w.linear("proj_out", shape.widths[-1], D)
+        y = node("MatMul", [x, w.add("proj_out.w", w_out)], "proj_out.mm")
+        node("Add", [w.add("proj_out.b", b_out), y], "last_hidden_state")
     outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
                                              ["batch", "sequence", D])]
     if config.pooler:

@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+import zlib
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import __version__
 from ..errors import ProfileError, ShaperError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
-from ..quantize import METHOD as INT8_METHOD, quantize_int8
-from ..runtime import make_session
+from ..quantize import int8_record, quantize_int8
+from ..runtime import int8_format, make_session
 from ..shape import Shape, reject_unknown_fields
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .fingerprint import device_fingerprint, fingerprint_differences
-from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
+from .graph import (GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph,
+                    identity_projections)
 from .protocol import Protocol, Workload, describe_range, inputs_for, measure_interleaved
 
 PROFILE_FORMAT = "shaper-deploy/profile"
@@ -71,14 +74,34 @@ def held_out_keys(shapes: Iterable[Shape], held_out: float = 0.25) -> set[str]:
     return {shape_key(s.widths) for s, t in zip(by_key, mask) if t}
 
 
-def graph_record(config: SuperConfig) -> dict[str, Any]:
+IDENTITY_VARIANTS = ("half the shapes (by a hash of their widths, the largest always) are "
+                     "timed without the projections an identity super network drops")
+MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
+CALM_QUANTILE = 25  # percentile of a workload's per-group reference times taken as calm
+DEADBAND = 0.03  # a group whose reference is within this of calm is taken as calm
+
+
+def graph_record(config: SuperConfig, isa) -> dict[str, Any]:
     """What graph a profile times: the planner refuses a profile whose graph differs from the
-    one it would export."""
+    one it would export (int8 included: its format depends on the device's ISA)."""
     import onnxruntime as ort
 
     return {"task": "feature-extraction", "optimized": True, "activation": config.hidden_act,
             "pooler": config.pooler, "opset": OPSET, "onnxruntime": ort.__version__,
-            "int8": {**INT8_METHOD, "per_channel": True}}
+            "int8": int8_record(int8_format(isa)), "identity_projections": IDENTITY_VARIANTS}
+
+
+def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
+    """The projections left out of ``shape``'s profiling graph. Profiles time half their
+    shapes as an identity super network exports them (no identity projections) and half
+    with every projection, so the latency model learns what a projection costs and predicts
+    both (profiles made before this time every projection)."""
+    if header.graph.get("identity_projections") != IDENTITY_VARIANTS:
+        return []
+    key = shape_key(shape.widths)
+    if shape == shape.space.largest or zlib.crc32(key.encode()) % 2:
+        return identity_projections(shape)
+    return []
 
 
 @dataclass
@@ -94,6 +117,7 @@ class ProfileHeader:
     reference_shape: list[int]  # timed in every group and size: a record of drift
     source: dict[str, Any] = field(default_factory=dict)  # the super network profiled
     status: str = "measuring"  # measuring, then measured
+    probe: dict[str, Any] | None = None  # first seconds: what int8 buys, cost, chosen size
     summary: dict[str, Any] | None = None  # counts, time, noise floor per precision
     files: dict[str, str] = field(default_factory=dict)  # sha256 of each finished file
     created: str = ""
@@ -192,9 +216,10 @@ def _append(path: Path, records: list[dict[str, Any]]) -> None:
 def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: int, seed: int,
                source: dict[str, Any]) -> ProfileHeader:
     templates = template_shapes(config.space)
+    fingerprint = device_fingerprint(device)
     return ProfileHeader(
-        fingerprint=device_fingerprint(device), protocol=protocol, config=config,
-        graph=graph_record(config),
+        fingerprint=fingerprint, protocol=protocol, config=config,
+        graph=graph_record(config, fingerprint["isa"]),
         sampling={"samples": samples, "seed": seed,
                   "method": "stratified by parameter count, plus smallest, largest and the "
                             "paper's template families; every 4th by parameters held out"},
@@ -203,12 +228,21 @@ def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: in
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
-def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path) -> None:
+def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
+                     sized: bool) -> None:
+    """The same device, model, graph and grid; the shape count and rounds the first run chose
+    from its time budget (and int8, if its probe dropped it) stay as they were."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
+    free = {"protocol": ("precisions", "rounds"),
+            "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
         differences += [f"{key} {k}: {old.get(k)!r} vs {new.get(k)!r}"
-                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                        for k in sorted(set(old) | set(new))
+                        if old.get(k) != new.get(k) and k not in free.get(key, ())]
+    extra = set(existing.protocol.precisions) - set(plan.protocol.precisions)
+    if extra:
+        differences.append(f"precisions {sorted(extra)} were measured but not asked for now")
     if differences:
         raise ProfileError(f"profile {path} was made on another device or with other settings "
                            f"and cannot be mixed with this run ({'; '.join(differences[:4])}); "
@@ -218,22 +252,25 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path) -
 class GraphSessions:
     """ONNX Runtime sessions of random-weight deployment graphs, built without tracing."""
 
-    def __init__(self, work: Path, config: SuperConfig, device: str, threads: int):
+    def __init__(self, work: Path, config: SuperConfig, device: str, threads: int, isa):
         if config.hidden_act not in GRAPH_ACTIVATIONS:
             raise ProfileError(f"cannot profile activation {config.hidden_act!r}; supported: "
                                f"{', '.join(GRAPH_ACTIVATIONS)}")
         self.work, self.config, self.device, self.threads = work, config, device, threads
         self.random = RandomWeightFile(work)
+        self.int8 = int8_format(isa)
 
-    def build(self, shape: Shape, precision: str):
-        """An ONNX Runtime session of ``shape``'s graph at ``precision``."""
+    def build(self, shape: Shape, precision: str, dropped: Iterable[str] = ()):
+        """An ONNX Runtime session of ``shape``'s graph at ``precision`` (int8 in the
+        device's format), without the projections ``dropped`` names."""
         import onnx
 
         path = self.work / "graph.onnx"
-        onnx.save(build_deploy_graph(self.config, shape, random=self.random), str(path))
+        onnx.save(build_deploy_graph(self.config, shape, random=self.random,
+                                     dropped=list(dropped)), str(path))
         if precision == "int8":
             quantized = self.work / "graph_int8.onnx"
-            quantize_int8(path, quantized, per_channel=True)
+            quantize_int8(path, quantized, self.int8)
             path = quantized
         return make_session(path, self.device, threads=self.threads)
 
@@ -245,15 +282,25 @@ def runner(session, feeds):
 
 
 def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Protocol(),
-                config: SuperConfig = SuperConfig(), samples: int = 32, seed: int = 0,
+                config: SuperConfig = SuperConfig(), samples: int | None = 32, seed: int = 0,
                 source: dict[str, Any] | None = None,
-                progress: Callable[[str], None] | None = None) -> ProfileHeader:
-    """Measure (or finish measuring) a profile in ``out``; its updated header."""
+                progress: Callable[[str], None] | None = None,
+                minutes: float | None = None, auto_precision: bool = False,
+                auto_rounds: bool = True) -> ProfileHeader:
+    """Measure (or finish measuring) a profile in ``out``; its updated header.
+
+    ``samples=None`` sizes the profile to ``minutes`` from a probe of the device's speed;
+    ``auto_precision`` lets the probe drop int8 where it buys less than ``MIN_INT8_GAIN``
+    at every grid size. Both are decided once, by the first run, and kept on resume.
+    """
     note = progress or (lambda message: None)
     out = Path(out)
-    if samples < 12:
+    if samples is not None and samples < 12:
         raise ProfileError(f"--samples must be at least 12 (a predictor is fitted on 3 of "
                            f"every 4 shapes and checked on the rest), got {samples}")
+    if samples is None and not (minutes is not None and math.isfinite(minutes)
+                                and 0.5 <= minutes <= 24 * 60):
+        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
     space = config.space
     too_long = [s for s in protocol.seq_lens if s > space.max_positions]
     if too_long:
@@ -262,10 +309,12 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     if device == "cuda" and "int8" in protocol.precisions:
         raise ProfileError("int8 cannot be profiled on cuda: ONNX Runtime's dynamic int8 "
                            "quantization runs on the CPU provider only; pass --precision fp32")
-    plan = new_header(device, protocol, config, samples, seed, source or {})
+    plan = new_header(device, protocol, config, samples or 12, seed, source or {})
+    started = time.perf_counter()
     if (out / HEADER).exists():
         header = read_header(out)
-        _check_resumable(header, plan, out)
+        _check_resumable(header, plan, out, sized=samples is None)
+        protocol = header.protocol
     else:
         if out.exists() and any(out.iterdir()):
             raise ProfileError(f"{out} exists and is not a profile; choose a new --out folder")
@@ -274,7 +323,17 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         except OSError as exc:
             raise ProfileError(f"cannot create profile folder {out}: {exc.strerror}") from None
         header = plan
+        with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
+            sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
+                                     header.fingerprint["isa"])
+            header.probe = probe_device(sessions, header, note)
+        header.probe.update(size_profile(header, samples, minutes, auto_precision,
+                                         auto_rounds))
+        protocol = header.protocol = replace(protocol, precisions=tuple(
+            header.probe["precisions"]), rounds=header.probe["rounds"])
+        header.sampling["samples"] = header.probe["samples"]
         write_header(out, header)
+        note(header.probe["decision"])
     planned = planned_shapes(header)
     held_keys = held_out_keys(planned)
     held = [shape_key(s.widths) in held_keys for s in planned]
@@ -298,16 +357,27 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
             todo = missing(shape, precision, "repeat", protocol.grid)
             if todo:
                 work.append((precision, "repeat", shape, todo))
-    total = sum(b * s for *_, ws in work for b, s in ws)
+    def cost(precision: str, w: Workload) -> float:
+        """A shape's share of the time at a size (from the probe; tokens without one)."""
+        if not header.probe:
+            return float(w[0] * w[1])
+        m, grid = header.probe["ms"][precision], protocol.grid
+        near = workload_key(min(grid, key=lambda x: (abs(math.log(x[0] * x[1] / (w[0] * w[1]))),
+                                                      x)))
+        return _turn_seconds((m["smallest"][near] + m["largest"][near]) / 2, protocol)
+
+    total = sum(cost(p, w) for p, _, _, ws in work for w in ws)
     if records:
         note(f"resuming {out}: {len(records)} measurements kept")
     note(f"profiling {len(planned)} shapes x {len(protocol.precisions)} precision(s) x "
-         f"{len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on {device}")
-    started, done_tokens, group = time.perf_counter(), 0, max(
-        (r["group"] for r in records), default=-1) + 1
+         f"{len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on {device}, "
+         f"{protocol.rounds} rounds")
+    done, group = 0.0, max((r["group"] for r in records), default=-1) + 1
+    measuring = time.perf_counter()
     reference = Shape(tuple(header.reference_shape), space)
     with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
-        sessions = GraphSessions(Path(tmp), config, device, protocol.threads)
+        sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
+                                 header.fingerprint["isa"])
         for precision in protocol.precisions:
             items = [w for w in work if w[0] == precision]
             if not items:
@@ -315,7 +385,9 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
             ref_session = sessions.build(reference, precision)
             for start in range(0, len(items), protocol.group_size):
                 batch_items = items[start:start + protocol.group_size]
-                built = {id(item): sessions.build(item[2], precision) for item in batch_items}
+                built = {id(item): sessions.build(item[2], precision,
+                                                  dropped_for(item[2], header))
+                         for item in batch_items}
                 workloads = sorted({w for *_, ws in batch_items for w in ws},
                                    key=lambda w: w[0] * w[1])
                 for w in workloads:
@@ -325,7 +397,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                     for i, item in enumerate(members):
                         runners[i] = runner(built[id(item)], feeds)
                     results = measure_interleaved(runners, protocol, seed=group)
-                    lines = _records(members, results, precision, w, group)
+                    lines = _records(members, results, precision, w, group, header)
                     # A measurement whose rounds disagree (one session slowed down for a
                     # while on a shared machine) is timed again at once; its rounds pool.
                     noisy = [i for i in range(len(members))
@@ -337,12 +409,12 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                         lines += _records([members[i] for i in noisy],
                                           {REFERENCE: again[REFERENCE],
                                            **{j: again[i] for j, i in enumerate(noisy)}},
-                                          precision, w, group, retry=True)
+                                          precision, w, group, header, retry=True)
                     _append(out, lines)
-                    done_tokens += w[0] * w[1] * len(members)
+                    done += cost(precision, w) * len(members)
                     elapsed = time.perf_counter() - started
-                    left = elapsed / done_tokens * (total - done_tokens)
-                    note(f"[{done_tokens / total:5.1%}] {precision} group {group} at batch "
+                    left = (time.perf_counter() - measuring) / done * (total - done)
+                    note(f"[{done / total:5.1%}] {precision} group {group} at batch "
                          f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
                          f"{left / 60:.1f} min left")
                 del built
@@ -355,12 +427,131 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     return header
 
 
+def _turn_seconds(ms: float, protocol: Protocol) -> float:
+    """How long one turn of the protocol takes for a run of ``ms`` milliseconds."""
+    warm = 1 if ms > protocol.long_run_ms else protocol.warmup
+    timed = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / max(ms, 1e-3))))
+    return protocol.pause_ms / 1000 + (warm + timed) * ms / 1000
+
+
+def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict[str, Any]:
+    """The device's speed in its first seconds: the smallest, largest and reference shapes at
+    every grid size and precision asked for, two interleaved rounds (fp32 and int8 of one
+    shape side by side, so their ratio is from one period of the machine)."""
+    protocol, space = header.protocol, header.space
+    shapes = {"smallest": space.smallest, "largest": space.largest,
+              "reference": Shape(tuple(header.reference_shape), space)}
+    note(f"probing the device: {len(shapes)} shapes x {len(protocol.precisions)} precision(s) "
+         f"x {len(protocol.grid)} input sizes")
+    t0 = time.perf_counter()
+    build_s: dict[str, float] = {}
+    built = {}
+    for precision in protocol.precisions:
+        t = time.perf_counter()
+        for name, shape in shapes.items():
+            built[(precision, name)] = sessions.build(shape, precision)
+        build_s[precision] = (time.perf_counter() - t) / len(shapes)
+    short = replace(protocol, rounds=2)
+    ms: dict[str, dict[str, dict[str, float]]] = {p: {n: {} for n in shapes}
+                                                  for p in protocol.precisions}
+    for i, w in enumerate(sorted(protocol.grid, key=lambda w: w[0] * w[1])):
+        feeds = inputs_for(w, space.vocab_size)
+        results = measure_interleaved({k: runner(v, feeds) for k, v in built.items()}, short,
+                                      seed=i)
+        for (precision, name), r in results.items():
+            ms[precision][name][workload_key(w)] = round(r["median_ms"], 4)
+        note(f"probe {i + 1}/{len(protocol.grid)}: batch {w[0]} x {w[1]} tokens, "
+             + ", ".join(f"{p} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
+                         for p in protocol.precisions))
+    gain = {}
+    if {"fp32", "int8"} <= set(protocol.precisions):
+        gain = {name: {k: round(ms["fp32"][name][k] / ms["int8"][name][k], 4)
+                       for k in ms["fp32"][name]} for name in ("smallest", "largest")}
+    return {"ms": ms, "int8_speedup": gain, "build_seconds": build_s,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
+                     precisions: Iterable[str]) -> float:
+    """The measuring time of ``n`` shapes at ``rounds`` rounds, from the probe: every shape
+    costs the mean of the smallest's and largest's turn at each size, each group adds the
+    reference, held-out shapes add the check sizes (priced at the nearest grid size), the
+    repeated shapes add a group, and a quarter more for measurements timed again."""
+    protocol, probe = replace(header.protocol, rounds=rounds), header.probe
+    grid = protocol.grid
+    g = protocol.group_size
+
+    def turns(precision: str, workloads) -> float:
+        m = probe["ms"][precision]
+        total = 0.0
+        for w in workloads:
+            near = min(grid, key=lambda x: (abs(math.log(x[0] * x[1] / (w[0] * w[1]))), x))
+            k = workload_key(near)
+            total += _turn_seconds((m["smallest"][k] + m["largest"][k]) / 2, protocol)
+        return total
+
+    seconds = 0.0
+    for p in precisions:
+        groups = math.ceil(n / g)
+        main = (n + groups) * turns(p, grid)
+        check = (n / 4 + groups) * turns(p, protocol.checks)
+        repeat = (protocol.repeat_shapes + math.ceil(protocol.repeat_shapes / g)) * turns(p, grid)
+        seconds += rounds * (main + check + repeat) * 1.25 + (n + 2) * probe["build_seconds"][p]
+    return seconds
+
+
+def size_profile(header: ProfileHeader, samples: int | None, minutes: float | None,
+                 auto_precision: bool, auto_rounds: bool = True) -> dict[str, Any]:
+    """Which precisions, how many shapes and rounds: given, or what fits ``minutes``.
+
+    int8 is dropped (with ``auto_precision``) where the probe's largest and smallest shapes
+    both ran less than ``MIN_INT8_GAIN`` faster in int8 at every grid size: a precision that
+    buys less than a typical planning margin cannot change a plan. The time goes first to
+    shapes up to 40 (where the additive model's error levels off: 1.7% from 40 shapes, 1.5%
+    from 150, on the Intel class's 300-shape profiles), then to rounds up to 8 (what a noisy
+    host needs), then to more shapes (up to 120).
+    """
+    protocol = header.protocol
+    precisions = list(protocol.precisions)
+    gain = header.probe.get("int8_speedup") or {}
+    best_gain = max((v for g in gain.values() for v in g.values()), default=None)
+    dropped = ""
+    if auto_precision and best_gain is not None and best_gain < MIN_INT8_GAIN:
+        precisions.remove("int8")
+        dropped = (f"int8 dropped: at most {best_gain:.2f}x faster than fp32 here "
+                   f"(< {MIN_INT8_GAIN:.2f}x at every size)")
+    if samples is not None:
+        n, rounds = samples, protocol.rounds
+    else:
+        budget = minutes * 60 - header.probe["seconds"]
+        fits = lambda n, r: estimate_seconds(header, n, r, precisions) <= budget  # noqa: E731
+        n, rounds = 12, protocol.rounds
+        while n < 40 and fits(n + 4, rounds):
+            n += 4
+        while auto_rounds and n >= 40 and rounds < 8 and fits(n, rounds + 1):
+            rounds += 1
+        while n >= 40 and (rounds >= 8 or not auto_rounds) and n < 120 and fits(n + 8, rounds):
+            n += 8
+    estimate = estimate_seconds(header, n, rounds, precisions)
+    gains = (f"int8 {min(v for g in gain.values() for v in g.values()):.2f}-{best_gain:.2f}x "
+             "faster than fp32; " if best_gain is not None else "")
+    return {"precisions": precisions, "samples": n, "rounds": rounds,
+            "minutes_asked": minutes if samples is None else None,
+            "estimated_minutes": round(estimate / 60, 1),
+            "decision": (f"probe ({header.probe['seconds']:.0f} s): {gains}"
+                         + (dropped + "; " if dropped else "")
+                         + f"measuring {n} shapes x {'+'.join(precisions)} x {rounds} rounds, "
+                         f"about {estimate / 60:.1f} min"
+                         + (f" (budget {minutes:g} min)" if samples is None else ""))}
+
+
 def _records(members, results, precision: str, w: Workload, group: int,
-             retry: bool = False) -> list[dict[str, Any]]:
+             header: ProfileHeader, retry: bool = False) -> list[dict[str, Any]]:
     ref_ms = results[REFERENCE]["median_ms"]
     return [{"shape": list(item[2].widths), "shape_key": shape_key(item[2].widths),
              "precision": precision, "batch": w[0], "seq_len": w[1], "phase": item[1],
              "retry": retry, "group": group, "params": item[2].params(),
+             "dropped": dropped_for(item[2], header),
              "reference_ms": ref_ms, **results[i]} for i, item in enumerate(members)]
 
 
@@ -388,24 +579,53 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
     return summary
 
 
+def calm_reference(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], float]:
+    """Per (precision, batch, seq_len): the reference graph's latency when the machine was
+    calm, the ``CALM_QUANTILE``-th percentile of its per-group medians."""
+    import numpy as np
+
+    by: dict[tuple[str, int, int], dict[tuple[int, bool], float]] = {}
+    for r in records:
+        by.setdefault((r["precision"], r["batch"], r["seq_len"]), {})[
+            (r["group"], r["retry"])] = r["reference_ms"]
+    return {k: float(np.percentile(list(v.values()), CALM_QUANTILE)) for k, v in by.items()}
+
+
+def machine_factor(record: dict[str, Any], calm: dict[tuple[str, int, int], float]) -> float:
+    """How much slower the whole machine ran while ``record`` was measured: its group's
+    reference over the calm reference, 1 within ``DEADBAND``."""
+    f = record["reference_ms"] / calm[(record["precision"], record["batch"], record["seq_len"])]
+    return 1.0 if abs(f - 1) <= DEADBAND else f
+
+
 def measured_latency(records: list[dict[str, Any]], phase: str = "main"
                      ) -> dict[tuple[str, int, int], dict[str, float]]:
-    """Per (precision, batch, seq_len), per shape key: the median of all its round medians
-    (a measurement repeated at once because its rounds disagreed pools with the first).
+    """Per (precision, batch, seq_len), per shape key: the median of all its round medians,
+    each divided by its group's machine factor (a measurement repeated at once because its
+    rounds disagreed pools with the first).
 
-    Latencies are not divided by the group's reference graph. With turns of up to 20 timed
-    runs, the reference's own random error outweighed the drift it removed: on the shipped
-    MiniLM profile, dividing by it raised the noise floor from 1.7% to 2.4% (fp32) and 2.8%
-    to 3.1% (int8) and the held-out MAPE from 3.2% to 4.0% and 3.0% to 4.9%. The reference
-    stays in every group as a record of drift (``reference_spread`` in the summary).
+    The speed of a shared host moves in periods of seconds to minutes (on an AMD EPYC cloud
+    VM: 1.2x for 12 s within a minute, 1.7-3x for minutes elsewhere) while its steal time
+    stays flat, and all sessions slow down together: the reference graph, timed in every
+    group, sees it. A group whose reference is more than ``DEADBAND`` off its calm latency
+    is divided by that factor; within it, nothing is divided, since the reference's own
+    random error then outweighs the drift (on the Intel class's MiniLM profile, dividing
+    every group raised the noise floor from 1.7% to 2.4%).
     """
+    calm = calm_reference(records)
     pooled: dict[tuple[str, int, int], dict[str, list[float]]] = {}
     for r in records:
         if r["phase"] == phase:
+            f = machine_factor(r, calm)
             pooled.setdefault((r["precision"], r["batch"], r["seq_len"]), {}).setdefault(
-                r["shape_key"], []).extend(r["round_medians"])
+                r["shape_key"], []).extend(m / f for m in r["round_medians"])
     return {k: {s: statistics.median(v) for s, v in shapes.items()}
             for k, shapes in pooled.items()}
+
+
+def dropped_by_key(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Which projections each measured shape's graph left out (none in older profiles)."""
+    return {r["shape_key"]: list(r.get("dropped") or []) for r in records}
 
 
 def reference_spread(records: list[dict[str, Any]], precision: str) -> float | None:
@@ -434,26 +654,41 @@ def noise_floor(records: list[dict[str, Any]], precision: str) -> dict[str, Any]
 
 
 def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: float,
-                  precision: str, workload: Workload, device: str) -> dict[str, Any]:
-    """A model file's latency at ``workload``, timed with the profile's protocol.
+                  precision: str, workload: Workload, device: str,
+                  seconds: float | None = None) -> dict[str, Any]:
+    """A model file's latency at ``workload``, timed with the profile's protocol, interleaved
+    with the profile's reference graph; for ``seconds`` if given (rounds repeat until then),
+    else the protocol's rounds once.
 
-    ``measured_ms`` is the model's median now, what a budget is about. The profile's reference
-    graph is timed interleaved with it: ``drift`` = (its latency now) / ``profile_ref_ms``
-    (its latency in the profile at this size) says how much faster or slower the machine is
-    than when it was profiled.
+    ``measured_ms`` is the model's median now; ``times`` every timed run (each a request
+    after an idle pause, as the protocol times them). ``drift`` = the reference now over
+    ``profile_ref_ms`` (its calm latency in the profile at this size): how much slower the
+    machine is now than when it was calm; ``intrinsic_ms`` = median / drift.
     """
     protocol = header.protocol
     feeds = inputs_for(workload, header.space.vocab_size)
     session = make_session(model, device, threads=protocol.threads)
+    times: dict[str, list[float]] = {"model": [], "reference": []}
+    medians: dict[str, list[float]] = {"model": [], "reference": []}
     with tempfile.TemporaryDirectory(prefix="shaper-measure-") as work:
-        sessions = GraphSessions(Path(work), header.config, device, protocol.threads)
+        sessions = GraphSessions(Path(work), header.config, device, protocol.threads,
+                                 header.fingerprint["isa"])
         reference = sessions.build(Shape(tuple(header.reference_shape), header.space),
                                    precision)
-        results = measure_interleaved({"model": runner(session, feeds),
-                                       "reference": runner(reference, feeds)}, protocol,
-                                      seed=7)
-    ref_now = results["reference"]["median_ms"]
-    return {"measured_ms": results["model"]["median_ms"], "cv": results["model"]["cv"],
+        runners = {"model": runner(session, feeds), "reference": runner(reference, feeds)}
+        start, seed = time.perf_counter(), 7
+        while True:
+            results = measure_interleaved(runners, protocol, seed=seed, keep_times=True)
+            for k, r in results.items():
+                times[k] += r["times"]
+                medians[k] += r["round_medians"]
+            seed += 1
+            if seconds is None or time.perf_counter() - start >= seconds:
+                break
+    ref_now = statistics.median(medians["reference"])
+    median = statistics.median(medians["model"])
+    drift = ref_now / profile_ref_ms
+    return {"measured_ms": median, "intrinsic_ms": median / drift, "times": times["model"],
             "reference_ms_now": ref_now, "reference_ms_profile": profile_ref_ms,
-            "drift": ref_now / profile_ref_ms, "batch": workload[0], "seq_len": workload[1],
-            "precision": precision}
+            "drift": drift, "batch": workload[0], "seq_len": workload[1],
+            "precision": precision, "seconds": round(time.perf_counter() - start, 1)}

@@ -177,8 +177,10 @@ def inputs_for(workload: Workload, vocab_size: int) -> dict[str, np.ndarray]:
 
 
 def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Protocol,
-                        seed: int = 0) -> dict[Hashable, dict[str, Any]]:
-    """Time every runner with the protocol; per runner its round medians and summary."""
+                        seed: int = 0, keep_times: bool = False
+                        ) -> dict[Hashable, dict[str, Any]]:
+    """Time every runner with the protocol; per runner its round medians and summary (and,
+    with ``keep_times``, every timed run in ms under ``times``)."""
     rng = random.Random(seed)
     pause = protocol.pause_ms / 1000.0
     rounds: dict[Hashable, list[float]] = {k: [] for k in runners}
@@ -206,12 +208,21 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
                 times.append((time.perf_counter() - start) * 1000.0)
             rounds[key].append(statistics.median(times))
             every[key].extend(times)
-    return {k: summarize(rounds[k], every[k]) for k in runners}
+    return {k: {**summarize(rounds[k], every[k]), **({"times": every[k]} if keep_times else {})}
+            for k in runners}
+
+
+# Percentiles of every timed run a measurement keeps: the tail model (predictor.py) mixes
+# them over the whole profile, so a budget can promise a percentile of request latency.
+RUN_LEVELS = (10, 25, 50, 75, 90, 95, 99)
 
 
 def summarize(round_medians: list[float], times: list[float]) -> dict[str, Any]:
     mean = statistics.fmean(round_medians)
     cv = statistics.pstdev(round_medians) / mean if len(round_medians) > 1 and mean else 0.0
+    levels = np.percentile(times, RUN_LEVELS)
     return {"median_ms": statistics.median(round_medians),
             "p90_ms": float(np.percentile(times, 90)), "cv": cv,
-            "round_medians": [round(x, 5) for x in round_medians]}
+            "round_medians": [round(x, 5) for x in round_medians],
+            "runs": len(times),
+            "run_ms": {str(k): round(float(v), 5) for k, v in zip(RUN_LEVELS, levels)}}
