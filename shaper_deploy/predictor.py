@@ -370,6 +370,12 @@ class DeviceProfile:
         file = verify_file(path, header, META_FILE)
         data = read_manifest(file, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor",
                              ProfileError, f"{file} is missing")
+        if data["format_version"] < PREDICTOR_VERSION:
+            raise ProfileError(f"{file} was fitted by an older shaper-deploy (predictor format "
+                               f"{data['format_version']}; this one reads {PREDICTOR_VERSION}: "
+                               "percentiles, identity projections); refit it, keeping every "
+                               "measurement, by running the same shaperctl profile command "
+                               f"again with --out {path}")
         model = LatencyModel.from_dict(data)
         if model.space != header.space:
             raise ProfileError(f"{file} was fitted to another design space than {HEADER} says")
