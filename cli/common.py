@@ -62,6 +62,14 @@ widths_option = click.option(
          "does not record (default at D = 768: the paper's 120..768; required otherwise).")
 
 
+def percentile_option(help_text: str):
+    """``--percentile``, with the range and default the library promises."""
+    from shaper_deploy.promise import DEFAULT_PERCENTILE, TAIL_LEVELS
+
+    return click.option("--percentile", default=DEFAULT_PERCENTILE, show_default=True,
+                        type=click.FloatRange(TAIL_LEVELS[0], TAIL_LEVELS[-1]), help=help_text)
+
+
 def emit(data: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
     """Print ``data`` as JSON or through ``human``; nothing else goes to stdout."""
     click.echo(json.dumps(data, indent=2) if as_json else human(data))

@@ -8,7 +8,8 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import emit, json_option, millions, progress, table, widths_option
+from .common import (emit, json_option, millions, percentile_option, progress, table,
+                     widths_option)
 
 
 @click.command("export")
@@ -22,9 +23,7 @@ from .common import emit, json_option, millions, progress, table, widths_option
               help="Export the model closest to the full one that meets this budget on this "
                    "device for the workload: 20ms, 0.02s, 20, or 80% (of the full fp32 "
                    "model's latency on the profile); needs --profile.")
-@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
-              help="With --latency: the percentile of request latency the budget promises "
-                   "(50..99).")
+@percentile_option("With --latency: the percentile of request latency the budget promises.")
 @click.option("--for-device", is_flag=True,
               help="With --latency or --profile: plan for the machine the profile was measured "
                    "on, not this one (nothing is measured here; check it there with "
@@ -97,6 +96,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     from shaper_deploy.heuristics import cigar_shape, parse_count
     from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.planner import parse_budget
+    from shaper_deploy.promise import DEFAULT_PERCENTILE
     from shaper_deploy.shape import parse_shape
     from shaper_deploy.supernet import SuperBert, read_checkpoint_header
 
@@ -107,7 +107,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     planning = {"--precision": precision != "auto", "--batch": batch is not None,
                 "--seq-len": seq_len is not None, "--calibration": calibration_path is not None,
-                "--allow-unreliable": allow_unreliable, "--percentile": percentile != 90.0}
+                "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
                                "--latency; for a fixed shape in int8 use --int8")
@@ -261,8 +261,7 @@ def _export_text(d: dict) -> str:
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Also predict each shape's latency at the profile's reference size, per "
                    "precision (a profile of this machine, reliable, unless the flags below).")
-@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
-              help="With --profile: the percentile of request latency predicted.")
+@percentile_option("With --profile: the percentile of request latency predicted.")
 @click.option("--for-device", is_flag=True,
               help="With --profile: accept a profile of another machine (predictions for it).")
 @click.option("--allow-unreliable", is_flag=True,

@@ -8,8 +8,8 @@ import click
 
 from shaper_deploy.runtime import DEVICES
 
-from .common import (ShaperGroup, emit, int_list, json_option, millions, progress, table,
-                     widths_option)
+from .common import (ShaperGroup, emit, int_list, json_option, millions, percentile_option,
+                     progress, table, widths_option)
 
 
 @click.command("profile")
@@ -184,8 +184,7 @@ def _graph_line(g: dict) -> str:
               help="Rows per inference (default: the profile's reference batch).")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
               help="Tokens per row (default: the profile's reference length).")
-@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
-              help="Percentile of request latency (50: the calm median).")
+@percentile_option("Percentile of request latency (50: the calm median).")
 @click.option("--for-device", is_flag=True,
               help="Accept a profile of another machine: predictions for that machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")

@@ -210,13 +210,16 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                                 f"({'; '.join(elsewhere[:3])}): not compared here"))
     if "profile_protocol" in data:
         m = data["profile_protocol"]
-        verdict = ("within the budget" if m["within_budget"] else
-                   f"OVER the {plan['budget_ms']:.2f} ms budget")
+        verdict = _verdict(m["within_budget"], plan["budget_ms"])
         rows.append(("now", f"p{pct:g} {m['estimated_ms']:.2f} ms with the profile's protocol "
                             f"at the plan's workload: {verdict} (calm median "
                             f"{m['intrinsic_ms']:.2f} ms; machine {m['drift']:.2f}x its calm "
                             f"speed, observed p{pct:g} {m['observed_ms']:.2f} ms)"))
     emit(data, as_json, lambda d: table(rows))
+
+
+def _verdict(within: bool, budget_ms: float) -> str:
+    return "within the budget" if within else f"OVER the {budget_ms:.2f} ms budget"
 
 
 @click.command("verify")
@@ -278,8 +281,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
         manifest.plan["verification"] = result
         manifest.plan.setdefault("target", {})["verified"] = result["within_budget"]
         manifest.write(bundle)
-    verdict = ("within the budget" if result["within_budget"] else
-               f"OVER the {plan['budget_ms']:.2f} ms budget")
+    verdict = _verdict(result["within_budget"], plan["budget_ms"])
     emit({"bundle": str(bundle), "verification": result}, as_json, lambda d: table([
         ("bundle", f"{bundle} ({plan['precision']}, {','.join(map(str, plan['shape']))})"),
         ("budget", f"{plan['budget_ms']:.2f} ms at p{pct:g}, batch {plan['batch']} x "

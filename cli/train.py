@@ -10,7 +10,8 @@ import click
 
 from shaper_deploy.training.config import DEVICES, ORDERS, PRECISIONS, TrainConfig
 
-from .common import ShaperGroup, emit, json_option, progress, table, widths_option
+from .common import (ShaperGroup, emit, json_option, percentile_option, progress, table,
+                     widths_option)
 
 _DEFAULT = TrainConfig()
 
@@ -199,8 +200,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
               help="Latency profile for --latency (and latency in the results).")
 @click.option("--latency", "latency_text", default=None,
               help="Latency limit: 20ms, or 80% of the full fp32 model on the profile.")
-@click.option("--percentile", default=90.0, show_default=True, type=click.FloatRange(50, 99),
-              help="Percentile of request latency the limit is for.")
+@percentile_option("Percentile of request latency the limit is for.")
 @click.option("--for-device", is_flag=True, help="Accept a profile of another machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
 @click.option("--params", "params_text", default=None, help="Parameter limit, e.g. 60M.")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ExportError
-from .shape import Shape
+from .shape import Shape, identity_projections
 from .slicing import SubnetBert
 from .supernet.config import SuperConfig
 from .supernet.modules import Embeddings, MLMHead, Pooler, TransformerLayer, attention_bias
@@ -168,9 +168,14 @@ def identity_bottlenecks(supernet) -> list[tuple[bool, bool]]:
 def dropped_projections(flags: list[tuple[bool, bool]], shape) -> list[str]:
     """What :func:`drop_identities` removes from ``shape``'s fused network, from the super
     network's :func:`identity_bottlenecks` alone: a slice of two identities is an identity
-    exactly where it is square (names as in the bundle manifest)."""
-    w, D = shape.widths, shape.space.hidden_size
-    out = ["proj_in"] if w[0] == D and flags[0][0] else []
-    out += [f"transitions.{i}" for i in range(len(w) - 1)
-            if w[i] == w[i + 1] and flags[i][1] and flags[i + 1][0]]
-    return out + (["proj_out"] if w[-1] == D and flags[-1][1] else [])
+    exactly where it is square (:func:`~shaper_deploy.shape.identity_projections`), so a
+    square projection is dropped when the bottlenecks it is made of are identities."""
+    def made_of_identities(name: str) -> bool:
+        if name == "proj_in":
+            return flags[0][0]
+        if name == "proj_out":
+            return flags[-1][1]
+        i = int(name.split(".")[1])  # transitions.i = output of layer i, input of i + 1
+        return flags[i][1] and flags[i + 1][0]
+
+    return [n for n in identity_projections(shape) if made_of_identities(n)]

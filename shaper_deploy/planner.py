@@ -428,6 +428,23 @@ def _model_file(precision: str) -> str:
     return INT8_FILE if precision == "int8" else MODEL_FILE
 
 
+def _export(supernet, plan: Plan, folder: Path, options: ExportOptions,
+            note: Callable[[str], None], margin: float, measured: bool = True) -> str | None:
+    """Export ``plan``'s shape into ``folder``; None, or the reason an int8 export failed its
+    accuracy gate (an fp32 failure is an error)."""
+    note(f"{plan.precision}: exporting {plan.shape} ({plan.shape.params() / 1e6:.1f}M params, "
+         f"predicted p{plan.percentile:g} {plan.predicted_ms:.2f} ms, {plan.upper_ms:.2f} ms "
+         f"with the x{margin:.2f} margin" + ("" if measured else "; not measured here") + ")")
+    try:
+        export_bundle(supernet, plan.shape, folder, options,
+                      progress=lambda m: None if m.startswith("wrote ") else note(m))
+    except ExportError as exc:
+        if plan.precision != "int8":
+            raise
+        return str(exc).split(";")[0]
+    return None
+
+
 def _predicted_only(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
                     folder: Path, options: ExportOptions, measure, max_exports: int,
                     note: Callable[[str], None], dropped) -> Candidate:
@@ -436,16 +453,10 @@ def _predicted_only(supernet, profile: DeviceProfile, plan: Plan, family: Sequen
     prec = plan.precision
     cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
                      plan.upper_ms)
-    note(f"{prec}: exporting {plan.shape} ({plan.shape.params() / 1e6:.1f}M params, predicted "
-         f"p{plan.percentile:g} {plan.predicted_ms:.2f} ms, {plan.upper_ms:.2f} ms with the "
-         f"x{profile.margin(prec):.2f} margin; not measured here)")
-    try:
-        export_bundle(supernet, plan.shape, folder, options,
-                      progress=lambda m: None if m.startswith("wrote ") else note(m))
-    except ExportError as exc:
-        if prec != "int8":
-            raise
-        cand.status, cand.reason = "gate failed", str(exc).split(";")[0]
+    failed = _export(supernet, plan, folder, options, note, profile.margin(prec),
+                     measured=False)
+    if failed:
+        cand.status, cand.reason = "gate failed", failed
         return cand
     cand.exports.append({**plan.to_dict(), "measured_ms": None, "within_budget": None})
     cand.status = "fits"
@@ -470,16 +481,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     shape_plan: Plan | None = plan
     while shape_plan is not None and len(tried) < max_exports:
         attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
-        note(f"{prec}: exporting {shape_plan.shape} ({shape_plan.shape.params() / 1e6:.1f}M "
-             f"params, predicted p{shape_plan.percentile:g} {shape_plan.predicted_ms:.2f} ms, "
-             f"{shape_plan.upper_ms:.2f} ms with the x{margin:.2f} margin)")
-        try:
-            export_bundle(supernet, shape_plan.shape, attempt, options,
-                          progress=lambda m: None if m.startswith("wrote ") else note(m))
-        except ExportError as exc:
-            if prec != "int8":
-                raise
-            reason = str(exc).split(";")[0]
+        reason = _export(supernet, shape_plan, attempt, options, note, margin)
+        if reason:
             if best is not None:  # a step up failed the gate: keep the shape that fit
                 cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
                 note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); keeping "

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import ProfileError
 from .io import atomic_write_bytes, read_manifest
+from .promise import DEFAULT_PERCENTILE, TAIL_LEVELS
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
 from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, calm_reference,
                                 dropped_by_key, held_out_keys, machine_factor, measure_model,
@@ -49,8 +50,6 @@ MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) 
 RIDGE = 0.5  # penalty on the per-width corrections' relative effect (scale-free)
 SMOOTH = ("layers", "layer_width", "layer_width_sq", "transitions", "projections",
           "projection_ops", "width_changes", "constant")
-TAIL_LEVELS = (50, 75, 90, 95, 99)  # percentiles a budget may promise
-DEFAULT_PERCENTILE = 90.0
 
 
 def feature_names(space: DesignSpace) -> list[str]:
@@ -447,10 +446,7 @@ class DeviceProfile:
 
     def foreign_fields(self) -> list[str]:
         """How the machine the profile was measured on differs from this one (empty: same)."""
-        if self.device != "cpu":
-            return fingerprint_differences(self.header.fingerprint,
-                                           device_fingerprint(self.device))
-        return fingerprint_differences(self.header.fingerprint, device_fingerprint("cpu"))
+        return fingerprint_differences(self.header.fingerprint, device_fingerprint(self.device))
 
     def check_device(self, device: str, for_device: bool = False) -> list[str]:
         """Refuse another device kind, and a profile of another machine unless the plan is

@@ -297,3 +297,14 @@ def _widths_from_json(data: Any, what: str) -> list[int]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no width
+
+
+def identity_projections(shape: "Shape") -> list[str]:
+    """The projections of ``shape`` that an identity super network (one made from a BERT,
+    untrained) fuses to exact identities, which export drops (fusion.drop_identities): the
+    input projection when d_1 = D, the output one when d_L = D, and every transition between
+    two layers of equal width. Names as in ``FusedBert`` and the bundle's manifest."""
+    w, D = shape.widths, shape.space.hidden_size
+    return ((["proj_in"] if w[0] == D else [])
+            + [f"transitions.{i}" for i in range(len(w) - 1) if w[i] == w[i + 1]]
+            + (["proj_out"] if w[-1] == D else []))

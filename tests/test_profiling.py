@@ -372,7 +372,7 @@ def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_
     for output."""
     from shaper_deploy.fusion import (dropped_projections, drop_identities,
                                       identity_bottlenecks)
-    from shaper_deploy.profiling.graph import identity_projections
+    from shaper_deploy.shape import identity_projections
 
     model = randomize(SuperBert(TINY)).eval()
     with torch.no_grad():  # identity bottlenecks, as supernet init writes them

@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ProfileError
-from ..shape import Shape
+from ..shape import Shape, identity_projections
 from ..supernet.config import SuperConfig
 
 GRAPH_ACTIVATIONS = ("gelu", "gelu_new", "relu")  # every SuperConfig activation
@@ -128,17 +128,6 @@ class _Weights:
         shape = list(parts[0])
         shape[axis] = sum(p[axis] for p in parts)
         return tuple(shape)
-
-
-def identity_projections(shape: Shape) -> list[str]:
-    """The projections of ``shape`` that an identity super network (one made from a BERT,
-    untrained) fuses to exact identities, which export drops (fusion.drop_identities): the
-    input projection when d_1 = D, the output one when d_L = D, and every transition between
-    two layers of equal width. Names as in ``FusedBert`` and the bundle's manifest."""
-    w, D = shape.widths, shape.space.hidden_size
-    return ((["proj_in"] if w[0] == D else [])
-            + [f"transitions.{i}" for i in range(len(w) - 1) if w[i] == w[i + 1]]
-            + (["proj_out"] if w[-1] == D else []))
 
 
 def build_deploy_graph(config: SuperConfig, shape: Shape,

@@ -27,12 +27,11 @@ from ..errors import ProfileError, ShaperError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
 from ..quantize import int8_record, quantize_int8
 from ..runtime import int8_format, make_session
-from ..shape import Shape, reject_unknown_fields
+from ..shape import Shape, identity_projections, reject_unknown_fields
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .fingerprint import device_fingerprint, fingerprint_differences
-from .graph import (GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph,
-                    identity_projections)
+from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
 from .protocol import Protocol, Workload, describe_range, inputs_for, measure_interleaved
 
 PROFILE_FORMAT = "shaper-deploy/profile"
@@ -362,12 +361,8 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 work.append((precision, "repeat", shape, todo))
     def cost(precision: str, w: Workload) -> float:
         """A shape's share of the time at a size (from the probe; tokens without one)."""
-        if not header.probe:
-            return float(w[0] * w[1])
-        m, grid = header.probe["ms"][precision], protocol.grid
-        near = workload_key(min(grid, key=lambda x: (abs(math.log(x[0] * x[1] / (w[0] * w[1]))),
-                                                      x)))
-        return _turn_seconds((m["smallest"][near] + m["largest"][near]) / 2, protocol)
+        return (probed_turn_seconds(header.probe, protocol, precision, w) if header.probe
+                else float(w[0] * w[1]))
 
     total = sum(cost(p, w) for p, _, _, ws in work for w in ws)
     if records:
@@ -430,8 +425,13 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     return header
 
 
-def _turn_seconds(ms: float, protocol: Protocol) -> float:
-    """How long one turn of the protocol takes for a run of ``ms`` milliseconds."""
+def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: str,
+                        w: Workload) -> float:
+    """How long one turn of the protocol takes for a typical shape at ``w``: the mean of the
+    probe's smallest and largest shape at the grid size nearest in tokens."""
+    near = min(protocol.grid, key=lambda x: (abs(math.log(x[0] * x[1] / (w[0] * w[1]))), x))
+    m = probe["ms"][precision]
+    ms = (m["smallest"][workload_key(near)] + m["largest"][workload_key(near)]) / 2
     warm = 1 if ms > protocol.long_run_ms else protocol.warmup
     timed = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / max(ms, 1e-3))))
     return protocol.pause_ms / 1000 + (warm + timed) * ms / 1000
@@ -486,13 +486,7 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
     g = protocol.group_size
 
     def turns(precision: str, workloads) -> float:
-        m = probe["ms"][precision]
-        total = 0.0
-        for w in workloads:
-            near = min(grid, key=lambda x: (abs(math.log(x[0] * x[1] / (w[0] * w[1]))), x))
-            k = workload_key(near)
-            total += _turn_seconds((m["smallest"][k] + m["largest"][k]) / 2, protocol)
-        return total
+        return sum(probed_turn_seconds(probe, protocol, precision, w) for w in workloads)
 
     seconds = 0.0
     for p in precisions:
