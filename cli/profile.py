@@ -125,7 +125,7 @@ def _profile_text(d: dict) -> str:
     if probe.get("decision"):
         rows.append(("probe", probe["decision"]))
     for name, gains in (probe.get("int8_speedup") or {}).items():
-        rows.append((f"int8 gain", f"{name} shape: " + ", ".join(
+        rows.append(("int8 gain", f"{name} shape: " + ", ".join(
             f"{k} {v:.2f}x" for k, v in gains.items())))
     summary = d.get("summary") or {}
     if summary.get("last_run"):

@@ -242,7 +242,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         precision = device_profile.precisions[0]
         workload = device_profile.reference_workload
 
-        def latency(shapes):  # the planner's safe estimate: fp32 at the reference size
+        def latency(shapes):  # the planner's safe estimate: the percentile x margin, reference size
             return (device_profile.predict(shapes, precision, *workload, percentile)
                     * device_profile.margin(precision))
     limit = None
