@@ -148,7 +148,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     train_file = args.work / "bbc_train.txt"
     train_file.write_text("\n".join(texts[i] for i in range(len(texts)) if i % 5) + "\n")
-    corpus = tokenize(read_texts(train_file), model.tokenizer_files["tokenizer.json"], 128, 0.02)
+    corpus = tokenize(read_texts(train_file), model.tokenizer_files["tokenizer.json"], 128, 0.02,
+                      model.config.space.max_positions)
     base = TrainConfig(objective="distill", steps=4, batch_size=16, seq_len=128, lr=1e-4,
                        random_shapes=2, checkpoint_every=50)
     shutil.rmtree(args.work / "probe-steps", ignore_errors=True)  # time fresh steps
@@ -175,7 +176,8 @@ def main() -> None:
     from shaper_deploy.training.quality import measure_quality
 
     held = [texts[i] for i in ev.test]
-    qc = tokenize(held, model.tokenizer_files["tokenizer.json"], SEQ, 0.5)
+    qc = tokenize(held, model.tokenizer_files["tokenizer.json"], SEQ, 0.5,
+                  model.config.space.max_positions)
     qcorpus = Corpus(qc.train, torch.cat([qc.val, qc.train]), qc.special_ids, qc.mask_id)
     measured = sample_shapes(space, 48, seed=1)
     values = []

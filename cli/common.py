@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from typing import Any, Callable
 
 import click
@@ -16,7 +19,11 @@ class ShaperGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _terminated_as_exception():
+                return super().invoke(ctx)
+        except Terminated:
+            click.echo("Error: terminated (SIGTERM); nothing half-written was kept", err=True)
+            ctx.exit(143)
         except ShaperError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
@@ -25,6 +32,27 @@ class ShaperGroup(click.Group):
             if type(exc).__name__ == "SafetensorError":  # safetensors' own I/O error type
                 raise click.ClickException(f"cannot write or read weights: {exc}") from None
             raise
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so every ``finally`` and context manager runs:
+    temporary folders and half-written outputs are removed as on any other failure."""
+
+
+@contextlib.contextmanager
+def _terminated_as_exception():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only (CliRunner in a worker thread)
+        return
+
+    def handle(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def os_error_line(exc: OSError) -> str:

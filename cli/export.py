@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -125,7 +126,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                             int8_min_cosine=int8_min_cosine)
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
-    check_output_dir(out, force)
+    check_output_dir(out, force, {"--supernet": supernet_path, "--profile": profile_path,
+                                  "--calibration": calibration_path})
     with output_lock(out):
         if budget is not None:
             manifest = _export_for_budget(supernet_path, budget, profile_path, out, device,
@@ -133,6 +135,12 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                           allow_unreliable, force, supershaper_widths,
                                           percentile, for_device)
         else:
+            profile = None
+            if profile_path is not None:  # a bad profile fails before anything is written
+                from shaper_deploy.predictor import DeviceProfile
+
+                profile = DeviceProfile.load(profile_path)
+                profile.check_device(device, for_device)
             try:  # a bad shape fails before the model loads
                 space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
             except CheckpointError:
@@ -146,12 +154,14 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
             shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
                      else cigar_shape(count, model.config.space))
             manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
-            if profile_path is not None:
+            if profile is not None:
                 from shaper_deploy.planner import record_prediction
-                from shaper_deploy.predictor import DeviceProfile
 
-                manifest = record_prediction(out, DeviceProfile.load(profile_path), device,
-                                             for_device=for_device)
+                try:
+                    manifest = record_prediction(out, profile, device, for_device=for_device)
+                except BaseException:  # the command failed: its bundle goes with it
+                    shutil.rmtree(out, ignore_errors=True)
+                    raise
     emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
 
 

@@ -66,12 +66,13 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
       shaperctl profile --device cpu --supernet ./super --out profiles/my-laptop
       shaperctl profile --device cpu --out profiles/s64 --precision int8 --seq-len 32,64
     """
-    from shaper_deploy.io import output_lock
+    from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.profile import run_profile
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
+    check_not_input(out, {"--supernet": supernet_path})
     if supernet_path is not None:
         config = read_checkpoint_header(supernet_path, supershaper_widths)["config"]
         source = {"supernet": str(supernet_path)}

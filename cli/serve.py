@@ -23,11 +23,19 @@ def _finite(value: float, name: str) -> float:
     return value
 
 
+MAX_TEXTS = 1000  # texts per run: its output holds their similarity matrix
+MAX_TEXT_FILE = 16 << 20  # bytes of --file
+
+
 def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
+    from shaper_deploy.errors import ServingError
+    from shaper_deploy.io import read_regular
+
     out = list(texts)
     if file is not None:
+        raw = read_regular(file, MAX_TEXT_FILE, "--file", ServingError)
         try:
-            lines = file.read_bytes().decode("utf-8").splitlines()
+            lines = raw.decode("utf-8").splitlines()
         except UnicodeDecodeError as exc:
             raise click.BadParameter(f"{file} is not UTF-8 text (byte {exc.start}); give one "
                                      "text per line, UTF-8", param_hint="--file") from None
@@ -38,14 +46,19 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
         out += from_file
     if not out:
         raise click.UsageError("give TEXT arguments or --file (one text per line)")
+    if len(out) > MAX_TEXTS:
+        raise click.UsageError(f"{len(out):,} texts given; run takes at most {MAX_TEXTS:,} (its "
+                               "output compares every pair); embed more with "
+                               "shaper_deploy.serving.Bundle.embed")
     return out
 
 
 @click.command("run")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("texts", nargs=-1)
-@click.option("--file", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Read texts from this file, one per line.")
+@click.option("--file", "text_file", type=click.Path(path_type=Path),
+              help="Read texts from this file, one per line (UTF-8, at most 16 MiB and 1,000 "
+                   "texts).")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default="mean",
               show_default=True, help="How a text's token vectors become one vector.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,

@@ -55,7 +55,7 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
     from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import SuperBert
 
-    check_output_dir(out, force)
+    check_output_dir(out, force, {"--from-hf": source})
     width_list = None if widths is None else int_list(widths, "--widths")
     progress(f"reading {source}")
     model = SuperBert.from_bert(source, widths=width_list)

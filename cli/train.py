@@ -96,19 +96,15 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
     header = read_checkpoint_header(supernet_path, supershaper_widths)
     # --out is a resumable folder: one that exists is fine, a file or a read-only place is
     # not; checked before any long work (it used to fail at the first checkpoint).
-    check_output_dir(out, force=True)
+    check_output_dir(out, force=True, inputs={"--supernet": supernet_path, "--data": data_path})
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         raise click.ClickException(f"cannot write to {out}: it is not writable")
     tokenizer = Path(supernet_path) / "tokenizer.json"
     if not tokenizer.is_file():
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json, "
                                    "which training needs to read text")
-    if seq_len > header["config"].space.max_positions:
-        raise click.BadParameter(f"{seq_len} exceeds the model's "
-                                 f"{header['config'].space.max_positions} positions",
-                                 param_hint="--seq-len")
     corpus = tokenize(read_texts(data_path), tokenizer.read_bytes(), seq_len,
-                      config.val_fraction)
+                      config.val_fraction, header["config"].space.max_positions)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one report for all ranks
         progress(f"{len(corpus.train)} training and {len(corpus.val)} validation blocks of "
                  f"{seq_len} tokens")
@@ -161,7 +157,7 @@ def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq
     """
     from shaper_deploy.io import check_output_dir, output_lock
 
-    check_output_dir(out)
+    check_output_dir(out, inputs={"--supernet": supernet_path, "--data": data_path})
     with output_lock(out):
         _quality(supernet_path, data_path, metric, samples, seq_len, out, supershaper_widths,
                  as_json)
@@ -178,7 +174,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
     corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,
-                      0.5)
+                      0.5, model.config.space.max_positions)
     shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress)
     predictor = fit_quality(shapes, values, metric)
     predictor.save(out)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, get_args
+
+from typing_extensions import NotRequired, TypedDict
 
 from .errors import ServingError, ShaperError
 from .io import atomic_write_bytes, read_manifest
+from .schema import Count, Positive, Sha256, validated
 from .shape import reject_unknown_fields
 
 BUNDLE_FORMAT = "shaper-deploy/bundle"
@@ -25,17 +28,66 @@ BUNDLE_VERSION = 2
 MANIFEST = "shaper.json"
 _V1_DUPLICATES = ("design_space", "max_length")  # derived from config since version 2
 
+# The deployed graph's contract, as the manifest records it (export takes these names).
+Task = Literal["feature-extraction", "fill-mask"]
+InputName = Literal["input_ids", "attention_mask", "token_type_ids"]
+OutputName = Literal["last_hidden_state", "pooler_output", "logits"]
+Precision = Literal["fp32", "int8"]
+TASKS: tuple[str, ...] = get_args(Task)
+INPUT_NAMES: tuple[str, ...] = get_args(InputName)
+
+
+class FileRecord(TypedDict):
+    """One file of the bundle: every file in the folder but shaper.json has one."""
+    sha256: Sha256
+    bytes: Count
+    precision: NotRequired[Precision]  # ONNX models only
+
+
+class ParamsRecord(TypedDict):
+    fused: Count
+    unfused: Count
+    breakdown_fused: dict[str, Count]
+    deployed_module: Count
+    convention: str
+
+
+class PlanRecord(TypedDict):
+    """What ``export --latency`` chose and why (written by the planner)."""
+    budget_ms: float
+    batch: Positive
+    seq_len: Positive
+    workload_source: str
+    device: str
+    precision: Precision
+    shape: list[Positive]
+    params: Count
+    predicted_ms: float
+    predicted_upper_ms: float
+    measured_ms: Optional[float]
+    fidelity: float
+    fidelity_metric: str
+    calibration: str
+    profile: str
+    candidates: list[dict[str, Any]]
+    method: str
+    profile_trust: NotRequired[dict[str, Any]]
+    budget: NotRequired[dict[str, Any]]
+    percentile: NotRequired[float]
+    target: NotRequired[dict[str, Any]]
+    verification: NotRequired[Optional[dict[str, Any]]]
+
 
 @dataclass
 class BundleManifest:
-    shape: list[int]  # one width per layer
+    shape: list[Positive]  # one width per layer
     config: dict[str, Any]  # the super network's SuperConfig; the design space is config["space"]
-    task: str  # feature-extraction or fill-mask
-    inputs: list[str]
-    outputs: list[str]
+    task: Task
+    inputs: list[InputName]
+    outputs: list[OutputName]
     default_model: str  # the ONNX file served unless another is asked for
-    files: dict[str, dict[str, Any]]  # name -> sha256, bytes (and precision for models)
-    params: dict[str, Any]  # fused / unfused counts, breakdown, convention
+    files: dict[str, FileRecord]  # every file of the folder but shaper.json
+    params: ParamsRecord  # fused / unfused counts, breakdown, convention
     validation: dict[str, Any]  # ONNX Runtime vs PyTorch float64, per case
     created: str = ""
     flops_seq128: int = 0
@@ -50,7 +102,7 @@ class BundleManifest:
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
-    plan: dict[str, Any] | None = None  # written by the planner (export --latency)
+    plan: PlanRecord | None = None  # written by the planner (export --latency)
     predicted_latency: list[dict[str, Any]] | None = None  # export --profile without a budget
 
     @property
@@ -83,13 +135,22 @@ class BundleManifest:
             data = {"plan": None, "predicted_latency": None, **data}
         # what we write we write whole: a missing field is damage, never a default
         reject_unknown_fields(cls, data, f"bundle manifest {where}", error, require_all=True)
-        try:
-            manifest = cls(**data)
-            if not isinstance(manifest.files, dict) or "space" not in manifest.config:
-                raise TypeError("files must be an object and config must hold the space")
-            [int(w) for w in manifest.shape]
-        except (TypeError, ValueError) as exc:
-            raise error(f"{where} is malformed ({exc}); export the bundle again") from None
+        hint = "export the bundle again"
+        manifest = validated(cls, data, where, error, hint)
+        from .supernet.config import SuperConfig  # torch-free: the architecture's own checks
+
+        validated(SuperConfig, manifest.config, f"{where} (config)", error, hint)
+        problems = [f"{len(manifest.shape)} widths for {manifest.design_space['num_layers']} "
+                    "layers" if len(manifest.shape) != manifest.design_space["num_layers"] else "",
+                    "" if manifest.default_model in manifest.files else
+                    f"default_model {manifest.default_model!r} is not among its files",
+                    "" if len(set(manifest.inputs)) == len(manifest.inputs)
+                    and {"input_ids", "attention_mask"} <= set(manifest.inputs) else
+                    f"inputs {manifest.inputs} are not a graph's (distinct, with input_ids and "
+                    "attention_mask)"]
+        problems = [p for p in problems if p]
+        if problems:
+            raise error(f"{where} is malformed: {problems[0]}; {hint}")
         return manifest
 
     @classmethod
@@ -104,4 +165,51 @@ class BundleManifest:
         data = read_manifest(folder / MANIFEST, BUNDLE_FORMAT, BUNDLE_VERSION, "bundle", error,
                              f"{folder} is not a bundle (no {MANIFEST}); make one with "
                              "shaperctl export")
-        return cls.from_dict(data, str(folder / MANIFEST), error)
+        manifest = cls.from_dict(data, str(folder / MANIFEST), error)
+        manifest.check_listing(folder, error)
+        return manifest
+
+    def check_listing(self, folder: Path, error: type[ShaperError] = ServingError) -> None:
+        """The folder holds exactly the files the manifest lists (plus shaper.json), each a
+        regular file: an unlisted file (a model's external data, a tokenizer whose entry was
+        deleted) or a symbolic link is refused, never used unchecked."""
+        present = {}
+        try:
+            for entry in folder.iterdir():
+                present[entry.name] = entry
+        except OSError as exc:
+            raise error(f"cannot list bundle {folder}: {exc.strerror or exc}") from None
+        for name, entry in sorted(present.items()):
+            if entry.is_symlink() or not entry.is_file():
+                raise error(f"bundle {folder} holds {name}, which is "
+                            f"{'a symbolic link' if entry.is_symlink() else 'not a regular file'}"
+                            "; a bundle holds regular files only: export it again")
+            if name != MANIFEST and name not in self.files:
+                raise error(f"bundle {folder} holds {name}, which {MANIFEST} does not list "
+                            "(unchecked files are never used); remove it or export the bundle "
+                            "again")
+        missing = sorted(set(self.files) - set(present))
+        if missing:
+            raise error(f"bundle {folder} is missing {', '.join(missing)}, which {MANIFEST} "
+                        "lists; export the bundle again")
+
+    def verified(self, folder: Path, name: str, error: type[ShaperError] = ServingError
+                 ) -> Path:
+        """``folder/name``, its sha256 checked against the manifest before anything parses it."""
+        from .io import sha256_file
+
+        if name not in self.files:
+            raise error(f"bundle {folder} has no {name!r}; it has {', '.join(self.files)}")
+        file = folder / name
+        try:
+            actual = sha256_file(file)
+        except OSError as exc:
+            raise error(f"cannot read {file}: {exc.strerror or exc}") from None
+        if actual != self.files[name]["sha256"]:
+            raise error(f"{file} does not match the sha256 recorded in {MANIFEST}: the file "
+                        "was altered or corrupted; export the bundle again")
+        return file
+
+    def support_files(self) -> list[str]:
+        """Every listed file a model may read beside it: all but the ONNX models."""
+        return [n for n, r in self.files.items() if "precision" not in r]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bundle import BundleManifest
+from .bundle import INPUT_NAMES, TASKS, BundleManifest
 from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
@@ -49,8 +49,6 @@ from .supernet.model import SuperBert
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-TASKS = ("feature-extraction", "fill-mask")
 OPSETS = range(14, 21)
 @dataclass(frozen=True)
 class ExportOptions:

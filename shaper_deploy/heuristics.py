@@ -117,14 +117,18 @@ def scaled_family(space: DesignSpace) -> tuple[Shape, ...]:
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)\s*$")
 
 
+MAX_COUNT = 1e13  # parameters: far above any model this toolkit can hold in memory
+
+
 def parse_count(text: str) -> int:
     """'60M', '60m', '1.2B', '500K', '60000000' -> an integer parameter count."""
-    m = _COUNT.match(str(text))
+    m = _COUNT.match(str(text)) if len(str(text)) <= 32 else None
     if not m:
         raise ShapeError(f"cannot read parameter count {text!r}: expected a number with an "
                          "optional K, M or B suffix, like 60M")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[m.group(2).lower()]
-    value = round(float(m.group(1)) * scale)
-    if value <= 0:
-        raise ShapeError(f"parameter count must be positive, got {text!r}")
+    number = float(m.group(1)) * scale
+    if not 0 < number <= MAX_COUNT:
+        raise ShapeError(f"parameter count must be in 1..{MAX_COUNT:.0e}, got {str(text)[:40]!r}")
+    value = round(number)
     return value

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -23,8 +23,11 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_output_dir(dest: str | Path, force: bool = False) -> Path:
-    """Fail early, before any long work, if ``dest`` cannot become a new folder; its parent."""
+def check_output_dir(dest: str | Path, force: bool = False,
+                     inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """Fail early, before any long work, if ``dest`` cannot become a new folder (or is,
+    lies inside or holds one of the command's ``inputs``); its parent."""
+    check_not_input(dest, inputs or {})
     dest = Path(dest)
     if dest.exists() and not force:
         raise OutputError(f"output folder {dest} already exists; choose a new path "
@@ -40,6 +43,21 @@ def check_output_dir(dest: str | Path, force: bool = False) -> Path:
                 raise OutputError(f"cannot write to {dest}: {ancestor} is not writable")
             break
     return parent
+
+
+def check_not_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output that is, lies inside, or holds one of the command's inputs (with
+    --force it would replace what is being read). ``inputs`` maps an option to its path."""
+    dest = Path(out).resolve()
+    for option, given in inputs.items():
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        relation = ("is" if dest == src else "is inside" if src in dest.parents else
+                    "holds" if dest in src.parents else "")
+        if relation:
+            raise OutputError(f"--out {out} {relation} the input {option} {given}; write the "
+                              "output to a folder of its own")
 
 
 @contextlib.contextmanager
@@ -137,22 +155,51 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def read_regular(file: str | Path, limit: int, what: str, error: type[ShaperError],
+                 missing: str | None = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or one ``error`` line.
+
+    FIFOs, devices and sockets are refused before they are opened (reading one would block
+    or never end), and so is a file larger than ``limit``; ``missing`` replaces the message
+    for a file that does not exist.
+    """
+    file = Path(file)
+    try:
+        info = file.stat()
+    except FileNotFoundError:
+        raise error(missing or f"{what} {file} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {file}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(missing or f"{what} {file} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {file} is not a regular file (a FIFO, device or socket); "
+                    "give a file")
+    if info.st_size > limit:
+        raise error(f"{what} {file} is {info.st_size:,} bytes; at most {limit:,} are read")
+    try:
+        with open(file, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {file}: {exc.strerror or exc}") from None
+    if len(data) > limit:  # grew while read
+        raise error(f"{what} {file} is over {limit:,} bytes; at most {limit:,} are read")
+    return data
+
+
 def read_manifest(file: Path, fmt: str, max_version: int, what: str,
                   error: type[ShaperError], missing: str) -> dict:
     """A self-describing artifact's JSON header, its format and version checked.
 
     ``missing`` is the message when the file is absent (say how to make one).
     """
-    if not file.is_file():
-        raise error(missing)
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{file} is not readable JSON: {exc}") from None
+    from .schema import MAX_JSON_BYTES, parse_json
+
+    data = parse_json(read_regular(file, MAX_JSON_BYTES, what, error, missing), str(file), error)
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{file} is not a shaper-deploy {what}")
     version = data.get("format_version")
-    if not isinstance(version, int) or version > max_version:
+    if not isinstance(version, int) or isinstance(version, bool) or version > max_version:
         raise error(f"{what} {file.parent} has format version {version!r}, newer than this "
                     f"shaper-deploy reads ({max_version}); upgrade shaper-deploy")
     return data
@@ -186,7 +233,10 @@ def output_lock(dest: str | Path) -> Iterator[None]:
         _remove_stale_temporaries(dest)
         yield
     finally:
-        # filelock keeps the file on Unix; nobody waits on it (timeout 0), so remove it.
+        # Removed while still held, then released: a process that opened the old file and
+        # locks it after this release finds its name gone (filelock checks st_nlink after
+        # every flock and starts over), so it can never hold the lock beside a newcomer on a
+        # new file. Releasing first and removing after would open exactly that race.
         with contextlib.suppress(OSError):
             path.unlink()
         lock.release()

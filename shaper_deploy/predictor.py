@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+from typing_extensions import NotRequired, TypedDict
 
 from .errors import ProfileError
 from .io import atomic_write_bytes, read_manifest
 from .promise import DEFAULT_PERCENTILE, TAIL_LEVELS
+from .schema import Count, validated
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
 from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, calm_reference,
                                 dropped_by_key, held_out_keys, machine_factor, measure_model,
@@ -38,7 +40,7 @@ from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, calm_refere
                                 reference_spread, shape_from_key, verify_file, workload_key,
                                 write_header)
 from .profiling.protocol import Workload, describe_range, grid_cell
-from .shape import DesignSpace, Shape
+from .shape import DesignSpace, Shape, reject_unknown_fields
 
 PREDICTOR_FORMAT = "shaper-deploy/predictor"
 PREDICTOR_VERSION = 3
@@ -170,6 +172,34 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
             "abs_rel_max": float(np.abs(rel).max())}
 
 
+class HeldOut(TypedDict):
+    n: Count
+    r2: float
+    mape: float
+    bias: float
+    within_5pct: float
+    within_10pct: float
+    abs_rel_p95: float
+    abs_rel_max: float
+
+
+class PrecisionMetrics(TypedDict):
+    held_out: HeldOut  # what trust and margins are judged on
+    grid_held_out: HeldOut
+    trained_on: Count
+    held_out_shapes: Count
+    held_out_keys: list[str]
+    mape_by_workload: dict[str, float]
+    check_held_out: NotRequired[Optional[HeldOut]]
+
+
+class TailModel(TypedDict):
+    levels: list[float]  # percentiles
+    median_ms: list[float]  # latency bins
+    factor: list[list[float]]  # bins x levels
+    records: Count
+
+
 @dataclass
 class LatencyModel:
     """``predictor.json``: coefficients per precision and grid point, and how good they are."""
@@ -177,10 +207,10 @@ class LatencyModel:
     space: DesignSpace
     grid: list[Workload]  # measured (batch, seq_len) points
     coef: dict[str, dict[str, list[float]]]  # precision -> "BxS" -> coefficients
-    metrics: dict[str, Any]  # precision -> held-out metrics (grid sizes, check sizes, both)
+    metrics: dict[str, PrecisionMetrics]  # precision -> held-out metrics (grid, check sizes)
     margin: dict[str, float]  # precision -> 1 + held-out p95 relative error
     features: list[str] = field(default_factory=list)
-    tail: dict[str, Any] = field(default_factory=dict)  # precision -> tail_model()
+    tail: dict[str, TailModel] = field(default_factory=dict)  # precision -> tail_model()
     method: str = ("calm median, additive per grid point: per-layer cost smooth in width plus "
                    "ridge-penalized per-width corrections, transitions and projections the "
                    "graph computes, width changes (NNLS on relative error, one trimmed refit); "
@@ -229,15 +259,26 @@ class LatencyModel:
                 "tail": self.tail}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyModel":
-        try:
-            return cls(space=DesignSpace.from_dict(d["design_space"]),
-                       grid=[tuple(w) for w in d["grid"]], coef=d["coef"],
-                       metrics=d["metrics"], margin=d["margin"], features=d["features"],
-                       tail=d["tail"], method=d["method"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProfileError(f"{META_FILE} is malformed ({exc}); refit with: shaperctl "
-                               "profile ... --out PROFILE") from None
+    def from_dict(cls, d: dict[str, Any], where: str = META_FILE) -> "LatencyModel":
+        hint = "refit with: shaperctl profile ... --out PROFILE"
+        d = {k: v for k, v in d.items() if k not in ("format", "format_version")}
+        if isinstance(d, dict) and "design_space" in d:  # the file's name for the field
+            d["space"] = d.pop("design_space")
+        reject_unknown_fields(cls, d, where, ProfileError, require_all=True)
+        model = validated(cls, d, where, ProfileError, hint)
+        wanted = {workload_key(w) for w in model.grid}
+        for p, by_point in model.coef.items():
+            bad = next((k for k, c in by_point.items() if len(c) != len(model.features)), None)
+            problem = (f"coef {p} lacks grid points" if set(by_point) != wanted else
+                       f"coef {p} {bad} has not one number per feature" if bad else
+                       f"{p} has no metrics or margin" if p not in model.metrics
+                       or p not in model.margin else "")
+            if problem:
+                raise ProfileError(f"{where} is malformed: {problem}; {hint}")
+        if not model.coef or any(p not in model.coef for p in (*model.margin, *model.tail)):
+            raise ProfileError(f"{where} is malformed: its precisions disagree (coef "
+                               f"{sorted(model.coef)}, margin {sorted(model.margin)}); {hint}")
+        return model
 
 
 def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
@@ -375,7 +416,7 @@ class DeviceProfile:
                                "percentiles, identity projections); refit it, keeping every "
                                "measurement, by running the same shaperctl profile command "
                                f"again with --out {path}")
-        model = LatencyModel.from_dict(data)
+        model = LatencyModel.from_dict(data, str(file))
         if model.space != header.space:
             raise ProfileError(f"{file} was fitted to another design space than {HEADER} says")
         return cls(path, header, model)

@@ -17,6 +17,53 @@ from .errors import DeviceError
 # profiles and plans may use there (dynamic int8 is a CPU-provider kernel set).
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32",)}
+MAX_THREADS = 1024  # intra-op threads any session (here or on a server) is given
+THREADS_PER_CORE_HERE = 4  # a session made on this machine: more is oversubscription
+
+
+def check_threads(threads: int | None) -> None:
+    """Intra-op threads for a session made on this machine: 1 .. 4 x its cores."""
+    import os
+
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    most = min(MAX_THREADS, THREADS_PER_CORE_HERE * cores)
+    if not 1 <= threads <= most:
+        raise DeviceError(f"--threads {threads} is outside 1..{most} (at most "
+                          f"{THREADS_PER_CORE_HERE} per core of this machine's {cores})")
+
+
+def available_memory() -> int:
+    """Bytes the machine can still give (MemAvailable; else total physical memory)."""
+    import os
+
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_workload(batch: int, seq_len: int, space: dict) -> None:
+    """Refuse, before anything is allocated, a request whose activations would not fit in half
+    of the memory left: per token the FFN's and four D-wide tensors, per row and head the
+    attention scores, in float32, twice over (inputs and outputs of an operator)."""
+    if seq_len > space["max_positions"]:
+        raise DeviceError(f"--seq-len {seq_len} is beyond the model's {space['max_positions']} "
+                          "positions")
+    per_token = (space["intermediate_size"] + 4 * space["hidden_size"]) * 4 * 2
+    scores = space["num_heads"] * seq_len * seq_len * 4 * 2
+    need = batch * (seq_len * per_token + scores)
+    free = available_memory() // 2
+    if need > free:
+        most = max(1, free // (seq_len * per_token + scores))
+        raise DeviceError(f"batch {batch} x {seq_len} tokens needs about {need / 2**30:.1f} GiB "
+                          f"of activations, more than half of the {free * 2 / 2**30:.1f} GiB "
+                          f"this machine has free; at this length at most --batch {most}")
 _VNNI = ("avx512_vnni", "avx_vnni")
 _X86 = ("avx", "avx2", "fma", "avx512f")
 
@@ -92,6 +139,7 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
 
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    check_threads(threads)
     provider = DEVICES[device]
     if provider not in ort.get_available_providers():
         raise DeviceError(f"device {device!r} needs {provider}, which this onnxruntime build "

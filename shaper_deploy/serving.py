@@ -18,10 +18,11 @@ import numpy as np
 
 from .bundle import BundleManifest
 from .errors import ServingError
-from .io import sha256_file
-from .runtime import feeds_from_encodings, make_session, padded_tokenizer
+from .runtime import check_workload, feeds_from_encodings, make_session, padded_tokenizer
 
 POOLINGS = ("mean", "cls", "pooler")
+MAX_CONCURRENCY = 256  # client threads of bench sharing one session
+MAX_TEXT_CHARS = 100_000  # one text; tokenizing more only to cut it at max_length is waste
 
 
 @dataclass
@@ -30,19 +31,14 @@ class Encoded:
     truncated: list[bool] = field(default_factory=list)  # per text: cut to the length limit
 
 
-def _verified(path: Path, name: str, files: dict[str, Any]) -> Path:
-    """A bundle file, its sha256 checked against shaper.json before anything parses it."""
-    expected = (files.get(name) or {}).get("sha256")
-    if not expected:
-        raise ServingError(f"bundle {path}: shaper.json records no sha256 for {name}; export "
-                           "the bundle again")
-    file = path / name
-    if not file.is_file():
-        raise ServingError(f"bundle {path} is missing {name}")
-    if sha256_file(file) != expected:
-        raise ServingError(f"{file} does not match the sha256 recorded in shaper.json: "
-                           "the file was altered or corrupted; export the bundle again")
-    return file
+def _check_vocabulary(tokenizer, manifest: BundleManifest, where: Path) -> None:
+    """Every id the tokenizer can produce must index the model's embeddings."""
+    vocab = manifest.design_space["vocab_size"]
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab:
+        raise ServingError(f"{where} produces token ids up to {top}, beyond the model's "
+                           f"vocabulary of {vocab}; export the bundle again with its own "
+                           "tokenizer")
 
 
 class Bundle:
@@ -70,24 +66,22 @@ class Bundle:
         path = Path(path)
         manifest = BundleManifest.read(path)
         model_file = model or manifest.default_model
-        files = manifest.files
-        if model_file not in files:
-            raise ServingError(f"bundle {path} has no {model_file!r}; it has "
-                               f"{', '.join(files)}")
-        onnx_path = _verified(path, model_file, files)
+        onnx_path = manifest.verified(path, model_file)
+        for name in manifest.support_files():  # tokenizer, config, any external data
+            manifest.verified(path, name)
         session = make_session(onnx_path, device, threads=threads)
         tokenizer = None
-        if (path / "tokenizer.json").is_file():
+        if "tokenizer.json" in manifest.files:
             from tokenizers import Tokenizer
 
-            tok_path = (_verified(path, "tokenizer.json", files) if "tokenizer.json" in files
-                        else path / "tokenizer.json")  # bundles made before it was recorded
+            tok_path = path / "tokenizer.json"
             try:
                 tokenizer = Tokenizer.from_file(str(tok_path))
             except Exception as exc:  # tokenizers raises its own untyped errors
                 raise ServingError(f"{tok_path} is not a readable tokenizer "
                                    f"({str(exc).splitlines()[0][:120]}); export the bundle "
                                    "again") from None
+            _check_vocabulary(tokenizer, manifest, tok_path)
         return cls(path, manifest, session, tokenizer, model_file)
 
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
@@ -100,6 +94,10 @@ class Bundle:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ServingError(f"text {i + 1} is empty; every text needs some content")
+            if len(t) > MAX_TEXT_CHARS:
+                raise ServingError(f"text {i + 1} has {len(t):,} characters; at most "
+                                   f"{MAX_TEXT_CHARS:,} (the model reads {self.max_length} "
+                                   "tokens, a few thousand characters)")
         limit = min(max_length or self.max_length, self.max_length)
         if limit < 2:
             raise ServingError(f"max length must be at least 2 tokens, got {limit}")
@@ -114,7 +112,16 @@ class Bundle:
         return tok
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        try:
+            return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ServingError(f"ONNX Runtime refused the input for bundle {self.path} "
+                               f"({first[:160]}); the bundle's graph does not match its "
+                               "shaper.json (max_positions, vocabulary): export it again"
+                               ) from None
 
     def embed(self, texts: Sequence[str], pooling: str = "mean", normalize: bool = False,
               batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
@@ -173,6 +180,9 @@ class Bundle:
                                "duration above zero")
         if seq_len > self.max_length:
             raise ServingError(f"seq-len {seq_len} exceeds the model's {self.max_length} positions")
+        if concurrency > MAX_CONCURRENCY:
+            raise ServingError(f"--concurrency {concurrency} is above {MAX_CONCURRENCY} threads")
+        check_workload(batch * concurrency, seq_len, self.manifest.design_space)
         rng = np.random.default_rng(0)
         vocab = int(self.manifest.design_space["vocab_size"])
         feeds = {"input_ids": rng.integers(1, vocab, size=(batch, seq_len), dtype=np.int64),

@@ -8,7 +8,6 @@ paper's tables.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -41,6 +40,14 @@ def _fmt_widths(widths: Sequence[int]) -> str:
     return ", ".join(str(w) for w in widths)
 
 
+# The largest encoder any design space may describe: beyond every published BERT-family model
+# (XLM-R XL: 36 layers, D = 2560, 250k vocabulary), far below what would exhaust memory when a
+# config's numbers are taken at their word.
+SPACE_LIMITS = {"num_layers": 128, "hidden_size": 16384, "num_heads": 256,
+                "intermediate_size": 65536, "vocab_size": 1 << 21, "max_positions": 1 << 16,
+                "type_vocab_size": 1024}
+
+
 @dataclass(frozen=True)
 class DesignSpace:
     """The architecture a super network fixes and the widths each layer may take."""
@@ -57,11 +64,11 @@ class DesignSpace:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size",
-                     "vocab_size", "max_positions", "type_vocab_size"):
+        for name, most in SPACE_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ShapeError(f"design space {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ShapeError(f"design space {name} must be an integer in 1..{most:,}, "
+                                 f"got {value!r:.40}")
         if not self.widths:
             raise ShapeError("design space has no widths; give at least one layer width")
         if list(self.widths) != sorted(set(self.widths)):
@@ -249,7 +256,11 @@ def parse_shape(text: str | Path | Sequence[int], space: DesignSpace = PAPER_SPA
     if not isinstance(text, (str, Path)):
         return Shape(tuple(text), space)
     raw = str(text).strip()
-    if raw.endswith(".json") or Path(raw).is_file():
+    if len(raw) > MAX_SHAPE_TEXT:
+        raise ShapeError(f"the shape is {len(raw):,} characters; at most {MAX_SHAPE_TEXT:,} "
+                         "(a shape has one width per layer; a longer one belongs in a .json file)")
+    if raw.endswith(".json") or (not raw[:1].isdigit() and not raw.startswith("[")
+                                 and _is_file(raw)):
         return Shape(_widths_from_file(Path(raw)), space)
     if raw.startswith("["):
         return Shape(_widths_from_json(_loads(raw, "the shape"), "the shape"), space)
@@ -258,28 +269,42 @@ def parse_shape(text: str | Path | Sequence[int], space: DesignSpace = PAPER_SPA
         item = item.strip().lower()
         width, times, count = item.partition("x")
         if not width.isdigit() or (times and not count.isdigit()):
-            raise ShapeError(f"cannot read {item!r} in shape {raw!r}: expected widths like "
+            raise ShapeError(f"cannot read {item!r} in shape {raw[:80]!r}: expected widths like "
                              "'360,240,...' (one per layer), '360x12' or a .json file")
-        widths.extend([int(width)] * (int(count) if count else 1))
+        repeat = int(count) if count else 1
+        if len(widths) + repeat > space.num_layers:
+            raise ShapeError(f"shape {raw[:80]!r} has more widths than the design space's "
+                             f"{space.num_layers} layers; give one width per layer")
+        widths.extend([int(width)] * repeat)
     return Shape(tuple(widths), space)
 
 
-def _loads(text: str, what: str) -> Any:
+MAX_SHAPE_TEXT = 64 * 1024  # the option's text (a file may be a whole bundle manifest)
+
+
+def _is_file(raw: str) -> bool:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ShapeError(f"{what} is not valid JSON: {exc}") from None
+        return Path(raw).is_file()
+    except OSError:  # a name too long to be a path is no file
+        return False
+
+
+def _loads(text: str, what: str) -> Any:
+    from .schema import parse_json
+
+    return parse_json(text.encode(), what, ShapeError)
 
 
 def _widths_from_file(path: Path) -> list[int]:
     if not path.is_file():
         raise ShapeError(f"shape file {path} is a folder, not a JSON file" if path.is_dir()
                          else f"shape file {path} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ShapeError(f"shape file {path} is not UTF-8 JSON (byte {exc.start})") from None
-    return _widths_from_json(_loads(text, f"shape file {path}"), f"shape file {path}")
+    from .io import read_regular
+    from .schema import MAX_JSON_BYTES, parse_json
+
+    data = parse_json(read_regular(path, MAX_JSON_BYTES, "shape file", ShapeError),
+                      f"shape file {path}", ShapeError)
+    return _widths_from_json(data, f"shape file {path}")
 
 
 def _widths_from_json(data: Any, what: str) -> list[int]:

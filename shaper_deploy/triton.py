@@ -16,6 +16,7 @@ Each bundle becomes one model entry::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import re
@@ -25,13 +26,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ServingError
-from .io import atomic_dir, check_output_dir
+from .io import atomic_dir, check_not_input, check_output_dir
 from .bundle import BundleManifest
+from .runtime import MAX_THREADS
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+# The repository runs on another machine, so its limits are the server's, not this one's:
+# Triton's batch sizes are int32 and a batch past 4096 sequences is no latency setting; no
+# server runs more sessions or threads per model than these.
+MAX_BATCH, MAX_INSTANCES = 4096, 256
 
 
 def model_config_pb2():
@@ -59,12 +65,11 @@ class TritonOptions:
     def __post_init__(self) -> None:
         if self.device not in KINDS:
             raise ServingError(f"unknown device {self.device!r}; allowed: {', '.join(KINDS)}")
-        for name in ("max_batch", "instances"):
-            if getattr(self, name) < 1:
-                raise ServingError(f"--{name.replace('_', '-')} must be at least 1, got "
-                                   f"{getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise ServingError(f"--threads must be at least 1, got {self.threads}")
+        for name, most in (("max_batch", MAX_BATCH), ("instances", MAX_INSTANCES),
+                           ("threads", MAX_THREADS)):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= most:
+                raise ServingError(f"--{name.replace('_', '-')} must be 1..{most}, got {value}")
 
 
 def build_config(name: str, manifest: BundleManifest, options: TritonOptions, threads: int | None):
@@ -113,6 +118,8 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
                            f"{len(names)} names)")
     if len(set(names)) != len(names):
         raise ServingError(f"model names must differ; got {', '.join(names)}")
+    for bundle in bundles:
+        check_not_input(out, {"BUNDLE": bundle})
     entries = []
     for bundle, name in zip(bundles, names):  # check everything before writing anything
         if not NAME.match(name):
@@ -120,34 +127,35 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
                                "'_', '-' and '.' (pass --name)")
         manifest = BundleManifest.read(bundle)
         model_file = manifest.default_model
-        entry = manifest.files.get(model_file, {})
-        if "sha256" not in entry:
-            raise ServingError(f"bundle {bundle} records no sha256 for {model_file}; export it "
-                               "again")
-        if options.device == "cuda" and entry.get("precision") == "int8":
+        if options.device == "cuda" and manifest.files[model_file].get("precision") == "int8":
             raise ServingError(f"bundle {bundle} serves dynamic int8, which ONNX Runtime runs "
                                "on the CPU provider only; use --device cpu or an fp32 bundle")
+        extras = [n for n in TOKENIZER_FILES if n in manifest.files]
+        for file in (model_file, *extras):  # hashed again while copied
+            manifest.verified(bundle, file)
         check_output_dir(out / name, force)
         threads = options.threads
-        plan = manifest.plan
-        if threads is None and plan:
-            threads = _plan_threads(plan)
-        entries.append((bundle, name, manifest, model_file, entry["sha256"], threads))
+        if threads is None and manifest.plan:
+            threads = _plan_threads(manifest.plan)
+        entries.append((bundle, name, manifest, model_file, extras, threads))
     written = []
-    for bundle, name, manifest, model_file, sha256, threads in entries:
-        config = build_config(name, manifest, options, threads)
-        with atomic_dir(out / name, force=force) as tmp:
+    # All entries are written to temporary folders and put in place together: a bundle that
+    # fails half-way leaves none of them.
+    with contextlib.ExitStack() as stack:
+        for bundle, name, manifest, model_file, extras, threads in entries:
+            config = build_config(name, manifest, options, threads)
+            tmp = stack.enter_context(atomic_dir(out / name, force=force))
             (tmp / "1").mkdir()
-            _verified_copy(bundle / model_file, tmp / "1" / "model.onnx", sha256)
+            _verified_copy(bundle / model_file, tmp / "1" / "model.onnx",
+                           manifest.files[model_file]["sha256"])
             (tmp / "config.pbtxt").write_text(text_format.MessageToString(config))
             shutil.copyfile(bundle / "shaper.json", tmp / "shaper.json")
-            for extra in TOKENIZER_FILES:
-                if (bundle / extra).is_file():
-                    shutil.copyfile(bundle / extra, tmp / extra)
-        written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
-                        "model": model_file, "max_batch_size": options.max_batch,
-                        "instances": options.instances, "device": options.device,
-                        "intra_op_threads": threads, "outputs": manifest.outputs})
+            for extra in extras:
+                _verified_copy(bundle / extra, tmp / extra, manifest.files[extra]["sha256"])
+            written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
+                            "model": model_file, "max_batch_size": options.max_batch,
+                            "instances": options.instances, "device": options.device,
+                            "intra_op_threads": threads, "outputs": manifest.outputs})
     return written
 
 

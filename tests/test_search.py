@@ -26,7 +26,7 @@ def synthetic_quality(shapes):
 def test_measured_quality(tiny_supernet):
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(120)]
-    corpus = tokenize(texts, tiny_tokenizer_json().encode(), 32, 0.5)
+    corpus = tokenize(texts, tiny_tokenizer_json().encode(), 32, 0.5, 64)
     cos = measure_quality(tiny_supernet, [TINY_SPACE.largest, TINY_SPACE.smallest], corpus,
                           "cosine")
     assert cos[0] == pytest.approx(1.0, abs=1e-6) and cos[1] < cos[0]

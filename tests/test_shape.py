@@ -68,7 +68,7 @@ def test_parse_every_accepted_form(tmp_path):
     ("36a,240", "cannot read '36a'"),
     ("360x", "cannot read '360x'"),
     ("missing.json", "shape file missing.json does not exist"),
-    ("[1, 2", "the shape is not valid JSON"),
+    ("[1, 2", "the shape is not readable JSON"),
 ])
 def test_bad_shapes_say_what_is_allowed(text, message):
     with pytest.raises(ShapeError) as err:
@@ -92,7 +92,7 @@ def test_bad_shape_files(tmp_path):
     ({"widths": (240, 120)}, "strictly ascending"),
     ({"widths": (120, 780)}, "outside 1..768"),
     ({"widths": ()}, "has no widths"),
-    ({"num_layers": 0}, "num_layers must be a positive integer"),
+    ({"num_layers": 0}, "num_layers must be an integer in 1..128"),
 ])
 def test_bad_design_spaces(kwargs, message):
     with pytest.raises(ShapeError, match=message):

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shaper_deploy.errors import CheckpointError, OutputError
+from shaper_deploy.io import sha256_file
 from shaper_deploy.shape import Shape
 from shaper_deploy.supernet import SuperBert, SuperConfig
 
@@ -174,7 +175,7 @@ def test_mis_shaped_tensor_names_key_and_both_shapes(tmp_path, tiny_supernet):
     state["layers.1.layer.query.weight"] = torch.zeros(40, 48)
     save_file(state, weights)
     header = json.loads((tmp_path / "s" / "config.json").read_text())
-    header.pop("weights_sha256")
+    header["weights_sha256"] = sha256_file(weights)  # re-signed: the content checks still hold
     (tmp_path / "s" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError) as err:
         SuperBert.load(tmp_path / "s")
@@ -192,7 +193,7 @@ def test_corrupted_checkpoints(tmp_path, tiny_supernet):
         SuperBert.load(tmp_path / "s")
     weights.write_bytes(b"not a safetensors file")
     header = json.loads((tmp_path / "s" / "config.json").read_text())
-    header.pop("weights_sha256")
+    header["weights_sha256"] = sha256_file(weights)  # re-signed: the content checks still hold
     (tmp_path / "s" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match="is corrupted or unreadable"):
         SuperBert.load(tmp_path / "s")

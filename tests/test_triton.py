@@ -106,4 +106,4 @@ def test_cli_triton(bundles, tmp_path):
     assert "already exists" in again.stderr
     bad = runner.invoke(main, ["triton", str(bundles[0]), "--out", str(tmp_path / "r2"),
                                "--max-batch", "0"])
-    assert bad.exit_code == 1 and "--max-batch must be at least 1" in bad.stderr
+    assert bad.exit_code == 1 and "--max-batch must be 1..4096, got 0" in bad.stderr

@@ -20,13 +20,16 @@ import time
 import zlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, Optional
+
+from typing_extensions import NotRequired, TypedDict
 
 from .. import __version__
-from ..errors import ProfileError, ShaperError
+from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
+from ..schema import Count, Positive, Sha256, parse_json, validated
 from ..quantize import int8_record, quantize_int8
-from ..runtime import int8_format, make_session
+from ..runtime import check_threads, int8_format, make_session
 from ..shape import Shape, identity_projections, reject_unknown_fields
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
@@ -103,22 +106,80 @@ def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
     return []
 
 
+class Fingerprint(TypedDict):
+    """The machine a profile describes (written by fingerprint.device_fingerprint)."""
+    device: Literal["cpu", "cuda"]
+    provider: str
+    machine: str
+    cpu_model: str
+    logical_cores: Optional[Positive]
+    isa: list[str]
+    onnxruntime: str
+    gpu: Optional[dict[str, str]]
+    os: NotRequired[str]
+
+
+class NoiseFloor(TypedDict, total=False):
+    median_abs_rel_diff: float  # what trust is judged on
+
+
+class PrecisionSummary(TypedDict):
+    shapes: Count
+    latency_ms_range: list[float]
+    noise_floor: Optional[NoiseFloor]
+    reference_spread: Any
+
+
+class Summary(TypedDict):
+    measurements: Count
+    precisions: dict[str, PrecisionSummary]
+    last_run: NotRequired[dict[str, float]]
+
+
+class Sampling(TypedDict):
+    samples: Positive
+    seed: int
+    method: str
+
+
+class Measurement(TypedDict):
+    """One line of measurements.jsonl: a shape timed at one size, beside the reference."""
+    shape: list[Positive]
+    shape_key: str
+    precision: Literal["fp32", "int8"]
+    batch: Positive
+    seq_len: Positive
+    phase: Literal["main", "repeat"]
+    retry: bool
+    group: Count
+    params: Count
+    reference_ms: float
+    median_ms: float
+    p90_ms: float
+    cv: float
+    round_medians: list[float]
+    dropped: NotRequired[list[str]]  # since the identity variants (older profiles: none)
+    run_ms: NotRequired[dict[str, float]]  # since the percentile promise
+    runs: NotRequired[Count]
+    times: NotRequired[list[float]]
+
+
 @dataclass
 class ProfileHeader:
     """``profile.json``: everything about a profile but its measurements and predictor."""
 
-    fingerprint: dict[str, Any]  # the device (see fingerprint.py)
+    fingerprint: Fingerprint  # the device (see fingerprint.py)
     protocol: Protocol  # workloads and timing
     config: SuperConfig  # the super network's architecture (its design space)
     graph: dict[str, Any]  # the graph timed: task, optimization, activation, opset, ORT
-    sampling: dict[str, Any]  # how many shapes, seed, method
-    templates: dict[str, list[int]]  # the paper's template shapes, always measured
-    reference_shape: list[int]  # timed in every group and size: a record of drift
+    sampling: Sampling  # how many shapes, seed, method
+    templates: dict[str, list[Positive]]  # the paper's template shapes, always measured
+    reference_shape: list[Positive]  # timed in every group and size: a record of drift
     source: dict[str, Any] = field(default_factory=dict)  # the super network profiled
-    status: str = "measuring"  # measuring, then measured
+    status: Literal["measuring", "measured"] = "measuring"
     probe: dict[str, Any] | None = None  # first seconds: what int8 buys, cost, chosen size
-    summary: dict[str, Any] | None = None  # counts, time, noise floor per precision
-    files: dict[str, str] = field(default_factory=dict)  # sha256 of each finished file
+    summary: Summary | None = None  # counts, time, noise floor per precision
+    files: dict[str, Sha256] = field(default_factory=dict)  # sha256 of each finished file
     created: str = ""
     shaper_deploy_version: str = __version__
 
@@ -134,16 +195,13 @@ class ProfileHeader:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path) -> "ProfileHeader":
         data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-        reject_unknown_fields(cls, data, "profile header", ProfileError)
-        try:
-            data["protocol"] = Protocol.from_dict(data["protocol"])
-            data["config"] = SuperConfig.from_dict(data["config"])
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise ProfileError(f"profile {where} has an invalid {HEADER} ({exc}); remake it "
-                               f"with: {REMAKE.format(device='cpu')}") from None
-        except ShaperError as exc:  # a config or protocol that fails its own checks
-            raise ProfileError(f"profile {where} has an invalid {HEADER}: {exc}") from None
+        where = f"profile {where}/{HEADER}"
+        reject_unknown_fields(cls, data, where, ProfileError)
+        for name, kind, whole in (("protocol", Protocol, False), ("config", SuperConfig, True)):
+            if isinstance(data.get(name), dict):  # nested records: no unknown fields either
+                reject_unknown_fields(kind, data[name], f"{where} {name}", ProfileError, whole)
+        return validated(cls, data, where, ProfileError,
+                         f"remake it with: {REMAKE.format(device='cpu')}")
 
 
 def read_header(path: str | Path) -> ProfileHeader:
@@ -183,25 +241,37 @@ def verify_file(profile: Path, header: ProfileHeader, name: str) -> Path:
     return file
 
 
-def read_measurements(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
-    """Every complete measurement line; a line torn by a crash is dropped (and cut with
-    ``repair``, so appending continues cleanly)."""
+def read_measurements(path: str | Path, repair: bool = False,
+                      note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every measurement line, each checked by type. Damaged lines at the end (what a crash
+    or an append after one leaves) are dropped with a note, and cut with ``repair`` so
+    appending continues cleanly; a damaged line before good ones is an error."""
     file = Path(path) / MEASUREMENTS
     if not file.is_file():
         return []
     data = file.read_bytes()
-    records, good = [], 0
-    for line in data.splitlines(keepends=True):
+    records, good, bad = [], 0, None
+    for number, line in enumerate(data.splitlines(keepends=True), 1):
         try:
             if not line.endswith(b"\n"):
-                raise ValueError("torn line")
-            records.append(json.loads(line))
-            good += len(line)
-        except ValueError:
-            break
-    if repair and good < len(data):
-        with open(file, "r+b") as f:
-            f.truncate(good)
+                raise ProfileError("torn line")
+            record = validated(Measurement, parse_json(line, "line", ProfileError),
+                               f"line {number}", ProfileError, "")
+        except ProfileError as exc:
+            bad = bad or (number, str(exc).rstrip("; "))
+            continue
+        if bad is not None:
+            raise ProfileError(f"{file} line {bad[0]} is damaged ({bad[1]}) but later lines "
+                               "are not: the file was edited; remake the profile")
+        records.append(dict(record))
+        good += len(line)
+    if bad is not None:
+        (note or (lambda m: None))(f"dropped {len(data.splitlines()) - bad[0] + 1} damaged "
+                                   f"line(s) at the end of {file} (an interrupted write); "
+                                   "they are measured again")
+        if repair:
+            with open(file, "r+b") as f:
+                f.truncate(good)
     return records
 
 
@@ -303,6 +373,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     if samples is None and not (minutes is not None and math.isfinite(minutes)
                                 and 0.5 <= minutes <= 24 * 60):
         raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
+    check_threads(protocol.threads)
     space = config.space
     too_long = [s for s in protocol.seq_lens if s > space.max_positions]
     if too_long:
@@ -315,32 +386,40 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     started = time.perf_counter()
     if (out / HEADER).exists():
         header = read_header(out)
+        if MEASUREMENTS in header.files:  # finished once: what is there is what was signed
+            verify_file(out, header, MEASUREMENTS)
         _check_resumable(header, plan, out, sized=samples is None)
         protocol = header.protocol
     else:
         if out.exists() and any(out.iterdir()):
             raise ProfileError(f"{out} exists and is not a profile; choose a new --out folder")
+        created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ProfileError(f"cannot create profile folder {out}: {exc.strerror}") from None
         header = plan
-        with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
-            sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
-                                     header.fingerprint["isa"])
-            header.probe = probe_device(sessions, header, note)
-        header.probe.update(size_profile(header, samples, minutes, auto_precision,
-                                         auto_rounds))
-        protocol = header.protocol = replace(protocol, precisions=tuple(
-            header.probe["precisions"]), rounds=header.probe["rounds"])
-        header.sampling["samples"] = header.probe["samples"]
-        write_header(out, header)
+        try:
+            with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
+                sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
+                                         header.fingerprint["isa"])
+                header.probe = probe_device(sessions, header, note)
+            header.probe.update(size_profile(header, samples, minutes, auto_precision,
+                                             auto_rounds))
+            protocol = header.protocol = replace(protocol, precisions=tuple(
+                header.probe["precisions"]), rounds=header.probe["rounds"])
+            header.sampling["samples"] = header.probe["samples"]
+            write_header(out, header)
+        except BaseException:  # nothing was measured yet: the folder goes with the failure
+            if created and not any(out.iterdir()):
+                out.rmdir()
+            raise
         note(header.probe["decision"])
     planned = planned_shapes(header)
     held_keys = held_out_keys(planned)
     held = [shape_key(s.widths) in held_keys for s in planned]
     checks = protocol.checks
-    records = read_measurements(out, repair=True)
+    records = read_measurements(out, repair=True, note=note)
     have = {(r["shape_key"], r["precision"], r["batch"], r["seq_len"], r["phase"])
             for r in records}
 

@@ -15,6 +15,7 @@ Every tensor's name and shape is checked, and a mismatch names the key and both 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import CheckpointError
-from ..io import atomic_dir, sha256_file
+from ..io import atomic_dir, read_regular, sha256_file
 from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, is_supershaper,
                      read_checkpoint_header, read_json)
 from .model import BottleneckBert, Provenance, SuperBert
@@ -95,9 +96,42 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
                           "pytorch_model.bin")
 
 
-def _read_tokenizer_files(path: Path) -> dict[str, bytes]:
-    return {name: (path / name).read_bytes() for name in TOKENIZER_FILES
-            if (path / name).is_file()}
+MAX_TOKENIZER_BYTES = 64 << 20  # XLM-R's tokenizer.json is 17 MB
+
+
+def _read_tokenizer_files(path: Path, recorded: dict[str, str] | None = None
+                          ) -> dict[str, bytes]:
+    """The tokenizer files beside a checkpoint, each checked before use: against the sha256
+    ``recorded`` in our checkpoints (a file present but not recorded, or recorded but gone, is
+    damage), and in every case as UTF-8, tokenizer.json as a tokenizer that loads."""
+    present = [n for n in TOKENIZER_FILES if (path / n).exists() or (path / n).is_symlink()]
+    if recorded is not None and sorted(present) != sorted(recorded):
+        raise CheckpointError(f"super network {path} holds tokenizer files "
+                              f"{', '.join(present) or 'none'} but its config.json records "
+                              f"{', '.join(recorded) or 'none'}; make it again with shaperctl "
+                              "supernet init")
+    files = {}
+    for name in present:
+        data = read_regular(path / name, MAX_TOKENIZER_BYTES, "tokenizer file", CheckpointError)
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded[name]:
+            raise CheckpointError(f"{path / name} does not match the sha256 recorded in "
+                                  "config.json (altered or damaged); make the super network "
+                                  "again with shaperctl supernet init")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"tokenizer file {path / name} is not UTF-8 (byte "
+                                  f"{exc.start}); give the model's own tokenizer files") from None
+        if name == "tokenizer.json":
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_str(text)
+            except Exception as exc:  # tokenizers raises its own untyped errors
+                raise CheckpointError(f"{path / name} is not a tokenizer "
+                                      f"({str(exc).splitlines()[0][:100]})") from None
+        files[name] = data
+    return files
 
 
 def _from_hf_names(state: dict[str, torch.Tensor], path: Path
@@ -213,16 +247,16 @@ def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> Supe
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"super network {path} has no model.safetensors")
-    expected_sha = header.get("weights_sha256")
     actual_sha = sha256_file(weights)
-    if expected_sha and actual_sha != expected_sha:
+    if actual_sha != header["weights_sha256"]:  # required by the header's schema
         raise CheckpointError(f"weights file {weights} is corrupted: its sha256 differs from "
                               "the one recorded in config.json")
+    tokenizer = _read_tokenizer_files(path, header.get("tokenizer_sha256"))  # version 1: none
     state, _ = _read_weights(path)
     model = SuperBert(header["config"])
     _load_checked(model, state, weights)
     model.provenance = Provenance(
-        _read_tokenizer_files(path), header.get("source", {}),
+        tokenizer, header["source"],
         {"checkpoint": str(path.resolve()), "checkpoint_weights_sha256": actual_sha})
     return model.eval()
 
@@ -234,7 +268,9 @@ def write_supernet(model: SuperBert, folder: Path) -> None:
     header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
               "shaper_deploy_version": __version__, "config": model.config.to_dict(),
               "source": model.source,
-              "weights_sha256": sha256_file(folder / "model.safetensors")}
+              "weights_sha256": sha256_file(folder / "model.safetensors"),
+              "tokenizer_sha256": {name: hashlib.sha256(data).hexdigest()
+                                   for name, data in model.tokenizer_files.items()}}
     (folder / "config.json").write_text(json.dumps(header, indent=2) + "\n")
     for name, data in model.tokenizer_files.items():
         (folder / name).write_bytes(data)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+from typing_extensions import NotRequired, TypedDict
 
 from ..errors import CheckpointError, ShaperError
+from ..io import read_regular
+from ..schema import MAX_JSON_BYTES, Sha256, parse_json, validated
 from ..shape import PAPER_WIDTHS, DesignSpace, reject_unknown_fields
 
 CHECKPOINT_FORMAT = "shaper-deploy/supernet"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2 records each tokenizer file's sha256; 1 only the weights' (still read)
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 
 
@@ -28,10 +32,15 @@ class SuperConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(f"activation {self.hidden_act!r} is not supported; "
+            raise CheckpointError(f"activation {str(self.hidden_act)[:40]!r} is not supported; "
                                   f"allowed: {', '.join(ACTIVATIONS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise CheckpointError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.layer_norm_eps < 1.0:
+            raise CheckpointError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps}")
+        if not 0 <= self.pad_token_id < self.space.vocab_size:
+            raise CheckpointError(f"pad_token_id {self.pad_token_id} is not a token id of the "
+                                  f"vocabulary (0..{self.space.vocab_size - 1})")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -39,27 +48,48 @@ class SuperConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SuperConfig":
-        reject_unknown_fields(cls, data, "super network config", CheckpointError,
-                              require_all=True)
-        data = dict(data)
-        try:
-            data["space"] = DesignSpace.from_dict(data["space"])
-            return cls(**data)
-        except ShaperError as exc:
-            raise CheckpointError(f"invalid super network config: {exc}") from None
-        except TypeError as exc:
-            raise CheckpointError(f"invalid super network config: {exc}") from None
+    def from_dict(cls, data: dict[str, Any], where: str = "super network config"
+                  ) -> "SuperConfig":
+        reject_unknown_fields(cls, data, where, CheckpointError, require_all=True)
+        reject_unknown_fields(DesignSpace, data["space"], f"{where} design space",
+                              CheckpointError, require_all=True)
+        return validated(cls, data, where, CheckpointError,
+                         "make the super network again with shaperctl supernet init")
+
+
+class HFConfig(TypedDict, total=False):
+    """The fields of a Hugging Face BERT ``config.json`` that a super network is built from
+    (others are ignored), each checked by type before use."""
+    model_type: str
+    position_embedding_type: str
+    hidden_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    pad_token_id: Optional[int]
+    mixing: str
+
+
+class CheckpointHeader(TypedDict):
+    """Our super network's ``config.json``."""
+    format: str
+    format_version: int
+    shaper_deploy_version: str
+    config: dict[str, Any]  # a SuperConfig, read by SuperConfig.from_dict
+    source: dict[str, Any]
+    weights_sha256: Sha256
+    tokenizer_sha256: NotRequired[dict[str, Sha256]]  # version 2: every tokenizer file
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from disk, or one clear CheckpointError."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{what} {path} is not readable JSON: {exc}") from None
+    """A JSON object from disk (a regular file, size-limited), or one clear CheckpointError."""
+    data = parse_json(read_regular(path, MAX_JSON_BYTES, what, CheckpointError), f"{what} {path}",
+                      CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} must hold a JSON object")
     return data
@@ -73,6 +103,8 @@ def config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: b
     does not record its widths (their code hard-codes the paper's for BERT-base): they are
     the paper's at D = 768 and must be declared for any other D, never guessed.
     """
+    cfg = validated(HFConfig, cfg, f"{path}/config.json", CheckpointError,
+                    "fix the Hugging Face config")
     if cfg.get("model_type") != "bert":
         raise CheckpointError(f"{path} is a {cfg.get('model_type')!r} model; only BERT "
                               "(model_type 'bert') can become a super network")
@@ -102,7 +134,8 @@ def config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: b
                            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
                            pad_token_id=int(cfg.get("pad_token_id") or 0), pooler=pooler)
     except ShaperError as exc:
-        raise CheckpointError(f"cannot build a super network from {path}: {exc}") from None
+        raise CheckpointError(f"cannot build a super network from {path}/config.json: {exc}"
+                              ) from None
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -116,7 +149,9 @@ def _tensor_names(path: Path) -> list[str]:
                 if not 0 < n < 100_000_000:
                     raise ValueError(f"header length {n}")
                 names = json.loads(f.read(n))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            if not isinstance(names, dict):
+                raise ValueError("its header is not a JSON object of tensors")
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise CheckpointError(f"weights file {st} is corrupted or unreadable: {exc}") from None
         return [k for k in names if k != "__metadata__"]
     if pt.is_file():
@@ -171,9 +206,11 @@ def read_checkpoint_header(path: str | Path, widths: Sequence[int] | None = None
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise CheckpointError(f"super network {path} has format version {version!r}; this "
                               f"shaper-deploy reads versions up to {CHECKPOINT_VERSION}")
-    if "config" not in header:
-        raise CheckpointError(f"super network {path}/config.json lacks its 'config' (the "
-                              "architecture); it is damaged: make it again with shaperctl "
-                              "supernet init")
-    header["config"] = SuperConfig.from_dict(header["config"])
+    header = dict(validated(CheckpointHeader, header, f"super network {path}/config.json",
+                            CheckpointError, "it is damaged: make it again with shaperctl "
+                                             "supernet init"))
+    if version >= 2 and "tokenizer_sha256" not in header:
+        raise CheckpointError(f"super network {path}/config.json lacks tokenizer_sha256; it is "
+                              "damaged: make it again with shaperctl supernet init")
+    header["config"] = SuperConfig.from_dict(header["config"], f"super network {path}/config.json")
     return header

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 
 from ..errors import TrainingError
@@ -51,9 +53,14 @@ class TrainConfig:
                                     f"got {getattr(self, name)}")
         if self.warmup_steps == -1:
             object.__setattr__(self, "warmup_steps", self.steps // 20)
-        if self.random_shapes < 0 or self.warmup_steps < 0 or not self.lr > 0:
-            raise TrainingError("random-shapes and warmup-steps must not be negative and lr "
-                                "must be positive")
+        if not (math.isfinite(self.lr) and 0 < self.lr < 1):
+            raise TrainingError(f"--lr must be a finite number in (0, 1), got {self.lr}")
+        for name in ("layer_loss", "weight_decay", "mlm_probability", "val_fraction"):
+            value = getattr(self, name, 0.0)
+            if not math.isfinite(value):
+                raise TrainingError(f"{name.replace('_', '-')} must be finite, got {value}")
+        if self.random_shapes < 0 or self.warmup_steps < 0:
+            raise TrainingError("random-shapes and warmup-steps must not be negative")
         if self.layer_loss < 0 or (self.layer_loss and self.objective != "distill"):
             raise TrainingError("layer-loss must not be negative, and is for the distill "
                                 "objective only")

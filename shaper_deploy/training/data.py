@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainingError
+from ..io import read_regular
+from ..runtime import available_memory
+
+MAX_DATA_BYTES = 8 << 30  # text read for training, all files together (and 1/8 of free memory)
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -17,13 +21,13 @@ def read_texts(path: str | Path) -> list[str]:
         raise TrainingError(f"data path {path} does not exist; give a .txt file or a folder "
                             "of them")
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    limit = min(MAX_DATA_BYTES, available_memory() // 8)  # tokens take several times the text
     texts = []
     for f in files:
-        try:
-            texts += [line.strip() for line in f.read_text(errors="replace").splitlines()
-                      if line.strip()]
-        except OSError as exc:
-            raise TrainingError(f"cannot read {f}: {exc.strerror}") from None
+        data = read_regular(f, limit, "data file", TrainingError)
+        limit -= len(data)
+        texts += [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()
+                  if line.strip()]
     if not texts:
         raise TrainingError(f"no text found in {path} (expected .txt files with lines of text)")
     return texts
@@ -37,16 +41,18 @@ class Corpus:
     mask_id: int | None  # [MASK], for the MLM objective
 
 
-def tokenize(texts: list[str], tokenizer_json: bytes, seq_len: int, val_fraction: float
-             ) -> Corpus:
-    """Concatenate the texts' tokens and cut them into [CLS] + seq_len-2 tokens + [SEP] blocks.
+def tokenize(texts: list[str], tokenizer_json: bytes, seq_len: int, val_fraction: float,
+             max_positions: int) -> Corpus:
+    """Concatenate the texts' tokens and cut them into [CLS] + seq_len-2 tokens + [SEP] blocks
+    of at most the model's ``max_positions``.
 
     Every ``1/val_fraction``-th block is held out for validation (at least one).
     """
     from tokenizers import Tokenizer
 
-    if seq_len < 8:
-        raise TrainingError(f"seq-len must be at least 8, got {seq_len}")
+    if not 8 <= seq_len <= max_positions:
+        raise TrainingError(f"--seq-len must be 8..{max_positions} (the model's positions), "
+                            f"got {seq_len}")
     tok = Tokenizer.from_str(tokenizer_json.decode())
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     pad_id = tok.token_to_id("[PAD]")

@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
+from typing_extensions import TypedDict
 
 from ..errors import TrainingError
 from ..fidelity import embedding_fidelity
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, read_regular
+from ..schema import MAX_JSON_BYTES, Count, parse_json, validated
 from ..profiling.profile import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
@@ -32,6 +34,24 @@ from .sandwich import mask_tokens
 
 METRICS = {"cosine": True, "perplexity": False}  # metric -> higher is better
 FORMAT = "shaper-deploy/quality-predictor"
+
+
+class HeldOutQuality(TypedDict):
+    n: Count
+    r2: Optional[float]
+    spearman: float
+
+
+class QualityMeta(TypedDict):
+    """``quality.json``, written by :func:`fit_quality` (the booster is ``quality.ubj``)."""
+    format: str
+    metric: Literal["cosine", "perplexity"]
+    higher_is_better: bool
+    design_space: dict[str, Any]  # a DesignSpace, checked by its own schema
+    features: str
+    xgboost: dict[str, Any]
+    trained_on: Count
+    held_out: HeldOutQuality
 
 
 @torch.no_grad()
@@ -96,11 +116,21 @@ class QualityPredictor:
         if not (path / "quality.json").is_file() or not (path / "quality.ubj").is_file():
             raise TrainingError(f"{path} holds no quality predictor (quality.json, quality.ubj); "
                                 "make one with: shaperctl train quality")
-        meta = json.loads((path / "quality.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise TrainingError(f"{path / 'quality.json'} is not a quality predictor")
+        where = path / "quality.json"
+        meta = parse_json(read_regular(where, MAX_JSON_BYTES, "quality predictor",
+                                       TrainingError), str(where), TrainingError)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise TrainingError(f"{where} is not a quality predictor")
+        hint = "make it again with: shaperctl train quality"
+        meta = dict(validated(QualityMeta, meta, str(where), TrainingError, hint))
+        validated(DesignSpace, meta["design_space"], f"{where} design_space", TrainingError, hint)
         booster = xgb.Booster()
-        booster.load_model(str(path / "quality.ubj"))
+        try:
+            booster.load_model(bytearray(read_regular(path / "quality.ubj", 1 << 30,
+                                                      "quality model", TrainingError)))
+        except xgb.core.XGBoostError as exc:
+            raise TrainingError(f"{path / 'quality.ubj'} is not a readable XGBoost model "
+                                f"({str(exc).strip().splitlines()[0][:100]}); {hint}") from None
         return cls(booster, meta)
 
 

@@ -290,6 +290,12 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
                         # gradients of all shapes and micro-batches add up; DDP reduces once
                         (loss / config.accumulate).backward()
                     losses[k] += float(loss.detach()) / config.accumulate
+            if not all(math.isfinite(x) for x in losses):  # never step into NaN weights
+                shown = ", ".join(f"{x:.4g}" for x in losses)
+                raise TrainingError(
+                    f"step {step + 1}: the loss is not finite ({shown} for the largest, "
+                    "smallest and random shapes); nothing of this step is kept (the last "
+                    f"checkpoint stays); lower --lr (now {config.lr:g})")
             optimizer.step()
             scheduler.step()
             now = time.perf_counter()
@@ -374,6 +380,10 @@ def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: Tr
                 step: int, history: list, rank: int) -> None:
     if rank != 0:
         return
+    bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:  # a checkpoint of NaN weights would resume into nothing
+        raise TrainingError(f"after step {step} {len(bad)} tensor(s) hold non-finite numbers "
+                            f"({bad[0]}, ...); the previous checkpoint stays; lower --lr")
     with atomic_dir(folder, force=True) as tmp:
         write_supernet(model, tmp)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
