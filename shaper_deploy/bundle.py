@@ -139,7 +139,10 @@ class BundleManifest:
         manifest = validated(cls, data, where, error, hint)
         from .supernet.config import SuperConfig  # torch-free: the architecture's own checks
 
-        validated(SuperConfig, manifest.config, f"{where} (config)", error, hint)
+        try:  # every field present, none unknown, each by type
+            SuperConfig.from_dict(manifest.config, f"{where} config")
+        except ShaperError as exc:
+            raise error(str(exc)) from None
         problems = [f"{len(manifest.shape)} widths for {manifest.design_space['num_layers']} "
                     "layers" if len(manifest.shape) != manifest.design_space["num_layers"] else "",
                     "" if manifest.default_model in manifest.files else

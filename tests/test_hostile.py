@@ -424,3 +424,77 @@ def test_cleanup_on_sigterm(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["systmp"], err
     # onnxruntime's import writes a session-id file (.ses) there; no folder of ours stays
     assert [p.name for p in tmp.iterdir() if p.is_dir()] == [], err
+
+
+# --- every field of every manifest, given a value of the wrong kind ----------------------------
+
+WRONG_VALUES = {"string": "abc", "list": ["x"], "object": {"x": 1}, "null": None,
+                "negative": -1, "huge": 10 ** 30, "bool": True}
+
+
+def _paths(data, prefix=()):
+    """Every key path of nested JSON objects (lists are leaves)."""
+    for key, value in data.items():
+        yield prefix + (key,)
+        if isinstance(value, dict) and len(prefix) < 3:
+            yield from _paths(value, prefix + (key,))
+
+
+def _set(data, path, value):
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
+
+
+def _sweep(folder: Path, name: str, command, tmp_path: Path):
+    """Each field set to each wrong kind: the command succeeds or fails in one line; never a
+    traceback. Returns how many cases ran and how many were refused."""
+    original = (folder / name).read_text()
+    paths = list(_paths(json.loads(original)))
+    ran = refused = 0
+    for path in paths:
+        for kind, value in WRONG_VALUES.items():
+            data = json.loads(original)
+            if data_at(data, path) == value:
+                continue
+            _set(data, path, value)
+            (folder / name).write_text(json.dumps(data))
+            r = CliRunner().invoke(main, [str(a) for a in command])
+            where = f"{name} {'.'.join(map(str, path))} = {kind}"
+            assert isinstance(r.exception, (SystemExit, type(None))), f"{where}: {r.exception!r}"
+            if r.exit_code:
+                errors = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+                assert len(errors) == 1, f"{where}: {r.stderr}"
+                refused += 1
+            ran += 1
+    (folder / name).write_text(original)
+    return ran, refused
+
+
+def data_at(data, path):
+    for key in path:
+        data = data[key]
+    return data
+
+
+def test_every_bundle_field_of_the_wrong_kind(world, tmp_path):
+    b = copy_bundle(world, tmp_path)
+    ran, refused = _sweep(b, "shaper.json", ["run", b, "the model", "--json"], tmp_path)
+    assert ran > 200 and refused > ran // 2, (ran, refused)
+
+
+def test_every_profile_field_of_the_wrong_kind(tiny_profile, tmp_path):
+    prof = tmp_path / "p"
+    shutil.copytree(tiny_profile, prof)
+    command = ["predict", "--profile", prof, "--shape", "32x3", "--seq-len", "16",
+               "--allow-unreliable", "--json"]
+    for name in ("profile.json", "predictor.json"):
+        ran, refused = _sweep(prof, name, command, tmp_path)
+        assert ran > 50 and refused > ran // 2, (name, ran, refused)
+
+
+def test_every_super_network_field_of_the_wrong_kind(world, tmp_path):
+    sup = tmp_path / "sup"
+    shutil.copytree(world / "sup", sup)
+    ran, refused = _sweep(sup, "config.json", ["supernet", "info", sup, "--json"], tmp_path)
+    assert ran > 50 and refused > ran // 2, (ran, refused)
