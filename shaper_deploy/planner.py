@@ -506,17 +506,21 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
                     shutil.rmtree(folder)
                 attempt.rename(folder)
                 best = (shape_plan, ms)
-            # Well under budget: try the largest shape the observed ratio allows.
-            if ms * margin < budget:
-                # Scaled by the observed ratio (+2% for noise) instead of the margin: it is measured next.
-                nxt = plan_for_latency(profile, budget, prec, *w,
-                                       correction=ratio * 1.02 / margin, family=family,
-                                       percentile=plan.percentile, dropped=dropped)
-                if (nxt is not None and index[nxt.shape.widths] > index[shape_plan.shape.widths]
-                        and nxt.shape.widths not in tried):
-                    note(f"{prec}: {ms:.2f} ms leaves room; stepping up to {nxt.shape}")
-                    shape_plan = nxt
-                    continue
+            # Within budget: try the largest shape the observed ratio allows. It is measured
+            # next, so it is planned with the ratio seen here and the profile's noise floor
+            # (how far two measurements of one model stray) instead of the margin, which
+            # covers the prediction's error. A step up that misses keeps this shape.
+            slack = 1 + profile.noise(prec)
+            nxt = plan_for_latency(profile, budget, prec, *w,
+                                   correction=ratio * slack / margin, family=family,
+                                   percentile=plan.percentile, dropped=dropped)
+            if (nxt is not None and index[nxt.shape.widths] > index[shape_plan.shape.widths]
+                    and nxt.shape.widths not in tried):
+                note(f"{prec}: {ms:.2f} ms leaves room for a larger shape (observed / "
+                     f"predicted {ratio:.2f}, noise {slack - 1:.1%}); stepping up to "
+                     f"{nxt.shape}")
+                shape_plan = nxt
+                continue
             break
         shutil.rmtree(attempt, ignore_errors=True)
         if best is not None:

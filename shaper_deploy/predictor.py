@@ -348,6 +348,13 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
                         feature_names(space), tail)
 
 
+def noise_of(header: ProfileHeader, precision: str) -> float | None:
+    """The profile's noise floor: the median relative difference between two measurements of
+    one shape (None when no shape was measured twice)."""
+    return ((header.summary or {}).get("precisions", {}).get(precision, {})
+            .get("noise_floor") or {}).get("median_abs_rel_diff")
+
+
 def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
     """Whether the profile can be planned with, and why not."""
     reasons = []
@@ -355,8 +362,7 @@ def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
         mape = model.metrics[precision]["held_out"]["mape"]
         if mape > MAX_MAPE:
             reasons.append(f"{precision} held-out MAPE {mape:.1%} > {MAX_MAPE:.0%}")
-        noise = ((header.summary or {}).get("precisions", {}).get(precision, {})
-                 .get("noise_floor") or {}).get("median_abs_rel_diff")
+        noise = noise_of(header, precision)
         if noise is None:
             reasons.append(f"{precision} has no noise floor (no shapes re-measured)")
         elif noise > MAX_NOISE:
@@ -453,6 +459,10 @@ class DeviceProfile:
     def margin(self, precision: str) -> float:
         return self.model.margin[precision]
 
+    def noise(self, precision: str) -> float:
+        """How far one measurement may stray from another of the same model (0 if unknown)."""
+        return noise_of(self.header, precision) or 0.0
+
     def reference_ms(self, precision: str, batch: int, seq_len: int) -> float:
         """The profile's reference graph's predicted latency at a workload: measurements
         report drift as the reference now over this."""
@@ -547,8 +557,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
         lo, hi = min(lo, xs.min(), ys.min()), max(hi, xs.max(), ys.max())
         ax.scatter(xs, ys, s=6, alpha=0.4, color=colors.get(precision), label=precision)
         m = model.metrics[precision]["held_out"]
-        noise = ((header.summary or {}).get("precisions", {}).get(precision, {})
-                 .get("noise_floor") or {}).get("median_abs_rel_diff")
+        noise = noise_of(header, precision)
         lines.append(f"{precision}: held-out R$^2$ {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
                      f"{m['within_5pct']:.0%} within 5%, noise floor "
                      + (f"{noise:.1%}" if noise is not None else "n/a"))

@@ -152,6 +152,40 @@ def test_closed_loop_steps_up_when_far_under_budget(profile, supernet, tmp_path)
     assert len(c["exports"]) <= 4
 
 
+def test_closed_loop_steps_up_when_the_prediction_was_right_but_the_margin_wide(
+        profile, supernet, tmp_path):
+    """Measured 10% over its prediction, the first shape uses 1.1/1.5 of the budget: the
+    margin is for the prediction's error, which the measurement has just removed, so the loop
+    steps up to a shape planned with the observed ratio and the noise floor (it used to stop
+    unless the measurement was a whole margin under the budget)."""
+    import hashlib
+
+    wide = tmp_path / "wide"  # the reliable profile with a noisy host's margin, x1.5
+    shutil.copytree(profile.path, wide)
+    meta = json.loads((wide / "predictor.json").read_text())
+    meta["margin"] = {p: 1.5 for p in meta["margin"]}
+    data = json.dumps(meta).encode()
+    (wide / "predictor.json").write_bytes(data)
+    header = json.loads((wide / "profile.json").read_text())
+    header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
+    (wide / "profile.json").write_text(json.dumps(header))
+    profile = DeviceProfile.load(wide)
+    family = cigar_family(PLAN_SPACE)
+    budget = _budget_for(profile, "fp32", 2)
+    measure = Scripted(profile, {"fp32": 1.1})
+    notes = []
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                                 measure=measure, progress=notes.append)
+    c = manifest.plan["candidates"][0]
+    assert c["exports"][0]["measured_ms"] * profile.margin("fp32") > budget  # the old stop
+    assert c["exports"][0]["params"] < c["params"] and c["measured_ms"] <= budget
+    slack = 1 + profile.noise("fp32")
+    predicted = profile.predict(family, "fp32", 1, 16, 90.0) * 1.1
+    fits = [s for s, p in zip(family, predicted) if p * slack <= budget]
+    assert c["params"] == max(s.params() for s in fits)  # the largest that fits, measured
+    assert any("leaves room for a larger shape" in n for n in notes)
+
+
 def test_auto_keeps_the_candidate_closest_to_the_full_model(profile, supernet, tmp_path):
     family = cigar_family(PLAN_SPACE)
     # fp32 can afford a mid-size shape, int8 (scripted 3x faster) the full one.
