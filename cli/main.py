@@ -11,7 +11,7 @@ from shaper_deploy import __version__
 from .common import ShaperGroup
 from .export import export, shapes
 from .profile import predict, profile, profiles
-from .serve import bench, run, triton, verify
+from .serve import bench, run, serve, triton, verify
 from .supernet import params, supernet
 
 # Loaded when called (or listed by --help): the deploy path never imports training code.
@@ -48,6 +48,7 @@ main.add_command(profiles)
 main.add_command(run)
 main.add_command(bench)
 main.add_command(triton)
+main.add_command(serve)
 main.add_command(verify)
 
 

@@ -356,3 +356,68 @@ def triton(bundles: tuple[Path, ...], out: Path, names: tuple[str, ...], max_bat
         f"{m['instances']} x {m['device']}"
         + (f", {m['intra_op_threads']} intra-op threads" if m["intra_op_threads"] else "")
         for m in d["models"]))
+
+
+@click.command("serve")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--name", "names", multiple=True,
+              help="Model name per bundle, in order (default: each bundle's folder name).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface the REST server listens on (0.0.0.0: every interface).")
+@click.option("--http-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=None, type=click.IntRange(1, 65535),
+              help="Also serve the V2 gRPC protocol on this port (KServe binds it on every "
+                   "interface); off by default.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (uvicorn workers), each with its own sessions.")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="onnxruntime intra-op threads per session (default: the threads the plan "
+                   "was measured with, when its profile is at hand; else onnxruntime's).")
+@click.option("--max-batch", default=32, show_default=True, type=int,
+              help="Texts (or token-id rows) one request may carry.")
+@click.option("--max-text-bytes", default=16384, show_default=True, type=int,
+              help="UTF-8 bytes one text may have.")
+@click.option("--batch-wait-ms", default=0.0, show_default=True, type=float,
+              help="Text requests share runs (each run takes every request that arrived "
+                   "during the last, up to --max-batch texts); a run also waits this long "
+                   "for more.")
+@json_option
+def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_port: int,
+          grpc_port: int | None, workers: int, threads: int | None, max_batch: int,
+          max_text_bytes: int, batch_wait_ms: float, as_json: bool) -> None:
+    """Serve bundles with KServe's ModelServer (V1 and V2 inference protocol, health,
+    metadata, Prometheus metrics) until SIGTERM, which drains requests in flight.
+
+    Every bundle is verified and loaded before a port opens. V2 inputs: 'text' (BYTES [N]) ->
+    'embedding' FP32 [N, D] (fill-mask bundles: 'fill_mask'), or input_ids + attention_mask
+    (+ token_type_ids) INT64 [B, S] -> the graph's outputs. See docs/serving.md.
+
+    \b
+    Examples:
+      shaperctl serve ./b9 --http-port 8080
+      curl -s localhost:8080/v2/models/b9/infer -d \\
+        '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Hello"]}]}'
+    """
+    try:
+        from shaper_deploy.server import ServeOptions, load_models
+        from shaper_deploy.server import serve as run_server
+    except ImportError as exc:
+        raise click.ClickException(f"shaperctl serve needs KServe's Python SDK ({exc}): pip "
+                                   "install 'shaper-deploy[serve]'") from None
+
+    options = ServeOptions(max_batch=max_batch, max_text_bytes=max_text_bytes, threads=threads,
+                           batch_wait_ms=batch_wait_ms)
+    models = load_models(list(bundles), list(names) or None, options)
+    data = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "workers": workers,
+            "max_batch": max_batch, "max_text_bytes": max_text_bytes,
+            "models": [{"name": m.name, "bundle": str(m.path), "task": m.bundle.manifest.task,
+                        "model": m.bundle.model_file,
+                        "infer": f"http://{host}:{http_port}/v2/models/{m.name}/infer"}
+                       for m in models]}
+    emit(data, as_json, lambda d: "\n".join(
+        f"serving {m['name']} ({m['task']}, {m['model']} from {m['bundle']}) at {m['infer']}"
+        for m in d["models"]))
+    import sys
+
+    sys.stdout.flush()
+    run_server(models, host, http_port, grpc_port, workers)

@@ -27,8 +27,10 @@ def bundle(tmp_path, tiny_supernet_with_tokenizer):
     return tmp_path / "b"
 
 
-def test_importing_serving_never_imports_torch():
-    code = ("import sys, shaper_deploy.serving\n"
+@pytest.mark.parametrize("module", ["serving", "server"])
+def test_importing_serving_never_imports_torch(module):
+    pytest.importorskip("kserve")
+    code = (f"import sys, shaper_deploy.{module}\n"
             "heavy = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]\n"
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,0 +1,253 @@
+"""``shaperctl serve``: a real KServe server process on 127.0.0.1, spoken to over HTTP with
+tritonclient's V2 client and plain requests; bad requests are 4xx and never take it down."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from .conftest import TINY_SPACE
+
+pytest.importorskip("kserve")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, port):
+    import tempfile
+
+    log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads would fill and block it
+    proc = subprocess.Popen([sys.executable, "-m", "shaper_deploy.cli.main", "serve", *args,
+                             "--http-port", str(port), "--json"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(log.read())
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
+                return proc
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not become ready in 90 s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from shaper_deploy.export import ExportOptions, export_bundle
+    from shaper_deploy.shape import Shape
+    from shaper_deploy.supernet import SuperBert, SuperConfig
+
+    from .conftest import randomize, tiny_tokenizer_json
+
+    root = tmp_path_factory.mktemp("served")
+    sup = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
+    sup.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    export_bundle(sup, Shape((24, 24, 24), TINY_SPACE), root / "b", ExportOptions(int8=True))
+    port = _free_port()
+    proc = _start([str(root / "b"), "--name", "tiny", "--max-batch", "8",
+                   "--max-text-bytes", "2000"], port)
+    yield root, port, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def _url(port, path):
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def test_v2_text_and_token_ids_agree_with_the_bundle(served):
+    import tritonclient.http as httpclient
+
+    from shaper_deploy.serving import Bundle
+
+    root, port, _ = served
+    bundle = Bundle.load(root / "b")
+    texts = ["the model is fast", "we deploy bert on device"]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_live() and client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny")
+    assert [i["name"] for i in meta["inputs"]][0] == "text"
+    text = httpclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+    got = client.infer("tiny", [text]).as_numpy("embedding")
+    want = bundle.embed(texts, "mean", True)
+    assert got.shape == (2, 48) and np.allclose(got, want, atol=1e-5)
+    feeds = bundle.encode(texts).feeds
+    tensors = []
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        t = httpclient.InferInput(name, list(feeds[name].shape), "INT64")
+        t.set_data_from_numpy(feeds[name])
+        tensors.append(t)
+    result = client.infer("tiny", tensors)
+    assert np.allclose(result.as_numpy("last_hidden_state"),
+                       bundle.run(feeds)["last_hidden_state"], atol=1e-5)
+    v1 = requests.post(_url(port, "/v1/models/tiny:predict"), json={"instances": texts}).json()
+    assert np.allclose(np.array(v1["predictions"]), want, atol=1e-5)
+    metrics = requests.get(_url(port, "/metrics")).text
+    assert "request_predict_seconds" in metrics or "python_gc" in metrics
+
+
+def test_concurrent_requests_share_runs_and_each_gets_its_own_answer(served):
+    """The batcher joins concurrent text requests into one run and splits the result: every
+    client's embeddings are the bundle's for its own texts. The bundle serves dynamic int8,
+    whose activation scale is computed over the whole run, so a text's vector moves with its
+    run-mates by ~1e-3 (cosine > 0.9999), as in any batched int8 serving; fp32 is exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shaper_deploy.serving import Bundle
+
+    root, port, _ = served
+    bundle = Bundle.load(root / "b")
+    words = "the model is fast small bert on device latency shape layer".split()
+    requests_texts = [[" ".join(words[: 1 + (i + j) % len(words)]) for j in range(1 + i % 3)]
+                      for i in range(24)]
+
+    def ask(texts):
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+                            "data": texts}]}
+        r = requests.post(_url(port, "/v2/models/tiny/infer"), json=body, timeout=60)
+        out = r.json()["outputs"][0]
+        return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, requests_texts))
+    for texts, got in zip(requests_texts, answers):
+        want = bundle.embed(texts, "mean", True)
+        assert got.shape == want.shape
+        assert (np.sum(got * want, axis=1) > 0.9999).all(), texts  # unit vectors: cosine
+
+
+BAD = {
+    "wrong input name": ({"inputs": [{"name": "txt", "datatype": "BYTES", "shape": [1],
+                                      "data": ["x"]}]}, 400, "are not this model's"),
+    "wrong dtype": ({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1],
+                                 "data": [1.0]}]}, 400, "must be BYTES"),
+    "wrong shape": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 2],
+                                 "data": ["a", "b"]}]}, 400, "shape"),
+    "shape and data disagree": ({"inputs": [{"name": "text", "datatype": "BYTES",
+                                             "shape": [5], "data": ["a"]}]}, 400, "holds 1"),
+    "empty text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                "data": [" "]}]}, 400, "empty"),
+    "oversized text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                    "data": ["ab" * 2000]}]}, 400, "--max-text-bytes"),
+    "too many texts": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [9],
+                                    "data": ["a"] * 9}]}, 400, "--max-batch"),
+    "no text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [0],
+                             "data": []}]}, 400, "no text"),
+    "a number as text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                      "data": [5]}]}, 400, "must be a string"),
+    "ids beyond the vocabulary": ({"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, 500, 3]},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 3], "data": [1, 1, 1]}]},
+        400, "outside 0..96"),
+    "too long": ({"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 100], "data": [2] * 100},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 100],
+         "data": [1] * 100}]}, 400, "64 tokens"),
+    "shapes differ": ({"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, 3], "data": [2, 5, 3]},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2], "data": [1, 1]}]},
+        400, "one shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_requests_are_4xx_with_one_message(served, case):
+    _, port, proc = served
+    body, status, message = BAD[case]
+    r = requests.post(_url(port, "/v2/models/tiny/infer"), json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"], r.text
+    assert proc.poll() is None
+
+
+def test_unknown_models_invalid_utf8_and_garbage(served):
+    _, port, proc = served
+    r = requests.post(_url(port, "/v2/models/nope/infer"), json={"inputs": []})
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    for raw in (b'{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["\xff"]}]}',
+                b'{"inputs":', b"[1, 2]", b"\x00" * 100):
+        r = requests.post(_url(port, "/v2/models/tiny/infer"), data=raw,
+                          headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
+    r = requests.post(_url(port, "/v1/models/tiny:predict"), json={"instances": "x"})
+    assert r.status_code == 400
+    assert requests.get(_url(port, "/v2/health/live")).ok and proc.poll() is None
+
+
+def test_a_damaged_bundle_is_refused_at_start_up(served, tmp_path):
+    import shutil
+
+    root, _, _ = served
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "b", bad)
+    data = bytearray((bad / "model_quantized.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model_quantized.onnx").write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "shaper_deploy.cli.main", "serve", str(bad),
+                        "--http-port", str(_free_port())], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"Error: {bad / 'model_quantized.onnx'} does not match the sha256 recorded in "
+        "shaper.json: the file was altered or corrupted; export the bundle again"]
+    r = subprocess.run([sys.executable, "-m", "shaper_deploy.cli.main", "serve", str(root / "b"),
+                        "--max-batch", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--max-batch must be 1..1024" in r.stderr
+
+
+def test_sigterm_drains_requests_in_flight(served):
+    root, _, _ = served
+    port = _free_port()
+    proc = _start([str(root / "b")], port)
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [8],
+                        "data": ["the model is fast " * 3] * 8}]}
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                results.append(requests.post(_url(port, "/v2/models/b/infer"), json=body,
+                                             timeout=30).status_code)
+            except requests.ConnectionError:
+                return  # the server has closed: no new connections after SIGTERM
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    proc.wait(timeout=60)
+    assert results and all(code == 200 for code in results), results
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout.read())["models"][0]["name"] == "b"
+
+
+def test_two_workers_serve_and_stop(served):
+    root, _, _ = served
+    port = _free_port()
+    proc = _start([str(root / "b"), "--workers", "2"], port)
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["the model"]}]}
+    codes = [requests.post(_url(port, "/v2/models/b/infer"), json=body, timeout=30).status_code
+             for _ in range(6)]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert codes == [200] * 6 and proc.returncode == 0
