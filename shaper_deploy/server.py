@@ -59,19 +59,10 @@ class ServeOptions:
 def load_models(bundles: list[Path], names: list[str] | None, options: ServeOptions
                 ) -> list[Any]:
     """One loaded, verified :class:`BundleModel` per bundle (before any port is opened)."""
-    from .triton import NAME
+    from .triton import model_names
 
-    names = list(names) if names else [b.resolve().name for b in bundles]
-    if len(names) != len(bundles):
-        raise ServingError(f"give one --name per bundle ({len(bundles)} bundles, "
-                           f"{len(names)} names)")
-    if len(set(names)) != len(names):
-        raise ServingError(f"model names must differ; got {', '.join(names)}")
     models = []
-    for bundle, name in zip(bundles, names):
-        if not NAME.match(name):
-            raise ServingError(f"{name!r} is not a model name; allowed: letters, digits, '_', "
-                               "'-' and '.' (pass --name)")
+    for bundle, name in zip(bundles, model_names(bundles, names)):
         model = BundleModel(name, bundle, options)
         model.load()
         models.append(model)

@@ -40,6 +40,22 @@ KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 MAX_BATCH, MAX_INSTANCES = 4096, 256
 
 
+def model_names(bundles: Sequence[Path], names: Sequence[str] | None) -> list[str]:
+    """One model name per bundle (default: its folder's name), distinct, and what Triton and
+    KServe accept: letters, digits, '_', '-' and '.'."""
+    names = list(names) if names else [Path(b).resolve().name for b in bundles]
+    if len(names) != len(bundles):
+        raise ServingError(f"give one --name per bundle ({len(bundles)} bundles, "
+                           f"{len(names)} names)")
+    if len(set(names)) != len(names):
+        raise ServingError(f"model names must differ; got {', '.join(names)}")
+    for name in names:
+        if not NAME.match(name):
+            raise ServingError(f"{name!r} is not a model name; allowed: letters, digits, "
+                               "'_', '-' and '.' (pass --name)")
+    return names
+
+
 def model_config_pb2():
     """Triton's ModelConfig protobuf module from tritonclient, loaded from its file (the
     ``tritonclient.grpc`` package itself wants grpcio, which this does not need)."""
@@ -112,19 +128,11 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
 
     out = Path(out)
     bundles = [Path(b) for b in bundles]
-    names = list(names) if names else [b.resolve().name for b in bundles]
-    if len(names) != len(bundles):
-        raise ServingError(f"give one --name per bundle ({len(bundles)} bundles, "
-                           f"{len(names)} names)")
-    if len(set(names)) != len(names):
-        raise ServingError(f"model names must differ; got {', '.join(names)}")
+    names = model_names(bundles, names)
     for bundle in bundles:
         check_not_input(out, {"BUNDLE": bundle})
     entries = []
     for bundle, name in zip(bundles, names):  # check everything before writing anything
-        if not NAME.match(name):
-            raise ServingError(f"{name!r} is not a Triton model name; allowed: letters, digits, "
-                               "'_', '-' and '.' (pass --name)")
         manifest = BundleManifest.read(bundle)
         model_file = manifest.default_model
         if options.device == "cuda" and manifest.files[model_file].get("precision") == "int8":

@@ -74,7 +74,7 @@ def test_repository_model_runs_a_triton_shaped_batch(bundles, tmp_path):
 
 
 def test_repository_refusals(bundles, tmp_path):
-    with pytest.raises(ServingError, match=r"'bad name' is not a Triton model name; allowed: "
+    with pytest.raises(ServingError, match=r"'bad name' is not a model name; allowed: "
                                            r"letters, digits, '_', '-' and '.'"):
         write_repository(bundles[:1], tmp_path / "repo", ["bad name"])
     with pytest.raises(ServingError, match="give one --name per bundle"):
