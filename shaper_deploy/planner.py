@@ -479,6 +479,20 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     tried: dict[tuple[int, ...], float] = {}
     best: tuple[Plan, float] | None = None
     shape_plan: Plan | None = plan
+    # A step up is planned to measure budget / slack and kept only if it does: the profile's
+    # noise floor (how far two measurements of one model stray) to spare, since it was
+    # aimed at the budget itself rather than below it by the margin.
+    slack = 1 + profile.noise(prec)
+
+    def step_up(ratio: float, above: Plan, below: tuple[int, ...] | None = None) -> Plan | None:
+        nxt = plan_for_latency(profile, budget, prec, *w, correction=ratio * slack / margin,
+                               family=family, percentile=plan.percentile, dropped=dropped)
+        if (nxt is None or index[nxt.shape.widths] <= index[above.shape.widths]
+                or nxt.shape.widths in tried
+                or (below is not None and index[nxt.shape.widths] >= index[below])):
+            return None
+        return nxt
+
     while shape_plan is not None and len(tried) < max_exports:
         attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
         reason = _export(supernet, shape_plan, attempt, options, note, margin)
@@ -491,31 +505,28 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
             cand.status, cand.reason = "gate failed", reason
             note(f"int8 dropped: {reason}; fp32 remains")
             return cand
+        limit = budget if best is None else budget / slack
         ms = measure(attempt, _model_file(prec), prec, w)
-        if ms > budget:
-            note(f"{prec}: measured {ms:.2f} ms > {budget:g} ms; measuring again to rule out noise")
+        if ms > limit:
+            note(f"{prec}: measured {ms:.2f} ms > {limit:.2f} ms; measuring again to rule out "
+                 "noise")
             ms = statistics.median([ms, measure(attempt, _model_file(prec), prec, w)])
         raw_predicted = shape_plan.predicted_ms / shape_plan.correction
         ratio = ms / raw_predicted
         tried[shape_plan.shape.widths] = ms
         cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
-                             "within_budget": ms <= budget})
-        if ms <= budget:
+                             "within_budget": ms <= budget, "kept_under_ms": limit})
+        if ms <= limit:
             if best is None or shape_plan.shape.params() > best[0].shape.params():
                 if folder.exists():
                     shutil.rmtree(folder)
                 attempt.rename(folder)
                 best = (shape_plan, ms)
             # Within budget: try the largest shape the observed ratio allows. It is measured
-            # next, so it is planned with the ratio seen here and the profile's noise floor
-            # (how far two measurements of one model stray) instead of the margin, which
-            # covers the prediction's error. A step up that misses keeps this shape.
-            slack = 1 + profile.noise(prec)
-            nxt = plan_for_latency(profile, budget, prec, *w,
-                                   correction=ratio * slack / margin, family=family,
-                                   percentile=plan.percentile, dropped=dropped)
-            if (nxt is not None and index[nxt.shape.widths] > index[shape_plan.shape.widths]
-                    and nxt.shape.widths not in tried):
+            # next, so it is planned with the ratio seen here and the noise floor instead of
+            # the margin, which covers the prediction's error.
+            nxt = step_up(ratio, shape_plan)
+            if nxt is not None:
                 note(f"{prec}: {ms:.2f} ms leaves room for a larger shape (observed / "
                      f"predicted {ratio:.2f}, noise {slack - 1:.1%}); stepping up to "
                      f"{nxt.shape}")
@@ -523,8 +534,14 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
                 continue
             break
         shutil.rmtree(attempt, ignore_errors=True)
-        if best is not None:
-            break  # a step up missed: keep the last shape that fit
+        if best is not None:  # a step up missed: one between it and the kept shape, if any
+            nxt = step_up(ratio, best[0], below=shape_plan.shape.widths)
+            if nxt is None:
+                break
+            note(f"{prec}: {shape_plan.shape} measured {ms:.2f} ms > {limit:.2f} ms; trying "
+                 f"{nxt.shape} between it and {best[0].shape}")
+            shape_plan = nxt
+            continue
         correction = max(shape_plan.correction, ratio)
         note(f"{prec}: missed the budget ({ms:.2f} ms); re-planning with predictions scaled "
              f"by {correction:.3f}")

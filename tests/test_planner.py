@@ -152,24 +152,61 @@ def test_closed_loop_steps_up_when_far_under_budget(profile, supernet, tmp_path)
     assert len(c["exports"]) <= 4
 
 
+def _noisy_host(profile, tmp_path, margin=1.5, noise=0.025):
+    """The reliable profile with a noisy host's margin and noise floor."""
+    import hashlib
+
+    wide = tmp_path / "wide"
+    shutil.copytree(profile.path, wide)
+    meta = json.loads((wide / "predictor.json").read_text())
+    meta["margin"] = {p: margin for p in meta["margin"]}
+    data = json.dumps(meta).encode()
+    (wide / "predictor.json").write_bytes(data)
+    header = json.loads((wide / "profile.json").read_text())
+    header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
+    for summary in header["summary"]["precisions"].values():
+        summary["noise_floor"]["median_abs_rel_diff"] = noise
+    (wide / "profile.json").write_text(json.dumps(header))
+    return DeviceProfile.load(wide)
+
+
+def test_a_step_up_must_fit_with_the_noise_floor_to_spare(profile, supernet, tmp_path):
+    """A step up aimed at the budget that measures just under it (within the noise floor) is
+    not kept: one between it and the shape that fit is tried instead, if the family has one."""
+    profile = _noisy_host(profile, tmp_path)
+    budget = _budget_for(profile, "fp32", 2)
+    slack = 1 + profile.noise("fp32")
+    scripted = Scripted(profile, {"fp32": 1.1})
+    shapes = []
+
+    def measure(bundle, model_file, precision, workload):
+        ms = scripted(bundle, model_file, precision, workload)
+        shape = scripted.calls[-1][0]
+        if shape not in shapes:
+            shapes.append(shape)
+        first_step_up = len(shapes) > 1 and shape == shapes[1]
+        return max(ms, budget * 0.995) if first_step_up else ms  # just under the budget
+
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                                 measure=measure)
+    c = manifest.plan["candidates"][0]
+    ex = c["exports"]
+    assert ex[1]["within_budget"] and ex[1]["measured_ms"] > budget / slack  # not kept
+    family = cigar_family(PLAN_SPACE)
+    between = [s for s in family
+               if ex[0]["params"] < s.params() < ex[1]["params"]]
+    if between:  # a shape between the kept one and the miss is tried next
+        assert len(ex) >= 3 and ex[0]["params"] < ex[2]["params"] < ex[1]["params"]
+    assert c["measured_ms"] <= budget / slack and c["params"] != ex[1]["params"]
+
+
 def test_closed_loop_steps_up_when_the_prediction_was_right_but_the_margin_wide(
         profile, supernet, tmp_path):
     """Measured 10% over its prediction, the first shape uses 1.1/1.5 of the budget: the
     margin is for the prediction's error, which the measurement has just removed, so the loop
     steps up to a shape planned with the observed ratio and the noise floor (it used to stop
     unless the measurement was a whole margin under the budget)."""
-    import hashlib
-
-    wide = tmp_path / "wide"  # the reliable profile with a noisy host's margin, x1.5
-    shutil.copytree(profile.path, wide)
-    meta = json.loads((wide / "predictor.json").read_text())
-    meta["margin"] = {p: 1.5 for p in meta["margin"]}
-    data = json.dumps(meta).encode()
-    (wide / "predictor.json").write_bytes(data)
-    header = json.loads((wide / "profile.json").read_text())
-    header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
-    (wide / "profile.json").write_text(json.dumps(header))
-    profile = DeviceProfile.load(wide)
+    profile = _noisy_host(profile, tmp_path)
     family = cigar_family(PLAN_SPACE)
     budget = _budget_for(profile, "fp32", 2)
     measure = Scripted(profile, {"fp32": 1.1})
