@@ -124,7 +124,7 @@ def parse_count(text: str) -> int:
     """'60M', '60m', '1.2B', '500K', '60000000' -> an integer parameter count."""
     m = _COUNT.match(str(text)) if len(str(text)) <= 32 else None
     if not m:
-        raise ShapeError(f"cannot read parameter count {text!r}: expected a number with an "
+        raise ShapeError(f"cannot read parameter count {str(text)[:40]!r}: expected a number with an "
                          "optional K, M or B suffix, like 60M")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[m.group(2).lower()]
     number = float(m.group(1)) * scale
