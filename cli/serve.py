@@ -395,8 +395,8 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
     \b
     Examples:
       shaperctl serve ./b9 --http-port 8080
-      curl -s localhost:8080/v2/models/b9/infer -d \\
-        '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Hello"]}]}'
+      curl -s localhost:8080/v2/models/b9/infer -H 'Content-Type: application/json' \\
+        -d '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Hello"]}]}'
     """
     try:
         from shaper_deploy.server import ServeOptions, load_models

@@ -142,12 +142,11 @@ class BundleModel(kserve.Model):
                                                   and tensor.shape[1] != 1):
                 raise InvalidInput(f"input 'text' must have shape [N] or [N, 1], got "
                                    f"{tensor.shape}")
-            raw = tensor.as_numpy().reshape(-1) if tensor._raw_data is not None else [
-                x for row in (tensor.data or []) for x in (row if isinstance(row, list)
-                                                          else [row])]
-            if len(raw) != tensor.shape[0]:
-                raise InvalidInput(f"input 'text' has shape {tensor.shape} but holds "
-                                   f"{len(raw)} texts")
+            try:  # JSON data or the binary extension alike
+                raw = list(tensor.as_numpy().reshape(-1))
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"input 'text' has shape {tensor.shape} but its data do not "
+                                   f"fill it ({str(exc)[:80]})") from None
             texts = [self._text(t, i) for i, t in enumerate(raw)]
             result = await self._texts(texts)
             if isinstance(result, np.ndarray):

@@ -141,7 +141,7 @@ BAD = {
     "wrong shape": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 2],
                                  "data": ["a", "b"]}]}, 400, "shape"),
     "shape and data disagree": ({"inputs": [{"name": "text", "datatype": "BYTES",
-                                             "shape": [5], "data": ["a"]}]}, 400, "holds 1"),
+                                             "shape": [5], "data": ["a"]}]}, 400, "do not fill it"),
     "empty text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
                                 "data": [" "]}]}, 400, "empty"),
     "oversized text": ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
