@@ -1,0 +1,178 @@
+"""``shaperctl serve`` under load and faults, beside the in-process ``Bundle``.
+
+1. In-process: one ``Bundle.embed`` of one ~128-token text at a time for --seconds (p50/p90/p99).
+2. One client against the server for --seconds: the server's overhead at p50.
+3. --clients clients for --load-seconds, each text's embedding compared with the in-process one
+   (max |diff|), while one more thread sends --faults malformed requests: every one must be a
+   4xx, no good request lost, the server ready afterwards.
+4. kill -9 and restart: seconds until ready again.
+
+    .venv/bin/python benchmarks/serve_load.py --bundle runs/minilm-full \\
+        --out benchmarks/results/serve_load_amd_zen4.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+WORDS = ("the central bank raised interest rates again while shares in the telecoms group fell "
+         "after a profit warning and the striker scored twice in the second half").split()
+BAD = [
+    {"inputs": [{"name": "txt", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
+    {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]},
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"]}]},
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [" "]}]},
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["ab" * 20000]}]},
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [64], "data": ["a"] * 64}]},
+    {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [1, 99999]},
+                {"name": "attention_mask", "datatype": "INT64", "shape": [1, 2],
+                 "data": [1, 1]}]},
+    b'{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["\xff"]}]}',
+    b'{"inputs":',
+]
+
+
+def _text(i: int) -> str:
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(100))  # ~128 tokens
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(times: list[float]) -> dict:
+    return {f"p{q}_ms": float(np.percentile(times, q)) for q in (50, 90, 99)}
+
+
+def _start(bundle: Path, port: int, log) -> tuple[subprocess.Popen, float]:
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("shaperctl")), "serve",
+                             str(bundle), "--name", "m", "--http-port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
+                return proc, time.perf_counter() - t
+        except requests.ConnectionError:
+            time.sleep(0.05)
+        if proc.poll() is not None or time.perf_counter() - t > 120:
+            raise SystemExit("the server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--load-seconds", type=float, default=60.0)
+    ap.add_argument("--faults", type=int, default=1000)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    from shaper_deploy.serving import Bundle
+
+    texts = [_text(i) for i in range(16)]
+    bundle = Bundle.load(args.bundle)
+    want = {t: bundle.embed([t], "mean", True)[0] for t in texts}
+    times = []
+    end = time.perf_counter() + args.seconds
+    i = 0
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        bundle.embed([texts[i % 16]], "mean", True)
+        times.append((time.perf_counter() - t) * 1000)
+        i += 1
+    in_process = {"runs": len(times), **_pct(times),
+                  "tokens": int(bundle.encode([texts[0]]).feeds["input_ids"].shape[1])}
+    del bundle
+    print("in-process", in_process, file=sys.stderr)
+
+    log = tempfile.TemporaryFile(mode="w+")
+    port = _port()
+    proc, first_start_s = _start(args.bundle, port, log)
+    url = f"http://127.0.0.1:{port}/v2/models/m/infer"
+
+    def body(t):
+        return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}]}
+
+    def client(seconds, out, diffs, errors, seed):
+        end = time.perf_counter() + seconds
+        k = seed
+        with requests.Session() as s:
+            while time.perf_counter() < end:
+                t = texts[k % 16]
+                k += 1
+                start = time.perf_counter()
+                try:
+                    r = s.post(url, json=body(t), timeout=60)
+                except requests.RequestException as exc:
+                    errors.append(type(exc).__name__)
+                    continue
+                out.append((time.perf_counter() - start) * 1000)
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+                    continue
+                got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32)
+                diffs.append(float(np.abs(got - want[t]).max()))
+
+    one, diffs1, errors1 = [], [], []
+    client(args.seconds, one, diffs1, errors1, 0)
+    single = {"requests": len(one), **_pct(one), "errors": len(errors1),
+              "max_abs_diff": max(diffs1)}
+    print("one client", single, file=sys.stderr)
+
+    lat, diffs, errors = [], [], []
+    faults: list[int] = []
+
+    def faulty():
+        with requests.Session() as s:
+            for n in range(args.faults):
+                b = BAD[n % len(BAD)]
+                r = (s.post(url, data=b, headers={"Content-Type": "application/json"},
+                            timeout=60) if isinstance(b, bytes) else s.post(url, json=b,
+                                                                            timeout=60))
+                faults.append(r.status_code)
+                time.sleep(args.load_seconds / args.faults / 2)
+
+    threads = [threading.Thread(target=client, args=(args.load_seconds, lat, diffs, errors, c))
+               for c in range(args.clients)] + [threading.Thread(target=faulty)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ready_after = requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).ok
+    load = {"clients": args.clients, "seconds": args.load_seconds, "requests": len(lat),
+            "throughput_rps": len(lat) / args.load_seconds, **_pct(lat),
+            "errors": len(errors), "max_abs_diff": max(diffs) if diffs else None,
+            "faults_sent": len(faults), "faults_4xx": sum(400 <= c < 500 for c in faults),
+            "fault_codes": sorted(set(faults)), "ready_after": ready_after}
+    print("load", load, file=sys.stderr)
+
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc, restart_s = _start(args.bundle, port, log)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    result = {"benchmark": "serve_load", "bundle": str(args.bundle), "in_process": in_process,
+              "one_client": single, "overhead_p50": single["p50_ms"] / in_process["p50_ms"] - 1,
+              "load": load, "first_start_s": first_start_s, "restart_after_kill9_s": restart_s}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
