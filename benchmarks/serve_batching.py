@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,14 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from served import free_port, start_server
 
 SENTENCE = "Deploying one super network to many devices needs a model for each of them"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(url: str, per_request: int, clients: int, seconds: float) -> dict:
@@ -71,18 +64,9 @@ def main() -> None:
     log = tempfile.TemporaryFile(mode="w+")
     servers, procs = {}, []
     for kind, extra in (("batching", []), ("unbatched", ["--max-batch", "1"])):
-        port = _port()
-        procs.append(subprocess.Popen(
-            [str(Path(sys.executable).with_name("shaperctl")), "serve", str(args.bundle),
-             "--name", "m", "--http-port", str(port), *extra],
-            stdout=subprocess.DEVNULL, stderr=log))
+        port = free_port()
+        procs.append(start_server(args.bundle, port, log, *extra)[0])
         servers[kind] = port
-        for _ in range(300):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
     url = {k: f"http://127.0.0.1:{p}/v2/models/m/infer" for k, p in servers.items()}
     kinds = {"unbatched": (url["unbatched"], 1), "server_batched": (url["batching"], 1),
              "client_batches": (url["batching"], args.batch)}

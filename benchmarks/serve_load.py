@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from served import free_port, start_server
 
 WORDS = ("the central bank raised interest rates again while shares in the telecoms group fell "
          "after a profit warning and the striker scored twice in the second half").split()
@@ -48,29 +47,8 @@ def _text(i: int) -> str:
     return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(100))  # ~128 tokens
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pct(times: list[float]) -> dict:
     return {f"p{q}_ms": float(np.percentile(times, q)) for q in (50, 90, 99)}
-
-
-def _start(bundle: Path, port: int, log) -> tuple[subprocess.Popen, float]:
-    t = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("shaperctl")), "serve",
-                             str(bundle), "--name", "m", "--http-port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=log)
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).ok:
-                return proc, time.perf_counter() - t
-        except requests.ConnectionError:
-            time.sleep(0.05)
-        if proc.poll() is not None or time.perf_counter() - t > 120:
-            raise SystemExit("the server did not start")
 
 
 def main() -> None:
@@ -101,8 +79,8 @@ def main() -> None:
     print("in-process", in_process, file=sys.stderr)
 
     log = tempfile.TemporaryFile(mode="w+")
-    port = _port()
-    proc, first_start_s = _start(args.bundle, port, log)
+    port = free_port()
+    proc, first_start_s = start_server(args.bundle, port, log)
     url = f"http://127.0.0.1:{port}/v2/models/m/infer"
 
     def body(t):
@@ -163,7 +141,7 @@ def main() -> None:
 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    proc, restart_s = _start(args.bundle, port, log)
+    proc, restart_s = start_server(args.bundle, port, log)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     result = {"benchmark": "serve_load", "bundle": str(args.bundle), "in_process": in_process,

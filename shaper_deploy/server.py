@@ -31,8 +31,10 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.multiprocess import server as multiprocess
 
+from .bundle import BundleManifest
 from .errors import ServingError
 from .serving import MAX_TEXT_CHARS, Bundle
+from .triton import model_names, plan_threads
 
 MAX_BATCH = 1024  # rows per request any server is configured for
 DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # a 512-token text is a few KB; 16 KiB is generous
@@ -59,20 +61,12 @@ class ServeOptions:
 def load_models(bundles: list[Path], names: list[str] | None, options: ServeOptions
                 ) -> list[Any]:
     """One loaded, verified :class:`BundleModel` per bundle (before any port is opened)."""
-    from .triton import model_names
-
     models = []
     for bundle, name in zip(bundles, model_names(bundles, names)):
         model = BundleModel(name, bundle, options)
         model.load()
         models.append(model)
     return models
-
-
-def _plan_threads(bundle: Bundle) -> int | None:
-    from .triton import _plan_threads as threads_of
-
-    return threads_of(bundle.manifest.plan) if bundle.manifest.plan else None
 
 
 class BundleModel(kserve.Model):
@@ -96,8 +90,9 @@ class BundleModel(kserve.Model):
 
     def load(self) -> bool:
         threads = self.options.threads
-        if threads is None:  # the threads its latency was planned with
-            threads = _plan_threads(Bundle.load(self.path))
+        if threads is None:  # the threads its latency was planned with (manifest only)
+            plan = BundleManifest.read(self.path).plan
+            threads = plan_threads(plan) if plan else None
         self.bundle = Bundle.load(self.path, threads=threads)
         self.ready = True
         return self.ready

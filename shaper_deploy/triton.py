@@ -138,13 +138,11 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
         if options.device == "cuda" and manifest.files[model_file].get("precision") == "int8":
             raise ServingError(f"bundle {bundle} serves dynamic int8, which ONNX Runtime runs "
                                "on the CPU provider only; use --device cpu or an fp32 bundle")
-        extras = [n for n in TOKENIZER_FILES if n in manifest.files]
-        for file in (model_file, *extras):  # hashed again while copied
-            manifest.verified(bundle, file)
+        extras = [n for n in TOKENIZER_FILES if n in manifest.files]  # hashed while copied
         check_output_dir(out / name, force)
         threads = options.threads
         if threads is None and manifest.plan:
-            threads = _plan_threads(manifest.plan)
+            threads = plan_threads(manifest.plan)
         entries.append((bundle, name, manifest, model_file, extras, threads))
     written = []
     # All entries are written to temporary folders and put in place together: a bundle that
@@ -167,7 +165,7 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
     return written
 
 
-def _plan_threads(plan: dict[str, Any]) -> int | None:
+def plan_threads(plan: dict[str, Any]) -> int | None:
     """The threads the plan's latency was measured with, when its profile is at hand."""
     from .errors import ShaperError
     from .profiling.profile import read_header

@@ -27,7 +27,7 @@ from typing_extensions import NotRequired, TypedDict
 from .. import __version__
 from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
-from ..schema import Count, Positive, Sha256, parse_json, validated
+from ..schema import Count, Positive, Sha256, validated, validated_json
 from ..quantize import int8_record, quantize_int8
 from ..runtime import check_threads, int8_format, make_session
 from ..shape import Shape, identity_projections, reject_unknown_fields
@@ -255,8 +255,7 @@ def read_measurements(path: str | Path, repair: bool = False,
         try:
             if not line.endswith(b"\n"):
                 raise ProfileError("torn line")
-            record = validated(Measurement, parse_json(line, "line", ProfileError),
-                               f"line {number}", ProfileError, "")
+            record = validated_json(Measurement, line, f"line {number}", ProfileError, "")
         except ProfileError as exc:
             bad = bad or (number, str(exc).rstrip("; "))
             continue
