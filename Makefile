@@ -25,11 +25,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/python -m pytest -q
 
-BUDGET ?= 80%
+BUDGET ?= 80%,95%
 SEQ_LEN ?= 128
 PERCENTILE ?= 90
 demo: install
-	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh $(BUDGET) $(SEQ_LEN) $(PERCENTILE)
+	RUNS=$(RUNS) BIN=$(BIN) scripts/demo.sh "$(BUDGET)" $(SEQ_LEN) $(PERCENTILE)
 
 clean:
 	rm -rf $(VENV) $(RUNS) *.egg-info

