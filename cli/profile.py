@@ -24,21 +24,29 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
               help="Precisions to measure, comma-separated (default: what the device runs, "
                    "fp32,int8 on cpu, less int8 where a probe finds it under 1.10x faster "
                    "than fp32 at every size; fp32 on cuda).")
-@click.option("--batch", "batches", default="1,4,16", show_default=True,
-              help="Grid batch sizes; batches between them are interpolated.")
-@click.option("--seq-len", "seq_lens", default="16,32,64,128,256,512", show_default=True,
-              help="Grid sequence lengths (longer than the model's positions are dropped); "
-                   "lengths between them are interpolated.")
-@click.option("--max-tokens", default=1024, show_default=True, type=click.IntRange(1),
-              help="Leave out grid points with more than this many batch x length tokens.")
+@click.option("--from", "from_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Transfer: fit this device's model with these profiles (of other "
+                   "devices, same design space and device kind; repeat for several) as the "
+                   "prior, from a few shapes measured here. The grid comes from the first.")
+@click.option("--batch", "batches", default=None,
+              help="Grid batch sizes (default 1,4,16; with --from, the source's); batches "
+                   "between them are interpolated.")
+@click.option("--seq-len", "seq_lens", default=None,
+              help="Grid sequence lengths (default 16,32,64,128,256,512; longer than the "
+                   "model's positions are dropped; with --from, the source's); lengths "
+                   "between them are interpolated.")
+@click.option("--max-tokens", default=None, type=click.IntRange(1),
+              help="Leave out grid points with more than this many batch x length tokens "
+                   "(default 1024; with --from, the source's).")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
               help="Intra-op threads.")
-@click.option("--minutes", default=12.0, show_default=True, type=click.FloatRange(0.5, 1440),
-              help="Time budget for measuring: a probe of the device's speed (its first "
-                   "seconds) picks how many shapes and rounds fit. Ignored with --samples.")
-@click.option("--samples", default=None, type=click.IntRange(12, 2000),
+@click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
+              help="Time budget for measuring (default 12; 2 with --from): a probe of the "
+                   "device's speed (its first seconds) picks how many shapes and rounds fit. "
+                   "Ignored with --samples.")
+@click.option("--samples", default=None, type=click.IntRange(8, 2000),
               help="Shapes to measure, instead of what --minutes buys (stratified over the "
-                   "parameter range; 1 in 4 held out).")
+                   "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")
 @click.option("--rounds", default=None, type=click.IntRange(1, 100),
               help="Interleaved rounds per group of shapes and input size (default 4, or "
                    "more where --minutes allows).")
@@ -46,7 +54,8 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
 @widths_option
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
-            batches: str, seq_lens: str, max_tokens: int, threads: int, minutes: float,
+            from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
+            max_tokens: int | None, threads: int, minutes: float | None,
             samples: int | None, rounds: int | None, seed: int, supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
@@ -61,53 +70,89 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     folder ends with predictor.json (the latency model and its held-out error, also at input
     sizes never fitted) and two plots.
 
+    With --from, a transfer: the same protocol on the source's grid, but a few shapes (what
+    --minutes, default 2, buys), fitted with the source profiles' model as the prior; trust
+    is judged as for any profile, on shapes held out here.
+
     \b
     Examples:
       shaperctl profile --device cpu --supernet ./super --out profiles/my-laptop
       shaperctl profile --device cpu --out profiles/s64 --precision int8 --seq-len 32,64
+      shaperctl profile --device cpu --from profiles/x86_64-2core-avx512-minilm \\
+        --out profiles/my-vm-minilm
     """
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.predictor import DeviceProfile, fit_profile
+    from shaper_deploy.profiling.fingerprint import device_fingerprint
     from shaper_deploy.profiling.profile import run_profile
     from shaper_deploy.profiling.protocol import Protocol
+    from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
-    check_not_input(out, {"--supernet": supernet_path})
+    check_not_input(out, [("--supernet", supernet_path), *(("--from", p) for p in from_paths)])
     if supernet_path is not None:
         config = read_checkpoint_header(supernet_path, supershaper_widths)["config"]
         source = {"supernet": str(supernet_path)}
     else:
         config, source = SuperConfig(), {"supernet": None}
-    from shaper_deploy.runtime import DEVICE_PRECISIONS
-
     chosen = tuple(precisions.split(",") if precisions else DEVICE_PRECISIONS[device])
-    lens = int_list(seq_lens, "--seq-len")
-    usable = tuple(s for s in lens if s <= config.space.max_positions)
-    if not usable:
-        raise click.BadParameter(f"every length exceeds the model's "
-                                 f"{config.space.max_positions} positions", param_hint="--seq-len")
-    grid_batches = int_list(batches, "--batch")
-    reference = (1 if 1 in grid_batches else grid_batches[0],
-                 128 if 128 in usable else usable[len(usable) // 2])
-    protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
-                        seq_lens=usable, max_tokens=max_tokens, reference_batch=reference[0],
-                        reference_seq_len=reference[1], rounds=rounds or 4)
+    transfer = None
+    if from_paths:
+        from shaper_deploy import transfer as tr
+
+        given = [n for n, v in (("--batch", batches), ("--seq-len", seq_lens),
+                                ("--max-tokens", max_tokens)) if v is not None]
+        if given:
+            raise click.UsageError(f"{given[0]} cannot be given with --from: a transfer "
+                                   "measures the first source profile's grid")
+        sources = tr.load_sources([str(p) for p in from_paths], device,
+                                  config.space if supernet_path is not None else None)
+        if supernet_path is None:  # the design space is the sources'
+            config = sources[0].header.config
+            source = dict(sources[0].header.source)
+        protocol = tr.target_protocol(sources, threads, chosen if precisions else None)
+        if rounds:
+            protocol = Protocol.from_dict({**protocol.to_dict(), "rounds": rounds})
+        transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
+    else:
+        lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
+        usable = tuple(s for s in lens if s <= config.space.max_positions)
+        if not usable:
+            raise click.BadParameter(f"every length exceeds the model's "
+                                     f"{config.space.max_positions} positions",
+                                     param_hint="--seq-len")
+        grid_batches = int_list(batches or "1,4,16", "--batch")
+        reference = (1 if 1 in grid_batches else grid_batches[0],
+                     128 if 128 in usable else usable[len(usable) // 2])
+        protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
+                            seq_lens=usable, max_tokens=max_tokens or 1024,
+                            reference_batch=reference[0], reference_seq_len=reference[1],
+                            rounds=rounds or 4)
+    if minutes is None:
+        minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
         try:
             run_profile(out, device, protocol, config, samples, seed, source, progress,
                         minutes=minutes if samples is None else None,
-                        auto_precision=precisions is None, auto_rounds=rounds is None)
+                        auto_precision=precisions is None, auto_rounds=rounds is None,
+                        transfer=transfer)
         except KeyboardInterrupt:
             raise click.ClickException(f"interrupted; what was measured is kept in {out}: run "
                                        "the same command again to resume") from None
-        fit_profile(out, progress=progress)
+        if transfer:
+            tr.refit(out, progress=progress)
+        else:
+            fit_profile(out, progress=progress)
     emit(profile_data(DeviceProfile.load(out)), as_json, _profile_text)
 
 
 def profile_data(p) -> dict:
+    from shaper_deploy.transfer import transfer_advice
+
     foreign = p.foreign_fields()
     return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
+            "advice": transfer_advice(p.header, p.model),
             "this_machine": {"matches": not foreign, "differences": foreign}}
 
 
@@ -122,6 +167,11 @@ def _profile_text(d: dict) -> str:
             ("measured on", _machine_line(d["this_machine"])),
             ("protocol", _protocol_line(d["protocol"])),
             ("graph", _graph_line(d["graph"]))]
+    for i, src in enumerate((d.get("transfer") or {}).get("sources", [])):
+        diff = d["transfer"]["differences"][i]
+        rows.append(("transferred from" if i == 0 else "", f"{src['profile']} ("
+                     f"{src['fingerprint']['cpu_model']}; "
+                     + ("; ".join(diff) if diff else "the same machine fields") + ")"))
     probe = d.get("probe") or {}
     if probe.get("decision"):
         rows.append(("probe", probe["decision"]))
@@ -141,6 +191,10 @@ def _profile_text(d: dict) -> str:
                          f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "
                          f"{d['predictor'][precision]['held_out_shapes']} held-out shapes); "
                          f"planning margin x{d['margin'][precision]:.3f}"))
+        prior = d["predictor"][precision].get("transfer", {}).get("prior_held_out")
+        if prior:
+            rows.append(("", f"the scaled source alone: held-out MAPE {prior['mape']:.2%}, "
+                             f"{prior['within_10pct']:.0%} within +-10%"))
         tail = (d.get("tail") or {}).get(precision)
         if tail:
             lv = tail["levels"]
@@ -151,6 +205,8 @@ def _profile_text(d: dict) -> str:
     t = d["trust"]
     rows.append(("trust", "reliable" if t["reliable"] else
                  f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))
+    if d.get("advice"):
+        rows.append(("advice", d["advice"]))
     return table(rows)
 
 

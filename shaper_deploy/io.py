@@ -10,7 +10,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import OutputError, ShaperError
 
@@ -45,11 +45,13 @@ def check_output_dir(dest: str | Path, force: bool = False,
     return parent
 
 
-def check_not_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+def check_not_input(out: str | Path, inputs: dict[str, str | Path | None]
+                    | Iterable[tuple[str, str | Path | None]]) -> None:
     """Refuse an output that is, lies inside, or holds one of the command's inputs (with
-    --force it would replace what is being read). ``inputs`` maps an option to its path."""
+    --force it would replace what is being read). ``inputs`` maps an option to its path
+    (or is a list of such pairs, for an option given several times)."""
     dest = Path(out).resolve()
-    for option, given in inputs.items():
+    for option, given in (inputs.items() if isinstance(inputs, dict) else inputs):
         if given is None:
             continue
         src = Path(given).resolve()

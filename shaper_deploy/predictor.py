@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 from typing_extensions import NotRequired, TypedDict
@@ -183,6 +183,15 @@ class HeldOut(TypedDict):
     abs_rel_max: float
 
 
+class TransferFit(TypedDict):
+    """How a transferred profile fitted one precision (transfer.py)."""
+    fit: Literal["direct", "prior"]  # chosen by leave-one-shape-out error
+    ridge: float  # towards the prior (0: direct)
+    loo_mape: dict[str, float]  # per candidate fit
+    prior_held_out: HeldOut  # the scaled sources alone, on the held-out shapes
+    by_workload: dict[str, dict[str, Any]]  # per grid point: sources used and their mix
+
+
 class PrecisionMetrics(TypedDict):
     held_out: HeldOut  # what trust and margins are judged on
     grid_held_out: HeldOut
@@ -191,6 +200,7 @@ class PrecisionMetrics(TypedDict):
     held_out_keys: list[str]
     mape_by_workload: dict[str, float]
     check_held_out: NotRequired[Optional[HeldOut]]
+    transfer: NotRequired[TransferFit]  # a transferred profile's fit
 
 
 class TailModel(TypedDict):
@@ -235,21 +245,26 @@ class LatencyModel:
                 raise ProfileError("shape belongs to another design space than this profile's "
                                    f"({self.space.num_layers} layers, widths "
                                    f"{', '.join(map(str, self.space.widths))})")
+        out = features(shapes, dropped) @ self.coef_at(precision, batch, seq_len)
+        return out * tail_factor(self.tail.get(precision), percentile, out)
+
+    def coef_at(self, precision: str, batch: int, seq_len: int) -> np.ndarray:
+        """The calm median's coefficients at (batch, seq_len): bilinear between grid points
+        (the prediction is linear in them), refused outside the grid."""
         cell = grid_cell(self.grid, batch, seq_len)
         if cell is None:
             raise ProfileError(f"batch {batch} x {seq_len} tokens is outside the profiled "
                                f"range ({describe_range(self.grid)}); profile those sizes "
                                "with --batch/--seq-len/--max-tokens")
-        x = features(shapes, dropped)
         (b0, s0), _, (b1, _), (_, s1) = cell
         tb = (batch - b0) / (b1 - b0) if b1 != b0 else 0.0
         ts = (seq_len - s0) / (s1 - s0) if s1 != s0 else 0.0
-        out = np.zeros(len(shapes))
+        out = np.zeros(len(self.features) or len(self.coef[precision][workload_key((b0, s0))]))
         for (b, s), wgt in (((b0, s0), (1 - tb) * (1 - ts)), ((b0, s1), (1 - tb) * ts),
                             ((b1, s0), tb * (1 - ts)), ((b1, s1), tb * ts)):
             if wgt:
-                out += wgt * (x @ np.asarray(self.coef[precision][workload_key((b, s))]))
-        return out * tail_factor(self.tail.get(precision), percentile, out)
+                out += wgt * np.asarray(self.coef[precision][workload_key((b, s))])
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PREDICTOR_FORMAT, "format_version": PREDICTOR_VERSION,
@@ -281,11 +296,19 @@ class LatencyModel:
         return model
 
 
+PointFit = Callable[[str, Workload, np.ndarray, np.ndarray], np.ndarray]
+
+
 def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
-              held_out: float = 0.25, held_keys: set[str] | None = None) -> LatencyModel:
+              held_out: float = 0.25, held_keys: set[str] | None = None,
+              point_fit: PointFit | None = None, min_shapes: int = 12,
+              method: str | None = None) -> LatencyModel:
     """Fit on 3 of 4 shapes, measure the error on the rest (at grid and at check sizes),
     then refit every grid point on all shapes for the saved model. ``held_keys`` fixes the
-    held-out shapes instead (a learning curve compares fits on one held-out set)."""
+    held-out shapes instead (a learning curve compares fits on one held-out set).
+    ``point_fit(precision, workload, x, y)`` replaces :func:`fit_point` (a transfer fits
+    with another device's model as its prior, ``transfer.py``)."""
+    fit = point_fit or (lambda precision, w, x, y: fit_point(x, y))
     space, protocol = header.space, header.protocol
     main = measured_latency(records, "main")  # held-out shapes also at the check sizes
     gone = dropped_by_key(records)
@@ -295,10 +318,10 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
     for precision in protocol.precisions:
         points = {w: main.get((precision, *w), {}) for w in protocol.grid}
         keys = sorted(set.intersection(*(set(v) for v in points.values())))
-        if len(keys) < 12:
+        if len(keys) < min_shapes:
             raise ProfileError(f"the profile has {len(keys)} shapes measured at every {precision} "
-                               "input size; a predictor needs at least 12: run the same "
-                               "profile command again to finish it")
+                               f"input size; a predictor needs at least {min_shapes}: run the "
+                               "same profile command again to finish it")
         shapes = [shape_from_key(k, space) for k in keys]
         x = features(shapes, [gone.get(k, []) for k in keys])
         held_set = held_keys if held_keys is not None else held_out_keys(shapes, held_out)
@@ -308,9 +331,9 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
         actual_g, pred_g, by_workload = [], [], {}
         for w in protocol.grid:
             y = np.array([points[w][k] for k in keys])
-            c = fit_point(x[~test], y[~test])
+            c = fit(precision, w, x[~test], y[~test])
             split[workload_key(w)] = c.tolist()
-            coef[precision][workload_key(w)] = fit_point(x, y).tolist()
+            coef[precision][workload_key(w)] = fit(precision, w, x, y).tolist()
             p = x[test] @ c
             actual_g.append(y[test])
             pred_g.append(p)
@@ -344,8 +367,11 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
         metrics[precision] = m
         margin[precision] = 1 + m["held_out"]["abs_rel_p95"]
     tail = {p: t for p in protocol.precisions if (t := tail_model(records, p)) is not None}
-    return LatencyModel(space, list(protocol.grid), coef, metrics, margin,
-                        feature_names(space), tail)
+    model = LatencyModel(space, list(protocol.grid), coef, metrics, margin,
+                         feature_names(space), tail)
+    if method:
+        model.method = method
+    return model
 
 
 def noise_of(header: ProfileHeader, precision: str) -> float | None:
@@ -371,15 +397,21 @@ def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
             "limits": {"max_mape": MAX_MAPE, "max_noise_floor": MAX_NOISE}}
 
 
-def fit_profile(profile: str | Path, progress=None) -> LatencyModel:
-    """Fit, evaluate on held-out shapes and sizes, save the predictor and its plots."""
+def fit_profile(profile: str | Path, progress=None,
+                fit: Callable[..., LatencyModel] = fit_model) -> LatencyModel:
+    """Fit, evaluate on held-out shapes and sizes, save the predictor and its plots. A
+    transferred profile is fitted by ``transfer.refit`` (``fit`` = its fit)."""
     note = progress or (lambda message: None)
     profile = Path(profile)
     header = read_header(profile)
+    if header.transfer and fit is fit_model:
+        raise ProfileError(f"profile {profile} is a transfer: fit it with "
+                           "shaper_deploy.transfer.refit")
     verify_file(profile, header, MEASUREMENTS)
     records = read_measurements(profile)
-    note("fitting the latency model")
-    model = fit_model(header, records)
+    note("fitting the latency model" + (" from the transfer's sources" if header.transfer
+                                        else ""))
+    model = fit(header, records)
     for precision, summary in (header.summary or {}).get("precisions", {}).items():
         # Analysis of the measurements, redone with the fit (the measurements are final).
         summary["noise_floor"] = noise_floor(records, precision)

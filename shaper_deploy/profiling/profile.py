@@ -78,6 +78,8 @@ def held_out_keys(shapes: Iterable[Shape], held_out: float = 0.25) -> set[str]:
 
 IDENTITY_VARIANTS = ("half the shapes (by a hash of their widths, the largest always) are "
                      "timed without the projections an identity super network drops")
+MIN_SHAPES = 12  # a direct profile fits on 3 of 4 of at least this many shapes
+TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior from others
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
 CALM_QUANTILE = 25  # percentile of a workload's per-group reference times taken as calm
 DEADBAND = 0.06  # a group whose reference is within this of calm is taken as calm
@@ -142,6 +144,24 @@ class Sampling(TypedDict):
     method: str
 
 
+class TransferSource(TypedDict):
+    """A profile a transfer started from, frozen into the new profile (transfer.py)."""
+    profile: str  # where it was read from
+    fingerprint: Fingerprint
+    created: str
+    predictor_sha256: Sha256
+    held_out_mape: dict[str, float]  # the source's own trust, per precision
+    coef: dict[str, dict[str, list[float]]]  # precision -> "BxS" -> coefficients
+
+
+class Transfer(TypedDict):
+    method: str
+    ridges: list[float]  # ridges towards the prior compared per precision (0: no prior)
+    sources: list[TransferSource]
+    differences: list[list[str]]  # per source: how its machine differs from this one
+    direct_minutes: Optional[float]  # what a direct profile of 40 shapes would take here
+
+
 class Measurement(TypedDict):
     """One line of measurements.jsonl: a shape timed at one size, beside the reference."""
     shape: list[Positive]
@@ -176,6 +196,7 @@ class ProfileHeader:
     templates: dict[str, list[Positive]]  # the paper's template shapes, always measured
     reference_shape: list[Positive]  # timed in every group and size: a record of drift
     source: dict[str, Any] = field(default_factory=dict)  # the super network profiled
+    transfer: Optional[Transfer] = None  # set when fitted from other devices' profiles
     status: Literal["measuring", "measured"] = "measuring"
     probe: dict[str, Any] | None = None  # first seconds: what int8 buys, cost, chosen size
     summary: Summary | None = None  # counts, time, noise floor per precision
@@ -311,6 +332,14 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
         differences += [f"{key} {k}: {old.get(k)!r} vs {new.get(k)!r}"
                         for k in sorted(set(old) | set(new))
                         if old.get(k) != new.get(k) and k not in free.get(key, ())]
+    def sources(h: ProfileHeader) -> list[str]:
+        return [x["predictor_sha256"] for x in (h.transfer or {}).get("sources", [])]
+
+    if sources(existing) != sources(plan):
+        differences.append("transfer sources " + (", ".join(
+            x["profile"] for x in existing.transfer["sources"]) if existing.transfer
+            else "none") + " vs " + (", ".join(x["profile"] for x in plan.transfer["sources"])
+                                     if plan.transfer else "none"))
     extra = set(existing.protocol.precisions) - set(plan.protocol.precisions)
     if extra:
         differences.append(f"precisions {sorted(extra)} were measured but not asked for now")
@@ -357,17 +386,20 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 source: dict[str, Any] | None = None,
                 progress: Callable[[str], None] | None = None,
                 minutes: float | None = None, auto_precision: bool = False,
-                auto_rounds: bool = True) -> ProfileHeader:
+                auto_rounds: bool = True, transfer: Transfer | None = None) -> ProfileHeader:
     """Measure (or finish measuring) a profile in ``out``; its updated header.
 
     ``samples=None`` sizes the profile to ``minutes`` from a probe of the device's speed;
     ``auto_precision`` lets the probe drop int8 where it buys less than ``MIN_INT8_GAIN``
     at every grid size. Both are decided once, by the first run, and kept on resume.
+    ``transfer`` (``transfer.transfer_record``) makes it a transfer: fewer shapes, fitted
+    with the sources as the prior (``transfer.refit``).
     """
     note = progress or (lambda message: None)
     out = Path(out)
-    if samples is not None and samples < 12:
-        raise ProfileError(f"--samples must be at least 12 (a predictor is fitted on 3 of "
+    least = TRANSFER_MIN_SHAPES if transfer else MIN_SHAPES
+    if samples is not None and samples < least:
+        raise ProfileError(f"--samples must be at least {least} (a predictor is fitted on 3 of "
                            f"every 4 shapes and checked on the rest), got {samples}")
     if samples is None and not (minutes is not None and math.isfinite(minutes)
                                 and 0.5 <= minutes <= 24 * 60):
@@ -381,7 +413,11 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     if device == "cuda" and "int8" in protocol.precisions:
         raise ProfileError("int8 cannot be profiled on cuda: ONNX Runtime's dynamic int8 "
                            "quantization runs on the CPU provider only; pass --precision fp32")
-    plan = new_header(device, protocol, config, samples or 12, seed, source or {})
+    plan = new_header(device, protocol, config, samples or least, seed, source or {})
+    if transfer:  # few shapes: spread over the parameter range, not 5 templates at one size
+        plan.transfer, plan.templates = transfer, {}
+        plan.sampling["method"] = ("stratified by parameter count, plus smallest and "
+                                   "largest; every 4th by parameters held out (a transfer)")
     started = time.perf_counter()
     if (out / HEADER).exists():
         header = read_header(out)
@@ -407,6 +443,9 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                                              auto_rounds))
             protocol = header.protocol = replace(protocol, precisions=tuple(
                 header.probe["precisions"]), rounds=header.probe["rounds"])
+            if header.transfer is not None:
+                header.transfer["direct_minutes"] = round(estimate_seconds(
+                    header, 40, 4, protocol.precisions) / 60, 1)
             header.sampling["samples"] = header.probe["samples"]
             write_header(out, header)
         except BaseException:  # nothing was measured yet: the folder goes with the failure
@@ -516,12 +555,14 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
 
 
 def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict[str, Any]:
-    """The device's speed in its first seconds: the smallest, largest and reference shapes at
+    """The device's speed in its first seconds: the smallest, largest and (but in a transfer)
+    reference shapes at
     every grid size and precision asked for, two interleaved rounds (fp32 and int8 of one
     shape side by side, so their ratio is from one period of the machine)."""
     protocol, space = header.protocol, header.space
-    shapes = {"smallest": space.smallest, "largest": space.largest,
-              "reference": Shape(tuple(header.reference_shape), space)}
+    shapes = {"smallest": space.smallest, "largest": space.largest}
+    if header.transfer is None:  # a transfer's probe is its budget's largest cost: two shapes
+        shapes["reference"] = Shape(tuple(header.reference_shape), space)
     note(f"probing the device: {len(shapes)} shapes x {len(protocol.precisions)} precision(s) "
          f"x {len(protocol.grid)} input sizes")
     t0 = time.perf_counter()
@@ -598,6 +639,18 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
                    f"(< {MIN_INT8_GAIN:.2f}x at every size)")
     if samples is not None:
         n, rounds = samples, protocol.rounds
+    elif header.transfer is not None:
+        # A transfer's time goes first to shapes (up to 12: 9 fitted, 3 held out), then to
+        # rounds (up to 4), then to more shapes.
+        budget = minutes * 60 - header.probe["seconds"]
+        fits = lambda n, r: estimate_seconds(header, n, r, precisions) <= budget  # noqa: E731
+        n, rounds = TRANSFER_MIN_SHAPES, 2
+        while n < 12 and fits(n + 2, rounds):
+            n += 2
+        while auto_rounds and rounds < 4 and fits(n, rounds + 1):
+            rounds += 1
+        while n < 40 and fits(n + 4, rounds):
+            n += 4
     else:
         budget = minutes * 60 - header.probe["seconds"]
         fits = lambda n, r: estimate_seconds(header, n, r, precisions) <= budget  # noqa: E731

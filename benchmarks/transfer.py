@@ -1,0 +1,245 @@
+"""Profile transfer: a new device's latency model from a few measurements and the profiles of
+devices already measured, beside a direct profile of that device.
+
+Two parts, each writing its JSON:
+
+``offline``: for every pair of shipped profiles of one design space (source -> target), the
+transfer a target would fit from ``n`` of the shapes its own measurements.jsonl holds (one
+drawn per parameter bin, 10 draws), scored on **every other shape** the target measured, at
+grid and check sizes; beside it the direct fit (``predictor.fit_model``) on the same shapes,
+and the target's own full profile. Minutes = the target profile's measured time per shape x
+the shapes a transfer measures (its two re-measured shapes included).
+
+``live``: on this machine, ``shaperctl profile --from SOURCE --minutes M`` for each M (the
+learning curve), and a direct profile, all in one run; each scored on its own held-out
+shapes and on the shapes of the others it never measured (the direct profile's 40 shapes
+are the common yardstick); optionally real exported bundles timed at >= 4 input sizes.
+
+    .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
+    .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
+        --supernet runs/minilm-super --work runs/transfer --out benchmarks/results/transfer_live_intel.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from shaper_deploy.errors import ProfileError
+from shaper_deploy.predictor import DeviceProfile, fit_model, regression_metrics
+from shaper_deploy.profiling.profile import (dropped_by_key, held_out_keys, measured_latency,
+                                             read_measurements, shape_from_key)
+from shaper_deploy.profiling.protocol import Protocol
+from shaper_deploy.transfer import fit_transfer, transfer_record
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [("amd-epyc-zen4-2core-avx512-minilm", "x86_64-2core-avx512-minilm"),
+         ("x86_64-2core-avx512-minilm", "amd-epyc-zen4-2core-avx512-minilm"),
+         ("amd-epyc-zen4-2core-avx512-bert-base", "x86_64-2core-avx512-bert-base"),
+         ("x86_64-2core-avx512-bert-base", "amd-epyc-zen4-2core-avx512-bert-base")]
+SIZES = (6, 8, 12, 16)
+DRAWS = 10
+
+
+def score(model, target: DeviceProfile, records, keys: list[str]) -> dict:
+    """``model``'s error on ``keys`` of the target's measurements, at every measured size
+    inside the model's grid (grid and check sizes)."""
+    main = measured_latency(records)
+    gone = dropped_by_key(records)
+    actual, predicted = [], []
+    for (precision, b, s), by_shape in main.items():
+        if precision not in model.precisions:
+            continue
+        ks = [k for k in keys if k in by_shape]
+        try:
+            model.coef_at(precision, b, s)
+        except ProfileError:  # outside the model's grid
+            continue
+        if not ks:
+            continue
+        shapes = [shape_from_key(k, target.space) for k in ks]
+        predicted.append(model.predict(shapes, precision, b, s,
+                                       dropped=[gone.get(k, []) for k in ks]))
+        actual.append(np.array([by_shape[k] for k in ks]))
+    return regression_metrics(np.concatenate(actual), np.concatenate(predicted))
+
+
+def score_by_precision(model, target, records, keys) -> dict:
+    return {p: score(_only(model, p), target, records, keys) for p in model.precisions}
+
+
+def _only(model, precision):
+    return replace(model, coef={precision: model.coef[precision]})
+
+
+def draw_shapes(keys: list[str], target: DeviceProfile, n: int, seed: int) -> list[str]:
+    """Smallest and largest measured shape, and one drawn per parameter bin in between (what
+    a transfer's sampling does)."""
+    rng = np.random.default_rng(seed)
+    by_params = sorted(keys, key=lambda k: shape_from_key(k, target.space).params())
+    chosen = [by_params[0], by_params[-1]]
+    inner = by_params[1:-1]
+    for part in np.array_split(np.arange(len(inner)), n - 2):
+        if len(part):
+            chosen.append(inner[int(rng.choice(part))])
+    return chosen
+
+
+def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
+    records = read_measurements(target.path)
+    tp = target.header.protocol
+    grid_tokens = min(tp.max_tokens, source.header.protocol.max_tokens)
+    protocol = Protocol.from_dict({**tp.to_dict(), "max_tokens": grid_tokens})
+    header = replace(target.header, protocol=protocol)
+    header.transfer = transfer_record([source], protocol, target.header.fingerprint)
+    main = [r for r in records if r["phase"] == "main"]
+    keys = sorted({r["shape_key"] for r in main
+                   if all(any(q["shape_key"] == r["shape_key"] and q["precision"] == p
+                              for q in main) for p in protocol.precisions)})
+    seconds = (target.header.summary or {}).get("last_run", {}).get("seconds")
+    per_shape = seconds / (len(keys) + tp.repeat_shapes) if seconds else None
+    full = fit_model(header, records)
+    rows = []
+    for n in [n for n in SIZES if n <= len(keys) - 4]:  # >= 4 shapes left to score on
+        draws = {"transfer": [], "direct": [], "scaled_source": []}
+        for seed in range(DRAWS):
+            chosen = draw_shapes(keys, target, n, seed)
+            rest = [k for k in keys if k not in chosen]
+            mine = [r for r in records if r["shape_key"] in chosen]
+            held = held_out_keys([shape_from_key(k, target.space) for k in chosen])
+            t = fit_transfer(header, mine, held_keys=held)
+            d = fit_model(header, mine, held_keys=held, min_shapes=6)
+            draws["transfer"].append({"self": {p: t.metrics[p]["held_out"]["mape"]
+                                               for p in t.precisions},
+                                      **score_by_precision(t, target, records, rest)})
+            draws["direct"].append(score_by_precision(d, target, records, rest))
+            s_only = {p: t.metrics[p]["transfer"]["prior_held_out"]["mape"]
+                      for p in t.precisions}
+            draws["scaled_source"].append(s_only)
+        row = {"shapes": n, "minutes": per_shape * (n + 2) / 60 if per_shape else None,
+               "draws": DRAWS}
+        for kind in ("transfer", "direct"):
+            row[kind] = {p: {m: float(np.median([d[p][m] for d in draws[kind]]))
+                             for m in ("mape", "within_5pct", "within_10pct", "n")}
+                         for p in protocol.precisions}
+        row["transfer_self_reported_mape"] = {
+            p: float(np.median([d["self"][p] for d in draws["transfer"]]))
+            for p in protocol.precisions}
+        rows.append(row)
+        print(f"{source.path.name} -> {target.path.name}, {n} shapes: " + "; ".join(
+            f"{p} transfer MAPE {row['transfer'][p]['mape']:.1%} "
+            f"({row['transfer'][p]['within_10pct']:.0%} in 10%), direct "
+            f"{row['direct'][p]['mape']:.1%}" for p in protocol.precisions), file=sys.stderr)
+    return {"source": source.path.name, "target": target.path.name,
+            "source_cpu": source.header.fingerprint["cpu_model"],
+            "target_cpu": target.header.fingerprint["cpu_model"],
+            "grid_max_tokens": grid_tokens, "target_shapes": len(keys),
+            "target_minutes": seconds / 60 if seconds else None,
+            "target_own_held_out": {p: target.model.metrics[p]["held_out"]["mape"]
+                                    for p in target.precisions},
+            "target_full_fit_on_rest": None if full is None else {
+                p: full.metrics[p]["held_out"]["mape"] for p in full.precisions},
+            "rows": rows}
+
+
+def offline(args) -> dict:
+    pairs = []
+    for s, t in PAIRS:
+        pairs.append(offline_pair(DeviceProfile.load(ROOT / "profiles" / s),
+                                  DeviceProfile.load(ROOT / "profiles" / t)))
+    return {"benchmark": "transfer_offline", "sizes": list(SIZES), "draws": DRAWS,
+            "pairs": pairs}
+
+
+def _shaperctl(*args: str) -> dict:
+    exe = str(Path(sys.executable).with_name("shaperctl"))
+    t = time.perf_counter()
+    out = subprocess.run([exe, *args, "--json"], check=True, capture_output=False,
+                         stdout=subprocess.PIPE, text=True).stdout
+    data = json.loads(out)
+    data["_wall_seconds"] = time.perf_counter() - t
+    return data
+
+
+def live(args) -> dict:
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    profiles = {}
+    for minutes in args.minutes:
+        out = work / f"transfer-{minutes:g}min"
+        _shaperctl("profile", "--device", "cpu", *sum((["--from", str(p)] for p in args.sources), []),
+                   "--minutes", f"{minutes:g}", "--out", str(out))
+        profiles[f"transfer {minutes:g} min"] = out
+    direct = work / "direct"
+    cmd = ["profile", "--device", "cpu", "--out", str(direct)]
+    if args.supernet:
+        cmd += ["--supernet", str(args.supernet)]
+    _shaperctl(*cmd)
+    profiles["direct"] = direct
+    loaded = {k: DeviceProfile.load(v) for k, v in profiles.items()}
+    measured = {k: read_measurements(v) for k, v in profiles.items()}
+    rows = []
+    for name, p in loaded.items():
+        mine = {r["shape_key"] for r in measured[name]}
+        row = {"profile": name, "path": str(p.path),
+               "minutes": (p.header.summary or {}).get("last_run", {}).get("seconds", 0) / 60,
+               "shapes": p.header.sampling["samples"], "rounds": p.header.protocol.rounds,
+               "precisions": p.precisions, "trust": p.trust,
+               "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
+               "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
+                                  for q in p.precisions},
+               "on_others": {}}
+        for other, recs in measured.items():
+            if other == name:
+                continue
+            keys = sorted({r["shape_key"] for r in recs if r["phase"] == "main"} - mine)
+            if keys:
+                row["on_others"][other] = score_by_precision(p.model, loaded[other], recs, keys)
+        rows.append(row)
+        print(f"{name}: {row['minutes']:.1f} min, " + "; ".join(
+            f"{q} own held-out MAPE {row['own_held_out'][q]['mape']:.1%}" for q in p.precisions)
+            + "; on direct's shapes: " + "; ".join(
+                f"{q} {v['mape']:.1%}" for q, v in row["on_others"].get("direct", {}).items()),
+            file=sys.stderr)
+    result = {"benchmark": "transfer_live", "sources": [str(s) for s in args.sources],
+              "machine": loaded["direct"].header.fingerprint, "rows": rows}
+    if args.supernet:
+        from workload_profile import WORKLOADS, SHAPES, _errors, real_bundles
+
+        best = loaded[f"transfer {max(args.minutes):g} min"] if args.bundles_from is None \
+            else loaded[args.bundles_from]
+        bundle_rows = real_bundles(best, args.supernet, SHAPES, WORKLOADS, 90.0)
+        result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
+                                  "calm_median": _errors(bundle_rows, "error"),
+                                  "percentile_observed": _errors(bundle_rows, "pct_error")}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="part", required=True)
+    off = sub.add_parser("offline")
+    off.add_argument("--out", type=Path, required=True)
+    on = sub.add_parser("live")
+    on.add_argument("--from", dest="sources", type=Path, action="append", required=True)
+    on.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1, 2, 4])
+    on.add_argument("--supernet", type=Path, default=None)
+    on.add_argument("--bundles-from", default=None)
+    on.add_argument("--work", type=Path, required=True)
+    on.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    result = offline(args) if args.part == "offline" else live(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""A new device's latency model from devices already profiled: a transfer.
+
+A transfer measures a few shapes on this device with the ordinary protocol (every grid size,
+the reference in every group, a quarter of the shapes held out, two shapes re-measured for
+the noise floor) and fits each grid point's coefficients with the source profiles' as the
+prior, in two steps:
+
+1. **Scale.** This device's latency is taken as a non-negative mix of the sources'
+   predictions plus an offset, ``y ~ sum_k a_k src_k(shape) + b`` (NNLS on relative error):
+   one source gives "k times slower, plus a fixed cost"; several give a device between them.
+   With several sources, each alone and all together are compared by leave-one-shape-out
+   error and the best kept, so a source that does not help is not used.
+2. **Correct.** The coefficients are refitted on this device's measurements with a ridge
+   penalty pulling them towards the scaled prior ``sum_k a_k c_k + b`` (each coefficient's
+   penalty in units of its effect on relative latency, the constant free). A device whose
+   latency is exactly a scaled source is recovered exactly; where this device's structure
+   differs (int8 on VNNI vs AVX2), the measurements pull the coefficients away from it as far
+   as they can tell.
+
+The result is an ordinary profile: the same files, the same held-out trust rule, plus a
+``transfer`` record in ``profile.json`` with the sources (frozen: their coefficients are
+copied in, so the profile refits without them) and, per precision, how far the scaled prior
+alone missed on the held-out shapes (``prior_held_out``: whether the source's structure
+holds here). Measured on the two shipped machine classes (Intel AVX-512/AMX and AMD EPYC
+Zen 4, MiniLM and BERT-base spaces): docs/benchmarks.md, ``benchmarks/transfer.py``.
+
+Refused: a source of another device kind (cpu -> cuda) or another design space (MiniLM ->
+BERT-base), neither measured to transfer; a source whose grid does not cover the target's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+from .errors import ProfileError
+from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
+                        fit_point, fit_profile, trust)
+from .profiling.fingerprint import fingerprint_differences
+from .profiling.profile import (TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
+                                dropped_by_key, held_out_keys, measured_latency,
+                                shape_from_key, workload_key)
+from .profiling.protocol import Protocol, Workload
+from .shape import DesignSpace, Shape
+
+CANDIDATES = (0.0, 1.0, 3.0, 10.0)  # ridges compared by leave-one-shape-out (0: no prior)
+REPEAT_SHAPES = 2  # shapes re-measured at the end for the noise floor
+DEFAULT_MINUTES = 2.0
+MAX_SOURCES = 8
+METHOD = ("transfer: per precision, the fit with the least leave-one-shape-out error: direct "
+          "(as a profile without sources) or, per grid point, a non-negative mix of the "
+          "source profiles' predictions plus an offset (the sources chosen by "
+          "leave-one-shape-out error) with the coefficients refitted under a ridge towards "
+          "that scaled prior (NNLS on relative error); bilinear in batch and length between "
+          "grid points, percentiles = median x this profile's own mixed run spread")
+
+
+def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
+                 ) -> list[DeviceProfile]:
+    """The source profiles, each checked: finished, same device kind, one design space."""
+    if not paths:
+        raise ProfileError("--from needs at least one profile")
+    if len(paths) > MAX_SOURCES:
+        raise ProfileError(f"--from takes at most {MAX_SOURCES} profiles, got {len(paths)}")
+    sources = [DeviceProfile.load(p) for p in paths]
+    first = sources[0]
+    for s in sources:
+        if s.device != device:
+            raise ProfileError(
+                f"cannot transfer {s.path} (a {s.device} profile) to --device {device}: a "
+                "transfer across device kinds has not been shown to work; give a "
+                f"{device} profile or profile {device} directly (without --from)")
+        target = space if space is not None else first.space
+        if s.space != target:
+            raise ProfileError(
+                f"cannot transfer {s.path}: its design space ({_space_text(s.space)}) is not "
+                f"the one profiled here ({_space_text(target)}); a transfer across design "
+                "spaces has not been shown to work: give a profile of this design space or "
+                "profile it directly (without --from)")
+        missing = [w for w in first.model.grid
+                   if _covers(s.model, w) is False]
+        if missing:
+            raise ProfileError(f"cannot transfer {s.path}: its grid does not cover batch "
+                               f"{missing[0][0]} x {missing[0][1]} tokens of {first.path}'s "
+                               "grid; give profiles with the same grid")
+    if len({str(s.path.resolve()) for s in sources}) != len(sources):
+        raise ProfileError("--from names the same profile twice")
+    return sources
+
+
+def _covers(model: LatencyModel, w: Workload) -> bool:
+    try:
+        model.coef_at(model.precisions[0], *w)
+    except ProfileError:
+        return False
+    return True
+
+
+def _space_text(space: DesignSpace) -> str:
+    return (f"{space.num_layers} layers, hidden {space.hidden_size}, widths "
+            f"{','.join(map(str, space.widths))}")
+
+
+def target_protocol(sources: Sequence[DeviceProfile], threads: int,
+                    precisions: Sequence[str] | None) -> Protocol:
+    """The first source's grid, checks and reference, ``threads`` and the precisions every
+    source has (of those asked for); two re-measured shapes."""
+    have = [p for p in sources[0].precisions if all(p in s.precisions for s in sources)]
+    chosen = [p for p in have if precisions is None or p in precisions]
+    if not chosen:
+        asked = ", ".join(precisions or [])
+        raise ProfileError(f"the --from profiles have no precision in common with the one(s) "
+                           f"asked for ({asked or 'any'}); they have "
+                           f"{', '.join(have) or 'none in common'}")
+    p = sources[0].header.protocol
+    return Protocol(threads=threads, precisions=tuple(chosen), batches=p.batches,
+                    seq_lens=p.seq_lens, max_tokens=p.max_tokens,
+                    reference_batch=p.reference_batch, reference_seq_len=p.reference_seq_len,
+                    rounds=p.rounds, check_workloads=p.check_workloads,
+                    repeat_shapes=REPEAT_SHAPES)
+
+
+def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
+                    fingerprint: Fingerprint) -> Transfer:
+    """What ``profile.json`` keeps of the sources: who they are and their coefficients at
+    this profile's grid points (so the profile refits without them)."""
+    frozen = []
+    for s in sources:
+        data = (s.path / META_FILE).read_bytes()
+        frozen.append({
+            "profile": str(s.path), "fingerprint": s.header.fingerprint,
+            "created": s.header.created,
+            "predictor_sha256": hashlib.sha256(data).hexdigest(),
+            "held_out_mape": {p: s.model.metrics[p]["held_out"]["mape"]
+                              for p in s.precisions},
+            "coef": {p: {workload_key(w): [round(float(v), 10) for v in s.model.coef_at(p, *w)]
+                         for w in protocol.grid} for p in protocol.precisions}})
+    return {"method": METHOD, "ridges": list(CANDIDATES), "sources": frozen,
+            "differences": [fingerprint_differences(s.header.fingerprint, fingerprint)
+                            for s in sources], "direct_minutes": None}
+
+
+def penalty_scale(x: np.ndarray, space: DesignSpace) -> np.ndarray:
+    """Each coefficient's typical feature value: the mean over the fitted shapes and every
+    rectangle shape of the space (so a width no fitted shape uses is still held to its prior)."""
+    rect = features([Shape((w,) * space.num_layers, space) for w in space.widths])
+    return np.abs(np.vstack([x, rect])).mean(axis=0)
+
+
+def scale_fit(x: np.ndarray, y: np.ndarray, priors: Sequence[np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1: the non-negative mix of the priors' predictions plus an offset closest to
+    ``y`` in relative error; its coefficients and the mix (one weight per prior, offset)."""
+    from scipy.optimize import nnls
+
+    cols = np.column_stack([x @ p for p in priors] + [np.ones(len(y))])
+    mix = nnls(cols / y[:, None], np.ones(len(y)))[0]
+    coef = sum(m * p for m, p in zip(mix, priors))
+    coef = np.array(coef, dtype=np.float64)
+    coef[SMOOTH.index("constant")] += mix[-1]
+    return coef, mix
+
+
+def prior_fit(x: np.ndarray, y: np.ndarray, priors: Sequence[np.ndarray], scale: np.ndarray,
+              ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1 and 2 at one grid point: coefficients and the priors' mix. One trimmed refit
+    without measurements missed by more than 8% and 5 MADs, as the direct fit does."""
+    from scipy.optimize import nnls
+
+    def solve(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prior, mix = scale_fit(x[keep], y[keep], priors)
+        m = scale / float(np.mean(y[keep]))
+        m[SMOOTH.index("constant")] = 0.0  # the offset is this device's own
+        a = np.vstack([x[keep] / y[keep, None], np.sqrt(ridge) * np.diag(m)])
+        b = np.concatenate([np.ones(int(keep.sum())), np.sqrt(ridge) * m * prior])
+        return nnls(a, b)[0], mix
+
+    keep = np.ones(len(y), dtype=bool)
+    coef, mix = solve(keep)
+    rel = x @ coef / y - 1
+    mad = np.median(np.abs(rel - np.median(rel)))
+    keep = np.abs(rel) <= max(0.08, 5 * 1.4826 * mad)
+    if keep.sum() >= max(4, len(y) // 2) and not keep.all():
+        coef, mix = solve(keep)
+    return coef, mix
+
+
+def choose_sources(x: np.ndarray, y: np.ndarray, priors: Sequence[np.ndarray]) -> list[int]:
+    """Which priors to use at one grid point: each alone and all together, by the scaled
+    prior's leave-one-shape-out relative error (the first on ties)."""
+    if len(priors) == 1:
+        return [0]
+    subsets = [[i] for i in range(len(priors))] + [list(range(len(priors)))]
+    best, best_err = subsets[0], np.inf
+    for subset in subsets:
+        err = 0.0
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            coef, _ = scale_fit(x[keep], y[keep], [priors[k] for k in subset])
+            err += abs(float(x[i] @ coef) / y[i] - 1)
+        if err < best_err - 1e-12:
+            best, best_err = subset, err
+    return best
+
+
+def fit_transfer(header: ProfileHeader, records: list[dict[str, Any]],
+                 held_keys: set[str] | None = None) -> LatencyModel:
+    """This device's latency model from its transfer measurements and the frozen sources.
+
+    Per precision, the fit is chosen by leave-one-shape-out error over the fitted shapes
+    (pooled over the grid): the direct fit (``predictor.fit_point``, no prior) or the prior
+    fit at a ridge of 1, 3 or 10. Where the sources' structure does not hold here (int8 on
+    another ISA), the direct fit wins and the prior is not used; the held-out shapes never
+    take part in the choice."""
+    record = header.transfer
+    if not record:
+        raise ProfileError("this profile is not a transfer (no transfer record)")
+    space, protocol = header.space, header.protocol
+    chosen: dict[str, dict[str, Any]] = {}
+
+    def priors_at(precision: str, w: Workload) -> list[np.ndarray]:
+        return [np.asarray(s["coef"][precision][workload_key(w)]) for s in record["sources"]]
+
+    def fit_with(candidate: float, precision: str, w: Workload, x: np.ndarray, y: np.ndarray
+                 ) -> tuple[np.ndarray, Any]:
+        if candidate == 0:
+            return fit_point(x, y), None
+        scale = penalty_scale(x, space)
+        priors = priors_at(precision, w)
+        subset = choose_sources(x, y, priors)
+        coef, mix = prior_fit(x, y, [priors[i] for i in subset], scale, candidate)
+        return coef, {"sources": subset, "mix": [round(float(v), 6) for v in mix]}
+
+    main = measured_latency(records, "main")
+    gone = dropped_by_key(records)
+    for precision in protocol.precisions:
+        points = {w: main.get((precision, *w), {}) for w in protocol.grid}
+        keys = sorted(set.intersection(*(set(v) for v in points.values())))
+        shapes = [shape_from_key(k, space) for k in keys]
+        held = held_keys if held_keys is not None else held_out_keys(shapes)
+        train = [i for i, k in enumerate(keys) if k not in held]
+        x = features(shapes, [gone.get(k, []) for k in keys])[train]
+        errors = {}
+        if len(train) < 3:
+            raise ProfileError(f"the transfer has {len(train)} fitted {precision} shapes "
+                               "measured at every input size; it needs at least 3: run the "
+                               "same profile command again to finish it")
+        for candidate in CANDIDATES:
+            total = 0.0
+            for w in protocol.grid:
+                y = np.array([points[w][keys[i]] for i in train])
+                for i in range(len(train)):
+                    keep = np.arange(len(train)) != i
+                    coef, _ = fit_with(candidate, precision, w, x[keep], y[keep])
+                    total += abs(float(x[i] @ coef) / y[i] - 1)
+            errors[candidate] = total / (len(train) * len(protocol.grid))
+        best = min(CANDIDATES, key=lambda c: (errors[c], c))
+        chosen[precision] = {"fit": "direct" if best == 0 else "prior", "ridge": best,
+                             "loo_mape": {("direct" if c == 0 else f"prior ridge {c:g}"): e
+                                          for c, e in errors.items()},
+                             "by_workload": {}}
+
+    def full(precision: str, w: Workload, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        coef, detail = fit_with(chosen[precision]["ridge"], precision, w, x, y)
+        if detail is not None:
+            chosen[precision]["by_workload"][workload_key(w)] = detail
+        return coef
+
+    def prior_only(precision: str, w: Workload, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        priors = priors_at(precision, w)
+        subset = choose_sources(x, y, priors)
+        return scale_fit(x, y, [priors[i] for i in subset])[0]
+
+    scaled = fit_model(header, records, held_keys=held_keys, point_fit=prior_only,
+                       min_shapes=TRANSFER_MIN_SHAPES)
+    model = fit_model(header, records, held_keys=held_keys, point_fit=full,
+                      min_shapes=TRANSFER_MIN_SHAPES, method=record["method"])
+    for precision in model.precisions:
+        model.metrics[precision]["transfer"] = {
+            "prior_held_out": scaled.metrics[precision]["held_out"], **chosen[precision]}
+    return model
+
+
+def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
+    """For an unreliable transfer: what failed and what a direct profile would cost."""
+    record = header.transfer
+    t = trust(header, model)
+    if not record or t["reliable"]:
+        return None
+    prior = {p: model.metrics[p].get("transfer", {}).get("prior_held_out", {}).get("mape")
+             for p in model.precisions}
+    minutes = record.get("direct_minutes")
+    return ("the transfer did not reach the trust targets here ("
+            + "; ".join(t["reasons"]) + "; the scaled source alone: "
+            + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
+            + "): measure longer with --minutes, or profile this device directly"
+            + (f" (about {minutes:.0f} min for 40 shapes)" if minutes else ""))
+
+
+def refit(profile, progress=None) -> LatencyModel:
+    """Fit a finished transfer's measurements (what ``predictor.fit_profile`` does for a
+    direct profile), saving the predictor and plots."""
+    return fit_profile(profile, progress, fit=fit_transfer)

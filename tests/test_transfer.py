@@ -1,0 +1,240 @@
+"""Profile transfer (``shaperctl profile --from``): exact recovery on synthetic devices made
+by a known transform of a source, the refusals, the trust report, and the command."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from shaper_deploy.cli.main import main
+from shaper_deploy.errors import ProfileError
+from shaper_deploy.predictor import DeviceProfile, feature_names, features
+from shaper_deploy.profiling.profile import (held_out_keys, read_header, shape_key,
+                                             workload_key)
+from shaper_deploy.shape import DesignSpace
+from shaper_deploy.templates import sample_shapes
+from shaper_deploy.transfer import (fit_transfer, load_sources, prior_fit, transfer_advice,
+                                    transfer_record)
+
+from .conftest import PLAN_SPACE
+
+
+def law(scale: dict[str, float]) -> dict[str, dict[str, list[float]]]:
+    """Known coefficients per precision and grid point: a latency that grows with the shape
+    and the tokens (``scale`` weighs the terms: another device's structure)."""
+    names = feature_names(PLAN_SPACE)
+    out = {}
+    for precision, factor in (("fp32", 1.0), ("int8", 0.6)):
+        out[precision] = {}
+        for b, s in ((1, 8), (1, 16), (2, 8), (2, 16)):
+            coef = [0.0] * len(names)
+            for name, weight in scale.items():
+                coef[names.index(name)] = weight * factor * b * s / 16
+            coef[names.index("constant")] = 0.05
+            out[precision][workload_key((b, s))] = coef
+    return out
+
+
+def source_record(coef, name="src") -> dict:
+    return {"profile": name, "fingerprint": {}, "created": "", "predictor_sha256": "0" * 64,
+            "held_out_mape": {"fp32": 0.02, "int8": 0.02}, "coef": coef}
+
+
+def synthetic_records(header, truth, n=12, seed=5):
+    """Measurement lines of ``n`` shapes whose calm median is exactly ``truth(shape,
+    precision, workload)`` (the reference constant: no drift), held-out shapes also at the
+    check sizes."""
+    shapes = sample_shapes(PLAN_SPACE, n, seed)
+    held = held_out_keys(shapes)
+    records = []
+    for precision in header.protocol.precisions:
+        for shape in shapes:
+            k = shape_key(shape.widths)
+            for w in header.protocol.grid + (header.protocol.checks if k in held else []):
+                ms = truth(shape, precision, w)
+                records.append({
+                    "shape": list(shape.widths), "shape_key": k, "precision": precision,
+                    "batch": w[0], "seq_len": w[1], "phase": "main", "retry": False,
+                    "group": 0, "params": shape.params(), "reference_ms": 1.0,
+                    "median_ms": ms, "p90_ms": ms, "cv": 0.0, "round_medians": [ms, ms],
+                    "dropped": []})
+    return shapes, records
+
+
+def bilinear(coef, precision, w):
+    """The law at any size inside the grid (what the profile interpolates)."""
+    (b, s) = w
+    keys = {(1, 8), (1, 16), (2, 8), (2, 16)}
+    if w in keys:
+        return np.asarray(coef[precision][workload_key(w)])
+    tb, ts = (b - 1), (s - 8) / 8
+    get = lambda bb, ss: np.asarray(coef[precision][workload_key((bb, ss))])  # noqa: E731
+    return ((1 - tb) * (1 - ts) * get(1, 8) + (1 - tb) * ts * get(1, 16)
+            + tb * (1 - ts) * get(2, 8) + tb * ts * get(2, 16))
+
+
+@pytest.fixture(scope="module")
+def header(tiny_profile):
+    return read_header(tiny_profile)
+
+
+# Per-width costs (layers_W) make the laws something a direct fit of a few shapes cannot
+# recover (it pulls per-width corrections towards zero); the scaled prior can.
+A = law({"layer_width_sq": 1.0, "layers": 0.2, "transitions": 0.3, "layers_40": 0.5,
+         "layers_100": 0.3})
+B = law({"layer_width": 0.8, "layers": 0.1, "projections": 0.4, "layers_60": 0.6,
+         "layers_88": 0.2})
+
+
+def test_a_scaled_source_is_recovered_exactly(header):
+    """Target = 1.7 x source + 0.3 ms at every size: the transfer predicts it exactly on
+    shapes it never measured, and says the prior was used."""
+    h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
+                                  "sources": [source_record(A)], "direct_minutes": 3.0})
+
+    def truth(shape, precision, w):
+        return float(1.7 * features([shape])[0] @ bilinear(A, precision, w) + 0.3)
+
+    _, records = synthetic_records(h, truth)
+    model = fit_transfer(h, records)
+    others = sample_shapes(PLAN_SPACE, 30, seed=99)
+    for precision in ("fp32", "int8"):
+        for w in ((1, 8), (2, 16), (1, 12)):
+            got = model.predict(others, precision, *w)
+            want = np.array([truth(s, precision, w) for s in others])
+            assert np.max(np.abs(got / want - 1)) < 1e-6
+        info = model.metrics[precision]["transfer"]
+        assert info["fit"] == "prior"
+        assert info["prior_held_out"]["mape"] < 1e-6
+        assert model.metrics[precision]["held_out"]["mape"] < 1e-6
+        mix = info["by_workload"]["1x8"]["mix"]
+        assert mix[0] == pytest.approx(1.7, rel=1e-4) and mix[1] == pytest.approx(0.3, abs=1e-4)
+
+
+def test_two_sources_are_mixed_when_the_device_lies_between_them(header):
+    h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10],
+                                  "differences": [[], []], "direct_minutes": None,
+                                  "sources": [source_record(A, "a"), source_record(B, "b")]})
+
+    def truth(shape, precision, w):
+        x = features([shape])[0]
+        return float(0.6 * x @ bilinear(A, precision, w) + 0.9 * x @ bilinear(B, precision, w))
+
+    _, records = synthetic_records(h, truth)
+    model = fit_transfer(h, records)
+    others = sample_shapes(PLAN_SPACE, 30, seed=77)
+    got = model.predict(others, "fp32", 2, 16)
+    want = np.array([truth(s, "fp32", (2, 16)) for s in others])
+    assert np.max(np.abs(got / want - 1)) < 1e-6
+    assert model.metrics["fp32"]["transfer"]["by_workload"]["2x16"]["sources"] == [0, 1]
+    # one source alone cannot explain it: its scaled prediction misses
+    one = replace(h, transfer={**h.transfer, "sources": [source_record(A)],
+                               "differences": [[]]})
+    alone = fit_transfer(one, records)
+    assert alone.metrics["fp32"]["transfer"]["prior_held_out"]["mape"] > 0.01
+
+
+def test_a_source_whose_structure_does_not_hold_falls_back_to_the_direct_fit(header):
+    """This device's latency follows another law than the source's (a smooth one, which the
+    direct fit recovers): the leave-one-shape-out choice does not use the prior, and the
+    scaled source's held-out error says it did not transfer."""
+    h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
+                                  "sources": [source_record(B)], "direct_minutes": 3.0})
+    smooth = law({"layer_width_sq": 1.0, "layers": 0.2, "transitions": 0.3})
+
+    def truth(shape, precision, w):
+        return float(features([shape])[0] @ bilinear(smooth, precision, w))
+
+    _, records = synthetic_records(h, truth, n=16)
+    model = fit_transfer(h, records)
+    for precision in ("fp32", "int8"):
+        info = model.metrics[precision]["transfer"]
+        assert info["loo_mape"]["direct"] <= min(info["loo_mape"].values())
+        assert info["fit"] == "direct"
+        assert info["prior_held_out"]["mape"] > 0.05
+
+
+def test_ridge_towards_the_prior_keeps_an_unmeasured_width_at_its_prior():
+    """A width no fitted shape uses still costs what the (scaled) prior says."""
+    space = PLAN_SPACE
+    coef = np.asarray(A["fp32"]["1x16"])
+    names = feature_names(space)
+    coef = coef.copy()
+    coef[names.index(f"layers_{space.widths[-1]}")] = 0.7  # a per-width cost
+    shapes = [s for s in sample_shapes(space, 40, 3) if space.widths[-1] not in s.widths][:8]
+    x = features(shapes)
+    y = 2.0 * x @ coef
+    from shaper_deploy.transfer import penalty_scale
+
+    fitted, mix = prior_fit(x, y, [coef], penalty_scale(x, space), 3.0)
+    assert mix[0] == pytest.approx(2.0, rel=1e-6)
+    assert fitted[names.index(f"layers_{space.widths[-1]}")] == pytest.approx(1.4, rel=1e-3)
+
+
+def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
+    h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
+                                  "sources": [source_record(A)], "direct_minutes": 7.5})
+    rng = np.random.default_rng(0)
+
+    def truth(shape, precision, w):  # +-30% noise: nothing can be predicted within 5%
+        return float(features([shape])[0] @ bilinear(A, precision, w)) * rng.uniform(0.7, 1.3)
+
+    _, records = synthetic_records(h, truth)
+    model = fit_transfer(h, records)
+    advice = transfer_advice(h, model)
+    assert advice is not None and "about 8 min for 40 shapes" in advice
+    assert "held-out MAPE" in advice and "the scaled source alone" in advice
+
+
+def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
+    cuda = tmp_path / "cuda"
+    shutil.copytree(tiny_profile, cuda)
+    header = json.loads((cuda / "profile.json").read_text())
+    header["fingerprint"]["device"] = "cuda"
+    (cuda / "profile.json").write_text(json.dumps(header))
+    with pytest.raises(ProfileError, match="across device kinds has not been shown"):
+        load_sources([str(cuda)], "cpu", None)
+    other = DesignSpace.for_model(96, 4, 3, vocab_size=97, max_positions=64,
+                                  intermediate_size=384)
+    with pytest.raises(ProfileError, match="across design\\s+spaces has not been shown"):
+        load_sources([str(tiny_profile)], "cpu", other)
+    with pytest.raises(ProfileError, match="same profile twice"):
+        load_sources([str(tiny_profile), str(tiny_profile)], "cpu", None)
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(cuda), "--out",
+                                  str(tmp_path / "x")])
+    assert r.exit_code == 1 and "across device kinds" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
+                                  "--seq-len", "8", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "--seq-len cannot be given with --from" in r.stderr
+
+
+def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
+    out = tmp_path / "t"
+    args = ["profile", "--device", "cpu", "--from", str(tiny_profile), "--samples", "8",
+            "--out", str(out), "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output + r.stderr
+    data = json.loads(r.stdout)
+    assert data["transfer"]["sources"][0]["profile"] == str(tiny_profile)
+    assert data["transfer"]["direct_minutes"] > 0
+    assert data["sampling"]["samples"] == 8 and data["templates"] == {}
+    for precision in data["protocol"]["precisions"]:
+        m = data["predictor"][precision]
+        assert m["trained_on"] == 6 and m["held_out_shapes"] == 2
+        assert m["transfer"]["fit"] in ("direct", "prior")
+    assert set(data["trust"]) >= {"reliable", "reasons"}
+    p = DeviceProfile.load(out)
+    assert p.model.method.startswith("transfer")
+    assert "coef" in data["transfer"]["sources"][0]
+    lines = (out / "measurements.jsonl").read_text()
+    r = CliRunner().invoke(main, args)  # finished: nothing measured again
+    assert r.exit_code == 0 and (out / "measurements.jsonl").read_text() == lines
+    shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
+    assert "transferred from" in shown.stdout and str(tiny_profile) in shown.stdout
+    direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
+                                       "--samples", "12"])
+    assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr
