@@ -17,7 +17,11 @@ are the common yardstick); optionally real exported bundles timed at >= 4 input 
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
-        --supernet runs/minilm-super --work runs/transfer --out benchmarks/results/transfer_live_intel.json
+        --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer \\
+        --out benchmarks/results/transfer_live_intel_minilm.json
+    .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-bert-base \\
+        --minutes 2 4 --direct profiles/x86_64-2core-avx512-bert-base --work runs/transfer-bert \\
+        --out benchmarks/results/transfer_live_intel_bert_base.json
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ PAIRS = [("amd-epyc-zen4-2core-avx512-minilm", "x86_64-2core-avx512-minilm"),
          ("x86_64-2core-avx512-minilm", "amd-epyc-zen4-2core-avx512-minilm"),
          ("amd-epyc-zen4-2core-avx512-bert-base", "x86_64-2core-avx512-bert-base"),
          ("x86_64-2core-avx512-bert-base", "amd-epyc-zen4-2core-avx512-bert-base")]
-SIZES = (6, 8, 12, 16)
+SIZES = (8, 12, 16)
 DRAWS = 10
 
 
@@ -115,7 +119,7 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
             mine = [r for r in records if r["shape_key"] in chosen]
             held = held_out_keys([shape_from_key(k, target.space) for k in chosen])
             t = fit_transfer(header, mine, held_keys=held)
-            d = fit_model(header, mine, held_keys=held, min_shapes=6)
+            d = fit_model(header, mine, held_keys=held, min_shapes=8)
             draws["transfer"].append({"self": {p: t.metrics[p]["held_out"]["mape"]
                                                for p in t.precisions},
                                       **score_by_precision(t, target, records, rest)})
@@ -178,11 +182,14 @@ def live(args) -> dict:
         _shaperctl("profile", "--device", "cpu", *sum((["--from", str(p)] for p in args.sources), []),
                    "--minutes", f"{minutes:g}", "--out", str(out))
         profiles[f"transfer {minutes:g} min"] = out
-    direct = work / "direct"
-    cmd = ["profile", "--device", "cpu", "--out", str(direct)]
-    if args.supernet:
-        cmd += ["--supernet", str(args.supernet)]
-    _shaperctl(*cmd)
+    if args.direct is None:
+        direct = work / "direct"
+        cmd = ["profile", "--device", "cpu", "--out", str(direct)]
+        if args.supernet:
+            cmd += ["--supernet", str(args.supernet)]
+        _shaperctl(*cmd)
+    else:  # an existing direct profile of this machine class as the yardstick
+        direct = args.direct
     profiles["direct"] = direct
     loaded = {k: DeviceProfile.load(v) for k, v in profiles.items()}
     measured = {k: read_measurements(v) for k, v in profiles.items()}
@@ -233,6 +240,8 @@ def main() -> None:
     on.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1, 2, 4])
     on.add_argument("--supernet", type=Path, default=None)
     on.add_argument("--bundles-from", default=None)
+    on.add_argument("--direct", type=Path, default=None,
+                    help="Score against this existing direct profile instead of measuring one.")
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()

@@ -191,10 +191,15 @@ def _profile_text(d: dict) -> str:
                          f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "
                          f"{d['predictor'][precision]['held_out_shapes']} held-out shapes); "
                          f"planning margin x{d['margin'][precision]:.3f}"))
-        prior = d["predictor"][precision].get("transfer", {}).get("prior_held_out")
-        if prior:
-            rows.append(("", f"the scaled source alone: held-out MAPE {prior['mape']:.2%}, "
-                             f"{prior['within_10pct']:.0%} within +-10%"))
+        fit = d["predictor"][precision].get("transfer")
+        if fit:
+            prior = fit["prior_held_out"]
+            used = ("the sources as a prior (ridge " + f"{fit['ridge']:g})" if fit["fit"] ==
+                    "prior" else "a direct fit (the sources' prior did not help)")
+            rows.append(("", f"transfer: {used}, chosen by leave-one-shape-out MAPE ("
+                             + ", ".join(f"{k} {v:.1%}" for k, v in fit["loo_mape"].items())
+                             + f"); the scaled sources alone: held-out MAPE {prior['mape']:.2%}"
+                             f", {prior['within_10pct']:.0%} within +-10%"))
         tail = (d.get("tail") or {}).get(precision)
         if tail:
             lv = tail["levels"]

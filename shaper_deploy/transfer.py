@@ -30,7 +30,6 @@ BERT-base), neither measured to transfer; a source whose grid does not cover the
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -58,7 +57,9 @@ METHOD = ("transfer: per precision, the fit with the least leave-one-shape-out e
 
 def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                  ) -> list[DeviceProfile]:
-    """The source profiles, each checked: finished, same device kind, one design space."""
+    """The source profiles, each checked: finished, same device kind, one design space. A
+    source marked unreliable is accepted: it is only a prior, and the transfer is judged on
+    its own held-out shapes."""
     if not paths:
         raise ProfileError("--from needs at least one profile")
     if len(paths) > MAX_SOURCES:
@@ -78,8 +79,7 @@ def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                 f"the one profiled here ({_space_text(target)}); a transfer across design "
                 "spaces has not been shown to work: give a profile of this design space or "
                 "profile it directly (without --from)")
-        missing = [w for w in first.model.grid
-                   if _covers(s.model, w) is False]
+        missing = [w for w in first.model.grid if not _covers(s.model, w)]
         if missing:
             raise ProfileError(f"cannot transfer {s.path}: its grid does not cover batch "
                                f"{missing[0][0]} x {missing[0][1]} tokens of {first.path}'s "
@@ -126,12 +126,10 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
     """What ``profile.json`` keeps of the sources: who they are and their coefficients at
     this profile's grid points (so the profile refits without them)."""
     frozen = []
-    for s in sources:
-        data = (s.path / META_FILE).read_bytes()
+    for s in sources:  # DeviceProfile.load verified predictor.json against this sum
         frozen.append({
             "profile": str(s.path), "fingerprint": s.header.fingerprint,
-            "created": s.header.created,
-            "predictor_sha256": hashlib.sha256(data).hexdigest(),
+            "created": s.header.created, "predictor_sha256": s.header.files[META_FILE],
             "held_out_mape": {p: s.model.metrics[p]["held_out"]["mape"]
                               for p in s.precisions},
             "coef": {p: {workload_key(w): [round(float(v), 10) for v in s.model.coef_at(p, *w)]
