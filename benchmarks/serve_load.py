@@ -1,7 +1,9 @@
 """``shaperctl serve`` under load and faults, beside the in-process ``Bundle``.
 
-1. In-process: one ``Bundle.embed`` of one ~128-token text at a time for --seconds (p50/p90/p99).
-2. One client against the server for --seconds: the server's overhead at p50.
+1-2. One ~128-token text at a time for --seconds blocks of 1 s per route, interleaved: the
+   in-process ``Bundle.embed``, and one client against the server, with tritonclient.http
+   (binary tensor output: the documented V2 client) and with requests (JSON); the server's
+   overhead at p50 per client = its p50 over the in-process p50, from the same periods.
 3. --clients clients for --load-seconds, each text's embedding compared with the in-process one
    (max |diff|), while one more thread sends --faults malformed requests: every one must be a
    4xx, no good request lost, the server ready afterwards.
@@ -65,18 +67,7 @@ def main() -> None:
     texts = [_text(i) for i in range(16)]
     bundle = Bundle.load(args.bundle)
     want = {t: bundle.embed([t], "mean", True)[0] for t in texts}
-    times = []
-    end = time.perf_counter() + args.seconds
-    i = 0
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        bundle.embed([texts[i % 16]], "mean", True)
-        times.append((time.perf_counter() - t) * 1000)
-        i += 1
-    in_process = {"runs": len(times), **_pct(times),
-                  "tokens": int(bundle.encode([texts[0]]).feeds["input_ids"].shape[1])}
-    del bundle
-    print("in-process", in_process, file=sys.stderr)
+    tokens = int(bundle.encode([texts[0]]).feeds["input_ids"].shape[1])
 
     log = tempfile.TemporaryFile(mode="w+")
     port = free_port()
@@ -85,6 +76,49 @@ def main() -> None:
 
     def body(t):
         return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}]}
+
+    import tritonclient.http as httpclient
+
+    triton = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    session = requests.Session()
+
+    def one(kind: str, t: str) -> np.ndarray:
+        """One text through one route; its embedding."""
+        if kind == "in_process":
+            return bundle.embed([t], "mean", True)[0]
+        if kind == "tritonclient_binary":
+            x = httpclient.InferInput("text", [1], "BYTES")
+            x.set_data_from_numpy(np.array([t.encode()], dtype=object))
+            return triton.infer("m", [x], outputs=[httpclient.InferRequestedOutput(
+                "embedding", binary_data=True)]).as_numpy("embedding")[0]
+        r = session.post(url, json=body(t), timeout=60)
+        r.raise_for_status()
+        return np.array(r.json()["outputs"][0]["data"], dtype=np.float32)
+
+    # One request at a time, the routes interleaved in blocks of ~1 s, so every route sees
+    # the same periods of this machine (its speed moves by minutes).
+    kinds = ("in_process", "tritonclient_binary", "requests_json")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    diffs1: list[float] = []
+    blocks = max(3, round(args.seconds))
+    k = 0
+    for _ in range(blocks):
+        for kind in kinds:
+            end = time.perf_counter() + 1.0
+            while time.perf_counter() < end:
+                t = texts[k % 16]
+                k += 1
+                start = time.perf_counter()
+                got = one(kind, t)
+                times[kind].append((time.perf_counter() - start) * 1000)
+                diffs1.append(float(np.abs(got - want[t]).max()))
+            time.sleep(0.05)
+    in_process = {"runs": len(times["in_process"]), **_pct(times["in_process"]),
+                  "tokens": tokens}
+    clients = {kind: {"requests": len(times[kind]), **_pct(times[kind])}
+               for kind in kinds[1:]}
+    single = {**clients, "blocks": blocks, "max_abs_diff": max(diffs1)}
+    print("in-process", in_process, "one client", single, file=sys.stderr)
 
     def client(seconds, out, diffs, errors, seed):
         end = time.perf_counter() + seconds
@@ -105,12 +139,6 @@ def main() -> None:
                     continue
                 got = np.array(r.json()["outputs"][0]["data"], dtype=np.float32)
                 diffs.append(float(np.abs(got - want[t]).max()))
-
-    one, diffs1, errors1 = [], [], []
-    client(args.seconds, one, diffs1, errors1, 0)
-    single = {"requests": len(one), **_pct(one), "errors": len(errors1),
-              "max_abs_diff": max(diffs1)}
-    print("one client", single, file=sys.stderr)
 
     lat, diffs, errors = [], [], []
     faults: list[int] = []
@@ -145,7 +173,9 @@ def main() -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     result = {"benchmark": "serve_load", "bundle": str(args.bundle), "in_process": in_process,
-              "one_client": single, "overhead_p50": single["p50_ms"] / in_process["p50_ms"] - 1,
+              "one_client": single,
+              "overhead_p50": {kind: c["p50_ms"] / in_process["p50_ms"] - 1
+                               for kind, c in clients.items()},
               "load": load, "first_start_s": first_start_s, "restart_after_kill9_s": restart_s}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -390,7 +390,8 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
 
     Every bundle is verified and loaded before a port opens. V2 inputs: 'text' (BYTES [N]) ->
     'embedding' FP32 [N, D] (fill-mask bundles: 'fill_mask'), or input_ids + attention_mask
-    (+ token_type_ids) INT64 [B, S] -> the graph's outputs. See docs/serving.md.
+    (+ token_type_ids) INT64 [B, S] -> the graph's outputs; JSON numbers, or the binary
+    tensor extension where the request asks (binary_data_output). See docs/serving.md.
 
     \b
     Examples:

@@ -118,8 +118,13 @@ class BundleModel(kserve.Model):
     async def predict(self, payload, headers=None, response_headers=None):
         if isinstance(payload, InferRequest):
             outputs = await self._v2(payload)
+            # Arrays stay arrays: KServe encodes them once, as JSON or, where the request
+            # asks (binary_data_output, or per output; tritonclient's default), in the
+            # binary tensor extension, and returns only the outputs the request names.
             return InferResponse(response_id=payload.id or "", model_name=self.name,
-                                 infer_outputs=outputs)
+                                 infer_outputs=outputs,
+                                 use_binary_outputs=payload.use_binary_outputs,
+                                 requested_outputs=payload.request_outputs)
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
             raise InvalidInput('a V1 request is {"instances": ["text", ...]}')
         texts = [self._text(t, i) for i, t in enumerate(payload["instances"])]
@@ -145,8 +150,8 @@ class BundleModel(kserve.Model):
             texts = [self._text(t, i) for i, t in enumerate(raw)]
             result = await self._texts(texts)
             if isinstance(result, np.ndarray):
-                out = InferOutput("embedding", list(result.shape), "FP32")
-                out.set_data_from_numpy(result.astype(np.float32), binary_data=False)
+                out = InferOutput("embedding", list(result.shape), "FP32",
+                                  data=result.astype(np.float32))
             else:
                 out = InferOutput("fill_mask", [len(result)], "BYTES",
                                   data=[json.dumps(r) for r in result])
@@ -165,9 +170,8 @@ class BundleModel(kserve.Model):
             result = await asyncio.to_thread(self.bundle.run, feeds)
             outs = []
             for name, value in result.items():
-                out = InferOutput(name, list(value.shape), "FP32")
-                out.set_data_from_numpy(value.astype(np.float32), binary_data=False)
-                outs.append(out)
+                outs.append(InferOutput(name, list(value.shape), "FP32",
+                                        data=value.astype(np.float32)))
             return outs
         allowed = ", ".join(self.bundle.manifest.inputs)
         raise InvalidInput(f"inputs {given} are not this model's: send 'text' (BYTES [N]) "

@@ -88,6 +88,13 @@ def test_v2_text_and_token_ids_agree_with_the_bundle(served):
     got = client.infer("tiny", [text]).as_numpy("embedding")
     want = bundle.embed(texts, "mean", True)
     assert got.shape == (2, 48) and np.allclose(got, want, atol=1e-5)
+    for binary in (True, False):  # the binary tensor extension when asked for, else JSON
+        result = client.infer("tiny", [text], outputs=[
+            httpclient.InferRequestedOutput("embedding", binary_data=binary)])
+        out = result.get_response()["outputs"][0]
+        assert ("binary_data_size" in (out.get("parameters") or {})) == binary
+        assert ("data" in out) != binary
+        assert np.array_equal(result.as_numpy("embedding"), got)
     feeds = bundle.encode(texts).feeds
     tensors = []
     for name in ("input_ids", "attention_mask", "token_type_ids"):
