@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -226,7 +227,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
     if model.space != space:
         raise click.ClickException("the quality predictor covers another design space than "
                                    "the super network")
-    latency = None
+    latency: Callable[[list], Any] | None = None
     if profile_path is not None:
         from shaper_deploy.predictor import DeviceProfile
 
@@ -238,9 +239,10 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         precision = device_profile.precisions[0]
         workload = device_profile.reference_workload
 
-        def latency(shapes):  # the planner's safe estimate: the percentile x margin, reference size
+        def predicted(shapes):  # the planner's safe estimate: the percentile x margin, reference size
             return (device_profile.predict(shapes, precision, *workload, percentile)
                     * device_profile.margin(precision))
+        latency = predicted
     limit = None
     if latency_text:
         if profile_path is None:

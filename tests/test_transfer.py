@@ -16,8 +16,7 @@ from shaper_deploy.profiling.profile import (held_out_keys, read_header, shape_k
                                              workload_key)
 from shaper_deploy.shape import DesignSpace
 from shaper_deploy.templates import sample_shapes
-from shaper_deploy.transfer import (fit_transfer, load_sources, prior_fit, transfer_advice,
-                                    transfer_record)
+from shaper_deploy.transfer import fit_transfer, load_sources, prior_fit, transfer_advice
 
 from .conftest import PLAN_SPACE
 
