@@ -539,6 +539,7 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
     v = json.loads(r.stdout)["verification"]
     assert v["within_budget"] and v["runs"] >= 10 and v["percentile"] == 90
     assert v["estimated_ms"] == pytest.approx(v["intrinsic_ms"] * 1.2)
+    assert v["judged_ms"] == max(v["estimated_ms"], v["observed_ms"])
     from shaper_deploy.bundle import BundleManifest
 
     recorded = BundleManifest.read(tmp_path / "b").plan
@@ -550,3 +551,30 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
     assert r.exit_code == 3 and "OVER the" in r.stdout
     assert BundleManifest.read(tmp_path / "b").plan["target"]["verified"] is False
+
+
+def test_a_lasting_slowdown_is_not_divided_out_of_the_verdict(profile, supernet, tmp_path,
+                                                             monkeypatch):
+    """The machine runs 3x slower than its profile for the whole measurement: the calm
+    estimate (drift divided out) is within the budget, the requests just timed are not, and
+    verify says over budget (exit 3) instead of passing on the estimate."""
+    import shaper_deploy.predictor as predictor
+
+    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                      measure=Scripted(profile, {"fp32": 1.0}))
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    budget = manifest["plan"]["budget_ms"] = 1.0  # a budget the calm estimate meets
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
+    calm = 0.5 / 1.2  # x the scripted tail factor 1.2: 0.5 ms estimated
+
+    def slow(model, header, ref_ms, precision, workload, device, seconds):
+        return {"measured_ms": 3 * calm, "intrinsic_ms": calm, "drift": 3.0,
+                "times": [3 * calm * 2.0] * 50, "seconds": 1.0}  # observed 2.5 ms
+
+    monkeypatch.setattr(predictor, "measure_model", slow)
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
+    assert r.exit_code == 3, r.output
+    v = json.loads(r.stdout)["verification"]
+    assert v["estimated_ms"] == pytest.approx(0.5) and v["estimated_ms"] < budget
+    assert v["observed_ms"] == pytest.approx(2.5) and v["judged_ms"] == pytest.approx(2.5)
+    assert not v["within_budget"] and not v["observed_within_budget"]
