@@ -34,8 +34,8 @@ from .io import atomic_write_bytes, read_manifest
 from .promise import DEFAULT_PERCENTILE, TAIL_LEVELS
 from .schema import Count, validated
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
-from .profiling.profile import (HEADER, MEASUREMENTS, ProfileHeader, calm_reference,
-                                dropped_by_key, held_out_keys, machine_factor, measure_model,
+from .profiling.profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
+                                calm_reference, dropped_by_key, held_out_keys, machine_factor, measure_model,
                                 measured_latency, noise_floor, read_header, read_measurements,
                                 reference_spread, shape_from_key, verify_file, workload_key,
                                 write_header)
@@ -301,7 +301,7 @@ PointFit = Callable[[str, Workload, np.ndarray, np.ndarray], np.ndarray]
 
 def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
               held_out: float = 0.25, held_keys: set[str] | None = None,
-              point_fit: PointFit | None = None, min_shapes: int = 12,
+              point_fit: PointFit | None = None, min_shapes: int = MIN_SHAPES,
               method: str | None = None) -> LatencyModel:
     """Fit on 3 of 4 shapes, measure the error on the rest (at grid and at check sizes),
     then refit every grid point on all shapes for the saved model. ``held_keys`` fixes the

@@ -332,14 +332,13 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
         differences += [f"{key} {k}: {old.get(k)!r} vs {new.get(k)!r}"
                         for k in sorted(set(old) | set(new))
                         if old.get(k) != new.get(k) and k not in free.get(key, ())]
-    def sources(h: ProfileHeader) -> list[str]:
-        return [x["predictor_sha256"] for x in (h.transfer or {}).get("sources", [])]
 
-    if sources(existing) != sources(plan):
-        differences.append("transfer sources " + (", ".join(
-            x["profile"] for x in existing.transfer["sources"]) if existing.transfer
-            else "none") + " vs " + (", ".join(x["profile"] for x in plan.transfer["sources"])
-                                     if plan.transfer else "none"))
+    def sources(h: ProfileHeader, field: str) -> list[str]:
+        return [x[field] for x in (h.transfer or {}).get("sources", [])]
+
+    if sources(existing, "predictor_sha256") != sources(plan, "predictor_sha256"):
+        differences.append(f"transfer sources {sources(existing, 'profile') or 'none'} vs "
+                           f"{sources(plan, 'profile') or 'none'}")
     extra = set(existing.protocol.precisions) - set(plan.protocol.precisions)
     if extra:
         differences.append(f"precisions {sorted(extra)} were measured but not asked for now")
