@@ -150,8 +150,7 @@ class BundleModel(kserve.Model):
             texts = [self._text(t, i) for i, t in enumerate(raw)]
             result = await self._texts(texts)
             if isinstance(result, np.ndarray):
-                out = InferOutput("embedding", list(result.shape), "FP32",
-                                  data=result.astype(np.float32))
+                out = _output(request, "embedding", result)
             else:
                 out = InferOutput("fill_mask", [len(result)], "BYTES",
                                   data=[json.dumps(r) for r in result])
@@ -170,8 +169,7 @@ class BundleModel(kserve.Model):
             result = await asyncio.to_thread(self.bundle.run, feeds)
             outs = []
             for name, value in result.items():
-                outs.append(InferOutput(name, list(value.shape), "FP32",
-                                        data=value.astype(np.float32)))
+                outs.append(_output(request, name, value))
             return outs
         allowed = ", ".join(self.bundle.manifest.inputs)
         raise InvalidInput(f"inputs {given} are not this model's: send 'text' (BYTES [N]) "
@@ -293,6 +291,18 @@ class BundleModel(kserve.Model):
         if not feeds["attention_mask"][:, 0].all():
             raise InvalidInput("attention_mask must be 1 at the first token of every row")
 
+
+
+def _output(request, name: str, array: np.ndarray) -> InferOutput:
+    """An FP32 output. Over REST it stays an array, which KServe encodes once as the request
+    asks (JSON or the binary extension); over gRPC it is a list, which KServe 0.21's
+    ``to_grpc`` needs (an array there fails a truth test: a 500 on every raw-input request)."""
+    array = array.astype(np.float32)
+    if request.from_grpc:
+        out = InferOutput(name, list(array.shape), "FP32")
+        out.set_data_from_numpy(array, binary_data=False)
+        return out
+    return InferOutput(name, list(array.shape), "FP32", data=array)
 
 
 class BoundRESTServer(model_server.RESTServer):

@@ -258,3 +258,53 @@ def test_two_workers_serve_and_stop(served):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert codes == [200] * 6 and proc.returncode == 0
+
+
+def test_grpc_v2_text_and_a_bad_request(served):
+    """With --grpc-port, KServe's gRPC endpoint answers V2 as REST does (KServe's own gRPC
+    client; tritonclient.grpc's protobufs clash with KServe's in one process): the same
+    embeddings as the bundle, and a client's mistake is INVALID_ARGUMENT."""
+    import asyncio
+
+    import grpc
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    from shaper_deploy.serving import Bundle
+
+    root, _, _ = served
+    port, grpc_port = _free_port(), _free_port()
+    proc = _start([str(root / "b"), "--name", "tiny", "--grpc-port", str(grpc_port)], port)
+    texts = ["the model is fast", "we deploy bert on device"]
+
+    def request(name: str, values: list[str]) -> InferRequest:
+        tensor = InferInput(name, [len(values)], "BYTES")
+        tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
+        return InferRequest(model_name="tiny", infer_inputs=[tensor])
+
+    async def talk():
+        async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
+            for _ in range(100):
+                try:
+                    if await client.is_model_ready("tiny"):
+                        break
+                except grpc.RpcError:
+                    await asyncio.sleep(0.2)
+            good = await client.infer(request("text", texts))
+            try:
+                await client.infer(request("txt", ["x"]))
+                bad = None
+            except grpc.RpcError as exc:
+                bad = exc
+            return good, bad, await client.is_server_ready()
+
+    try:
+        good, bad, ready = asyncio.run(talk())
+        got = good.outputs[0].as_numpy()
+        want = Bundle.load(root / "b").embed(texts, "mean", True)
+        assert good.outputs[0].name == "embedding" and got.shape == (2, 48)
+        assert np.allclose(got, want, atol=1e-5)
+        assert bad is not None and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not this model's" in bad.details() and ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
