@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from shaper_deploy.runtime import DEVICES
+from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (emit, json_option, millions, percentile_option, progress, table,
                      widths_option)
@@ -39,7 +39,7 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
                    "reference length, 128).")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True,
               help="Provider the budget is for; must match the profile.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto",
               show_default=True,
               help="With --latency: auto exports the best shape at each precision the device "
                    "runs and keeps the one closest to the full model; fp32/int8 force one.")

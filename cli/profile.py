@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from shaper_deploy.runtime import DEVICES
+from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (ShaperGroup, emit, int_list, json_option, millions, percentile_option,
                      progress, table, widths_option)
@@ -240,7 +240,7 @@ def _graph_line(g: dict) -> str:
               help="A finished profile folder.")
 @click.option("--shape", "shape_text", required=True,
               help="Widths per layer: '360,240,...', '360x12', '240x4,480x8' or a JSON file.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Default: every precision the profile has.")
 @click.option("--batch", type=click.IntRange(1), default=None,
               help="Rows per inference (default: the profile's reference batch).")

@@ -49,7 +49,7 @@ from .io import atomic_dir, check_output_dir
 from .predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
 from .quantize import int8_record
 from .runtime import (DEVICE_PRECISIONS, feeds_from_encodings, int8_format, make_session,
-                      padded_tokenizer)
+                      padded_tokenizer, precision_problem)
 from .shape import Shape
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
@@ -233,9 +233,9 @@ def allowed_precisions(profile: DeviceProfile, device: str, precision: str) -> l
     """The precisions a plan compares: ``precision`` (or, for auto, every one the device
     runs and the profile has); refuses one the device or profile lacks."""
     if precision != "auto":
-        if precision not in DEVICE_PRECISIONS[device]:
-            raise PlannerError(f"{precision} does not run on {device}; allowed there: "
-                               f"{', '.join(DEVICE_PRECISIONS[device])}")
+        problem = precision_problem(device, precision)
+        if problem:
+            raise PlannerError(f"{precision} does not run on {device}: {problem}")
         if precision not in profile.precisions:
             raise PlannerError(f"profile {profile.path} has no {precision} measurements (it has "
                                f"{', '.join(profile.precisions)}); remake it with --precision "

@@ -16,7 +16,20 @@ from .errors import DeviceError
 # What each device runs, in one place: its ONNX Runtime provider, and the precisions that
 # profiles and plans may use there (dynamic int8 is a CPU-provider kernel set).
 DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32",)}
+PRECISIONS = ("fp32", "int8")  # every precision a profile, plan or bundle may have
+DEVICE_PRECISIONS = {"cpu": PRECISIONS, "cuda": ("fp32",)}
+# Why a precision does not run on a device: the one statement every check quotes.
+NOT_HERE = {("cuda", "int8"): "ONNX Runtime's dynamic int8 quantization runs on the CPU "
+                              "provider only"}
+
+
+def precision_problem(device: str, precision: str) -> str | None:
+    """Why ``precision`` cannot run on ``device`` (None when it can): the reason and what is
+    allowed there, for a check to raise in its own words."""
+    if precision in DEVICE_PRECISIONS.get(device, ()):
+        return None
+    why = NOT_HERE.get((device, precision), f"{precision} is not a precision of {device}")
+    return f"{why}; allowed on {device}: {', '.join(DEVICE_PRECISIONS.get(device, ()))}"
 MAX_THREADS = 1024  # intra-op threads any session (here or on a server) is given
 THREADS_PER_CORE_HERE = 4  # a session made on this machine: more is oversubscription
 

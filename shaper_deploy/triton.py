@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from .errors import ServingError
 from .io import atomic_dir, check_not_input, check_output_dir
 from .bundle import BundleManifest
-from .runtime import MAX_THREADS
+from .runtime import MAX_THREADS, precision_problem
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
@@ -135,9 +135,11 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
     for bundle, name in zip(bundles, names):  # check everything before writing anything
         manifest = BundleManifest.read(bundle)
         model_file = manifest.default_model
-        if options.device == "cuda" and manifest.files[model_file].get("precision") == "int8":
-            raise ServingError(f"bundle {bundle} serves dynamic int8, which ONNX Runtime runs "
-                               "on the CPU provider only; use --device cpu or an fp32 bundle")
+        problem = precision_problem(options.device,
+                                    manifest.files[model_file].get("precision") or "fp32")
+        if problem:
+            raise ServingError(f"bundle {bundle} cannot be served on {options.device}: "
+                               f"{problem}; use another --device or an fp32 bundle")
         extras = [n for n in TOKENIZER_FILES if n in manifest.files]  # hashed while copied
         check_output_dir(out / name, force)
         threads = options.threads

@@ -236,7 +236,7 @@ def test_profile_end_to_end_resume_and_refusals(tmp_path):
 
 
 def test_cuda_requests_never_fall_back_to_cpu(tmp_path):
-    with pytest.raises(ProfileError, match="int8 cannot be profiled on cuda"):
+    with pytest.raises(ProfileError, match="int8 cannot be profiled on cuda: ONNX Runtime's dynamic int8"):
         run_profile(tmp_path / "gpu", "cuda", fast_protocol(), TINY, samples=12)
     with pytest.raises(DeviceError, match="cuda"):
         run_profile(tmp_path / "gpu", "cuda", fast_protocol(precisions=("fp32",)), TINY,

@@ -29,7 +29,7 @@ from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest, sha256_file
 from ..schema import Count, Positive, Sha256, validated, validated_json
 from ..quantize import int8_record, quantize_int8
-from ..runtime import check_threads, int8_format, make_session
+from ..runtime import check_threads, int8_format, make_session, precision_problem
 from ..shape import Shape, identity_projections, reject_unknown_fields
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
@@ -409,9 +409,11 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     if too_long:
         raise ProfileError(f"--seq-len {too_long[0]} exceeds the model's {space.max_positions} "
                            "positions")
-    if device == "cuda" and "int8" in protocol.precisions:
-        raise ProfileError("int8 cannot be profiled on cuda: ONNX Runtime's dynamic int8 "
-                           "quantization runs on the CPU provider only; pass --precision fp32")
+    for precision in protocol.precisions:
+        problem = precision_problem(device, precision)
+        if problem:
+            raise ProfileError(f"{precision} cannot be profiled on {device}: {problem}; pass "
+                               "--precision with those")
     plan = new_header(device, protocol, config, samples or least, seed, source or {})
     if transfer:  # few shapes: spread over the parameter range, not 5 templates at one size
         plan.transfer, plan.templates = transfer, {}

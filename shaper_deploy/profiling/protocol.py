@@ -29,9 +29,9 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..errors import ProfileError
+from ..runtime import PRECISIONS
 from ..shape import reject_unknown_fields
 
-PRECISIONS = ("fp32", "int8")
 Workload = tuple[int, int]  # (batch, sequence length)
 # Sizes the predictor is checked at and never fitted on (held-out input sizes), where the
 # grid covers them: between grid lengths, and batches between grid batches.
