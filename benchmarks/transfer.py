@@ -216,10 +216,13 @@ def live(args) -> dict:
             + "; on direct's shapes: " + "; ".join(
                 f"{q} {v['mape']:.1%}" for q, v in row["on_others"].get("direct", {}).items()),
             file=sys.stderr)
+    from workload_profile import learning_curve
+
     result = {"benchmark": "transfer_live", "sources": [str(s) for s in args.sources],
-              "machine": loaded["direct"].header.fingerprint, "rows": rows}
+              "machine": loaded["direct"].header.fingerprint, "rows": rows,
+              "direct_learning_curve": learning_curve(loaded["direct"])}
     if args.supernet:
-        from workload_profile import WORKLOADS, SHAPES, _errors, real_bundles
+        from workload_profile import SHAPES, WORKLOADS, _errors, real_bundles
 
         best = loaded[f"transfer {max(args.minutes):g} min"] if args.bundles_from is None \
             else loaded[args.bundles_from]
