@@ -22,7 +22,7 @@ step "1. all-MiniLM-L6-v2 becomes a super network (identity bottlenecks)"
 "$BIN/shaperctl" supernet init --from-hf "$MINILM" --out "$RUNS/minilm-super" --force
 "$BIN/shaperctl" supernet info "$RUNS/minilm-super"
 
-step "2. this machine's own latency profile in about 2 minutes, transferred from the shipped ones"
+step "2. this machine's own latency profile in about 3-4 minutes, transferred from the shipped ones"
 "$BIN/shaperctl" profiles list profiles >&2
 # Shipped profiles describe other machines (or this class on another day: one fingerprint
 # covered hosts 11-19% apart, docs/benchmarks.md), so the demo measures this one: a transfer
@@ -36,7 +36,7 @@ for p in json.load(sys.stdin)["profiles"]:
 PROFILE=$RUNS/profile-this-machine
 EXTRA=()
 rm -rf "$PROFILE"
-"$BIN/shaperctl" profile --device cpu "${SOURCES[@]}" --minutes 2 --out "$PROFILE" > /dev/null
+"$BIN/shaperctl" profile --device cpu "${SOURCES[@]}" --minutes 4 --out "$PROFILE" > /dev/null
 if ! "$BIN/shaperctl" profiles show "$PROFILE" --json | "$BIN/python" -c '
 import json, sys; sys.exit(0 if json.load(sys.stdin)["trust"]["reliable"] else 1)'; then
   echo "the transfer missed the trust thresholds (see below); planning with it anyway, and verifying the result" >&2
