@@ -333,3 +333,16 @@ def identity_projections(shape: "Shape") -> list[str]:
     return ((["proj_in"] if w[0] == D else [])
             + [f"transitions.{i}" for i in range(len(w) - 1) if w[i] == w[i + 1]]
             + (["proj_out"] if w[-1] == D else []))
+
+
+def held_out_mask(params, held_out: float = 0.25):
+    """A deterministic held-out mask spread evenly over the parameter range: every
+    ``1 / held_out``-th shape by parameter count. One split for the latency and the quality
+    predictors (profiling and training both import it from here)."""
+    import numpy as np
+
+    order = np.argsort(np.asarray(params), kind="stable")
+    step = max(2, round(1 / held_out))
+    mask = np.zeros(len(order), dtype=bool)
+    mask[order[step // 2::step]] = True
+    return mask

@@ -30,7 +30,7 @@ from ..io import atomic_write_bytes, read_manifest, sha256_file
 from ..schema import Count, Positive, Sha256, validated, validated_json
 from ..quantize import int8_record, quantize_int8
 from ..runtime import check_threads, int8_format, make_session, precision_problem
-from ..shape import Shape, identity_projections, reject_unknown_fields
+from ..shape import Shape, held_out_mask, identity_projections, reject_unknown_fields
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .fingerprint import device_fingerprint, fingerprint_differences
@@ -55,17 +55,6 @@ def shape_from_key(key: str, space) -> Shape:
 
 def workload_key(workload: Workload) -> str:
     return f"{workload[0]}x{workload[1]}"
-
-
-def held_out_mask(params, held_out: float = 0.25):
-    """A deterministic held-out mask spread evenly over the parameter range."""
-    import numpy as np
-
-    order = np.argsort(np.asarray(params), kind="stable")
-    step = max(2, round(1 / held_out))
-    mask = np.zeros(len(order), dtype=bool)
-    mask[order[step // 2::step]] = True
-    return mask
 
 
 def held_out_keys(shapes: Iterable[Shape], held_out: float = 0.25) -> set[str]:

@@ -25,7 +25,7 @@ from ..errors import TrainingError
 from ..fidelity import embedding_fidelity
 from ..io import atomic_write_bytes, read_regular
 from ..schema import MAX_JSON_BYTES, Count, parse_json, validated
-from ..profiling.profile import held_out_mask
+from ..shape import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
 from ..templates import sample_shapes

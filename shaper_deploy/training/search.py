@@ -32,7 +32,7 @@ class SearchConfig:
 
 
 @dataclass
-class Candidate:
+class SearchCandidate:
     shape: Shape
     quality: float
     params: int
@@ -45,8 +45,8 @@ class Candidate:
 
 @dataclass
 class SearchResult:
-    best: Candidate
-    pareto: list[Candidate]  # best quality for its parameter count, by increasing count
+    best: SearchCandidate
+    pareto: list[SearchCandidate]  # best quality for its parameter count, by increasing count
     evaluated: int
 
 
@@ -59,7 +59,7 @@ def evolutionary_search(space: DesignSpace, quality: Model, higher_is_better: bo
         raise TrainingError("a latency limit needs a latency model (a profile)")
     rng = random.Random(config.seed)
     sign = 1.0 if higher_is_better else -1.0
-    seen: dict[tuple[int, ...], Candidate] = {}
+    seen: dict[tuple[int, ...], SearchCandidate] = {}
 
     def feasible(shapes: list[Shape]) -> list[Shape]:
         shapes = [s for s in dict.fromkeys(shapes) if s.widths not in seen]
@@ -73,7 +73,7 @@ def evolutionary_search(space: DesignSpace, quality: Model, higher_is_better: bo
         if keep:
             q = quality([s for s, _ in keep])
             for (s, t), v in zip(keep, q):
-                seen[s.widths] = Candidate(s, float(v), s.params(),
+                seen[s.widths] = SearchCandidate(s, float(v), s.params(),
                                            None if t is None else float(t))
         return [s for s, _ in keep]
 
