@@ -179,8 +179,9 @@ def live(args) -> dict:
     profiles = {}
     for minutes in args.minutes:
         out = work / f"transfer-{minutes:g}min"
-        _shaperctl("profile", "--device", "cpu", *sum((["--from", str(p)] for p in args.sources), []),
-                   "--minutes", f"{minutes:g}", "--out", str(out))
+        sources = [arg for p in args.sources for arg in ("--from", str(p))]
+        _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
+                   "--out", str(out))
         profiles[f"transfer {minutes:g} min"] = out
     if args.direct is None:
         direct = work / "direct"

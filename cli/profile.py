@@ -110,9 +110,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         if supernet_path is None:  # the design space is the sources'
             config = sources[0].header.config
             source = dict(sources[0].header.source)
-        protocol = tr.target_protocol(sources, threads, chosen if precisions else None)
-        if rounds:
-            protocol = Protocol.from_dict({**protocol.to_dict(), "rounds": rounds})
+        protocol = tr.target_protocol(sources, threads, chosen if precisions else None, rounds)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")

@@ -35,10 +35,10 @@ from .promise import DEFAULT_PERCENTILE, TAIL_LEVELS
 from .schema import Count, validated
 from .profiling.fingerprint import device_fingerprint, fingerprint_differences
 from .profiling.profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
-                                calm_reference, dropped_by_key, held_out_keys, machine_factor, measure_model,
-                                measured_latency, noise_floor, read_header, read_measurements,
-                                reference_spread, shape_from_key, verify_file, workload_key,
-                                write_header)
+                                calm_reference, dropped_by_key, held_out_keys, machine_factor,
+                                measure_model, measured_latency, noise_floor, read_header,
+                                read_measurements, reference_spread, shape_from_key,
+                                verify_file, workload_key, write_header)
 from .profiling.protocol import Workload, describe_range, grid_cell
 from .shape import DesignSpace, Shape, reject_unknown_fields
 
@@ -259,7 +259,7 @@ class LatencyModel:
         (b0, s0), _, (b1, _), (_, s1) = cell
         tb = (batch - b0) / (b1 - b0) if b1 != b0 else 0.0
         ts = (seq_len - s0) / (s1 - s0) if s1 != s0 else 0.0
-        out = np.zeros(len(self.features) or len(self.coef[precision][workload_key((b0, s0))]))
+        out = np.zeros(len(self.coef[precision][workload_key((b0, s0))]))
         for (b, s), wgt in (((b0, s0), (1 - tb) * (1 - ts)), ((b0, s1), (1 - tb) * ts),
                             ((b1, s0), tb * (1 - ts)), ((b1, s1), tb * ts)):
             if wgt:
@@ -299,6 +299,22 @@ class LatencyModel:
 PointFit = Callable[[str, Workload, np.ndarray, np.ndarray], np.ndarray]
 
 
+def grid_data(header: ProfileHeader, precision: str,
+              main: dict[tuple[str, int, int], dict[str, float]], gone: dict[str, list[str]],
+              held_out: float = 0.25, held_keys: set[str] | None = None
+              ) -> tuple[list[str], np.ndarray, dict[Workload, dict[str, float]], np.ndarray]:
+    """One precision's shapes measured at every grid size, as every fit of a profile uses
+    them (direct or transfer): their keys, features, calm median per grid point and key, and
+    the held-out mask (``held_keys``, else every 4th by parameters). ``main`` and ``gone``
+    are ``measured_latency(records)`` and ``dropped_by_key(records)``."""
+    points = {w: main.get((precision, *w), {}) for w in header.protocol.grid}
+    keys = sorted(set.intersection(*(set(v) for v in points.values())))
+    shapes = [shape_from_key(k, header.space) for k in keys]
+    x = features(shapes, [gone.get(k, []) for k in keys])
+    held = held_keys if held_keys is not None else held_out_keys(shapes, held_out)
+    return keys, x, points, np.array([k in held for k in keys], dtype=bool)
+
+
 def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
               held_out: float = 0.25, held_keys: set[str] | None = None,
               point_fit: PointFit | None = None, min_shapes: int = MIN_SHAPES,
@@ -316,16 +332,11 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
     metrics: dict[str, Any] = {}
     margin: dict[str, float] = {}
     for precision in protocol.precisions:
-        points = {w: main.get((precision, *w), {}) for w in protocol.grid}
-        keys = sorted(set.intersection(*(set(v) for v in points.values())))
+        keys, x, points, test = grid_data(header, precision, main, gone, held_out, held_keys)
         if len(keys) < min_shapes:
             raise ProfileError(f"the profile has {len(keys)} shapes measured at every {precision} "
                                f"input size; a predictor needs at least {min_shapes}: run the "
                                "same profile command again to finish it")
-        shapes = [shape_from_key(k, space) for k in keys]
-        x = features(shapes, [gone.get(k, []) for k in keys])
-        held_set = held_keys if held_keys is not None else held_out_keys(shapes, held_out)
-        test = np.array([k in held_set for k in keys])
         split: dict[str, list[float]] = {}
         coef[precision] = {}
         actual_g, pred_g, by_workload = [], [], {}

@@ -35,11 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 from .errors import ProfileError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, trust)
+                        fit_point, fit_profile, grid_data, trust)
 from .profiling.fingerprint import fingerprint_differences
 from .profiling.profile import (TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
-                                dropped_by_key, held_out_keys, measured_latency,
-                                shape_from_key, workload_key)
+                                dropped_by_key, measured_latency, workload_key)
 from .profiling.protocol import Protocol, Workload
 from .shape import DesignSpace, Shape
 
@@ -103,9 +102,10 @@ def _space_text(space: DesignSpace) -> str:
 
 
 def target_protocol(sources: Sequence[DeviceProfile], threads: int,
-                    precisions: Sequence[str] | None) -> Protocol:
-    """The first source's grid, checks and reference, ``threads`` and the precisions every
-    source has (of those asked for); two re-measured shapes."""
+                    precisions: Sequence[str] | None, rounds: int | None = None) -> Protocol:
+    """The first source's grid, checks and reference, ``threads``, ``rounds`` (default the
+    source's) and the precisions every source has (of those asked for); two re-measured
+    shapes."""
     have = [p for p in sources[0].precisions if all(p in s.precisions for s in sources)]
     chosen = [p for p in have if precisions is None or p in precisions]
     if not chosen:
@@ -117,7 +117,7 @@ def target_protocol(sources: Sequence[DeviceProfile], threads: int,
     return Protocol(threads=threads, precisions=tuple(chosen), batches=p.batches,
                     seq_lens=p.seq_lens, max_tokens=p.max_tokens,
                     reference_batch=p.reference_batch, reference_seq_len=p.reference_seq_len,
-                    rounds=p.rounds, check_workloads=p.check_workloads,
+                    rounds=rounds or p.rounds, check_workloads=p.check_workloads,
                     repeat_shapes=REPEAT_SHAPES)
 
 
@@ -230,15 +230,11 @@ def fit_transfer(header: ProfileHeader, records: list[dict[str, Any]],
         coef, mix = prior_fit(x, y, [priors[i] for i in subset], scale, candidate)
         return coef, {"sources": subset, "mix": [round(float(v), 6) for v in mix]}
 
-    main = measured_latency(records, "main")
-    gone = dropped_by_key(records)
-    for precision in protocol.precisions:
-        points = {w: main.get((precision, *w), {}) for w in protocol.grid}
-        keys = sorted(set.intersection(*(set(v) for v in points.values())))
-        shapes = [shape_from_key(k, space) for k in keys]
-        held = held_keys if held_keys is not None else held_out_keys(shapes)
-        train = [i for i, k in enumerate(keys) if k not in held]
-        x = features(shapes, [gone.get(k, []) for k in keys])[train]
+    main, gone = measured_latency(records, "main"), dropped_by_key(records)
+    for precision in protocol.precisions:  # the fitted shapes, as fit_model splits them
+        keys, x, points, test = grid_data(header, precision, main, gone, held_keys=held_keys)
+        train = [i for i in range(len(keys)) if not test[i]]
+        x = x[train]
         errors = {}
         if len(train) < 3:
             raise ProfileError(f"the transfer has {len(train)} fitted {precision} shapes "

@@ -545,10 +545,10 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
 
 
 def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict[str, Any]:
-    """The device's speed in its first seconds: the smallest, largest and (but in a transfer)
-    reference shapes at
-    every grid size and precision asked for, two interleaved rounds (fp32 and int8 of one
-    shape side by side, so their ratio is from one period of the machine)."""
+    """The device's speed in its first seconds: the smallest and largest shapes (and, but in
+    a transfer, the reference) at every grid size and precision asked for, two interleaved
+    rounds (fp32 and int8 of one shape side by side, so their ratio is from one period of
+    the machine)."""
     protocol, space = header.protocol, header.space
     shapes = {"smallest": space.smallest, "largest": space.largest}
     if header.transfer is None:  # a transfer's probe is its budget's largest cost: two shapes
@@ -627,13 +627,14 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
         precisions.remove("int8")
         dropped = (f"int8 dropped: at most {best_gain:.2f}x faster than fp32 here "
                    f"(< {MIN_INT8_GAIN:.2f}x at every size)")
+    def fits(n: int, r: int) -> bool:  # n shapes at r rounds within --minutes
+        return estimate_seconds(header, n, r, precisions) <= minutes * 60 - header.probe["seconds"]
+
     if samples is not None:
         n, rounds = samples, protocol.rounds
     elif header.transfer is not None:
         # A transfer's time goes first to shapes (up to 12: 9 fitted, 3 held out), then to
         # rounds (up to 4), then to more shapes.
-        budget = minutes * 60 - header.probe["seconds"]
-        fits = lambda n, r: estimate_seconds(header, n, r, precisions) <= budget  # noqa: E731
         n, rounds = TRANSFER_MIN_SHAPES, 2
         while n < 12 and fits(n + 2, rounds):
             n += 2
@@ -642,9 +643,7 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
         while n < 40 and fits(n + 4, rounds):
             n += 4
     else:
-        budget = minutes * 60 - header.probe["seconds"]
-        fits = lambda n, r: estimate_seconds(header, n, r, precisions) <= budget  # noqa: E731
-        n, rounds = 12, protocol.rounds
+        n, rounds = MIN_SHAPES, protocol.rounds
         while n < 40 and fits(n + 4, rounds):
             n += 4
         while auto_rounds and n >= 40 and rounds < 8 and fits(n, rounds + 1):
