@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shaper_deploy.export import ExportOptions, export_bundle, sample_inputs
+from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.profiling.protocol import Protocol, measure_interleaved
 from shaper_deploy.runtime import make_session
@@ -123,7 +123,7 @@ def main() -> None:
     torch.manual_seed(0)
     log("building the BERT-base-sized super network (random weights)")
     supernet = SuperBert(SuperConfig(PAPER_SPACE)).eval()
-    feeds = sample_inputs(PAPER_SPACE.vocab_size, 1, args.seq_len, padding="none")
+    feeds = SuperConfig(PAPER_SPACE).dummy_inputs(1, args.seq_len, padding="none")
     tensors = [torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask",
                                                     "token_type_ids")]
     rate = gemm_rate(args.threads)

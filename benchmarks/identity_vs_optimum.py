@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.export import export_bundle, sample_inputs
+from shaper_deploy.export import export_bundle
 from shaper_deploy.profiling.protocol import Protocol, measure_interleaved
 from shaper_deploy.runtime import make_session
 from shaper_deploy.supernet import SuperBert
@@ -57,13 +57,13 @@ def optimum_o2(src: Path, work: Path) -> Path:
 
 def compare(name: str, src: Path, work: Path, rounds: int) -> dict:
     print(f"[{name}] exporting ours and optimum's", file=sys.stderr)
-    supernet = SuperBert.from_bert(src).eval()
+    supernet = SuperBert.from_hf(src).eval()
     manifest = export_bundle(supernet, supernet.config.space.largest, work / "ours")
     ours = make_session(work / "ours" / "model.onnx", "cpu", threads=2)
     theirs = make_session(optimum_o2(src, work), "cpu", threads=2)
     rows = []
     for b, s in WORKLOADS:
-        feeds = sample_inputs(supernet.config.space.vocab_size, b, s, padding="none")
+        feeds = supernet.config.dummy_inputs(b, s, padding="none")
         names = [o.name for o in theirs.get_inputs()]
         their_feeds = {k: v for k, v in feeds.items() if k in names}
         a = ours.run(["last_hidden_state"], feeds)[0]

@@ -58,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         sessions = GraphSessions(Path(work), config, "cpu", protocol.threads,
                                  cpu_model_and_flags()[1])
-        feeds = inputs_for(protocol.reference, config.space.vocab_size)
+        feeds = inputs_for(protocol.reference, config)
         runners = {name: runner(sessions.build(s, "fp32"), feeds)
                    for name, s in {**same_count, **uniform}.items()}
         results = measure_interleaved(runners, protocol)

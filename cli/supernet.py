@@ -58,7 +58,7 @@ def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool
     check_output_dir(out, force, {"--from-hf": source})
     width_list = None if widths is None else int_list(widths, "--widths")
     progress(f"reading {source}")
-    model = SuperBert.from_bert(source, widths=width_list)
+    model = SuperBert.from_hf(source, widths=width_list)
     with output_lock(out):
         model.save(out, force=force)
     progress(f"wrote {out}")

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, get_args
 from typing_extensions import NotRequired, TypedDict
 
 from .errors import ServingError, ShaperError
+from .families import Family, family
 from .io import atomic_write_bytes, read_manifest
 from .schema import Count, Positive, Sha256, validated
 from .shape import reject_unknown_fields
@@ -30,11 +31,9 @@ _V1_DUPLICATES = ("design_space", "max_length")  # derived from config since ver
 
 # The deployed graph's contract, as the manifest records it (export takes these names).
 Task = Literal["feature-extraction", "fill-mask"]
-InputName = Literal["input_ids", "attention_mask", "token_type_ids"]
 OutputName = Literal["last_hidden_state", "pooler_output", "logits"]
 Precision = Literal["fp32", "int8"]
 TASKS: tuple[str, ...] = get_args(Task)
-INPUT_NAMES: tuple[str, ...] = get_args(InputName)
 
 
 class FileRecord(TypedDict):
@@ -83,7 +82,7 @@ class BundleManifest:
     shape: list[Positive]  # one width per layer
     config: dict[str, Any]  # the super network's SuperConfig; the design space is config["space"]
     task: Task
-    inputs: list[InputName]
+    inputs: list[str]  # the graph's, exactly its family's (families.Family.inputs)
     outputs: list[OutputName]
     default_model: str  # the ONNX file served unless another is asked for
     files: dict[str, FileRecord]  # every file of the folder but shaper.json
@@ -110,9 +109,22 @@ class BundleManifest:
         return self.config["space"]
 
     @property
+    def super_config(self):
+        """The network's SuperConfig (torch-free; checked when the manifest was read)."""
+        from .supernet.config import SuperConfig
+
+        return SuperConfig.from_dict(self.config, "bundle config")
+
+    @property
+    def family(self) -> Family:
+        """The model family's spec (bundles made before families are BERT)."""
+        return family(self.config.get("model_type", "bert"))
+
+    @property
     def max_length(self) -> int:
-        """The longest input in tokens: the design space's position embeddings."""
-        return int(self.design_space["max_positions"])
+        """The longest input in tokens: the position embeddings less the family's offset."""
+        return self.family.max_tokens(int(self.design_space["max_positions"]),
+                                      int(self.config["pad_token_id"]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, **asdict(self)}
@@ -147,10 +159,9 @@ class BundleManifest:
                     "layers" if len(manifest.shape) != manifest.design_space["num_layers"] else "",
                     "" if manifest.default_model in manifest.files else
                     f"default_model {manifest.default_model!r} is not among its files",
-                    "" if len(set(manifest.inputs)) == len(manifest.inputs)
-                    and {"input_ids", "attention_mask"} <= set(manifest.inputs) else
-                    f"inputs {manifest.inputs} are not a graph's (distinct, with input_ids and "
-                    "attention_mask)"]
+                    "" if manifest.inputs == list(manifest.family.inputs) else
+                    f"inputs {manifest.inputs} are not a {manifest.family.name} graph's "
+                    f"({', '.join(manifest.family.inputs)})"]
         problems = [p for p in problems if p]
         if problems:
             raise error(f"{where} is malformed: {problems[0]}; {hint}")

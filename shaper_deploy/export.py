@@ -11,7 +11,8 @@ A bundle is a folder, written atomically::
 
     model.onnx             fp32, fused and optimized
     model_quantized.onnx   with --int8: dynamic int8 weights (optimum's file name)
-    config.json            a BertConfig for transformers / optimum (the shape under "shaper")
+    config.json            the family's config (BertConfig, RobertaConfig, DistilBertConfig...)
+                           for transformers / optimum (the shape under "shaper")
     tokenizer files        copied from the super network
     shaper.json            shape, parameters, versions, fusion counts, validation, checksums
 """
@@ -35,14 +36,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bundle import INPUT_NAMES, TASKS, BundleManifest
+from .bundle import TASKS, BundleManifest
 from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
 from .quantize import int8_record, quantize_int8
-from .runtime import (cpu_model_and_flags, feeds_from_encodings, int8_format, make_session,
-                      padded_tokenizer)
+from .runtime import cpu_model_and_flags, int8_format, make_session, padded_tokenizer
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
@@ -79,59 +79,33 @@ def output_names(model: FusedBert | SuperBert, task: str) -> list[str]:
 
 
 class _Graph(nn.Module):
-    """What is traced: three int64 (batch, sequence) inputs in, the task's outputs out."""
+    """What is traced: the family's int64 (batch, sequence) inputs in, the task's outputs out."""
 
     def __init__(self, fused: FusedBert, task: str):
         super().__init__()
         self.fused, self.task = fused, task
+        self.config = fused.config
+        self.inputs: tuple[str, ...] = fused.config.family.inputs
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
+    def forward(self, *args):
+        named = dict(zip(self.inputs, args))
         if self.task == "fill-mask":
-            return (self.fused.mlm_logits(input_ids, attention_mask, token_type_ids),)
-        out = self.fused(input_ids, attention_mask, token_type_ids)
-        return tuple(t for t in out if t is not None)
+            return (self.fused.mlm_logits(**named),)
+        return tuple(t for t in self.fused(**named) if t is not None)
+
+    def torch_args(self, feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        return [torch.from_numpy(feeds[n]) for n in self.inputs]
 
 
-PADDINGS = ("none", "right", "mixed")
-
-
-def sample_inputs(vocab_size: int, batch: int, seq_len: int, seed: int = 0,
-                  padding: str = "right") -> dict[str, np.ndarray]:
-    """Random int64 inputs.
-
-    ``padding``: "none"; "right" (every row after the first is shorter, as tokenizers pad);
-    "mixed" (rows cycle through left padding, a hole in the middle, right padding), which a
-    graph that assumes right padding gets wrong.
-    """
-    if padding not in PADDINGS:
-        raise ExportError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64)
-    mask = np.ones_like(ids)
-    for row in range(1, batch if padding != "none" else 1):
-        cut = max(1, seq_len - 1 - (row * seq_len) // (batch + 1))
-        kind = "right" if padding == "right" else ("left", "hole", "right")[(row - 1) % 3]
-        if kind == "right":
-            mask[row, cut:] = 0
-        elif kind == "left":
-            mask[row, : seq_len - cut] = 0
-        else:
-            mask[row, seq_len // 3: seq_len // 3 + max(1, seq_len // 4)] = 0
-    types = np.zeros_like(ids)
-    types[:, seq_len // 2:] = 1
-    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
-
-
-def _export_onnx(graph: _Graph, path: Path, names: list[str], opset: int, vocab: int) -> None:
-    sample = sample_inputs(vocab, batch=2, seq_len=16)
-    args = tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES)
-    axes = {n: {0: "batch", 1: "sequence"} for n in (*INPUT_NAMES, *names)}
+def _export_onnx(graph: _Graph, path: Path, names: list[str], opset: int) -> None:
+    args = tuple(graph.torch_args(graph.config.dummy_inputs(batch=2, seq_len=16)))
+    axes = {n: {0: "batch", 1: "sequence"} for n in (*graph.inputs, *names)}
     if "pooler_output" in axes:
         axes["pooler_output"] = {0: "batch"}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notices
-            torch.onnx.export(graph, args, str(path), input_names=list(INPUT_NAMES),
+            torch.onnx.export(graph, args, str(path), input_names=list(graph.inputs),
                               output_names=names, dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True, dynamo=False)
     except Exception as exc:  # the exporter raises many unrelated types
@@ -189,8 +163,8 @@ def validation_cases(max_positions: int) -> list[tuple[int, int, str]]:
             (4, min(61, max_positions), "right"), (4, min(19, max_positions), "mixed")]
 
 
-def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_positions: int,
-              atol: float) -> list[dict[str, Any]]:
+def _validate(path: Path, graph: _Graph, names: list[str], atol: float
+              ) -> list[dict[str, Any]]:
     """ONNX Runtime against PyTorch on every case and output; all mismatches in one error.
 
     The reference is the same PyTorch module run in float64, so the check measures the
@@ -201,9 +175,9 @@ def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_posit
     session = make_session(path, "cpu")
     graph64 = copy.deepcopy(graph).double()
     report, mismatches = [], []
-    for i, (batch, seq, padding) in enumerate(validation_cases(max_positions)):
-        feeds = sample_inputs(vocab, batch, seq, seed=100 + i, padding=padding)
-        args = [torch.from_numpy(feeds[n]) for n in INPUT_NAMES]
+    for i, (batch, seq, padding) in enumerate(validation_cases(graph.config.max_tokens)):
+        feeds = graph.config.dummy_inputs(batch, seq, seed=100 + i, padding=padding)
+        args = graph.torch_args(feeds)
         with torch.no_grad():
             exact, fp32 = graph64(*args), graph(*args)
         got = session.run(names, feeds)
@@ -226,16 +200,18 @@ def _validate(path: Path, graph: _Graph, names: list[str], vocab: int, max_posit
     return report
 
 
-def _judge_feeds(tokenizer_files: dict[str, bytes], vocab: int, max_positions: int
+def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes]
                  ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Inputs for int8-vs-fp32: the sample sentences when a tokenizer is there."""
+    c = graph.config
     if "tokenizer.json" in tokenizer_files:
-        tok = padded_tokenizer(tokenizer_files["tokenizer.json"].decode(), max_positions)
+        tok = padded_tokenizer(tokenizer_files["tokenizer.json"].decode(), c.max_tokens,
+                               c.pad_token_id)
         enc = tok.encode_batch(list(CALIBRATION_TEXTS))
-        return [feeds_from_encodings(enc)], f"{len(CALIBRATION_TEXTS)} English sentences"
-    cases = validation_cases(max_positions)
-    return ([sample_inputs(vocab, b, s, seed=200 + i, padding=p)
-             for i, (b, s, p) in enumerate(cases)], "random token ids (no tokenizer)")
+        return [c.family.feeds(enc)], f"{len(CALIBRATION_TEXTS)} English sentences"
+    return ([graph.config.dummy_inputs(b, s, seed=200 + i, padding=p)
+             for i, (b, s, p) in enumerate(validation_cases(c.max_tokens))],
+            "random token ids (no tokenizer)")
 
 
 def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray]],
@@ -258,15 +234,10 @@ def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray
 
 
 def hf_config(model: SuperBert, shape: Shape, task: str) -> dict[str, Any]:
-    """A BertConfig dict (AutoConfig loads it); per-layer widths are ours, under "shaper"."""
-    c, s = model.config, model.config.space
-    return {"architectures": ["BertForMaskedLM" if task == "fill-mask" else "BertModel"],
-            "model_type": "bert", "vocab_size": s.vocab_size, "hidden_size": s.hidden_size,
-            "num_hidden_layers": s.num_layers, "num_attention_heads": s.num_heads,
-            "intermediate_size": s.intermediate_size, "hidden_act": c.hidden_act,
-            "max_position_embeddings": s.max_positions, "type_vocab_size": s.type_vocab_size,
-            "layer_norm_eps": c.layer_norm_eps, "pad_token_id": c.pad_token_id,
-            "position_embedding_type": "absolute",
+    """The family's Hugging Face config dict (AutoConfig loads it as the family's own);
+    per-layer widths are ours, under "shaper"."""
+    c = model.config
+    return {**c.family.hf_config(c.model_type, c.architecture(), task),
             "shaper": {"shape": list(shape.widths), "task": task}}
 
 
@@ -310,7 +281,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
         model_path = tmp / MODEL_FILE
         t = time.perf_counter()
         note(f"exporting to ONNX (opset {options.opset})")
-        _export_onnx(graph, raw, names, options.opset, space.vocab_size)
+        _export_onnx(graph, raw, names, options.opset)
         stage("export", t)
         fusion = None
         t = time.perf_counter()
@@ -323,8 +294,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
         t = time.perf_counter()
         note("checking the graph and validating ONNX Runtime against PyTorch")
         _check(model_path)
-        validation = _validate(model_path, graph, names, space.vocab_size, space.max_positions,
-                               options.atol)
+        validation = _validate(model_path, graph, names, options.atol)
         stage("validate", t)
         files = {MODEL_FILE: {"precision": "fp32", "sha256": sha256_file(model_path),
                               "bytes": model_path.stat().st_size}}
@@ -337,8 +307,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                               else cpu_model_and_flags()[1])
             quantize_int8(model_path, int8_path, fmt)
             _check(int8_path)
-            feeds, judged_on = _judge_feeds(supernet.tokenizer_files, space.vocab_size,
-                                            space.max_positions)
+            feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files)
             accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0])
             quantization = {**int8_record(fmt), "format_reason": fmt["why"],
                             "judged_on": judged_on,
@@ -362,7 +331,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
         manifest = BundleManifest(
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             shape=list(shape.widths), config=supernet.config.to_dict(), task=options.task,
-            inputs=list(INPUT_NAMES), outputs=names,
+            inputs=list(graph.inputs), outputs=names,
             params={"fused": sum(param_breakdown(shape, fused=True).values()),
                        "unfused": sum(param_breakdown(shape, fused=False).values()),
                        "breakdown_fused": param_breakdown(shape, fused=True),

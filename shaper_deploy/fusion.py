@@ -22,7 +22,7 @@ from .errors import ExportError
 from .shape import Shape, identity_projections
 from .slicing import SubnetBert
 from .supernet.config import SuperConfig
-from .supernet.modules import Embeddings, MLMHead, Pooler, TransformerLayer, attention_bias
+from .supernet.modules import MLMHead, Pooler, TransformerLayer, attention_bias, embeddings_for
 
 
 class FusedOutput(NamedTuple):
@@ -49,7 +49,7 @@ class FusedBert(nn.Module):
         s = config.space
         w = shape.widths
         self.config, self.shape, self.fold_last = config, shape, fold_last
-        self.embeddings = Embeddings(s, config.layer_norm_eps, 0.0)
+        self.embeddings = embeddings_for(config, dropout=0.0)
         self.proj_in = nn.Linear(s.hidden_size, w[0])
         self.layers = nn.ModuleList(
             TransformerLayer(d, s.num_heads, s.intermediate_size, config.hidden_act,
@@ -59,12 +59,15 @@ class FusedBert(nn.Module):
         # With fold_last the heads read the d_L-wide state directly.
         head_in = w[-1] if fold_last else s.hidden_size
         self.pooler = Pooler(s.hidden_size, head_in) if config.pooler else None
-        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size, config.hidden_act,
+        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size,
+                                 config.family.mlm_act(config.hidden_act),
                                  config.layer_norm_eps, head_in) if s.mlm_head else None)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               token_type_ids: torch.Tensor) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """The encoder's final state: (B, S, D), or (B, S, d_L) when folded."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask, x.dtype)
         x = self.proj_in(x)
@@ -76,10 +79,6 @@ class FusedBert(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> FusedOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
         x = self.encode(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(x) if self.pooler is not None else None
         return FusedOutput(None if self.fold_last else x, pooled)
@@ -87,12 +86,8 @@ class FusedBert(nn.Module):
     def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.mlm_head is None:
-            raise ExportError("this network has no MLM head; the fill-mask task needs a BERT "
+            raise ExportError("this network has no MLM head; the fill-mask task needs a model "
                               "with one")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
         x = self.encode(input_ids, attention_mask, token_type_ids)
         return self.mlm_head(x, self.embeddings.word.weight)
 

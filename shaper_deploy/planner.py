@@ -42,14 +42,13 @@ import numpy as np
 
 from .bundle import BundleManifest
 from .errors import ExportError, PlannerError
-from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle, sample_inputs
+from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
 from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
 from .predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
-from .quantize import int8_record
-from .runtime import (DEVICE_PRECISIONS, feeds_from_encodings, int8_format, make_session,
-                      padded_tokenizer, precision_problem)
+from .profiling.profile import graph_differences, graph_record
+from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
@@ -174,15 +173,9 @@ def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
     if profile.space != supernet_config.space:
         raise PlannerError(f"profile {profile.path} covers another design space than the super "
                            "network; profile it with --supernet")
-    g = profile.header.graph
-    wanted = {"task": options.task, "optimized": options.optimize,
-              "activation": supernet_config.hidden_act, "pooler": supernet_config.pooler,
-              "opset": options.opset}
-    if "int8" in profile.precisions:
-        wanted["int8"] = int8_record(int8_format(profile.header.fingerprint["isa"]))
-    recorded = {**g, "int8": {"reduce_range": False, **(g.get("int8") or {})}}
-    differences = [f"{k} {recorded.get(k)!r} (profile) vs {v!r} (export)"
-                   for k, v in wanted.items() if recorded.get(k) != v]
+    wanted = graph_record(supernet_config, profile.header.fingerprint["isa"], options.task,
+                          options.optimize, options.opset)
+    differences = graph_differences(profile.header.graph, wanted, "int8" in profile.precisions)
     if differences:
         raise PlannerError(f"profile {profile.path} timed another graph than this export would "
                            f"write ({'; '.join(differences)}); a latency budget is planned for "
@@ -195,16 +188,16 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
     (outputs, feeds, positions, what was used). Without a tokenizer, random ids stand in."""
     import torch
 
-    space = supernet.config.space
+    config = supernet.config
+    fam, longest = config.family, min(max_length, config.max_tokens)
     if "tokenizer.json" in supernet.tokenizer_files:
-        tok = padded_tokenizer(supernet.tokenizer_files["tokenizer.json"].decode(),
-                               min(max_length, space.max_positions))
-        feeds = feeds_from_encodings(tok.encode_batch(list(texts)))
+        tok = padded_tokenizer(supernet.tokenizer_files["tokenizer.json"].decode(), longest,
+                               config.pad_token_id)
+        feeds = fam.feeds(tok.encode_batch(list(texts)))
         used = f"{len(texts)} calibration texts"
-        mask_id = tok.token_to_id("[MASK]")
+        mask_id = fam.special_token_id(tok, "mask")
     else:
-        feeds = sample_inputs(space.vocab_size, 8, min(32, max_length, space.max_positions),
-                              seed=11)
+        feeds = config.dummy_inputs(8, min(32, longest), seed=11)
         used = "8 rows of random token ids (the super network has no tokenizer)"
         mask_id = None
     positions = masked_positions(feeds["attention_mask"]) if task == "fill-mask" else []
@@ -212,9 +205,8 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
         feeds = {k: v.copy() for k, v in feeds.items()}
         for r, c in positions:
             feeds["input_ids"][r, c] = mask_id
-    args = [torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")]
     with torch.no_grad():
-        out = supernet(*args)
+        out = supernet(**{n: torch.from_numpy(v) for n, v in feeds.items()})
         result = (supernet.mlm_logits(out.last_hidden_state) if task == "fill-mask"
                   else out.last_hidden_state)
     return result.float().numpy(), feeds, positions, used

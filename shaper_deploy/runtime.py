@@ -64,10 +64,8 @@ def available_memory() -> int:
 def check_workload(batch: int, seq_len: int, space: dict) -> None:
     """Refuse, before anything is allocated, a request whose activations would not fit in half
     of the memory left: per token the FFN's and four D-wide tensors, per row and head the
-    attention scores, in float32, twice over (inputs and outputs of an operator)."""
-    if seq_len > space["max_positions"]:
-        raise DeviceError(f"--seq-len {seq_len} is beyond the model's {space['max_positions']} "
-                          "positions")
+    attention scores, in float32, twice over (inputs and outputs of an operator). The length
+    is checked against the model's positions by the caller, who knows its family."""
     per_token = (space["intermediate_size"] + 4 * space["hidden_size"]) * 4 * 2
     scores = space["num_heads"] * seq_len * seq_len * 4 * 2
     need = batch * (seq_len * per_token + scores)
@@ -121,24 +119,17 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, sorted(f for f in ISA_FLAGS if f in flags)
 
 
-def padded_tokenizer(tokenizer_json: str, max_length: int):
+def padded_tokenizer(tokenizer_json: str, max_length: int, pad_token_id: int):
     """A ``tokenizers`` tokenizer from tokenizer.json text that cuts every text at
-    ``max_length`` tokens and pads a batch to its longest text."""
+    ``max_length`` tokens and pads a batch to its longest text with ``pad_token_id`` (BERT's
+    0, RoBERTa's 1: the model's own, never the library's default)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
     tok.enable_truncation(max_length)
-    tok.enable_padding()
+    tok.enable_padding(pad_id=pad_token_id,
+                       pad_token=tok.id_to_token(pad_token_id) or "[PAD]")
     return tok
-
-
-def feeds_from_encodings(encodings) -> dict:
-    """A BERT graph's int64 inputs from a padded batch of ``tokenizers`` encodings."""
-    import numpy as np
-
-    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
 
 def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,

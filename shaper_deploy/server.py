@@ -282,9 +282,9 @@ class BundleModel(kserve.Model):
 
     def _check_ids(self, feeds: dict[str, np.ndarray]) -> None:
         space = self.bundle.manifest.design_space
-        limits = {"input_ids": space["vocab_size"], "attention_mask": 2,
-                  "token_type_ids": space["type_vocab_size"]}
-        for name, array in feeds.items():
+        limits = {"input_ids": space["vocab_size"], "attention_mask": 2}
+        for name, array in feeds.items():  # token types: ids of the model's table
+            limits.setdefault(name, space["type_vocab_size"])
             if array.size and (array.min() < 0 or array.max() >= limits[name]):
                 raise InvalidInput(f"input {name!r} holds values outside 0.."
                                    f"{limits[name] - 1}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .bundle import BundleManifest
 from .errors import ServingError
-from .runtime import check_workload, feeds_from_encodings, make_session, padded_tokenizer
+from .runtime import check_workload, make_session, padded_tokenizer
 
 POOLINGS = ("mean", "cls", "pooler")
 MAX_CONCURRENCY = 256  # client threads of bench sharing one session
@@ -102,13 +102,14 @@ class Bundle:
         if limit < 2:
             raise ServingError(f"max length must be at least 2 tokens, got {limit}")
         enc = self._tokenizer(limit).encode_batch(list(texts))
-        return Encoded(feeds_from_encodings(enc), [bool(e.overflowing) for e in enc])
+        return Encoded(self.manifest.family.feeds(enc), [bool(e.overflowing) for e in enc])
 
     def _tokenizer(self, limit: int):
         with self._lock:
             tok = self._tokenizers.get(limit)
             if tok is None:
-                tok = self._tokenizers[limit] = padded_tokenizer(self.tokenizer.to_str(), limit)
+                tok = self._tokenizers[limit] = padded_tokenizer(
+                    self.tokenizer.to_str(), limit, int(self.manifest.config["pad_token_id"]))
         return tok
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,8 +126,8 @@ class Bundle:
 
     def embed(self, texts: Sequence[str], pooling: str = "mean", normalize: bool = False,
               batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
-        """One vector per text: masked mean of the last hidden state, its [CLS] row, or the
-        BERT pooler's output."""
+        """One vector per text: masked mean of the last hidden state, its first token's row
+        ([CLS], <s>), or the pooler's output."""
         if self.manifest.task != "feature-extraction":
             raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not "
                                "embeddings; use logits() for fill-mask bundles")
@@ -154,13 +155,14 @@ class Bundle:
         return vectors
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
-        """Per text, per [MASK] token: the top-k (token, probability)."""
+        """Per text, per mask token (BERT's [MASK], RoBERTa's <mask>): the top-k (token,
+        probability)."""
         if self.manifest.task != "fill-mask":
             raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not "
                                "masked-token logits")
         enc = self.encode(texts)
         logits = self.run(enc.feeds)["logits"]
-        mask_id = self.tokenizer.token_to_id("[MASK]")
+        mask_id = self.manifest.family.special_token_id(self.tokenizer, "mask")
         answers = []
         for row, ids in enumerate(enc.feeds["input_ids"]):
             per_text = []
@@ -183,11 +185,7 @@ class Bundle:
         if concurrency > MAX_CONCURRENCY:
             raise ServingError(f"--concurrency {concurrency} is above {MAX_CONCURRENCY} threads")
         check_workload(batch * concurrency, seq_len, self.manifest.design_space)
-        rng = np.random.default_rng(0)
-        vocab = int(self.manifest.design_space["vocab_size"])
-        feeds = {"input_ids": rng.integers(1, vocab, size=(batch, seq_len), dtype=np.int64),
-                 "attention_mask": np.ones((batch, seq_len), np.int64),
-                 "token_type_ids": np.zeros((batch, seq_len), np.int64)}
+        feeds = self.manifest.super_config.dummy_inputs(batch, seq_len, padding="none")
         for _ in range(warmup):
             self.session.run(self.outputs, feeds)
         times: list[list[float]] = [[] for _ in range(concurrency)]

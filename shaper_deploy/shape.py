@@ -59,15 +59,16 @@ class DesignSpace:
     intermediate_size: int = 3072  # FFN inner size F, the same in every layer
     vocab_size: int = 28996  # word-piece vocabulary (bert-base-cased by default)
     max_positions: int = 512  # learned position embeddings
-    type_vocab_size: int = 2  # token type (segment) embeddings
+    type_vocab_size: int = 2  # token type (segment) embeddings; 0: none (DistilBERT)
     mlm_head: bool = True  # the network carries an MLM head; its transform counts as parameters
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         for name, most in SPACE_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
-                raise ShapeError(f"design space {name} must be an integer in 1..{most:,}, "
+            least = 0 if name == "type_vocab_size" else 1  # 0: no token types (DistilBERT)
+            if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
+                raise ShapeError(f"design space {name} must be an integer in {least}..{most:,}, "
                                  f"got {value!r:.40}")
         if not self.widths:
             raise ShapeError("design space has no widths; give at least one layer width")

@@ -28,11 +28,10 @@ from typing import Any, Sequence
 from .errors import ServingError
 from .io import atomic_dir, check_not_input, check_output_dir
 from .bundle import BundleManifest
+from .families import TOKENIZER_FILES
 from .runtime import MAX_THREADS, precision_problem
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json")
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
 # The repository runs on another machine, so its limits are the server's, not this one's:
 # Triton's batch sizes are int32 and a batch past 4096 sequences is no latency setting; no

@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from shaper_deploy.families import family
 from shaper_deploy.shape import DesignSpace, Shape
 from shaper_deploy.supernet import SuperBert, SuperConfig
+
+BERT = family("bert")
+INPUT_NAMES = BERT.inputs
+
+
+def sample_inputs(vocab: int, batch: int, seq_len: int, seed: int = 0, padding: str = "right"):
+    """BERT's dummy inputs (numpy) over a vocabulary of ``vocab``."""
+    return BERT.dummy_inputs(vocab, batch, seq_len, seed, padding)
 
 TINY_SPACE = DesignSpace.for_model(48, 4, 3, vocab_size=97, max_positions=64,
                                    intermediate_size=96)
@@ -75,25 +84,63 @@ def minilm_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def tiny_tokenizer_json(vocab_size: int = 97) -> str:
-    """A real WordPiece tokenizer (BERT's normalizer and template) over a made-up vocabulary."""
+SPECIALS = {"bert": (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[CLS]", "[SEP]"),
+            "roberta": (["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s>", "</s>")}
+
+
+def tiny_tokenizer_json(vocab_size: int = 97, specials: str = "bert") -> str:
+    """A real WordPiece tokenizer (BERT's normalizer and template) over a made-up vocabulary,
+    with BERT's special tokens or RoBERTa's (<s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    names, cls, sep = SPECIALS[specials]
     words = ["the", "model", "is", "fast", "small", "bert", "on", "device", "latency",
              "shape", "layer", "to", "of", "and", "in", "runs", "with", "we", "deploy"]
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces = ["##" + c for c in letters]
-    tokens = list(dict.fromkeys(specials + words + letters + pieces))[:vocab_size]
+    tokens = list(dict.fromkeys(names + words + letters + pieces))[:vocab_size]
     tokens += [f"[unused{i}]" for i in range(vocab_size - len(tokens))]
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
-    tok.add_special_tokens(specials)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=names[1 if specials == "bert" else 3]))
+    tok.add_special_tokens(names)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    ids = {t: i for i, t in enumerate(tokens)}
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, ids[cls]), (sep, ids[sep])])
     return tok.to_str()
+
+
+# Tiny Hugging Face models of every family, built in code (the role of tiny_bert_dir).
+FAMILY_MODELS = ("bert", "roberta", "xlm-roberta", "distilbert")
+
+
+def save_tiny_family(model_type: str, path: Path, masked_lm: bool, seed: int = 0):
+    """A random tiny ``model_type`` model saved with a tokenizer of its family's specials;
+    XLM-R is RoBERTa with another vocabulary (131 ids). Returns the model (eval)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    size = dict(num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+                hidden_size=48)
+    if model_type == "bert":
+        cfg, vocab, kind = tf.BertConfig(vocab_size=97, max_position_embeddings=64, **size), 97, "Bert"
+    elif model_type in ("roberta", "xlm-roberta"):
+        vocab = 97 if model_type == "roberta" else 131
+        make = tf.RobertaConfig if model_type == "roberta" else tf.XLMRobertaConfig
+        cfg = make(vocab_size=vocab, max_position_embeddings=66, pad_token_id=1,
+                   bos_token_id=0, eos_token_id=2, type_vocab_size=1, **size)
+        kind = "Roberta" if model_type == "roberta" else "XLMRoberta"
+    elif model_type == "distilbert":
+        cfg, vocab, kind = tf.DistilBertConfig(vocab_size=97, dim=48, n_layers=3, n_heads=4,
+                                               hidden_dim=96, max_position_embeddings=64), 97, "DistilBert"
+    else:
+        raise ValueError(model_type)
+    model = getattr(tf, f"{kind}{'ForMaskedLM' if masked_lm else 'Model'}")(cfg).eval()
+    model.save_pretrained(path)
+    specials = "roberta" if model_type in ("roberta", "xlm-roberta") else "bert"
+    (path / "tokenizer.json").write_text(tiny_tokenizer_json(vocab, specials))
+    return model
 
 
 @pytest.fixture

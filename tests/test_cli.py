@@ -76,7 +76,7 @@ def test_supernet_init_custom_widths_and_errors(run, tiny_bert_dir, tmp_path):
 
 def test_info_on_a_plain_bert_points_to_init(run, tiny_bert_dir):
     result = run("supernet", "info", tiny_bert_dir, ok=False)
-    assert "shaperctl supernet init --from-bert" in result.stderr
+    assert "shaperctl supernet init --from-hf" in result.stderr
 
 
 def test_unwritable_output(run, tiny_bert_dir, tmp_path):

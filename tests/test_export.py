@@ -9,15 +9,15 @@ import torch
 
 from shaper_deploy.bundle import BundleManifest
 from shaper_deploy.errors import ExportError, OutputError, ValidationError
-from shaper_deploy.export import (INPUT_NAMES, ExportOptions, _Graph, _export_onnx, _optimize,
-                                  _validate, export_bundle, sample_inputs)
+from shaper_deploy.export import (ExportOptions, _Graph, _export_onnx, _optimize, _validate,
+                                  export_bundle)
 from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.io import sha256_file
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import Shape
 from shaper_deploy.slicing import slice_subnet
 
-from .conftest import TINY_SPACE
+from .conftest import INPUT_NAMES, TINY_SPACE, sample_inputs
 
 SHAPE = Shape((16, 36, 8), TINY_SPACE)
 
@@ -137,7 +137,7 @@ def test_no_optimize_keeps_plain_operators(tmp_path, tiny_supernet):
 def test_attention_fusion_post_condition(tmp_path, tiny_supernet):
     fused = fuse_bottlenecks(slice_subnet(tiny_supernet, SHAPE))
     graph = _Graph(fused, "feature-extraction").eval()
-    _export_onnx(graph, tmp_path / "raw.onnx", ["last_hidden_state", "pooler_output"], 17, 97)
+    _export_onnx(graph, tmp_path / "raw.onnx", ["last_hidden_state", "pooler_output"], 17)
     with pytest.raises(ExportError, match="fused Attention in 3 of 4 layers"):
         _optimize(tmp_path / "raw.onnx", tmp_path / "opt.onnx", num_layers=4)
 
@@ -146,11 +146,11 @@ def test_validation_lists_every_mismatch(tmp_path, tiny_supernet):
     fused = fuse_bottlenecks(slice_subnet(tiny_supernet, SHAPE))
     graph = _Graph(fused, "feature-extraction").eval()
     names = ["last_hidden_state", "pooler_output"]
-    _export_onnx(graph, tmp_path / "m.onnx", names, 17, 97)
+    _export_onnx(graph, tmp_path / "m.onnx", names, 17)
     with torch.no_grad():
         fused.transitions[0].weight.mul_(1.5)  # PyTorch now disagrees with the exported graph
     with pytest.raises(ValidationError) as err:
-        _validate(tmp_path / "m.onnx", graph, names, 97, 64, atol=1e-4)
+        _validate(tmp_path / "m.onnx", graph, names, atol=1e-4)
     assert len(err.value.mismatches) == 8  # 2 outputs x 4 input sizes, all in one error
     assert "last_hidden_state at batch 3 seq 23" in str(err.value)
     assert "\n" not in str(err.value)

@@ -396,7 +396,7 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
 
 
 def test_identity_projections_are_dropped_and_outputs_unchanged(tiny_bert_dir, tmp_path):
-    supernet = SuperBert.from_bert(tiny_bert_dir).eval()
+    supernet = SuperBert.from_hf(tiny_bert_dir).eval()
     full = supernet.config.space.largest
     kept = fuse_bottlenecks(slice_subnet(supernet, full))
     pruned = fuse_bottlenecks(slice_subnet(supernet, full))

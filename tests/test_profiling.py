@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shaper_deploy.errors import DeviceError, ProfileError
-from shaper_deploy.export import INPUT_NAMES, export_bundle, op_counts, sample_inputs
+from shaper_deploy.export import export_bundle, op_counts
 from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.predictor import (DeviceProfile, LatencyModel, feature_names, features,
                                      fit_point)
@@ -23,7 +23,7 @@ from shaper_deploy.supernet import SuperBert, SuperConfig
 from shaper_deploy.supernet.config import ACTIVATIONS
 from shaper_deploy.templates import FAMILIES, fit_family, sample_shapes, template_shapes
 
-from .conftest import PLAN_SPACE, TINY_SPACE, fast_protocol, randomize
+from .conftest import INPUT_NAMES, PLAN_SPACE, TINY_SPACE, fast_protocol, randomize, sample_inputs
 
 TINY = SuperConfig(TINY_SPACE, pooler=True)
 

@@ -19,7 +19,7 @@ def test_ordered_supernet_equals_the_original_at_full_shape(tiny_supernet, tmp_p
                                                             source):
     if source == "bert":  # identity bottlenecks, as made from a pretrained BERT
         save_tiny_bert(tmp_path / "bert", masked_lm=True)
-        model = SuperBert.from_bert(tmp_path / "bert").eval()
+        model = SuperBert.from_hf(tmp_path / "bert").eval()
     else:  # trained-looking: every bottleneck a dense matrix
         model = tiny_supernet.double()
     model = model.double()

@@ -21,7 +21,7 @@ def test_identity_supernet_equals_bert_model(tmp_path, weights):
         state = load_file(tmp_path / "bert" / "model.safetensors")
         (tmp_path / "bert" / "model.safetensors").unlink()
         torch.save(state, tmp_path / "bert" / "pytorch_model.bin")
-    model = SuperBert.from_bert(tmp_path / "bert")
+    model = SuperBert.from_hf(tmp_path / "bert")
     assert model.config.pooler and not model.config.space.mlm_head
     ids, mask, types = make_inputs(97)
     with torch.no_grad():
@@ -33,7 +33,7 @@ def test_identity_supernet_equals_bert_model(tmp_path, weights):
 
 def test_identity_supernet_equals_bert_for_masked_lm(tmp_path):
     ref = save_tiny_bert(tmp_path / "bert", masked_lm=True)
-    model = SuperBert.from_bert(tmp_path / "bert")
+    model = SuperBert.from_hf(tmp_path / "bert")
     assert model.config.space.mlm_head and not model.config.pooler
     ids, mask, types = make_inputs(97)
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_identity_supernet_equals_real_minilm(minilm_dir):
     from tokenizers import Tokenizer
     from transformers import BertModel
 
-    model = SuperBert.from_bert(minilm_dir)
+    model = SuperBert.from_hf(minilm_dir)
     assert model.config.space.widths == (60, 120, 180, 240, 264, 300, 384)
     tok = Tokenizer.from_str(model.tokenizer_files["tokenizer.json"].decode())
     tok.enable_padding()
@@ -93,7 +93,7 @@ def test_gradients_reach_only_the_shapes_slice(tiny_supernet):
 
 
 def test_save_load_roundtrip(tmp_path, tiny_bert_dir):
-    model = SuperBert.from_bert(tiny_bert_dir)
+    model = SuperBert.from_hf(tiny_bert_dir)
     randomize_bottlenecks(model)
     model.save(tmp_path / "super")
     loaded = SuperBert.load(tmp_path / "super")
@@ -203,12 +203,12 @@ def test_pickles_with_objects_are_refused(tmp_path, tiny_bert_dir):
     (tiny_bert_dir / "model.safetensors").unlink()
     torch.save({"evil": Exception("not a tensor")}, tiny_bert_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="holds objects other than tensors and is refused") as e:
-        SuperBert.from_bert(tiny_bert_dir)
+        SuperBert.from_hf(tiny_bert_dir)
     assert "weights_only=False" not in str(e.value)  # never advise loading arbitrary objects
 
 
 @pytest.mark.parametrize("edit, message", [
-    ({"model_type": "roberta"}, "is a 'roberta' model; only BERT"),
+    ({"model_type": "gpt2"}, "is a 'gpt2' model; supported model types: bert, roberta"),
     ({"position_embedding_type": "relative_key"}, "only 'absolute' is supported"),
     ({"mixing": "gmlp"}, "only 'bert-bottleneck' is supported"),
     ({"hidden_act": "swish"}, "activation 'swish' is not supported"),
@@ -218,17 +218,17 @@ def test_unsupported_berts(tiny_bert_dir, edit, message):
     cfg.update(edit)
     (tiny_bert_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=message):
-        SuperBert.from_bert(tiny_bert_dir)
+        SuperBert.from_hf(tiny_bert_dir)
 
 
 def test_missing_pieces(tmp_path, tiny_bert_dir):
     with pytest.raises(CheckpointError, match="does not exist"):
-        SuperBert.from_bert(tmp_path / "nope")
-    with pytest.raises(CheckpointError, match="looks like a plain Hugging Face BERT"):
+        SuperBert.from_hf(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="looks like a plain Hugging Face bert model"):
         SuperBert.load(tiny_bert_dir)
     (tiny_bert_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="holds no weights"):
-        SuperBert.from_bert(tiny_bert_dir)
+        SuperBert.from_hf(tiny_bert_dir)
 
 
 def test_unexpected_tensors_are_named(tiny_bert_dir):
@@ -236,7 +236,7 @@ def test_unexpected_tensors_are_named(tiny_bert_dir):
     state["classifier.weight"] = torch.zeros(2, 48)
     save_file(state, tiny_bert_dir / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not have: classifier.weight"):
-        SuperBert.from_bert(tiny_bert_dir)
+        SuperBert.from_hf(tiny_bert_dir)
 
 
 def test_supershaper_checkpoints_in_every_command(tmp_path):

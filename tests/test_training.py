@@ -139,7 +139,7 @@ def test_mlm_on_a_bert_without_head_creates_one(tmp_path):
     from shaper_deploy.cli.main import main
 
     save_tiny_bert(tmp_path / "bert", masked_lm=False)
-    model = SuperBert.from_bert(tmp_path / "bert")
+    model = SuperBert.from_hf(tmp_path / "bert")
     assert model.mlm_head is None
     model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
     model.save(tmp_path / "super")

@@ -4,13 +4,15 @@ Exporting a shape (trace + ONNX Runtime's optimizer) takes seconds; profiling hu
 shapes needs their graphs in a fraction of that. This builds the graph that
 :func:`shaper_deploy.export.export_bundle` produces for ``feature-extraction``, node for node::
 
-    input_ids, token_type_ids --Cast--> EmbedLayerNormalization (D)
+    embeddings, as the family's spec has them fused: EmbedLayerNormalization over
+                  input_ids (and token_type_ids, or explicit position ids without them);
+                  RoBERTa's padding-aware positions unfused (Gathers, CumSum, LayerNorm)
     MatMul + Add (D -> d_1)
     per layer i:  Attention(num_heads, 2-D mask) -> MatMul -> SkipLayerNormalization
                   -> MatMul -> BiasGelu | FastGelu | Add+Relu -> MatMul
                   -> SkipLayerNormalization
                   then MatMul + Add (d_i -> d_{i+1}), or (d_L -> D) after the last layer
-    [pooler]      Gather([CLS]) -> Gemm -> Tanh
+    [pooler]      Gather(first token) -> Gemm -> Tanh
 
 Tests hold it to that for every activation the config allows: the same operator counts as a
 real export, and, given a fused network's weights, the same outputs as PyTorch. Latency does
@@ -183,19 +185,57 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         raise ProfileError(f"no profiling graph for activation {config.hidden_act!r}; "
                            f"supported: {', '.join(GRAPH_ACTIVATIONS)}")
 
-    ids = node("Cast", ["input_ids"], "input_ids_int32", to=TensorProto.INT32)
-    types = node("Cast", ["token_type_ids"], "token_type_ids_int32", to=TensorProto.INT32)
     mask = node("Cast", ["attention_mask"], "attention_mask_int32", to=TensorProto.INT32)
-    emb_inputs = [ids, types,
-                  w.add("word", w.get("embeddings.word.weight", (V, D))),
-                  w.add("position", w.get("embeddings.position.weight", (s.max_positions, D))),
-                  w.add("token_type", w.get("embeddings.token_type.weight",
-                                            (s.type_vocab_size, D))),
-                  w.add("emb_norm.g", w.get("embeddings.norm.weight", (D,))),
-                  w.add("emb_norm.b", w.get("embeddings.norm.bias", (D,)))]
-    nodes.append(helper.make_node("EmbedLayerNormalization", emb_inputs,
-                                  ["embeddings", "embeddings_mask_index"], name="embeddings",
-                                  domain=ms, epsilon=eps))
+    fam = config.family
+    word = w.add("word", w.get("embeddings.word.weight", (V, D)))
+    position = w.add("position", w.get("embeddings.position.weight", (s.max_positions, D)))
+    gain = w.add("emb_norm.g", w.get("embeddings.norm.weight", (D,)))
+    shift = w.add("emb_norm.b", w.get("embeddings.norm.bias", (D,)))
+
+    def const(name: str, value) -> str:
+        w.initializers.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        return name
+
+    if fam.padding_positions:
+        # RoBERTa's positions (cumulative count of non-padding ids, from pad + 1) are not
+        # fused by ONNX Runtime: word and position Gathers, the table's one token-type row
+        # added, then LayerNormalization, as the export leaves them.
+        pad = config.pad_token_id
+        x = node("Gather", [word, "input_ids"], "emb.word")
+        table = w.get("embeddings.token_type.weight", (s.type_vocab_size, D))
+        row = table[0] if isinstance(table, np.ndarray) else w.random.vector(D)
+        x = node("Add", [x, w.add("emb.type_row", row)], "emb.type")
+        real = node("Cast", [node("Not", [node("Equal", ["input_ids", const("pad", pad)],
+                                                "emb.is_pad")], "emb.real")],
+                    "emb.real_int", to=TensorProto.INT64)
+        count = node("CumSum", [real, const("seq_axis", 1)], "emb.count")
+        ids = node("Add", [node("Mul", [count, real], "emb.count_real"), const("offset", pad)],
+                   "emb.position_ids")
+        x = node("Add", [x, node("Gather", [position, ids], "emb.position")], "emb.sum")
+        node("LayerNormalization", [x, gain, shift], "embeddings", axis=-1, epsilon=eps)
+    else:
+        ids = node("Cast", ["input_ids"], "input_ids_int32", to=TensorProto.INT32)
+        emb_inputs = [ids, "", word, position, "", gain, shift]
+        if fam.token_types:
+            emb_inputs[1] = node("Cast", ["token_type_ids"], "token_type_ids_int32",
+                                 to=TensorProto.INT32)
+            emb_inputs[4] = w.add("token_type", w.get("embeddings.token_type.weight",
+                                                      (s.type_vocab_size, D)))
+        else:
+            # Without token types ONNX Runtime fuses the embeddings with explicit position
+            # ids: the position buffer sliced to the sequence length.
+            length = node("Unsqueeze", [node("Gather", [node("Shape", ["input_ids"],
+                                                             "emb.shape"), const("one", 1)],
+                                             "emb.length"), const("axes", [0])],
+                          "emb.length_1d")
+            positions = node("Slice", [const("position_ids", [list(range(s.max_positions))]),
+                                       const("start", [0]), length, const("axis", [1]),
+                                       const("step", [1])], "emb.position_ids")
+            emb_inputs += ["", node("Cast", [positions], "emb.position_ids_int32",
+                                    to=TensorProto.INT32)]
+        nodes.append(helper.make_node("EmbedLayerNormalization", emb_inputs,
+                                      ["embeddings", "embeddings_mask_index"],
+                                      name="embeddings", domain=ms, epsilon=eps))
     x = dense("embeddings", "proj_in", D, shape.widths[0], "proj_in")
     for i, d in enumerate(shape.widths):
         p = f"layers.{i}"
@@ -235,7 +275,7 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         outputs.append(helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT,
                                                      ["batch", D]))
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
-              for n in ("input_ids", "attention_mask", "token_type_ids")]
+              for n in fam.inputs]
     graph = helper.make_graph(nodes, "shaper_deploy", inputs, outputs, w.initializers)
     return helper.make_model(graph, opset_imports=OPSETS, ir_version=IR_VERSION,
                              producer_name="shaper-deploy")

@@ -74,14 +74,39 @@ CALM_QUANTILE = 25  # percentile of a workload's per-group reference times taken
 DEADBAND = 0.06  # a group whose reference is within this of calm is taken as calm
 
 
-def graph_record(config: SuperConfig, isa) -> dict[str, Any]:
-    """What graph a profile times: the planner refuses a profile whose graph differs from the
-    one it would export (int8 included: its format depends on the device's ISA)."""
+# Fields of a graph record that say how it was timed, not what was timed (never compared).
+TIMING_FIELDS = ("onnxruntime", "identity_projections")
+# What profiles made before a field was recorded timed (BERT, int8 without reduce_range).
+GRAPH_DEFAULTS = {"family": "bert", "int8": {"reduce_range": False}}
+
+
+def graph_record(config: SuperConfig, isa, task: str = "feature-extraction",
+                 optimized: bool = True, opset: int = OPSET) -> dict[str, Any]:
+    """What graph a profile times, and (with the export's options) what an export writes: the
+    planner compares the two records whole, so a profile of another family, activation,
+    pooler, opset or int8 format (per channel, reduce range: it follows the ISA) is refused."""
     import onnxruntime as ort
 
-    return {"task": "feature-extraction", "optimized": True, "activation": config.hidden_act,
-            "pooler": config.pooler, "opset": OPSET, "onnxruntime": ort.__version__,
-            "int8": int8_record(int8_format(isa)), "identity_projections": IDENTITY_VARIANTS}
+    return {"task": task, "optimized": optimized, "family": config.family.name,
+            "activation": config.hidden_act, "pooler": config.pooler, "opset": opset,
+            "onnxruntime": ort.__version__, "int8": int8_record(int8_format(isa)),
+            "identity_projections": IDENTITY_VARIANTS}
+
+
+def graph_differences(recorded: dict[str, Any], wanted: dict[str, Any], int8: bool
+                      ) -> list[str]:
+    """Where a profile's graph record differs from an export's (int8 only if profiled)."""
+    out = []
+    for key, value in wanted.items():
+        if key in TIMING_FIELDS or (key == "int8" and not int8):
+            continue
+        default = GRAPH_DEFAULTS.get(key)
+        got = recorded.get(key, default if not isinstance(default, dict) else None)
+        if isinstance(default, dict):
+            got = {**default, **(recorded.get(key) or {})}
+        if got != value:
+            out.append(f"{key} {got!r} (profile) vs {value!r} (export)")
+    return out
 
 
 def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
@@ -496,7 +521,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 workloads = sorted({w for *_, ws in batch_items for w in ws},
                                    key=lambda w: w[0] * w[1])
                 for w in workloads:
-                    feeds = inputs_for(w, space.vocab_size)
+                    feeds = inputs_for(w, header.config)
                     members = [item for item in batch_items if w in item[3]]
                     runners = {REFERENCE: runner(ref_session, feeds)}
                     for i, item in enumerate(members):
@@ -567,7 +592,7 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict
     ms: dict[str, dict[str, dict[str, float]]] = {p: {n: {} for n in shapes}
                                                   for p in protocol.precisions}
     for i, w in enumerate(sorted(protocol.grid, key=lambda w: w[0] * w[1])):
-        feeds = inputs_for(w, space.vocab_size)
+        feeds = inputs_for(w, header.config)
         results = measure_interleaved({k: runner(v, feeds) for k, v in built.items()}, short,
                                       seed=i)
         for (precision, name), r in results.items():
@@ -787,7 +812,7 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     machine is now than when it was calm; ``intrinsic_ms`` = median / drift.
     """
     protocol = header.protocol
-    feeds = inputs_for(workload, header.space.vocab_size)
+    feeds = inputs_for(workload, header.config)
     session = make_session(model, device, threads=protocol.threads)
     times: dict[str, list[float]] = {"model": [], "reference": []}
     medians: dict[str, list[float]] = {"model": [], "reference": []}

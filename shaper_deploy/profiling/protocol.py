@@ -167,13 +167,11 @@ def describe_range(grid: Sequence[Workload]) -> str:
     return "; ".join(f"batch {b}: seq {min(v)}..{max(v)}" for b, v in sorted(rows.items()))
 
 
-def inputs_for(workload: Workload, vocab_size: int) -> dict[str, np.ndarray]:
-    """Fixed int64 inputs of a (batch, seq_len) workload (no padding)."""
-    rng = np.random.default_rng(1234)
-    shape = tuple(workload)
-    return {"input_ids": rng.integers(1, vocab_size, size=shape, dtype=np.int64),
-            "attention_mask": np.ones(shape, np.int64),
-            "token_type_ids": np.zeros(shape, np.int64)}
+def inputs_for(workload: Workload, config) -> dict[str, np.ndarray]:
+    """Fixed int64 inputs of a (batch, seq_len) workload for a network of ``config`` (a
+    SuperConfig): its family's inputs, no padding."""
+    batch, seq_len = workload
+    return config.dummy_inputs(batch, seq_len, seed=1234, padding="none")
 
 
 def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Protocol,

@@ -28,41 +28,11 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import CheckpointError
+from ..families import TOKENIZER_FILES, Family
 from ..io import atomic_dir, read_regular, sha256_file
-from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, is_supershaper,
-                     read_checkpoint_header, read_json)
+from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, hf_family,
+                     is_supershaper, read_checkpoint_header, read_json)
 from .model import BottleneckBert, Provenance, SuperBert
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                   "special_tokens_map.json", "added_tokens.json")
-
-# Hugging Face BERT module names -> ours.
-_HF_TOP = {
-    "embeddings.word_embeddings": "embeddings.word",
-    "embeddings.position_embeddings": "embeddings.position",
-    "embeddings.token_type_embeddings": "embeddings.token_type",
-    "embeddings.LayerNorm": "embeddings.norm",
-    "pooler.dense": "pooler.dense",
-    "cls.predictions.transform.dense": "mlm_head.transform",
-    "cls.predictions.transform.LayerNorm": "mlm_head.norm",
-}
-_HF_LAYER = {
-    "input_bottleneck": "input_bottleneck",
-    "output_bottleneck": "output_bottleneck",
-    "attention.self.query": "layer.query",
-    "attention.self.key": "layer.key",
-    "attention.self.value": "layer.value",
-    "attention.output.dense": "layer.attn_out",
-    "attention.output.LayerNorm": "layer.attn_norm",
-    "intermediate.dense": "layer.ffn_in",
-    "output.dense": "layer.ffn_out",
-    "output.LayerNorm": "layer.ffn_norm",
-}
-# Tensors a BERT checkpoint may hold that a super network does not use.
-_HF_IGNORED = re.compile(
-    r"embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)|cls\.seq_relationship\..+")
-_HF_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
-
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """All tensors of a checkpoint folder, from safetensors or a weights-only pickle."""
@@ -134,36 +104,26 @@ def _read_tokenizer_files(path: Path, recorded: dict[str, str] | None = None
     return files
 
 
-def _from_hf_names(state: dict[str, torch.Tensor], path: Path
+def _from_hf_names(state: dict[str, torch.Tensor], path: Path, fam: Family
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Rename a Hugging Face BERT state dict to ours; return it and any decoder weight."""
+    """Rename a Hugging Face state dict of family ``fam`` to ours; return it and any MLM
+    decoder weight (which must be tied to the word embeddings)."""
     ours: dict[str, torch.Tensor] = {}
     decoder = None
     unexpected = []
     for key, tensor in state.items():
-        k = key[len("bert."):] if key.startswith("bert.") else key
-        k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", k)
-        k = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)
-        if k == "cls.predictions.bias":
-            ours["mlm_head.bias"] = tensor
-            continue
-        if _HF_IGNORED.fullmatch(k):
-            if k == "cls.predictions.decoder.weight":
-                decoder = tensor
-            continue
-        module, _, param = k.rpartition(".")
-        m = _HF_LAYER_KEY.fullmatch(module)
-        if m and m.group(2) in _HF_LAYER:
-            ours[f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}.{param}"] = tensor
-        elif module in _HF_TOP:
-            ours[f"{_HF_TOP[module]}.{param}"] = tensor
-        else:
+        name = fam.our_name(key)
+        if name is None:
             unexpected.append(key)
+        elif name:
+            ours[name] = tensor
+        elif fam.is_decoder(key):
+            decoder = tensor
     if unexpected:
         more = f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""
-        raise CheckpointError(f"{path} holds tensors a BERT encoder does not have: "
-                              f"{', '.join(unexpected[:3])}{more}; expected BertModel or "
-                              "BertForMaskedLM weights")
+        raise CheckpointError(f"{path} holds tensors a {fam.name} encoder does not have: "
+                              f"{', '.join(unexpected[:3])}{more}; expected "
+                              f"{fam.task_architectures()} weights")
     return ours, decoder
 
 
@@ -199,8 +159,9 @@ def _load_checked(model: BottleneckBert, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=False)
 
 
-def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) -> SuperBert:
-    """A super network from a Hugging Face BERT folder, bottlenecks set to the identity.
+def supernet_from_hf(path: str | Path, widths: Sequence[int] | None = None) -> SuperBert:
+    """A super network from a Hugging Face folder of a supported family, bottlenecks set to
+    the identity.
 
     ``widths`` are the design space's per-layer widths; by default the paper's, scaled to the
     model's width. If the folder is a SuperShaper repository checkpoint its bottlenecks are
@@ -208,11 +169,12 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     """
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"BERT folder {path} does not exist")
-    cfg = read_json(path / "config.json", "BERT config")
+        raise CheckpointError(f"Hugging Face model folder {path} does not exist")
+    cfg = read_json(path / "config.json", "Hugging Face config")
     supershaper = is_supershaper(cfg, path)
+    fam = hf_family(cfg, path)
     raw, weights_file = _read_weights(path)
-    state, decoder = _from_hf_names(raw, path)
+    state, decoder = _from_hf_names(raw, path, fam)
     config = config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
                             pooler="pooler.dense.weight" in state, widths=widths,
                             supershaper=supershaper)
@@ -220,7 +182,7 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     if decoder is not None and "embeddings.word.weight" in state and not torch.equal(
             decoder, state["embeddings.word.weight"]):
         raise CheckpointError(f"{path} has an MLM decoder not tied to the word embeddings; "
-                              "only tied decoders (BERT's default) are supported")
+                              "only tied decoders (the families' default) are supported")
     has_bottlenecks = any("bottleneck" in k for k in state)
     if supershaper and not has_bottlenecks:
         raise CheckpointError(f"SuperShaper checkpoint {path} has no bottleneck tensors "
@@ -228,7 +190,8 @@ def supernet_from_bert(path: str | Path, widths: Sequence[int] | None = None) ->
     _identity_bottlenecks(model)
     _load_checked(model, state, weights_file,
                   optional=None if has_bottlenecks else re.compile(r".*_bottleneck\.(weight|bias)"))
-    source = {"path": str(path.resolve()), "kind": "supershaper" if supershaper else "bert",
+    source = {"path": str(path.resolve()),
+              "kind": "supershaper" if supershaper else cfg["model_type"],
               "weights_sha256": sha256_file(weights_file)}
     checkpoint = ({"checkpoint": source["path"],
                    "checkpoint_weights_sha256": source["weights_sha256"]} if supershaper else {})
@@ -242,7 +205,7 @@ def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> Supe
     path = Path(path)
     if (path / "config.json").is_file() and is_supershaper(
             read_json(path / "config.json", "config"), path):
-        return supernet_from_bert(path, widths)
+        return supernet_from_hf(path, widths)
     header = read_checkpoint_header(path, widths)
     weights = path / "model.safetensors"
     if not weights.is_file():

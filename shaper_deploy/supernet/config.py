@@ -5,32 +5,44 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from typing_extensions import NotRequired, TypedDict
 
 from ..errors import CheckpointError, ShaperError
+from ..families import ACTIVATIONS, MODEL_TYPES, Architecture, Family, family
 from ..io import read_regular
 from ..schema import MAX_JSON_BYTES, Sha256, parse_json, validated
 from ..shape import PAPER_WIDTHS, DesignSpace, reject_unknown_fields
 
 CHECKPOINT_FORMAT = "shaper-deploy/supernet"
-CHECKPOINT_VERSION = 2  # 2 records each tokenizer file's sha256; 1 only the weights' (still read)
-ACTIVATIONS = ("gelu", "gelu_new", "relu")
+# 3 records the model family (model_type); 2 each tokenizer file's sha256; 1 only the
+# weights' (1 and 2 are BERT, still read)
+CHECKPOINT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class SuperConfig:
-    """Everything needed to rebuild a super network: its design space plus BERT's details."""
+    """Everything needed to rebuild a super network: its design space plus its family's
+    details."""
 
     space: DesignSpace = field(default_factory=DesignSpace)  # widths and sizes (see DesignSpace)
+    model_type: str = "bert"  # the Hugging Face model_type; its family spec (families/)
     hidden_act: str = "gelu"  # FFN activation: gelu (erf), gelu_new (tanh approximation) or relu
     layer_norm_eps: float = 1e-12  # every LayerNorm's epsilon
     pad_token_id: int = 0  # the tokenizer's padding id (kept for the exported config.json)
-    pooler: bool = False  # a BERT pooler (dense + tanh on [CLS]) sits on top
+    pooler: bool = False  # a pooler (dense + tanh on the first token) sits on top
     dropout: float = 0.0  # hidden and attention dropout while training (the paper trains with 0)
 
     def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise CheckpointError(f"model_type {str(self.model_type)[:40]!r} is not supported; "
+                                  f"allowed: {', '.join(MODEL_TYPES)}")
+        if (self.space.type_vocab_size > 0) != self.family.token_type_table:
+            raise CheckpointError(
+                f"a {self.model_type} network has " + ("token type embeddings (type_vocab_size "
+                "of at least 1)" if self.family.token_type_table else "no token type "
+                "embeddings (type_vocab_size 0)") + f", got {self.space.type_vocab_size}")
         if self.hidden_act not in ACTIVATIONS:
             raise CheckpointError(f"activation {str(self.hidden_act)[:40]!r} is not supported; "
                                   f"allowed: {', '.join(ACTIVATIONS)}")
@@ -42,6 +54,29 @@ class SuperConfig:
             raise CheckpointError(f"pad_token_id {self.pad_token_id} is not a token id of the "
                                   f"vocabulary (0..{self.space.vocab_size - 1})")
 
+    @property
+    def family(self) -> Family:
+        return family(self.model_type)
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input in tokens (the position table less the family's offset)."""
+        return self.family.max_tokens(self.space.max_positions, self.pad_token_id)
+
+    def dummy_inputs(self, batch: int, seq_len: int, seed: int = 0, padding: str = "right"
+                     ) -> dict[str, Any]:
+        """Random int64 inputs of this network's graph (its family's names, its vocabulary,
+        padding id and token types); see :meth:`Family.dummy_inputs`."""
+        s = self.space
+        return self.family.dummy_inputs(s.vocab_size, batch, seq_len, seed, padding,
+                                        self.pad_token_id, s.type_vocab_size)
+
+    def architecture(self) -> Architecture:
+        s = self.space
+        return Architecture(s.hidden_size, s.num_heads, s.num_layers, s.intermediate_size,
+                            s.vocab_size, s.max_positions, s.type_vocab_size, self.hidden_act,
+                            self.layer_norm_eps, self.pad_token_id)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["space"] = self.space.to_dict()
@@ -50,29 +85,13 @@ class SuperConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "super network config"
                   ) -> "SuperConfig":
+        if isinstance(data, dict) and "model_type" not in data:
+            data = {**data, "model_type": "bert"}  # written before families: BERT
         reject_unknown_fields(cls, data, where, CheckpointError, require_all=True)
         reject_unknown_fields(DesignSpace, data["space"], f"{where} design space",
                               CheckpointError, require_all=True)
         return validated(cls, data, where, CheckpointError,
                          "make the super network again with shaperctl supernet init")
-
-
-class HFConfig(TypedDict, total=False):
-    """The fields of a Hugging Face BERT ``config.json`` that a super network is built from
-    (others are ignored), each checked by type before use."""
-    model_type: str
-    position_embedding_type: str
-    hidden_size: int
-    num_attention_heads: int
-    num_hidden_layers: int
-    intermediate_size: int
-    vocab_size: int
-    max_position_embeddings: int
-    type_vocab_size: int
-    hidden_act: str
-    layer_norm_eps: float
-    pad_token_id: Optional[int]
-    mixing: str
 
 
 class CheckpointHeader(TypedDict):
@@ -95,44 +114,43 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def hf_family(cfg: dict[str, Any], path: Path) -> Family:
+    """The family spec of a Hugging Face config.json, or one line naming what is allowed."""
+    model_type = cfg.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"{path} is a {str(model_type)[:40]!r} model; supported "
+                              f"model types: {', '.join(MODEL_TYPES)}")
+    return family(model_type)
+
+
 def config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: bool,
                    widths: Sequence[int] | None, supershaper: bool = False) -> SuperConfig:
-    """A SuperConfig from a Hugging Face BERT config.json (ours or SuperShaper's).
+    """A SuperConfig from a Hugging Face config.json of any supported family (or a
+    SuperShaper checkpoint's, which is BERT).
 
-    Widths default to the paper's fractions of D for a plain BERT. A SuperShaper checkpoint
+    Widths default to the paper's fractions of D for a plain model. A SuperShaper checkpoint
     does not record its widths (their code hard-codes the paper's for BERT-base): they are
     the paper's at D = 768 and must be declared for any other D, never guessed.
     """
-    cfg = validated(HFConfig, cfg, f"{path}/config.json", CheckpointError,
-                    "fix the Hugging Face config")
-    if cfg.get("model_type") != "bert":
-        raise CheckpointError(f"{path} is a {cfg.get('model_type')!r} model; only BERT "
-                              "(model_type 'bert') can become a super network")
-    if cfg.get("position_embedding_type", "absolute") != "absolute":
-        raise CheckpointError(f"{path} uses {cfg['position_embedding_type']!r} position "
-                              "embeddings; only 'absolute' is supported")
-    need = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
-            "vocab_size", "max_position_embeddings", "type_vocab_size")
-    missing = [k for k in need if not isinstance(cfg.get(k), int)]
-    if missing:
-        raise CheckpointError(f"{path}/config.json lacks integer field(s) {', '.join(missing)}")
+    fam = hf_family(cfg, path)
+    arch = fam.read_config(cfg, path)
     if supershaper and widths is None:
-        if cfg["hidden_size"] != PAPER_WIDTHS[-1]:
+        if arch.hidden_size != PAPER_WIDTHS[-1]:
             raise CheckpointError(
-                f"SuperShaper checkpoint {path} has D = {cfg['hidden_size']}; its config does "
+                f"SuperShaper checkpoint {path} has D = {arch.hidden_size}; its config does "
                 "not record the allowed widths (the authors' code hard-codes the paper's for "
                 "D = 768): declare them with --widths, e.g. --widths "
-                f"{','.join(str(w * cfg['hidden_size'] // 768) for w in (120, 360, 768))}")
+                f"{','.join(str(w * arch.hidden_size // 768) for w in (120, 360, 768))}")
         widths = PAPER_WIDTHS
     try:
         space = DesignSpace.for_model(
-            cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"],
-            widths=widths, intermediate_size=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"],
-            type_vocab_size=cfg["type_vocab_size"], mlm_head=mlm_head)
-        return SuperConfig(space=space, hidden_act=cfg.get("hidden_act", "gelu"),
-                           layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
-                           pad_token_id=int(cfg.get("pad_token_id") or 0), pooler=pooler)
+            arch.hidden_size, arch.num_heads, arch.num_layers, widths=widths,
+            intermediate_size=arch.intermediate_size, vocab_size=arch.vocab_size,
+            max_positions=arch.max_positions, type_vocab_size=arch.type_vocab_size,
+            mlm_head=mlm_head)
+        return SuperConfig(space=space, model_type=cfg["model_type"], hidden_act=arch.hidden_act,
+                           layer_norm_eps=arch.layer_norm_eps, pad_token_id=arch.pad_token_id,
+                           pooler=pooler)
     except ShaperError as exc:
         raise CheckpointError(f"cannot build a super network from {path}/config.json: {exc}"
                               ) from None
@@ -188,7 +206,7 @@ def read_checkpoint_header(path: str | Path, widths: Sequence[int] | None = None
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"super network {path} is not a folder; "
-                              "make one with: shaperctl supernet init --from-bert DIR --out DIR")
+                              "make one with: shaperctl supernet init --from-hf DIR --out DIR")
     header = read_json(path / "config.json", "super network config")
     if is_supershaper(header, path):
         return _supershaper_header(path, header, widths)
@@ -197,9 +215,9 @@ def read_checkpoint_header(path: str | Path, widths: Sequence[int] | None = None
                               "records its own widths")
     fmt = header.get("format")
     if fmt != CHECKPOINT_FORMAT:
-        hint = ("it looks like a plain Hugging Face BERT; turn it into a super network with: "
-                f"shaperctl supernet init --from-bert {path} --out DIR"
-                if header.get("model_type") == "bert" and "mixing" not in header else
+        hint = (f"it looks like a plain Hugging Face {header['model_type']} model; turn it into "
+                f"a super network with: shaperctl supernet init --from-hf {path} --out DIR"
+                if header.get("model_type") in MODEL_TYPES and "mixing" not in header else
                 "expected a folder written by 'shaperctl supernet init'")
         raise CheckpointError(f"{path} is not a shaper-deploy super network ({hint})")
     version = header.get("format_version")

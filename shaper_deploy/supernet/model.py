@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import ShapeError, ShaperError
 from ..shape import Shape
 from .config import SuperConfig
-from .modules import BottleneckLayer, Embeddings, MLMHead, Pooler, attention_bias
+from .modules import BottleneckLayer, MLMHead, Pooler, attention_bias, embeddings_for
 
 
 class EncoderOutput(NamedTuple):
@@ -33,7 +33,8 @@ class Provenance:
 
 
 class BottleneckBert(nn.Module):
-    """Embeddings, one BottleneckLayer per layer at the given widths, optional heads.
+    """Embeddings, one BottleneckLayer per layer at the given widths, optional heads; any
+    family (its spec decides the embeddings' positions and token types, the MLM activation).
 
     The super network holds every layer at the largest width; a sliced sub-network holds each
     layer at its own width. Both run the same forward code.
@@ -43,13 +44,14 @@ class BottleneckBert(nn.Module):
         super().__init__()
         s = config.space
         self.config = config
-        self.embeddings = Embeddings(s, config.layer_norm_eps, config.dropout)
+        self.embeddings = embeddings_for(config)
         self.layers = nn.ModuleList(
             BottleneckLayer(s.hidden_size, w, s.num_heads, s.intermediate_size,
                             config.hidden_act, config.layer_norm_eps, config.dropout)
             for w in widths)
         self.pooler = Pooler(s.hidden_size) if config.pooler else None
-        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size, config.hidden_act,
+        self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size,
+                                 config.family.mlm_act(config.hidden_act),
                                  config.layer_norm_eps) if s.mlm_head else None)
         self.provenance = Provenance()
 
@@ -79,8 +81,6 @@ class BottleneckBert(nn.Module):
                 layer_outputs: bool = False) -> EncoderOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask, x.dtype)
         outputs = [] if layer_outputs else None  # kept only when asked: they hold memory
@@ -95,7 +95,7 @@ class BottleneckBert(nn.Module):
         """Masked-LM logits (B, S, vocab) from ``last_hidden_state``."""
         if self.mlm_head is None:
             raise ShaperError("this network has no MLM head; the fill-mask task and the mlm "
-                              "objective need a BERT with one")
+                              "objective need a model with one")
         return self.mlm_head(hidden, self.embeddings.word.weight)
 
 
@@ -121,11 +121,14 @@ class SuperBert(BottleneckBert):
         return self._encode(input_ids, attention_mask, token_type_ids, widths, layer_outputs)
 
     @classmethod
-    def from_bert(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
-        """A super network with identity bottlenecks from a local Hugging Face BERT folder."""
-        from .checkpoint import supernet_from_bert
+    def from_hf(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
+        """A super network with identity bottlenecks from a local Hugging Face folder of any
+        supported family (BERT, RoBERTa/XLM-R/CamemBERT, DistilBERT)."""
+        from .checkpoint import supernet_from_hf
 
-        return supernet_from_bert(path, widths)
+        return supernet_from_hf(path, widths)
+
+    from_bert = from_hf  # the name before families
 
     @classmethod
     def load(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":

@@ -44,23 +44,49 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 class Embeddings(nn.Module):
-    """Word + position + token type embeddings, LayerNorm, dropout; always D wide."""
+    """Word + position (+ token type) embeddings, LayerNorm, dropout; always D wide.
 
-    def __init__(self, space: DesignSpace, eps: float, dropout: float):
+    Positions count from 0 (BERT), or as RoBERTa numbers them when ``padding_idx`` is given:
+    from ``padding_idx + 1`` over the non-padding ids, padding at ``padding_idx``. A family
+    without token types (``type_vocab_size`` 0) has no table; one whose graph is not fed them
+    adds its table's first row to every token.
+    """
+
+    def __init__(self, space: DesignSpace, eps: float, dropout: float,
+                 padding_idx: int | None = None):
         super().__init__()
         D = space.hidden_size
         self.word = nn.Embedding(space.vocab_size, D)
         self.position = nn.Embedding(space.max_positions, D)
-        self.token_type = nn.Embedding(space.type_vocab_size, D)
+        self.token_type = nn.Embedding(space.type_vocab_size, D) if space.type_vocab_size else None
         self.norm = nn.LayerNorm(D, eps=eps)
         self.dropout = nn.Dropout(dropout)
+        self.padding_idx = padding_idx
         self.register_buffer("position_ids", torch.arange(space.max_positions)[None, :],
                              persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = self.position_ids[:, : input_ids.shape[1]]
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.padding_idx is None:
+            return self.position_ids[:, : input_ids.shape[1]]
+        real = input_ids.ne(self.padding_idx).to(input_ids.dtype)
+        return torch.cumsum(real, dim=1) * real + self.padding_idx
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        x = self.word(input_ids)
+        if self.token_type is not None:  # added before positions, as Hugging Face does
+            x = x + (self.token_type.weight[0] if token_type_ids is None
+                     else self.token_type(token_type_ids))
+        x = x + self.position(self.positions(input_ids))
         return self.dropout(self.norm(x))  # (B, S, D)
+
+
+def embeddings_for(config, dropout: float | None = None) -> Embeddings:
+    """The embeddings of a network of ``config`` (a SuperConfig), positions numbered as its
+    family numbers them; ``dropout`` None: the config's."""
+    pad = config.pad_token_id if config.family.padding_positions else None
+    return Embeddings(config.space, config.layer_norm_eps,
+                      config.dropout if dropout is None else dropout, pad)
 
 
 class TransformerLayer(nn.Module):
