@@ -149,7 +149,7 @@ def main() -> None:
     train_file = args.work / "bbc_train.txt"
     train_file.write_text("\n".join(texts[i] for i in range(len(texts)) if i % 5) + "\n")
     corpus = tokenize(read_texts(train_file), model.tokenizer_files["tokenizer.json"], 128, 0.02,
-                      model.config.space.max_positions)
+                      model.config)
     base = TrainConfig(objective="distill", steps=4, batch_size=16, seq_len=128, lr=1e-4,
                        random_shapes=2, checkpoint_every=50)
     shutil.rmtree(args.work / "probe-steps", ignore_errors=True)  # time fresh steps
@@ -177,7 +177,7 @@ def main() -> None:
 
     held = [texts[i] for i in ev.test]
     qc = tokenize(held, model.tokenizer_files["tokenizer.json"], SEQ, 0.5,
-                  model.config.space.max_positions)
+                  model.config)
     qcorpus = Corpus(qc.train, torch.cat([qc.val, qc.train]), qc.special_ids, qc.mask_id)
     measured = sample_shapes(space, 48, seed=1)
     values = []

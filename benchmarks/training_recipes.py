@@ -130,7 +130,7 @@ def main() -> None:
     original = embed(model.eval(), *ev.te, None)  # the original model's test embeddings
     train = [texts[i] for i in range(len(texts)) if i % 5]
     corpus = tokenize(train, model.tokenizer_files["tokenizer.json"], SEQ, 0.02,
-                      model.config.space.max_positions)
+                      model.config)
     base = dict(objective="distill", batch_size=16, seq_len=SEQ, checkpoint_every=10**6,
                 **RECIPES[args.recipe])
     for item in args.overrides:

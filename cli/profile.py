@@ -114,10 +114,10 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
-        usable = tuple(s for s in lens if s <= config.space.max_positions)
+        usable = tuple(s for s in lens if s <= config.max_tokens)
         if not usable:
             raise click.BadParameter(f"every length exceeds the model's "
-                                     f"{config.space.max_positions} positions",
+                                     f"{config.max_tokens} positions",
                                      param_hint="--seq-len")
         grid_batches = int_list(batches or "1,4,16", "--batch")
         reference = (1 if 1 in grid_batches else grid_batches[0],

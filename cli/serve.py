@@ -73,7 +73,8 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
 def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: str,
         normalize: bool, compare_bundle: Path | None, max_length: int | None, device: str,
         model_file: str | None, as_json: bool) -> None:
-    """Embed texts (or fill [MASK] tokens) with a bundle, through onnxruntime alone.
+    """Embed texts (or fill mask tokens: [MASK], <mask>) with a bundle, through onnxruntime
+    alone.
 
     \b
     Examples:
@@ -392,9 +393,10 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
     metadata, Prometheus metrics) until SIGTERM, which drains requests in flight.
 
     Every bundle is verified and loaded before a port opens. V2 inputs: 'text' (BYTES [N]) ->
-    'embedding' FP32 [N, D] (fill-mask bundles: 'fill_mask'), or input_ids + attention_mask
-    (+ token_type_ids) INT64 [B, S] -> the graph's outputs; JSON numbers, or the binary
-    tensor extension where the request asks (binary_data_output). See docs/serving.md.
+    'embedding' FP32 [N, D] (fill-mask bundles: 'fill_mask'), or the graph's inputs
+    (input_ids + attention_mask, + token types for BERT) INT64 [B, S] -> its outputs; JSON
+    numbers, or the binary tensor extension where the request asks (binary_data_output).
+    See docs/serving.md.
 
     \b
     Examples:

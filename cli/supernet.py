@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from shaper_deploy.families import MODEL_TYPES
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape, flops, param_breakdown, parse_shape
 
 from .common import (ShaperGroup, emit, int_list, json_option, millions, progress, table,
@@ -33,9 +34,9 @@ def supernet() -> None:
 @supernet.command("init")
 @click.option("--from-hf", "--from-bert", "source", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A local Hugging Face BERT folder (config.json + weights; model_type bert "
-                   "only so far), or a SuperShaper repository checkpoint. --from-bert is the "
-                   "same option.")
+              help="A local Hugging Face model folder (config.json + weights) of a supported "
+                   f"family (model_type {', '.join(MODEL_TYPES)}), or a SuperShaper repository "
+                   "checkpoint. --from-bert is the same option.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write the super network to (must not exist).")
 @click.option("--widths", default=None,
@@ -44,9 +45,10 @@ def supernet() -> None:
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @json_option
 def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool) -> None:
-    """Turn a pretrained BERT into a super network with identity bottlenecks.
+    """Turn a pretrained encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT) into a super
+    network with identity bottlenecks.
 
-    At the full shape the result computes exactly what the source BERT computes.
+    At the full shape the result computes exactly what the source model computes.
 
     \b
     Example:
@@ -94,7 +96,8 @@ def _info_text(d: dict, config: dict) -> str:
     s = d["design_space"]
     heads = [h for h, on in (("pooler", config["pooler"]), ("MLM head", s["mlm_head"])) if on]
     source = d.get("source") or {}
-    rows = [("architecture", f"{s['num_layers']} layers, D={s['hidden_size']}, "
+    rows = [("architecture", f"{config.get('model_type', 'bert')}: "
+                             f"{s['num_layers']} layers, D={s['hidden_size']}, "
                              f"{s['num_heads']} heads, FFN {s['intermediate_size']}, vocab "
                              f"{s['vocab_size']}, {config['hidden_act']}, heads: "
                              f"{', '.join(heads) or 'none'}"),

@@ -105,7 +105,7 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json, "
                                    "which training needs to read text")
     corpus = tokenize(read_texts(data_path), tokenizer.read_bytes(), seq_len,
-                      config.val_fraction, header["config"].space.max_positions)
+                      config.val_fraction, header["config"])
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one report for all ranks
         progress(f"{len(corpus.train)} training and {len(corpus.val)} validation blocks of "
                  f"{seq_len} tokens")
@@ -175,7 +175,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
     corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,
-                      0.5, model.config.space.max_positions)
+                      0.5, model.config)
     shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress)
     predictor = fit_quality(shapes, values, metric)
     predictor.save(out)

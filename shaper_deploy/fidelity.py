@@ -103,7 +103,8 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray,
 
 
 def masked_positions(mask: np.ndarray, every: int = 5) -> list[tuple[int, int]]:
-    """Every ``every``-th real token of each row, skipping the first and last ([CLS], [SEP])."""
+    """Every ``every``-th real token of each row, skipping the first and last (the family's
+    CLS and SEP: [CLS] [SEP], <s> </s>)."""
     positions = []
     for r, row in enumerate(mask):
         real = np.flatnonzero(row)[1:-1]

@@ -6,9 +6,9 @@ Each bundle is one :class:`BundleModel`. A V2 request carries either
 
 * ``text``: BYTES ``[N]`` (UTF-8), answered with ``embedding`` FP32 ``[N, D]`` (mean-pooled,
   unit length) for feature-extraction bundles, or ``fill_mask`` BYTES ``[N]`` (one JSON list
-  per text of the top tokens per ``[MASK]``) for fill-mask bundles; or
-* ``input_ids`` and ``attention_mask`` (and ``token_type_ids``), INT64 ``[B, S]``, for
-  clients that tokenize themselves, answered with the graph's own outputs.
+  per text of the top tokens per mask token) for fill-mask bundles; or
+* the graph's inputs (``input_ids``, ``attention_mask`` and, for BERT, token types), INT64
+  ``[B, S]``, for clients that tokenize themselves, answered with the graph's own outputs.
 
 A V1 request is ``{"instances": ["text", ...]}`` and gets ``{"predictions": [...]}``. Every
 mistake of the client is a KServe ``InvalidInput`` (HTTP 400, gRPC INVALID_ARGUMENT) with one
@@ -245,7 +245,7 @@ class BundleModel(kserve.Model):
         texts = [t for job, _ in jobs for t in job]
         try:
             result = await asyncio.to_thread(self._compute, texts)
-        except ServingError as exc:  # e.g. a fill-mask text without [MASK]: one at a time
+        except ServingError as exc:  # e.g. a fill-mask text without a mask: one at a time
             if len(jobs) > 1:
                 for job in jobs:
                     await self._run([job])

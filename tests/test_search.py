@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import TrainingError
 from shaper_deploy.shape import PAPER_SPACE
+from shaper_deploy.supernet import SuperConfig
 from shaper_deploy.templates import random_shape, sample_shapes
 from shaper_deploy.training.data import tokenize
 from shaper_deploy.training.quality import QualityPredictor, fit_quality, measure_quality
@@ -26,7 +27,7 @@ def synthetic_quality(shapes):
 def test_measured_quality(tiny_supernet):
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(120)]
-    corpus = tokenize(texts, tiny_tokenizer_json().encode(), 32, 0.5, 64)
+    corpus = tokenize(texts, tiny_tokenizer_json().encode(), 32, 0.5, SuperConfig(TINY_SPACE))
     cos = measure_quality(tiny_supernet, [TINY_SPACE.largest, TINY_SPACE.smallest], corpus,
                           "cosine")
     assert cos[0] == pytest.approx(1.0, abs=1e-6) and cos[1] < cos[0]

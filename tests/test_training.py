@@ -27,7 +27,7 @@ def setup(tmp_path):
     (tmp_path / "texts.txt").write_text("\n".join(
         " ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)))
     corpus = tokenize(read_texts(tmp_path / "texts.txt"), tiny_tokenizer_json().encode(), 32,
-                      0.05, 64)
+                      0.05, SuperConfig(TINY_SPACE))
     return tmp_path, corpus
 
 
@@ -168,7 +168,7 @@ def test_bad_data_and_settings(tmp_path):
     with pytest.raises(TrainingError, match="no text found"):
         read_texts(tmp_path / "empty")
     with pytest.raises(TrainingError, match="too few for two blocks"):
-        tokenize(["the model"], tiny_tokenizer_json().encode(), 32, 0.05, 64)
+        tokenize(["the model"], tiny_tokenizer_json().encode(), 32, 0.05, SuperConfig(TINY_SPACE))
     with pytest.raises(TrainingError, match="unknown objective 'rl'; allowed: mlm, distill"):
         TrainConfig(objective="rl")
     r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp_path),

@@ -31,6 +31,7 @@ ACTIVATIONS = ("gelu", "gelu_new", "relu")  # every FFN activation a deployed gr
 # tokenizer.json is what tokenizes, the rest keep the folder loadable by transformers).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
+TOKEN_TYPES = "token_type_ids"  # the graph input of token types, in families that feed them
 PADDINGS = ("none", "right", "mixed")  # how dummy inputs pad (see Family.dummy_inputs)
 
 
@@ -74,7 +75,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values this spec reads
     class_prefix: Mapping[str, str]  # model_type -> the transformers class name prefix
-    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", TOKEN_TYPES)
     prefix: str = "bert."  # the base model's prefix in task checkpoints
     # Hugging Face module names -> ours (outside the layers, then inside layer N).
     top_names: Mapping[str, str] = field(default_factory=lambda: {
@@ -113,7 +114,7 @@ class Family:
     def token_types(self) -> bool:
         """Whether the graph takes token types (a family may hold a one-row table it never
         feeds, as RoBERTa does)."""
-        return "token_type_ids" in self.inputs
+        return TOKEN_TYPES in self.inputs
 
     def position_offset(self, pad_token_id: int) -> int:
         """The first position id a token gets (RoBERTa: pad + 1; BERT: 0)."""
@@ -158,7 +159,7 @@ class Family:
         if self.token_types:
             types = np.zeros_like(ids)
             types[:, seq_len // 2:] = min(1, type_vocab_size - 1)
-            feeds["token_type_ids"] = types * mask
+            feeds[TOKEN_TYPES] = types * mask
         return feeds
 
     def feeds(self, encodings) -> dict[str, "np.ndarray"]:
@@ -169,7 +170,7 @@ class Family:
                  "attention_mask": np.array([e.attention_mask for e in encodings],
                                             dtype=np.int64)}
         if self.token_types:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+            feeds[TOKEN_TYPES] = np.array([e.type_ids for e in encodings], dtype=np.int64)
         return feeds
 
     def special_token_id(self, tokenizer, role: str) -> Optional[int]:

@@ -5,7 +5,7 @@ shapes needs their graphs in a fraction of that. This builds the graph that
 :func:`shaper_deploy.export.export_bundle` produces for ``feature-extraction``, node for node::
 
     embeddings, as the family's spec has them fused: EmbedLayerNormalization over
-                  input_ids (and token_type_ids, or explicit position ids without them);
+                  input_ids (and token types, or explicit position ids without them);
                   RoBERTa's padding-aware positions unfused (Gathers, CumSum, LayerNorm)
     MatMul + Add (D -> d_1)
     per layer i:  Attention(num_heads, 2-D mask) -> MatMul -> SkipLayerNormalization
@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ProfileError
+from ..families import TOKEN_TYPES
 from ..shape import Shape, identity_projections
 from ..supernet.config import SuperConfig
 
@@ -217,7 +218,7 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
         ids = node("Cast", ["input_ids"], "input_ids_int32", to=TensorProto.INT32)
         emb_inputs = [ids, "", word, position, "", gain, shift]
         if fam.token_types:
-            emb_inputs[1] = node("Cast", ["token_type_ids"], "token_type_ids_int32",
+            emb_inputs[1] = node("Cast", [TOKEN_TYPES], f"{TOKEN_TYPES}_int32",
                                  to=TensorProto.INT32)
             emb_inputs[4] = w.add("token_type", w.get("embeddings.token_type.weight",
                                                       (s.type_vocab_size, D)))

@@ -419,9 +419,9 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
     check_threads(protocol.threads)
     space = config.space
-    too_long = [s for s in protocol.seq_lens if s > space.max_positions]
+    too_long = [s for s in protocol.seq_lens if s > config.max_tokens]
     if too_long:
-        raise ProfileError(f"--seq-len {too_long[0]} exceeds the model's {space.max_positions} "
+        raise ProfileError(f"--seq-len {too_long[0]} exceeds the model's {config.max_tokens} "
                            "positions")
     for precision in protocol.precisions:
         problem = precision_problem(device, precision)

@@ -154,7 +154,7 @@ class BottleneckLayer(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT's pooler: dense + tanh on the first ([CLS]) token."""
+    """The pooler (BERT's, RoBERTa's): dense + tanh on the first token ([CLS], <s>)."""
 
     def __init__(self, hidden_size: int, in_features: int | None = None):
         super().__init__()

@@ -35,30 +35,33 @@ def read_texts(path: str | Path) -> list[str]:
 
 @dataclass
 class Corpus:
-    train: torch.Tensor  # (N, seq_len) token ids, each block [CLS] ... [SEP]
+    train: torch.Tensor  # (N, seq_len) token ids, each block [CLS] ... [SEP] (or <s> ... </s>)
     val: torch.Tensor  # (M, seq_len)
     special_ids: tuple[int, ...]  # ids never masked (CLS, SEP, PAD)
-    mask_id: int | None  # [MASK], for the MLM objective
+    mask_id: int | None  # the family's mask token, for the MLM objective
 
 
 def tokenize(texts: list[str], tokenizer_json: bytes, seq_len: int, val_fraction: float,
-             max_positions: int) -> Corpus:
-    """Concatenate the texts' tokens and cut them into [CLS] + seq_len-2 tokens + [SEP] blocks
-    of at most the model's ``max_positions``.
+             config) -> Corpus:
+    """Concatenate the texts' tokens and cut them into CLS + seq_len-2 tokens + SEP blocks
+    (the special tokens of ``config``'s family, a SuperConfig) of at most the model's
+    positions.
 
     Every ``1/val_fraction``-th block is held out for validation (at least one).
     """
     from tokenizers import Tokenizer
 
-    if not 8 <= seq_len <= max_positions:
-        raise TrainingError(f"--seq-len must be 8..{max_positions} (the model's positions), "
+    most, fam = config.max_tokens, config.family
+    if not 8 <= seq_len <= most:
+        raise TrainingError(f"--seq-len must be 8..{most} (the model's positions), "
                             f"got {seq_len}")
     tok = Tokenizer.from_str(tokenizer_json.decode())
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    pad_id = tok.token_to_id("[PAD]")
+    cls_id, sep_id = fam.special_token_id(tok, "cls"), fam.special_token_id(tok, "sep")
+    pad_id = fam.special_token_id(tok, "pad")
     if cls_id is None or sep_id is None:
-        raise TrainingError("the super network's tokenizer has no [CLS]/[SEP]; a BERT "
-                            "word-piece tokenizer is needed")
+        raise TrainingError(f"the super network's tokenizer has no "
+                            f"{fam.special_tokens['cls']}/{fam.special_tokens['sep']}; the "
+                            f"{fam.name} family's own tokenizer is needed")
     stream: list[int] = []
     for enc in tok.encode_batch(texts, add_special_tokens=False):
         stream += enc.ids + [sep_id]
@@ -75,4 +78,4 @@ def tokenize(texts: list[str], tokenizer_json: bytes, seq_len: int, val_fraction
     if not held.any():
         held[-1] = True
     specials = tuple(i for i in (cls_id, sep_id, pad_id) if i is not None)
-    return Corpus(blocks[~held], blocks[held], specials, tok.token_to_id("[MASK]"))
+    return Corpus(blocks[~held], blocks[held], specials, fam.special_token_id(tok, "mask"))

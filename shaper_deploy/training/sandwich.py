@@ -95,9 +95,10 @@ def _scaled_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mask_tokens(ids: torch.Tensor, corpus: Corpus, vocab: int, probability: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: of the chosen tokens 80% become [MASK], 10% random, 10% unchanged."""
+    """BERT masking: of the chosen tokens 80% become the mask token, 10% random, 10%
+    unchanged."""
     if corpus.mask_id is None:
-        raise TrainingError("the tokenizer has no [MASK] token; the mlm objective needs one")
+        raise TrainingError("the tokenizer has no mask token; the mlm objective needs one")
     labels = ids.clone()
     special = torch.zeros_like(ids, dtype=torch.bool)
     for s in corpus.special_ids:
