@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from shaper_deploy.bundle import TASKS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (emit, json_option, millions, percentile_option, progress, table,
@@ -51,7 +52,7 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
               help="Plan with a profile marked unreliable (held-out MAPE > 5% or noise > 3%).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Bundle folder to write (must not exist unless --force).")
-@click.option("--task", type=click.Choice(["feature-extraction", "fill-mask"]),
+@click.option("--task", type=click.Choice(TASKS),
               default="feature-extraction", show_default=True,
               help="Outputs: last_hidden_state (+ pooler_output), or MLM logits.")
 @click.option("--int8", is_flag=True,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from shaper_deploy.runtime import DEVICES
+from shaper_deploy.serving import POOLINGS
 
 from .common import emit, json_option, progress, table
 
@@ -59,7 +60,7 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
 @click.option("--file", "text_file", type=click.Path(path_type=Path),
               help="Read texts from this file, one per line (UTF-8, at most 16 MiB and 1,000 "
                    "texts).")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default="mean",
+@click.option("--pooling", type=click.Choice(POOLINGS), default="mean",
               show_default=True, help="How a text's token vectors become one vector.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True,
               help="Scale embeddings to unit length.")

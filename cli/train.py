@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import click
 
-from shaper_deploy.training.config import DEVICES, ORDERS, PRECISIONS, TrainConfig
+from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
+                                           QUALITY_METRICS, TrainConfig)
 
 from .common import (ShaperGroup, emit, json_option, percentile_option, progress, table,
                      widths_option)
@@ -27,7 +28,7 @@ def train() -> None:
               help="The super network to start from (for distill, also the teacher).")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="A .txt file or a folder of them; one text per line.")
-@click.option("--objective", type=click.Choice(["mlm", "distill"]), default="distill",
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="distill",
               show_default=True, help="Masked-LM, or match the source's hidden states.")
 @click.option("--steps", required=True, type=int, help="Optimizer steps.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -138,7 +139,7 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
               help="The (trained) super network whose shapes to measure.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="Held-out text: a .txt file or a folder of them.")
-@click.option("--metric", type=click.Choice(["cosine", "perplexity"]), default="cosine",
+@click.option("--metric", type=click.Choice(list(QUALITY_METRICS)), default="cosine",
               show_default=True,
               help="Embedding cosine to the full network, or masked-LM perplexity.")
 @click.option("--samples", default=200, show_default=True, type=int,

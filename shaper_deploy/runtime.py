@@ -11,16 +11,34 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from .errors import DeviceError
 
-# What each device runs, in one place: its ONNX Runtime provider, and the precisions that
-# profiles and plans may use there (dynamic int8 is a CPU-provider kernel set).
-DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PRECISIONS = ("fp32", "int8")  # every precision a profile, plan or bundle may have
-DEVICE_PRECISIONS = {"cpu": PRECISIONS, "cuda": ("fp32",)}
-# Why a precision does not run on a device: the one statement every check quotes.
-NOT_HERE = {("cuda", "int8"): "ONNX Runtime's dynamic int8 quantization runs on the CPU "
-                              "provider only"}
+
+
+@dataclass(frozen=True)
+class DeviceRuntime:
+    """What one device runs: its ONNX Runtime provider, the precisions profiles and plans may
+    use there, how int8 is made for it, and why a precision it lacks does not run."""
+    provider: str
+    precisions: tuple[str, ...]
+    int8: str  # how an int8 model for this device is made ("" when it has none)
+    not_here: dict[str, str]  # precision -> the one statement every check quotes
+
+
+# The runtime capability table: every device check, device map and CLI choice reads it.
+RUNTIMES = {
+    "cpu": DeviceRuntime("CPUExecutionProvider", PRECISIONS,
+                         "dynamic quantization (onnxruntime.quantization.quantize_dynamic), "
+                         "its format chosen by the CPU's ISA (int8_format)", {}),
+    "cuda": DeviceRuntime("CUDAExecutionProvider", ("fp32",), "",
+                          {"int8": "ONNX Runtime's dynamic int8 quantization runs on the CPU "
+                                   "provider only"}),
+}
+DEVICES = {name: r.provider for name, r in RUNTIMES.items()}  # device -> provider
+DEVICE_PRECISIONS = {name: r.precisions for name, r in RUNTIMES.items()}
 
 
 def precision_problem(device: str, precision: str) -> str | None:
@@ -28,7 +46,9 @@ def precision_problem(device: str, precision: str) -> str | None:
     allowed there, for a check to raise in its own words."""
     if precision in DEVICE_PRECISIONS.get(device, ()):
         return None
-    why = NOT_HERE.get((device, precision), f"{precision} is not a precision of {device}")
+    runtime = RUNTIMES.get(device)
+    why = (runtime.not_here.get(precision) if runtime else None) or \
+        f"{precision} is not a precision of {device}"
     return f"{why}; allowed on {device}: {', '.join(DEVICE_PRECISIONS.get(device, ()))}"
 MAX_THREADS = 1024  # intra-op threads any session (here or on a server) is given
 THREADS_PER_CORE_HERE = 4  # a session made on this machine: more is oversubscription

@@ -7,10 +7,12 @@ import math
 from dataclasses import dataclass, replace
 
 from ..errors import TrainingError
+from ..runtime import RUNTIMES
 
 OBJECTIVES = ("mlm", "distill")
+QUALITY_METRICS = {"cosine": True, "perplexity": False}  # quality metric -> higher is better
 ORDERS = ("none", "residual", "residual+heads")  # see rewire.py
-DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when a GPU is usable, else cpu
+DEVICES = ("auto", *RUNTIMES)  # auto: cuda when a GPU is usable, else cpu
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
 # A resumed run must use the settings it was started with; steps included, since the
 # learning-rate schedule is laid out over them. Device and precision may change.

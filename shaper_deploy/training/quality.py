@@ -29,10 +29,11 @@ from ..shape import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
 from ..templates import sample_shapes
+from .config import QUALITY_METRICS
 from .data import Corpus
 from .sandwich import mask_tokens
 
-METRICS = {"cosine": True, "perplexity": False}  # metric -> higher is better
+METRICS = QUALITY_METRICS
 FORMAT = "shaper-deploy/quality-predictor"
 
 
