@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.errors import ProfileError
-from shaper_deploy.predictor import DeviceProfile, fit_model, regression_metrics
+from shaper_deploy.profiling.predictor import DeviceProfile, fit_model, regression_metrics
 from shaper_deploy.profiling.profile import (dropped_by_key, held_out_keys, measured_latency,
                                              read_measurements, shape_from_key)
 from shaper_deploy.profiling.protocol import Protocol
-from shaper_deploy.transfer import fit_transfer, transfer_record
+from shaper_deploy.profiling.transfer import fit_transfer, transfer_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("amd-epyc-zen4-2core-avx512-minilm", "x86_64-2core-avx512-minilm"),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.predictor import DeviceProfile, fit_model
+from shaper_deploy.profiling.predictor import DeviceProfile, fit_model
 from shaper_deploy.profiling.profile import read_measurements
 
 SHAPES = ["384,384,384,384,384,384", "264,264,264,264,264,264", "180,60,180,180,240,240",

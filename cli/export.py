@@ -138,7 +138,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         else:
             profile = None
             if profile_path is not None:  # a bad profile fails before anything is written
-                from shaper_deploy.predictor import DeviceProfile
+                from shaper_deploy.profiling.predictor import DeviceProfile
 
                 profile = DeviceProfile.load(profile_path)
                 profile.check_device(device, for_device)
@@ -171,7 +171,7 @@ def _export_for_budget(supernet_path, budget, profile_path, out, device, precisi
                        widths, percentile, for_device):
     from shaper_deploy.fidelity import read_calibration
     from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
-    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.supernet import SuperBert, read_checkpoint_header
     from shaper_deploy.errors import CheckpointError
 
@@ -296,7 +296,7 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
 
     profile = None
     if profile_path is not None:
-        from shaper_deploy.predictor import DeviceProfile
+        from shaper_deploy.profiling.predictor import DeviceProfile
 
         profile = DeviceProfile.load(profile_path)
         profile.check_device("cpu" if profile.device == "cpu" else profile.device, for_device)

@@ -82,7 +82,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         --out profiles/my-vm-minilm
     """
     from shaper_deploy.io import check_not_input, output_lock
-    from shaper_deploy.predictor import DeviceProfile, fit_profile
+    from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
     from shaper_deploy.profiling.profile import run_profile
     from shaper_deploy.profiling.protocol import Protocol
@@ -98,7 +98,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     chosen = tuple(precisions.split(",") if precisions else DEVICE_PRECISIONS[device])
     transfer = None
     if from_paths:
-        from shaper_deploy import transfer as tr
+        from shaper_deploy.profiling import transfer as tr
 
         given = [n for n, v in (("--batch", batches), ("--seq-len", seq_lens),
                                 ("--max-tokens", max_tokens)) if v is not None]
@@ -145,7 +145,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
-    from shaper_deploy.transfer import transfer_advice
+    from shaper_deploy.profiling.transfer import transfer_advice
 
     foreign = p.foreign_fields()
     return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
@@ -263,7 +263,7 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
       shaperctl predict --profile profiles/x86_64-2core-avx512-minilm --shape 384x6 \\
         --precision int8 --batch 2 --seq-len 96
     """
-    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.shape import parse_shape
 
     p = DeviceProfile.load(profile_path)
@@ -312,7 +312,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
       shaperctl profiles list profiles
     """
     from shaper_deploy.errors import ShaperError
-    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.profiling.profile import HEADER
 
     found = []
@@ -375,6 +375,6 @@ def profiles_show(path: Path, as_json: bool) -> None:
     Example:
       shaperctl profiles show profiles/x86_64-2core-avx512-minilm --json
     """
-    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile
 
     emit(profile_data(DeviceProfile.load(path)), as_json, _profile_text)

@@ -180,7 +180,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     plan = model.manifest.plan
     profile, elsewhere = None, []
     if plan and Path(plan["profile"]).is_dir():
-        from shaper_deploy.predictor import DeviceProfile
+        from shaper_deploy.profiling.predictor import DeviceProfile
 
         profile = DeviceProfile.load(plan["profile"])
         elsewhere = profile.foreign_fields()
@@ -267,7 +267,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.errors import ServingError
     from shaper_deploy.io import output_lock
-    from shaper_deploy.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.serving import Bundle
 
     manifest = BundleManifest.read(bundle)

@@ -230,7 +230,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
                                    "the super network")
     latency: Callable[[list], Any] | None = None
     if profile_path is not None:
-        from shaper_deploy.predictor import DeviceProfile
+        from shaper_deploy.profiling.predictor import DeviceProfile
 
         device_profile = DeviceProfile.load(profile_path)
         device_profile.check_device(device_profile.device, for_device)

@@ -46,7 +46,7 @@ from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
 from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
-from .predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
+from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
 from .profiling.profile import graph_differences, graph_record
 from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape

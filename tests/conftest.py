@@ -167,7 +167,7 @@ def fast_protocol(**changes):
 @pytest.fixture(scope="session")
 def tiny_profile(tmp_path_factory) -> Path:
     """A finished fp32 + int8 profile of PLAN_SPACE on this machine (timings not asserted)."""
-    from shaper_deploy.predictor import fit_profile
+    from shaper_deploy.profiling.predictor import fit_profile
     from shaper_deploy.profiling.profile import run_profile
 
     out = tmp_path_factory.mktemp("profiles") / "tiny"

@@ -143,7 +143,7 @@ def test_measuring_and_serving_never_import_torch():
     import sys
 
     code = ("import sys\n"
-            "import shaper_deploy.profiling.profile, shaper_deploy.predictor\n"
+            "import shaper_deploy.profiling.profile, shaper_deploy.profiling.predictor\n"
             "import shaper_deploy.quantize, shaper_deploy.fidelity, shaper_deploy.serving\n"
             "import shaper_deploy.triton, shaper_deploy.cli.main\n"
             "print([m for m in ('torch', 'transformers') if m in sys.modules])")

@@ -132,7 +132,7 @@ def test_profiling_graph_is_the_exported_graph(tmp_path, model_type):
 def test_planning_per_family_and_a_profile_of_another_family_is_refused(
         tmp_path, model_type, tiny_profile):
     from shaper_deploy.planner import export_for_budget
-    from shaper_deploy.predictor import DeviceProfile, fit_profile
+    from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.profile import run_profile
 
     fam = family(model_type)

@@ -16,7 +16,7 @@ from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.fusion import drop_identities, fuse_bottlenecks
 from shaper_deploy.heuristics import cigar_family, cigar_shape
 from shaper_deploy.planner import export_for_budget, parse_budget, plan_for_latency
-from shaper_deploy.predictor import DeviceProfile
+from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.slicing import slice_subnet
 from shaper_deploy.supernet import SuperBert, SuperConfig
 
@@ -38,7 +38,7 @@ def reliable_profile(tiny_profile, tmp_path_factory):
     tokens, proportional to tokens, int8 at half the fp32 cost. Trust is tested apart."""
     import hashlib
 
-    from shaper_deploy.predictor import feature_names
+    from shaper_deploy.profiling.predictor import feature_names
 
     out = tmp_path_factory.mktemp("reliable") / "tiny"
     shutil.copytree(tiny_profile, out)
@@ -558,7 +558,7 @@ def test_a_lasting_slowdown_is_not_divided_out_of_the_verdict(profile, supernet,
     """The machine runs 3x slower than its profile for the whole measurement: the calm
     estimate (drift divided out) is within the budget, the requests just timed are not, and
     verify says over budget (exit 3) instead of passing on the estimate."""
-    import shaper_deploy.predictor as predictor
+    import shaper_deploy.profiling.predictor as predictor
 
     export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
                       measure=Scripted(profile, {"fp32": 1.0}))

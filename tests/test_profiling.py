@@ -10,7 +10,7 @@ import torch
 from shaper_deploy.errors import DeviceError, ProfileError
 from shaper_deploy.export import export_bundle, op_counts
 from shaper_deploy.fusion import fuse_bottlenecks
-from shaper_deploy.predictor import (DeviceProfile, LatencyModel, feature_names, features,
+from shaper_deploy.profiling.predictor import (DeviceProfile, LatencyModel, feature_names, features,
                                      fit_point)
 from shaper_deploy.profiling.graph import GRAPH_ACTIVATIONS, RandomWeightFile, build_deploy_graph
 from shaper_deploy.profiling.profile import (MEASUREMENTS, read_measurements, run_profile,
@@ -433,7 +433,7 @@ def test_slow_periods_are_divided_out_by_the_reference():
 
 
 def test_tail_model_mixes_run_percentiles_over_the_profile():
-    from shaper_deploy.predictor import tail_factor, tail_model
+    from shaper_deploy.profiling.predictor import tail_factor, tail_model
 
     records = [_record(f"s{i}", i, 10.0, 1.0 + i, spread=1.3) for i in range(80)]
     tail = tail_model(records, "fp32")

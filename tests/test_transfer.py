@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import ProfileError
-from shaper_deploy.predictor import DeviceProfile, feature_names, features
+from shaper_deploy.profiling.predictor import DeviceProfile, feature_names, features
 from shaper_deploy.profiling.profile import (held_out_keys, read_header, shape_key,
                                              workload_key)
 from shaper_deploy.shape import DesignSpace
 from shaper_deploy.templates import sample_shapes
-from shaper_deploy.transfer import fit_transfer, load_sources, prior_fit, transfer_advice
+from shaper_deploy.profiling.transfer import fit_transfer, load_sources, prior_fit, transfer_advice
 
 from .conftest import PLAN_SPACE
 
@@ -166,7 +166,7 @@ def test_ridge_towards_the_prior_keeps_an_unmeasured_width_at_its_prior():
     shapes = [s for s in sample_shapes(space, 40, 3) if space.widths[-1] not in s.widths][:8]
     x = features(shapes)
     y = 2.0 * x @ coef
-    from shaper_deploy.transfer import penalty_scale
+    from shaper_deploy.profiling.transfer import penalty_scale
 
     fitted, mix = prior_fit(x, y, [coef], penalty_scale(x, space), 3.0)
     assert mix[0] == pytest.approx(2.0, rel=1e-6)

@@ -29,18 +29,18 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from typing_extensions import NotRequired, TypedDict
 
-from .errors import ProfileError
-from .io import atomic_write_bytes, read_manifest
-from .promise import DEFAULT_PERCENTILE, TAIL_LEVELS
-from .schema import Count, validated
-from .profiling.fingerprint import device_fingerprint, fingerprint_differences
-from .profiling.profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
+from ..errors import ProfileError
+from ..io import atomic_write_bytes, read_manifest
+from ..promise import DEFAULT_PERCENTILE, TAIL_LEVELS
+from ..schema import Count, validated
+from .fingerprint import device_fingerprint, fingerprint_differences
+from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
                                 calm_reference, dropped_by_key, held_out_keys, machine_factor,
                                 measure_model, measured_latency, noise_floor, read_header,
                                 read_measurements, reference_spread, shape_from_key,
                                 verify_file, workload_key, write_header)
-from .profiling.protocol import Workload, describe_range, grid_cell
-from .shape import DesignSpace, Shape, reject_unknown_fields
+from .protocol import Workload, describe_range, grid_cell
+from ..shape import DesignSpace, Shape, reject_unknown_fields
 
 PREDICTOR_FORMAT = "shaper-deploy/predictor"
 PREDICTOR_VERSION = 3
@@ -417,7 +417,7 @@ def fit_profile(profile: str | Path, progress=None,
     header = read_header(profile)
     if header.transfer and fit is fit_model:
         raise ProfileError(f"profile {profile} is a transfer: fit it with "
-                           "shaper_deploy.transfer.refit")
+                           "shaper_deploy.profiling.transfer.refit")
     verify_file(profile, header, MEASUREMENTS)
     records = read_measurements(profile)
     note("fitting the latency model" + (" from the transfer's sources" if header.transfer

@@ -33,14 +33,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from .errors import ProfileError
+from ..errors import ProfileError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
                         fit_point, fit_profile, grid_data, trust)
-from .profiling.fingerprint import fingerprint_differences
-from .profiling.profile import (TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
+from .fingerprint import fingerprint_differences
+from .profile import (TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
                                 dropped_by_key, measured_latency, workload_key)
-from .profiling.protocol import Protocol, Workload
-from .shape import DesignSpace, Shape
+from .protocol import Protocol, Workload
+from ..shape import DesignSpace, Shape
 
 CANDIDATES = (0.0, 1.0, 3.0, 10.0)  # ridges compared by leave-one-shape-out (0: no prior)
 REPEAT_SHAPES = 2  # shapes re-measured at the end for the noise floor
