@@ -93,14 +93,11 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
       shaperctl export --supernet ./super --latency 5ms --seq-len 32 --profile profiles/mine \\
         --calibration queries.txt --out ./b5
     """
-    from shaper_deploy.errors import CheckpointError
-    from shaper_deploy.export import ExportOptions, export_bundle
-    from shaper_deploy.heuristics import cigar_shape, parse_count
+    from shaper_deploy.export import ExportOptions, export_checkpoint
+    from shaper_deploy.heuristics import parse_count
     from shaper_deploy.io import check_output_dir, output_lock
-    from shaper_deploy.planner import parse_budget
+    from shaper_deploy.planner import BudgetRequest, export_checkpoint_for_budget, parse_budget
     from shaper_deploy.promise import DEFAULT_PERCENTILE
-    from shaper_deploy.shape import parse_shape
-    from shaper_deploy.supernet import SuperBert, read_checkpoint_header
 
     chosen = [n for n, v in (("--shape", shape_text), ("--params", params_text),
                              ("--latency", latency_text)) if v is not None]
@@ -131,10 +128,10 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                   "--calibration": calibration_path})
     with output_lock(out):
         if budget is not None:
-            manifest = _export_for_budget(supernet_path, budget, profile_path, out, device,
-                                          precision, batch, seq_len, options, calibration_path,
-                                          allow_unreliable, force, supershaper_widths,
-                                          percentile, for_device)
+            request = BudgetRequest(budget, profile_path, device, precision, batch, seq_len,
+                                    calibration_path, allow_unreliable, percentile, for_device)
+            manifest = export_checkpoint_for_budget(supernet_path, request, out, options, force,
+                                                    supershaper_widths, progress)
         else:
             profile = None
             if profile_path is not None:  # a bad profile fails before anything is written
@@ -142,19 +139,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
 
                 profile = DeviceProfile.load(profile_path)
                 profile.check_device(device, for_device)
-            try:  # a bad shape fails before the model loads
-                space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
-            except CheckpointError:
-                space = None  # not our format (a SuperShaper repo checkpoint): loading says
-            if space is not None and shape_text is not None:
-                parse_shape(shape_text, space)
-            if space is not None and count is not None:
-                cigar_shape(count, space)  # a count outside the space fails before loading
-            progress(f"loading {supernet_path}")
-            model = SuperBert.load(supernet_path, supershaper_widths)
-            shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
-                     else cigar_shape(count, model.config.space))
-            manifest = export_bundle(model, shape, out, options, force=force, progress=progress)
+            manifest = export_checkpoint(supernet_path, out, shape_text, count, options, force,
+                                         supershaper_widths, progress)
             if profile is not None:
                 from shaper_deploy.planner import record_prediction
 
@@ -164,39 +150,6 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                     shutil.rmtree(out, ignore_errors=True)
                     raise
     emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
-
-
-def _export_for_budget(supernet_path, budget, profile_path, out, device, precision, batch,
-                       seq_len, options, calibration_path, allow_unreliable, force,
-                       widths, percentile, for_device):
-    from shaper_deploy.fidelity import read_calibration
-    from shaper_deploy.planner import check_profile, export_for_budget, plan_candidates
-    from shaper_deploy.profiling.predictor import DeviceProfile
-    from shaper_deploy.supernet import SuperBert, read_checkpoint_header
-    from shaper_deploy.errors import CheckpointError
-
-    profile = DeviceProfile.load(profile_path)
-    calibration = read_calibration(calibration_path) if calibration_path else None
-    workload = None
-    if batch is not None or seq_len is not None:
-        workload = (batch or profile.reference_workload[0],
-                    seq_len or profile.reference_workload[1])
-    # Fail before the model loads: a profile of another machine or graph, an unreliable one,
-    # a workload outside the profile, a precision the device or profile lacks, an
-    # unattainable budget (at the fastest shape with every projection computed).
-    try:
-        config = read_checkpoint_header(supernet_path, widths)["config"]
-        check_profile(profile, device, options, config, allow_unreliable, for_device)
-    except CheckpointError:
-        pass  # not our format (a SuperShaper repo checkpoint): checked after loading
-    w = workload or profile.reference_workload
-    plan_candidates(profile, budget.resolve(profile, w, percentile), device, precision, w,
-                    percentile)
-    progress(f"loading {supernet_path}")
-    model = SuperBert.load(supernet_path, widths)
-    return export_for_budget(model, budget, profile, out, device, precision, workload, options,
-                             calibration, force=force, allow_unreliable=allow_unreliable,
-                             progress=progress, percentile=percentile, for_device=for_device)
 
 
 def candidates_table(plan: dict) -> str:

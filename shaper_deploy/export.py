@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -247,6 +247,33 @@ def _versions() -> dict[str, str]:
 
     return {"shaper_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def export_checkpoint(supernet_path: str | Path, out: str | Path, shape_text: str | None = None,
+                      params: int | None = None, options: ExportOptions = ExportOptions(),
+                      force: bool = False, widths: Sequence[int] | None = None,
+                      progress: Callable[[str], None] | None = None) -> BundleManifest:
+    """:func:`export_bundle` of a super network on disk at a shape given as text or chosen by
+    parameter count (the cigar heuristic); a bad shape or count fails before the model
+    loads."""
+    from .errors import CheckpointError
+    from .heuristics import cigar_shape
+    from .shape import parse_shape
+    from .supernet import read_checkpoint_header
+
+    if (shape_text is None) == (params is None):
+        raise ExportError("give exactly one of a shape and a parameter count")
+    try:
+        space = read_checkpoint_header(supernet_path, widths)["config"].space
+    except CheckpointError:
+        space = None  # not our format (a SuperShaper repo checkpoint): loading says
+    if space is not None:
+        parse_shape(shape_text, space) if shape_text is not None else cigar_shape(params, space)
+    (progress or (lambda message: None))(f"loading {supernet_path}")
+    model = SuperBert.load(supernet_path, widths)
+    shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
+             else cigar_shape(params, model.config.space))
+    return export_bundle(model, shape, out, options, force=force, progress=progress)
 
 
 def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,

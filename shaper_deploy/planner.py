@@ -11,9 +11,10 @@ fast and a slow machine).
    workload and percentile, times the profile's held-out p95 error margin, fits the budget.
 2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
-   the profile's reference graph: its calm median (the machine's slowdown now, seen by the
-   reference, divided out) times the profile's tail factor is the percentile checked
-   against the budget (``DeviceProfile.measure``). A miss is measured once more; if it
+   the profile's reference graph (``DeviceProfile.measure``, the one function that times a
+   bundle): the larger of its calm median (the machine's slowdown now, seen by the
+   reference, divided out) times the profile's tail factor and the percentile observed
+   now is checked against the budget (``judged_ms``). A miss is measured once more; if it
    stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
    under budget (by more than the margin) steps up to the next larger shape the observed
    ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
@@ -394,6 +395,59 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             f"p{percentile:g} {best.predicted_ms:.2f} ms predicted there (unverified)")
          + f", fidelity {best.fidelity:.4f}")
     return manifest
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """What ``export --latency`` asks for, as given (see :func:`export_checkpoint_for_budget`)."""
+
+    budget: Budget
+    profile: Path
+    device: str = "cpu"
+    precision: str = "auto"
+    batch: int | None = None  # None: the profile's reference workload
+    seq_len: int | None = None
+    calibration: Path | None = None
+    allow_unreliable: bool = False
+    percentile: float = DEFAULT_PERCENTILE
+    for_device: bool = False
+
+
+def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,
+                                 out: str | Path, options: ExportOptions = ExportOptions(),
+                                 force: bool = False, widths: Sequence[int] | None = None,
+                                 progress: Callable[[str], None] | None = None
+                                 ) -> BundleManifest:
+    """:func:`export_for_budget` from a super network on disk, every check that needs no
+    model done before it loads (seconds, not a minute): the profile (another machine or
+    graph, trust), the workload, the precision, and whether the budget is attainable at all
+    (at the fastest shape with every projection computed)."""
+    from .errors import CheckpointError
+    from .fidelity import read_calibration
+    from .supernet import SuperBert, read_checkpoint_header
+
+    note = progress or (lambda message: None)
+    profile = DeviceProfile.load(request.profile)
+    calibration = read_calibration(request.calibration) if request.calibration else None
+    workload = None
+    if request.batch is not None or request.seq_len is not None:
+        workload = (request.batch or profile.reference_workload[0],
+                    request.seq_len or profile.reference_workload[1])
+    try:
+        config = read_checkpoint_header(supernet_path, widths)["config"]
+        check_profile(profile, request.device, options, config, request.allow_unreliable,
+                      request.for_device)
+    except CheckpointError:
+        pass  # not our format (a SuperShaper repo checkpoint): checked after loading
+    w = workload or profile.reference_workload
+    plan_candidates(profile, request.budget.resolve(profile, w, request.percentile),
+                    request.device, request.precision, w, request.percentile)
+    note(f"loading {supernet_path}")
+    model = SuperBert.load(supernet_path, widths)
+    return export_for_budget(model, request.budget, profile, out, request.device,
+                             request.precision, workload, options, calibration, force=force,
+                             allow_unreliable=request.allow_unreliable, progress=progress,
+                             percentile=request.percentile, for_device=request.for_device)
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
