@@ -112,7 +112,7 @@ def tiny_tokenizer_json(vocab_size: int = 97, specials: str = "bert") -> str:
 
 
 # Tiny Hugging Face models of every family, built in code (the role of tiny_bert_dir).
-FAMILY_MODELS = ("bert", "roberta", "xlm-roberta", "distilbert")
+FAMILY_MODELS = ("bert", "roberta", "xlm-roberta", "distilbert", "ernie")
 
 
 def save_tiny_family(model_type: str, path: Path, masked_lm: bool, seed: int = 0):
@@ -131,6 +131,8 @@ def save_tiny_family(model_type: str, path: Path, masked_lm: bool, seed: int = 0
         cfg = make(vocab_size=vocab, max_position_embeddings=66, pad_token_id=1,
                    bos_token_id=0, eos_token_id=2, type_vocab_size=1, **size)
         kind = "Roberta" if model_type == "roberta" else "XLMRoberta"
+    elif model_type == "ernie":
+        cfg, vocab, kind = tf.ErnieConfig(vocab_size=97, max_position_embeddings=64, **size), 97, "Ernie"
     elif model_type == "distilbert":
         cfg, vocab, kind = tf.DistilBertConfig(vocab_size=97, dim=48, n_layers=3, n_heads=4,
                                                hidden_dim=96, max_position_embeddings=64), 97, "DistilBert"

@@ -172,12 +172,17 @@ def test_family_refusals(tmp_path):
     (tmp_path / "d" / "config.json").write_text(json.dumps({**cfg, "dim": "48"}))
     with pytest.raises(CheckpointError, match="dim"):
         SuperBert.from_hf(tmp_path / "d")
+    save_tiny_family("ernie", tmp_path / "e", masked_lm=False)
+    cfg = json.loads((tmp_path / "e" / "config.json").read_text())
+    (tmp_path / "e" / "config.json").write_text(json.dumps({**cfg, "use_task_id": True}))
+    with pytest.raises(CheckpointError, match="task type embeddings"):
+        SuperBert.from_hf(tmp_path / "e")
     with pytest.raises(CheckpointError, match="model_type 'gpt2' is not supported"):
         family("gpt2")
     with pytest.raises(CheckpointError, match="no token type embeddings"):
         SuperConfig(PLAN_SPACE, model_type="distilbert")
     assert set(MODEL_TYPES) >= {"bert", "roberta", "xlm-roberta", "camembert", "distilbert"}
-    assert set(FAMILIES) == {"bert", "roberta", "distilbert"}
+    assert set(FAMILIES) == {"bert", "roberta", "distilbert", "ernie"}
 
 
 def test_checkpoints_of_every_family_round_trip_and_old_ones_read_as_bert(tmp_path):
@@ -189,3 +194,20 @@ def test_checkpoints_of_every_family_round_trip_and_old_ones_read_as_bert(tmp_pa
     data = SuperConfig().to_dict()
     del data["model_type"]  # a version 2 checkpoint's config
     assert SuperConfig.from_dict(data).model_type == "bert"
+
+
+@pytest.mark.parametrize("model_type", FAMILY_MODELS)
+def test_parameter_formulas_count_every_familys_deployed_network(tmp_path, model_type):
+    """shape.param_breakdown (the paper's convention) + the pooler and MLM bias it leaves out
+    = every tensor of the fused network, whatever the family's embeddings hold."""
+    from shaper_deploy.shape import param_breakdown
+
+    for masked_lm in (False, True):
+        save_tiny_family(model_type, tmp_path / str(masked_lm), masked_lm)
+        model = SuperBert.from_hf(tmp_path / str(masked_lm))
+        s = model.config.space
+        shape = Shape((s.widths[0], s.widths[3], s.widths[-1]), s)
+        fused = fuse_bottlenecks(slice_subnet(model, shape))
+        extra = (s.hidden_size ** 2 + s.hidden_size) * model.config.pooler + s.vocab_size * masked_lm
+        assert sum(p.numel() for p in fused.parameters()) == \
+            sum(param_breakdown(shape, fused=True).values()) + extra

@@ -253,9 +253,10 @@ def _require(cfg: Mapping[str, Any], need: tuple[str, ...], path: Path) -> None:
 def _families() -> dict[str, Family]:
     from .bert import BERT
     from .distilbert import DISTILBERT
+    from .ernie import ERNIE
     from .roberta import ROBERTA
 
-    return {f.name: f for f in (BERT, ROBERTA, DISTILBERT)}
+    return {f.name: f for f in (BERT, ROBERTA, DISTILBERT, ERNIE)}
 
 
 FAMILIES: dict[str, Family] = _families()
