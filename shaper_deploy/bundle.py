@@ -36,6 +36,20 @@ Precision = Literal["fp32", "int8"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 
+def task_outputs(task: str, pooler: bool) -> list[str]:
+    """The graph outputs of a task, in order (the one place that decides them)."""
+    if task == "fill-mask":
+        return ["logits"]
+    return ["last_hidden_state"] + (["pooler_output"] if pooler else [])
+
+
+def output_shape(output: str, space: dict[str, Any]) -> list[int]:
+    """An output's shape, -1 for batch and sequence (Triton drops the batch dimension)."""
+    return {"last_hidden_state": [-1, -1, space["hidden_size"]],
+            "pooler_output": [-1, space["hidden_size"]],
+            "logits": [-1, -1, space["vocab_size"]]}[output]
+
+
 class FileRecord(TypedDict):
     """One file of the bundle: every file in the folder but shaper.json has one."""
     sha256: Sha256

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bundle import TASKS, BundleManifest
+from .bundle import TASKS, BundleManifest, task_outputs
 from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
@@ -73,9 +73,7 @@ class ExportOptions:
 
 
 def output_names(model: FusedBert | SuperBert, task: str) -> list[str]:
-    if task == "fill-mask":
-        return ["logits"]
-    return ["last_hidden_state"] + (["pooler_output"] if model.config.pooler else [])
+    return task_outputs(task, model.config.pooler)
 
 
 class _Graph(nn.Module):

@@ -31,7 +31,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.multiprocess import server as multiprocess
 
-from .bundle import BundleManifest
+from .bundle import BundleManifest, output_shape
 from .errors import ServingError
 from .serving import MAX_TEXT_CHARS, Bundle
 from .triton import model_names, plan_threads
@@ -108,10 +108,7 @@ class BundleModel(kserve.Model):
         text = ({"name": "embedding", "datatype": "FP32", "shape": [-1, space["hidden_size"]]}
                 if self.bundle.manifest.task == "feature-extraction" else
                 {"name": "fill_mask", "datatype": "BYTES", "shape": [-1]})
-        dims = {"last_hidden_state": [-1, -1, space["hidden_size"]],
-                "pooler_output": [-1, space["hidden_size"]],
-                "logits": [-1, -1, space["vocab_size"]]}
-        return [text, *({"name": o, "datatype": "FP32", "shape": dims[o]}
+        return [text, *({"name": o, "datatype": "FP32", "shape": output_shape(o, space)}
                          for o in self.bundle.outputs)]
 
     # --- inference --------------------------------------------------------------------

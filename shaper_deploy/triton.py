@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from .errors import ServingError
 from .io import atomic_dir, check_not_input, check_output_dir
-from .bundle import BundleManifest
+from .bundle import BundleManifest, output_shape
 from .families import TOKENIZER_FILES
 from .runtime import MAX_THREADS, precision_problem
 
@@ -94,10 +94,9 @@ def build_config(name: str, manifest: BundleManifest, options: TritonOptions, th
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch)
     for input_name in manifest.inputs:
         config.input.add(name=input_name, data_type=pb.TYPE_INT64, dims=[-1])
-    widths = {"last_hidden_state": [-1, space["hidden_size"]],
-              "pooler_output": [space["hidden_size"]], "logits": [-1, space["vocab_size"]]}
-    for output in manifest.outputs:
-        config.output.add(name=output, data_type=pb.TYPE_FP32, dims=widths[output])
+    for output in manifest.outputs:  # without the batch dimension (max_batch_size > 0)
+        config.output.add(name=output, data_type=pb.TYPE_FP32,
+                          dims=output_shape(output, space)[1:])
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     config.instance_group.add(count=options.instances,
                               kind=getattr(pb.ModelInstanceGroup, KINDS[options.device]))
