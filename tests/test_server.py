@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,9 +60,15 @@ def served(tmp_path_factory):
     sup = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
     sup.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
     export_bundle(sup, Shape((24, 24, 24), TINY_SPACE), root / "b", ExportOptions(int8=True))
+    # a second family beside it: RoBERTa (no token types fed, positions from pad + 1)
+    space = replace(TINY_SPACE, type_vocab_size=1, max_positions=66)
+    rob = randomize(SuperBert(SuperConfig(space, model_type="roberta", pad_token_id=1,
+                                          pooler=True)), seed=5).eval()
+    rob.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json(97, "roberta").encode()}
+    export_bundle(rob, Shape((16, 24, 48), space), root / "r")
     port = _free_port()
-    proc = _start([str(root / "b"), "--name", "tiny", "--max-batch", "8",
-                   "--max-text-bytes", "2000"], port)
+    proc = _start([str(root / "b"), str(root / "r"), "--name", "tiny", "--name", "tiny-roberta",
+                   "--max-batch", "8", "--max-text-bytes", "2000"], port)
     yield root, port, proc
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -108,6 +115,40 @@ def test_v2_text_and_token_ids_agree_with_the_bundle(served):
     assert np.allclose(np.array(v1["predictions"]), want, atol=1e-5)
     metrics = requests.get(_url(port, "/metrics")).text
     assert "request_predict_seconds" in metrics or "python_gc" in metrics
+
+
+def test_a_roberta_bundle_is_served_beside_bert_with_its_own_inputs(served):
+    import tritonclient.http as httpclient
+
+    from shaper_deploy.serving import Bundle
+
+    root, port, _ = served
+    bundle = Bundle.load(root / "r")
+    texts = ["the model is fast", "we deploy"]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    meta = client.get_model_metadata("tiny-roberta")
+    assert [i["name"] for i in meta["inputs"]] == ["text", "input_ids", "attention_mask"]
+    text = httpclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+    got = client.infer("tiny-roberta", [text]).as_numpy("embedding")
+    assert np.allclose(got, bundle.embed(texts, "mean", True), atol=1e-5)
+    feeds = bundle.encode(texts).feeds
+    assert feeds["input_ids"][1, -1] == 1  # padded with RoBERTa's pad id, not 0
+    tensors = []
+    for name in ("input_ids", "attention_mask"):
+        t = httpclient.InferInput(name, list(feeds[name].shape), "INT64")
+        t.set_data_from_numpy(feeds[name])
+        tensors.append(t)
+    result = client.infer("tiny-roberta", tensors)
+    assert np.allclose(result.as_numpy("last_hidden_state"),
+                       bundle.run(feeds)["last_hidden_state"], atol=1e-5)
+    # a BERT client's token types are refused by name, not ignored
+    r = requests.post(_url(port, "/v2/models/tiny-roberta/infer"), json={"inputs": [
+        {"name": n, "datatype": "INT64", "shape": list(feeds[n].shape),
+         "data": feeds[n].ravel().tolist()} for n in ("input_ids", "attention_mask")] + [
+        {"name": "token_type_ids", "datatype": "INT64", "shape": list(feeds["input_ids"].shape),
+         "data": [0] * feeds["input_ids"].size}]})
+    assert r.status_code == 400 and "not this model's" in r.text
 
 
 def test_concurrent_requests_share_runs_and_each_gets_its_own_answer(served):
