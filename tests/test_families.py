@@ -27,6 +27,11 @@ from .conftest import FAMILY_MODELS, PLAN_SPACE, fast_protocol, randomize, save_
 TOL = 1e-5
 
 
+def test_every_registered_family_has_a_tiny_model_in_the_per_family_tests():
+    """A new spec without a tiny model would skip every parity test below."""
+    assert {family(t).name for t in FAMILY_MODELS} == set(FAMILIES)
+
+
 def padded_batch(config: SuperConfig, seed: int = 0):
     """Token ids with right padding *as the family pads* (RoBERTa's positions read the ids)."""
     feeds = config.dummy_inputs(3, 11, seed=seed, padding="right")

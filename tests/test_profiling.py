@@ -28,8 +28,10 @@ from .conftest import INPUT_NAMES, PLAN_SPACE, TINY_SPACE, fast_protocol, random
 TINY = SuperConfig(TINY_SPACE, pooler=True)
 
 
-def test_every_config_activation_has_a_profiling_graph():
-    assert set(GRAPH_ACTIVATIONS) == set(ACTIVATIONS)
+def test_every_config_activation_has_a_profiling_graph_and_a_torch_module():
+    from shaper_deploy.supernet.modules import ACT_FNS
+
+    assert set(GRAPH_ACTIVATIONS) == set(ACTIVATIONS) == set(ACT_FNS)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
