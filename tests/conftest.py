@@ -151,6 +151,37 @@ def tiny_supernet_with_tokenizer(tiny_supernet) -> SuperBert:
     return tiny_supernet
 
 
+def assert_profiling_graph_is_the_export(model, shape: Shape, folder: Path) -> None:
+    """The graph profiling builds for ``shape`` has the operators of the real export and, given
+    the fused network's weights, its outputs (mixed padding)."""
+    import collections
+
+    import numpy as np
+    import onnx
+
+    from shaper_deploy.export import export_bundle, op_counts
+    from shaper_deploy.fusion import fuse_bottlenecks
+    from shaper_deploy.profiling.graph import build_deploy_graph
+    from shaper_deploy.runtime import make_session
+    from shaper_deploy.slicing import slice_subnet
+
+    export_bundle(model, shape, folder)
+    fused = fuse_bottlenecks(slice_subnet(model, shape))
+    state = {k: v.detach().numpy() for k, v in fused.state_dict().items()}
+    graph = build_deploy_graph(model.config, shape, state=state)
+    onnx.checker.check_model(graph, full_check=True)
+    exported = op_counts(folder / "model.onnx")
+    exported.pop("Constant", None)  # the exporter's constants; ours are initializers
+    assert dict(collections.Counter(n.op_type for n in graph.graph.node)) == exported
+    feeds = model.config.dummy_inputs(4, 19, padding="mixed")
+    got = make_session(graph.SerializeToString()).run(None, feeds)
+    with torch.no_grad():
+        ref = [t for t in fused(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+               if t is not None]
+    for out, r in zip(got, ref, strict=True):
+        assert np.abs(out - r.numpy()).max() < 1e-4
+
+
 # A design space big enough that latency grows with the shape (in the 48-wide test space it
 # is all overhead), and a fast protocol over a small grid, for profile and planner tests.
 PLAN_SPACE = DesignSpace.for_model(128, 4, 3, vocab_size=97, max_positions=64,

@@ -2,27 +2,24 @@
 and validate, Optimum loading under the family's own class, the profiling graph equal to the
 export, planning and serving. Tiny models built in code (tests/conftest.py)."""
 
-import collections
 import json
 from dataclasses import replace
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
 from shaper_deploy.errors import CheckpointError, PlannerError
-from shaper_deploy.export import ExportOptions, export_bundle, op_counts
+from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.families import FAMILIES, MODEL_TYPES, family
 from shaper_deploy.fusion import fuse_bottlenecks
-from shaper_deploy.profiling.graph import build_deploy_graph
-from shaper_deploy.runtime import make_session
 from shaper_deploy.serving import Bundle
 from shaper_deploy.shape import Shape
 from shaper_deploy.slicing import slice_subnet
 from shaper_deploy.supernet import SuperBert, SuperConfig
 
-from .conftest import FAMILY_MODELS, PLAN_SPACE, fast_protocol, randomize, save_tiny_family
+from .conftest import (FAMILY_MODELS, PLAN_SPACE, assert_profiling_graph_is_the_export, fast_protocol,
+                       randomize, save_tiny_family)
 
 TOL = 1e-5
 
@@ -116,21 +113,7 @@ def test_profiling_graph_is_the_exported_graph(tmp_path, model_type):
     model = randomize(SuperBert.from_hf(tmp_path / "hf"), seed=2).eval()
     space = model.config.space
     shape = Shape((space.widths[1], space.widths[4], space.widths[0]), space)
-    export_bundle(model, shape, tmp_path / "b")
-    fused = fuse_bottlenecks(slice_subnet(model, shape))
-    state = {k: v.detach().numpy() for k, v in fused.state_dict().items()}
-    graph = build_deploy_graph(model.config, shape, state=state)
-    onnx.checker.check_model(graph, full_check=True)
-    exported = op_counts(tmp_path / "b" / "model.onnx")
-    exported.pop("Constant", None)  # the exporter's constants; ours are initializers
-    assert dict(collections.Counter(n.op_type for n in graph.graph.node)) == exported
-    feeds = model.config.dummy_inputs(4, 19, padding="mixed")
-    got = make_session(graph.SerializeToString()).run(None, feeds)
-    with torch.no_grad():
-        ref = [t for t in fused(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-               if t is not None]
-    for out, r in zip(got, ref, strict=True):
-        assert np.abs(out - r.numpy()).max() < 1e-4
+    assert_profiling_graph_is_the_export(model, shape, tmp_path / "b")
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "distilbert"])

@@ -23,7 +23,8 @@ from shaper_deploy.supernet import SuperBert, SuperConfig
 from shaper_deploy.supernet.config import ACTIVATIONS
 from shaper_deploy.templates import FAMILIES, fit_family, sample_shapes, template_shapes
 
-from .conftest import INPUT_NAMES, PLAN_SPACE, TINY_SPACE, fast_protocol, randomize, sample_inputs
+from .conftest import (PLAN_SPACE, TINY_SPACE, assert_profiling_graph_is_the_export, fast_protocol,
+                       randomize, sample_inputs)
 
 TINY = SuperConfig(TINY_SPACE, pooler=True)
 
@@ -39,22 +40,7 @@ def test_every_config_activation_has_a_profiling_graph_and_a_torch_module():
 def test_built_graph_is_the_exported_graph(tmp_path, pooler, activation):
     config = SuperConfig(TINY_SPACE, pooler=pooler, hidden_act=activation)
     model = randomize(SuperBert(config)).eval()
-    shape = Shape((16, 36, 8), TINY_SPACE)
-    export_bundle(model, shape, tmp_path / "b")
-    fused = fuse_bottlenecks(slice_subnet(model, shape))
-    state = {k: v.detach().numpy() for k, v in fused.state_dict().items()}
-    graph = build_deploy_graph(model.config, shape, state=state)
-    onnx.checker.check_model(graph, full_check=True)
-    exported = op_counts(tmp_path / "b" / "model.onnx")
-    exported.pop("Constant", None)  # the exporter's [CLS] index; ours is an initializer
-    assert dict(collections.Counter(n.op_type for n in graph.graph.node)) == exported
-    feeds = sample_inputs(97, batch=4, seq_len=19, padding="mixed")
-    got = make_session(graph.SerializeToString()).run(None, feeds)
-    with torch.no_grad():
-        ref = [t for t in fused(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
-               if t is not None]
-    for out, r in zip(got, ref, strict=True):
-        assert np.abs(out - r.numpy()).max() < 1e-4
+    assert_profiling_graph_is_the_export(model, Shape((16, 36, 8), TINY_SPACE), tmp_path / "b")
 
 
 def test_random_graphs_give_every_weight_its_own_memory(tmp_path):

@@ -74,6 +74,17 @@ def served(tmp_path_factory):
     proc.wait(timeout=60)
 
 
+def _int64_inputs(feeds, names):
+    import tritonclient.http as httpclient
+
+    tensors = []
+    for name in names:
+        t = httpclient.InferInput(name, list(feeds[name].shape), "INT64")
+        t.set_data_from_numpy(feeds[name])
+        tensors.append(t)
+    return tensors
+
+
 def _url(port, path):
     return f"http://127.0.0.1:{port}{path}"
 
@@ -103,12 +114,8 @@ def test_v2_text_and_token_ids_agree_with_the_bundle(served):
         assert ("data" in out) != binary
         assert np.array_equal(result.as_numpy("embedding"), got)
     feeds = bundle.encode(texts).feeds
-    tensors = []
-    for name in ("input_ids", "attention_mask", "token_type_ids"):
-        t = httpclient.InferInput(name, list(feeds[name].shape), "INT64")
-        t.set_data_from_numpy(feeds[name])
-        tensors.append(t)
-    result = client.infer("tiny", tensors)
+    result = client.infer("tiny", _int64_inputs(
+        feeds, ("input_ids", "attention_mask", "token_type_ids")))
     assert np.allclose(result.as_numpy("last_hidden_state"),
                        bundle.run(feeds)["last_hidden_state"], atol=1e-5)
     v1 = requests.post(_url(port, "/v1/models/tiny:predict"), json={"instances": texts}).json()
@@ -134,12 +141,7 @@ def test_a_roberta_bundle_is_served_beside_bert_with_its_own_inputs(served):
     assert np.allclose(got, bundle.embed(texts, "mean", True), atol=1e-5)
     feeds = bundle.encode(texts).feeds
     assert feeds["input_ids"][1, -1] == 1  # padded with RoBERTa's pad id, not 0
-    tensors = []
-    for name in ("input_ids", "attention_mask"):
-        t = httpclient.InferInput(name, list(feeds[name].shape), "INT64")
-        t.set_data_from_numpy(feeds[name])
-        tensors.append(t)
-    result = client.infer("tiny-roberta", tensors)
+    result = client.infer("tiny-roberta", _int64_inputs(feeds, ("input_ids", "attention_mask")))
     assert np.allclose(result.as_numpy("last_hidden_state"),
                        bundle.run(feeds)["last_hidden_state"], atol=1e-5)
     # a BERT client's token types are refused by name, not ignored
