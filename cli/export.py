@@ -54,13 +54,17 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
               help="Bundle folder to write (must not exist unless --force).")
 @click.option("--task", type=click.Choice(TASKS),
               default="feature-extraction", show_default=True,
-              help="Outputs: last_hidden_state (+ pooler_output), or MLM logits.")
+              help="Outputs: last_hidden_state (+ pooler_output); MLM logits (fill-mask); or "
+                   "a task super network's class logits / score (text-classification).")
 @click.option("--int8", is_flag=True,
               help="With --shape/--params: also write model_quantized.onnx (dynamic int8) and "
                    "make it the default model. With --latency use --precision instead.")
 @click.option("--int8-min-cosine", default=0.95, show_default=True, type=float,
               help="Fail (or, with --latency, drop the int8 candidate) if int8's mean token "
                    "cosine to fp32 is below this.")
+@click.option("--int8-min-agreement", default=0.95, show_default=True, type=float,
+              help="text-classification: fail (or drop the int8 candidate) if int8 keeps "
+                   "fp32's label on fewer of the calibration texts than this.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
 @click.option("--no-optimize", is_flag=True,
               help="Skip ONNX Runtime's transformer fusions (and their Attention check).")
@@ -72,7 +76,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            allow_unreliable: bool, out: Path, task: str, int8: bool, int8_min_cosine: float,
-           opset: int, no_optimize: bool, force: bool, supershaper_widths, as_json: bool) -> None:
+           int8_min_agreement: float, opset: int, no_optimize: bool, force: bool, supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
@@ -121,7 +125,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         raise click.UsageError("--latency needs --profile (a profile of this device: "
                                "shaperctl profile --device cpu --supernet S --out P)")
     options = ExportOptions(task=task, opset=opset, optimize=not no_optimize, int8=int8,
-                            int8_min_cosine=int8_min_cosine)
+                            int8_min_cosine=int8_min_cosine,
+                            int8_min_agreement=int8_min_agreement)
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
     check_output_dir(out, force, {"--supernet": supernet_path, "--profile": profile_path,
@@ -187,7 +192,11 @@ def _export_text(d: dict) -> str:
                                             ("Attention", "SkipLayerNormalization",
                                              "EmbedLayerNormalization", "BiasGelu") if k in f)))
     q = d["quantization"]
-    if q:
+    if q and "label_agreement" in q:
+        rows.append(("int8", f"keeps fp32's label on {q['label_agreement']:.1%} of "
+                             f"{q['texts']} texts, logits max |diff| {q['max_abs_diff']:.3g} "
+                             f"({q['judged_on']})"))
+    elif q:
         rows.append(("int8", f"mean token cosine {q['mean_token_cosine']:.4f}, sentence "
                              f"{q['mean_sentence_cosine']:.4f}, max |diff| "
                              f"{q['max_abs_diff']:.3g} ({q['judged_on']})"))

@@ -68,19 +68,22 @@ def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
               help="Another bundle (e.g. the full model): report each text's embedding cosine.")
 @click.option("--max-length", type=click.IntRange(2), default=None,
               help="Cut texts to this many tokens (default and upper limit: the model's).")
+@click.option("--pair", "pairs", multiple=True,
+              help="Text-pair classifiers: the second text, once per text, in order.")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
 @model_option
 @json_option
 def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: str,
-        normalize: bool, compare_bundle: Path | None, max_length: int | None, device: str,
-        model_file: str | None, as_json: bool) -> None:
-    """Embed texts (or fill mask tokens: [MASK], <mask>) with a bundle, through onnxruntime
-    alone.
+        normalize: bool, compare_bundle: Path | None, max_length: int | None,
+        pairs: tuple[str, ...], device: str, model_file: str | None, as_json: bool) -> None:
+    """Embed texts, classify them (text-classification bundles: label and score), or fill
+    mask tokens ([MASK], <mask>) with a bundle, through onnxruntime alone.
 
     \b
     Examples:
       shaperctl run ./bundle "Deploying BERT to phones." "Models on many devices."
       shaperctl run ./bundle --file sentences.txt --compare ./full-bundle --json
+      shaperctl run ./classifier "A gripping, beautifully acted film."
     """
     import numpy as np
 
@@ -88,13 +91,24 @@ def run(bundle: Path, texts: tuple[str, ...], text_file: Path | None, pooling: s
 
     items = _texts(texts, text_file)
     model = Bundle.load(bundle, device=device, model=model_file)
-    enc = model.encode(items, max_length)
+    enc = model.encode(items, max_length, list(pairs) or None
+                       if model.manifest.task == "text-classification" else None)
     truncated = [i + 1 for i, t in enumerate(enc.truncated) if t]
     data = {"bundle": str(bundle), "task": model.manifest.task,
             "shape": model.manifest.shape, "params": model.manifest.params["fused"],
             "model": model.model_file, "max_length": min(max_length or model.max_length,
                                                          model.max_length),
             "truncated_texts": truncated}
+    if pairs and model.manifest.task != "text-classification":
+        raise click.UsageError("--pair is for text-pair classifiers (text-classification "
+                               "bundles)")
+    if model.manifest.task == "text-classification":
+        data["predictions"] = model.classify(items, list(pairs) or None,
+                                             max_length=max_length)
+        return emit(data, as_json, lambda d: "\n".join(
+            f"{i + 1}: " + (f"{p['label']} {p['score']:.3f}" if "label" in p
+                            else f"score {p['score']:.4f}") + f"   {items[i][:60]}"
+            for i, p in enumerate(d["predictions"])))
     if model.manifest.task == "fill-mask":
         data["fill_mask"] = [[[{"token": t, "p": p} for t, p in mask] for mask in text]
                              for text in model.fill_mask(items)]

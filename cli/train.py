@@ -10,12 +10,13 @@ from typing import Any, Callable
 import click
 
 from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
-                                           QUALITY_METRICS, TrainConfig)
+                                           QUALITY_METRICS, TaskConfig, TrainConfig)
 
 from .common import (ShaperGroup, emit, json_option, percentile_option, progress, table,
                      widths_option)
 
 _DEFAULT = TrainConfig()
+_TASK = TaskConfig()
 
 
 @click.group(cls=ShaperGroup)
@@ -187,6 +188,87 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
     emit({"out": str(out), **predictor.meta}, as_json, lambda d: table([
         ("predictor", f"{out} ({metric}, {d['trained_on']} shapes fitted)"),
         ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)")]))
+
+
+@train.command("task")
+@click.option("--supernet", "supernet_path", required=True, type=click.Path(path_type=Path),
+              help="The super network to fine-tune (made by supernet init or train supernet).")
+@click.option("--train", "train_path", required=True, type=click.Path(path_type=Path),
+              help="Labelled training data: .csv, .tsv (with a header row) or .jsonl.")
+@click.option("--validation", "validation_path", type=click.Path(path_type=Path), default=None,
+              help="Labelled validation data, same columns: the task metric per shape.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--pair-column", default=None, help="Second text of a pair (text-pair tasks).")
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--regression", is_flag=True, help="Numeric labels: learn a score (e.g. STS-B).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Training folder: checkpoint/ (resumed automatically), teacher/ (the full "
+                   "shape fine-tuned), supernet/ (every shape), train.json.")
+@click.option("--full-steps", default=_TASK.full_steps, show_default=True, type=int,
+              help="Phase 1: steps fine-tuning the full shape alone (the teacher).")
+@click.option("--steps", default=_TASK.steps, show_default=True, type=int,
+              help="Phase 2: sandwich steps, every shape distilling the teacher.")
+@click.option("--batch-size", default=_TASK.batch_size, show_default=True, type=int)
+@click.option("--seq-len", default=_TASK.seq_len, show_default=True, type=int,
+              help="Tokens per text (pair); longer ones are cut.")
+@click.option("--lr", default=_TASK.lr, show_default=True, type=float)
+@click.option("--random-shapes", default=_TASK.random_shapes, show_default=True, type=int)
+@click.option("--temperature", default=_TASK.temperature, show_default=True, type=float,
+              help="Softening of the distilled class distributions.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--checkpoint-every", default=_TASK.checkpoint_every, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--stop-after", default=None, type=click.IntRange(1),
+              help="Checkpoint after this step and stop; run again without it to continue.")
+@json_option
+def task(supernet_path: Path, train_path: Path, validation_path: Path | None, text_column: str,
+         pair_column: str | None, label_column: str, regression: bool, out: Path,
+         full_steps: int, steps: int, batch_size: int, seq_len: int, lr: float,
+         random_shapes: int, temperature: float, device: str, checkpoint_every: int, seed: int,
+         stop_after: int | None, as_json: bool) -> None:
+    """Fine-tune a super network on labelled text: every shape becomes a classifier.
+
+    The full shape is fine-tuned first (the teacher), then every shape learns it with the
+    sandwich rule, distilling its outputs (DynaBERT's recipe). Export the result with
+    --task text-classification; plan it with export --latency --eval FILE.
+
+    \b
+    Example:
+      shaperctl train task --supernet runs/super --train train.csv --validation val.csv \\
+          --text-column review --label-column sentiment --out runs/task
+    """
+    from shaper_deploy.io import check_output_dir, output_lock
+    from shaper_deploy.training.task import read_task_data, train_task
+
+    config = TaskConfig(full_steps=full_steps, steps=steps, batch_size=batch_size,
+                        seq_len=seq_len, lr=lr, random_shapes=random_shapes,
+                        temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
+                        device=device)
+    config.device_settings()  # a device this machine lacks fails before any work
+    check_output_dir(out, force=True, inputs={"--supernet": supernet_path, "--train": train_path,
+                                              "--validation": validation_path})
+    columns = dict(text_column=text_column, label_column=label_column, pair_column=pair_column,
+                   regression=regression)
+    train_data = read_task_data(train_path, **columns)
+    val_data = read_task_data(validation_path, **columns) if validation_path else None
+    with output_lock(out):
+        summary = train_task(supernet_path, train_data, config, out, val_data,
+                             (text_column, pair_column or "", label_column), progress,
+                             stop_after)
+    emit({"out": str(out), **{k: v for k, v in summary.items() if k != "history"}}, as_json,
+         _task_text)
+
+
+def _task_text(d: dict) -> str:
+    if "stopped_at" in d:
+        return f"stopped after step {d['stopped_at']} of {d['steps']}; run again to continue"
+    rows = [("super network", f"{d['out']}/supernet ({d['head']['problem']}, labels "
+                              f"{', '.join(d['head']['labels']) or 'a score'})"),
+            ("trained on", f"{d['train_texts']} texts, {d['steps']} steps, "
+                           f"{d['seconds']:.0f} s")]
+    for name, metrics in d["validation"].items():
+        rows.append((f"validation {name}", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
+    return table(rows)
 
 
 @click.command("search")

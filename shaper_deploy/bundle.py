@@ -30,24 +30,33 @@ MANIFEST = "shaper.json"
 _V1_DUPLICATES = ("design_space", "max_length")  # derived from config since version 2
 
 # The deployed graph's contract, as the manifest records it (export takes these names).
-Task = Literal["feature-extraction", "fill-mask"]
+Task = Literal["feature-extraction", "fill-mask", "text-classification"]
 OutputName = Literal["last_hidden_state", "pooler_output", "logits"]
 Precision = Literal["fp32", "int8"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 
+HEAD_TASKS = {"fill-mask": "an MLM head", "text-classification": "a task head"}
+
+
 def task_outputs(task: str, pooler: bool) -> list[str]:
     """The graph outputs of a task, in order (the one place that decides them)."""
-    if task == "fill-mask":
+    if task in HEAD_TASKS:
         return ["logits"]
     return ["last_hidden_state"] + (["pooler_output"] if pooler else [])
 
 
-def output_shape(output: str, space: dict[str, Any]) -> list[int]:
-    """An output's shape, -1 for batch and sequence (Triton drops the batch dimension)."""
+def output_shape(output: str, task: str, config: dict[str, Any]) -> list[int]:
+    """An output's shape, -1 for batch and sequence (Triton drops the batch dimension):
+    ``config`` is the network's SuperConfig as a dict (the manifest's)."""
+    space = config["space"]
+    if output == "logits":
+        if task == "text-classification":
+            head = config["task_head"]
+            return [-1, 1 if head["problem"] == "regression" else len(head["labels"])]
+        return [-1, -1, space["vocab_size"]]
     return {"last_hidden_state": [-1, -1, space["hidden_size"]],
-            "pooler_output": [-1, space["hidden_size"]],
-            "logits": [-1, -1, space["vocab_size"]]}[output]
+            "pooler_output": [-1, space["hidden_size"]]}[output]
 
 
 class FileRecord(TypedDict):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bundle import TASKS, BundleManifest, task_outputs
+from .bundle import HEAD_TASKS, TASKS, BundleManifest, task_outputs
 from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
@@ -52,12 +52,16 @@ INT8_FILE = "model_quantized.onnx"
 OPSETS = range(14, 21)
 @dataclass(frozen=True)
 class ExportOptions:
-    task: str = "feature-extraction"  # feature-extraction: last_hidden_state (+ pooler_output); fill-mask: logits
+    # feature-extraction: last_hidden_state (+ pooler_output); fill-mask: logits (B, S, vocab);
+    # text-classification: logits (B, labels), a task super network's (train task)
+    task: str = "feature-extraction"
     opset: int = 17  # ONNX opset; 17 is the first with LayerNormalization
     optimize: bool = True  # ONNX Runtime's transformer optimizer; Attention must fuse in every layer
     int8: bool = False  # also write a dynamically quantized int8 model
     int8_isa: tuple[str, ...] | None = None  # ISA flags int8 is made for (None: this CPU's; see runtime.int8_format)
     int8_min_cosine: float = 0.95  # fail the export if int8's mean token cosine to fp32 is lower
+    # text-classification: fail if int8 keeps fp32's label on fewer of the texts than this
+    int8_min_agreement: float = 0.95
     atol: float = 1e-4  # fp32 ONNX Runtime vs PyTorch tolerance on every output
 
     def __post_init__(self) -> None:
@@ -70,6 +74,9 @@ class ExportOptions:
             raise ExportError(f"atol must be positive, got {self.atol}")
         if not 0 < self.int8_min_cosine <= 1:
             raise ExportError(f"int8 minimum cosine must be in (0, 1], got {self.int8_min_cosine}")
+        if not 0 < self.int8_min_agreement <= 1:
+            raise ExportError(f"int8 minimum label agreement must be in (0, 1], got "
+                              f"{self.int8_min_agreement}")
 
 
 def output_names(model: FusedBert | SuperBert, task: str) -> list[str]:
@@ -89,6 +96,8 @@ class _Graph(nn.Module):
         named = dict(zip(self.inputs, args))
         if self.task == "fill-mask":
             return (self.fused.mlm_logits(**named),)
+        if self.task == "text-classification":
+            return (self.fused.task_logits(**named),)
         return tuple(t for t in self.fused(**named) if t is not None)
 
     def torch_args(self, feeds: dict[str, np.ndarray]) -> list[torch.Tensor]:
@@ -213,9 +222,18 @@ def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes]
 
 
 def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray]],
-                   first_output: str) -> dict[str, float]:
-    """int8 vs fp32 on real tokens: max |diff|, mean and min token cosine, sentence cosine."""
+                   first_output: str, task: str) -> dict[str, float]:
+    """int8 vs fp32 on real tokens: max |diff|, mean and min token cosine, sentence cosine;
+    for a classifier the share of texts whose label int8 keeps, and the logits' max |diff|."""
     a_s, b_s = make_session(fp32, "cpu"), make_session(int8, "cpu")
+    if task == "text-classification":
+        pairs = [(a_s.run([first_output], f)[0], b_s.run([first_output], f)[0])
+                 for f in feeds_list]
+        a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        same = (a.argmax(1) == b.argmax(1)) if a.shape[1] > 1 else \
+            np.abs(a - b)[:, 0] <= 0.05 * (np.abs(a).max() + 1e-6)
+        return {"max_abs_diff": float(np.abs(a - b).max()),
+                "label_agreement": float(same.mean()), "texts": int(len(a))}
     diffs, tokens, sentences = [], [], []
     for feeds in feeds_list:
         a = a_s.run([first_output], feeds)[0]
@@ -235,8 +253,14 @@ def hf_config(model: SuperBert, shape: Shape, task: str) -> dict[str, Any]:
     """The family's Hugging Face config dict (AutoConfig loads it as the family's own);
     per-layer widths are ours, under "shaper"."""
     c = model.config
-    return {**c.family.hf_config(c.model_type, c.architecture(), task),
-            "shaper": {"shape": list(shape.widths), "task": task}}
+    out = c.family.hf_config(c.model_type, c.architecture(), task)
+    if task == "text-classification" and c.task_head is not None:
+        head = c.task_head
+        names = list(head.labels) or ["score"]
+        out.update(problem_type=head.problem, num_labels=len(names),
+                   id2label={str(i): n for i, n in enumerate(names)},
+                   label2id={n: i for i, n in enumerate(names)})
+    return {**out, "shaper": {"shape": list(shape.widths), "task": task}}
 
 
 def _versions() -> dict[str, str]:
@@ -284,9 +308,12 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
     space = supernet.config.space
     if shape.space != space:
         raise ExportError(f"shape {shape} belongs to another design space than the super network")
-    if options.task == "fill-mask" and not space.mlm_head:
-        raise ExportError("task fill-mask needs an MLM head, which this super network lacks; "
-                          "allowed task: feature-extraction")
+    has = {"fill-mask": space.mlm_head,
+           "text-classification": supernet.config.task_head is not None}
+    if not has.get(options.task, True):
+        allowed = ", ".join(t for t in TASKS if has.get(t, True))
+        raise ExportError(f"task {options.task} needs {HEAD_TASKS[options.task]}, which this "
+                          f"super network lacks; allowed tasks: {allowed}")
     timings: dict[str, float] = {}
 
     def stage(name: str, started: float) -> None:
@@ -294,7 +321,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
 
     t = time.perf_counter()
     note(f"slicing and fusing shape {shape}")
-    fold = options.task == "fill-mask"  # only logits leave the graph: fold d_L -> D into the head
+    fold = options.task in HEAD_TASKS  # only logits leave the graph: fold d_L -> D into the head
     fused = fuse_bottlenecks(slice_subnet(supernet, shape), fold_last=fold)
     dropped = drop_identities(fused)
     graph = _Graph(fused, options.task).eval()
@@ -333,11 +360,20 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             quantize_int8(model_path, int8_path, fmt)
             _check(int8_path)
             feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files)
-            accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0])
+            accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0], options.task)
             quantization = {**int8_record(fmt), "format_reason": fmt["why"],
                             "judged_on": judged_on,
                             "min_cosine_required": options.int8_min_cosine, **accuracy}
-            if accuracy["mean_token_cosine"] < options.int8_min_cosine:
+            if "label_agreement" in accuracy:
+                quantization["min_agreement_required"] = options.int8_min_agreement
+                if accuracy["label_agreement"] < options.int8_min_agreement:
+                    raise ExportError(
+                        f"int8 model changes the label of "
+                        f"{1 - accuracy['label_agreement']:.1%} of the {accuracy['texts']} "
+                        f"texts ({judged_on}); required agreement with fp32 "
+                        f"{options.int8_min_agreement:.0%}; lower --int8-min-agreement to "
+                        "accept it, or export fp32 only")
+            elif accuracy["mean_token_cosine"] < options.int8_min_cosine:
                 raise ExportError(
                     f"int8 model is too far from fp32: mean token cosine "
                     f"{accuracy['mean_token_cosine']:.4f} < required "
@@ -364,7 +400,8 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                        "convention": "fused/unfused: the paper's (embeddings, layers, "
                                      "bottlenecks, MLM transform); deployed_module: every "
                                      "tensor of the exported network (adds pooler, MLM bias; "
-                                     "fill-mask folds the last bottleneck into the head)"},
+                                     "fill-mask and text-classification fold the last "
+                                     "bottleneck into the head)"},
             flops_seq128=flops(shape, seq_len=128),
             opset=options.opset, optimized=options.optimize,
             fused_last_bottleneck_into_head=fold,

@@ -22,7 +22,8 @@ from .errors import ExportError
 from .shape import Shape, identity_projections
 from .slicing import SubnetBert
 from .supernet.config import SuperConfig
-from .supernet.modules import MLMHead, Pooler, TransformerLayer, attention_bias, embeddings_for
+from .supernet.modules import (ClassifierHead, MLMHead, Pooler, TransformerLayer, attention_bias,
+                               embeddings_for)
 
 
 class FusedOutput(NamedTuple):
@@ -62,6 +63,8 @@ class FusedBert(nn.Module):
         self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size,
                                  config.family.mlm_act(config.hidden_act),
                                  config.layer_norm_eps, head_in) if s.mlm_head else None)
+        self.classifier = (ClassifierHead(head_in, config.task_head.num_outputs)
+                           if config.task_head is not None else None)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -82,6 +85,16 @@ class FusedBert(nn.Module):
         x = self.encode(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(x) if self.pooler is not None else None
         return FusedOutput(None if self.fold_last else x, pooled)
+
+    def task_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.classifier is None:
+            raise ExportError("this network has no task head; the text-classification task "
+                              "needs a task super network (shaperctl train task)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.classifier(x, attention_mask)
 
     def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,6 +163,10 @@ def fuse_bottlenecks(subnet: SubnetBert, fold_last: bool = False) -> FusedBert:
             fused.mlm_head.bias.copy_(head.bias)
             fused.mlm_head.transform.load_state_dict(
                 (_compose(last, head.transform) if fold_last else head.transform).state_dict())
+        if fused.classifier is not None:  # the mean commutes with the affine d_L -> D map
+            out = subnet.classifier.out
+            fused.classifier.out.load_state_dict(
+                (_compose(last, out) if fold_last else out).state_dict())
     return fused.eval()
 
 

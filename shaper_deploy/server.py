@@ -108,7 +108,9 @@ class BundleModel(kserve.Model):
         text = ({"name": "embedding", "datatype": "FP32", "shape": [-1, space["hidden_size"]]}
                 if self.bundle.manifest.task == "feature-extraction" else
                 {"name": "fill_mask", "datatype": "BYTES", "shape": [-1]})
-        return [text, *({"name": o, "datatype": "FP32", "shape": output_shape(o, space)}
+        manifest = self.bundle.manifest
+        return [text, *({"name": o, "datatype": "FP32",
+                          "shape": output_shape(o, manifest.task, manifest.config)}
                          for o in self.bundle.outputs)]
 
     # --- inference --------------------------------------------------------------------

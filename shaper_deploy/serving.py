@@ -84,8 +84,10 @@ class Bundle:
             _check_vocabulary(tokenizer, manifest, tok_path)
         return cls(path, manifest, session, tokenizer, model_file)
 
-    def encode(self, texts: Sequence[str], max_length: int | None = None) -> Encoded:
-        """Token ids, mask and types, padded to the longest text, cut at ``max_length``."""
+    def encode(self, texts: Sequence[str], max_length: int | None = None,
+               pairs: Sequence[str] | None = None) -> Encoded:
+        """Token ids, mask and types, padded to the longest text, cut at ``max_length``;
+        with ``pairs``, each text is encoded with its second text (text-pair tasks)."""
         if self.tokenizer is None:
             raise ServingError(f"bundle {self.path} has no tokenizer.json, so it cannot take "
                                "text; feed token ids to its session instead")
@@ -98,10 +100,19 @@ class Bundle:
                 raise ServingError(f"text {i + 1} has {len(t):,} characters; at most "
                                    f"{MAX_TEXT_CHARS:,} (the model reads {self.max_length} "
                                    "tokens, a few thousand characters)")
+        if pairs is not None:
+            if len(pairs) != len(texts):
+                raise ServingError(f"{len(texts)} texts but {len(pairs)} second texts; give "
+                                   "one pair per text")
+            for i, t in enumerate(pairs):
+                if not isinstance(t, str) or not t.strip() or len(t) > MAX_TEXT_CHARS:
+                    raise ServingError(f"second text {i + 1} is empty or longer than "
+                                       f"{MAX_TEXT_CHARS:,} characters")
         limit = min(max_length or self.max_length, self.max_length)
         if limit < 2:
             raise ServingError(f"max length must be at least 2 tokens, got {limit}")
-        enc = self._tokenizer(limit).encode_batch(list(texts))
+        items = list(texts) if pairs is None else list(zip(texts, pairs))
+        enc = self._tokenizer(limit).encode_batch(items)
         return Encoded(self.manifest.family.feeds(enc), [bool(e.overflowing) for e in enc])
 
     def _tokenizer(self, limit: int):
@@ -153,6 +164,37 @@ class Bundle:
         if normalize:
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
         return vectors
+
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                 batch_size: int = 32, max_length: int | None = None) -> list[dict[str, Any]]:
+        """Per text (or text pair): the label and its probability, and every label's
+        probability; for a regression head the score."""
+        head = self.manifest.config.get("task_head")
+        if self.manifest.task != "text-classification" or not head:
+            raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not a "
+                               "classification; export a task super network with --task "
+                               "text-classification")
+        if (pairs is None) != (not head["pair_column"]):
+            raise ServingError(f"bundle {self.path} classifies "
+                               + ("text pairs: give a second text for each (--pair)"
+                                  if head["pair_column"] else "single texts, not pairs"))
+        if batch_size < 1:
+            raise ServingError(f"batch size must be positive, got {batch_size}")
+        answers: list[dict[str, Any]] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = None if pairs is None else pairs[start:start + batch_size]
+            enc = self.encode(texts[start:start + batch_size], max_length, chunk)
+            logits = self.run(enc.feeds)["logits"].astype(np.float64)
+            if head["problem"] == "regression":
+                answers += [{"score": float(row[0])} for row in logits]
+                continue
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            probs = z / z.sum(1, keepdims=True)
+            for row in probs:
+                best = int(row.argmax())
+                answers.append({"label": head["labels"][best], "score": float(row[best]),
+                                "scores": {n: float(p) for n, p in zip(head["labels"], row)}})
+        return answers
 
     def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
         """Per text, per mask token (BERT's [MASK], RoBERTa's <mask>): the top-k (token,

@@ -90,13 +90,12 @@ class TritonOptions:
 def build_config(name: str, manifest: BundleManifest, options: TritonOptions, threads: int | None):
     """The ModelConfig message for one bundle."""
     pb = model_config_pb2()
-    space = manifest.design_space
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch)
     for input_name in manifest.inputs:
         config.input.add(name=input_name, data_type=pb.TYPE_INT64, dims=[-1])
     for output in manifest.outputs:  # without the batch dimension (max_batch_size > 0)
         config.output.add(name=output, data_type=pb.TYPE_FP32,
-                          dims=output_shape(output, space)[1:])
+                          dims=output_shape(output, manifest.task, manifest.config)[1:])
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     config.instance_group.add(count=options.instances,
                               kind=getattr(pb.ModelInstanceGroup, KINDS[options.device]))

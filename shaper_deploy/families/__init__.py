@@ -208,7 +208,9 @@ class Family:
     def architecture_name(self, model_type: str, task: str) -> str:
         """The transformers class a bundle of ``task`` loads as (Optimum picks its ORTModel
         class by the task, transformers its model by this name)."""
-        return self.class_prefix[model_type] + ("ForMaskedLM" if task == "fill-mask" else "Model")
+        suffix = {"fill-mask": "ForMaskedLM",
+                  "text-classification": "ForSequenceClassification"}.get(task, "Model")
+        return self.class_prefix[model_type] + suffix
 
     def hf_config(self, model_type: str, arch: Architecture, task: str) -> dict[str, Any]:
         """A config.json that transformers' AutoConfig loads as this family's config."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -21,6 +21,37 @@ CHECKPOINT_FORMAT = "shaper-deploy/supernet"
 CHECKPOINT_VERSION = 3
 
 
+PROBLEMS = ("single_label_classification", "regression")  # transformers' problem_type names
+
+
+@dataclass(frozen=True)
+class TaskHead:
+    """A super network fine-tuned on a task (``shaperctl train task``): every shape then ends
+    in one classifier (the mean of the final states over real tokens, then D -> outputs)."""
+
+    problem: str  # single_label_classification or regression
+    labels: tuple[str, ...] = ()  # class names in output order; () for regression
+    text_column: str = "text"  # the columns of the data it was trained on, which --eval
+    pair_column: str = ""  # files are read with ("" : single texts)
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.problem not in PROBLEMS:
+            raise CheckpointError(f"task problem {self.problem!r} is not supported; allowed: "
+                                  f"{', '.join(PROBLEMS)}")
+        if self.problem == "regression" and self.labels:
+            raise CheckpointError("a regression head has no label names")
+        if self.problem != "regression" and (len(self.labels) < 2
+                                             or len(set(self.labels)) != len(self.labels)):
+            raise CheckpointError(f"a classifier needs at least 2 distinct labels, got "
+                                  f"{list(self.labels)[:5]}")
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.problem == "regression" else len(self.labels)
+
+
 @dataclass(frozen=True)
 class SuperConfig:
     """Everything needed to rebuild a super network: its design space plus its family's
@@ -33,6 +64,7 @@ class SuperConfig:
     pad_token_id: int = 0  # the tokenizer's padding id (kept for the exported config.json)
     pooler: bool = False  # a pooler (dense + tanh on the first token) sits on top
     dropout: float = 0.0  # hidden and attention dropout while training (the paper trains with 0)
+    task_head: Optional[TaskHead] = None  # a classifier / regressor on top (train task)
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -80,6 +112,9 @@ class SuperConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["space"] = self.space.to_dict()
+        out["task_head"] = None if self.task_head is None else {
+            f.name: (list(v) if isinstance(v := getattr(self.task_head, f.name), tuple) else v)
+            for f in fields(self.task_head)}
         return out
 
     @classmethod
@@ -87,6 +122,8 @@ class SuperConfig:
                   ) -> "SuperConfig":
         if isinstance(data, dict) and "model_type" not in data:
             data = {**data, "model_type": "bert"}  # written before families: BERT
+        if isinstance(data, dict) and "task_head" not in data:
+            data = {**data, "task_head": None}  # written before task heads: none
         reject_unknown_fields(cls, data, where, CheckpointError, require_all=True)
         reject_unknown_fields(DesignSpace, data["space"], f"{where} design space",
                               CheckpointError, require_all=True)

@@ -12,7 +12,8 @@ from torch import nn
 from ..errors import ShapeError, ShaperError
 from ..shape import Shape
 from .config import SuperConfig
-from .modules import BottleneckLayer, MLMHead, Pooler, attention_bias, embeddings_for
+from .modules import (BottleneckLayer, ClassifierHead, MLMHead, Pooler, attention_bias,
+                      embeddings_for)
 
 
 class EncoderOutput(NamedTuple):
@@ -53,6 +54,8 @@ class BottleneckBert(nn.Module):
         self.mlm_head = (MLMHead(s.hidden_size, s.vocab_size,
                                  config.family.mlm_act(config.hidden_act),
                                  config.layer_norm_eps) if s.mlm_head else None)
+        self.classifier = (ClassifierHead(s.hidden_size, config.task_head.num_outputs)
+                           if config.task_head is not None else None)
         self.provenance = Provenance()
 
     # The provenance's parts, read and replaced one at a time (the value itself is frozen).
@@ -90,6 +93,16 @@ class BottleneckBert(nn.Module):
                 outputs.append(x)
         pooled = self.pooler(x) if self.pooler is not None else None
         return EncoderOutput(x, pooled, tuple(outputs) if outputs is not None else None)
+
+    def task_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
+                    ) -> torch.Tensor:
+        """The task head's outputs (B, labels) from ``last_hidden_state``."""
+        if self.classifier is None:
+            raise ShaperError("this network has no task head; make one with shaperctl train "
+                              "task")
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        return self.classifier(hidden, attention_mask)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Masked-LM logits (B, S, vocab) from ``last_hidden_state``."""

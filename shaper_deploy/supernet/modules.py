@@ -164,6 +164,21 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden[:, 0]))
 
 
+class ClassifierHead(nn.Module):
+    """A task head: the mean of the final states over real tokens (the pooling sentence
+    encoders such as all-MiniLM-L6-v2 are trained with), then one dense layer to the task's
+    outputs (class logits, or one regression score)."""
+
+    def __init__(self, hidden_size: int, num_outputs: int):
+        super().__init__()
+        self.out = nn.Linear(hidden_size, num_outputs)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = attention_mask[..., None].to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.out(pooled)  # (B, outputs)
+
+
 class MLMHead(nn.Module):
     """dense + activation + LayerNorm, then the decoder tied to the word embeddings."""
 

@@ -90,3 +90,38 @@ def native_bf16(device: str) -> bool:
     cpu = torch.cpu
     return any(getattr(cpu, name, lambda: False)()
                for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "random_shapes",
+                    "temperature", "seed")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    full_steps: int = 300  # phase 1: the full shape alone on the labels
+    steps: int = 300  # phase 2: sandwich steps, every shape distilling the teacher
+    batch_size: int = 32
+    seq_len: int = 128  # tokens per text (pair): longer ones are cut
+    lr: float = 5e-5
+    random_shapes: int = 2
+    temperature: float = 1.0  # of the distilled class distributions
+    seed: int = 0
+    checkpoint_every: int = 100
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name.replace('_', '-')} must be positive, "
+                                    f"got {getattr(self, name)}")
+        if self.full_steps < 0 or self.random_shapes < 0:
+            raise TrainingError("full-steps and random-shapes must not be negative")
+        if not (math.isfinite(self.lr) and 0 < self.lr < 1):
+            raise TrainingError(f"--lr must be a finite number in (0, 1), got {self.lr}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise TrainingError(f"--temperature must be positive, got {self.temperature}")
+
+    def device_settings(self) -> "TrainConfig":
+        """The device and precision, resolved and checked as super-training does."""
+        return TrainConfig(device=self.device, precision=self.precision).resolved()

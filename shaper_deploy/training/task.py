@@ -1,0 +1,420 @@
+"""Task fine-tuning of a super network (``shaperctl train task``): every shape a classifier.
+
+Labelled data (CSV, TSV or JSON lines with named columns; single texts or text pairs; class
+labels kept by name, or a regression score) trains the whole super network in two phases,
+DynaBERT's width-adaptive recipe (Hou et al., 2020):
+
+1. ``full_steps`` steps fine-tune the full shape alone on the labels (cross-entropy, or mean
+   squared error for regression), with a new task head (mean pooling + one dense layer). The
+   result is the *teacher*, written to ``out/teacher`` (a task super network itself: the
+   planner can take it for loose budgets).
+2. ``steps`` sandwich steps train the largest, the smallest and ``random_shapes`` random
+   shapes together, each distilling the frozen teacher's outputs (KL divergence of the
+   softened class distributions at ``temperature``, or the teacher's score for regression);
+   the largest also learns the labels. The result, ``out/supernet``, is what export slices.
+
+Shapes, batches and dropout-free forward passes derive from (seed, step) only, so a run that is
+interrupted (Ctrl-C finishes the step and checkpoints it) resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import TrainingError
+from ..io import atomic_dir, atomic_write_bytes, read_regular
+from ..runtime import padded_tokenizer
+from ..shape import Shape
+from ..supernet.checkpoint import write_supernet
+from ..supernet.config import TaskHead
+from ..supernet.model import SuperBert
+from ..templates import random_shape
+from .sandwich import _BatchOrder, _duration, _StopRequest, training_device
+from .config import TASK_RESUME_KEYS as RESUME_KEYS
+from .config import TaskConfig
+
+MAX_TASK_BYTES = 1 << 30  # one labelled file
+FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
+PROGRESS_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One labelled file, read and checked."""
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str] | list[float]  # class names, or regression scores
+    path: str = ""
+
+
+def read_task_data(path: str | Path, text_column: str = "text", label_column: str = "label",
+                   pair_column: str | None = None, regression: bool = False) -> TaskData:
+    """A CSV/TSV (by extension, with a header row) or JSON-lines file of labelled texts; every
+    problem is one TrainingError line naming the file, row and what is allowed."""
+    path = Path(path)
+    sep = FORMATS.get(path.suffix.lower(), "missing")
+    if sep == "missing":
+        raise TrainingError(f"{path}: unknown data format {path.suffix or '(no extension)'!r}; "
+                            f"allowed: {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise TrainingError(f"data file {path} does not exist")
+    raw = read_regular(path, MAX_TASK_BYTES, "data file", TrainingError)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TrainingError(f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    rows: list[dict[str, Any]] = []
+    if sep is None:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise TrainingError(f"{path} line {n} is not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise TrainingError(f"{path} line {n} is not a JSON object")
+            rows.append(row)
+    else:
+        try:
+            rows = list(csv.DictReader(io.StringIO(text), delimiter=sep))
+        except csv.Error as exc:
+            raise TrainingError(f"{path} is not a readable {path.suffix[1:].upper()} file "
+                                f"({exc})") from None
+    if not rows:
+        raise TrainingError(f"{path} holds no rows (a header row and at least one labelled "
+                            "text are needed)")
+    wanted = [c for c in (text_column, pair_column, label_column) if c]
+    missing = [c for c in wanted if c not in rows[0]]
+    if missing:
+        raise TrainingError(f"{path} has no column {missing[0]!r}; its columns: "
+                            f"{', '.join(map(str, rows[0]))[:200]} (name them with "
+                            "--text-column, --pair-column, --label-column)")
+    texts, pairs, labels = [], [] if pair_column else None, []
+    for n, row in enumerate(rows, 2 if sep is not None else 1):
+        values = [row.get(c) for c in wanted]
+        if any(not isinstance(v, (str, int, float)) or not str(v).strip() for v in values):
+            raise TrainingError(f"{path} row {n}: an empty value in {', '.join(wanted)}; every "
+                                "row needs a text and a label")
+        texts.append(str(row[text_column]))
+        if pairs is not None:
+            pairs.append(str(row[pair_column]))
+        label = row[label_column]
+        if regression:
+            try:
+                score = float(label)
+            except ValueError:
+                raise TrainingError(f"{path} row {n}: label {str(label)[:40]!r} is not a "
+                                    "number (a regression needs numeric labels)") from None
+            if not math.isfinite(score):
+                raise TrainingError(f"{path} row {n}: label {label!r} is not finite")
+            labels.append(score)
+        else:
+            labels.append(str(label).strip())
+    if not regression and len(set(labels)) < 2:
+        raise TrainingError(f"{path} has one label only ({labels[0]!r}); a classifier needs "
+                            "at least two")
+    return TaskData(texts, pairs, labels, str(path))
+
+
+@dataclass
+class Encoded:
+    ids: torch.Tensor
+    mask: torch.Tensor
+    types: torch.Tensor | None
+    y: torch.Tensor  # class indices (long) or scores (float)
+
+
+def encode(data: TaskData, model: SuperBert, head: TaskHead, seq_len: int,
+           what: str = "training") -> Encoded:
+    """Token ids of every text (pair), padded to ``seq_len``, and the targets. A label the
+    head does not know (one only in validation) is one TrainingError line."""
+    c = model.config
+    if "tokenizer.json" not in model.tokenizer_files:
+        raise TrainingError("the super network has no tokenizer.json, which task training "
+                            "needs to read text")
+    if not 2 <= seq_len <= c.max_tokens:
+        raise TrainingError(f"--seq-len must be 2..{c.max_tokens} (the model's positions), "
+                            f"got {seq_len}")
+    tok = padded_tokenizer(model.tokenizer_files["tokenizer.json"].decode(), seq_len,
+                           c.pad_token_id)
+    tok.enable_padding(pad_id=c.pad_token_id, pad_token=tok.id_to_token(c.pad_token_id) or "",
+                       length=seq_len)
+    items = data.texts if data.pairs is None else list(zip(data.texts, data.pairs))
+    feeds = c.family.feeds(tok.encode_batch(items))
+    if head.problem == "regression":
+        y = torch.tensor(data.labels, dtype=torch.float32)
+    else:
+        index = {n: i for i, n in enumerate(head.labels)}
+        unknown = sorted({str(v) for v in data.labels if v not in index})
+        if unknown:
+            raise TrainingError(f"{what} data {data.path} has label(s) {', '.join(unknown[:3])} "
+                                f"that the training data does not; allowed: "
+                                f"{', '.join(head.labels)}")
+        y = torch.tensor([index[v] for v in data.labels])
+    types = feeds.get("token_type_ids")
+    return Encoded(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]),
+                   None if types is None else torch.from_numpy(types), y)
+
+
+def with_task_head(model: SuperBert, head: TaskHead, seed: int) -> SuperBert:
+    """``model`` with a new task head (small random weights), everything else kept."""
+    grown = SuperBert(replace(model.config, task_head=head))
+    grown.load_state_dict(model.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = grown.classifier.out
+        out.weight.copy_(torch.randn(out.weight.shape, generator=g) * 0.02)
+        out.bias.zero_()
+    grown.provenance = model.provenance
+    return grown
+
+
+def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    named = {"input_ids": data.ids[idx], "attention_mask": data.mask[idx]}
+    if data.types is not None:
+        named["token_type_ids"] = data.types[idx]
+    return {k: v.to(device) for k, v in named.items()}
+
+
+def _logits(model: SuperBert, batch: dict[str, torch.Tensor], shape: Shape | None
+            ) -> torch.Tensor:
+    hidden = model(**batch, shape=shape).last_hidden_state
+    return model.task_logits(hidden, batch["attention_mask"]).float()
+
+
+def _label_loss(logits: torch.Tensor, y: torch.Tensor, head: TaskHead) -> torch.Tensor:
+    if head.problem == "regression":
+        return F.mse_loss(logits[:, 0], y.float())
+    return F.cross_entropy(logits, y)
+
+
+def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, head: TaskHead,
+                  temperature: float) -> torch.Tensor:
+    if head.problem == "regression":
+        return F.mse_loss(student, teacher)
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def evaluate(model: SuperBert, data: Encoded, head: TaskHead, shapes: dict[str, Shape | None],
+             device: torch.device, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """The task's metric per named shape: accuracy (and macro F1) for a classifier, Pearson and
+    Spearman for a regression, on ``data``."""
+    model.eval()
+    out = {}
+    for name, shape in shapes.items():
+        preds = []
+        for start in range(0, len(data.y), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(data.y)))
+            preds.append(_logits(model, _batch(data, idx, device), shape).cpu())
+        out[name] = task_metrics(torch.cat(preds).numpy(), data.y.numpy(), head)
+    return out
+
+
+def task_metrics(logits, y, head: TaskHead) -> dict[str, float]:
+    """Accuracy and macro F1 (classification) or Pearson and Spearman (regression)."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    if head.problem == "regression":
+        pred = np.asarray(logits)[:, 0]
+        if np.std(pred) == 0 or np.std(y) == 0:
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": float(pearsonr(pred, y)[0]), "spearman": float(spearmanr(pred, y)[0])}
+    pred = np.asarray(logits).argmax(1)
+    f1 = []
+    for k in range(len(head.labels)):
+        tp = float(((pred == k) & (y == k)).sum())
+        denom = float((pred == k).sum() + (y == k).sum())
+        f1.append(2 * tp / denom if denom else 0.0)
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1))}
+
+
+def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str | Path,
+               validation: TaskData | None = None, columns: tuple[str, str, str] = ("text",
+               "", "label"), progress: Callable[[str], None] | None = None,
+               stop_after: int | None = None) -> dict[str, Any]:
+    """Fine-tune the super network at ``source`` on ``train`` (two phases, module docstring);
+    resumes from ``out/checkpoint``. ``columns``: (text, pair, label) column names, recorded in
+    the head so that ``export --eval`` reads files alike. ``stop_after``: checkpoint after that
+    many steps of the whole schedule and return (time-limited jobs)."""
+    note = progress or (lambda message: None)
+    out = Path(out)
+    device = training_device(config.device_settings())
+    base = SuperBert.load(source)
+    regression = isinstance(train.labels[0], float)
+    labels = () if regression else tuple(sorted(set(train.labels)))
+    head = TaskHead("regression" if regression else "single_label_classification", labels,
+                    columns[0], columns[1], columns[2])
+    if base.config.task_head is not None and base.config.task_head != head:
+        raise TrainingError(f"super network {source} already has another task head "
+                            f"({base.config.task_head.problem}, labels "
+                            f"{list(base.config.task_head.labels)[:5]}); start from one "
+                            "without a task head")
+    model = base if base.config.task_head is not None else with_task_head(base, head, config.seed)
+    data = encode(train, model, head, config.seq_len)
+    val = encode(validation, model, head, config.seq_len, "validation") if validation else None
+    total = config.full_steps + config.steps
+    checkpoint = out / "checkpoint"
+    start, history, state = 0, [], None
+    if (checkpoint / "train.json").is_file():
+        state = _resume(checkpoint, model, config)
+        model, start, history = state["model"], state["step"], state["history"]
+        note(f"resuming {checkpoint} at step {start}")
+    teacher = None
+    if config.full_steps and start > config.full_steps:  # written at step full_steps + 1
+        teacher = SuperBert.load(out / "teacher").eval().requires_grad_(False).to(device)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    warm = max(1, total // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    order = _BatchOrder(len(data.y), config.seed)
+    space = model.config.space
+    note(f"task {head.problem} ({len(head.labels) or 'a score'}{' labels' if labels else ''}), "
+         f"{len(data.y)} training texts: steps {start + 1}..{total} ({config.full_steps} full "
+         f"shape, then {config.steps} sandwich steps of {2 + config.random_shapes} shapes) on "
+         f"{device.type}")
+    started = last_note = time.perf_counter()
+    with _StopRequest(True, note) as stop:
+        for step in range(start, total):
+            if step == config.full_steps and teacher is None and config.full_steps:
+                teacher = _write_teacher(model, out / "teacher", device)
+                note(f"full shape fine-tuned; teacher written to {out / 'teacher'}")
+            batch_idx = order.indices(step, 0, 1, config.batch_size)
+            batch = _batch(data, batch_idx, device)
+            y = data.y[batch_idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            losses = []
+            if step < config.full_steps:
+                loss = _label_loss(_logits(model, batch, None), y, head)
+                loss.backward()
+                losses.append(float(loss))
+            else:
+                target = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        target = _logits(teacher, batch, None)
+                rng = random.Random(f"{config.seed}:{step}")
+                shapes = [space.largest, space.smallest] + [
+                    random_shape(space, rng) for _ in range(config.random_shapes)]
+                for k, shape in enumerate(shapes):
+                    logits = _logits(model, batch, shape)
+                    loss = (_distill_loss(logits, target, head, config.temperature)
+                            if target is not None else _label_loss(logits, y, head))
+                    if k == 0 and target is not None:
+                        loss = loss + _label_loss(logits, y, head)
+                    loss.backward()
+                    losses.append(float(loss))
+            if not all(math.isfinite(v) for v in losses):
+                raise TrainingError(f"step {step + 1}: the loss is not finite; the last "
+                                    f"checkpoint stays; lower --lr (now {config.lr:g})")
+            optimizer.step()
+            scheduler.step()
+            done = step + 1
+            now = time.perf_counter()
+            history.append({"step": done, "loss": losses})
+            if done == start + 1 or done % max(1, total // 20) == 0 or done == total or \
+                    now - last_note >= PROGRESS_SECONDS:
+                last_note = now
+                rate = (done - start) / (now - started)
+                note(f"step {done}/{total} ({'full' if step < config.full_steps else 'sandwich'})"
+                     f"  loss {sum(losses) / len(losses):.4f}  {rate:.2f} steps/s  "
+                     f"ETA {_duration((total - done) / rate)}")
+            stopping = stop.requested or (stop_after is not None and stop_after <= done)
+            if (stopping or done % config.checkpoint_every == 0) and done < total:
+                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history)
+                if stopping:
+                    note(f"checkpoint of step {done} written: run the same command to continue")
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    return {"steps": total, "stopped_at": done, "history": history}
+    if teacher is None and config.full_steps:
+        teacher = _write_teacher(model, out / "teacher", device)
+    shapes = {"largest": space.largest, "smallest": space.smallest}
+    report = {}
+    if val is not None:
+        report = evaluate(model, val, head, shapes, device)
+        if teacher is not None:
+            report["teacher"] = evaluate(teacher, val, head, {"full": None}, device)["full"]
+    model.cpu()
+    with atomic_dir(out / "supernet", force=True) as tmp:
+        write_supernet(model, tmp)
+    summary = {"steps": total, "head": asdict(head), "config": asdict(config),
+               "train_texts": len(data.y), "validation_texts": 0 if val is None else len(val.y),
+               "validation": report, "seconds": round(time.perf_counter() - started, 3),
+               "history": history}
+    atomic_write_bytes(out / "train.json", (json.dumps(summary, indent=2) + "\n").encode())
+    note(f"wrote {out / 'supernet'}")
+    return summary
+
+
+def _write_teacher(model: SuperBert, folder: Path, device: torch.device) -> SuperBert:
+    teacher = copy.deepcopy(model).cpu()
+    with atomic_dir(folder, force=True) as tmp:
+        write_supernet(teacher, tmp)
+    return teacher.eval().requires_grad_(False).to(device)
+
+
+def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: TaskConfig,
+                step: int, history: list) -> None:
+    with atomic_dir(folder, force=True) as tmp:
+        write_supernet(model, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   tmp / "trainer_state.pt")
+        (tmp / "train.json").write_text(json.dumps(
+            {"step": step, "config": asdict(config), "history": history}) + "\n")
+
+
+def _resume(folder: Path, model: SuperBert, config: TaskConfig) -> dict[str, Any]:
+    try:
+        saved = json.loads((folder / "train.json").read_text())
+        before, step, history = saved["config"], int(saved["step"]), saved["history"]
+        if not isinstance(before, dict) or not isinstance(history, list):
+            raise TypeError("config must be an object and history a list")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"checkpoint {folder}/train.json is damaged ({exc}); resume from "
+                            "a new --out") from None
+    changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in RESUME_KEYS
+               if before.get(k) != getattr(config, k)]
+    if changed:
+        raise TrainingError(f"checkpoint {folder} was trained with other settings "
+                            f"({'; '.join(changed)}); use the same settings, or a new --out")
+    resumed = SuperBert.load(folder)
+    if resumed.config != model.config:
+        raise TrainingError(f"checkpoint {folder} is of another network or task than this run; "
+                            "use a new --out")
+    try:
+        state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise TrainingError(f"checkpoint {folder}/trainer_state.pt is damaged "
+                            f"({type(exc).__name__}); resume from a new --out") from None
+    return {"model": resumed, "step": step, "history": history, **state}
+
+
+def shapes_report(model: SuperBert, data: Encoded, head: TaskHead, shapes: Sequence[Shape],
+                  device: torch.device | None = None) -> list[dict[str, Any]]:
+    """The task's metric for each of ``shapes`` (what ``train task`` reports beside params)."""
+    device = device or torch.device("cpu")
+    named = {",".join(map(str, s.widths)): s for s in shapes}
+    result = evaluate(model, data, head, named, device)
+    return [{"shape": list(s.widths), "params": s.params(), **result[k]}
+            for k, s in named.items()]
