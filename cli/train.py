@@ -238,7 +238,8 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
           --text-column review --label-column sentiment --out runs/task
     """
     from shaper_deploy.io import check_output_dir, output_lock
-    from shaper_deploy.training.task import read_task_data, train_task
+    from shaper_deploy.taskdata import read_task_data
+    from shaper_deploy.training.task import train_task
 
     config = TaskConfig(full_steps=full_steps, steps=steps, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, random_shapes=random_shapes,

@@ -52,3 +52,7 @@ class ServingError(ShaperError):
 
 class TrainingError(ShaperError):
     """Training cannot start or continue as asked (data, checkpoint, settings)."""
+
+
+class DataError(ShaperError):
+    """Labelled task data that cannot be used (format, columns, labels, encoding)."""

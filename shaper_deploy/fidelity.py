@@ -110,3 +110,23 @@ def masked_positions(mask: np.ndarray, every: int = 5) -> list[tuple[int, int]]:
         real = np.flatnonzero(row)[1:-1]
         positions += [(r, int(c)) for c in real[::every]]
     return positions
+
+
+def task_metrics(logits: np.ndarray, y: np.ndarray, regression: bool) -> dict[str, float]:
+    """A task's metrics of outputs ``logits`` (N, labels) against true ``y``: accuracy and
+    macro F1 over the labels present (classification), or Pearson and Spearman of the score
+    (regression)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    if regression:
+        pred = np.asarray(logits)[:, 0]
+        if np.std(pred) == 0 or np.std(y) == 0:
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": float(pearsonr(pred, y)[0]), "spearman": float(spearmanr(pred, y)[0])}
+    pred = np.asarray(logits).argmax(1)
+    f1 = []
+    for k in sorted(set(np.asarray(y).tolist()) | set(pred.tolist())):
+        tp = float(((pred == k) & (y == k)).sum())
+        denom = float((pred == k).sum() + (y == k).sum())
+        f1.append(2 * tp / denom if denom else 0.0)
+    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1))}

@@ -44,13 +44,15 @@ import numpy as np
 from .bundle import BundleManifest
 from .errors import ExportError, PlannerError
 from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
-from .fidelity import CALIBRATION_TEXTS, embedding_fidelity, masked_positions, top1_agreement
+from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, task_metrics,
+                       top1_agreement)
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
 from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
 from .profiling.profile import graph_differences, graph_record
 from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape
+from .taskdata import TaskData, read_task_data
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 
@@ -184,7 +186,8 @@ def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
     profile.check_trust(allow_unreliable)
 
 
-def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int = 128):
+def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int = 128,
+                      pairs: Sequence[str] | None = None):
     """The full-shape fp32 model's outputs on calibration text cut to ``max_length`` tokens:
     (outputs, feeds, positions, what was used). Without a tokenizer, random ids stand in."""
     import torch
@@ -194,8 +197,9 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
     if "tokenizer.json" in supernet.tokenizer_files:
         tok = padded_tokenizer(supernet.tokenizer_files["tokenizer.json"].decode(), longest,
                                config.pad_token_id)
-        feeds = fam.feeds(tok.encode_batch(list(texts)))
-        used = f"{len(texts)} calibration texts"
+        items = list(texts) if pairs is None else list(zip(texts, pairs))
+        feeds = fam.feeds(tok.encode_batch(items))
+        used = f"{len(texts)} calibration texts" + (" (as pairs)" if pairs is not None else "")
         mask_id = fam.special_token_id(tok, "mask")
     else:
         feeds = config.dummy_inputs(8, min(32, longest), seed=11)
@@ -208,18 +212,100 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
             feeds["input_ids"][r, c] = mask_id
     with torch.no_grad():
         out = supernet(**{n: torch.from_numpy(v) for n, v in feeds.items()})
-        result = (supernet.mlm_logits(out.last_hidden_state) if task == "fill-mask"
-                  else out.last_hidden_state)
+        if task == "fill-mask":
+            result = supernet.mlm_logits(out.last_hidden_state)
+        elif task == "text-classification":
+            result = supernet.task_logits(out.last_hidden_state,
+                                          torch.from_numpy(feeds["attention_mask"]))
+        else:
+            result = out.last_hidden_state
     return result.float().numpy(), feeds, positions, used
 
 
-def bundle_fidelity(bundle: Path, model_file: str, task: str, reference: np.ndarray,
-                    feeds: dict[str, np.ndarray], positions) -> float:
-    session = make_session(bundle / model_file, "cpu")
-    out = session.run([session.get_outputs()[0].name], feeds)[0]
-    if task == "fill-mask":
-        return top1_agreement(reference, out, positions)
-    return embedding_fidelity(reference, out, feeds["attention_mask"])
+@dataclass
+class Judge:
+    """How the planner compares candidates: the inputs, what a bundle's outputs are held to
+    (the full fp32 model's outputs, or the true labels of the user's ``--eval`` file) and the
+    metric, named in the plan."""
+
+    task: str
+    feeds: list[dict[str, np.ndarray]]  # in chunks: an --eval file is run 64 texts at a time
+    reference: list[np.ndarray]
+    positions: list[tuple[int, int]]
+    used: str
+    metric: str
+    head: dict[str, Any] | None = None
+    labelled: bool = False  # reference holds true labels (classes or scores)
+
+    def score(self, bundle: Path, model_file: str) -> float:
+        session = make_session(bundle / model_file, "cpu")
+        name = session.get_outputs()[0].name
+        outs = [session.run([name], f)[0] for f in self.feeds]
+        if self.task == "fill-mask":
+            return top1_agreement(self.reference[0], outs[0], self.positions)
+        if self.task != "text-classification":
+            return embedding_fidelity(self.reference[0], outs[0], self.feeds[0]["attention_mask"])
+        got, ref = np.concatenate(outs), np.concatenate(self.reference)
+        regression = self.head["problem"] == "regression"
+        if self.labelled:
+            metrics = task_metrics(got, ref, regression)
+            return metrics["pearson" if regression else "accuracy"]
+        if regression:
+            return task_metrics(got, ref[:, 0], True)["pearson"]
+        return float((got.argmax(1) == ref.argmax(1)).mean())
+
+
+def make_judge(supernet, task: str, calibration: Sequence[str] | None, seq_len: int,
+               evaluation: TaskData | None = None) -> Judge:
+    """The planner's judge: fidelity to the full fp32 model on calibration text; for a task
+    network with ``evaluation`` data, the task's metric on it (accuracy, or Pearson for a
+    regression); without, agreement with the full model's labels (or Pearson with its
+    scores) on the calibration texts."""
+    head = supernet.config.task_head
+    if evaluation is not None and task != "text-classification":
+        raise PlannerError("--eval is for text-classification exports of a task super network "
+                           "(shaperctl train task)")
+    if task == "text-classification" and evaluation is not None:
+        head_d = supernet.config.to_dict()["task_head"]
+        if (evaluation.pairs is None) != (not head.pair_column):
+            raise PlannerError(f"--eval file {evaluation.path} must have the columns the task "
+                               f"network was trained on ({head.text_column}, "
+                               f"{head.pair_column + ', ' if head.pair_column else ''}"
+                               f"{head.label_column})")
+        if head.problem == "regression":
+            y = np.asarray(evaluation.labels, dtype=np.float64)
+        else:
+            index = {n: i for i, n in enumerate(head.labels)}
+            unknown = sorted({str(v) for v in evaluation.labels if v not in index})
+            if unknown:
+                raise PlannerError(f"--eval file {evaluation.path} has label(s) "
+                                   f"{', '.join(unknown[:3])} the task network does not know; "
+                                   f"allowed: {', '.join(head.labels)}")
+            y = np.asarray([index[v] for v in evaluation.labels])
+        feeds, refs = [], []
+        for start in range(0, len(y), 64):
+            _, f, _, _ = reference_outputs(
+                supernet, task, evaluation.texts[start:start + 64], seq_len,
+                None if evaluation.pairs is None else evaluation.pairs[start:start + 64])
+            feeds.append(f)
+            refs.append(y[start:start + 64])
+        metric = ("Pearson correlation with the labels" if head.problem == "regression" else
+                  "accuracy")
+        return Judge(task, feeds, refs, [], f"{len(y)} labelled texts of {evaluation.path}",
+                     f"{metric} on {evaluation.path}", head_d, labelled=True)
+    texts = list(calibration or CALIBRATION_TEXTS)
+    pairs = None
+    if task == "text-classification" and head is not None and head.pair_column:
+        pairs = texts[1:] + texts[:1]  # each calibration text with the next one
+    reference, feeds, positions, used = reference_outputs(supernet, task, texts, seq_len, pairs)
+    metric = {"fill-mask": "masked-token top-1 agreement with the full fp32 model",
+              "text-classification": (
+                  "Pearson correlation with the full fp32 model's scores"
+                  if head is not None and head.problem == "regression" else
+                  "label agreement with the full fp32 model")}.get(
+        task, "mean cosine of mean-pooled embeddings to the full fp32 model")
+    return Judge(task, [feeds], [reference], positions, used, metric,
+                 supernet.config.to_dict()["task_head"])
 
 
 def allowed_precisions(profile: DeviceProfile, device: str, precision: str) -> list[str]:
@@ -281,8 +367,11 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                       measure: Callable[..., float] | None = None,
                       progress: Callable[[str], None] | None = None,
                       percentile: float = DEFAULT_PERCENTILE,
-                      for_device: bool = False) -> BundleManifest:
+                      for_device: bool = False,
+                      evaluation: TaskData | None = None) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
+    ``evaluation``: labelled data of a task network's task; candidates are then judged by
+    the task's metric on it (:func:`make_judge`).
 
     ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds at the
     budget's percentile (see the module docstring); the default times the bundle with the
@@ -321,8 +410,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                  f"{m['observed_ms']:.2f} ms observed now; calm median "
                  f"{m['intrinsic_ms']:.2f} ms, machine {m['drift']:.2f}x its calm speed now)")
             return m["judged_ms"]
-    reference, feeds, positions, used = reference_outputs(
-        supernet, options.task, calibration or CALIBRATION_TEXTS, max_length=seq_len)
+    judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
     parent = out.parent if out.parent.exists() else None
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as work:
@@ -344,8 +432,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                                    max_exports, note, dropped))
         fitting = [c for c in candidates if c.status == "fits"]
         for c in fitting:
-            c.fidelity = bundle_fidelity(Path(work) / c.precision, _model_file(c.precision),
-                                         options.task, reference, feeds, positions)
+            c.fidelity = judge.score(Path(work) / c.precision, _model_file(c.precision))
         if not fitting:
             raise PlannerError(f"no candidate met {budget_ms:.4g} ms at p{percentile:g}, batch "
                                f"{batch} x {seq_len} tokens: "
@@ -368,10 +455,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "params": best.params, "predicted_ms": best.predicted_ms,
             "predicted_upper_ms": best.upper_ms, "measured_ms": best.measured_ms,
             "fidelity": best.fidelity,
-            "fidelity_metric": ("masked-token top-1 agreement with the full fp32 model"
-                                if options.task == "fill-mask" else
-                                "mean cosine of mean-pooled embeddings to the full fp32 model"),
-            "calibration": used, "profile": str(profile.path),
+            "fidelity_metric": judge.metric,
+            "calibration": judge.used, "profile": str(profile.path),
             "profile_trust": profile.trust,
             "target": {"fingerprint": target, "for_device": for_device,
                        "verified": not for_device},
@@ -411,6 +496,7 @@ class BudgetRequest:
     allow_unreliable: bool = False
     percentile: float = DEFAULT_PERCENTILE
     for_device: bool = False
+    evaluation: Path | None = None  # labelled data: judge candidates by the task's metric
 
 
 def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,
@@ -433,6 +519,7 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     if request.batch is not None or request.seq_len is not None:
         workload = (request.batch or profile.reference_workload[0],
                     request.seq_len or profile.reference_workload[1])
+    config = None
     try:
         config = read_checkpoint_header(supernet_path, widths)["config"]
         check_profile(profile, request.device, options, config, request.allow_unreliable,
@@ -442,12 +529,21 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     w = workload or profile.reference_workload
     plan_candidates(profile, request.budget.resolve(profile, w, request.percentile),
                     request.device, request.precision, w, request.percentile)
+    evaluation = None
+    if request.evaluation is not None:
+        head = config.task_head if config is not None else None
+        if head is None:
+            raise PlannerError(f"--eval needs a task super network (shaperctl train task); "
+                               f"{supernet_path} has no task head")
+        evaluation = read_task_data(request.evaluation, head.text_column, head.label_column,
+                                    head.pair_column or None, head.problem == "regression")
     note(f"loading {supernet_path}")
     model = SuperBert.load(supernet_path, widths)
     return export_for_budget(model, request.budget, profile, out, request.device,
                              request.precision, workload, options, calibration, force=force,
                              allow_unreliable=request.allow_unreliable, progress=progress,
-                             percentile=request.percentile, for_device=request.for_device)
+                             percentile=request.percentile, for_device=request.for_device,
+                             evaluation=evaluation)
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,

@@ -20,8 +20,6 @@ interrupted (Ctrl-C finishes the step and checkpoints it) resumes exactly where 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import random
@@ -34,99 +32,20 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
-from ..io import atomic_dir, atomic_write_bytes, read_regular
+from ..fidelity import task_metrics
+from ..io import atomic_dir, atomic_write_bytes
 from ..runtime import padded_tokenizer
 from ..shape import Shape
 from ..supernet.checkpoint import write_supernet
 from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
+from ..taskdata import TaskData
 from ..templates import random_shape
 from .sandwich import _BatchOrder, _duration, _StopRequest, training_device
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
-MAX_TASK_BYTES = 1 << 30  # one labelled file
-FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 PROGRESS_SECONDS = 15.0
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """One labelled file, read and checked."""
-    texts: list[str]
-    pairs: list[str] | None
-    labels: list[str] | list[float]  # class names, or regression scores
-    path: str = ""
-
-
-def read_task_data(path: str | Path, text_column: str = "text", label_column: str = "label",
-                   pair_column: str | None = None, regression: bool = False) -> TaskData:
-    """A CSV/TSV (by extension, with a header row) or JSON-lines file of labelled texts; every
-    problem is one TrainingError line naming the file, row and what is allowed."""
-    path = Path(path)
-    sep = FORMATS.get(path.suffix.lower(), "missing")
-    if sep == "missing":
-        raise TrainingError(f"{path}: unknown data format {path.suffix or '(no extension)'!r}; "
-                            f"allowed: {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise TrainingError(f"data file {path} does not exist")
-    raw = read_regular(path, MAX_TASK_BYTES, "data file", TrainingError)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TrainingError(f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    rows: list[dict[str, Any]] = []
-    if sep is None:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise TrainingError(f"{path} line {n} is not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise TrainingError(f"{path} line {n} is not a JSON object")
-            rows.append(row)
-    else:
-        try:
-            rows = list(csv.DictReader(io.StringIO(text), delimiter=sep))
-        except csv.Error as exc:
-            raise TrainingError(f"{path} is not a readable {path.suffix[1:].upper()} file "
-                                f"({exc})") from None
-    if not rows:
-        raise TrainingError(f"{path} holds no rows (a header row and at least one labelled "
-                            "text are needed)")
-    wanted = [c for c in (text_column, pair_column, label_column) if c]
-    missing = [c for c in wanted if c not in rows[0]]
-    if missing:
-        raise TrainingError(f"{path} has no column {missing[0]!r}; its columns: "
-                            f"{', '.join(map(str, rows[0]))[:200]} (name them with "
-                            "--text-column, --pair-column, --label-column)")
-    texts, pairs, labels = [], [] if pair_column else None, []
-    for n, row in enumerate(rows, 2 if sep is not None else 1):
-        values = [row.get(c) for c in wanted]
-        if any(not isinstance(v, (str, int, float)) or not str(v).strip() for v in values):
-            raise TrainingError(f"{path} row {n}: an empty value in {', '.join(wanted)}; every "
-                                "row needs a text and a label")
-        texts.append(str(row[text_column]))
-        if pairs is not None:
-            pairs.append(str(row[pair_column]))
-        label = row[label_column]
-        if regression:
-            try:
-                score = float(label)
-            except ValueError:
-                raise TrainingError(f"{path} row {n}: label {str(label)[:40]!r} is not a "
-                                    "number (a regression needs numeric labels)") from None
-            if not math.isfinite(score):
-                raise TrainingError(f"{path} row {n}: label {label!r} is not finite")
-            labels.append(score)
-        else:
-            labels.append(str(label).strip())
-    if not regression and len(set(labels)) < 2:
-        raise TrainingError(f"{path} has one label only ({labels[0]!r}); a classifier needs "
-                            "at least two")
-    return TaskData(texts, pairs, labels, str(path))
 
 
 @dataclass
@@ -222,27 +141,9 @@ def evaluate(model: SuperBert, data: Encoded, head: TaskHead, shapes: dict[str, 
         for start in range(0, len(data.y), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(data.y)))
             preds.append(_logits(model, _batch(data, idx, device), shape).cpu())
-        out[name] = task_metrics(torch.cat(preds).numpy(), data.y.numpy(), head)
+        out[name] = task_metrics(torch.cat(preds).numpy(), data.y.numpy(),
+                                 head.problem == "regression")
     return out
-
-
-def task_metrics(logits, y, head: TaskHead) -> dict[str, float]:
-    """Accuracy and macro F1 (classification) or Pearson and Spearman (regression)."""
-    import numpy as np
-    from scipy.stats import pearsonr, spearmanr
-
-    if head.problem == "regression":
-        pred = np.asarray(logits)[:, 0]
-        if np.std(pred) == 0 or np.std(y) == 0:
-            return {"pearson": 0.0, "spearman": 0.0}
-        return {"pearson": float(pearsonr(pred, y)[0]), "spearman": float(spearmanr(pred, y)[0])}
-    pred = np.asarray(logits).argmax(1)
-    f1 = []
-    for k in range(len(head.labels)):
-        tp = float(((pred == k) & (y == k)).sum())
-        denom = float((pred == k).sum() + (y == k).sum())
-        f1.append(2 * tp / denom if denom else 0.0)
-    return {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f1))}
 
 
 def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str | Path,
@@ -307,7 +208,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             if step < config.full_steps:
                 loss = _label_loss(_logits(model, batch, None), y, head)
                 loss.backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             else:
                 target = None
                 if teacher is not None:
@@ -323,7 +224,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                     if k == 0 and target is not None:
                         loss = loss + _label_loss(logits, y, head)
                     loss.backward()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
             if not all(math.isfinite(v) for v in losses):
                 raise TrainingError(f"step {step + 1}: the loss is not finite; the last "
                                     f"checkpoint stays; lower --lr (now {config.lr:g})")

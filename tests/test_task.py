@@ -1,0 +1,241 @@
+"""Text classifiers: task fine-tuning of a super network, text-classification export (Optimum's
+ORTModelForSequenceClassification and pipeline agree), serving, planning by task accuracy, and
+bad data. A tiny model learns a task it can learn (is the word "fast" in the text?)."""
+
+import csv
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from shaper_deploy.cli.main import main
+from shaper_deploy.errors import DataError, ExportError, PlannerError, TrainingError
+from shaper_deploy.export import ExportOptions, export_bundle
+from shaper_deploy.serving import Bundle
+from shaper_deploy.shape import Shape
+from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.taskdata import read_task_data
+from shaper_deploy.training.config import TaskConfig
+from shaper_deploy.training.task import train_task
+
+from .conftest import PLAN_SPACE, randomize, tiny_tokenizer_json
+
+WORDS = "the model is small bert on device latency shape layer to of and in runs we deploy".split()
+COLS = dict(text_column="review", label_column="sentiment")
+
+
+def write_rows(path, n, seed, pair=False):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(6)]
+        label = rng.choice(["fresh", "rotten"])
+        if label == "fresh":
+            words[rng.randrange(6)] = "fast"
+        row = {"review": " ".join(words), "sentiment": label}
+        if pair:
+            row["other"] = " ".join(rng.choice(WORDS) for _ in range(3))
+        rows.append(row)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+FAST = TaskConfig(full_steps=60, steps=40, batch_size=16, seq_len=16, lr=3e-4, device="cpu",
+                  checkpoint_every=1000)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    torch.manual_seed(1)
+    model = SuperBert(SuperConfig(PLAN_SPACE, pooler=True)).eval()  # torch's default init
+    model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    model.save(root / "super")
+    train = write_rows(root / "train.csv", 300, 0)
+    val = write_rows(root / "val.jsonl", 120, 1)
+    summary = train_task(root / "super", read_task_data(train, **COLS), FAST, root / "out",
+                         read_task_data(val, **COLS), ("review", "", "sentiment"))
+    return root, summary
+
+
+def test_the_task_is_learned_and_every_shape_is_a_classifier(trained):
+    root, summary = trained
+    v = summary["validation"]
+    assert v["teacher"]["accuracy"] >= 0.9 and v["largest"]["accuracy"] >= 0.9
+    assert v["smallest"]["accuracy"] > 0.5  # a narrow slice still classifies
+    net = SuperBert.load(root / "out" / "supernet")
+    assert net.config.task_head.labels == ("fresh", "rotten")
+    assert net.config.task_head.text_column == "review"
+    assert SuperBert.load(root / "out" / "teacher").config.task_head == net.config.task_head
+
+
+def test_training_resumes_exactly(trained, tmp_path):
+    root, _ = trained
+    train = read_task_data(root / "train.csv", **COLS)
+    cols = ("review", "", "sentiment")
+    config = TaskConfig(full_steps=6, steps=6, batch_size=8, seq_len=16, lr=1e-3, device="cpu")
+    train_task(root / "super", train, config, tmp_path / "a", columns=cols)
+    stopped = train_task(root / "super", train, config, tmp_path / "b", columns=cols,
+                         stop_after=8)  # in the sandwich phase, after the teacher
+    assert stopped["stopped_at"] == 8
+    train_task(root / "super", train, config, tmp_path / "b", columns=cols)
+    a = SuperBert.load(tmp_path / "a" / "supernet").state_dict()
+    b = SuperBert.load(tmp_path / "b" / "supernet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="other settings"):
+        train_task(root / "super", train, TaskConfig(full_steps=6, steps=7, batch_size=8,
+                                                     seq_len=16, device="cpu"),
+                   tmp_path / "b", columns=cols, stop_after=1)
+
+
+def test_export_classify_and_optimum_agree(trained, tmp_path):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    root, _ = trained
+    net = SuperBert.load(root / "out" / "supernet")
+    shape = Shape((40, 128, 60), PLAN_SPACE)
+    manifest = export_bundle(net, shape, tmp_path / "b",
+                             ExportOptions(task="text-classification", int8=True))
+    assert manifest.outputs == ["logits"] and manifest.validation["passed"]
+    assert manifest.quantization["label_agreement"] >= 0.95
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "fresh", "1": "rotten"}
+    bundle = Bundle.load(tmp_path / "b", model="model.onnx")
+    texts = ["we deploy the fast model", "the model runs on device"]
+    answers = bundle.classify(texts)
+    assert [a["label"] for a in answers] == ["fresh", "rotten"]
+    enc = bundle.encode(texts).feeds
+    with torch.no_grad():
+        named = {k: torch.from_numpy(v) for k, v in enc.items()}
+        want = net.task_logits(net(**named, shape=shape).last_hidden_state,
+                               named["attention_mask"]).numpy()
+    assert np.abs(bundle.run(enc)["logits"] - want).max() < 1e-4
+    ort = ORTModelForSequenceClassification.from_pretrained(
+        tmp_path / "b", file_name="model.onnx", provider="CPUExecutionProvider")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "b" / "tokenizer.json"),
+                                  pad_token="[PAD]")
+    got = pipeline("text-classification", model=ort, tokenizer=tok)(texts)
+    assert [g["label"] for g in got] == ["fresh", "rotten"]
+    assert got[0]["score"] == pytest.approx(answers[0]["score"], abs=1e-5)
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "b"), *texts, "--json"])
+    assert r.exit_code == 0, r.output
+    assert [p["label"] for p in json.loads(r.stdout)["predictions"]] == ["fresh", "rotten"]
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "b"), texts[0], "--pair", "x"])
+    assert r.exit_code != 0 and "single texts, not pairs" in r.output
+    with pytest.raises(ExportError, match="needs a task head"):
+        export_bundle(SuperBert.load(root / "super"), shape, tmp_path / "c",
+                      ExportOptions(task="text-classification"))
+
+
+def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, tmp_path,
+                                                                       tiny_profile):
+    """The profile timed feature-extraction graphs of this design space; the planner plans a
+    classifier from it, measures each candidate's accuracy on the --eval file and records it
+    beside its latency."""
+    root, _ = trained
+    r = CliRunner().invoke(main, [
+        "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
+        "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--eval", str(root / "val.jsonl"), "--batch", "1", "--seq-len", "16",
+        "--out", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)["plan"]
+    assert plan["fidelity_metric"].startswith("accuracy on")
+    assert plan["fidelity"] >= 0.9 and "120 labelled texts" in plan["calibration"]
+    fits = [c for c in plan["candidates"] if c["status"] in ("chosen", "fits")]
+    assert fits and all(c["fidelity"] is not None and c["measured_ms"] for c in fits)
+    human = CliRunner().invoke(main, [
+        "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
+        "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--precision", "fp32", "--out", str(tmp_path / "q")])
+    assert human.exit_code == 0, human.output
+    assert "agree: label agreement with the full fp32 model" in human.stdout
+    bad = write_rows(tmp_path / "bad.csv", 10, 3)
+    bad.write_text(bad.read_text().replace("rotten", "stale"))
+    r = CliRunner().invoke(main, [
+        "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
+        "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--eval", str(bad), "--out", str(tmp_path / "r")])
+    assert r.exit_code != 0 and "stale" in r.output and not (tmp_path / "r").exists()
+    with pytest.raises(PlannerError, match="needs a task super network"):
+        from shaper_deploy.planner import (Budget, BudgetRequest,
+                                           export_checkpoint_for_budget)
+
+        export_checkpoint_for_budget(root / "super", BudgetRequest(
+            Budget(10_000.0), tiny_profile, allow_unreliable=True, evaluation=bad),
+            tmp_path / "s", ExportOptions(task="text-classification"))
+
+
+def test_pairs_and_regression(tmp_path):
+    model = randomize(SuperBert(SuperConfig(PLAN_SPACE, pooler=True)), seed=2).eval()
+    model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    model.save(tmp_path / "super")
+    path = write_rows(tmp_path / "pairs.tsv", 64, 4, pair=True)
+    data = read_task_data(path, pair_column="other", **COLS)
+    config = TaskConfig(full_steps=4, steps=2, batch_size=8, seq_len=24, device="cpu")
+    train_task(tmp_path / "super", data, config, tmp_path / "p", columns=("review", "other",
+                                                                           "sentiment"))
+    net = SuperBert.load(tmp_path / "p" / "supernet")
+    export_bundle(net, PLAN_SPACE.smallest, tmp_path / "pb",
+                  ExportOptions(task="text-classification"))
+    answers = Bundle.load(tmp_path / "pb").classify(["the model", "fast"], ["we deploy", "of"])
+    assert {a["label"] for a in answers} <= {"fresh", "rotten"}
+    with pytest.raises(Exception, match="text pairs"):
+        Bundle.load(tmp_path / "pb").classify(["the model"])
+    scores = tmp_path / "scores.csv"
+    scores.write_text("review,sentiment\n" + "".join(
+        f"{' '.join(WORDS[i % 7:i % 7 + 3])},{i % 5 / 4}\n" for i in range(40)))
+    data = read_task_data(scores, regression=True, **COLS)
+    train_task(tmp_path / "super", data, config, tmp_path / "r", columns=("review", "",
+                                                                           "sentiment"))
+    net = SuperBert.load(tmp_path / "r" / "supernet")
+    assert net.config.task_head.problem == "regression"
+    export_bundle(net, PLAN_SPACE.largest, tmp_path / "rb",
+                  ExportOptions(task="text-classification"))
+    out = Bundle.load(tmp_path / "rb").classify(["the model is"])
+    assert set(out[0]) == {"score"} and np.isfinite(out[0]["score"])
+
+
+@pytest.mark.parametrize("content, suffix, kwargs, message", [
+    ("review,sentiment\n", ".csv", {}, "holds no rows"),
+    ("", ".jsonl", {}, "holds no rows"),
+    ("text,sentiment\nthe model,fresh\nfast,rotten\n", ".csv", {}, "no column 'review'"),
+    ("review,sentiment\nthe model,fresh\nfast,\n", ".csv", {}, "row 3: an empty value"),
+    ("review,sentiment\nthe model,fresh\nfast,fresh\n", ".csv", {}, "one label only"),
+    ("review,sentiment\nthe model,0.5\nfast,high\n", ".csv", {"regression": True},
+     "'high' is not a number"),
+    ('{"review": "x", "sentiment": "a"}\nnot json\n', ".jsonl", {}, "line 2 is not JSON"),
+    ("review\tsentiment\n", ".txt", {}, "unknown data format '.txt'"),
+])
+def test_bad_task_data_is_one_line(tmp_path, content, suffix, kwargs, message):
+    path = tmp_path / f"data{suffix}"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_task_data(path, **COLS, **kwargs)
+
+
+def test_non_utf8_and_unknown_validation_labels(trained, tmp_path):
+    root, _ = trained
+    path = tmp_path / "latin.csv"
+    path.write_bytes("review,sentiment\ncaf\xe9 model,fresh\nfast,rotten\n".encode("latin-1"))
+    with pytest.raises(DataError, match="is not UTF-8"):
+        read_task_data(path, **COLS)
+    val = write_rows(tmp_path / "val.csv", 20, 5)
+    val.write_text(val.read_text().replace("rotten", "stale"))
+    r = CliRunner().invoke(main, [
+        "train", "task", "--supernet", str(root / "super"), "--train", str(root / "train.csv"),
+        "--validation", str(val), "--text-column", "review", "--label-column", "sentiment",
+        "--steps", "1", "--full-steps", "1", "--seq-len", "16", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "label(s) stale" in r.output
+    assert len(r.output.strip().splitlines()) == 1
