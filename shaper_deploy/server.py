@@ -6,7 +6,10 @@ Each bundle is one :class:`BundleModel`. A V2 request carries either
 
 * ``text``: BYTES ``[N]`` (UTF-8), answered with ``embedding`` FP32 ``[N, D]`` (mean-pooled,
   unit length) for feature-extraction bundles, or ``fill_mask`` BYTES ``[N]`` (one JSON list
-  per text of the top tokens per mask token) for fill-mask bundles; or
+  per text of the top tokens per mask token) for fill-mask bundles, or ``label`` BYTES ``[N]``
+  and ``scores`` FP32 ``[N, labels]`` (class probabilities; ``score`` FP32 ``[N]`` for a
+  regression) for text-classification bundles of single texts (pair classifiers take the
+  graph's inputs); or
 * the graph's inputs (``input_ids``, ``attention_mask`` and, for BERT, token types), INT64
   ``[B, S]``, for clients that tokenize themselves, answered with the graph's own outputs.
 
@@ -105,11 +108,18 @@ class BundleModel(kserve.Model):
 
     def get_output_types(self) -> list[dict]:
         space = self.bundle.manifest.design_space
-        text = ({"name": "embedding", "datatype": "FP32", "shape": [-1, space["hidden_size"]]}
-                if self.bundle.manifest.task == "feature-extraction" else
-                {"name": "fill_mask", "datatype": "BYTES", "shape": [-1]})
+        head = self.bundle.manifest.config.get("task_head")
+        if self.bundle.manifest.task == "feature-extraction":
+            text = [{"name": "embedding", "datatype": "FP32", "shape": [-1, space["hidden_size"]]}]
+        elif self.bundle.manifest.task == "fill-mask":
+            text = [{"name": "fill_mask", "datatype": "BYTES", "shape": [-1]}]
+        elif head["problem"] == "regression":
+            text = [{"name": "score", "datatype": "FP32", "shape": [-1]}]
+        else:
+            text = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "scores", "datatype": "FP32", "shape": [-1, len(head["labels"])]}]
         manifest = self.bundle.manifest
-        return [text, *({"name": o, "datatype": "FP32",
+        return [*text, *({"name": o, "datatype": "FP32",
                           "shape": output_shape(o, manifest.task, manifest.config)}
                          for o in self.bundle.outputs)]
 
@@ -147,13 +157,25 @@ class BundleModel(kserve.Model):
                 raise InvalidInput(f"input 'text' has shape {tensor.shape} but its data do not "
                                    f"fill it ({str(exc)[:80]})") from None
             texts = [self._text(t, i) for i, t in enumerate(raw)]
+            head = self.bundle.manifest.config.get("task_head")
+            if head and head["pair_column"]:
+                raise InvalidInput("this model classifies text pairs: send the graph's inputs "
+                                   "(input_ids, attention_mask, ...) of each tokenized pair")
             result = await self._texts(texts)
             if isinstance(result, np.ndarray):
-                out = _output(request, "embedding", result)
-            else:
-                out = InferOutput("fill_mask", [len(result)], "BYTES",
-                                  data=[json.dumps(r) for r in result])
-            return [out]
+                return [_output(request, "embedding", result)]
+            if self.bundle.manifest.task == "text-classification":
+                head = self.bundle.manifest.config["task_head"]
+                if head["problem"] == "regression":
+                    return [_output(request, "score",
+                                    np.array([r["score"] for r in result], np.float32))]
+                return [InferOutput("label", [len(result)], "BYTES",
+                                    data=[r["label"] for r in result]),
+                        _output(request, "scores", np.array(
+                            [[r["scores"][n] for n in head["labels"]] for r in result],
+                            np.float32))]
+            return [InferOutput("fill_mask", [len(result)], "BYTES",
+                                data=[json.dumps(r) for r in result])]
         if "input_ids" in given and "attention_mask" in given and set(given) <= set(
                 self.bundle.manifest.inputs):
             feeds = {t.name: self._ids(t) for t in request.inputs}
@@ -209,6 +231,8 @@ class BundleModel(kserve.Model):
     def _compute(self, texts: list[str]):
         if self.bundle.manifest.task == "fill-mask":
             return self.bundle.fill_mask(texts)
+        if self.bundle.manifest.task == "text-classification":
+            return self.bundle.classify(texts)
         return self.bundle.embed(texts, "mean", True)
 
     async def _batcher(self) -> None:

@@ -33,6 +33,7 @@ from .runtime import MAX_THREADS, precision_problem
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model name
 KINDS = {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}
+LABELS_FILE = "labels.txt"  # a classifier's class names, one per line, in output order
 # The repository runs on another machine, so its limits are the server's, not this one's:
 # Triton's batch sizes are int32 and a batch past 4096 sequences is no latency setting; no
 # server runs more sessions or threads per model than these.
@@ -94,8 +95,10 @@ def build_config(name: str, manifest: BundleManifest, options: TritonOptions, th
     for input_name in manifest.inputs:
         config.input.add(name=input_name, data_type=pb.TYPE_INT64, dims=[-1])
     for output in manifest.outputs:  # without the batch dimension (max_batch_size > 0)
-        config.output.add(name=output, data_type=pb.TYPE_FP32,
-                          dims=output_shape(output, manifest.task, manifest.config)[1:])
+        entry = config.output.add(name=output, data_type=pb.TYPE_FP32,
+                                  dims=output_shape(output, manifest.task, manifest.config)[1:])
+        if class_labels(manifest):  # Triton's classification extension names the classes
+            entry.label_filename = LABELS_FILE
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     config.instance_group.add(count=options.instances,
                               kind=getattr(pb.ModelInstanceGroup, KINDS[options.device]))
@@ -103,6 +106,12 @@ def build_config(name: str, manifest: BundleManifest, options: TritonOptions, th
         config.parameters["intra_op_thread_count"].string_value = str(threads)
         config.parameters["inter_op_thread_count"].string_value = "1"
     return config
+
+
+def class_labels(manifest: BundleManifest) -> list[str]:
+    """The class names of a text-classification bundle (none for other tasks, regression)."""
+    head = manifest.config.get("task_head") if manifest.task == "text-classification" else None
+    return list(head["labels"]) if head else []
 
 
 def _verified_copy(src: Path, dst: Path, sha256: str) -> None:
@@ -157,6 +166,8 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
             shutil.copyfile(bundle / "shaper.json", tmp / "shaper.json")
             for extra in extras:
                 _verified_copy(bundle / extra, tmp / extra, manifest.files[extra]["sha256"])
+            if class_labels(manifest):
+                (tmp / LABELS_FILE).write_text("".join(f"{n}\n" for n in class_labels(manifest)))
             written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
                             "model": model_file, "max_batch_size": options.max_batch,
                             "instances": options.instances, "device": options.device,

@@ -53,6 +53,7 @@ def served(tmp_path_factory):
     from shaper_deploy.export import ExportOptions, export_bundle
     from shaper_deploy.shape import Shape
     from shaper_deploy.supernet import SuperBert, SuperConfig
+    from shaper_deploy.supernet.config import TaskHead
 
     from .conftest import randomize, tiny_tokenizer_json
 
@@ -66,9 +67,16 @@ def served(tmp_path_factory):
                                           pooler=True)), seed=5).eval()
     rob.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json(97, "roberta").encode()}
     export_bundle(rob, Shape((16, 24, 48), space), root / "r")
+    # and a classifier (a random task head: serving is tested, not learning)
+    head = TaskHead("single_label_classification", ("neg", "pos"))
+    cls = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True, task_head=head)), seed=6)
+    cls.tokenizer_files = sup.tokenizer_files
+    export_bundle(cls.eval(), Shape((24, 48, 16), TINY_SPACE), root / "c",
+                  ExportOptions(task="text-classification"))
     port = _free_port()
-    proc = _start([str(root / "b"), str(root / "r"), "--name", "tiny", "--name", "tiny-roberta",
-                   "--max-batch", "8", "--max-text-bytes", "2000"], port)
+    proc = _start([str(root / "b"), str(root / "r"), str(root / "c"), "--name", "tiny",
+                   "--name", "tiny-roberta", "--name", "tiny-classifier", "--max-batch", "8",
+                   "--max-text-bytes", "2000"], port)
     yield root, port, proc
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -151,6 +159,28 @@ def test_a_roberta_bundle_is_served_beside_bert_with_its_own_inputs(served):
         {"name": "token_type_ids", "datatype": "INT64", "shape": list(feeds["input_ids"].shape),
          "data": [0] * feeds["input_ids"].size}]})
     assert r.status_code == 400 and "not this model's" in r.text
+
+
+def test_a_classifier_answers_labels_and_scores(served):
+    import tritonclient.http as httpclient
+
+    from shaper_deploy.serving import Bundle
+
+    root, port, _ = served
+    want = Bundle.load(root / "c").classify(["the model is fast", "we deploy"])
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    meta = client.get_model_metadata("tiny-classifier")
+    assert [o["name"] for o in meta["outputs"]] == ["label", "scores", "logits"]
+    assert meta["outputs"][2]["shape"] == [-1, 2]
+    text = httpclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([b"the model is fast", b"we deploy"], dtype=object))
+    result = client.infer("tiny-classifier", [text])
+    assert [x.decode() for x in result.as_numpy("label")] == [w["label"] for w in want]
+    assert np.allclose(result.as_numpy("scores")[:, 1], [w["scores"]["pos"] for w in want],
+                       atol=1e-6)
+    v1 = requests.post(_url(port, "/v1/models/tiny-classifier:predict"),
+                       json={"instances": ["the model is fast"]}).json()
+    assert v1["predictions"][0]["label"] == want[0]["label"]
 
 
 def test_concurrent_requests_share_runs_and_each_gets_its_own_answer(served):

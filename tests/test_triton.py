@@ -107,3 +107,29 @@ def test_cli_triton(bundles, tmp_path):
     bad = runner.invoke(main, ["triton", str(bundles[0]), "--out", str(tmp_path / "r2"),
                                "--max-batch", "0"])
     assert bad.exit_code == 1 and "--max-batch must be 1..4096, got 0" in bad.stderr
+
+
+def test_a_classifier_repository_names_its_classes(tmp_path, tiny_supernet_with_tokenizer):
+    from dataclasses import replace
+
+    from shaper_deploy.supernet import SuperBert
+    from shaper_deploy.supernet.config import TaskHead
+
+    sup = tiny_supernet_with_tokenizer
+    head = TaskHead("single_label_classification", ("business", "sport", "tech"))
+    cls = SuperBert(replace(sup.config, task_head=head))
+    cls.load_state_dict(sup.state_dict(), strict=False)
+    cls.tokenizer_files = sup.tokenizer_files
+    export_bundle(cls.eval(), Shape((16, 36, 8), TINY_SPACE), tmp_path / "c",
+                  ExportOptions(task="text-classification"))
+    write_repository([tmp_path / "c"], tmp_path / "repo", ["topics"], TritonOptions())
+    pb = model_config_pb2()
+    config = text_format.Parse((tmp_path / "repo" / "topics" / "config.pbtxt").read_text(),
+                               pb.ModelConfig())
+    assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [
+        ("logits", [3], "labels.txt")]
+    assert (tmp_path / "repo" / "topics" / "labels.txt").read_text().split() == [
+        "business", "sport", "tech"]
+    session = make_session(tmp_path / "repo" / "topics" / "1" / "model.onnx")
+    feeds = Bundle.load(tmp_path / "c").encode(TEXTS).feeds
+    assert session.run(["logits"], feeds)[0].shape == (3, 3)
