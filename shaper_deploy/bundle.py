@@ -168,11 +168,15 @@ class BundleManifest:
             for key in _V1_DUPLICATES:
                 data.pop(key, None)
             data = {"plan": None, "predicted_latency": None, **data}
-        # what we write we write whole: a missing field is damage, never a default
+        # what we write we write whole: a missing field is damage, never a default (but a
+        # field added since a version was written is what that version meant)
+        from .supernet.config import SuperConfig
+
+        if "config" in data:
+            data["config"] = SuperConfig.upgraded(data["config"])
         reject_unknown_fields(cls, data, f"bundle manifest {where}", error, require_all=True)
         hint = "export the bundle again"
         manifest = validated(cls, data, where, error, hint)
-        from .supernet.config import SuperConfig  # torch-free: the architecture's own checks
 
         try:  # every field present, none unknown, each by type
             SuperConfig.from_dict(manifest.config, f"{where} config")

