@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--budgets", default="60%,80%")
+    ap.add_argument("--reuse-training", action="store_true",
+                    help="Take --out/task as trained (its train.json) and plan again.")
     args = ap.parse_args()
     started = time.time()
     paths = split(rotten_tomatoes(), args.out / "data", args.train_size)
@@ -120,10 +122,15 @@ def main() -> None:
     config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
                         seq_len=args.seq_len, lr=5e-5, device="cpu")
     t = time.time()
-    summary = train_task(args.supernet, data["train"], config, args.out / "task",
-                         data["validation"], ("text", "", "label"),
-                         lambda m: print(m, file=sys.stderr))
-    train_s = time.time() - t
+    done = args.out / "task" / "train.json"
+    if args.reuse_training and done.is_file():  # the plans again, on the trained network
+        summary = json.loads(done.read_text())
+        train_s = summary["seconds"]
+    else:
+        summary = train_task(args.supernet, data["train"], config, args.out / "task",
+                             data["validation"], ("text", "", "label"),
+                             lambda m: print(m, file=sys.stderr))
+        train_s = time.time() - t
     net = SuperBert.load(args.out / "task" / "supernet").eval()
     teacher = SuperBert.load(args.out / "task" / "teacher").eval()
     head = net.config.task_head

@@ -52,6 +52,9 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
               help="With --latency and a task super network: labelled data (.csv, .tsv, "
                    ".jsonl; the columns it was trained on); the most accurate candidate that "
                    "fits wins (without it: agreement with the full model's labels).")
+@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
+              help="With --latency: train task's teacher/ (the full model fine-tuned alone), "
+                   "a candidate at its full shape beside the slices of --supernet.")
 @click.option("--allow-unreliable", is_flag=True,
               help="Plan with a profile marked unreliable (held-out MAPE > 5% or noise > 3%).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -79,7 +82,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            latency_text: str | None, percentile: float, for_device: bool,
            profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
-           eval_path: Path | None, allow_unreliable: bool, out: Path, task: str, int8: bool, int8_min_cosine: float,
+           eval_path: Path | None, teacher_path: Path | None, allow_unreliable: bool,
+           out: Path, task: str, int8: bool, int8_min_cosine: float,
            int8_min_agreement: float, opset: int, no_optimize: bool, force: bool,
            supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
@@ -115,7 +119,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     planning = {"--precision": precision != "auto", "--batch": batch is not None,
                 "--seq-len": seq_len is not None, "--calibration": calibration_path is not None,
-                "--eval": eval_path is not None,
+                "--eval": eval_path is not None, "--teacher": teacher_path is not None,
                 "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
@@ -136,12 +140,13 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
     check_output_dir(out, force, {"--supernet": supernet_path, "--profile": profile_path,
-                                  "--calibration": calibration_path, "--eval": eval_path})
+                                  "--calibration": calibration_path, "--eval": eval_path,
+                                  "--teacher": teacher_path})
     with output_lock(out):
         if budget is not None:
             request = BudgetRequest(budget, profile_path, device, precision, batch, seq_len,
                                     calibration_path, allow_unreliable, percentile, for_device,
-                                    eval_path)
+                                    eval_path, teacher_path)
             manifest = export_checkpoint_for_budget(supernet_path, request, out, options, force,
                                                     supershaper_widths, progress)
         else:
@@ -173,11 +178,14 @@ def candidates_table(plan: dict) -> str:
     head = (f"{'':2}{'precision':<9} {'shape':<34} {'params':>8} {p + ' pred.':>10} "
             f"{p + ' meas.':>10} {column:>8}  status")
     lines = [f"{column}: {metric}", head] if metric else [head]
+    if any(c.get("network") == "teacher" for c in plan["candidates"]):
+        lines.insert(0, "T: the teacher (the task's full model fine-tuned alone)")
     for c in plan["candidates"]:
         shape = ",".join(map(str, c["shape"])) if c["shape"] else "-"
         num = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
         lines.append(
-            f"{'*' if c['status'] == 'chosen' else ' ':2}{c['precision']:<9} {shape:<34} "
+            f"{'*' if c['status'] == 'chosen' else ' ':2}"
+            f"{c['precision'] + (' T' if c.get('network') == 'teacher' else ''):<9} {shape:<34} "
             f"{num(c['params'] and c['params'] / 1e6, '7.1f') + ('M' if c['params'] else ''):>8} "
             f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '7.2f') + ' ms':>10} "
             f"{num(c['fidelity'], '8.4f'):>8}  {c['status']}"

@@ -96,6 +96,7 @@ class PlanRecord(TypedDict):
     profile_trust: NotRequired[dict[str, Any]]
     budget: NotRequired[dict[str, Any]]
     percentile: NotRequired[float]
+    network: NotRequired[str]  # supernet (a slice) or teacher (train task's full model)
     target: NotRequired[dict[str, Any]]
     verification: NotRequired[Optional[dict[str, Any]]]
 

@@ -60,8 +60,14 @@ class ExportOptions:
     int8: bool = False  # also write a dynamically quantized int8 model
     int8_isa: tuple[str, ...] | None = None  # ISA flags int8 is made for (None: this CPU's; see runtime.int8_format)
     int8_min_cosine: float = 0.95  # fail the export if int8's mean token cosine to fp32 is lower
-    # text-classification: fail if int8 keeps fp32's label on fewer of the texts than this
-    int8_min_agreement: float = 0.95
+    # text-classification: fail if int8 keeps fp32's label on fewer of the texts than this;
+    # None: no agreement gate (the planner with --eval judges int8 by accuracy, as every
+    # candidate; the agreement is recorded all the same)
+    int8_min_agreement: float | None = 0.95
+    # the texts (and, for a pair classifier, second texts) int8 is judged on; () for the
+    # built-in calibration sentences (the planner passes the user's --eval or --calibration)
+    judge_texts: tuple[str, ...] = ()
+    judge_pairs: tuple[str, ...] = ()
     atol: float = 1e-4  # fp32 ONNX Runtime vs PyTorch tolerance on every output
 
     def __post_init__(self) -> None:
@@ -74,7 +80,7 @@ class ExportOptions:
             raise ExportError(f"atol must be positive, got {self.atol}")
         if not 0 < self.int8_min_cosine <= 1:
             raise ExportError(f"int8 minimum cosine must be in (0, 1], got {self.int8_min_cosine}")
-        if not 0 < self.int8_min_agreement <= 1:
+        if self.int8_min_agreement is not None and not 0 < self.int8_min_agreement <= 1:
             raise ExportError(f"int8 minimum label agreement must be in (0, 1], got "
                               f"{self.int8_min_agreement}")
 
@@ -207,15 +213,23 @@ def _validate(path: Path, graph: _Graph, names: list[str], atol: float
     return report
 
 
-def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes]
+def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes], options: ExportOptions
                  ) -> tuple[list[dict[str, np.ndarray]], str]:
-    """Inputs for int8-vs-fp32: the sample sentences when a tokenizer is there."""
+    """Inputs for int8-vs-fp32: the options' texts, else the sample sentences, when a
+    tokenizer is there (64 texts per run); a pair classifier pairs each with the next."""
     c = graph.config
     if "tokenizer.json" in tokenizer_files:
         tok = padded_tokenizer(tokenizer_files["tokenizer.json"].decode(), c.max_tokens,
                                c.pad_token_id)
-        enc = tok.encode_batch(list(CALIBRATION_TEXTS))
-        return [c.family.feeds(enc)], f"{len(CALIBRATION_TEXTS)} English sentences"
+        texts = list(options.judge_texts or CALIBRATION_TEXTS)
+        pairs = list(options.judge_pairs) or None
+        if pairs is None and c.task_head is not None and c.task_head.pair_column:
+            pairs = texts[1:] + texts[:1]
+        items = texts if pairs is None else list(zip(texts, pairs))
+        what = (f"{len(texts)} given texts" if options.judge_texts else
+                f"{len(texts)} English sentences")
+        return [c.family.feeds(tok.encode_batch(items[i:i + 64]))
+                for i in range(0, len(items), 64)], what
     return ([graph.config.dummy_inputs(b, s, seed=200 + i, padding=p)
              for i, (b, s, p) in enumerate(validation_cases(c.max_tokens))],
             "random token ids (no tokenizer)")
@@ -359,14 +373,15 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                               else cpu_model_and_flags()[1])
             quantize_int8(model_path, int8_path, fmt)
             _check(int8_path)
-            feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files)
+            feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files, options)
             accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0], options.task)
             quantization = {**int8_record(fmt), "format_reason": fmt["why"],
                             "judged_on": judged_on,
                             "min_cosine_required": options.int8_min_cosine, **accuracy}
             if "label_agreement" in accuracy:
                 quantization["min_agreement_required"] = options.int8_min_agreement
-                if accuracy["label_agreement"] < options.int8_min_agreement:
+                gate = options.int8_min_agreement
+                if gate is not None and accuracy["label_agreement"] < gate:
                     raise ExportError(
                         f"int8 model changes the label of "
                         f"{1 - accuracy['label_agreement']:.1%} of the {accuracy['texts']} "

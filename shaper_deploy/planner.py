@@ -163,6 +163,16 @@ class Candidate:
     status: str = "planned"  # chosen, fits, over budget, gate failed, no shape fits
     reason: str = ""
     exports: list[dict[str, Any]] = field(default_factory=list)
+    network: str = "supernet"  # or "teacher": the task's full model fine-tuned alone
+
+    @property
+    def label(self) -> str:
+        return self.precision if self.network == "supernet" else f"{self.precision} teacher"
+
+    @property
+    def folder(self) -> str:
+        """Its bundle's folder in the planner's work space."""
+        return self.precision if self.network == "supernet" else f"teacher-{self.precision}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,6 +246,13 @@ class Judge:
     metric: str
     head: dict[str, Any] | None = None
     labelled: bool = False  # reference holds true labels (classes or scores)
+
+    @property
+    def short(self) -> str:
+        """The metric in a word, for reasons and table headers."""
+        m = self.metric
+        return ("accuracy" if m.startswith("accuracy") else "Pearson" if m.startswith("Pearson")
+                else "agreement" if "agreement" in m else "fidelity")
 
     def score(self, bundle: Path, model_file: str) -> float:
         session = make_session(bundle / model_file, "cpu")
@@ -368,10 +385,13 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                       progress: Callable[[str], None] | None = None,
                       percentile: float = DEFAULT_PERCENTILE,
                       for_device: bool = False,
-                      evaluation: TaskData | None = None) -> BundleManifest:
+                      evaluation: TaskData | None = None,
+                      teacher=None) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
     ``evaluation``: labelled data of a task network's task; candidates are then judged by
-    the task's metric on it (:func:`make_judge`).
+    the task's metric on it (:func:`make_judge`). ``teacher``: the task's full model
+    fine-tuned alone (``train task``'s ``teacher/``), a candidate at its full shape in every
+    precision beside the slices: one plan serves loose budgets and tight ones.
 
     ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds at the
     budget's percentile (see the module docstring); the default times the bundle with the
@@ -396,6 +416,16 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     target = profile.header.fingerprint
     if for_device:
         options = replace(options, int8_isa=tuple(target["isa"]))
+    if evaluation is not None:
+        # int8 is judged like every candidate, by its accuracy on the user's data: a label
+        # agreement gate would drop an int8 model that flips borderline texts both ways (the
+        # full MiniLM sentiment classifier: 7.8% of 256 reviews flipped) whatever its
+        # accuracy. The agreement on the user's texts is still recorded.
+        options = replace(options, judge_texts=tuple(evaluation.texts[:256]),
+                          judge_pairs=tuple((evaluation.pairs or [])[:256]),
+                          int8_min_agreement=None)
+    elif calibration:
+        options = replace(options, judge_texts=tuple(calibration))
     note(f"budget {budget.text or f'{budget_ms:g} ms'}"
          + (f" = {budget_ms:.2f} ms (of the full fp32 model's p{percentile:g})"
             if budget.relative else "")
@@ -430,28 +460,35 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             candidates.append(loop(supernet, profile, plan, family, Path(work) / prec,
                                    replace(options, int8=prec == "int8"), measure,
                                    max_exports, note, dropped))
+        if teacher is not None:
+            for prec in plans:
+                candidates.append(_teacher_candidate(
+                    teacher, profile, prec, budget_ms, (batch, seq_len), percentile,
+                    Path(work) / f"teacher-{prec}", replace(options, int8=prec == "int8"),
+                    None if for_device else measure, note))
         fitting = [c for c in candidates if c.status == "fits"]
         for c in fitting:
-            c.fidelity = judge.score(Path(work) / c.precision, _model_file(c.precision))
+            c.fidelity = judge.score(Path(work) / c.folder, _model_file(c.precision))
         if not fitting:
             raise PlannerError(f"no candidate met {budget_ms:.4g} ms at p{percentile:g}, batch "
                                f"{batch} x {seq_len} tokens: "
-                               + "; ".join(f"{c.precision}: {c.status} ({c.reason})"
+                               + "; ".join(f"{c.label}: {c.status} ({c.reason})"
                                            for c in candidates))
         best = max(fitting, key=lambda c: (round(c.fidelity, 4), -(c.measured_ms or
                                                                      c.upper_ms)))
         best.status = "chosen"
         for c in fitting:
             if c is not best:
-                c.reason = (f"fidelity {c.fidelity:.4f} < {best.fidelity:.4f} "
-                            f"({best.precision})")
-        best.reason = ("highest fidelity within the budget" if len(fitting) > 1 else
+                c.reason = (f"{judge.short} {c.fidelity:.4f} < {best.fidelity:.4f} "
+                            f"({best.label})")
+        best.reason = (f"highest {judge.short} within the budget" if len(fitting) > 1 else
                        "the only candidate within the budget")
         plan_record = {
             "budget_ms": budget_ms, "budget": budget.to_dict(), "percentile": percentile,
             "batch": batch, "seq_len": seq_len,
             "workload_source": "given" if workload else "profile reference size",
-            "device": device, "precision": best.precision, "shape": best.shape,
+            "device": device, "precision": best.precision, "network": best.network,
+            "shape": best.shape,
             "params": best.params, "predicted_ms": best.predicted_ms,
             "predicted_upper_ms": best.upper_ms, "measured_ms": best.measured_ms,
             "fidelity": best.fidelity,
@@ -468,17 +505,17 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                           else "exported, measured with the profile's protocol (calm median "
                                "x the profile's tail factor), stepped down or up")
                        + "; highest fidelity among those within budget")}
-        chosen = Path(work) / best.precision
+        chosen = Path(work) / best.folder
         manifest = BundleManifest.read(chosen, PlannerError)
         manifest.plan = plan_record
         manifest.write(chosen)
         with atomic_dir(out, force=force) as tmp:
             for item in chosen.iterdir():
                 shutil.move(str(item), tmp / item.name)
-    note(f"chose {best.precision} {','.join(map(str, best.shape))}: "
+    note(f"chose {best.label} {','.join(map(str, best.shape))}: "
          + (f"p{percentile:g} {best.measured_ms:.2f} ms measured here" if not for_device else
             f"p{percentile:g} {best.predicted_ms:.2f} ms predicted there (unverified)")
-         + f", fidelity {best.fidelity:.4f}")
+         + f", {judge.short} {best.fidelity:.4f}")
     return manifest
 
 
@@ -497,6 +534,7 @@ class BudgetRequest:
     percentile: float = DEFAULT_PERCENTILE
     for_device: bool = False
     evaluation: Path | None = None  # labelled data: judge candidates by the task's metric
+    teacher: Path | None = None  # train task's teacher/: a candidate beside the slices
 
 
 def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,
@@ -539,11 +577,19 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
                                     head.pair_column or None, head.problem == "regression")
     note(f"loading {supernet_path}")
     model = SuperBert.load(supernet_path, widths)
+    teacher = None
+    if request.teacher is not None:
+        teacher = SuperBert.load(request.teacher).eval()
+        if teacher.config.space != model.config.space or \
+                teacher.config.task_head != model.config.task_head:
+            raise PlannerError(f"--teacher {request.teacher} is not this task network's teacher "
+                               "(another design space or task head); give the teacher/ that "
+                               "shaperctl train task wrote beside its supernet/")
     return export_for_budget(model, request.budget, profile, out, request.device,
                              request.precision, workload, options, calibration, force=force,
                              allow_unreliable=request.allow_unreliable, progress=progress,
                              percentile=request.percentile, for_device=request.for_device,
-                             evaluation=evaluation)
+                             evaluation=evaluation, teacher=teacher)
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
@@ -586,6 +632,46 @@ def _export(supernet, plan: Plan, folder: Path, options: ExportOptions,
             raise
         return str(exc).split(";")[0]
     return None
+
+
+def _teacher_candidate(teacher, profile: DeviceProfile, prec: str, budget_ms: float,
+                       workload: tuple[int, int], percentile: float, folder: Path,
+                       options: ExportOptions, measure, note: Callable[[str], None]
+                       ) -> Candidate:
+    """The teacher's full shape in ``prec``: exported and measured if predicted to fit
+    (``measure`` None: planned for another machine, judged by prediction x margin)."""
+    full = profile.space.largest
+    drop = export_dropped(teacher)(full)
+    ms = float(profile.predict([full], prec, *workload, percentile, [drop])[0])
+    upper = ms * profile.margin(prec)
+    cand = Candidate(prec, list(full.widths), full.params(), ms, upper, network="teacher")
+    if upper > budget_ms:
+        cand.status = "over budget"
+        cand.reason = (f"predicted {ms:.2f} ms, {upper:.2f} ms with the x"
+                       f"{profile.margin(prec):.2f} margin")
+        note(f"teacher {prec}: not exported ({cand.reason} > {budget_ms:.2f} ms)")
+        return cand
+    note(f"teacher {prec}: exporting the full fine-tuned model (predicted p{percentile:g} "
+         f"{ms:.2f} ms, {upper:.2f} ms with the margin)")
+    try:
+        export_bundle(teacher, full, folder, options,
+                      progress=lambda m: None if m.startswith("wrote ") else note(m))
+    except ExportError as exc:
+        if prec != "int8":
+            raise
+        cand.status, cand.reason = "gate failed", str(exc).split(";")[0]
+        return cand
+    if measure is None:
+        cand.status = "fits"
+        return cand
+    cand.measured_ms = measure(folder, _model_file(prec), prec, workload)
+    cand.exports.append({"shape": list(full.widths), "measured_ms": cand.measured_ms})
+    if cand.measured_ms <= budget_ms:
+        cand.status = "fits"
+    else:
+        cand.status = "over budget"
+        cand.reason = f"measured {cand.measured_ms:.2f} ms > {budget_ms:.2f} ms"
+    return cand
 
 
 def _predicted_only(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],

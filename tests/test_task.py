@@ -155,6 +155,18 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     assert plan["fidelity"] >= 0.9 and "120 labelled texts" in plan["calibration"]
     fits = [c for c in plan["candidates"] if c["status"] in ("chosen", "fits")]
     assert fits and all(c["fidelity"] is not None and c["measured_ms"] for c in fits)
+    # the teacher beside the slices: one plan serves a loose budget and a tight one
+    r = CliRunner().invoke(main, [
+        "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
+        "--teacher", str(root / "out" / "teacher"), "--latency", "10s", "--profile",
+        str(tiny_profile), "--allow-unreliable", "--eval", str(root / "val.jsonl"),
+        "--precision", "fp32", "--out", str(tmp_path / "t"), "--json"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)["plan"]
+    teachers = [c for c in plan["candidates"] if c["network"] == "teacher"]
+    assert len(teachers) == 1 and teachers[0]["status"] in ("chosen", "fits")
+    assert teachers[0]["fidelity"] >= 0.9 and teachers[0]["measured_ms"] > 0
+    assert plan["network"] in ("supernet", "teacher")
     human = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
