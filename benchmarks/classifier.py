@@ -9,9 +9,10 @@ dropped), split once by a hash of the text: 10% validation (the planner's --eval
    full shape fine-tuned, then the sandwich with distillation.
 2. Test accuracy per shape in PyTorch: the teacher, the largest and smallest shape and the
    fine cigar family at a spread of parameter counts.
-3. ``export --latency B --task text-classification --eval validation.csv`` for relative budgets
-   at 1 x --seq-len on the profile of this machine: the chosen bundle's test accuracy through
-   ONNX Runtime (``Bundle.classify``) beside its measured latency at the plan's percentile.
+3. ``export --latency B --task text-classification --eval validation.csv --teacher ...`` for
+   relative budgets at 1 x --seq-len on the profile of this machine (slices and the teacher
+   are candidates): the chosen bundle's test accuracy through ONNX Runtime
+   (``Bundle.classify``) beside its measured latency at the plan's percentile.
 4. The classification head's cost: a feature-extraction and a text-classification bundle of
    the same shapes, timed interleaved in one run (medians, p90, ratio), since the planner
    predicts classifiers from feature-extraction profiles.
@@ -155,7 +156,8 @@ def main() -> None:
         folder = args.out / f"plan-{text.strip('%')}"
         request = BudgetRequest(Budget(float(text.strip("%")) / 100, True, text),
                                 args.profile, batch=1, seq_len=args.seq_len,
-                                evaluation=paths["validation"])
+                                evaluation=paths["validation"],
+                                teacher=args.out / "task" / "teacher")
         manifest = export_checkpoint_for_budget(
             args.out / "task" / "supernet", request, folder,
             ExportOptions(task="text-classification"), force=True,
@@ -169,8 +171,9 @@ def main() -> None:
                       "shape": plan["shape"], "params": plan["params"],
                       "measured_ms": plan["measured_ms"], "validation_accuracy": plan["fidelity"],
                       "test_accuracy_onnx": acc,
-                      "candidates": [{k: c[k] for k in ("precision", "shape", "measured_ms",
-                                                        "fidelity", "status")}
+                      "network": plan.get("network", "supernet"),
+                      "candidates": [{k: c[k] for k in ("precision", "network", "shape",
+                                                        "measured_ms", "fidelity", "status")}
                                      for c in plan["candidates"]]})
         print(f"budget {text} = {plan['budget_ms']:.2f} ms: {plan['precision']} "
               f"{plan['params'] / 1e6:.1f}M measured p{plan['percentile']:g} "

@@ -50,9 +50,7 @@ PROGRESS_SECONDS = 15.0
 
 @dataclass
 class Encoded:
-    ids: torch.Tensor
-    mask: torch.Tensor
-    types: torch.Tensor | None
+    inputs: dict[str, torch.Tensor]  # the family's graph inputs, (N, seq_len) each
     y: torch.Tensor  # class indices (long) or scores (float)
 
 
@@ -83,9 +81,7 @@ def encode(data: TaskData, model: SuperBert, head: TaskHead, seq_len: int,
                                 f"that the training data does not; allowed: "
                                 f"{', '.join(head.labels)}")
         y = torch.tensor([index[v] for v in data.labels])
-    types = feeds.get("token_type_ids")
-    return Encoded(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]),
-                   None if types is None else torch.from_numpy(types), y)
+    return Encoded({k: torch.from_numpy(v) for k, v in feeds.items()}, y)
 
 
 def with_task_head(model: SuperBert, head: TaskHead, seed: int) -> SuperBert:
@@ -102,10 +98,7 @@ def with_task_head(model: SuperBert, head: TaskHead, seed: int) -> SuperBert:
 
 
 def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    named = {"input_ids": data.ids[idx], "attention_mask": data.mask[idx]}
-    if data.types is not None:
-        named["token_type_ids"] = data.types[idx]
-    return {k: v.to(device) for k, v in named.items()}
+    return {k: v[idx].to(device) for k, v in data.inputs.items()}
 
 
 def _logits(model: SuperBert, batch: dict[str, torch.Tensor], shape: Shape | None
