@@ -52,7 +52,7 @@ from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
 from .profiling.profile import graph_differences, graph_record
 from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape
-from .taskdata import TaskData, read_task_data
+from .taskdata import TaskData, read_task_data, targets
 
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 
@@ -289,16 +289,7 @@ def make_judge(supernet, task: str, calibration: Sequence[str] | None, seq_len: 
                                f"network was trained on ({head.text_column}, "
                                f"{head.pair_column + ', ' if head.pair_column else ''}"
                                f"{head.label_column})")
-        if head.problem == "regression":
-            y = np.asarray(evaluation.labels, dtype=np.float64)
-        else:
-            index = {n: i for i, n in enumerate(head.labels)}
-            unknown = sorted({str(v) for v in evaluation.labels if v not in index})
-            if unknown:
-                raise PlannerError(f"--eval file {evaluation.path} has label(s) "
-                                   f"{', '.join(unknown[:3])} the task network does not know; "
-                                   f"allowed: {', '.join(head.labels)}")
-            y = np.asarray([index[v] for v in evaluation.labels])
+        y = np.asarray(targets(evaluation, head.labels, "--eval file"))
         feeds, refs = [], []
         for start in range(0, len(y), 64):
             _, f, _, _ = reference_outputs(

@@ -27,6 +27,19 @@ class TaskData:
     path: str = ""
 
 
+def targets(data: TaskData, labels: tuple[str, ...], what: str) -> list[int] | list[float]:
+    """The data's targets for a head with class ``labels`` (() for a regression): class
+    indices, or the scores; a label the head does not know is one DataError line."""
+    if not labels:
+        return [float(v) for v in data.labels]
+    index = {n: i for i, n in enumerate(labels)}
+    unknown = sorted({str(v) for v in data.labels if v not in index})
+    if unknown:
+        raise DataError(f"{what} {data.path} has label(s) {', '.join(unknown[:3])} that the "
+                        f"training data does not; allowed: {', '.join(labels)}")
+    return [index[v] for v in data.labels]
+
+
 def read_task_data(path: str | Path, text_column: str = "text", label_column: str = "label",
                    pair_column: str | None = None, regression: bool = False) -> TaskData:
     """A CSV/TSV (by extension, with a header row) or JSON-lines file of labelled texts; every

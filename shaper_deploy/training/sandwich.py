@@ -377,8 +377,11 @@ def _with_mlm_head(model: SuperBert) -> SuperBert:
     return grown
 
 
-def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: TrainConfig,
-                step: int, history: list, rank: int) -> None:
+def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config,
+                step: int, history: list, rank: int = 0) -> None:
+    """The run's state after ``step`` (a super network folder, the optimizer's and the
+    schedule's state, tensors only, and train.json); ``config`` is the run's settings
+    dataclass (super-training's or task training's)."""
     if rank != 0:
         return
     bad = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
@@ -393,7 +396,10 @@ def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: Tr
             {"step": step, "config": asdict(config), "history": history}) + "\n")
 
 
-def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, Any]:
+def _resume(folder: Path, model: SuperBert, config, keys: Sequence[str] = RESUME_KEYS
+            ) -> dict[str, Any]:
+    """A checkpoint written by :func:`_checkpoint`, refused unless its settings ``keys`` and
+    the network's architecture are this run's."""
     try:
         saved = json.loads((folder / "train.json").read_text())
         before, step, history = saved["config"], int(saved["step"]), saved["history"]
@@ -402,7 +408,7 @@ def _resume(folder: Path, model: SuperBert, config: TrainConfig) -> dict[str, An
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"checkpoint {folder}/train.json is damaged ({exc}); resume from "
                             "a new --out") from None
-    changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in RESUME_KEYS
+    changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in keys
                if before.get(k) != getattr(config, k)]
     if changed:
         raise TrainingError(f"checkpoint {folder} was trained with other settings "

@@ -39,9 +39,9 @@ from ..shape import Shape
 from ..supernet.checkpoint import write_supernet
 from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
-from ..taskdata import TaskData
+from ..taskdata import TaskData, targets
 from ..templates import random_shape
-from .sandwich import _BatchOrder, _duration, _StopRequest, training_device
+from .sandwich import _BatchOrder, _checkpoint, _duration, _resume, _StopRequest, training_device
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
@@ -71,16 +71,8 @@ def encode(data: TaskData, model: SuperBert, head: TaskHead, seq_len: int,
                        length=seq_len)
     items = data.texts if data.pairs is None else list(zip(data.texts, data.pairs))
     feeds = c.family.feeds(tok.encode_batch(items))
-    if head.problem == "regression":
-        y = torch.tensor(data.labels, dtype=torch.float32)
-    else:
-        index = {n: i for i, n in enumerate(head.labels)}
-        unknown = sorted({str(v) for v in data.labels if v not in index})
-        if unknown:
-            raise TrainingError(f"{what} data {data.path} has label(s) {', '.join(unknown[:3])} "
-                                f"that the training data does not; allowed: "
-                                f"{', '.join(head.labels)}")
-        y = torch.tensor([index[v] for v in data.labels])
+    y = torch.tensor(targets(data, head.labels, f"{what} data"),
+                     dtype=torch.float32 if head.problem == "regression" else torch.long)
     return Encoded({k: torch.from_numpy(v) for k, v in feeds.items()}, y)
 
 
@@ -167,7 +159,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     checkpoint = out / "checkpoint"
     start, history, state = 0, [], None
     if (checkpoint / "train.json").is_file():
-        state = _resume(checkpoint, model, config)
+        state = _resume(checkpoint, model, config, RESUME_KEYS)
         model, start, history = state["model"], state["step"], state["history"]
         note(f"resuming {checkpoint} at step {start}")
     teacher = None
@@ -276,42 +268,6 @@ def _write_teacher(model: SuperBert, folder: Path, device: torch.device) -> Supe
     with atomic_dir(folder, force=True) as tmp:
         write_supernet(teacher, tmp)
     return teacher.eval().requires_grad_(False).to(device)
-
-
-def _checkpoint(folder: Path, model: SuperBert, optimizer, scheduler, config: TaskConfig,
-                step: int, history: list) -> None:
-    with atomic_dir(folder, force=True) as tmp:
-        write_supernet(model, tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / "trainer_state.pt")
-        (tmp / "train.json").write_text(json.dumps(
-            {"step": step, "config": asdict(config), "history": history}) + "\n")
-
-
-def _resume(folder: Path, model: SuperBert, config: TaskConfig) -> dict[str, Any]:
-    try:
-        saved = json.loads((folder / "train.json").read_text())
-        before, step, history = saved["config"], int(saved["step"]), saved["history"]
-        if not isinstance(before, dict) or not isinstance(history, list):
-            raise TypeError("config must be an object and history a list")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"checkpoint {folder}/train.json is damaged ({exc}); resume from "
-                            "a new --out") from None
-    changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in RESUME_KEYS
-               if before.get(k) != getattr(config, k)]
-    if changed:
-        raise TrainingError(f"checkpoint {folder} was trained with other settings "
-                            f"({'; '.join(changed)}); use the same settings, or a new --out")
-    resumed = SuperBert.load(folder)
-    if resumed.config != model.config:
-        raise TrainingError(f"checkpoint {folder} is of another network or task than this run; "
-                            "use a new --out")
-    try:
-        state = torch.load(folder / "trainer_state.pt", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise TrainingError(f"checkpoint {folder}/trainer_state.pt is damaged "
-                            f"({type(exc).__name__}); resume from a new --out") from None
-    return {"model": resumed, "step": step, "history": history, **state}
 
 
 def shapes_report(model: SuperBert, data: Encoded, head: TaskHead, shapes: Sequence[Shape],
