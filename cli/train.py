@@ -230,7 +230,9 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
 
     The full shape is fine-tuned first (the teacher), then every shape learns it with the
     sandwich rule, distilling its outputs (DynaBERT's recipe). Export the result with
-    --task text-classification; plan it with export --latency --eval FILE.
+    --task text-classification; plan it with export --latency --eval FILE. On many processes
+    or GPUs, launch the same command with torchrun (each takes --batch-size texts); an
+    interrupted run resumes from --out/checkpoint.
 
     \b
     Example:
@@ -252,10 +254,19 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
                    regression=regression)
     train_data = read_task_data(train_path, **columns)
     val_data = read_task_data(validation_path, **columns) if validation_path else None
-    with output_lock(out):
-        summary = train_task(supernet_path, train_data, config, out, val_data,
-                             (text_column, pair_column or "", label_column), progress,
-                             stop_after)
+    # one writer per --out; under torchrun the ranks share it and rank 0 holds the lock
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        with output_lock(out) if rank0 else contextlib.nullcontext():
+            summary = train_task(supernet_path, train_data, config, out, val_data,
+                                 (text_column, pair_column or "", label_column), progress,
+                                 stop_after)
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted; the last checkpoint in {out / 'checkpoint'} is kept: run the same "
+            "command again to resume from it") from None
+    if not rank0:  # under torchrun rank 0 reports
+        return
     emit({"out": str(out), **{k: v for k, v in summary.items() if k != "history"}}, as_json,
          _task_text)
 

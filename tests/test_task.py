@@ -251,3 +251,29 @@ def test_non_utf8_and_unknown_validation_labels(trained, tmp_path):
         "--steps", "1", "--full-steps", "1", "--seq-len", "16", "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "label(s) stale" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_two_processes_train_a_task_to_identical_weights_and_resume(trained, tmp_path):
+    """torchrun on the CPU (gloo): both ranks end with the same weights, and a run stopped in
+    the sandwich phase resumes to the same ones."""
+    import subprocess
+    import sys
+
+    root, _ = trained
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "shaper_deploy.cli.main", "train", "task",
+               "--supernet", str(root / "super"), "--train", str(root / "train.csv"),
+               "--text-column", "review", "--label-column", "sentiment", "--full-steps", "3",
+               "--steps", "3", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",
+               "--out", str(tmp_path / out), "--json", *extra]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    whole = torchrun("ddp")
+    assert whole["world_size"] == 2 and whole["ranks_identical"] is True
+    assert torchrun("resumed", "--stop-after", "4")["stopped_at"] == 4
+    again = torchrun("resumed")
+    assert again["ranks_identical"] is True and again["weights_sha256"] == whole["weights_sha256"]

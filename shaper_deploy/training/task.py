@@ -19,6 +19,7 @@ interrupted (Ctrl-C finishes the step and checkpoints it) resumes exactly where 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -26,10 +27,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import TrainingError
 from ..fidelity import task_metrics
@@ -41,7 +44,8 @@ from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
 from ..templates import random_shape
-from .sandwich import _BatchOrder, _checkpoint, _duration, _resume, _StopRequest, training_device
+from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _StopRequest,
+                       _weights_digest, training_device)
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
@@ -139,9 +143,10 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     resumes from ``out/checkpoint``. ``columns``: (text, pair, label) column names, recorded in
     the head so that ``export --eval`` reads files alike. ``stop_after``: checkpoint after that
     many steps of the whole schedule and return (time-limited jobs)."""
-    note = progress or (lambda message: None)
     out = Path(out)
     device = training_device(config.device_settings())
+    rank, world = _distributed(device)
+    note = (progress or (lambda message: None)) if rank == 0 else (lambda message: None)
     base = SuperBert.load(source)
     regression = isinstance(train.labels[0], float)
     labels = () if regression else tuple(sorted(set(train.labels)))
@@ -166,6 +171,11 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     if config.full_steps and start > config.full_steps:  # written at step full_steps + 1
         teacher = SuperBert.load(out / "teacher").eval().requires_grad_(False).to(device)
     model.to(device).train()
+    wrapped: nn.Module = _Forward(model)
+    if world > 1:  # every shape's forward through DDP, gradients reduced once per step
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warm = max(1, total // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -178,27 +188,27 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     note(f"task {head.problem} ({len(head.labels) or 'a score'}{' labels' if labels else ''}), "
          f"{len(data.y)} training texts: steps {start + 1}..{total} ({config.full_steps} full "
          f"shape, then {config.steps} sandwich steps of {2 + config.random_shapes} shapes) on "
-         f"{device.type}")
+         f"{world} process(es), {device.type}")
     started = last_note = time.perf_counter()
     phase_start, phase_t = start, started  # the rate is each phase's own
     # what a sandwich step costs in full-shape steps, for the ETA while the full phase runs
     # (corrected once the sandwich starts): the largest 1, the smallest 0.3, a random shape
     # 0.6, the teacher's forward pass 0.3 (measured, MiniLM at 32 x 64 on 2 cores)
     per_sandwich = 1.6 + 0.6 * config.random_shapes
-    with _StopRequest(True, note) as stop:
+    with _StopRequest(world == 1, note) as stop:
         for step in range(start, total):
             if step == config.full_steps and step > start:
                 phase_start, phase_t = step, time.perf_counter()
             if step == config.full_steps and teacher is None and config.full_steps:
-                teacher = _write_teacher(model, out / "teacher", device)
+                teacher = _write_teacher(model, out / "teacher", device, rank)
                 note(f"full shape fine-tuned; teacher written to {out / 'teacher'}")
-            batch_idx = order.indices(step, 0, 1, config.batch_size)
+            batch_idx = order.indices(step, rank, world, config.batch_size)
             batch = _batch(data, batch_idx, device)
             y = data.y[batch_idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             losses = []
             if step < config.full_steps:
-                loss = _label_loss(_logits(model, batch, None), y, head)
+                loss = _label_loss(wrapped(batch, None), y, head)
                 loss.backward()
                 losses.append(float(loss.detach()))
             else:
@@ -210,12 +220,15 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                 shapes = [space.largest, space.smallest] + [
                     random_shape(space, rng) for _ in range(config.random_shapes)]
                 for k, shape in enumerate(shapes):
-                    logits = _logits(model, batch, shape)
-                    loss = (_distill_loss(logits, target, head, config.temperature)
-                            if target is not None else _label_loss(logits, y, head))
-                    if k == 0 and target is not None:
-                        loss = loss + _label_loss(logits, y, head)
-                    loss.backward()
+                    last = k == len(shapes) - 1
+                    sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
+                    with sync:
+                        logits = wrapped(batch, shape)
+                        loss = (_distill_loss(logits, target, head, config.temperature)
+                                if target is not None else _label_loss(logits, y, head))
+                        if k == 0 and target is not None:
+                            loss = loss + _label_loss(logits, y, head)
+                        loss.backward()  # the shapes' gradients add up; DDP reduces once
                     losses.append(float(loss.detach()))
             if not all(math.isfinite(v) for v in losses):
                 raise TrainingError(f"step {step + 1}: the loss is not finite; the last "
@@ -237,14 +250,24 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                      f"ETA {_duration(left)}")
             stopping = stop.requested or (stop_after is not None and stop_after <= done)
             if (stopping or done % config.checkpoint_every == 0) and done < total:
-                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history)
+                _checkpoint(checkpoint, model, optimizer, scheduler, config, done, history, rank)
+                if world > 1:
+                    dist.barrier()  # rank 0's checkpoint is complete before anyone goes on
                 if stopping:
                     note(f"checkpoint of step {done} written: run the same command to continue")
                     if stop.requested:
                         raise KeyboardInterrupt
                     return {"steps": total, "stopped_at": done, "history": history}
     if teacher is None and config.full_steps:
-        teacher = _write_teacher(model, out / "teacher", device)
+        teacher = _write_teacher(model, out / "teacher", device, rank)
+    digests = [_weights_digest(model)]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, digests[0])
+        digests = gathered
+    if rank != 0:
+        dist.barrier()  # rank 0 evaluates and writes
+        return {"steps": total, "rank": rank}
     shapes = {"largest": space.largest, "smallest": space.smallest}
     report = {}
     if val is not None:
@@ -257,24 +280,32 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     summary = {"steps": total, "head": asdict(head), "config": asdict(config),
                "train_texts": len(data.y), "validation_texts": 0 if val is None else len(val.y),
                "validation": report, "seconds": round(time.perf_counter() - started, 3),
-               "history": history}
+               "world_size": world, "ranks_identical": len(set(digests)) == 1,
+               "weights_sha256": digests[0], "history": history}
     atomic_write_bytes(out / "train.json", (json.dumps(summary, indent=2) + "\n").encode())
     note(f"wrote {out / 'supernet'}")
+    if world > 1:
+        dist.barrier()
     return summary
 
 
-def _write_teacher(model: SuperBert, folder: Path, device: torch.device) -> SuperBert:
+def _write_teacher(model: SuperBert, folder: Path, device: torch.device, rank: int
+                   ) -> SuperBert:
+    """A frozen copy of the full-shape fine-tuned model (every rank holds the same one);
+    rank 0 writes it."""
     teacher = copy.deepcopy(model).cpu()
-    with atomic_dir(folder, force=True) as tmp:
-        write_supernet(teacher, tmp)
+    if rank == 0:
+        with atomic_dir(folder, force=True) as tmp:
+            write_supernet(teacher, tmp)
     return teacher.eval().requires_grad_(False).to(device)
 
 
-def shapes_report(model: SuperBert, data: Encoded, head: TaskHead, shapes: Sequence[Shape],
-                  device: torch.device | None = None) -> list[dict[str, Any]]:
-    """The task's metric for each of ``shapes`` (what ``train task`` reports beside params)."""
-    device = device or torch.device("cpu")
-    named = {",".join(map(str, s.widths)): s for s in shapes}
-    result = evaluate(model, data, head, named, device)
-    return [{"shape": list(s.widths), "params": s.params(), **result[k]}
-            for k, s in named.items()]
+class _Forward(nn.Module):
+    """One shape's task outputs, as a module call (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: SuperBert):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], shape: Shape | None) -> torch.Tensor:
+        return _logits(self.model, batch, shape)
