@@ -218,6 +218,9 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--checkpoint-every", default=_TASK.checkpoint_every, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shape", "shape_text", default=None,
+              help="Fine-tune this one shape alone for --full-steps (no teacher, --steps 0): "
+                   "'360,240,...', '240x6', ...")
 @click.option("--stop-after", default=None, type=click.IntRange(1),
               help="Checkpoint after this step and stop; run again without it to continue.")
 @json_option
@@ -225,7 +228,7 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
          pair_column: str | None, label_column: str, regression: bool, out: Path,
          full_steps: int, steps: int, batch_size: int, seq_len: int, lr: float,
          random_shapes: int, temperature: float, device: str, checkpoint_every: int, seed: int,
-         stop_after: int | None, as_json: bool) -> None:
+         shape_text: str | None, stop_after: int | None, as_json: bool) -> None:
     """Fine-tune a super network on labelled text: every shape becomes a classifier.
 
     The full shape is fine-tuned first (the teacher), then every shape learns it with the
@@ -240,13 +243,19 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
           --text-column review --label-column sentiment --out runs/task
     """
     from shaper_deploy.io import check_output_dir, output_lock
+    from shaper_deploy.shape import parse_shape
+    from shaper_deploy.supernet import read_checkpoint_header
     from shaper_deploy.taskdata import read_task_data
     from shaper_deploy.training.task import train_task
 
+    shape = None
+    if shape_text is not None:
+        space = read_checkpoint_header(supernet_path)["config"].space
+        shape = parse_shape(shape_text, space).widths
     config = TaskConfig(full_steps=full_steps, steps=steps, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, random_shapes=random_shapes,
                         temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
-                        device=device)
+                        device=device, shape=shape)
     config.device_settings()  # a device this machine lacks fails before any work
     check_output_dir(out, force=True, inputs={"--supernet": supernet_path, "--train": train_path,
                                               "--validation": validation_path})

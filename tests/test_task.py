@@ -277,3 +277,23 @@ def test_two_processes_train_a_task_to_identical_weights_and_resume(trained, tmp
     assert torchrun("resumed", "--stop-after", "4")["stopped_at"] == 4
     again = torchrun("resumed")
     assert again["ranks_identical"] is True and again["weights_sha256"] == whole["weights_sha256"]
+
+
+def test_one_shape_fine_tuned_alone(trained, tmp_path):
+    root, _ = trained
+    r = CliRunner().invoke(main, [
+        "train", "task", "--supernet", str(root / "super"), "--train", str(root / "train.csv"),
+        "--validation", str(root / "val.jsonl"), "--text-column", "review", "--label-column",
+        "sentiment", "--shape", "100x3", "--full-steps", "60", "--steps", "0", "--seq-len", "16",
+        "--batch-size", "16", "--lr", "3e-4", "--device", "cpu", "--out", str(tmp_path / "o"),
+        "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert set(summary["validation"]) == {"shape"} and summary["config"]["shape"] == [100, 100, 100]
+    assert summary["validation"]["shape"]["accuracy"] >= 0.8
+    assert not (tmp_path / "o" / "teacher").exists()
+    r = CliRunner().invoke(main, [
+        "train", "task", "--supernet", str(root / "super"), "--train", str(root / "train.csv"),
+        "--text-column", "review", "--label-column", "sentiment", "--shape", "40x3",
+        "--steps", "5", "--out", str(tmp_path / "p")])
+    assert r.exit_code != 0 and "--steps 0" in r.output

@@ -93,7 +93,7 @@ def native_bf16(device: str) -> bool:
 
 
 TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "random_shapes",
-                    "temperature", "seed")
+                    "temperature", "seed", "shape")
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,23 @@ class TaskConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     precision: str = "auto"
+    # fine-tune this one shape alone (phase 1 at this shape; no teacher, no sandwich phase)
+    shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every"):
+        for name in ("batch_size", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', '-')} must be positive, "
                                     f"got {getattr(self, name)}")
-        if self.full_steps < 0 or self.random_shapes < 0:
-            raise TrainingError("full-steps and random-shapes must not be negative")
+        if self.full_steps < 0 or self.steps < 0 or self.random_shapes < 0:
+            raise TrainingError("full-steps, steps and random-shapes must not be negative")
+        if self.full_steps + self.steps < 1:
+            raise TrainingError("nothing to train: give --full-steps or --steps above 0")
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(int(w) for w in self.shape))
+            if self.steps or not self.full_steps:
+                raise TrainingError("--shape fine-tunes one shape alone: give --full-steps "
+                                    "(its steps) and --steps 0 (no sandwich phase)")
         if not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise TrainingError(f"--lr must be a finite number in (0, 1), got {self.lr}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

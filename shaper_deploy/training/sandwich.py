@@ -408,8 +408,9 @@ def _resume(folder: Path, model: SuperBert, config, keys: Sequence[str] = RESUME
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"checkpoint {folder}/train.json is damaged ({exc}); resume from "
                             "a new --out") from None
-    changed = [f"{k}: {before.get(k)!r} then, {getattr(config, k)!r} now" for k in keys
-               if before.get(k) != getattr(config, k)]
+    now = json.loads(json.dumps({k: getattr(config, k) for k in keys}))  # as JSON kept them
+    changed = [f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in keys
+               if before.get(k) != now[k]]
     if changed:
         raise TrainingError(f"checkpoint {folder} was trained with other settings "
                             f"({'; '.join(changed)}); use the same settings to resume, "

@@ -161,6 +161,8 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     data = encode(train, model, head, config.seq_len)
     val = encode(validation, model, head, config.seq_len, "validation") if validation else None
     total = config.full_steps + config.steps
+    space = model.config.space
+    only = Shape(config.shape, space) if config.shape is not None else None  # --shape
     checkpoint = out / "checkpoint"
     start, history, state = 0, [], None
     if (checkpoint / "train.json").is_file():
@@ -184,11 +186,12 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     order = _BatchOrder(len(data.y), config.seed)
-    space = model.config.space
+    plan = (f"{config.full_steps} full shape, then {config.steps} sandwich steps of "
+            f"{2 + config.random_shapes} shapes" if only is None else
+            f"shape {only} alone")
     note(f"task {head.problem} ({len(head.labels) or 'a score'}{' labels' if labels else ''}), "
-         f"{len(data.y)} training texts: steps {start + 1}..{total} ({config.full_steps} full "
-         f"shape, then {config.steps} sandwich steps of {2 + config.random_shapes} shapes) on "
-         f"{world} process(es), {device.type}")
+         f"{len(data.y)} training texts: steps {start + 1}..{total} ({plan}) on {world} "
+         f"process(es), {device.type}")
     started = last_note = time.perf_counter()
     phase_start, phase_t = start, started  # the rate is each phase's own
     # what a sandwich step costs in full-shape steps, for the ETA while the full phase runs
@@ -199,7 +202,8 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
         for step in range(start, total):
             if step == config.full_steps and step > start:
                 phase_start, phase_t = step, time.perf_counter()
-            if step == config.full_steps and teacher is None and config.full_steps:
+            if step == config.full_steps and teacher is None and config.full_steps \
+                    and only is None:
                 teacher = _write_teacher(model, out / "teacher", device, rank)
                 note(f"full shape fine-tuned; teacher written to {out / 'teacher'}")
             batch_idx = order.indices(step, rank, world, config.batch_size)
@@ -208,7 +212,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             optimizer.zero_grad(set_to_none=True)
             losses = []
             if step < config.full_steps:
-                loss = _label_loss(wrapped(batch, None), y, head)
+                loss = _label_loss(wrapped(batch, only), y, head)
                 loss.backward()
                 losses.append(float(loss.detach()))
             else:
@@ -258,7 +262,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                     if stop.requested:
                         raise KeyboardInterrupt
                     return {"steps": total, "stopped_at": done, "history": history}
-    if teacher is None and config.full_steps:
+    if teacher is None and config.full_steps and only is None:
         teacher = _write_teacher(model, out / "teacher", device, rank)
     digests = [_weights_digest(model)]
     if world > 1:
@@ -268,7 +272,8 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     if rank != 0:
         dist.barrier()  # rank 0 evaluates and writes
         return {"steps": total, "rank": rank}
-    shapes = {"largest": space.largest, "smallest": space.smallest}
+    shapes = ({"largest": space.largest, "smallest": space.smallest} if only is None
+              else {"shape": only})
     report = {}
     if val is not None:
         report = evaluate(model, val, head, shapes, device)
