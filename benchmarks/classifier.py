@@ -104,10 +104,13 @@ def interleaved(sessions: dict[str, object], feeds: dict, rounds: int = 40, per:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--supernet", required=True, type=Path)
-    ap.add_argument("--profile", required=True, type=Path)
+    ap.add_argument("--supernet", type=Path)
+    ap.add_argument("--profile", type=Path)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--data-only", action="store_true",
+                    help="Write the fixed split to --out/data (train, validation, test .csv) "
+                         "and stop (make demo uses it).")
     ap.add_argument("--train-size", type=int, default=4000)
     ap.add_argument("--full-steps", type=int, default=250)
     ap.add_argument("--steps", type=int, default=250)
@@ -118,6 +121,11 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     paths = split(rotten_tomatoes(), args.out / "data", args.train_size)
+    if args.data_only:
+        print(" ".join(str(p) for p in paths.values()))
+        return
+    if not (args.supernet and args.profile and args.json):
+        ap.error("--supernet, --profile and --json are needed unless --data-only")
     data = {k: read_task_data(p) for k, p in paths.items()}
     print({k: len(v.texts) for k, v in data.items()}, file=sys.stderr)
     config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
