@@ -232,9 +232,11 @@ def _export_text(d: dict) -> str:
                     f"{pct} {plan['predicted_ms']:.2f} ms predicted, {plan['predicted_upper_ms']:.2f} "
                     "with the margin; UNVERIFIED: run shaperctl verify on "
                     f"{target.get('fingerprint', {}).get('cpu_model', 'the target')}")
-        rows.append(("chosen", f"{plan['precision']}, {measured}, fidelity "
-                               f"{plan['fidelity']:.4f} ({plan['fidelity_metric']}, "
-                               f"{plan['calibration']})"))
+        which = plan["precision"] + (" teacher" if plan.get("network") == "teacher" else "")
+        metric = plan["fidelity_metric"]
+        on = "" if metric.endswith(".csv") or " on " in metric else f", {plan['calibration']}"
+        rows.append(("chosen", f"{which}, {measured}, {plan['fidelity']:.4f} "
+                               f"({metric}{on})"))
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "
