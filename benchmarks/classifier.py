@@ -85,6 +85,42 @@ def split(rows: list[dict[str, str]], folder: Path, train_size: int) -> dict[str
     return paths
 
 
+def plain_finetune(minilm: Path, train, test, steps: int, config) -> dict:
+    """The baseline: transformers' BertForSequenceClassification from all-MiniLM-L6-v2 (its
+    own pooler + classifier head), the same texts, tokenization, batch order, batch size,
+    learning rate and schedule, ``steps`` steps; its test accuracy."""
+    from transformers import BertForSequenceClassification
+
+    from shaper_deploy.training.sandwich import _BatchOrder
+
+    torch.manual_seed(config.seed)
+    model = BertForSequenceClassification.from_pretrained(minilm, num_labels=2).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    order = _BatchOrder(len(train.y), config.seed)
+    started = time.time()
+    for step in range(steps):
+        idx = order.indices(step, 0, 1, config.batch_size)
+        out = model(**{k: v[idx] for k, v in train.inputs.items()}, labels=train.y[idx])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            print(f"baseline step {step}/{steps} loss {float(out.loss):.4f}", file=sys.stderr)
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(test.y), 64):
+            idx = torch.arange(start, min(start + 64, len(test.y)))
+            preds.append(model(**{k: v[idx] for k, v in test.inputs.items()}).logits)
+    acc = float((torch.cat(preds).argmax(1) == test.y).float().mean())
+    return {"model": "transformers BertForSequenceClassification from all-MiniLM-L6-v2",
+            "steps": steps, "test_accuracy": acc, "seconds": round(time.time() - started, 1)}
+
+
 def interleaved(sessions: dict[str, object], feeds: dict, rounds: int = 40, per: int = 5):
     times = {k: [] for k in sessions}
     names = {k: [o.name for o in s.get_outputs()] for k, s in sessions.items()}
@@ -116,6 +152,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--budgets", default="60%,80%")
+    ap.add_argument("--baseline-only", type=Path, default=None, metavar="MINILM_DIR",
+                    help="Only the plain transformers fine-tune of this model folder, same data "
+                         "and steps (full + sandwich), added to --json.")
     ap.add_argument("--reuse-training", action="store_true",
                     help="Take --out/task as trained (its train.json) and plan again.")
     args = ap.parse_args()
@@ -130,6 +169,19 @@ def main() -> None:
     print({k: len(v.texts) for k, v in data.items()}, file=sys.stderr)
     config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
                         seq_len=args.seq_len, lr=5e-5, device="cpu")
+    if args.baseline_only is not None:
+        net = SuperBert.load(args.supernet)
+        from shaper_deploy.supernet.config import TaskHead
+
+        head = TaskHead("single_label_classification", ("fresh", "rotten"))
+        tr = encode(data["train"], net, head, args.seq_len)
+        te = encode(data["test"], net, head, args.seq_len, "test")
+        base = plain_finetune(args.baseline_only, tr, te, args.full_steps + args.steps, config)
+        result = json.loads(args.json.read_text())
+        result["baseline"] = base
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(base, file=sys.stderr)
+        return
     t = time.time()
     done = args.out / "task" / "train.json"
     if args.reuse_training and done.is_file():  # the plans again, on the trained network
