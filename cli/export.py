@@ -173,8 +173,10 @@ def candidates_table(plan: dict) -> str:
     """The plan's candidates, one line each: precision, shape, latency beside fidelity."""
     p = f"p{plan.get('percentile', 50):g}"
     metric = plan.get("fidelity_metric", "")
-    column = ("accuracy" if metric.startswith("accuracy") else "Pearson" if
-              metric.startswith("Pearson") else "agree" if "agreement" in metric else "fidelity")
+    from shaper_deploy.fidelity import metric_word
+
+    # the column is 8 wide: "agreement" is abbreviated there
+    column = metric_word(metric).replace("agreement", "agree")
     head = (f"{'':2}{'precision':<9} {'shape':<34} {'params':>8} {p + ' pred.':>10} "
             f"{p + ' meas.':>10} {column:>8}  status")
     lines = [f"{column}: {metric}", head] if metric else [head]

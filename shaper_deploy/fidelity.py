@@ -112,6 +112,14 @@ def masked_positions(mask: np.ndarray, every: int = 5) -> list[tuple[int, int]]:
     return positions
 
 
+def metric_word(metric: str) -> str:
+    """A plan's ``fidelity_metric`` in a word (accuracy, Pearson, agreement, fidelity), for
+    reasons and table headers."""
+    return ("accuracy" if metric.startswith("accuracy") else "Pearson"
+            if metric.startswith("Pearson") else "agreement" if "agreement" in metric
+            else "fidelity")
+
+
 def task_metrics(logits: np.ndarray, y: np.ndarray, regression: bool) -> dict[str, float]:
     """A task's metrics of outputs ``logits`` (N, labels) against true ``y``: accuracy and
     macro F1 over the labels present (classification), or Pearson and Spearman of the score

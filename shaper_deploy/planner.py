@@ -44,8 +44,8 @@ import numpy as np
 from .bundle import BundleManifest
 from .errors import ExportError, PlannerError
 from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
-from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, task_metrics,
-                       top1_agreement)
+from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, metric_word,
+                       task_metrics, top1_agreement)
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
 from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
@@ -250,9 +250,7 @@ class Judge:
     @property
     def short(self) -> str:
         """The metric in a word, for reasons and table headers."""
-        m = self.metric
-        return ("accuracy" if m.startswith("accuracy") else "Pearson" if m.startswith("Pearson")
-                else "agreement" if "agreement" in m else "fidelity")
+        return metric_word(self.metric)
 
     def score(self, bundle: Path, model_file: str) -> float:
         session = make_session(bundle / model_file, "cpu")
