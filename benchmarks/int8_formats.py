@@ -5,11 +5,11 @@ Formats (onnxruntime.quantization.quantize_dynamic, per-channel weight scales, u
 activations): U8S8 (int8 weights; what ``runtime.int8_format`` gives VNNI and non-x86 CPUs),
 U8U8 (uint8 weights with zero points; what it gives x86 without VNNI) and U8S8 with
 reduce_range (7-bit weights; ONNX Runtime's other advice for non-VNNI x86), and U8S8 with the
-fused bottleneck matrices kept fp32 (not what export writes today). Agreement and
-accuracy: every text of --data run alone (batch 1, no padding, cut to --seq-len tokens), as a
-server sees it. Latency:
-the fp32 graph and every int8 graph timed interleaved in one run (the profiler's protocol,
-randomized turn order) at each --workload; medians, p90 and ratios to fp32 from that run.
+fused bottleneck matrices kept fp32 (not what export writes today). Agreement and accuracy:
+every text of --data run alone (batch 1, no padding, cut to --seq-len tokens), as a server sees
+it. Latency: the fp32 graph and every int8 graph timed interleaved in one run (the profiler's
+protocol, randomized turn order) at each --workload; medians, p90 and ratios to fp32 from that
+run.
 
     python benchmarks/int8_formats.py --bundle runs/classifier-long/plan-80 \\
         --data runs/classifier-long/data/test.csv --json benchmarks/results/int8_formats_intel.json
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -49,20 +48,14 @@ FORMATS = {
 }
 
 
-def quantize(src: Path, dst: Path, fmt: dict) -> None:
-    if "exclude" not in fmt:
-        quantize_int8(src, dst, fmt)  # exactly as export and profiles do
-        return
+def kept_fp32(src: Path, fmt: dict) -> tuple[str, ...]:
+    """The MatMul nodes of ``src`` whose names contain one of the format's ``exclude`` parts."""
+    if not fmt.get("exclude"):
+        return ()
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    names = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node
-             if n.op_type == "MatMul" and any(p in n.name for p in fmt["exclude"])]
-    logging.getLogger().setLevel(logging.ERROR)  # its pre-processing advice; none is needed
-    quantize_dynamic(str(src), str(dst), per_channel=fmt["per_channel"],
-                     reduce_range=fmt["reduce_range"], nodes_to_exclude=names,
-                     weight_type=getattr(QuantType, fmt["weight_type"]),
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return tuple(n.name for n in onnx.load(str(src), load_external_data=False).graph.node
+                 if n.op_type == "MatMul" and any(p in n.name for p in fmt["exclude"]))
 
 
 def logits(session, feeds: list[dict]) -> np.ndarray:
@@ -99,11 +92,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, fmt in FORMATS.items():
             path = Path(tmp) / f"{name.replace(' ', '_')}.onnx"
-            quantize(fp32_path, path, fmt)
+            keep = kept_fp32(fp32_path, fmt)
+            quantize_int8(fp32_path, path, fmt, keep)
             sessions[name] = make_session(path, threads=2)
             out = logits(sessions[name], feeds)
             rows[name] = {**{k: v for k, v in fmt.items() if k != "exclude"},
-                          "fp32_nodes": list(fmt.get("exclude", ())), "label_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+                          "fp32_nodes": list(keep),
+                          "label_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
                           "accuracy": float((out.argmax(1) == y).mean()),
                           "mean_abs_logit_diff": float(np.abs(out - ref).mean()),
                           "max_abs_logit_diff": float(np.abs(out - ref).max())}

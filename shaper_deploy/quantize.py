@@ -19,10 +19,11 @@ def int8_record(fmt: dict) -> dict:
                                                       "reduce_range")}}
 
 
-def quantize_int8(src: Path, dst: Path, fmt: dict) -> None:
+def quantize_int8(src: Path, dst: Path, fmt: dict, keep_fp32: tuple[str, ...] = ()) -> None:
     """Dynamic int8 quantization of an (optimized) graph in the format ``fmt`` (see
     :func:`shaper_deploy.runtime.int8_format`): 8-bit weights, float activations quantized
-    on the fly."""
+    on the fly. ``keep_fp32``: names of nodes left in fp32 (none in what export writes;
+    benchmarks/int8_formats.py measures the alternative)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -33,7 +34,7 @@ def quantize_int8(src: Path, dst: Path, fmt: dict) -> None:
     try:
         # The fused Attention's outputs carry no type; DefaultTensorType says float.
         quantize_dynamic(str(src), str(dst), per_channel=fmt["per_channel"],
-                         reduce_range=fmt["reduce_range"],
+                         reduce_range=fmt["reduce_range"], nodes_to_exclude=list(keep_fp32),
                          weight_type=getattr(QuantType, fmt["weight_type"]),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
