@@ -229,7 +229,7 @@ def live(args) -> dict:
             else loaded[args.bundles_from]
         bundle_rows = real_bundles(best, args.supernet, SHAPES, WORKLOADS, 90.0)
         result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
-                                  "calm_median": _errors(bundle_rows, "error"),
+                                  "floor": _errors(bundle_rows, "error"),
                                   "percentile_observed": _errors(bundle_rows, "pct_error")}
     return result
 

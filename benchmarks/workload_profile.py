@@ -9,7 +9,8 @@ bundles, and accuracy vs profiling minutes.
 3. Real bundles: shapes exported from the identity super network (exact identities dropped)
    and from one with bottlenecks perturbed by 1e-3 (no exact identity, as in a trained
    network), at every profiled precision, each timed at several input sizes with the
-   profile's protocol: calm median and the promised percentile against the prediction.
+   profile's protocol: the floor (p10 of its runs) and the promised percentile against the
+   prediction.
 
     .venv/bin/python benchmarks/workload_profile.py profiles/x86_64-2core-avx512-minilm \\
         --supernet runs/minilm-super --out benchmarks/results/workload_profile_minilm.json
@@ -65,8 +66,9 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
                  workloads: list[tuple[int, int]], percentile: float) -> list[dict]:
     """Bundles of the identity super network (exact identities dropped, as the demo exports
     them) and of one with perturbed bottlenecks (as a trained network's), each timed with
-    the profile's protocol: calm median against the predicted one, and the percentile a
-    budget promises (calm median x the profile's tail factor, and as observed now)."""
+    the profile's protocol: its floor against the predicted one, and the percentile a
+    budget promises (predicted: floor x the profile's tail factor; against it as observed
+    now)."""
     from shaper_deploy.export import ExportOptions, export_bundle
     from shaper_deploy.shape import parse_shape
     from shaper_deploy.supernet import SuperBert
@@ -94,23 +96,23 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
                         continue
                     for w in workloads:
                         m = profile.measure(bundle / file, precision, w, "cpu", percentile)
-                        calm = float(profile.predict([shape], precision, *w, 50, dropped)[0])
+                        floor = float(profile.predict([shape], precision, *w, None, dropped)[0])
                         pct = float(profile.predict([shape], precision, *w, percentile,
                                                     dropped)[0])
                         rows.append({"network": network, "shape": text, "precision": precision,
                                      "batch": w[0], "seq_len": w[1],
                                      "dropped": manifest.dropped_identities,
                                      "measured_ms": m["measured_ms"], "drift": m["drift"],
-                                     "calm_ms": m["intrinsic_ms"], "predicted_calm_ms": calm,
-                                     "error": calm / m["intrinsic_ms"] - 1,
+                                     "floor_ms": m["intrinsic_ms"], "predicted_floor_ms": floor,
+                                     "error": floor / m["intrinsic_ms"] - 1,
                                      "percentile": percentile,
                                      "estimated_pct_ms": m["estimated_ms"],
                                      "observed_pct_ms": m["observed_ms"],
                                      "predicted_pct_ms": pct,
                                      "pct_error": pct / m["observed_ms"] - 1})
                         r = rows[-1]
-                        print(f"{network:<9} {text:<24} {precision} {w[0]}x{w[1]:<4} calm "
-                              f"{r['calm_ms']:7.2f} predicted {calm:7.2f} ({r['error']:+.1%}); "
+                        print(f"{network:<9} {text:<24} {precision} {w[0]}x{w[1]:<4} floor "
+                              f"{r['floor_ms']:7.2f} predicted {floor:7.2f} ({r['error']:+.1%}); "
                               f"p{percentile:g} observed {r['observed_pct_ms']:7.2f} predicted "
                               f"{pct:7.2f} ({r['pct_error']:+.1%}); drift {m['drift']:.2f}",
                               file=sys.stderr)
@@ -145,12 +147,12 @@ def main() -> None:
               "trust": profile.trust, "learning_curve": learning_curve(profile)}
     if args.supernet is not None:
         rows = real_bundles(profile, args.supernet, args.shapes, WORKLOADS, args.percentile)
-        result["real_bundles"] = {"rows": rows, "calm_median": _errors(rows, "error"),
+        result["real_bundles"] = {"rows": rows, "floor": _errors(rows, "error"),
                                   "percentile_observed": _errors(rows, "pct_error"),
                                   "by_network": {n: _errors([r for r in rows
                                                              if r["network"] == n], "error")
                                                  for n in ("identity", "perturbed")}}
-        for k in ("calm_median", "percentile_observed"):
+        for k in ("floor", "percentile_observed"):
             e = result["real_bundles"][k]
             print(f"real bundles, {k}: median |error| {e['median_abs_error']:.2%}, "
                   f"{e['within_10pct']:.0%} within 10% over {e['n']}", file=sys.stderr)

@@ -201,9 +201,8 @@ def _profile_text(d: dict) -> str:
         tail = (d.get("tail") or {}).get(precision)
         if tail:
             lv = tail["levels"]
-            rows.append(("", "request latency / calm median: " + "; ".join(
-                f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row)
-                                               if l != 50)
+            rows.append(("", "request latency / floor (p10 of runs): " + "; ".join(
+                f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))
     t = d["trust"]
     rows.append(("trust", "reliable" if t["reliable"] else
@@ -244,7 +243,7 @@ def _graph_line(g: dict) -> str:
               help="Rows per inference (default: the profile's reference batch).")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
               help="Tokens per row (default: the profile's reference length).")
-@percentile_option("Percentile of request latency (50: the calm median).")
+@percentile_option("Percentile of request latency (50: the median).")
 @click.option("--for-device", is_flag=True,
               help="Accept a profile of another machine: predictions for that machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
@@ -276,7 +275,7 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
     for prec in ([precision] if precision else p.precisions):
         ms = float(p.predict([shape], prec, b, s, percentile)[0])
         rows.append({"precision": prec, "predicted_ms": ms,
-                     "calm_median_ms": float(p.predict([shape], prec, b, s)[0]),
+                     "floor_ms": float(p.predict([shape], prec, b, s)[0]),
                      "upper_ms": ms * p.margin(prec), "margin": p.margin(prec)})
     data = {"shape": list(shape.widths), "params": shape.params(), "batch": b, "seq_len": s,
             "percentile": percentile, "predictions": rows, "profile": str(profile_path),
@@ -287,8 +286,8 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
          ("workload", f"batch {b} x {s} tokens")]
         + ([("machine", "FOR ANOTHER MACHINE (" + "; ".join(differences) + ")")]
            if differences else [])
-        + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (calm "
-                            f"median {r['calm_median_ms']:.2f}), {r['upper_ms']:.2f} ms with "
+        + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (floor "
+                            f"{r['floor_ms']:.2f}), {r['upper_ms']:.2f} ms with "
                             f"the planning margin (x{r['margin']:.3f})") for r in rows]
         + ([] if p.trust["reliable"] else
            [("WARNING", "unreliable profile: " + "; ".join(p.trust["reasons"]))])))

@@ -194,7 +194,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     plan = model.manifest.plan
     profile, elsewhere = None, []
     if plan and Path(plan["profile"]).is_dir():
-        from shaper_deploy.profiling.predictor import DeviceProfile
+        from shaper_deploy.profiling.predictor import DeviceProfile, judged_phrase
 
         profile = DeviceProfile.load(plan["profile"])
         elsewhere = profile.foreign_fields()
@@ -241,11 +241,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         m = data["profile_protocol"]
         verdict = _verdict(m["within_budget"], plan["budget_ms"])
         rows.append(("now", f"p{pct:g} {m['judged_ms']:.2f} ms with the profile's protocol "
-                            f"at the plan's workload: {verdict} (the larger of "
-                            f"{m['estimated_ms']:.2f} ms as the profile saw the machine and "
-                            f"{m['observed_ms']:.2f} ms observed; calm median "
-                            f"{m['intrinsic_ms']:.2f} ms; machine {m['drift']:.2f}x its calm "
-                            "speed)"))
+                            f"at the plan's workload: {verdict} ({judged_phrase(m)})"))
     emit(data, as_json, lambda d: table(rows))
 
 
@@ -281,7 +277,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.errors import ServingError
     from shaper_deploy.io import output_lock
-    from shaper_deploy.profiling.predictor import DeviceProfile
+    from shaper_deploy.profiling.predictor import DeviceProfile, judged_phrase
     from shaper_deploy.serving import Bundle
 
     manifest = BundleManifest.read(bundle)
@@ -317,12 +313,9 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
         ("bundle", f"{bundle} ({plan['precision']}, {','.join(map(str, plan['shape']))})"),
         ("budget", f"{plan['budget_ms']:.2f} ms at p{pct:g}, batch {plan['batch']} x "
                    f"{plan['seq_len']}; predicted {plan['predicted_ms']:.2f} ms"),
-        ("measured", f"p{pct:g} {m['judged_ms']:.2f} ms: {verdict} (the larger of "
-                     f"{m['estimated_ms']:.2f} ms as the profile saw the machine, "
-                     f"{result['error_vs_prediction']:+.1%} vs the prediction, and "
-                     f"{m['observed_ms']:.2f} ms observed in {m['runs']} runs over "
-                     f"{m['seconds']:.0f} s; calm median {m['intrinsic_ms']:.2f} ms, machine "
-                     f"{m['drift']:.2f}x its calm speed)"),
+        ("measured", f"p{pct:g} {m['judged_ms']:.2f} ms: {verdict} ({judged_phrase(m)}; "
+                     f"estimate {result['error_vs_prediction']:+.1%} vs the prediction; "
+                     f"{m['runs']} runs over {m['seconds']:.0f} s)"),
         ("fidelity", f"{plan['fidelity']:.4f} ({plan['fidelity_metric']})"),
         ("recorded", str(bundle / "shaper.json"))]))
     if not result["within_budget"]:

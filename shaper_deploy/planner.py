@@ -12,9 +12,9 @@ fast and a slow machine).
 2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
    the profile's reference graph (``DeviceProfile.measure``, the one function that times a
-   bundle): the larger of its calm median (the machine's slowdown now, seen by the
-   reference, divided out) times the profile's tail factor and the percentile observed
-   now is checked against the budget (``judged_ms``). A miss is measured once more; if it
+   bundle): the larger of its floor (the low end of its runs, which the machine's slow
+   periods move least) times the profile's tail factor and the percentile observed now is
+   checked against the budget (``judged_ms``). A miss is measured once more; if it
    stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
    under budget (by more than the margin) steps up to the next larger shape the observed
    ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
@@ -48,7 +48,7 @@ from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, 
                        task_metrics, top1_agreement)
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
-from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile
+from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase
 from .profiling.profile import graph_differences, graph_record
 from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape
@@ -424,10 +424,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     if measure is None and not for_device:
         def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
             m = profile.measure(bundle / model_file, prec, w, device, percentile)
-            note(f"{prec}: p{percentile:g} {m['judged_ms']:.2f} ms (the larger of "
-                 f"{m['estimated_ms']:.2f} ms as the profile saw the machine and "
-                 f"{m['observed_ms']:.2f} ms observed now; calm median "
-                 f"{m['intrinsic_ms']:.2f} ms, machine {m['drift']:.2f}x its calm speed now)")
+            note(f"{prec}: p{percentile:g} {m['judged_ms']:.2f} ms ({judged_phrase(m)})")
             return m["judged_ms"]
     judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
@@ -491,8 +488,9 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "method": (f"per precision the largest fine-cigar shape whose predicted p"
                        f"{percentile:g} x the profile's p95 margin fits; "
                        + ("not measured (planned for the profile's machine)" if for_device
-                          else "exported, measured with the profile's protocol (calm median "
-                               "x the profile's tail factor), stepped down or up")
+                          else "exported, measured with the profile's protocol (floor x the "
+                               "profile's tail factor, or the percentile observed if larger), "
+                               "stepped down or up")
                        + "; highest fidelity among those within budget")}
         chosen = Path(work) / best.folder
         manifest = BundleManifest.read(chosen, PlannerError)

@@ -43,7 +43,7 @@ def source_record(coef, name="src") -> dict:
 
 
 def synthetic_records(header, truth, n=12, seed=5):
-    """Measurement lines of ``n`` shapes whose calm median is exactly ``truth(shape,
+    """Measurement lines of ``n`` shapes whose floor is exactly ``truth(shape,
     precision, workload)`` (the reference constant: no drift), held-out shapes also at the
     check sizes."""
     shapes = sample_shapes(PLAN_SPACE, n, seed)

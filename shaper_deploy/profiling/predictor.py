@@ -35,8 +35,8 @@ from ..promise import DEFAULT_PERCENTILE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import device_fingerprint, fingerprint_differences
 from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
-                                calm_reference, dropped_by_key, held_out_keys, machine_factor,
-                                measure_model, measured_latency, noise_floor, read_header,
+                                dropped_by_key, held_out_keys,
+                                measure_model, record_floor, measured_latency, noise_floor, read_header,
                                 read_measurements, reference_spread, shape_from_key,
                                 verify_file, workload_key, write_header)
 from .protocol import Workload, describe_range, grid_cell
@@ -78,29 +78,33 @@ def features(shapes: Sequence[Shape], dropped: Sequence[Sequence[str]] | None = 
     return np.asarray(rows, dtype=np.float64)
 
 
-def tail_model(records: list[dict[str, Any]], precision: str, bins: int = 8
+def tail_model(records: list[dict[str, Any]], precision: str,
+               center: Callable[[dict[str, Any]], float] = record_floor, bins: int = 8
                ) -> dict[str, Any] | None:
-    """How request latency is spread around the calm median, as a function of that median.
+    """How request latency is spread above the floor, as a function of that floor.
 
-    Every measurement keeps percentiles of its timed runs; divided by its calm median (its
-    median over its group's machine factor) they give its spread at the moment it ran,
-    the machine's slowdown then included. Mixed over all measurements of similar latency,
+    Every measurement keeps percentiles of its timed runs; divided by ``center`` (the
+    fitted model's floor for that shape and size, ``fit_model``; by default the
+    measurement's own floor) they give its spread at the moment it ran, the machine's
+    slowdown then included: a slow period that covered a whole measurement lifted its floor
+    above the model's, and shows here. Mixed over all measurements of similar latency,
     across the whole profile's time, they give the factor a percentile of request latency
-    stands above the calm median: ``percentile(P) = calm median x factor(P, median)``.
-    Measurements are put in ``bins`` bins of equal count by calm median (short runs spread
-    more); between bin centers the factor is interpolated in log latency.
+    (the median too) stands above the predicted floor: ``percentile(P) = floor x factor(P,
+    floor)``. This is where a shared host's slow periods enter a promise, in the share of
+    the profile's time they took. Measurements are put in ``bins`` bins of equal count by
+    floor (short runs spread more); between bin centers the factor is interpolated in log
+    latency.
     """
-    calm = calm_reference(records)
     rows = []
     for r in records:
         if r["precision"] != precision or r["phase"] != "main":
             continue
-        center = r["median_ms"] / machine_factor(r, calm)
+        floor = center(r)
         if "run_ms" in r:
             levels = sorted((float(k), v) for k, v in r["run_ms"].items())
         else:  # profiles before run percentiles: the median and p90 only
             levels = [(50.0, r["median_ms"]), (90.0, r["p90_ms"])]
-        rows.append((center, [lv for lv, _ in levels], [v / center for _, v in levels]))
+        rows.append((floor, [lv for lv, _ in levels], [v / floor for _, v in levels]))
     if len(rows) < bins * 5:
         return None
     have = set.intersection(*(set(lv) for _, lv, _ in rows))
@@ -111,21 +115,18 @@ def tail_model(records: list[dict[str, Any]], precision: str, bins: int = 8
     for chunk in np.array_split(np.arange(len(rows)), bins):
         pseudo = np.concatenate([np.interp(u, rows[i][1], rows[i][2]) for i in chunk])
         centers.append(float(np.median([rows[i][0] for i in chunk])))
-        factors.append([float(np.percentile(pseudo, lv)) if lv != 50 else 1.0
-                        for lv in levels])
+        factors.append([float(np.percentile(pseudo, lv)) for lv in levels])
     return {"levels": levels, "median_ms": centers, "factor": factors,
             "records": len(rows)}
 
 
 def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray
                 ) -> np.ndarray:
-    """The factor a percentile of request latency stands above the calm median ``ms``."""
+    """The factor a percentile of request latency stands above the floor ``ms``."""
     ms = np.asarray(ms, dtype=np.float64)
-    if percentile == 50:
-        return np.ones_like(ms)
     if tail is None:
         raise ProfileError("this profile has too few measurements to model latency "
-                           "percentiles; only the median (--percentile 50) can be predicted")
+                           "percentiles (it predicts only the floor); measure more shapes")
     levels = tail["levels"]
     if not levels[0] <= percentile <= levels[-1]:
         raise ProfileError(f"percentile {percentile:g} is outside what this profile measured "
@@ -221,22 +222,25 @@ class LatencyModel:
     margin: dict[str, float]  # precision -> 1 + held-out p95 relative error
     features: list[str] = field(default_factory=list)
     tail: dict[str, TailModel] = field(default_factory=dict)  # precision -> tail_model()
-    method: str = ("calm median, additive per grid point: per-layer cost smooth in width plus "
+    method: str = ("floor (p10 of a measurement's timed runs), additive per grid point: "
+                   "per-layer cost smooth in width plus "
                    "ridge-penalized per-width corrections, transitions and projections the "
                    "graph computes, width changes (NNLS on relative error, one trimmed refit); "
                    "bilinear in batch and length between grid points, refused outside; "
-                   "percentiles = median x the profile's mixed run spread at that latency")
+                   "percentiles (the median too) = floor x the profile's mixed run spread "
+                   "above the floor at that latency")
 
     @property
     def precisions(self) -> list[str]:
         return list(self.coef)
 
     def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int,
-                percentile: float = 50.0, dropped: Sequence[Sequence[str]] | None = None
-                ) -> np.ndarray:
-        """Latency in ms at (batch, seq_len) under the profile's protocol: the calm median
-        (``percentile`` 50), or that percentile of request latency. ``dropped[i]`` names
-        the projections shape i's graph leaves out (default: none)."""
+                percentile: float | None = None,
+                dropped: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """Latency in ms at (batch, seq_len) under the profile's protocol: the floor (what
+        the model is fitted on; ``percentile`` None), or that percentile of request latency
+        (50: the median). ``dropped[i]`` names the projections shape i's graph leaves out
+        (default: none)."""
         if precision not in self.coef:
             raise ProfileError(f"this profile has no {precision} measurements; it has "
                                f"{', '.join(self.coef)}")
@@ -246,10 +250,12 @@ class LatencyModel:
                                    f"({self.space.num_layers} layers, widths "
                                    f"{', '.join(map(str, self.space.widths))})")
         out = features(shapes, dropped) @ self.coef_at(precision, batch, seq_len)
+        if percentile is None:
+            return out
         return out * tail_factor(self.tail.get(precision), percentile, out)
 
     def coef_at(self, precision: str, batch: int, seq_len: int) -> np.ndarray:
-        """The calm median's coefficients at (batch, seq_len): bilinear between grid points
+        """The floor's coefficients at (batch, seq_len): bilinear between grid points
         (the prediction is linear in them), refused outside the grid."""
         cell = grid_cell(self.grid, batch, seq_len)
         if cell is None:
@@ -304,7 +310,7 @@ def grid_data(header: ProfileHeader, precision: str,
               held_out: float = 0.25, held_keys: set[str] | None = None
               ) -> tuple[list[str], np.ndarray, dict[Workload, dict[str, float]], np.ndarray]:
     """One precision's shapes measured at every grid size, as every fit of a profile uses
-    them (direct or transfer): their keys, features, calm median per grid point and key, and
+    them (direct or transfer): their keys, features, floor per grid point and key, and
     the held-out mask (``held_keys``, else every 4th by parameters). ``main`` and ``gone``
     are ``measured_latency(records)`` and ``dropped_by_key(records)``."""
     points = {w: main.get((precision, *w), {}) for w in header.protocol.grid}
@@ -377,12 +383,35 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
             m["held_out"] = m["grid_held_out"]
         metrics[precision] = m
         margin[precision] = 1 + m["held_out"]["abs_rel_p95"]
-    tail = {p: t for p in protocol.precisions if (t := tail_model(records, p)) is not None}
     model = LatencyModel(space, list(protocol.grid), coef, metrics, margin,
-                         feature_names(space), tail)
+                         feature_names(space))
+    model.tail = {p: t for p in protocol.precisions
+                  if (t := tail_model(records, p, model_floor(model, records, p, space)))
+                  is not None}
     if method:
         model.method = method
     return model
+
+
+def model_floor(model: LatencyModel, records: list[dict[str, Any]], precision: str,
+                space: DesignSpace) -> Callable[[dict[str, Any]], float]:
+    """The fitted model's floor for each of ``records`` (its shape, size and dropped
+    projections), as ``tail_model``'s center."""
+    floors: dict[tuple[str, int, int], float] = {}
+    by_size: dict[tuple[int, int], set[str]] = {}
+    for r in records:
+        if r["precision"] == precision:
+            by_size.setdefault((r["batch"], r["seq_len"]), set()).add(r["shape_key"])
+    gone = dropped_by_key(records)
+    for (b, s), keys in by_size.items():
+        ks = sorted(keys)
+        ms = model.predict([shape_from_key(k, space) for k in ks], precision, b, s,
+                           dropped=[gone.get(k, []) for k in ks])
+        floors.update({(k, b, s): float(v) for k, v in zip(ks, ms)})
+    # A fit to garbage may predict nothing for a shape; its own floor then (trust flags it).
+    return lambda r: (floors[(r["shape_key"], r["batch"], r["seq_len"])]
+                      if floors[(r["shape_key"], r["batch"], r["seq_len"])] > 0
+                      else record_floor(r))
 
 
 def noise_of(header: ProfileHeader, precision: str) -> float | None:
@@ -491,9 +520,9 @@ class DeviceProfile:
         return trust(self.header, self.model)
 
     def predict(self, shapes: Sequence[Shape], precision: str, batch: int, seq_len: int,
-                percentile: float = 50.0, dropped: Sequence[Sequence[str]] | None = None
-                ) -> np.ndarray:
-        """Calm median latency (``percentile`` 50) or a percentile of request latency."""
+                percentile: float | None = None,
+                dropped: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+        """The floor (``percentile`` None) or a percentile of request latency."""
         return self.model.predict(shapes, precision, batch, seq_len, percentile, dropped)
 
     def tail_factor(self, precision: str, percentile: float, ms) -> np.ndarray:
@@ -507,8 +536,8 @@ class DeviceProfile:
         return noise_of(self.header, precision) or 0.0
 
     def reference_ms(self, precision: str, batch: int, seq_len: int) -> float:
-        """The profile's reference graph's predicted latency at a workload: measurements
-        report drift as the reference now over this."""
+        """The profile's reference graph's predicted floor at a workload: measurements
+        report drift as the reference's floor now over this."""
         ref = Shape(tuple(self.header.reference_shape), self.space)
         return float(self.predict([ref], precision, batch, seq_len)[0])
 
@@ -518,16 +547,15 @@ class DeviceProfile:
         """An ONNX file timed now with this profile's protocol at ``workload``, interleaved
         with the profile's reference graph: the numbers its prediction is comparable with.
 
-        Drift is handled one way everywhere: the reference's latency now over its calm
-        latency in the profile is the machine's slowdown now (``drift``); the model's median
-        over it is its calm median (``intrinsic_ms``, what the latency model predicts), and
-        that times the profile's tail factor is its ``percentile`` as the profile's time
-        saw the machine (``estimated_ms``). ``observed_ms`` is the percentile of the runs
-        just timed, this minute's slowdown included. A budget is judged on the larger of the
-        two (``judged_ms``): a slowdown that lasts (a host slower than the one profiled
-        under the same fingerprint: seen 11-19% apart) looks like a long slow period, and
-        dividing it out would pass a model whose requests were just over budget; a fast
-        minute never passes a model the profile's time says is over.
+        A slowdown is handled one way everywhere: the model's floor now (``intrinsic_ms``,
+        the low end of its runs, what the latency model predicts) times the profile's tail
+        factor is its ``percentile`` as the profile's time saw the machine
+        (``estimated_ms``); ``observed_ms`` is the percentile of the runs just timed, this
+        minute's slowdown included. A budget is judged on the larger of the two
+        (``judged_ms``): a slowdown that lasts (a host slower than the one profiled under
+        the same fingerprint: seen 11-19% apart) lifts both, and a fast minute never passes
+        a model the profile's time says is over. ``drift`` (the reference graph's floor now
+        over the profile's) says how fast the machine is now; nothing is divided by it.
         """
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device,
@@ -571,6 +599,13 @@ class DeviceProfile:
             raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
                                "remake it (shaperctl profile ... --minutes N with a larger N), "
                                "or pass --allow-unreliable to use it anyway")
+
+
+def judged_phrase(m: dict[str, Any]) -> str:
+    """How a ``DeviceProfile.measure`` result was judged, in words (planner, verify, bench)."""
+    return (f"the larger of {m['estimated_ms']:.2f} ms as the profile saw the machine and "
+            f"{m['observed_ms']:.2f} ms observed now; floor {m['intrinsic_ms']:.2f} ms, "
+            f"machine {m['drift']:.2f}x its profiled speed now")
 
 
 def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,

@@ -51,7 +51,8 @@ METHOD = ("transfer: per precision, the fit with the least leave-one-shape-out e
           "source profiles' predictions plus an offset (the sources chosen by "
           "leave-one-shape-out error) with the coefficients refitted under a ridge towards "
           "that scaled prior (NNLS on relative error); bilinear in batch and length between "
-          "grid points, percentiles = median x this profile's own mixed run spread")
+          "grid points; fitted on floors (p10 of runs); percentiles (the median too) = floor x "
+          "this profile's own mixed run spread above the floor")
 
 
 def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
