@@ -48,12 +48,14 @@ def main() -> None:
                          "precision": p["precision"], "shape": p["shape"], "params": p["params"],
                          "predicted_ms": p["predicted_ms"], "measured_at_export_ms": p["measured_ms"],
                          "verified_ms": v["estimated_ms"], "observed_ms": v["observed_ms"],
+                         "judged_ms": v["judged_ms"],
                          "within_budget": v["within_budget"],
                          "observed_within_budget": v["observed_within_budget"],
                          "drift": v["drift"], "runs": v["runs"], "fidelity": p["fidelity"],
                          "candidates": p["candidates"]})
             print(f"{budget} @ {seq}: {p['precision']} {p['shape']} verified p{p['percentile']:g} "
-                  f"{v['estimated_ms']:.2f} / {p['budget_ms']:.2f} ms, fidelity {p['fidelity']:.4f}",
+                  f"{v['judged_ms']:.2f} (observed {v['observed_ms']:.2f}) / {p['budget_ms']:.2f} "
+                  f"ms, fidelity {p['fidelity']:.4f}",
                   file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "relative_budgets", "profile": str(args.profile),

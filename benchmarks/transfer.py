@@ -47,7 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("amd-epyc-zen4-2core-avx512-minilm", "x86_64-2core-avx512-minilm"),
          ("x86_64-2core-avx512-minilm", "amd-epyc-zen4-2core-avx512-minilm"),
          ("amd-epyc-zen4-2core-avx512-bert-base", "x86_64-2core-avx512-bert-base"),
-         ("x86_64-2core-avx512-bert-base", "amd-epyc-zen4-2core-avx512-bert-base")]
+         ("x86_64-2core-avx512-bert-base", "amd-epyc-zen4-2core-avx512-bert-base"),
+         ("x86_64-2core-avx512-minilm", "amd-epyc-zen2-2core-avx2-minilm"),
+         ("amd-epyc-zen2-2core-avx2-minilm", "x86_64-2core-avx512-minilm"),
+         ("amd-epyc-zen4-2core-avx512-minilm", "amd-epyc-zen2-2core-avx2-minilm")]
 SIZES = (8, 12, 16)
 DRAWS = 10
 

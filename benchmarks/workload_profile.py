@@ -53,7 +53,7 @@ def learning_curve(profile: DeviceProfile) -> list[dict]:
             continue
         keep = set(order[:n]) | held
         model = fit_model(profile.header, [r for r in records if r["shape_key"] in keep],
-                          held_keys=held)
+                          held_keys=held, min_shapes=min(8, len(keep)))
         rows.append({"training_shapes": n, "held_out_shapes": len(held),
                      "minutes": seconds / 60 * (n + len(held)) / total if seconds else None,
                      **{p: {k: model.metrics[p]["held_out"][k]

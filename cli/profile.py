@@ -150,6 +150,7 @@ def profile_data(p) -> dict:
     foreign = p.foreign_fields()
     return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
+            "int8_gain": p.int8_gain(),
             "advice": transfer_advice(p.header, p.model),
             "this_machine": {"matches": not foreign, "differences": foreign}}
 
@@ -173,9 +174,11 @@ def _profile_text(d: dict) -> str:
     probe = d.get("probe") or {}
     if probe.get("decision"):
         rows.append(("probe", probe["decision"]))
-    for name, gains in (probe.get("int8_speedup") or {}).items():
-        rows.append(("int8 gain", f"{name} shape: " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in gains.items())))
+    for source, key in (("probe", "int8_speedup"), ("profile", "int8_gain")):
+        gains_by_shape = (probe if source == "probe" else d).get(key) or {}
+        for name, gains in gains_by_shape.items():
+            rows.append((f"int8 gain ({source})", f"{name} shape: " + ", ".join(
+                f"{k} {v:.2f}x" for k, v in gains.items())))
     summary = d.get("summary") or {}
     if summary.get("last_run"):
         rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))

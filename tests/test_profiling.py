@@ -186,6 +186,10 @@ def test_profile_end_to_end_resume_and_refusals(tmp_path):
         f.write('{"shape": [8, 8')  # a crash in the middle of a line
     header = run_profile(out, "cpu", protocol, TINY, samples=12, progress=seen.append)
     assert any(m.startswith("resuming") for m in seen)
+    # once more, with nothing left to measure: the time of the run that measured is kept
+    again = run_profile(out, "cpu", protocol, TINY, samples=12)
+    assert again.summary["last_run"] == header.summary["last_run"]
+    assert again.summary["last_run"]["seconds"] > 0
     records = read_measurements(out)
     main = collections.Counter((r["shape_key"], r["batch"], r["seq_len"])
                                for r in records if r["phase"] == "main" and not r["retry"])
@@ -448,6 +452,7 @@ def test_tail_model_mixes_run_percentiles_over_the_profile():
     alone = tail_model(slow, "fp32")  # each measurement's own floor: the period is hidden
     assert tail_factor(alone, 90, np.array([20.0]))[0] == pytest.approx(1.0, rel=0.05)
     assert tail_model(records[:20], "fp32") is None
+    assert tail_model(records, "fp32", center=lambda r: None) is None  # none inside the grid
     with pytest.raises(ProfileError, match="only the floor"):
         tail_factor(None, 90, np.array([1.0]))
     old = [{**r, "run_ms": None} for r in records]

@@ -79,15 +79,16 @@ def features(shapes: Sequence[Shape], dropped: Sequence[Sequence[str]] | None = 
 
 
 def tail_model(records: list[dict[str, Any]], precision: str,
-               center: Callable[[dict[str, Any]], float] = record_floor, bins: int = 8
+               center: Callable[[dict[str, Any]], float | None] = record_floor,
+               bins: int = 8
                ) -> dict[str, Any] | None:
     """How request latency is spread above the floor, as a function of that floor.
 
     Every measurement keeps percentiles of its timed runs; divided by ``center`` (the
     fitted model's floor for that shape and size, ``fit_model``; by default the
-    measurement's own floor) they give its spread at the moment it ran, the machine's
-    slowdown then included: a slow period that covered a whole measurement lifted its floor
-    above the model's, and shows here. Mixed over all measurements of similar latency,
+    measurement's own floor; None leaves a record out) they give its spread at the moment
+    it ran, the machine's slowdown then included: a slow period that covered a whole
+    measurement lifted its floor above the model's, and shows here. Mixed over all measurements of similar latency,
     across the whole profile's time, they give the factor a percentile of request latency
     (the median too) stands above the predicted floor: ``percentile(P) = floor x factor(P,
     floor)``. This is where a shared host's slow periods enter a promise, in the share of
@@ -100,6 +101,8 @@ def tail_model(records: list[dict[str, Any]], precision: str,
         if r["precision"] != precision or r["phase"] != "main":
             continue
         floor = center(r)
+        if floor is None:
+            continue
         if "run_ms" in r:
             levels = sorted((float(k), v) for k, v in r["run_ms"].items())
         else:  # profiles before run percentiles: the median and p90 only
@@ -404,14 +407,17 @@ def model_floor(model: LatencyModel, records: list[dict[str, Any]], precision: s
             by_size.setdefault((r["batch"], r["seq_len"]), set()).add(r["shape_key"])
     gone = dropped_by_key(records)
     for (b, s), keys in by_size.items():
+        if grid_cell(model.grid, b, s) is None:  # outside the fitted grid: not in the tail
+            continue
         ks = sorted(keys)
         ms = model.predict([shape_from_key(k, space) for k in ks], precision, b, s,
                            dropped=[gone.get(k, []) for k in ks])
         floors.update({(k, b, s): float(v) for k, v in zip(ks, ms)})
-    # A fit to garbage may predict nothing for a shape; its own floor then (trust flags it).
-    return lambda r: (floors[(r["shape_key"], r["batch"], r["seq_len"])]
-                      if floors[(r["shape_key"], r["batch"], r["seq_len"])] > 0
-                      else record_floor(r))
+    def center(r: dict[str, Any]) -> float | None:
+        ms = floors.get((r["shape_key"], r["batch"], r["seq_len"]))
+        # A fit to garbage may predict nothing for a shape: its own floor (trust flags it).
+        return None if ms is None else ms if ms > 0 else record_floor(r)
+    return center
 
 
 def noise_of(header: ProfileHeader, precision: str) -> float | None:
@@ -530,6 +536,17 @@ class DeviceProfile:
 
     def margin(self, precision: str) -> float:
         return self.model.margin[precision]
+
+    def int8_gain(self) -> dict[str, dict[str, float]]:
+        """What int8 buys here per grid size: fp32 floor / int8 floor of the fitted model, for
+        the design space's smallest and largest shapes (every shape measured, precisions'
+        groups alternating; the probe's two rounds are the first guess). Empty without both."""
+        if not {"fp32", "int8"} <= set(self.precisions):
+            return {}
+        shapes = {"smallest": self.space.smallest, "largest": self.space.largest}
+        return {name: {workload_key(w): round(float(
+            self.predict([shape], "fp32", *w)[0] / self.predict([shape], "int8", *w)[0]), 3)
+            for w in self.model.grid} for name, shape in shapes.items()}
 
     def noise(self, precision: str) -> float:
         """How far one measurement may stray from another of the same model (0 if unknown)."""

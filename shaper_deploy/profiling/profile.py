@@ -568,7 +568,10 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
             group += 1
     records = read_measurements(out)
     header.status = "measured"
+    previous = (header.summary or {}).get("last_run")
     header.summary = _summary(records, protocol, time.perf_counter() - started, bool(work))
+    if not work and previous:  # resumed with nothing left to measure: the run that measured
+        header.summary["last_run"] = previous
     header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
     write_header(out, header)
     return header
