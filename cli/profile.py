@@ -174,9 +174,9 @@ def _profile_text(d: dict) -> str:
     probe = d.get("probe") or {}
     if probe.get("decision"):
         rows.append(("probe", probe["decision"]))
-    for source, key in (("probe", "int8_speedup"), ("profile", "int8_gain")):
-        gains_by_shape = (probe if source == "probe" else d).get(key) or {}
-        for name, gains in gains_by_shape.items():
+    for source, by_shape in (("probe", probe.get("int8_speedup")),
+                             ("profile", d.get("int8_gain"))):
+        for name, gains in (by_shape or {}).items():
             rows.append((f"int8 gain ({source})", f"{name} shape: " + ", ".join(
                 f"{k} {v:.2f}x" for k, v in gains.items())))
     summary = d.get("summary") or {}

@@ -23,7 +23,7 @@ step "1. all-MiniLM-L6-v2 becomes a super network (identity bottlenecks)"
 "$BIN/shaperctl" supernet init --from-hf "$MINILM" --out "$RUNS/minilm-super" --force
 "$BIN/shaperctl" supernet info "$RUNS/minilm-super"
 
-step "2. this machine's own latency profile in about 3-4 minutes, transferred from the shipped ones"
+step "2. this machine's own latency profile, transferred from the shipped ones (--minutes 4: a budget, which a slow machine may exceed for the minimum of 8 shapes; the probe says)"
 "$BIN/shaperctl" profiles list profiles >&2
 # Shipped profiles describe other machines (or this class on another day: one fingerprint
 # covered hosts 11-19% apart, docs/benchmarks.md), so the demo measures this one: a transfer

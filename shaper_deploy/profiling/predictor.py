@@ -34,11 +34,10 @@ from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import device_fingerprint, fingerprint_differences
-from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader,
-                                dropped_by_key, held_out_keys,
-                                measure_model, record_floor, measured_latency, noise_floor, read_header,
-                                read_measurements, reference_spread, shape_from_key,
-                                verify_file, workload_key, write_header)
+from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader, dropped_by_key,
+                      held_out_keys, measure_model, measured_latency, noise_floor, read_header,
+                      read_measurements, record_floor, reference_spread, shape_from_key,
+                      verify_file, workload_key, write_header)
 from .protocol import Workload, describe_range, grid_cell
 from ..shape import DesignSpace, Shape, reject_unknown_fields
 
@@ -88,13 +87,13 @@ def tail_model(records: list[dict[str, Any]], precision: str,
     fitted model's floor for that shape and size, ``fit_model``; by default the
     measurement's own floor; None leaves a record out) they give its spread at the moment
     it ran, the machine's slowdown then included: a slow period that covered a whole
-    measurement lifted its floor above the model's, and shows here. Mixed over all measurements of similar latency,
-    across the whole profile's time, they give the factor a percentile of request latency
-    (the median too) stands above the predicted floor: ``percentile(P) = floor x factor(P,
-    floor)``. This is where a shared host's slow periods enter a promise, in the share of
-    the profile's time they took. Measurements are put in ``bins`` bins of equal count by
-    floor (short runs spread more); between bin centers the factor is interpolated in log
-    latency.
+    measurement lifted its floor above the model's, and shows here. Mixed over all
+    measurements of similar latency, across the whole profile's time, they give the factor a
+    percentile of request latency (the median too) stands above the predicted floor:
+    ``percentile(P) = floor x factor(P, floor)``. This is where a shared host's slow
+    periods enter a promise, in the share of the profile's time they took. Measurements are
+    put in ``bins`` bins of equal count by floor (short runs spread more); between bin
+    centers the factor is interpolated in log latency.
     """
     rows = []
     for r in records:
@@ -397,9 +396,9 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
 
 
 def model_floor(model: LatencyModel, records: list[dict[str, Any]], precision: str,
-                space: DesignSpace) -> Callable[[dict[str, Any]], float]:
+                space: DesignSpace) -> Callable[[dict[str, Any]], float | None]:
     """The fitted model's floor for each of ``records`` (its shape, size and dropped
-    projections), as ``tail_model``'s center."""
+    projections), as ``tail_model``'s center; None outside the model's grid."""
     floors: dict[tuple[str, int, int], float] = {}
     by_size: dict[tuple[int, int], set[str]] = {}
     for r in records:
