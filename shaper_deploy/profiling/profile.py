@@ -519,8 +519,8 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                                  header.fingerprint["isa"])
         # Groups of shapes, the precisions' groups alternating: on a host whose speed moves
         # for minutes at a time, all of fp32 before all of int8 put the machine's drift into
-        # what int8 buys (an AMD EPYC Zen 2 profile measured that way: int8 1.49x faster at
-        # 1x128, where interleaved runs measure 1.09x).
+        # what int8 buys (an AMD EPYC Zen 2 profile measured that way fitted the full shape's
+        # int8 gain at 0.89-1.53x across sizes; alternating, 1.03-1.68x, above 1 everywhere).
         chunks: dict[str, list[list]] = {}
         for p in protocol.precisions:
             items = [w for w in work if w[0] == p]
@@ -765,9 +765,10 @@ def measured_latency(records: list[dict[str, Any]], phase: str = "main"
     over the whole profile (``predictor.tail_model``). Refitting the same measurements
     (docs/profiles.md), held-out MAPE fp32 / int8 with the floor against the previous
     estimator (median of round medians divided by the reference graph's slowdown in the
-    group): AMD Zen 2 9.7% / 8.5% vs 14.7% / 14.5%, AMD Zen 4 6.7% / 9.6% vs 12.3% / 13.3%;
-    the reference's division alone made every class worse, the quiet Intel one included
-    (median undivided 3.2% / 2.9% vs 4.2% / 4.9%), since two graphs slow down unequally.
+    group): AMD Zen 2 9.0% / 9.4% vs 12.4% / 14.1%, AMD Zen 4 6.7% / 9.6% vs 12.3% / 13.3%;
+    the reference's division alone made every MiniLM profile worse, the quiet Intel one
+    included (median undivided 3.2% / 2.9% vs 4.2% / 4.9%), since two graphs slow down
+    unequally. The exception: int8 on the AMD Zen 4 BERT-base profile (9.2% vs 7.1%).
     """
     pooled: dict[tuple[str, int, int], dict[str, list[float]]] = {}
     for r in records:
