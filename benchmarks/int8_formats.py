@@ -9,7 +9,8 @@ fused bottleneck matrices kept fp32 (not what export writes today). Agreement an
 every text of --data run alone (batch 1, no padding, cut to --seq-len tokens), as a server sees
 it. Latency: the fp32 graph and every int8 graph timed interleaved in one run (the profiler's
 protocol, randomized turn order) at each --workload; medians, p90 and ratios to fp32 from that
-run.
+run. ``--exported B``: also the int8 model of bundle B, an export of the same fp32 model with
+``--int8`` (e.g. one whose int8 fell back to fp32 in part to pass --int8-min-agreement).
 
     python benchmarks/int8_formats.py --bundle runs/classifier-long/plan-80 \\
         --data runs/classifier-long/data/test.csv --json benchmarks/results/int8_formats_intel.json
@@ -71,6 +72,9 @@ def main() -> None:
                     help="Tokens a text is cut to (default: the length the bundle was planned "
                          "for, else its maximum)")
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--exported", type=Path, nargs="*", default=[],
+                    help="int8 bundles exported from the same fp32 model (its checksum must "
+                         "match), measured beside the formats")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
     started = time.time()
@@ -102,6 +106,29 @@ def main() -> None:
                           "accuracy": float((out.argmax(1) == y).mean()),
                           "mean_abs_logit_diff": float(np.abs(out - ref).mean()),
                           "max_abs_logit_diff": float(np.abs(out - ref).max())}
+            print(f"{name}: agreement {rows[name]['label_agreement']:.4f}, accuracy "
+                  f"{rows[name]['accuracy']:.4f}", file=sys.stderr)
+        fp32_sha = bundle.manifest.files["model.onnx"]["sha256"]
+        for other in args.exported:
+            manifest = Bundle.load(other).manifest
+            q = manifest.quantization or {}
+            if manifest.files["model.onnx"]["sha256"] != fp32_sha or not q:
+                sys.exit(f"{other} is not an int8 export of {args.bundle}'s fp32 model")
+            fallback = q.get("fallback") or {}
+            name = (f"exported, {fallback['rung']} fp32" if fallback.get("passed")
+                    else "exported, all int8")
+            sessions[name] = make_session(other / "model_quantized.onnx", threads=2)
+            out = logits(sessions[name], feeds)
+            rows[name] = {k: q[k] for k in ("weight_type", "per_channel", "reduce_range")}
+            rows[name].update(
+                bundle=str(other), fp32_nodes=fallback.get("fp32_nodes", []),
+                fp32_weight_share=fallback.get("fp32_weight_share", 0.0),
+                export_gate={k: q.get(k) for k in ("judged_on", "min_agreement_required",
+                                                   "label_agreement")},
+                label_agreement=float((out.argmax(1) == ref.argmax(1)).mean()),
+                accuracy=float((out.argmax(1) == y).mean()),
+                mean_abs_logit_diff=float(np.abs(out - ref).mean()),
+                max_abs_logit_diff=float(np.abs(out - ref).max()))
             print(f"{name}: agreement {rows[name]['label_agreement']:.4f}, accuracy "
                   f"{rows[name]['accuracy']:.4f}", file=sys.stderr)
         protocol = replace(Protocol(), rounds=args.rounds)

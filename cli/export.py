@@ -47,7 +47,8 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
               default=None,
               help="With --latency: your own text, one sentence per line, for measuring "
-                   "fidelity (default: built-in English sentences).")
+                   "fidelity; with --int8: the texts int8 is judged on (default: built-in "
+                   "English sentences).")
 @click.option("--eval", "eval_path", type=click.Path(path_type=Path), default=None,
               help="With --latency and a task super network: labelled data (.csv, .tsv, "
                    ".jsonl; the columns it was trained on); the most accurate candidate that "
@@ -72,6 +73,11 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
 @click.option("--int8-min-agreement", default=0.95, show_default=True, type=float,
               help="text-classification: fail (or drop the int8 candidate) if int8 keeps "
                    "fp32's label on fewer of the calibration texts than this.")
+@click.option("--int8-fallback/--no-int8-fallback", default=True, show_default=True,
+              help="With --int8: if int8 misses its gate, keep in fp32 the matrices it loses "
+                   "the task on (fused bottlenecks, then FFN projections from the first "
+                   "layer), the fewest that pass; recorded in shaper.json. --latency plans "
+                   "all-int8 graphs only (what the profile timed).")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (14..20).")
 @click.option("--no-optimize", is_flag=True,
               help="Skip ONNX Runtime's transformer fusions (and their Attention check).")
@@ -84,7 +90,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            eval_path: Path | None, teacher_path: Path | None, allow_unreliable: bool,
            out: Path, task: str, int8: bool, int8_min_cosine: float,
-           int8_min_agreement: float, opset: int, no_optimize: bool, force: bool,
+           int8_min_agreement: float, int8_fallback: bool, opset: int, no_optimize: bool, force: bool,
            supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
@@ -118,12 +124,14 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         raise click.UsageError("give exactly one of --shape, --params or --latency"
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
     planning = {"--precision": precision != "auto", "--batch": batch is not None,
-                "--seq-len": seq_len is not None, "--calibration": calibration_path is not None,
+                "--seq-len": seq_len is not None,
+                "--calibration": calibration_path is not None and not int8,
                 "--eval": eval_path is not None, "--teacher": teacher_path is not None,
                 "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
-                               "--latency; for a fixed shape in int8 use --int8")
+                               "--latency (--calibration also with --int8); for a fixed shape in "
+                               "int8 use --int8")
     if latency_text is not None and int8:
         raise click.UsageError("--int8 does not go with --latency: the plan picks the precision "
                                "(--precision auto, the default), or force one with "
@@ -134,9 +142,15 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     if latency_text is not None and profile_path is None:
         raise click.UsageError("--latency needs --profile (a profile of this device: "
                                "shaperctl profile --device cpu --supernet S --out P)")
+    judge_texts: tuple[str, ...] = ()
+    if int8 and calibration_path is not None:
+        from shaper_deploy.fidelity import read_calibration
+
+        judge_texts = tuple(read_calibration(calibration_path))
     options = ExportOptions(task=task, opset=opset, optimize=not no_optimize, int8=int8,
                             int8_min_cosine=int8_min_cosine,
-                            int8_min_agreement=int8_min_agreement)
+                            int8_min_agreement=int8_min_agreement, int8_fallback=int8_fallback,
+                            judge_texts=judge_texts)
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
     check_output_dir(out, force, {"--supernet": supernet_path, "--profile": profile_path,
@@ -212,6 +226,11 @@ def _export_text(d: dict) -> str:
                                             ("Attention", "SkipLayerNormalization",
                                              "EmbedLayerNormalization", "BiasGelu") if k in f)))
     q = d["quantization"]
+    fallback = (q or {}).get("fallback")
+    if fallback and fallback.get("passed"):
+        rows.append(("int8 fp32", f"{fallback['rung']} kept fp32 ({len(fallback['fp32_nodes'])} "
+                                  f"nodes, {fallback['fp32_weight_share']:.0%} of the weights) "
+                                  "after all-int8 missed its gate"))
     if q and "label_agreement" in q:
         rows.append(("int8", f"keeps fp32's label on {q['label_agreement']:.1%} of "
                              f"{q['texts']} texts, logits max |diff| {q['max_abs_diff']:.3g} "
@@ -242,7 +261,10 @@ def _export_text(d: dict) -> str:
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "
-                                  f"{p['profile']})"))
+                                  f"{p['profile']})"
+                                  + (f"; all-int8 {p['all_int8_predicted_ms']:.2f} ms, plus "
+                                     f"{p['fp32_weight_share']:.0%} of the way to fp32 for the "
+                                     "nodes kept fp32" if "fp32_weight_share" in p else "")))
     text = table(rows)
     return text + ("\n\ncandidates:\n" + candidates_table(plan) if plan else "")
 

@@ -10,7 +10,9 @@ layer, head sizes 10..64 alike, while the dynamo exporter's graph gets no Attent
 A bundle is a folder, written atomically::
 
     model.onnx             fp32, fused and optimized
-    model_quantized.onnx   with --int8: dynamic int8 weights (optimum's file name)
+    model_quantized.onnx   with --int8: dynamic int8 weights (optimum's file name); the
+                           matrices int8 loses the task on kept fp32 if all-int8 misses
+                           its gate (quantize.fallback_ladder)
     config.json            the family's config (BertConfig, RobertaConfig, DistilBertConfig...)
                            for transformers / optimum (the shape under "shaper")
     tokenizer files        copied from the super network
@@ -41,7 +43,7 @@ from .errors import ExportError, ValidationError
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
-from .quantize import int8_record, quantize_int8
+from .quantize import int8_record, quantize_int8, quantize_with_fallback
 from .runtime import cpu_model_and_flags, int8_format, make_session, padded_tokenizer
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
@@ -64,6 +66,10 @@ class ExportOptions:
     # None: no agreement gate (the planner with --eval judges int8 by accuracy, as every
     # candidate; the agreement is recorded all the same)
     int8_min_agreement: float | None = 0.95
+    # when int8 misses its gate, keep the nodes it loses the task on in fp32, rung by rung
+    # (quantize.fallback_ladder), and write the fewest rungs that pass; the planner turns it
+    # off (it plans the graphs its profile timed: all int8)
+    int8_fallback: bool = True
     # the texts (and, for a pair classifier, second texts) int8 is judged on; () for the
     # built-in calibration sentences (the planner passes the user's --eval or --calibration)
     judge_texts: tuple[str, ...] = ()
@@ -235,32 +241,36 @@ def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes], options: Expo
             "random token ids (no tokenizer)")
 
 
-def _int8_accuracy(fp32: Path, int8: Path, feeds_list: list[dict[str, np.ndarray]],
-                   first_output: str, task: str) -> dict[str, float]:
-    """int8 vs fp32 on real tokens: max |diff|, mean and min token cosine, sentence cosine;
-    for a classifier the share of texts whose label int8 keeps, and the logits' max |diff|."""
-    a_s, b_s = make_session(fp32, "cpu"), make_session(int8, "cpu")
-    if task == "text-classification":
-        pairs = [(a_s.run([first_output], f)[0], b_s.run([first_output], f)[0])
-                 for f in feeds_list]
-        a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-        same = (a.argmax(1) == b.argmax(1)) if a.shape[1] > 1 else \
-            np.abs(a - b)[:, 0] <= 0.05 * (np.abs(a).max() + 1e-6)
-        return {"max_abs_diff": float(np.abs(a - b).max()),
-                "label_agreement": float(same.mean()), "texts": int(len(a))}
-    diffs, tokens, sentences = [], [], []
-    for feeds in feeds_list:
-        a = a_s.run([first_output], feeds)[0]
-        b = b_s.run([first_output], feeds)[0]
-        real = feeds["attention_mask"].astype(bool)
-        diffs.append(float(np.abs(a - b)[real].max()))
-        tokens.append(cosine_rows(a[real], b[real]))
-        w = feeds["attention_mask"][..., None].astype(a.dtype)
-        sentences.append(cosine_rows((a * w).sum(1), (b * w).sum(1)))  # mean pooling's direction
-    tok = np.concatenate(tokens)
-    return {"max_abs_diff": max(diffs), "mean_token_cosine": float(tok.mean()),
-            "min_token_cosine": float(tok.min()),
-            "mean_sentence_cosine": float(np.concatenate(sentences).mean())}
+def _int8_judge(fp32: Path, feeds_list: list[dict[str, np.ndarray]], first_output: str,
+                task: str) -> Callable[[Path], dict[str, float]]:
+    """A judge of int8 graphs against ``fp32`` on real tokens (fp32's outputs computed once):
+    max |diff|, mean and min token cosine, sentence cosine; for a classifier the share of
+    texts whose label int8 keeps, and the logits' max |diff|."""
+    a_s = make_session(fp32, "cpu")
+    refs = [a_s.run([first_output], f)[0] for f in feeds_list]
+
+    def judge(int8: Path) -> dict[str, float]:
+        b_s = make_session(int8, "cpu")
+        outs = [b_s.run([first_output], f)[0] for f in feeds_list]
+        if task == "text-classification":
+            a, b = np.concatenate(refs), np.concatenate(outs)
+            same = (a.argmax(1) == b.argmax(1)) if a.shape[1] > 1 else \
+                np.abs(a - b)[:, 0] <= 0.05 * (np.abs(a).max() + 1e-6)
+            return {"max_abs_diff": float(np.abs(a - b).max()),
+                    "label_agreement": float(same.mean()), "texts": int(len(a))}
+        diffs, tokens, sentences = [], [], []
+        for feeds, a, b in zip(feeds_list, refs, outs):
+            real = feeds["attention_mask"].astype(bool)
+            diffs.append(float(np.abs(a - b)[real].max()))
+            tokens.append(cosine_rows(a[real], b[real]))
+            w = feeds["attention_mask"][..., None].astype(a.dtype)
+            sentences.append(cosine_rows((a * w).sum(1), (b * w).sum(1)))  # mean pooling
+        tok = np.concatenate(tokens)
+        return {"max_abs_diff": max(diffs), "mean_token_cosine": float(tok.mean()),
+                "min_token_cosine": float(tok.min()),
+                "mean_sentence_cosine": float(np.concatenate(sentences).mean())}
+
+    return judge
 
 
 def hf_config(model: SuperBert, shape: Shape, task: str) -> dict[str, Any]:
@@ -371,29 +381,52 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
             int8_path = tmp / INT8_FILE
             fmt = int8_format(options.int8_isa if options.int8_isa is not None
                               else cpu_model_and_flags()[1])
-            quantize_int8(model_path, int8_path, fmt)
-            _check(int8_path)
             feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files, options)
-            accuracy = _int8_accuracy(model_path, int8_path, feeds, names[0], options.task)
+
+            compare = _int8_judge(model_path, feeds, names[0], options.task)
+
+            def judge(path: Path) -> dict[str, float]:
+                _check(path)
+                return compare(path)
+
+            def passes(acc: dict[str, float]) -> bool:
+                if "label_agreement" in acc:
+                    return (options.int8_min_agreement is None
+                            or acc["label_agreement"] >= options.int8_min_agreement)
+                return acc["mean_token_cosine"] >= options.int8_min_cosine
+
+            if options.int8_fallback:
+                accuracy, fallback = quantize_with_fallback(
+                    model_path, int8_path, fmt, judge, passes, len(shape.widths), note)
+            else:
+                quantize_int8(model_path, int8_path, fmt)
+                accuracy, fallback = judge(int8_path), None
             quantization = {**int8_record(fmt), "format_reason": fmt["why"],
                             "judged_on": judged_on,
-                            "min_cosine_required": options.int8_min_cosine, **accuracy}
+                            "min_cosine_required": options.int8_min_cosine, **accuracy,
+                            "fp32_nodes": (fallback or {}).get("fp32_nodes", []),
+                            "fallback": fallback}
+            tried = ""
+            if fallback:
+                last = fallback["tried"][-1]
+                tried = (f"; with {last['rung']} kept fp32 it was "
+                         + (f"{last['label_agreement']:.1%}" if "label_agreement" in last
+                            else f"{last['mean_token_cosine']:.6f}"))
             if "label_agreement" in accuracy:
                 quantization["min_agreement_required"] = options.int8_min_agreement
-                gate = options.int8_min_agreement
-                if gate is not None and accuracy["label_agreement"] < gate:
+                if not passes(accuracy):
                     raise ExportError(
                         f"int8 model changes the label of "
                         f"{1 - accuracy['label_agreement']:.1%} of the {accuracy['texts']} "
-                        f"texts ({judged_on}); required agreement with fp32 "
+                        f"texts ({judged_on}){tried}; required agreement with fp32 "
                         f"{options.int8_min_agreement:.0%}; lower --int8-min-agreement to "
                         "accept it, or export fp32 only")
-            elif accuracy["mean_token_cosine"] < options.int8_min_cosine:
+            elif not passes(accuracy):
                 raise ExportError(
                     f"int8 model is too far from fp32: mean token cosine "
-                    f"{accuracy['mean_token_cosine']:.4f} < required "
-                    f"{options.int8_min_cosine} (max |diff| {accuracy['max_abs_diff']:.3g}); "
-                    "lower --int8-min-cosine to accept it, or export fp32 only")
+                    f"{accuracy['mean_token_cosine']:.6f} < required "
+                    f"{options.int8_min_cosine} (max |diff| {accuracy['max_abs_diff']:.3g})"
+                    f"{tried}; lower --int8-min-cosine to accept it, or export fp32 only")
             files[INT8_FILE] = {"precision": "int8", "sha256": sha256_file(int8_path),
                                 "bytes": int8_path.stat().st_size}
             stage("quantize", t)

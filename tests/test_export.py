@@ -127,6 +127,82 @@ def test_int8_accuracy_is_recorded_and_enforced(tmp_path, tiny_supernet_with_tok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # nothing half-written
 
 
+def _fp32_matmuls(path) -> set[str]:
+    """The graph's MatMul nodes still multiplying by an fp32 weight (an initializer)."""
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer}
+    return {n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+
+
+def test_int8_fallback_ladder_and_bisection(tmp_path, tiny_supernet):
+    from shaper_deploy.quantize import fallback_ladder, quantize_with_fallback
+    from shaper_deploy.runtime import int8_format
+
+    export_bundle(tiny_supernet, SHAPE, tmp_path / "b")
+    src = tmp_path / "b" / "model.onnx"
+    names = [n.name for n in onnx.load(str(src)).graph.node]
+    rungs = fallback_ladder(names, num_layers=3)
+    # the deployed module's names, as the exporter scopes them: every rung adds nodes
+    assert [label for label, _ in rungs][:4] == [
+        "bottleneck matrices", "bottleneck matrices, FFN output of layer 0",
+        "bottleneck matrices, FFN output of layers 0-1",
+        "bottleneck matrices, FFN output of layers 0-2"]
+    assert rungs[-1][0] == ("bottleneck matrices, FFN output of layers 0-2, "
+                            "FFN input of layers 0-2")
+    assert all(set(a[1]) < set(b[1]) for a, b in zip(rungs, rungs[1:]))
+    assert {n.replace("/fused", "") for n in rungs[0][1]} == {
+        "/proj_in/MatMul", "/transitions.0/MatMul", "/transitions.1/MatMul"}
+    assert len(rungs[-1][1]) == 3 + 2 * 3
+    fmt = int8_format(("avx2", "fma"))
+    seen = []
+
+    def judge(path):  # passes once layer 1's FFN output projection is fp32 again
+        kept = _fp32_matmuls(path)
+        seen.append(len(kept))
+        return {"kept": len(kept),
+                "ok": any(n.endswith("/layers.1/ffn_out/MatMul") for n in kept)}
+
+    dst = tmp_path / "q.onnx"
+    result, record = quantize_with_fallback(src, dst, fmt, judge, lambda r: r["ok"], 3)
+    assert record["passed"] and record["rung"] == rungs[2][0] and result["ok"]
+    assert _fp32_matmuls(dst) == set(record["fp32_nodes"]) == set(rungs[2][1])
+    assert 0 < record["fp32_weight_share"] < 1
+    assert [t["rung"] for t in record["tried"] if not t["ok"]][-1] == rungs[1][0]
+    assert len(seen) <= 2 + 4  # all-int8, the last rung, then bisection over 9 rungs
+    # nothing passes: the all-int8 graph stays, with what was tried
+    result, record = quantize_with_fallback(src, dst, fmt, judge, lambda r: False, 3)
+    assert not record["passed"] and _fp32_matmuls(dst) == set() and not result["ok"]
+    assert record["tried"][-1]["rung"] == rungs[-1][0]
+    # all-int8 passing: no fallback at all
+    assert quantize_with_fallback(src, dst, fmt, judge, lambda r: True, 3)[1] is None
+
+
+def test_int8_export_falls_back_to_pass_its_gate(tmp_path, tiny_supernet_with_tokenizer):
+    plain = export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "plain",
+                          ExportOptions(int8=True, int8_min_cosine=0.5))
+    base = plain.quantization["mean_token_cosine"]
+    assert plain.quantization["fallback"] is None and plain.quantization["fp32_nodes"] == []
+    gate = base + (1 - base) / 4  # above all-int8, below fp32
+    manifest = export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "fb",
+                             ExportOptions(int8=True, int8_min_cosine=gate))
+    q = manifest.quantization
+    assert q["fallback"]["passed"] and q["mean_token_cosine"] >= gate
+    assert set(q["fp32_nodes"]) == _fp32_matmuls(tmp_path / "fb" / "model_quantized.onnx")
+    assert q["fp32_nodes"] == q["fallback"]["fp32_nodes"]
+    assert all(t["mean_token_cosine"] < gate for t in q["fallback"]["tried"]
+               if t["rung"] != q["fallback"]["rung"] and t["fp32_nodes"] < len(q["fp32_nodes"]))
+    # the same gate without fallback fails, in one line naming the gate
+    with pytest.raises(ExportError, match=r"mean token cosine .* < required") as err:
+        export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "nofb",
+                      ExportOptions(int8=True, int8_min_cosine=gate, int8_fallback=False))
+    assert "kept fp32" not in str(err.value)
+    # a gate nothing reaches names the most that was tried
+    with pytest.raises(ExportError, match=r"with bottleneck matrices, FFN output of layers 0-2, "
+                                          r"FFN input of layers 0-2 kept fp32 it was [01]\.\d{6}"):
+        export_bundle(tiny_supernet_with_tokenizer, SHAPE, tmp_path / "never",
+                      ExportOptions(int8=True, int8_min_cosine=1.0))
+
+
 def test_no_optimize_keeps_plain_operators(tmp_path, tiny_supernet):
     manifest = export_bundle(tiny_supernet, SHAPE, tmp_path / "plain",
                              ExportOptions(optimize=False))

@@ -584,3 +584,36 @@ def test_a_lasting_slowdown_is_not_divided_out_of_the_verdict(profile, supernet,
     assert v["estimated_ms"] == pytest.approx(0.5) and v["estimated_ms"] < budget
     assert v["observed_ms"] == pytest.approx(2.5) and v["judged_ms"] == pytest.approx(2.5)
     assert not v["within_budget"] and not v["observed_within_budget"]
+
+
+def test_an_int8_fallback_is_predicted_between_int8_and_fp32(reliable_profile, supernet,
+                                                               tmp_path):
+    supernet.save(tmp_path / "super")
+
+    def export(out, *args):
+        r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
+                                      "--params", "250K", "--profile", str(reliable_profile),
+                                      "--int8", "--out", str(tmp_path / out), *args, "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    plain = export("plain", "--int8-min-cosine", "0.5")
+    base = plain["quantization"]["mean_token_cosine"]
+    assert plain["quantization"]["fallback"] is None
+    data = export("fb", "--int8-min-cosine", str(base + (1 - base) / 4))
+    fallback = data["quantization"]["fallback"]
+    assert fallback["passed"] and 0 < fallback["fp32_weight_share"] < 1
+    pred = {p["precision"]: p for p in data["predicted_latency"]}
+    fp32, int8 = pred["fp32"]["predicted_ms"], pred["int8"]
+    share = int8["fp32_weight_share"]
+    assert share == fallback["fp32_weight_share"]
+    assert int8["predicted_ms"] == pytest.approx(
+        int8["all_int8_predicted_ms"] + share * (fp32 - int8["all_int8_predicted_ms"]))
+    assert int8["all_int8_predicted_ms"] == pytest.approx(
+        {p["precision"]: p for p in plain["predicted_latency"]}["int8"]["predicted_ms"])
+    human = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
+                                      "--params", "250K", "--profile", str(reliable_profile),
+                                      "--int8", "--int8-min-cosine",
+                                      str(base + (1 - base) / 4), "--out", str(tmp_path / "h")])
+    assert human.exit_code == 0, human.output
+    assert "kept fp32" in human.stdout and "of the way to fp32" in human.stdout
