@@ -9,7 +9,8 @@ off it divided by that factor). For each: held-out MAPE and within +-10% (the pr
 held-out shapes, grid and check sizes) and the noise floor (shapes re-measured at the end).
 Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
-fitted model's floor (the library's) against each measurement's own floor.
+fitted model's floor (the library's) against each measurement's own floor. For a profile of
+several sweeps (``Protocol.sweeps``), each sweep refitted alone beside all of them pooled.
 
     .venv/bin/python benchmarks/noisy_host.py profiles/amd-epyc-zen2-2core-avx2-minilm \\
         profiles/amd-epyc-zen4-2core-avx512-minilm profiles/x86_64-2core-avx512-minilm \\
@@ -127,6 +128,22 @@ def main() -> None:
             print(f"{path.name:40s} {name:38s} " + " | ".join(
                 f"{p} MAPE {v['held_out_mape']:.1%} noise {v['noise_floor'] or 0:.1%}"
                 for p, v in row["estimators"][name].items()), file=sys.stderr)
+        sweeps = sorted({r.get("sweep", 0) for r in records})
+        if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
+            row["sweeps"] = {}
+            for name, keep in [*((f"sweep {k + 1} alone", {k}) for k in sweeps),
+                               ("all sweeps, lowest floor (the library's)", set(sweeps))]:
+                mine = [r for r in records if r.get("sweep", 0) in keep]
+                model = PR.fit_model(header, mine)
+                row["sweeps"][name] = {
+                    p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
+                        "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
+                        "noise_floor": (P.noise_floor(mine, p) or {}).get(
+                            "median_abs_rel_diff")}
+                    for p in model.precisions}
+                print(f"{path.name:40s} {name:38s} " + " | ".join(
+                    f"{p} MAPE {v['held_out_mape']:.1%} noise {v['noise_floor'] or 0:.1%}"
+                    for p, v in row["sweeps"][name].items()), file=sys.stderr)
         row["percentiles"] = {"tail centred on the model's floor (the library's)":
                               percentile_errors(header, records, True),
                               "tail centred on each measurement's own floor":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -48,15 +49,21 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
               help="Shapes to measure, instead of what --minutes buys (stratified over the "
                    "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")
 @click.option("--rounds", default=None, type=click.IntRange(1, 100),
-              help="Interleaved rounds per group of shapes and input size (default 4, or "
+              help="Interleaved rounds per group of shapes and input size in each sweep "
+                   "(default 2 in each of 2 sweeps; with --from, the source's in 1 sweep; "
                    "more where --minutes allows).")
+@click.option("--sweeps", default=None, type=click.IntRange(1, 10),
+              help="Times the whole measurement is made, one after another, so each shape is "
+                   "timed minutes apart and its floor comes from the calmest (default 2; 1 "
+                   "with --from).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
             max_tokens: int | None, threads: int, minutes: float | None,
-            samples: int | None, rounds: int | None, seed: int, supershaper_widths,
+            samples: int | None, rounds: int | None, sweeps: int | None, seed: int,
+            supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
 
@@ -110,7 +117,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         if supernet_path is None:  # the design space is the sources'
             config = sources[0].header.config
             source = dict(sources[0].header.source)
-        protocol = tr.target_protocol(sources, threads, chosen if precisions else None, rounds)
+        protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
+                                              rounds), sweeps=sweeps or 1)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
@@ -125,7 +133,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
                             seq_lens=usable, max_tokens=max_tokens or 1024,
                             reference_batch=reference[0], reference_seq_len=reference[1],
-                            rounds=rounds or 4)
+                            rounds=rounds or 2, sweeps=sweeps or 2)
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
@@ -227,7 +235,7 @@ def _protocol_line(p: dict) -> str:
     grid = Protocol.from_dict(p).grid
     return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; {describe_range(grid)} "
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
-            f"{p['reference_seq_len']}")
+            f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds")
 
 
 def _graph_line(g: dict) -> str:

@@ -168,6 +168,45 @@ def test_additive_model_learns_a_known_latency_law():
     assert rel.mean() < 0.02 and rel.max() < 0.05  # without per-width terms: 3% mean
 
 
+def test_sweeps_measure_everything_again_after_the_rest(tmp_path):
+    from shaper_deploy.profiling.profile import measured_latency, record_floor
+
+    out = tmp_path / "p"
+    protocol = fast_protocol(precisions=("fp32",), sweeps=2, noisy_cv=0.0)
+    seen = []
+
+    def stop_in_the_second_sweep(message):
+        seen.append(message)
+        if message.startswith("[") and "sweep 2/2" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(out, "cpu", protocol, TINY, samples=12, progress=stop_in_the_second_sweep)
+    assert any("sweep 1/2" in m for m in seen)
+    partial = read_measurements(out)
+    assert {r["sweep"] for r in partial} == {0, 1}
+    run_profile(out, "cpu", protocol, TINY, samples=12)
+    records = read_measurements(out)
+    # every measurement once per sweep, the second sweep after the whole first one, and
+    # no at-once retry even though every measurement is "noisy" (noisy_cv 0)
+    per = collections.Counter((r["shape_key"], r["batch"], r["seq_len"], r["phase"], r["sweep"])
+                              for r in records)
+    assert set(per.values()) == {1} and not any(r["retry"] for r in records)
+    first = {k[:4] for k in per if k[4] == 0}
+    assert first == {k[:4] for k in per if k[4] == 1}
+    last_of_first = max(r["group"] for r in records if r["sweep"] == 0)
+    assert min(r["group"] for r in records if r["sweep"] == 1) > last_of_first
+    # a shape's latency is the lower of its sweeps' floors
+    floors = measured_latency(records)
+    for r in records:
+        if r["phase"] == "main":
+            both = [record_floor(x) for x in records if x["phase"] == "main"
+                    and (x["shape_key"], x["batch"], x["seq_len"]) ==
+                    (r["shape_key"], r["batch"], r["seq_len"])]
+            assert len(both) == 2
+            assert floors[("fp32", r["batch"], r["seq_len"])][r["shape_key"]] == min(both)
+
+
 def test_profile_end_to_end_resume_and_refusals(tmp_path):
     out = tmp_path / "p"
     protocol = fast_protocol(precisions=("fp32",))

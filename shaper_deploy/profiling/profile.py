@@ -203,6 +203,7 @@ class Measurement(TypedDict):
     run_ms: NotRequired[dict[str, float]]  # since the percentile promise
     runs: NotRequired[Count]
     times: NotRequired[list[float]]
+    sweep: NotRequired[Count]  # which sweep of the protocol measured it (older profiles: 0)
 
 
 @dataclass
@@ -482,30 +483,34 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     held = [shape_key(s.widths) in held_keys for s in planned]
     checks = protocol.checks
     records = read_measurements(out, repair=True, note=note)
-    have = {(r["shape_key"], r["precision"], r["batch"], r["seq_len"], r["phase"])
-            for r in records}
+    have = {(r["shape_key"], r["precision"], r["batch"], r["seq_len"], r["phase"],
+             r.get("sweep", 0)) for r in records}
 
-    def missing(shape: Shape, precision: str, phase: str, workloads: list[Workload]):
+    def missing(shape: Shape, precision: str, phase: str, workloads: list[Workload],
+                sweep: int):
         k = shape_key(shape.widths)
-        return [w for w in workloads if (k, precision, *w, phase) not in have]
+        return [w for w in workloads if (k, precision, *w, phase, sweep) not in have]
 
-    # Each work item: (precision, phase, shape, workloads still to measure).
-    work: list[tuple[str, str, Shape, list[Workload]]] = []
-    for precision in protocol.precisions:
-        for shape, is_held in zip(planned, held):
-            todo = missing(shape, precision, "main", protocol.grid + (checks if is_held else []))
-            if todo:
-                work.append((precision, "main", shape, todo))
-        for shape in planned[:protocol.repeat_shapes]:
-            todo = missing(shape, precision, "repeat", protocol.grid)
-            if todo:
-                work.append((precision, "repeat", shape, todo))
+    # Each work item: (precision, phase, shape, workloads still to measure, sweep).
+    work: list[tuple[str, str, Shape, list[Workload], int]] = []
+    for sweep in range(protocol.sweeps):
+        for precision in protocol.precisions:
+            for shape, is_held in zip(planned, held):
+                todo = missing(shape, precision, "main",
+                               protocol.grid + (checks if is_held else []), sweep)
+                if todo:
+                    work.append((precision, "main", shape, todo, sweep))
+            for shape in planned[:protocol.repeat_shapes]:
+                todo = missing(shape, precision, "repeat", protocol.grid, sweep)
+                if todo:
+                    work.append((precision, "repeat", shape, todo, sweep))
+
     def cost(precision: str, w: Workload) -> float:
         """A shape's share of the time at a size (from the probe; tokens without one)."""
         return (probed_turn_seconds(header.probe, protocol, precision, w) if header.probe
                 else float(w[0] * w[1]))
 
-    total = sum(cost(p, w) for p, _, _, ws in work for w in ws)
+    total = sum(cost(item[0], w) for item in work for w in item[3])
     if records:
         note(f"resuming {out}: {len(records)} measurements kept")
     note(f"profiling {len(planned)} shapes x {len(protocol.precisions)} precision(s) x "
@@ -521,21 +526,24 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         # for minutes at a time, all of fp32 before all of int8 put the machine's drift into
         # what int8 buys (an AMD EPYC Zen 2 profile measured that way fitted the full shape's
         # int8 gain at 0.89-1.53x across sizes; alternating, 1.03-1.68x, above 1 everywhere).
-        chunks: dict[str, list[list]] = {}
-        for p in protocol.precisions:
-            items = [w for w in work if w[0] == p]
-            if items:
-                chunks[p] = [items[i:i + protocol.group_size]
-                             for i in range(0, len(items), protocol.group_size)]
-        order = [(p, c[k]) for k in range(max(map(len, chunks.values()), default=0))
-                 for p, c in chunks.items() if k < len(c)]
-        refs = {p: sessions.build(reference, p) for p in chunks}
+        # Sweeps follow one another, so a shape's sweeps are minutes apart (see Protocol).
+        order = []
+        for sweep in range(protocol.sweeps):
+            chunks: dict[str, list[list]] = {}
+            for p in protocol.precisions:
+                items = [w for w in work if w[0] == p and w[4] == sweep]
+                if items:
+                    chunks[p] = [items[i:i + protocol.group_size]
+                                 for i in range(0, len(items), protocol.group_size)]
+            order += [(p, c[k]) for k in range(max(map(len, chunks.values()), default=0))
+                      for p, c in chunks.items() if k < len(c)]
+        refs = {p: sessions.build(reference, p) for p in {p for p, _ in order}}
         for precision, batch_items in order:
             ref_session = refs[precision]
             built = {id(item): sessions.build(item[2], precision,
                                               dropped_for(item[2], header))
                      for item in batch_items}
-            workloads = sorted({w for *_, ws in batch_items for w in ws},
+            workloads = sorted({w for item in batch_items for w in item[3]},
                                key=lambda w: w[0] * w[1])
             for w in workloads:
                 feeds = inputs_for(w, header.config)
@@ -546,9 +554,10 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 results = measure_interleaved(runners, protocol, seed=group)
                 lines = _records(members, results, precision, w, group, header)
                 # A measurement whose rounds disagree (one session slowed down for a
-                # while on a shared machine) is timed again at once; its rounds pool.
-                noisy = [i for i in range(len(members))
-                         if results[i]["cv"] > protocol.noisy_cv]
+                # while on a shared machine) is timed again at once, its rounds pooling,
+                # when there is one sweep; with more, the next sweep is the second look.
+                noisy = [i for i in range(len(members)) if protocol.sweeps == 1
+                         and results[i]["cv"] > protocol.noisy_cv]
                 if noisy:
                     again = measure_interleaved(
                         {REFERENCE: runners[REFERENCE], **{i: runners[i] for i in noisy}},
@@ -561,7 +570,9 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 done += cost(precision, w) * len(members)
                 elapsed = time.perf_counter() - started
                 left = (time.perf_counter() - measuring) / done * (total - done)
-                note(f"[{done / total:5.1%}] {precision} group {group} at batch "
+                sweep = (f"sweep {batch_items[0][4] + 1}/{protocol.sweeps}, "
+                         if protocol.sweeps > 1 else "")
+                note(f"[{done / total:5.1%}] {sweep}{precision} group {group} at batch "
                      f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
                      f"{left / 60:.1f} min left")
             del built
@@ -633,9 +644,11 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
     """The measuring time of ``n`` shapes at ``rounds`` rounds, from the probe: every shape
     costs the mean of the smallest's and largest's turn at each size, each group adds the
     reference, held-out shapes add the check sizes (priced at the nearest grid size), the
-    repeated shapes add a group, and 60% more for measurements timed again and the turns'
-    overheads (a first profile on an AMD EPYC VM took 2.0x the estimate without it)."""
+    repeated shapes add a group, all of it once per sweep, and 60% more for measurements
+    timed again and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the
+    estimate without it)."""
     protocol, probe = replace(header.protocol, rounds=rounds), header.probe
+    sweeps = protocol.sweeps
     grid = protocol.grid
     g = protocol.group_size
 
@@ -648,7 +661,8 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
         main = (n + groups) * turns(p, grid)
         check = (n / 4 + groups) * turns(p, protocol.checks)
         repeat = (protocol.repeat_shapes + math.ceil(protocol.repeat_shapes / g)) * turns(p, grid)
-        seconds += rounds * (main + check + repeat) * 1.6 + (n + 2) * probe["build_seconds"][p]
+        seconds += (sweeps * rounds * (main + check + repeat) * 1.6
+                    + sweeps * (n + 2) * probe["build_seconds"][p])
     return seconds
 
 
@@ -713,7 +727,7 @@ def _records(members, results, precision: str, w: Workload, group: int,
     ref_ms = results[REFERENCE]["median_ms"]
     return [{"shape": list(item[2].widths), "shape_key": shape_key(item[2].widths),
              "precision": precision, "batch": w[0], "seq_len": w[1], "phase": item[1],
-             "retry": retry, "group": group, "params": item[2].params(),
+             "retry": retry, "group": group, "sweep": item[4], "params": item[2].params(),
              "dropped": dropped_for(item[2], header),
              "reference_ms": ref_ms, **results[i]} for i, item in enumerate(members)]
 

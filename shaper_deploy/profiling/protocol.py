@@ -11,8 +11,11 @@ Measured on this 2-core class with ONNX Runtime CPU sessions:
   weights then agreed within 4%, as when run alone). Turning spinning off instead made every
   run ~50% slower, so sessions keep ONNX Runtime's default and the protocol pauses;
 * short runs (batch 1, 16-64 tokens, 1-5 ms) are the noisiest on a shared 2-core machine, so
-  a turn times as many runs as fit in ``turn_ms`` and a measurement whose rounds disagree by
-  more than ``noisy_cv`` is timed again at once;
+  a turn times as many runs as fit in ``turn_ms`` and, in a one-sweep profile, a measurement
+  whose rounds disagree by more than ``noisy_cv`` is timed again at once;
+* a shared host's speed moves in periods of minutes (an AMD EPYC Zen 2 VM: 1.7-3x), longer
+  than a measurement's rounds, which are seconds apart: a profile of several ``sweeps``
+  measures everything again after the rest, so each shape is seen in more than one period;
 * a reference graph is timed in every group as a record of drift (dividing by it added more
   noise than it removed once turns were long enough; see docs/profiles.md).
 """
@@ -57,7 +60,11 @@ class Protocol:
     max_tokens: int = 1024  # grid points with more batch x seq_len tokens are left out
     reference_batch: int = 1  # the workload a budget is for when the user names none
     reference_seq_len: int = 128
-    rounds: int = 4  # interleaved rounds per group and workload
+    rounds: int = 4  # interleaved rounds per group and workload (in each sweep)
+    # Times the whole profile's work is measured, one sweep after another, so a shape's
+    # sweeps are minutes apart and its floor (the lowest) comes from the calmest of them;
+    # the at-once retry of a noisy measurement is for one sweep only. (Older profiles: 1.)
+    sweeps: int = 1
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
