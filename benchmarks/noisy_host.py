@@ -10,7 +10,7 @@ held-out shapes, grid and check sizes) and the noise floor (shapes re-measured a
 Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
-several sweeps (``Protocol.sweeps``), each sweep refitted alone beside all of them pooled.
+several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled.
 
     .venv/bin/python benchmarks/noisy_host.py profiles/amd-epyc-zen2-2core-avx2-minilm \\
         profiles/amd-epyc-zen4-2core-avx512-minilm profiles/x86_64-2core-avx512-minilm \\
@@ -106,6 +106,19 @@ def percentile_errors(header, records, centred_on_model: bool) -> dict:
     return out
 
 
+def refit(header, records, label: str) -> dict:
+    """Per precision: held-out MAPE, within +-10% and noise floor of a fit of ``records``."""
+    model = PR.fit_model(header, records)
+    out = {p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
+               "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
+               "noise_floor": (P.noise_floor(records, p) or {}).get("median_abs_rel_diff")}
+           for p in model.precisions}
+    print(f"{label} " + " | ".join(f"{p} MAPE {v['held_out_mape']:.1%} noise "
+                                   f"{v['noise_floor'] or 0:.1%}" for p, v in out.items()),
+          file=sys.stderr)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="+", type=Path)
@@ -118,32 +131,17 @@ def main() -> None:
                "isa": header.fingerprint["isa"], "estimators": {}}
         for name, est in ESTIMATORS.items():
             with estimated_with(est):
-                model = PR.fit_model(header, records)
-                row["estimators"][name] = {
-                    p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
-                        "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
-                        "noise_floor": (P.noise_floor(records, p) or {}).get(
-                            "median_abs_rel_diff")}
-                    for p in model.precisions}
-            print(f"{path.name:40s} {name:38s} " + " | ".join(
-                f"{p} MAPE {v['held_out_mape']:.1%} noise {v['noise_floor'] or 0:.1%}"
-                for p, v in row["estimators"][name].items()), file=sys.stderr)
+                row["estimators"][name] = refit(header, records, f"{path.name:40s} {name:38s}")
         sweeps = sorted({r.get("sweep", 0) for r in records})
         if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
             row["sweeps"] = {}
-            for name, keep in [*((f"sweep {k + 1} alone", {k}) for k in sweeps),
-                               ("all sweeps, lowest floor (the library's)", set(sweeps))]:
+            subsets = [*((f"sweep {k + 1} alone", {k}) for k in sweeps),
+                       *((f"sweeps 1-{k + 1} pooled", set(sweeps[:k + 1]))
+                         for k in range(1, len(sweeps) - 1)),
+                       ("all sweeps pooled (the library's)", set(sweeps))]
+            for name, keep in subsets:
                 mine = [r for r in records if r.get("sweep", 0) in keep]
-                model = PR.fit_model(header, mine)
-                row["sweeps"][name] = {
-                    p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
-                        "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
-                        "noise_floor": (P.noise_floor(mine, p) or {}).get(
-                            "median_abs_rel_diff")}
-                    for p in model.precisions}
-                print(f"{path.name:40s} {name:38s} " + " | ".join(
-                    f"{p} MAPE {v['held_out_mape']:.1%} noise {v['noise_floor'] or 0:.1%}"
-                    for p, v in row["sweeps"][name].items()), file=sys.stderr)
+                row["sweeps"][name] = refit(header, mine, f"{path.name:40s} {name:38s}")
         row["percentiles"] = {"tail centred on the model's floor (the library's)":
                               percentile_errors(header, records, True),
                               "tail centred on each measurement's own floor":

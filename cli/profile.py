@@ -50,11 +50,11 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
                    "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")
 @click.option("--rounds", default=None, type=click.IntRange(1, 100),
               help="Interleaved rounds per group of shapes and input size in each sweep "
-                   "(default 2 in each of 2 sweeps; with --from, the source's in 1 sweep; "
+                   "(default 1 in each of 3 sweeps; with --from, the source's in 1 sweep; "
                    "more where --minutes allows).")
 @click.option("--sweeps", default=None, type=click.IntRange(1, 10),
               help="Times the whole measurement is made, one after another, so each shape is "
-                   "timed minutes apart and its floor comes from the calmest (default 2; 1 "
+                   "timed minutes apart and its floor comes from the calmest (default 3; 1 "
                    "with --from).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
@@ -133,7 +133,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
                             seq_lens=usable, max_tokens=max_tokens or 1024,
                             reference_batch=reference[0], reference_seq_len=reference[1],
-                            rounds=rounds or 2, sweeps=sweeps or 2)
+                            rounds=rounds or 1, sweeps=sweeps or 3)
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
