@@ -12,7 +12,7 @@ tail model predicts held-out measurements' own p50/p90/p99, with the tail centre
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
 several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled.
 
-    .venv/bin/python benchmarks/noisy_host.py profiles/amd-epyc-zen2-2core-avx2-minilm \\
+    .venv/bin/python benchmarks/noisy_host.py benchmarks/data/amd-zen2-minilm-1sweep-x-4rounds \\
         profiles/amd-epyc-zen4-2core-avx512-minilm profiles/x86_64-2core-avx512-minilm \\
         --out benchmarks/results/noisy_host.json
 """

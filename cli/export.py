@@ -90,8 +90,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            eval_path: Path | None, teacher_path: Path | None, allow_unreliable: bool,
            out: Path, task: str, int8: bool, int8_min_cosine: float,
-           int8_min_agreement: float, int8_fallback: bool, opset: int, no_optimize: bool, force: bool,
-           supershaper_widths, as_json: bool) -> None:
+           int8_min_agreement: float, int8_fallback: bool, opset: int, no_optimize: bool,
+           force: bool, supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per

@@ -9,7 +9,8 @@ fast and a slow machine).
 
 1. Plan per precision: the fine cigar family's largest shape whose predicted latency at the
    workload and percentile, times the profile's held-out p95 error margin, fits the budget.
-2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``).
+2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``,
+   all-int8: a plan does not fall back to fp32 nodes, since its profile timed all-int8).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
    the profile's reference graph (``DeviceProfile.measure``, the one function that times a
    bundle): the larger of its floor (the low end of its runs, which the machine's slow
@@ -591,7 +592,7 @@ def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
     An int8 model that fell back to fp32 in part (export's ``int8_fallback``) is predicted
     between the two: int8 + share x (fp32 - int8), the share being the fp32 nodes' part of
     the quantizable weights (a linear layer's multiply-adds per token). Measured on the
-    Intel VNNI class (docs/formats.md), keeping the fused bottlenecks fp32 (7.7% of the full
+    Intel VNNI class (docs/benchmarks.md), keeping the fused bottlenecks fp32 (7.7% of the full
     MiniLM's weights) cost 7-10% of int8's latency; the share predicts 9% at 1x128."""
     profile.check_device(device, for_device)
     manifest = BundleManifest.read(bundle, PlannerError)

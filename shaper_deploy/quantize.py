@@ -46,7 +46,7 @@ def quantize_int8(src: Path, dst: Path, fmt: dict, keep_fp32: tuple[str, ...] = 
 
 
 # Where dynamic int8 loses a task first, measured on a fine-tuned MiniLM sentiment classifier
-# (benchmarks/int8_formats.py; docs/formats.md): the fused bottleneck matrices (near
+# (docs/benchmarks.md, the AMD Zen 2 section): the fused bottleneck matrices (near
 # identities after training, whose small off-diagonal entries a per-column scale set by the
 # ~1 diagonal rounds away), then the FFN output projections from the first layer on (their
 # input, the GELU output, has the widest range of any activation quantized per tensor), then
