@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import json
 import shutil
 
@@ -383,8 +384,11 @@ def test_measurement_reports_latency_and_drift_by_hand(tiny_profile, tmp_path, m
     export_bundle(randomize(SuperBert(header.config)).eval(), PLAN_SPACE.smallest,
                   tmp_path / "b")
 
+    rounds = []
+
     def scripted(runners, protocol, seed=0, keep_times=False):
         assert set(runners) == {"model", "reference"} and keep_times
+        rounds.append(protocol.rounds)
         for run in runners.values():
             run()  # both sessions really run
         return {"model": {"round_medians": [10.0, 10.0], "times": [9.0, 10.0, 11.0, 30.0]},
@@ -393,6 +397,11 @@ def test_measurement_reports_latency_and_drift_by_hand(tiny_profile, tmp_path, m
     monkeypatch.setattr(prof, "measure_interleaved", scripted)
     m = prof.measure_model(tmp_path / "b" / "model.onnx", header, 4.0, "fp32", (2, 12), "cpu")
     assert m["measured_ms"] == 10.0 and m["drift"] == pytest.approx(1.25)
+    # a profile of 3 sweeps x 1 round: a bundle gets the 3 rounds a profiled shape got
+    swept = dataclasses.replace(header, protocol=dataclasses.replace(header.protocol, rounds=1,
+                                                                      sweeps=3))
+    prof.measure_model(tmp_path / "b" / "model.onnx", swept, 4.0, "fp32", (2, 12), "cpu")
+    assert rounds == [header.protocol.rounds, 3]
     assert m["intrinsic_ms"] == pytest.approx(9.3) and m["times"] == [9.0, 10.0, 11.0, 30.0]
     assert (m["reference_ms_now"], m["reference_ms_profile"]) == (5.0, 4.0)
     assert (m["batch"], m["seq_len"], m["precision"]) == (2, 12, "fp32")

@@ -827,7 +827,7 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
                   seconds: float | None = None) -> dict[str, Any]:
     """A model file's latency at ``workload``, timed with the profile's protocol, interleaved
     with the profile's reference graph; for ``seconds`` if given (rounds repeat until then),
-    else the protocol's rounds once.
+    else as many rounds as the profile gave each shape and size (rounds x sweeps).
 
     ``measured_ms`` is the model's median now; ``times`` every timed run (each a request
     after an idle pause, as the protocol times them); ``intrinsic_ms`` its floor now (the
@@ -836,7 +836,8 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     ``profile_ref_ms`` (its floor in the profile at this size): how much slower the machine
     is now than when profiled, a record only: nothing is divided by it.
     """
-    protocol = header.protocol
+    # one bundle has no later sweep: its rounds are the turns a profiled shape got in all
+    protocol = replace(header.protocol, rounds=header.protocol.rounds * header.protocol.sweeps)
     feeds = inputs_for(workload, header.config)
     session = make_session(model, device, threads=protocol.threads)
     times: dict[str, list[float]] = {"model": [], "reference": []}
