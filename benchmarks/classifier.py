@@ -15,7 +15,11 @@ training or planning), the rest training (the first --train-size of it used).
    relative budgets at 1 x --seq-len on the profile of this machine (slices and the teacher
    are candidates): the chosen bundle's test accuracy through ONNX Runtime
    (``Bundle.classify``) beside its measured latency at the plan's percentile.
-4. The classification head's cost: a feature-extraction and a text-classification bundle of
+4. (``--finetune-plans STEPS``, after 1-3) the paper's last step: every plan that chose a
+   slice has that one shape fine-tuned alone for STEPS steps, on the labels and distilling the
+   teacher (``train task --shape S --teacher T``), exported in the plan's precision, its test
+   accuracy through ONNX Runtime and its latency measured beside the plan's bundle.
+5. The classification head's cost: a feature-extraction and a text-classification bundle of
    the same shapes, timed interleaved in one run (medians, p90, ratio), since the planner
    predicts classifiers from feature-extraction profiles.
 
@@ -46,7 +50,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shaper_deploy.export import ExportOptions, export_bundle  # noqa: E402
+from shaper_deploy.export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle  # noqa: E402
+from shaper_deploy.errors import PlannerError  # noqa: E402
 from shaper_deploy.heuristics import cigar_shape  # noqa: E402
 from shaper_deploy.planner import Budget, BudgetRequest, export_checkpoint_for_budget  # noqa: E402
 from shaper_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
@@ -133,7 +138,8 @@ def plain_finetune(minilm: Path, train, test, steps: int, config) -> dict:
         opt.step()
         sched.step()
         if step % 50 == 0:
-            print(f"baseline step {step}/{steps} loss {float(out.loss):.4f}", file=sys.stderr)
+            print(f"baseline step {step}/{steps} loss {float(out.loss.detach()):.4f}",
+                  file=sys.stderr)
     model.eval()
     preds = []
     with torch.no_grad():
@@ -162,6 +168,62 @@ def interleaved(sessions: dict[str, object], feeds: dict, rounds: int = 40, per:
                 "runs": len(v)} for k, v in times.items()}
 
 
+def onnx_accuracy(folder: Path, data, seq_len: int) -> float:
+    preds = Bundle.load(folder).classify(data.texts, max_length=seq_len)
+    return float(np.mean([p["label"] == y for p, y in zip(preds, data.labels)]))
+
+
+def finetune_plans(args, data, paths, config) -> None:
+    """Stage 4: each slice a plan chose, fine-tuned alone distilling the teacher; its test
+    accuracy (ONNX) and its latency beside the plan's bundle's, measured one after the other
+    with the plan's profile and percentile."""
+    from dataclasses import replace
+
+    from shaper_deploy.profiling.predictor import DeviceProfile
+    from shaper_deploy.shape import Shape
+
+    result = json.loads(args.json.read_text())
+    profile = DeviceProfile.load(args.profile)
+    task = args.out / "task"
+    for plan in result["plans"]:
+        if plan.get("network") != "supernet":
+            continue  # the teacher (full shape, fine-tuned alone) is already that
+        budget = plan["budget"].strip("%")
+        out = args.out / f"finetune-{budget}"
+        t = time.time()
+        summary = train_task(task / "supernet", data["train"],
+                             replace(config, full_steps=args.finetune_plans, steps=0,
+                                     shape=tuple(plan["shape"]), teacher=str(task / "teacher")),
+                             out, data["validation"], ("text", "", "label"),
+                             lambda m: print(m, file=sys.stderr))
+        seconds = time.time() - t
+        net = SuperBert.load(out / "supernet").eval()
+        folder = args.out / f"finetuned-plan-{budget}"
+        export_bundle(net, Shape(tuple(plan["shape"]), net.config.space), folder,
+                      ExportOptions(task="text-classification",
+                                    int8=plan["precision"] == "int8", int8_fallback=False),
+                      force=True)
+        model = INT8_FILE if plan["precision"] == "int8" else MODEL_FILE
+        workload = (1, args.seq_len)
+        before = profile.measure(args.out / f"plan-{budget}" / model, plan["precision"],
+                                 workload, "cpu", plan["percentile"])
+        after = profile.measure(folder / model, plan["precision"], workload, "cpu",
+                                plan["percentile"])
+        plan["finetuned"] = {
+            "steps": args.finetune_plans, "seconds": round(seconds, 1),
+            "validation_accuracy": summary["validation"]["shape"]["accuracy"],
+            "test_accuracy_onnx": onnx_accuracy(folder, data["test"], args.seq_len),
+            "judged_ms": after["judged_ms"], "plan_bundle_judged_ms_now": before["judged_ms"]}
+        print(f"budget {plan['budget']}: the plan's {plan['params'] / 1e6:.1f}M slice "
+              f"fine-tuned alone {args.finetune_plans} steps ({seconds / 60:.1f} min): test "
+              f"accuracy {plan['test_accuracy_onnx']:.4f} -> "
+              f"{plan['finetuned']['test_accuracy_onnx']:.4f}; p{plan['percentile']:g} "
+              f"{before['judged_ms']:.2f} ms (plan's bundle now) vs {after['judged_ms']:.2f} ms",
+              file=sys.stderr)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--supernet", type=Path)
@@ -180,6 +242,13 @@ def main() -> None:
     ap.add_argument("--baseline-only", type=Path, default=None, metavar="MINILM_DIR",
                     help="Only the plain transformers fine-tune of this model folder, same data "
                          "and steps (full + sandwich), added to --json.")
+    ap.add_argument("--allow-unreliable", action="store_true",
+                    help="Plan on a profile marked UNRELIABLE (as export --allow-unreliable): "
+                         "a noisy host's own profile; every plan is still measured here.")
+    ap.add_argument("--finetune-plans", type=int, default=None, metavar="STEPS",
+                    help="Only: fine-tune each slice the plans in --json chose alone for STEPS "
+                         "steps distilling the teacher, and add its test accuracy and latency "
+                         "to --json.")
     ap.add_argument("--reuse-training", action="store_true",
                     help="Take --out/task as trained (its train.json) and plan again.")
     args = ap.parse_args()
@@ -206,6 +275,9 @@ def main() -> None:
         result["baseline"] = base
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(base, file=sys.stderr)
+        return
+    if args.finetune_plans is not None:
+        finetune_plans(args, data, paths, config)
         return
     t = time.time()
     done = args.out / "task" / "train.json"
@@ -242,15 +314,19 @@ def main() -> None:
         request = BudgetRequest(Budget(float(text.strip("%")) / 100, True, text),
                                 args.profile, batch=1, seq_len=args.seq_len,
                                 evaluation=paths["validation"],
-                                teacher=args.out / "task" / "teacher")
-        manifest = export_checkpoint_for_budget(
-            args.out / "task" / "supernet", request, folder,
-            ExportOptions(task="text-classification"), force=True,
-            progress=lambda m: print(m, file=sys.stderr))
+                                teacher=args.out / "task" / "teacher",
+                                allow_unreliable=args.allow_unreliable)
+        try:
+            manifest = export_checkpoint_for_budget(
+                args.out / "task" / "supernet", request, folder,
+                ExportOptions(task="text-classification"), force=True,
+                progress=lambda m: print(m, file=sys.stderr))
+        except PlannerError as exc:  # e.g. unattainable on this device: recorded, not fatal
+            plans.append({"budget": text, "refused": str(exc)})
+            print(f"budget {text}: {exc}", file=sys.stderr)
+            continue
         plan = manifest.plan
-        bundle = Bundle.load(folder)
-        preds = bundle.classify(data["test"].texts, max_length=args.seq_len)
-        acc = float(np.mean([p["label"] == y for p, y in zip(preds, data["test"].labels)]))
+        acc = onnx_accuracy(folder, data["test"], args.seq_len)
         plans.append({"budget": text, "budget_ms": plan["budget_ms"],
                       "percentile": plan["percentile"], "precision": plan["precision"],
                       "shape": plan["shape"], "params": plan["params"],

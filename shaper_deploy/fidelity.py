@@ -17,6 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ShaperError
+from .io import read_regular
+
+MAX_CALIBRATION_BYTES = 256 * 2**20  # one text per line; a larger file is refused unread
 
 # Built-in calibration text: varied English sentences (news, science, everyday, questions).
 # Real text matters: random token ids flatter int8 (cosine 0.9999 on random weights vs
@@ -60,10 +63,7 @@ CALIBRATION_TEXTS = (
 def read_calibration(path: str | Path) -> list[str]:
     """One text per non-empty line of a UTF-8 file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ShaperError(f"cannot read calibration file {path}: {exc.strerror or exc}") from None
+    raw = read_regular(path, MAX_CALIBRATION_BYTES, "calibration file", ShaperError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -294,6 +294,10 @@ def test_unbounded_text_files_are_refused(world, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     fails("run", b, "--file", fifo, expect="fifo")
+    for device in (fifo, "/dev/zero"):  # the texts int8 is judged on, read before any export
+        fails("export", "--supernet", world / "sup", "--shape", "24x3", "--int8",
+              "--calibration", device, "--out", tmp_path / "c", expect="not a regular file")
+        assert not (tmp_path / "c").exists()
     sup = tmp_path / "sup"
     shutil.copytree(world / "sup", sup)
     (sup / "config.json").unlink()

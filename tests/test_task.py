@@ -297,3 +297,31 @@ def test_one_shape_fine_tuned_alone(trained, tmp_path):
         "--text-column", "review", "--label-column", "sentiment", "--shape", "40x3",
         "--steps", "5", "--out", str(tmp_path / "p")])
     assert r.exit_code != 0 and "--steps 0" in r.output
+
+
+def test_one_shape_distils_a_teacher(trained, tmp_path):
+    """--shape --teacher: the plan's shape fine-tuned on the labels and the teacher's outputs."""
+    root, _ = trained
+    args = ["train", "task", "--supernet", str(root / "super"), "--train", str(root / "train.csv"),
+            "--validation", str(root / "val.jsonl"), "--text-column", "review",
+            "--label-column", "sentiment", "--shape", "100x3", "--full-steps", "60",
+            "--steps", "0", "--seq-len", "16", "--batch-size", "16", "--lr", "3e-4",
+            "--device", "cpu", "--json"]
+    plain = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "plain")])
+    taught = CliRunner().invoke(main, [*args, "--teacher", str(root / "out" / "teacher"),
+                                       "--out", str(tmp_path / "taught")])
+    assert plain.exit_code == 0 and taught.exit_code == 0, plain.output + taught.output
+    a, b = json.loads(plain.stdout), json.loads(taught.stdout)
+    assert b["config"]["teacher"] == str(root / "out" / "teacher") and a["config"]["teacher"] is None
+    assert set(b["validation"]) == {"shape", "teacher"} and set(a["validation"]) == {"shape"}
+    assert b["validation"]["shape"]["accuracy"] >= 0.8
+    assert a["weights_sha256"] != b["weights_sha256"]  # same seed and batches: the teacher's loss
+    # a network without this task's head, and a teacher without --shape, are refused in one line
+    r = CliRunner().invoke(main, [*args, "--teacher", str(root / "super"),
+                                  "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "is not a network of this task" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    no_shape = [a for a in args if a not in ("--shape", "100x3")]
+    r = CliRunner().invoke(main, [*no_shape, "--teacher", str(root / "out" / "teacher"),
+                                  "--out", str(tmp_path / "bad2")])
+    assert r.exit_code != 0 and "--teacher goes with --shape" in r.output

@@ -93,7 +93,7 @@ def native_bf16(device: str) -> bool:
 
 
 TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "random_shapes",
-                    "temperature", "seed", "shape")
+                    "temperature", "seed", "shape", "teacher")
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,10 @@ class TaskConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     precision: str = "auto"
-    # fine-tune this one shape alone (phase 1 at this shape; no teacher, no sandwich phase)
+    # fine-tune this one shape alone (phase 1 at this shape; no sandwich phase) ...
     shape: tuple[int, ...] | None = None
+    # ... distilling this task network's full shape (train task's teacher/), labels too
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "checkpoint_every"):
@@ -126,6 +128,9 @@ class TaskConfig:
             if self.steps or not self.full_steps:
                 raise TrainingError("--shape fine-tunes one shape alone: give --full-steps "
                                     "(its steps) and --steps 0 (no sandwich phase)")
+        if self.teacher is not None and self.shape is None:
+            raise TrainingError("--teacher goes with --shape (one shape distilling it); the "
+                                "sandwich phase distils the full shape it fine-tuned itself")
         if not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise TrainingError(f"--lr must be a finite number in (0, 1), got {self.lr}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

@@ -13,6 +13,10 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    softened class distributions at ``temperature``, or the teacher's score for regression);
    the largest also learns the labels. The result, ``out/supernet``, is what export slices.
 
+With ``shape`` (``--shape``) only phase 1 runs, at that shape; with ``teacher`` too, the shape
+learns the labels and distils the given teacher's outputs: the paper's last step (a chosen
+sub-network fine-tuned on the task) after a plan has picked the shape.
+
 Shapes, batches and dropout-free forward passes derive from (seed, step) only, so a run that is
 interrupted (Ctrl-C finishes the step and checkpoints it) resumes exactly where it stopped.
 """
@@ -170,7 +174,9 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
         model, start, history = state["model"], state["step"], state["history"]
         note(f"resuming {checkpoint} at step {start}")
     teacher = None
-    if config.full_steps and start > config.full_steps:  # written at step full_steps + 1
+    if config.teacher is not None:  # --shape --teacher: one shape distilling a given teacher
+        teacher = _given_teacher(Path(config.teacher), model, device)
+    elif config.full_steps and start > config.full_steps:  # written at step full_steps + 1
         teacher = SuperBert.load(out / "teacher").eval().requires_grad_(False).to(device)
     model.to(device).train()
     wrapped: nn.Module = _Forward(model)
@@ -212,7 +218,12 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             optimizer.zero_grad(set_to_none=True)
             losses = []
             if step < config.full_steps:
-                loss = _label_loss(wrapped(batch, only), y, head)
+                logits = wrapped(batch, only)
+                loss = _label_loss(logits, y, head)
+                if only is not None and teacher is not None:  # the labels and the teacher
+                    with torch.no_grad():
+                        target = _logits(teacher, batch, None)
+                    loss = loss + _distill_loss(logits, target, head, config.temperature)
                 loss.backward()
                 losses.append(float(loss.detach()))
             else:
@@ -292,6 +303,25 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     if world > 1:
         dist.barrier()
     return summary
+
+
+def _given_teacher(path: Path, model: SuperBert, device: torch.device) -> SuperBert:
+    """``--teacher``: a task network of the same task and design space, frozen."""
+    teacher = SuperBert.load(path)
+    if teacher.config.task_head != model.config.task_head:
+        theirs = teacher.config.task_head
+        raise TrainingError(
+            f"--teacher {path} is not a network of this task: its head is "
+            f"{'none' if theirs is None else theirs.problem + ' ' + str(list(theirs.labels))}, "
+            f"the data's {model.config.task_head.problem} {list(model.config.task_head.labels)} "
+            "(give train task's teacher/ of the same data and columns)")
+    if teacher.config.space != model.config.space:
+        raise TrainingError(f"--teacher {path} has another design space than --supernet "
+                            f"({teacher.config.space.num_layers} layers of up to "
+                            f"{teacher.config.space.hidden_size} vs "
+                            f"{model.config.space.num_layers} of up to "
+                            f"{model.config.space.hidden_size}); give a teacher of this space")
+    return teacher.eval().requires_grad_(False).to(device)
 
 
 def _write_teacher(model: SuperBert, folder: Path, device: torch.device, rank: int
