@@ -173,11 +173,11 @@ def onnx_accuracy(folder: Path, data, seq_len: int) -> float:
     return float(np.mean([p["label"] == y for p, y in zip(preds, data.labels)]))
 
 
-def finetune_plans(args, data, paths, config) -> None:
+def finetune_plans(args, data, config) -> None:
     """Stage 4: each slice a plan chose, fine-tuned alone distilling the teacher; its test
     accuracy (ONNX) and its latency beside the plan's bundle's, measured one after the other
     with the plan's profile and percentile."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.shape import Shape
@@ -190,18 +190,25 @@ def finetune_plans(args, data, paths, config) -> None:
             continue  # the teacher (full shape, fine-tuned alone) is already that
         budget = plan["budget"].strip("%")
         out = args.out / f"finetune-{budget}"
-        t = time.time()
-        summary = train_task(task / "supernet", data["train"],
-                             replace(config, full_steps=args.finetune_plans, steps=0,
-                                     shape=tuple(plan["shape"]), teacher=str(task / "teacher")),
-                             out, data["validation"], ("text", "", "label"),
-                             lambda m: print(m, file=sys.stderr))
-        seconds = time.time() - t
+        tuned = replace(config, full_steps=args.finetune_plans, steps=0,
+                        shape=tuple(plan["shape"]), teacher=str(task / "teacher"))
+        done = out / "train.json"
+        if done.is_file() and json.loads(done.read_text())["config"] == json.loads(
+                json.dumps(asdict(tuned))):  # trained by an earlier run of this stage
+            summary = json.loads(done.read_text())
+            seconds = summary["seconds"]
+        else:
+            t = time.time()
+            summary = train_task(task / "supernet", data["train"], tuned, out,
+                                 data["validation"], ("text", "", "label"),
+                                 lambda m: print(m, file=sys.stderr))
+            seconds = time.time() - t
         net = SuperBert.load(out / "supernet").eval()
         folder = args.out / f"finetuned-plan-{budget}"
         export_bundle(net, Shape(tuple(plan["shape"]), net.config.space), folder,
-                      ExportOptions(task="text-classification",
-                                    int8=plan["precision"] == "int8", int8_fallback=False),
+                      ExportOptions(task="text-classification",  # as the plan exported it
+                                    int8=plan["precision"] == "int8", int8_fallback=False,
+                                    int8_min_agreement=None),
                       force=True)
         model = INT8_FILE if plan["precision"] == "int8" else MODEL_FILE
         workload = (1, args.seq_len)
@@ -277,7 +284,7 @@ def main() -> None:
         print(base, file=sys.stderr)
         return
     if args.finetune_plans is not None:
-        finetune_plans(args, data, paths, config)
+        finetune_plans(args, data, config)
         return
     t = time.time()
     done = args.out / "task" / "train.json"
