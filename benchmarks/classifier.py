@@ -193,10 +193,9 @@ def finetune_plans(args, data, config) -> None:
         tuned = replace(config, full_steps=args.finetune_plans, steps=0,
                         shape=tuple(plan["shape"]), teacher=str(task / "teacher"))
         done = out / "train.json"
-        if done.is_file() and json.loads(done.read_text())["config"] == json.loads(
-                json.dumps(asdict(tuned))):  # trained by an earlier run of this stage
-            summary = json.loads(done.read_text())
-            seconds = summary["seconds"]
+        summary = json.loads(done.read_text()) if done.is_file() else None
+        if summary is not None and summary["config"] == json.loads(json.dumps(asdict(tuned))):
+            seconds = summary["seconds"]  # trained by an earlier run of this stage
         else:
             t = time.time()
             summary = train_task(task / "supernet", data["train"], tuned, out,
