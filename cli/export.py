@@ -97,7 +97,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
     precision the largest cigar shape predicted to fit the budget at your batch, sequence
     length and --percentile is exported and measured on this device (stepping down on a
-    miss, up when far under); of those within budget, the one whose outputs are closest to
+    miss, up when far under), and kept only if it measures under the budget with the
+    profile's noise floor to spare; of those kept, the one whose outputs are closest to
     the full fp32 model on calibration text is kept. The candidates are printed and recorded
     in shaper.json. A profile of another machine is refused unless --for-device says the
     plan is for that machine. Nothing is left behind if any step fails.
