@@ -1,7 +1,7 @@
 """Profile transfer: a new device's latency model from a few measurements and the profiles of
 devices already measured, beside a direct profile of that device.
 
-Two parts, each writing its JSON:
+Three parts, each writing its JSON:
 
 ``offline``: for every pair of shipped profiles of one design space (source -> target), the
 transfer a target would fit from ``n`` of the shapes its own measurements.jsonl holds (one
@@ -10,12 +10,16 @@ grid and check sizes; beside it the direct fit (``predictor.fit_model``) on the 
 and the target's own full profile. Minutes = the target profile's measured time per shape x
 the shapes a transfer measures (its two re-measured shapes included).
 
+``sparse``: refits only (no timing): could a transfer measure a few input sizes and
+interpolate the source-to-target scale to the rest? (``sparse_pair``)
+
 ``live``: on this machine, ``shaperctl profile --from SOURCE --minutes M`` for each M (the
 learning curve), and a direct profile, all in one run; each scored on its own held-out
 shapes and on the shapes of the others it never measured (the direct profile's 40 shapes
 are the common yardstick); optionally real exported bundles timed at >= 4 input sizes.
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
+    .venv/bin/python benchmarks/transfer.py sparse --out benchmarks/results/transfer_sparse.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer \\
         --out benchmarks/results/transfer_live_intel_minilm.json
@@ -39,7 +43,7 @@ import numpy as np
 from shaper_deploy.errors import ProfileError
 from shaper_deploy.profiling.predictor import DeviceProfile, fit_model, regression_metrics
 from shaper_deploy.profiling.profile import (dropped_by_key, held_out_keys, measured_latency,
-                                             read_measurements, shape_from_key)
+                                             read_measurements, shape_from_key, workload_key)
 from shaper_deploy.profiling.protocol import Protocol
 from shaper_deploy.profiling.transfer import fit_transfer, transfer_record
 
@@ -55,6 +59,10 @@ INTEL_BERT, ZEN4_BERT = "profiles/x86_64-2core-avx512-bert-base", \
 PAIRS = [(ZEN4_MINILM, INTEL_MINILM), (INTEL_MINILM, ZEN4_MINILM), (ZEN4_BERT, INTEL_BERT),
          (INTEL_BERT, ZEN4_BERT), (INTEL_MINILM, ZEN2_MINILM), (ZEN2_MINILM, INTEL_MINILM),
          (ZEN4_MINILM, ZEN2_MINILM)]
+SPARSE_PAIRS = [(INTEL_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
+                (ZEN4_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
+                (INTEL_MINILM, ZEN4_MINILM), (ZEN4_MINILM, INTEL_MINILM),
+                (INTEL_BERT, "profiles/amd-epyc-zen2-2core-avx2-bert-base")]
 SIZES = (8, 12, 16)
 DRAWS = 10
 
@@ -168,6 +176,74 @@ def offline(args) -> dict:
             "pairs": pairs}
 
 
+ANCHORS = {"reference only": [(1, 128)],
+           "3 sizes": [(1, 16), (1, 128), (16, 64)],
+           "5 sizes": [(1, 16), (1, 32), (1, 128), (4, 128), (16, 64)]}
+
+
+def sparse_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
+    """Could a transfer measure a few input sizes and interpolate the rest? Per precision, the
+    source's prediction scaled to the target (``transfer.scale_fit``: y ~ a src + b) fitted at
+    every grid size on all the target's shapes, against the same scale fitted at a few
+    anchor sizes only and interpolated linearly in log tokens (a, and b relative to the
+    size's median latency) to the others; MAPE over every grid size and shape (in-sample: it
+    isolates what the interpolation costs), and the anchors' share of a shape's measuring
+    time (the target's predicted latency of its smallest and largest shape per size)."""
+    from shaper_deploy.profiling.predictor import features
+    from shaper_deploy.profiling.transfer import _covers, scale_fit
+
+    records = read_measurements(target.path)
+    main, gone = measured_latency(records), dropped_by_key(records)
+    grid = [w for w in target.model.grid if _covers(source.model, w)]
+    out = {"source": source.path.name, "target": target.path.name, "precisions": {}}
+    for p in [p for p in target.precisions if p in source.precisions]:
+        keys = sorted(set.intersection(*(set(main[(p, *w)]) for w in grid)))
+        x = features([shape_from_key(k, target.space) for k in keys],
+                     [gone.get(k, []) for k in keys])
+        y = {w: np.array([main[(p, *w)][k] for k in keys]) for w in grid}
+        src = {w: x @ np.asarray(source.model.coef_at(p, *w)) for w in grid}
+        mix = {w: scale_fit(x, y[w], [np.asarray(source.model.coef_at(p, *w))])[1]
+               for w in grid}
+        tokens = {w: np.log(w[0] * w[1]) for w in grid}
+        ends = [target.space.smallest, target.space.largest]  # a typical shape's time
+        turn = {w: float(np.mean(target.predict(ends, p, *w))) for w in grid}
+
+        def mape(scale) -> float:
+            return float(np.mean([np.mean(np.abs((scale(w)[0] * src[w] + scale(w)[1])
+                                                 / y[w] - 1)) for w in grid]))
+
+        def interpolated(anchors):
+            at = sorted(anchors, key=lambda v: tokens[v])
+            t = [tokens[v] for v in at]
+
+            def scale(w):
+                a = np.interp(tokens[w], t, [mix[v][0] for v in at])
+                rel = np.interp(tokens[w], t, [mix[v][1] / np.median(y[v]) for v in at])
+                return a, rel * np.median(a * src[w])
+            return scale
+
+        row = {"shapes": len(keys), "every_size": mape(lambda w: mix[w]),
+               "scale_by_size": {workload_key(w): round(float(mix[w][0]), 3) for w in grid}}
+        for name, anchors in ANCHORS.items():
+            anchors = [v for v in anchors if v in tokens]  # those inside this grid
+            row[name] = {"mape": mape(interpolated(anchors)),
+                         "time_share": sum(turn[w] for w in anchors) / sum(turn.values()),
+                         "anchors": [workload_key(v) for v in anchors]}
+        out["precisions"][p] = row
+        print(f"{source.path.name} -> {target.path.name} {p}: every size "
+              f"{row['every_size']:.1%}; " + "; ".join(
+                  f"{n} {row[n]['mape']:.1%} ({row[n]['time_share']:.0%} of the time)"
+                  for n in ANCHORS), file=sys.stderr)
+    return out
+
+
+def sparse(args) -> dict:
+    return {"benchmark": "transfer_sparse", "anchors": {k: [list(w) for w in v]
+                                                        for k, v in ANCHORS.items()},
+            "pairs": [sparse_pair(DeviceProfile.load(ROOT / s), DeviceProfile.load(ROOT / t))
+                      for s, t in SPARSE_PAIRS]}
+
+
 def _shaperctl(*args: str) -> dict:
     exe = str(Path(sys.executable).with_name("shaperctl"))
     t = time.perf_counter()
@@ -245,6 +321,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="part", required=True)
     off = sub.add_parser("offline")
     off.add_argument("--out", type=Path, required=True)
+    sp = sub.add_parser("sparse")
+    sp.add_argument("--out", type=Path, required=True)
     on = sub.add_parser("live")
     on.add_argument("--from", dest="sources", type=Path, action="append", required=True)
     on.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1, 2, 4])
@@ -255,7 +333,7 @@ def main() -> None:
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    result = offline(args) if args.part == "offline" else live(args)
+    result = {"offline": offline, "sparse": sparse, "live": live}[args.part](args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
