@@ -59,7 +59,7 @@ from shaper_deploy.runtime import make_session  # noqa: E402
 from shaper_deploy.serving import Bundle  # noqa: E402
 from shaper_deploy.supernet import SuperBert  # noqa: E402
 from shaper_deploy.taskdata import read_task_data  # noqa: E402
-from shaper_deploy.training.config import TaskConfig  # noqa: E402
+from shaper_deploy.training.config import ORDERS, TaskConfig  # noqa: E402
 from shaper_deploy.training.task import encode, evaluate, train_task  # noqa: E402
 
 
@@ -245,6 +245,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--budgets", default="60%,80%")
+    ap.add_argument("--order", choices=ORDERS, default=TaskConfig.order,
+                    help="train task --order (none: the runs before importance ordering)")
     ap.add_argument("--baseline-only", type=Path, default=None, metavar="MINILM_DIR",
                     help="Only the plain transformers fine-tune of this model folder, same data "
                          "and steps (full + sandwich), added to --json.")
@@ -268,7 +270,7 @@ def main() -> None:
     data = {k: read_task_data(p) for k, p in paths.items()}
     print({k: len(v.texts) for k, v in data.items()}, file=sys.stderr)
     config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
-                        seq_len=args.seq_len, lr=5e-5, device="cpu")
+                        seq_len=args.seq_len, lr=5e-5, device="cpu", order=args.order)
     if args.baseline_only is not None:
         net = SuperBert.load(args.supernet)
         from shaper_deploy.supernet.config import TaskHead

@@ -224,6 +224,10 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
 @click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
               help="With --shape: the shape also distils this task network's full shape "
                    "(a train task run's teacher/ of the same data).")
+@click.option("--order", default=_TASK.order, show_default=True, type=click.Choice(ORDERS),
+              help="Put features in order of importance on the first 256 training texts "
+                   "before the first step, so slices keep what matters for the task (kept "
+                   "as it is when the super network is ordered already; not with --shape).")
 @click.option("--stop-after", default=None, type=click.IntRange(1),
               help="Checkpoint after this step and stop; run again without it to continue.")
 @json_option
@@ -231,8 +235,8 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
          pair_column: str | None, label_column: str, regression: bool, out: Path,
          full_steps: int, steps: int, batch_size: int, seq_len: int, lr: float,
          random_shapes: int, temperature: float, device: str, checkpoint_every: int, seed: int,
-         shape_text: str | None, teacher_path: Path | None, stop_after: int | None,
-         as_json: bool) -> None:
+         shape_text: str | None, teacher_path: Path | None, order: str,
+         stop_after: int | None, as_json: bool) -> None:
     """Fine-tune a super network on labelled text: every shape becomes a classifier.
 
     The full shape is fine-tuned first (the teacher), then every shape learns it with the
@@ -259,7 +263,7 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
     config = TaskConfig(full_steps=full_steps, steps=steps, batch_size=batch_size,
                         seq_len=seq_len, lr=lr, random_shapes=random_shapes,
                         temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
-                        device=device, shape=shape,
+                        device=device, shape=shape, order=order,
                         teacher=None if teacher_path is None else str(teacher_path))
     config.device_settings()  # a device this machine lacks fails before any work
     check_output_dir(out, force=True, inputs={"--supernet": supernet_path, "--train": train_path,

@@ -54,3 +54,23 @@ def test_leading_features_are_the_most_important(tiny_supernet):
 def test_unknown_order_is_refused(tiny_supernet):
     with pytest.raises(TrainingError, match="unknown order 'random'; allowed: none, residual"):
         importance_order(tiny_supernet, _ids(tiny_supernet), "random")
+
+
+def test_padding_is_not_counted(tiny_supernet):
+    """Texts padded to one length, with their attention mask, give the energies of the same
+    texts run one by one unpadded: the padding's hidden states count nothing."""
+    model = tiny_supernet.double().eval()
+    texts = [_ids(model, n=1, seq=n, seed=n)[0] for n in (5, 8, 3)]
+    padded = torch.zeros(len(texts), 8, dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for i, t in enumerate(texts):
+        padded[i, :len(t)], mask[i, :len(t)] = t, 1
+    padded[mask == 0] = 7  # padding that would weigh if it were counted
+    together = _stats(model, {"input_ids": padded, "attention_mask": mask}, 32)
+    alone = [_stats(model, t[None], 1) for t in texts]
+    for layer, got in enumerate(together):
+        for name, value in got.items():
+            expected = sum(a[layer][name] for a in alone)
+            assert torch.allclose(value, expected, rtol=1e-9, atol=1e-12), (layer, name)
+    unmasked = _stats(model, padded, 32)[0]["in"]
+    assert not torch.allclose(unmasked, together[0]["in"])  # padding would have counted

@@ -93,7 +93,7 @@ def native_bf16(device: str) -> bool:
 
 
 TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "random_shapes",
-                    "temperature", "seed", "shape", "teacher")
+                    "temperature", "seed", "shape", "teacher", "order")
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,13 @@ class TaskConfig:
     shape: tuple[int, ...] | None = None
     # ... distilling this task network's full shape (train task's teacher/), labels too
     teacher: str | None = None
+    # the features' order before the first step (rewire.py), measured on the training texts;
+    # kept when the super network is in importance order already (train supernet --order)
+    order: str = "residual+heads"
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise TrainingError(f"unknown order {self.order!r}; allowed: {', '.join(ORDERS)}")
         for name in ("batch_size", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', '-')} must be positive, "

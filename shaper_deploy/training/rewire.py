@@ -30,14 +30,20 @@ from ..supernet.modules import BottleneckLayer
 from .config import ORDERS
 
 
-def _stats(model: SuperBert, ids: torch.Tensor, batch: int) -> list[dict[str, torch.Tensor]]:
-    """Per layer, the mean squares of the features the permutations act on (full shape)."""
+def _stats(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tensor], batch: int
+           ) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the sums of squares of the features the permutations act on (full shape),
+    over the tokens the attention mask keeps (padding counts nothing)."""
+    inputs = ids if isinstance(ids, dict) else {"input_ids": ids}
     stats: list[dict[str, torch.Tensor]] = [{} for _ in model.layers]
     hooks = []
+    keep: list[torch.Tensor | None] = [None]  # the batch's token mask, (B * S, 1)
 
     def add(i: int, name: str, x: torch.Tensor) -> None:
-        sq = x.detach().double().pow(2).reshape(-1, x.shape[-1]).sum(0)
-        stats[i][name] = stats[i].get(name, 0) + sq
+        sq = x.detach().double().pow(2).reshape(-1, x.shape[-1])
+        if keep[0] is not None:
+            sq = sq * keep[0]
+        stats[i][name] = stats[i].get(name, 0) + sq.sum(0)
 
     for i, block in enumerate(model.layers):
         t = block.layer
@@ -53,8 +59,11 @@ def _stats(model: SuperBert, ids: torch.Tensor, batch: int) -> list[dict[str, to
     model.eval()
     try:
         with torch.no_grad():
-            for k in range(0, len(ids), batch):
-                model(ids[k:k + batch])
+            for k in range(0, len(inputs["input_ids"]), batch):
+                part = {name: v[k:k + batch] for name, v in inputs.items()}
+                mask = part.get("attention_mask")
+                keep[0] = None if mask is None else mask.reshape(-1, 1).double()
+                model(**part)
     finally:
         for h in hooks:
             h.remove()
@@ -103,11 +112,13 @@ def _head_orders(t, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return qk, v
 
 
-def importance_order(model: SuperBert, ids: torch.Tensor, order: str = "residual+heads",
-                     batch: int = 32, progress: Callable[[str], None] | None = None
-                     ) -> SuperBert:
+def importance_order(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tensor],
+                     order: str = "residual+heads", batch: int = 32,
+                     progress: Callable[[str], None] | None = None) -> SuperBert:
     """A copy of ``model`` with every layer's features sorted by importance on ``ids``
-    (token blocks, (N, S)); the full shape's outputs are unchanged."""
+    (token blocks, (N, S); or the model's inputs by name, padded texts with their
+    ``attention_mask``, whose padding is not counted); the full shape's outputs are
+    unchanged."""
     if order not in ORDERS:
         raise TrainingError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
     out = copy.deepcopy(model)
@@ -120,7 +131,8 @@ def importance_order(model: SuperBert, ids: torch.Tensor, order: str = "residual
                 _permute_heads(block, *_head_orders(block.layer, s))
             _permute_residual(block, _descending(s["in"] + s["out"]))
     if progress:
+        n = len(ids["input_ids"] if isinstance(ids, dict) else ids)
         progress(f"ordered the features of {len(out.layers)} layers by importance on "
-                 f"{len(ids)} blocks ({order})")
+                 f"{n} {'texts' if isinstance(ids, dict) else 'blocks'} ({order})")
     out.source = {**model.source, "importance_order": order}
     return out

@@ -13,6 +13,10 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    softened class distributions at ``temperature``, or the teacher's score for regression);
    the largest also learns the labels. The result, ``out/supernet``, is what export slices.
 
+Before the first step the features are put in importance order on the first 256 training
+texts (``order``, :mod:`.rewire`; DynaBERT rewires before its width-adaptive phase too), so a
+slice keeps the features that matter for the task; the full shape computes what it did.
+
 With ``shape`` (``--shape``) only phase 1 runs, at that shape; with ``teacher`` too, the shape
 learns the labels and distils the given teacher's outputs: the paper's last step (a chosen
 sub-network fine-tuned on the task) after a plan has picked the shape.
@@ -48,12 +52,14 @@ from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
 from ..templates import random_shape
+from .rewire import importance_order
 from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _StopRequest,
                        _weights_digest, training_device)
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
 PROGRESS_SECONDS = 15.0
+ORDER_TEXTS = 256  # training texts the importance order is measured on
 
 
 @dataclass
@@ -178,6 +184,13 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
         teacher = _given_teacher(Path(config.teacher), model, device)
     elif config.full_steps and start > config.full_steps:  # written at step full_steps + 1
         teacher = SuperBert.load(out / "teacher").eval().requires_grad_(False).to(device)
+    if state is None and only is None and config.order != "none":
+        if model.source.get("importance_order"):
+            note(f"the super network's features are in importance order already "
+                 f"({model.source['importance_order']}): kept")
+        else:  # what a slice keeps: the features that matter on this task's texts
+            model = importance_order(model, {k: v[:ORDER_TEXTS] for k, v in data.inputs.items()},
+                                     config.order, progress=note)
     model.to(device).train()
     wrapped: nn.Module = _Forward(model)
     if world > 1:  # every shape's forward through DDP, gradients reduced once per step
