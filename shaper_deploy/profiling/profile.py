@@ -569,7 +569,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 _append(out, lines)
                 done += cost(precision, w) * len(members)
                 elapsed = time.perf_counter() - started
-                left = (time.perf_counter() - measuring) / done * (total - done)
+                left = max(0.0, (time.perf_counter() - measuring) / done * (total - done))
                 sweep = (f"sweep {batch_items[0][4] + 1}/{protocol.sweeps}, "
                          if protocol.sweeps > 1 else "")
                 note(f"[{done / total:5.1%}] {sweep}{precision} group {group} at batch "
