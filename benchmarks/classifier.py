@@ -246,7 +246,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--budgets", default="60%,80%")
     ap.add_argument("--order", choices=ORDERS, default=TaskConfig.order,
-                    help="train task --order (none: the runs before importance ordering)")
+                    help="train task --order (residual+heads: the ordered runs in "
+                         "docs/benchmarks.md)")
     ap.add_argument("--baseline-only", type=Path, default=None, metavar="MINILM_DIR",
                     help="Only the plain transformers fine-tune of this model folder, same data "
                          "and steps (full + sandwich), added to --json.")

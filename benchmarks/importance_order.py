@@ -2,7 +2,8 @@
 
 A slice keeps the first d features of each layer. The identity super network of
 all-MiniLM-L6-v2 (``supernet init --from-hf``) has them in the pretrained model's order;
-``train task`` and ``train supernet`` sort them by importance first (``training/rewire.py``).
+``train supernet`` (by default) and ``train task --order`` sort them by importance first
+(``training/rewire.py``).
 This measures the slices' fidelity to the full model (mean cosine of mean-pooled final hidden
 states over real tokens, as ``export``'s fidelity for feature-extraction) with no training at
 all, for each order, measured on one set of texts and judged on another (PyTorch, float32).

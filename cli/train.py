@@ -226,8 +226,9 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
                    "(a train task run's teacher/ of the same data).")
 @click.option("--order", default=_TASK.order, show_default=True, type=click.Choice(ORDERS),
               help="Put features in order of importance on the first 256 training texts "
-                   "before the first step, so slices keep what matters for the task (kept "
-                   "as it is when the super network is ordered already; not with --shape).")
+                   "before the first step (DynaBERT's rewiring; kept as it is when the super "
+                   "network is ordered already; not with --shape). Off by default: measured "
+                   "no gain after fine-tuning (docs/classifiers.md).")
 @click.option("--stop-after", default=None, type=click.IntRange(1),
               help="Checkpoint after this step and stop; run again without it to continue.")
 @json_option

@@ -51,7 +51,7 @@ def write_rows(path, n, seed, pair=False):
 
 
 FAST = TaskConfig(full_steps=60, steps=40, batch_size=16, seq_len=16, lr=3e-4, device="cpu",
-                  checkpoint_every=1000)
+                  checkpoint_every=1000, order="residual+heads")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_the_task_is_learned_and_every_shape_is_a_classifier(trained):
     assert net.config.task_head.labels == ("fresh", "rotten")
     assert net.config.task_head.text_column == "review"
     assert SuperBert.load(root / "out" / "teacher").config.task_head == net.config.task_head
-    # features put in importance order on the training texts before the first step
+    # features put in importance order on the training texts before the first step (--order)
     assert net.source["importance_order"] == FAST.order == "residual+heads"
     assert summary["config"]["order"] == "residual+heads"
 

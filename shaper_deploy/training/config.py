@@ -114,8 +114,11 @@ class TaskConfig:
     # ... distilling this task network's full shape (train task's teacher/), labels too
     teacher: str | None = None
     # the features' order before the first step (rewire.py), measured on the training texts;
-    # kept when the super network is in importance order already (train supernet --order)
-    order: str = "residual+heads"
+    # kept when the super network is in importance order already (train supernet --order).
+    # Off by default: on the AMD Zen 2 class it lifted an untrained MiniLM's slices (fidelity
+    # 0.34 -> 0.73 at 20.7M) but not the fine-tuned ones (reviews: slices -2.0..+3.2 points,
+    # mean +0.2; BBC topics: -0.5..-3.4, mean -2.0; docs/benchmarks.md)
+    order: str = "none"
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:

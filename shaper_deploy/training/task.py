@@ -13,9 +13,10 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    softened class distributions at ``temperature``, or the teacher's score for regression);
    the largest also learns the labels. The result, ``out/supernet``, is what export slices.
 
-Before the first step the features are put in importance order on the first 256 training
-texts (``order``, :mod:`.rewire`; DynaBERT rewires before its width-adaptive phase too), so a
-slice keeps the features that matter for the task; the full shape computes what it did.
+With ``order`` (``--order``; off by default) the features are first put in importance order on
+the first 256 training texts (:mod:`.rewire`; DynaBERT rewires before its width-adaptive phase
+too), so a slice keeps the features that matter on them; the full shape computes what it did.
+Measured on two datasets, it lifted the untrained slices but not the fine-tuned ones.
 
 With ``shape`` (``--shape``) only phase 1 runs, at that shape; with ``teacher`` too, the shape
 learns the labels and distils the given teacher's outputs: the paper's last step (a chosen
