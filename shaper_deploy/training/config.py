@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, replace
+from typing import Collection
 
 from ..errors import TrainingError
 from ..runtime import RUNTIMES
@@ -14,6 +15,14 @@ QUALITY_METRICS = {"cosine": True, "perplexity": False}  # quality metric -> hig
 ORDERS = ("none", "residual", "residual+heads")  # see rewire.py
 DEVICES = ("auto", *RUNTIMES)  # auto: cuda when a GPU is usable, else cpu
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
+
+
+def check_choice(name: str, value: str, allowed: Collection[str]) -> None:
+    """One line naming the setting, its value and what is allowed, unless it is allowed."""
+    if value not in allowed:
+        raise TrainingError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
 # A resumed run must use the settings it was started with; steps included, since the
 # learning-rate schedule is laid out over them. Device and precision may change.
 RESUME_KEYS = ("objective", "steps", "batch_size", "accumulate", "seq_len", "random_shapes",
@@ -46,9 +55,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("objective", OBJECTIVES), ("order", ORDERS),
                               ("device", DEVICES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise TrainingError(f"unknown {name} {getattr(self, name)!r}; allowed: "
-                                    f"{', '.join(allowed)}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("steps", "batch_size", "accumulate", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', '-')} must be positive, "
@@ -121,8 +128,7 @@ class TaskConfig:
     order: str = "none"
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise TrainingError(f"unknown order {self.order!r}; allowed: {', '.join(ORDERS)}")
+        check_choice("order", self.order, ORDERS)
         for name in ("batch_size", "seq_len", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name.replace('_', '-')} must be positive, "

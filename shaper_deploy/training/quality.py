@@ -29,7 +29,7 @@ from ..shape import held_out_mask
 from ..shape import DesignSpace, Shape
 from ..supernet.model import SuperBert
 from ..templates import sample_shapes
-from .config import QUALITY_METRICS
+from .config import QUALITY_METRICS, check_choice
 from .data import Corpus
 from .sandwich import mask_tokens
 
@@ -59,8 +59,7 @@ class QualityMeta(TypedDict):
 def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus,
                     metric: str, max_blocks: int = 64) -> list[float]:
     """The metric of every shape on (up to ``max_blocks``) held-out blocks."""
-    if metric not in METRICS:
-        raise TrainingError(f"unknown quality metric {metric!r}; allowed: {', '.join(METRICS)}")
+    check_choice("quality metric", metric, METRICS)
     supernet.eval()
     ids = corpus.val[:max_blocks]
     if metric == "cosine":  # the planner's fidelity (shaper_deploy.fidelity), unpadded blocks

@@ -24,10 +24,9 @@ from typing import Callable
 
 import torch
 
-from ..errors import TrainingError
 from ..supernet.model import SuperBert
 from ..supernet.modules import BottleneckLayer
-from .config import ORDERS
+from .config import ORDERS, check_choice
 
 
 def _stats(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tensor], batch: int
@@ -119,8 +118,7 @@ def importance_order(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tenso
     (token blocks, (N, S); or the model's inputs by name, padded texts with their
     ``attention_mask``, whose padding is not counted); the full shape's outputs are
     unchanged."""
-    if order not in ORDERS:
-        raise TrainingError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+    check_choice("order", order, ORDERS)
     out = copy.deepcopy(model)
     if order == "none":
         return out
