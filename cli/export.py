@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from shaper_deploy.bundle import TASKS
+from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (emit, json_option, millions, percentile_option, progress, table,
@@ -26,6 +27,11 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
                    "device for the workload: 20ms, 0.02s, 20, or 80% (of the full fp32 "
                    "model's latency on the profile); needs --profile.")
 @percentile_option("With --latency: the percentile of request latency the budget promises.")
+@click.option("--measure-seconds", default=None, type=click.FloatRange(0, 600),
+              help="With --latency: seconds each candidate is timed with the profile's "
+                   "protocol before it is judged (at least the protocol's rounds; 0: those "
+                   f"only). Default {MEASURE_SECONDS:g}: runs enough for the percentile's "
+                   "tail.")
 @click.option("--for-device", is_flag=True,
               help="With --latency or --profile: plan for the machine the profile was measured "
                    "on, not this one (nothing is measured here; check it there with "
@@ -85,7 +91,8 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
 @widths_option
 @json_option
 def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
-           latency_text: str | None, percentile: float, for_device: bool,
+           latency_text: str | None, percentile: float, measure_seconds: float | None,
+           for_device: bool,
            profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
            eval_path: Path | None, teacher_path: Path | None, allow_unreliable: bool,
@@ -96,9 +103,9 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
     precision the largest cigar shape predicted to fit the budget at your batch, sequence
-    length and --percentile is exported and measured on this device (stepping down on a
-    miss, up when far under), and kept only if it measures under the budget with the
-    profile's noise floor to spare; of those kept, the one whose outputs are closest to
+    length and --percentile is exported and timed on this device for --measure-seconds
+    (stepping down on a miss, up when far under), and kept only if it measures under the
+    budget with the profile's noise floor to spare; of those kept, the one whose outputs are closest to
     the full fp32 model on calibration text is kept. The candidates are printed and recorded
     in shaper.json. A profile of another machine is refused unless --for-device says the
     plan is for that machine. Nothing is left behind if any step fails.
@@ -128,7 +135,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 "--seq-len": seq_len is not None,
                 "--calibration": calibration_path is not None and not int8,
                 "--eval": eval_path is not None, "--teacher": teacher_path is not None,
-                "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE}
+                "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE,
+                "--measure-seconds": measure_seconds is not None}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
                                "--latency (--calibration also with --int8); for a fixed shape in "
@@ -161,7 +169,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         if budget is not None:
             request = BudgetRequest(budget, profile_path, device, precision, batch, seq_len,
                                     calibration_path, allow_unreliable, percentile, for_device,
-                                    eval_path, teacher_path)
+                                    eval_path, teacher_path,
+                                    MEASURE_SECONDS if measure_seconds is None else measure_seconds)
             manifest = export_checkpoint_for_budget(supernet_path, request, out, options, force,
                                                     supershaper_widths, progress)
         else:

@@ -181,8 +181,9 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
 
     One session shared by --concurrency threads for --duration seconds. For a bundle exported
     with --latency whose profile is at hand and describes this machine, it is also measured
-    with the profile's protocol at the plan's workload and percentile, the number its budget
-    is checked against, and says whether it is within the budget.
+    with the profile's protocol at the plan's workload and percentile, for as long as the plan
+    timed it (export --measure-seconds), the number its budget is checked against, and says
+    whether it is within the budget.
 
     \b
     Example:
@@ -213,9 +214,13 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                                                  "fidelity")}
         data["plan"]["profile_machine_differs"] = elsewhere
     if profile is not None and model.model_file == model.manifest.default_model:
-        # comparable with the prediction: the profile's protocol at the plan's workload
+        # comparable with the prediction: the profile's protocol at the plan's workload, timed
+        # as long as the plan timed it (a plan for another machine: promise.MEASURE_SECONDS)
+        from shaper_deploy.promise import MEASURE_SECONDS
+
         m = profile.measure(bundle / model.model_file, plan["precision"],
-                            (plan["batch"], plan["seq_len"]), device, pct)
+                            (plan["batch"], plan["seq_len"]), device, pct,
+                            seconds=plan.get("measure_seconds") or MEASURE_SECONDS)
         data["profile_protocol"] = {**m, "predicted_ms": plan["predicted_ms"],
                                     "within_budget": m["judged_ms"] <= plan["budget_ms"]}
     lat = result["latency_ms"]
@@ -241,7 +246,8 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         m = data["profile_protocol"]
         verdict = _verdict(m["within_budget"], plan["budget_ms"])
         rows.append(("now", f"p{pct:g} {m['judged_ms']:.2f} ms with the profile's protocol "
-                            f"at the plan's workload: {verdict} ({judged_phrase(m)})"))
+                            f"at the plan's workload ({m['runs']} runs in {m['seconds']:.0f} s): "
+                            f"{verdict} ({judged_phrase(m)})"))
     emit(data, as_json, lambda d: table(rows))
 
 

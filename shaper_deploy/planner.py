@@ -13,9 +13,11 @@ fast and a slow machine).
    all-int8: a plan does not fall back to fp32 nodes, since its profile timed all-int8).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
    the profile's reference graph (``DeviceProfile.measure``, the one function that times a
-   bundle): the larger of its floor (the low end of its runs, which the machine's slow
-   periods move least) times the profile's tail factor and the percentile observed now is
-   checked against the budget (``judged_ms``). A miss is measured once more; if it
+   bundle) for ``measure_seconds``: the larger of its floor (the low end of its runs, which
+   the machine's slow periods move least) times the profile's tail factor and the upper
+   confidence bound of the percentile observed now is checked against the budget with the
+   profile's noise floor to spare (``kept_on_ms``, ``kept_under``). A miss is measured once
+   more; if it
    stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
    under budget (by more than the margin) steps up to the next larger shape the observed
    ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
@@ -51,6 +53,7 @@ from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
 from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase
 from .profiling.profile import graph_differences, graph_record
+from .promise import MEASURE_SECONDS, PLAN_CONFIDENCE
 from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
 from .shape import Shape
 from .taskdata import TaskData, read_task_data, targets
@@ -376,7 +379,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                       percentile: float = DEFAULT_PERCENTILE,
                       for_device: bool = False,
                       evaluation: TaskData | None = None,
-                      teacher=None) -> BundleManifest:
+                      teacher=None,
+                      measure_seconds: float = MEASURE_SECONDS) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
     ``evaluation``: labelled data of a task network's task; candidates are then judged by
     the task's metric on it (:func:`make_judge`). ``teacher``: the task's full model
@@ -385,7 +389,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
 
     ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds at the
     budget's percentile (see the module docstring); the default times the bundle with the
-    profile's protocol. Tests pass a scripted one, so the loop's logic is checked without
+    profile's protocol for ``measure_seconds`` (at least the protocol's rounds) and returns
+    ``DeviceProfile.measure``'s ``kept_on_ms`` (the percentile's upper confidence bound). Tests pass a scripted one, so the loop's logic is checked without
     depending on this machine's timing.
     """
     note = progress or (lambda message: None)
@@ -427,9 +432,11 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + (f", for {target['cpu_model']} (not measured here)" if for_device else ""))
     if measure is None and not for_device:
         def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
-            m = profile.measure(bundle / model_file, prec, w, device, percentile)
-            note(f"{prec}: p{percentile:g} {m['judged_ms']:.2f} ms ({judged_phrase(m)})")
-            return m["judged_ms"]
+            m = profile.measure(bundle / model_file, prec, w, device, percentile,
+                                seconds=measure_seconds)
+            note(f"{prec}: p{percentile:g} {m['kept_on_ms']:.2f} ms over {m['runs']} runs in "
+                 f"{m['seconds']:.0f} s ({judged_phrase(m, bound=True)})")
+            return m["kept_on_ms"]
     judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
     parent = out.parent if out.parent.exists() else None
@@ -484,6 +491,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "fidelity": best.fidelity,
             "fidelity_metric": judge.metric,
             "calibration": judge.used, "profile": str(profile.path),
+            "measure_seconds": None if for_device else measure_seconds,
             "profile_trust": profile.trust,
             "target": {"fingerprint": target, "for_device": for_device,
                        "verified": not for_device},
@@ -492,8 +500,9 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "method": (f"per precision the largest fine-cigar shape whose predicted p"
                        f"{percentile:g} x the profile's p95 margin fits; "
                        + ("not measured (planned for the profile's machine)" if for_device
-                          else "exported, measured with the profile's protocol (floor x the "
-                               "profile's tail factor, or the percentile observed if larger), "
+                          else f"exported, measured for {measure_seconds:g} s with the profile's "
+                               "protocol (floor x the profile's tail factor, or the observed "
+                               f"percentile's {PLAN_CONFIDENCE:.0%} upper bound if larger), "
                                "stepped down or up, kept only under budget / (1 + the "
                                "profile's noise floor)")
                        + "; highest fidelity among those within budget")}
@@ -527,6 +536,7 @@ class BudgetRequest:
     for_device: bool = False
     evaluation: Path | None = None  # labelled data: judge candidates by the task's metric
     teacher: Path | None = None  # train task's teacher/: a candidate beside the slices
+    measure_seconds: float = MEASURE_SECONDS  # each candidate timed this long (0: the protocol's rounds)
 
 
 def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,
@@ -581,7 +591,8 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
                              request.precision, workload, options, calibration, force=force,
                              allow_unreliable=request.allow_unreliable, progress=progress,
                              percentile=request.percentile, for_device=request.for_device,
-                             evaluation=evaluation, teacher=teacher)
+                             evaluation=evaluation, teacher=teacher,
+                             measure_seconds=request.measure_seconds)
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,

@@ -2,6 +2,7 @@
 profiles, real exports and real fidelity on tiny networks; measurement is a function."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -350,19 +351,25 @@ def test_planner_refusals(profile, supernet, tmp_path):
 
 def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     """Real measurement (the profile's protocol) under a budget every shape meets, so the
-    outcome does not depend on this machine's speed."""
+    outcome does not depend on this machine's speed. Each candidate is timed for
+    --measure-seconds, and bench re-times the bundle as long."""
     supernet.save(tmp_path / "super")
     r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
                                   "10s", "--profile", str(profile.path), "--batch", "2",
-                                  "--seq-len", "12", "--out", str(tmp_path / "b"), "--json"])
+                                  "--seq-len", "12", "--measure-seconds", "1.5",
+                                  "--out", str(tmp_path / "b"), "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)["plan"]
+    assert plan["measure_seconds"] == 1.5 and "measured for 1.5 s" in plan["method"]
+    timed = re.findall(r"over (\d+) runs in (\d+) s", r.stderr)
+    assert timed and all(int(s) >= 1 for _, s in timed), r.stderr
     assert (plan["batch"], plan["seq_len"], plan["workload_source"]) == (2, 12, "given")
     assert plan["shape"] == list(PLAN_SPACE.largest.widths) and plan["precision"] == "fp32"
     assert 0 < plan["measured_ms"] < 10_000 and plan["fidelity"] == pytest.approx(1, abs=1e-5)
     human = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
                                       "--latency", "10s", "--profile", str(profile.path),
-                                      "--precision", "fp32", "--out", str(tmp_path / "b2")])
+                                      "--precision", "fp32", "--measure-seconds", "0",
+                                      "--out", str(tmp_path / "b2")])
     assert human.exit_code == 0, human.output
     assert "candidates:" in human.stdout and "* fp32" in human.stdout
     bench = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
@@ -370,6 +377,7 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     assert bench.exit_code == 0, bench.output
     data = json.loads(bench.stdout)
     assert data["plan"]["budget_ms"] == 10_000 and data["profile_protocol"]["batch"] == 2
+    assert data["profile_protocol"]["seconds"] >= 1.5
 
 
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
@@ -388,6 +396,10 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     assert r.exit_code == 2 and "--int8 does not go with --latency" in r.stderr
     r = run("--shape", "32x3", "--seq-len", "32")
     assert r.exit_code == 2 and "--seq-len go(es) with --latency" in r.stderr
+    r = run("--shape", "32x3", "--measure-seconds", "5")
+    assert r.exit_code == 2 and "--measure-seconds go(es) with --latency" in r.stderr
+    r = run("--latency", "5ms", "--profile", tiny_profile, "--measure-seconds", "-1")
+    assert r.exit_code == 2 and "-1.0 is not in the range 0<=x<=600" in r.stderr
     r = run("--latency", "0.0001ms", "--profile", tiny_profile)
     assert r.exit_code == 1 and "unattainable" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -512,6 +512,23 @@ def test_tail_model_mixes_run_percentiles_over_the_profile():
         tail_factor(t, 99, np.array([1.0]))
 
 
+def test_a_plan_keeps_a_model_on_its_percentiles_upper_bound():
+    """The order-statistic bound: exact ranks from the binomial; a p90 on the gap between a
+    model's runs and its spikes (one in 12 here) is judged at the spikes, since a window with
+    a few more of them measures it there; too few runs: the largest."""
+    from scipy.stats import binom
+
+    from shaper_deploy.profiling.predictor import percentile_upper_bound
+
+    ranks = np.arange(1.0, 201.0)
+    k = percentile_upper_bound(ranks, 90, 0.95)  # the k-th smallest of 200 is k
+    assert binom.cdf(k - 1, 200, 0.9) >= 0.95 > binom.cdf(k - 2, 200, 0.9)
+    assert 180 < k <= 190 and percentile_upper_bound(ranks, 50, 0.95) < 115
+    runs = np.array([12.0 + 0.01 * i for i in range(110)] + [18.0] * 10)
+    assert np.percentile(runs, 90) < 13.1 and percentile_upper_bound(runs, 90) == 18.0
+    assert percentile_upper_bound([5.0, 6.0, 7.0, 9.0], 90) == 9.0
+
+
 def test_int8_format_follows_the_isa():
     from shaper_deploy.runtime import int8_format
 

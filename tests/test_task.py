@@ -176,6 +176,7 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     r = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--measure-seconds", "0",
         "--eval", str(root / "val.jsonl"), "--batch", "1", "--seq-len", "16",
         "--out", str(tmp_path / "p"), "--json"])
     assert r.exit_code == 0, r.output
@@ -188,7 +189,7 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     r = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--teacher", str(root / "out" / "teacher"), "--latency", "10s", "--profile",
-        str(tiny_profile), "--allow-unreliable", "--eval", str(root / "val.jsonl"),
+        str(tiny_profile), "--allow-unreliable", "--measure-seconds", "0", "--eval", str(root / "val.jsonl"),
         "--precision", "fp32", "--out", str(tmp_path / "t"), "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)["plan"]
@@ -199,6 +200,7 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     human = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--measure-seconds", "0",
         "--precision", "fp32", "--out", str(tmp_path / "q")])
     assert human.exit_code == 0, human.output
     assert "agree: label agreement with the full fp32 model" in human.stdout
@@ -207,6 +209,7 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     r = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--latency", "10s", "--profile", str(tiny_profile), "--allow-unreliable",
+        "--measure-seconds", "0",
         "--eval", str(bad), "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "stale" in r.output and not (tmp_path / "r").exists()
     with pytest.raises(PlannerError, match="needs a task super network"):

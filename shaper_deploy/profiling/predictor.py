@@ -31,7 +31,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest
-from ..promise import DEFAULT_PERCENTILE, TAIL_LEVELS
+from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import device_fingerprint, fingerprint_differences
 from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader, dropped_by_key,
@@ -137,6 +137,20 @@ def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray
     per_level = np.array(tail["factor"])  # bins x levels
     by_bin = np.array([np.interp(percentile, levels, row) for row in per_level])
     return np.interp(np.log(np.maximum(ms, 1e-6)), np.log(tail["median_ms"]), by_bin)
+
+
+def percentile_upper_bound(times: Sequence[float], percentile: float,
+                           confidence: float = PLAN_CONFIDENCE) -> float:
+    """A one-sided upper confidence bound of the ``percentile`` of the distribution ``times``
+    were drawn from: the smallest order statistic x(k) with P(Binomial(n, p) < k) >=
+    ``confidence`` (distribution-free; no normality, which a latency's spikes break). Too few
+    runs for that confidence: the largest run (then it says less than ``confidence``)."""
+    from scipy.stats import binom
+
+    x = np.sort(np.asarray(times, dtype=np.float64))
+    n = len(x)
+    k = int(binom.ppf(confidence, n, percentile / 100.0)) + 1  # 1-based rank
+    return float(x[min(k, n) - 1])
 
 
 def fit_point(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -570,7 +584,9 @@ class DeviceProfile:
         minute's slowdown included. A budget is judged on the larger of the two
         (``judged_ms``): a slowdown that lasts (a host slower than the one profiled under
         the same fingerprint: seen 11-19% apart) lifts both, and a fast minute never passes
-        a model the profile's time says is over. ``drift`` (the reference graph's floor now
+        a model the profile's time says is over. A plan, a promise about measurements to
+        come, keeps a model on ``kept_on_ms``: the observed percentile's upper
+        ``PLAN_CONFIDENCE`` bound (:func:`percentile_upper_bound`) in place of the point. ``drift`` (the reference graph's floor now
         over the profile's) says how fast the machine is now; nothing is divided by it.
         """
         m = measure_model(Path(model_file), self.header,
@@ -579,11 +595,14 @@ class DeviceProfile:
         estimated = float(m["intrinsic_ms"] * self.tail_factor(precision, percentile,
                                                                m["intrinsic_ms"]))
         observed = float(np.percentile(m["times"], percentile))
+        upper = percentile_upper_bound(m["times"], percentile)
         return {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
                 "precision": precision, "percentile": percentile,
                 "measured_ms": m["measured_ms"], "intrinsic_ms": m["intrinsic_ms"],
                 "estimated_ms": estimated, "observed_ms": observed,
                 "judged_ms": max(estimated, observed),
+                "observed_upper_ms": upper, "confidence": PLAN_CONFIDENCE,
+                "kept_on_ms": max(estimated, upper),
                 "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"]}
 
     def foreign_fields(self) -> list[str]:
@@ -617,10 +636,14 @@ class DeviceProfile:
                                "or pass --allow-unreliable to use it anyway")
 
 
-def judged_phrase(m: dict[str, Any]) -> str:
-    """How a ``DeviceProfile.measure`` result was judged, in words (planner, verify, bench)."""
+def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
+    """How a ``DeviceProfile.measure`` result was judged, in words: ``judged_ms`` (verify,
+    bench), or with ``bound`` the planner's ``kept_on_ms``."""
+    now = (f"{m['observed_upper_ms']:.2f} ms, the {m['confidence']:.0%} upper bound of the "
+           f"p{m['percentile']:g} observed now ({m['observed_ms']:.2f} ms)" if bound else
+           f"{m['observed_ms']:.2f} ms observed now")
     return (f"the larger of {m['estimated_ms']:.2f} ms as the profile saw the machine and "
-            f"{m['observed_ms']:.2f} ms observed now; floor {m['intrinsic_ms']:.2f} ms, "
+            f"{now}; floor {m['intrinsic_ms']:.2f} ms, "
             f"machine {m['drift']:.2f}x its profiled speed now")
 
 
