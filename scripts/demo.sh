@@ -60,9 +60,10 @@ done
 [ -n "$planned" ] || { echo "demo: none of $BUDGETS could be planned" >&2; exit 1; }
 
 step "4. the plan checked again in a separate process: 20 s of requests, recorded in the bundle"
-# verify exits 3 when the bundle measures over its budget: on a noisy host (docs/profiles.md)
-# a slow period larger than the noise floor the plan kept to spare can make it; the demo says
-# so and goes on (the verdict is in the bundle).
+# verify exits 3 when the bundle measures over its budget: the plan kept it on the 95% upper
+# bound of its p90 with the noise floor to spare, but on a noisy host (docs/profiles.md) a
+# slow period longer than the plan's 10 s can still make it; the demo says so and goes on
+# (the verdict is in the bundle).
 over=
 "$BIN/shaperctl" verify "$RUNS/minilm-budget" --duration 20 || { [ $? -eq 3 ] && over=1; } || exit 1
 [ -z "$over" ] || echo "demo: the plan measured OVER its budget in this check (above): this host's speed moves; re-plan, or verify again later" >&2
