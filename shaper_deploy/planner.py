@@ -741,14 +741,18 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     slack = 1 + profile.noise(prec)
     limit = kept_under(profile, prec, budget)
 
-    def step_up(ratio: float, above: Plan, below: tuple[int, ...] | None = None) -> Plan | None:
-        nxt = plan_for_latency(profile, budget, prec, *w, correction=ratio * slack / margin,
-                               family=family, percentile=plan.percentile, dropped=dropped)
-        if (nxt is None or index[nxt.shape.widths] <= index[above.shape.widths]
-                or nxt.shape.widths in tried
-                or (below is not None and index[nxt.shape.widths] >= index[below])):
+    def step_up(ratio: float, above: Plan) -> Plan | None:
+        """The largest shape ``ratio`` lets fit among those larger than ``above`` (kept) and
+        smaller than every shape that measured over, not tried yet: after the first shape
+        missed and the re-plan fell far below it, the sizes between are tried too (the
+        ratio a miss gave, spikes and all, need not hold for a smaller shape)."""
+        over = [index[k] for k, ms in tried.items() if ms > limit]
+        between = [s for s in family[index[above.shape.widths] + 1:min(over, default=len(family))]
+                   if s.widths not in tried]
+        if not between:
             return None
-        return nxt
+        return plan_for_latency(profile, budget, prec, *w, correction=ratio * slack / margin,
+                                family=between, percentile=plan.percentile, dropped=dropped)
 
     while shape_plan is not None and len(tried) < max_exports:
         attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
@@ -791,7 +795,7 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
             break
         shutil.rmtree(attempt, ignore_errors=True)
         if best is not None:  # a step up missed: one between it and the kept shape, if any
-            nxt = step_up(ratio, best[0], below=shape_plan.shape.widths)
+            nxt = step_up(ratio, best[0])
             if nxt is None:
                 break
             note(f"{prec}: {shape_plan.shape} measured {ms:.2f} ms > {limit:.2f} ms; trying "

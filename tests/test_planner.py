@@ -202,6 +202,31 @@ def test_a_step_up_must_fit_with_the_noise_floor_to_spare(profile, supernet, tmp
     assert c["measured_ms"] <= budget / slack and c["params"] != ex[1]["params"]
 
 
+def test_after_a_miss_the_sizes_between_are_tried(profile, supernet, tmp_path):
+    """The first shape misses by far (x1.6: its p90's upper bound on a host's spikes), so the
+    re-plan, scaled by that ratio, falls several sizes below; that one measures as predicted,
+    and the loop steps back up between the two rather than keeping the smallest."""
+    family = cigar_family(PLAN_SPACE)
+    budget = _budget_for(profile, "fp32", len(family) * 2 // 3)
+    scripted = Scripted(profile, {"fp32": 1.0})
+    first = []
+
+    def measure(bundle, model_file, precision, workload):
+        ms = scripted(bundle, model_file, precision, workload)
+        first[:] = first or [scripted.calls[-1][0]]
+        return ms * 1.6 if scripted.calls[-1][0] == first[0] else ms
+
+    notes = []
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                                 measure=measure, progress=notes.append)
+    c = manifest.plan["candidates"][0]
+    ex = c["exports"]
+    assert not ex[0]["within_budget"] and ex[1]["within_budget"], notes
+    assert ex[1]["params"] < ex[2]["params"] < ex[0]["params"], notes  # between the two
+    assert c["params"] > ex[1]["params"] and c["measured_ms"] <= ex[2]["kept_under_ms"]
+    assert len(ex) <= 4 and tuple(c["shape"]) != first[0]
+
+
 def test_the_first_shape_must_fit_with_the_noise_floor_to_spare(profile, supernet, tmp_path):
     """A first shape that measures under the budget but within the noise floor of it is not
     kept (a later measurement would cross the budget about as often as not): another is,
