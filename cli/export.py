@@ -104,9 +104,10 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
     precision the largest cigar shape predicted to fit the budget at your batch, sequence
     length and --percentile is exported and timed on this device for --measure-seconds
-    (stepping down on a miss, up when far under), and kept only if it measures under the
-    budget with the profile's noise floor to spare; of those kept, the one whose outputs are closest to
-    the full fp32 model on calibration text is kept. The candidates are printed and recorded
+    (stepping down on a miss, up when far under), and kept only if the 95% upper bound of
+    that percentile measures under the budget with the profile's noise floor to spare; of
+    those kept, the one whose outputs are closest to the full fp32 model on calibration
+    text is kept. The candidates are printed and recorded
     in shaper.json. A profile of another machine is refused unless --for-device says the
     plan is for that machine. Nothing is left behind if any step fails.
 
@@ -135,7 +136,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 "--seq-len": seq_len is not None,
                 "--calibration": calibration_path is not None and not int8,
                 "--eval": eval_path is not None, "--teacher": teacher_path is not None,
-                "--allow-unreliable": allow_unreliable, "--percentile": percentile != DEFAULT_PERCENTILE,
+                "--allow-unreliable": allow_unreliable,
+                "--percentile": percentile != DEFAULT_PERCENTILE,
                 "--measure-seconds": measure_seconds is not None}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
@@ -167,10 +169,10 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                                   "--teacher": teacher_path})
     with output_lock(out):
         if budget is not None:
+            seconds = MEASURE_SECONDS if measure_seconds is None else measure_seconds
             request = BudgetRequest(budget, profile_path, device, precision, batch, seq_len,
                                     calibration_path, allow_unreliable, percentile, for_device,
-                                    eval_path, teacher_path,
-                                    MEASURE_SECONDS if measure_seconds is None else measure_seconds)
+                                    eval_path, teacher_path, seconds)
             manifest = export_checkpoint_for_budget(supernet_path, request, out, options, force,
                                                     supershaper_widths, progress)
         else:

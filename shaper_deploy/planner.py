@@ -17,10 +17,10 @@ fast and a slow machine).
    the machine's slow periods move least) times the profile's tail factor and the upper
    confidence bound of the percentile observed now is checked against the budget with the
    profile's noise floor to spare (``kept_on_ms``, ``kept_under``). A miss is measured once
-   more; if it
-   stands, the plan steps down with predictions scaled by the observed ratio. A bundle well
-   under budget (by more than the margin) steps up to the next larger shape the observed
-   ratio allows; if that misses, the last one that fit is kept. Exports are bounded.
+   more; if it stands, the plan steps down with predictions scaled by the observed ratio.
+   A bundle well under budget (by more than the margin) steps up to the largest shape the
+   observed ratio allows below every shape that measured over; if that misses, the last
+   one that fit is kept. Exports are bounded.
 4. Measure each fitting candidate's fidelity to the full-shape fp32 model on calibration text
    (:mod:`shaper_deploy.fidelity`). The highest fidelity wins; ties go to the faster.
    An int8 candidate that fails its accuracy gate or the budget drops out with a line saying
@@ -390,8 +390,9 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     ``measure(bundle_dir, model_file, precision, workload)`` returns milliseconds at the
     budget's percentile (see the module docstring); the default times the bundle with the
     profile's protocol for ``measure_seconds`` (at least the protocol's rounds) and returns
-    ``DeviceProfile.measure``'s ``kept_on_ms`` (the percentile's upper confidence bound). Tests pass a scripted one, so the loop's logic is checked without
-    depending on this machine's timing.
+    ``DeviceProfile.measure``'s ``kept_on_ms`` (the percentile's upper confidence bound).
+    Tests pass a scripted one, so the loop's logic is checked without depending on this
+    machine's timing.
     """
     note = progress or (lambda message: None)
     out = Path(out)
@@ -536,7 +537,7 @@ class BudgetRequest:
     for_device: bool = False
     evaluation: Path | None = None  # labelled data: judge candidates by the task's metric
     teacher: Path | None = None  # train task's teacher/: a candidate beside the slices
-    measure_seconds: float = MEASURE_SECONDS  # each candidate timed this long (0: the protocol's rounds)
+    measure_seconds: float = MEASURE_SECONDS  # each candidate's timing (0: the protocol's rounds)
 
 
 def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,

@@ -189,7 +189,8 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     r = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
         "--teacher", str(root / "out" / "teacher"), "--latency", "10s", "--profile",
-        str(tiny_profile), "--allow-unreliable", "--measure-seconds", "0", "--eval", str(root / "val.jsonl"),
+        str(tiny_profile), "--allow-unreliable", "--measure-seconds", "0",
+        "--eval", str(root / "val.jsonl"),
         "--precision", "fp32", "--out", str(tmp_path / "t"), "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)["plan"]

@@ -586,8 +586,9 @@ class DeviceProfile:
         the same fingerprint: seen 11-19% apart) lifts both, and a fast minute never passes
         a model the profile's time says is over. A plan, a promise about measurements to
         come, keeps a model on ``kept_on_ms``: the observed percentile's upper
-        ``PLAN_CONFIDENCE`` bound (:func:`percentile_upper_bound`) in place of the point. ``drift`` (the reference graph's floor now
-        over the profile's) says how fast the machine is now; nothing is divided by it.
+        ``PLAN_CONFIDENCE`` bound (:func:`percentile_upper_bound`) in place of the point.
+        ``drift`` (the reference graph's floor now over the profile's) says how fast the
+        machine is now; nothing is divided by it.
         """
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device,
