@@ -510,6 +510,52 @@ def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, su
     assert manifest.default_model == "model_quantized.onnx"
 
 
+def test_a_first_int8_shape_that_fails_the_gate_gives_way_to_a_smaller_one(profile, supernet,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    """Once: the largest smaller shape that fits is tried, and the failed one bounds the step
+    ups (nothing at or above it is exported again); a second failure drops int8."""
+    import shaper_deploy.planner as planner
+    from shaper_deploy.errors import ExportError
+
+    real, int8_exports = planner.export_bundle, []
+
+    def gate_fails_on_the_first_int8(model, shape, out, options, **kw):
+        if options.int8:
+            int8_exports.append(shape)
+            if len(int8_exports) == 1:
+                raise ExportError("int8 model is too far from fp32: mean token cosine 0.946 < "
+                                  "required 0.95; lower --int8-min-cosine")
+        return real(model, shape, out, options, **kw)
+
+    monkeypatch.setattr(planner, "export_bundle", gate_fails_on_the_first_int8)
+    budget = _budget_for(profile, "int8", len(cigar_family(PLAN_SPACE)) // 2)
+    notes = []
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="int8",
+                                 options=ExportOptions(int8_min_cosine=0.5),
+                                 measure=Scripted(profile, {"int8": 0.6}),
+                                 progress=notes.append)
+    c = manifest.plan["candidates"][0]
+    failed = int8_exports[0]
+    assert len(int8_exports) >= 2 and c["status"] == "chosen", notes
+    assert "gate_failed" in c["exports"][0] and c["params"] < failed.params()
+    assert all(s.params() < failed.params() for s in int8_exports[1:])
+    assert any("trying the next smaller shape that fits" in n for n in notes)
+    # every int8 export fails: dropped after the one retry
+    def int8_always_fails(model, shape, out, options, **kw):
+        if options.int8:
+            raise ExportError("int8 model is too far from fp32: mean token cosine 0.9 < "
+                              "required 0.95")
+        return real(model, shape, out, options, **kw)
+
+    monkeypatch.setattr(planner, "export_bundle", int8_always_fails)
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b2", precision="auto",
+                                 options=ExportOptions(int8_min_cosine=0.5),
+                                 measure=Scripted(profile, {"fp32": 1.0, "int8": 0.6}))
+    cands = {c["precision"]: c for c in manifest.plan["candidates"]}
+    assert cands["int8"]["status"] == "gate failed" and len(cands["int8"]["exports"]) == 2
+
+
 def _foreign(profile, tmp_path, **fields):
     """A copy of ``profile`` whose fingerprint says it was measured on another machine."""
     out = tmp_path / "foreign"
