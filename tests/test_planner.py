@@ -483,22 +483,29 @@ def test_identity_projections_are_dropped_and_outputs_unchanged(tiny_bert_dir, t
     assert trained.dropped_identities == [] and trained.operators["MatMul"] == 4 * n + 1
 
 
-def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, supernet,
-                                                                      tmp_path, monkeypatch):
+def _int8_gate(monkeypatch, fails):
+    """Export as the planner does, with int8's accuracy gate failing on the n-th int8 export
+    (from 1) where ``fails(n)``; returns the int8 shapes exported, in order."""
     import shaper_deploy.planner as planner
     from shaper_deploy.errors import ExportError
 
     real, int8_exports = planner.export_bundle, []
 
-    def gate_fails_on_the_second_int8(model, shape, out, options, **kw):
+    def export(model, shape, out, options, **kw):
         if options.int8:
             int8_exports.append(shape)
-            if len(int8_exports) == 2:
-                raise ExportError("int8 model is too far from fp32: mean token cosine 0.88 < "
+            if fails(len(int8_exports)):
+                raise ExportError("int8 model is too far from fp32: mean token cosine 0.946 < "
                                   "required 0.95; lower --int8-min-cosine")
         return real(model, shape, out, options, **kw)
 
-    monkeypatch.setattr(planner, "export_bundle", gate_fails_on_the_second_int8)
+    monkeypatch.setattr(planner, "export_bundle", export)
+    return int8_exports
+
+
+def test_a_step_up_that_fails_the_int8_gate_keeps_the_shape_that_fit(profile, supernet,
+                                                                      tmp_path, monkeypatch):
+    int8_exports = _int8_gate(monkeypatch, lambda n: n == 2)
     budget = _budget_for(profile, "int8", 2)
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="int8",
                                  options=ExportOptions(int8_min_cosine=0.5),
@@ -515,20 +522,7 @@ def test_a_first_int8_shape_that_fails_the_gate_gives_way_to_a_smaller_one(profi
                                                                             monkeypatch):
     """Once: the largest smaller shape that fits is tried, and the failed one bounds the step
     ups (nothing at or above it is exported again); a second failure drops int8."""
-    import shaper_deploy.planner as planner
-    from shaper_deploy.errors import ExportError
-
-    real, int8_exports = planner.export_bundle, []
-
-    def gate_fails_on_the_first_int8(model, shape, out, options, **kw):
-        if options.int8:
-            int8_exports.append(shape)
-            if len(int8_exports) == 1:
-                raise ExportError("int8 model is too far from fp32: mean token cosine 0.946 < "
-                                  "required 0.95; lower --int8-min-cosine")
-        return real(model, shape, out, options, **kw)
-
-    monkeypatch.setattr(planner, "export_bundle", gate_fails_on_the_first_int8)
+    int8_exports = _int8_gate(monkeypatch, lambda n: n == 1)
     budget = _budget_for(profile, "int8", len(cigar_family(PLAN_SPACE)) // 2)
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="int8",
@@ -542,13 +536,7 @@ def test_a_first_int8_shape_that_fails_the_gate_gives_way_to_a_smaller_one(profi
     assert all(s.params() < failed.params() for s in int8_exports[1:])
     assert any("trying the next smaller shape that fits" in n for n in notes)
     # every int8 export fails: dropped after the one retry
-    def int8_always_fails(model, shape, out, options, **kw):
-        if options.int8:
-            raise ExportError("int8 model is too far from fp32: mean token cosine 0.9 < "
-                              "required 0.95")
-        return real(model, shape, out, options, **kw)
-
-    monkeypatch.setattr(planner, "export_bundle", int8_always_fails)
+    _int8_gate(monkeypatch, lambda n: True)
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b2", precision="auto",
                                  options=ExportOptions(int8_min_cosine=0.5),
                                  measure=Scripted(profile, {"fp32": 1.0, "int8": 0.6}))
