@@ -190,7 +190,7 @@ def finetune_plans(args, data, config) -> None:
             continue  # the teacher (full shape, fine-tuned alone) is already that
         budget = plan["budget"].strip("%")
         out = args.out / f"finetune-{budget}"
-        tuned = replace(config, full_steps=args.finetune_plans, steps=0,
+        tuned = replace(config, full_steps=args.finetune_plans, steps=0, sandwich_lr=None,
                         shape=tuple(plan["shape"]), teacher=str(task / "teacher"))
         done = out / "train.json"
         summary = json.loads(done.read_text()) if done.is_file() else None
@@ -248,6 +248,10 @@ def main() -> None:
     ap.add_argument("--order", choices=ORDERS, default=TaskConfig.order,
                     help="train task --order (residual+heads: the ordered runs in "
                          "docs/benchmarks.md)")
+    ap.add_argument("--sandwich-lr", type=float, default=None,
+                    help="train task --sandwich-lr (phase 2's peak learning rate)")
+    ap.add_argument("--layer-loss", type=float, default=TaskConfig.layer_loss,
+                    help="train task --layer-loss (the teacher's layer outputs distilled too)")
     ap.add_argument("--baseline-only", type=Path, default=None, metavar="MINILM_DIR",
                     help="Only the plain transformers fine-tune of this model folder, same data "
                          "and steps (full + sandwich), added to --json.")
@@ -271,7 +275,8 @@ def main() -> None:
     data = {k: read_task_data(p) for k, p in paths.items()}
     print({k: len(v.texts) for k, v in data.items()}, file=sys.stderr)
     config = TaskConfig(full_steps=args.full_steps, steps=args.steps, batch_size=32,
-                        seq_len=args.seq_len, lr=5e-5, device="cpu", order=args.order)
+                        seq_len=args.seq_len, lr=5e-5, device="cpu", order=args.order,
+                        layer_loss=args.layer_loss, sandwich_lr=args.sandwich_lr)
     if args.baseline_only is not None:
         net = SuperBert.load(args.supernet)
         from shaper_deploy.supernet.config import TaskHead

@@ -2,8 +2,9 @@
 
 A slice keeps the first d features of each layer. The identity super network of
 all-MiniLM-L6-v2 (``supernet init --from-hf``) has them in the pretrained model's order;
-``train supernet`` (by default) and ``train task --order`` sort them by importance first
-(``training/rewire.py``).
+``train supernet`` (by default) and ``train task --order`` sort them by importance first, an
+order per layer; ``supernet init --order`` one residual order shared by every layer, on the
+built-in calibration sentences unless given texts (``supernet/rewire.py``).
 This measures the slices' fidelity to the full model (mean cosine of mean-pooled final hidden
 states over real tokens, as ``export``'s fidelity for feature-extraction) with no training at
 all, for each order, measured on one set of texts and judged on another (PyTorch, float32).
@@ -31,8 +32,8 @@ from shaper_deploy.shape import Shape  # noqa: E402
 from shaper_deploy.supernet import SuperBert  # noqa: E402
 from shaper_deploy.supernet.config import TaskHead  # noqa: E402
 from shaper_deploy.taskdata import read_task_data  # noqa: E402
-from shaper_deploy.training.config import ORDERS  # noqa: E402
-from shaper_deploy.training.rewire import importance_order  # noqa: E402
+from shaper_deploy.fidelity import CALIBRATION_TEXTS  # noqa: E402
+from shaper_deploy.supernet.rewire import ORDERS, importance_order, text_inputs  # noqa: E402
 from shaper_deploy.training.task import ORDER_TEXTS, encode  # noqa: E402
 
 
@@ -72,14 +73,20 @@ def main() -> None:
     for p in (0.9, 0.8, 0.7, 0.6):
         s = cigar_shape(int(p * space.largest.params()), space)
         shapes[f"cigar {s.params() / 1e6:.1f}M"] = s
+    builtin = text_inputs(net, CALIBRATION_TEXTS, args.seq_len)
+    variants = [(order, order_on, False, "order texts") for order in ORDERS]
+    variants += [(order, on, True, texts) for order in ORDERS[1:]
+                 for on, texts in ((order_on, "order texts"), (builtin, "built-in sentences"))]
     rows = []
-    for order in ORDERS:
-        model = importance_order(net, order_on, order)
+    for order, on, shared, texts in variants:
+        model = importance_order(net, on, order, shared=shared)
+        label = f"{order}{' shared' if shared else ''}{' builtin' if on is builtin else ''}"
         for name, shape in shapes.items():
             cos = F.cosine_similarity(pooled(model, judge_on, shape), full).mean().item()
-            rows.append({"order": order, "shape": list(shape.widths), "name": name,
+            rows.append({"order": order, "shared": shared, "ordered_on": texts,
+                         "shape": list(shape.widths), "name": name,
                          "params": shape.params(), "fidelity": round(cos, 4)})
-            print(f"{order:15s} {name:12s} {cos:.4f}", file=sys.stderr)
+            print(f"{label:30s} {name:12s} {cos:.4f}", file=sys.stderr)
     args.out.write_text(json.dumps({
         "benchmark": "importance_order", "supernet": str(args.supernet),
         "order_texts": f"{ORDER_TEXTS} of {args.order_texts}",

@@ -143,7 +143,7 @@ def main() -> None:
     if "0" not in report.setdefault("untrained", {}):
         log("untrained (identity super network, and importance-ordered)")
         report["untrained"]["0"] = evaluate(ev, model, original)
-        from shaper_deploy.training.rewire import importance_order
+        from shaper_deploy.supernet.rewire import importance_order
 
         report["untrained"]["ordered"] = evaluate(
             ev, importance_order(model, corpus.train[:256], "residual+heads"), original)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from shaper_deploy.families import MODEL_TYPES
+from shaper_deploy.supernet.config import ORDERS
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape, flops, param_breakdown, parse_shape
 
 from .common import (ShaperGroup, emit, int_list, json_option, millions, progress, table,
@@ -42,25 +43,46 @@ def supernet() -> None:
 @click.option("--widths", default=None,
               help="Allowed per-layer widths, comma-separated (default: the paper's "
                    "120..768 scaled to the model's width, rounded to multiples of the heads).")
+@click.option("--order", default="none", show_default=True, type=click.Choice(ORDERS),
+              help="Sort every layer's features by importance on --order-texts, so that a "
+                   "slice keeps those that matter (one residual order for all layers: the "
+                   "graph between layers stays the identity network's). all-MiniLM-L6-v2, "
+                   "untrained: a 20.7M slice's fidelity 0.33 -> 0.72.")
+@click.option("--order-texts", type=click.Path(path_type=Path), default=None,
+              help="UTF-8 text, one text per line, that --order measures importance on "
+                   "(default: the 32 built-in calibration sentences).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @json_option
-def init(source: Path, out: Path, widths: str | None, force: bool, as_json: bool) -> None:
+def init(source: Path, out: Path, widths: str | None, order: str, order_texts: Path | None,
+         force: bool, as_json: bool) -> None:
     """Turn a pretrained encoder (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT) into a super
     network with identity bottlenecks.
 
-    At the full shape the result computes exactly what the source model computes.
+    At the full shape the result computes what the source model computes (with --order up
+    to float rounding: the features are only permuted).
 
     \b
     Example:
       shaperctl supernet init --from-hf ./bert-base-cased --out ./super
+      shaperctl supernet init --from-hf "$MINILM" --order residual+heads --out ./super
     """
+    from shaper_deploy.fidelity import CALIBRATION_TEXTS, read_calibration
     from shaper_deploy.io import check_output_dir, output_lock
     from shaper_deploy.supernet import SuperBert
 
-    check_output_dir(out, force, {"--from-hf": source})
+    check_output_dir(out, force, {"--from-hf": source, "--order-texts": order_texts})
+    if order_texts is not None and order == "none":
+        raise click.UsageError("--order-texts is what --order measures on; give --order "
+                               "residual or residual+heads with it")
     width_list = None if widths is None else int_list(widths, "--widths")
+    texts = read_calibration(order_texts) if order_texts is not None else CALIBRATION_TEXTS
     progress(f"reading {source}")
     model = SuperBert.from_hf(source, widths=width_list)
+    if order != "none":
+        from shaper_deploy.supernet.rewire import importance_order, text_inputs
+
+        model = importance_order(model, text_inputs(model, texts), order, progress=progress,
+                                 shared=True)
     with output_lock(out):
         model.save(out, force=force)
     progress(f"wrote {out}")
@@ -107,6 +129,9 @@ def _info_text(d: dict, config: dict) -> str:
                            "(fused, paper convention)")]
     if source:
         rows.insert(0, ("source", f"{source.get('kind', '?')} {source.get('path', '')}"))
+    if source.get("importance_order"):
+        shared = ", one order for every layer" if source.get("importance_order_shared") else ""
+        rows.append(("feature order", f"{source['importance_order']} (importance{shared})"))
     return table(rows)
 
 

@@ -212,9 +212,14 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
 @click.option("--seq-len", default=_TASK.seq_len, show_default=True, type=int,
               help="Tokens per text (pair); longer ones are cut.")
 @click.option("--lr", default=_TASK.lr, show_default=True, type=float)
+@click.option("--sandwich-lr", default=None, type=float,
+              help="Phase 2's peak learning rate, on the same linear decay (default: --lr).")
 @click.option("--random-shapes", default=_TASK.random_shapes, show_default=True, type=int)
 @click.option("--temperature", default=_TASK.temperature, show_default=True, type=float,
               help="Softening of the distilled class distributions.")
+@click.option("--layer-loss", default=_TASK.layer_loss, show_default=True, type=float,
+              help="Weight of the teacher's layer outputs in what every shape distils "
+                   "(DynaBERT's hidden-state loss; 0 = the teacher's outputs only).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--checkpoint-every", default=_TASK.checkpoint_every, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -235,8 +240,8 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
 def task(supernet_path: Path, train_path: Path, validation_path: Path | None, text_column: str,
          pair_column: str | None, label_column: str, regression: bool, out: Path,
          full_steps: int, steps: int, batch_size: int, seq_len: int, lr: float,
-         random_shapes: int, temperature: float, device: str, checkpoint_every: int, seed: int,
-         shape_text: str | None, teacher_path: Path | None, order: str,
+         sandwich_lr: float | None, random_shapes: int, temperature: float, layer_loss: float, device: str,
+         checkpoint_every: int, seed: int, shape_text: str | None, teacher_path: Path | None, order: str,
          stop_after: int | None, as_json: bool) -> None:
     """Fine-tune a super network on labelled text: every shape becomes a classifier.
 
@@ -262,8 +267,9 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
         space = read_checkpoint_header(supernet_path)["config"].space
         shape = parse_shape(shape_text, space).widths
     config = TaskConfig(full_steps=full_steps, steps=steps, batch_size=batch_size,
-                        seq_len=seq_len, lr=lr, random_shapes=random_shapes,
-                        temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
+                        seq_len=seq_len, lr=lr, sandwich_lr=sandwich_lr,
+                        random_shapes=random_shapes, temperature=temperature,
+                        layer_loss=layer_loss, seed=seed, checkpoint_every=checkpoint_every,
                         device=device, shape=shape, order=order,
                         teacher=None if teacher_path is None else str(teacher_path))
     config.device_settings()  # a device this machine lacks fails before any work

@@ -19,8 +19,8 @@ MINILM=$("$BIN/python" -c 'import importlib.util as u, pathlib as p; print(p.Pat
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "1. all-MiniLM-L6-v2 becomes a super network (identity bottlenecks)"
-"$BIN/shaperctl" supernet init --from-hf "$MINILM" --out "$RUNS/minilm-super" --force
+step "1. all-MiniLM-L6-v2 becomes a super network (identity bottlenecks, features in order of importance so that slices keep what matters)"
+"$BIN/shaperctl" supernet init --from-hf "$MINILM" --order residual+heads --out "$RUNS/minilm-super" --force
 "$BIN/shaperctl" supernet info "$RUNS/minilm-super"
 
 step "2. this machine's own latency profile, transferred from the shipped ones (--minutes 4: a budget, which a slow machine may exceed for the minimum of 8 shapes; the probe says)"

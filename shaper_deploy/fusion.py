@@ -13,7 +13,7 @@ pooler both begin with an affine map of the D-wide state.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -170,24 +170,52 @@ def fuse_bottlenecks(subnet: SubnetBert, fold_last: bool = False) -> FusedBert:
     return fused.eval()
 
 
-def identity_bottlenecks(supernet) -> list[tuple[bool, bool]]:
-    """Per layer of a super network: whether its input and output bottlenecks are exactly the
-    identity with zero bias (a network made from a BERT and not trained)."""
-    return [(_is_identity(layer.input_bottleneck), _is_identity(layer.output_bottleneck))
+Order = Optional[tuple[int, ...]]  # a bottleneck's feature order, when it is a permutation
+
+
+def _permutation(weight: torch.Tensor, bias: torch.Tensor) -> Order:
+    """``p`` when ``weight`` (out x in, square) has exactly one 1 per row, at column p[row],
+    zeros elsewhere, and the bias is zero; else None."""
+    n = weight.shape[0]
+    if weight.shape[1] != n or bias.any():
+        return None
+    p = weight.argmax(1)
+    if len(set(p.tolist())) != n:
+        return None
+    eye = torch.zeros_like(weight)
+    eye[torch.arange(n), p] = 1
+    return tuple(p.tolist()) if torch.equal(weight, eye) else None
+
+
+def bottleneck_orders(supernet) -> list[tuple[Order, Order]]:
+    """Per layer of a super network, the permutations its input and output bottlenecks are
+    (None: a dense matrix, as in a trained network). A network made from a BERT has
+    identities; ``supernet init --order`` one order P in (input rows) and out (output
+    columns) of every layer."""
+    return [(_permutation(layer.input_bottleneck.weight, layer.input_bottleneck.bias),
+             _permutation(layer.output_bottleneck.weight.T, layer.output_bottleneck.bias))
             for layer in supernet.layers]
 
 
-def dropped_projections(flags: list[tuple[bool, bool]], shape) -> list[str]:
+def dropped_projections(orders: list[tuple[Order, Order]], shape) -> list[str]:
     """What :func:`drop_identities` removes from ``shape``'s fused network, from the super
-    network's :func:`identity_bottlenecks` alone: a slice of two identities is an identity
-    exactly where it is square (:func:`~shaper_deploy.shape.identity_projections`), so a
-    square projection is dropped when the bottlenecks it is made of are identities."""
-    def made_of_identities(name: str) -> bool:
-        if name == "proj_in":
-            return flags[0][0]
-        if name == "proj_out":
-            return flags[-1][1]
-        i = int(name.split(".")[1])  # transitions.i = output of layer i, input of i + 1
-        return flags[i][1] and flags[i + 1][0]
+    network's :func:`bottleneck_orders` alone. Only square projections can be identities
+    (:func:`~shaper_deploy.shape.identity_projections`); the input projection is one when the
+    first input bottleneck is the identity, the output one likewise, and the transition
+    between layers i and i + 1 (both of width d) when their first d features are the same:
+    ``P_{i+1}[:d] @ P_i^T[:, :d] = I`` exactly when the two orders agree there."""
+    widths = shape.widths
 
-    return [n for n in identity_projections(shape) if made_of_identities(n)]
+    def identity(order: Order, d: int) -> bool:
+        return order is not None and order[:d] == tuple(range(d))
+
+    def is_dropped(name: str) -> bool:
+        if name == "proj_in":
+            return identity(orders[0][0], len(orders[0][0] or ()))
+        if name == "proj_out":
+            return identity(orders[-1][1], len(orders[-1][1] or ()))
+        i = int(name.split(".")[1])  # transitions.i = output of layer i, input of i + 1
+        out, into, d = orders[i][1], orders[i + 1][0], widths[i]
+        return out is not None and into is not None and out[:d] == into[:d]
+
+    return [n for n in identity_projections(shape) if is_dropped(n)]

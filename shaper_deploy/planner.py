@@ -363,10 +363,10 @@ def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, preci
 
 def export_dropped(supernet) -> Callable[[Shape], list[str]]:
     """``shape -> projections its export drops`` for this super network."""
-    from .fusion import dropped_projections, identity_bottlenecks
+    from .fusion import bottleneck_orders, dropped_projections
 
-    flags = identity_bottlenecks(supernet)
-    return lambda shape: dropped_projections(flags, shape)
+    orders = bottleneck_orders(supernet)
+    return lambda shape: dropped_projections(orders, shape)
 
 
 def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile,
@@ -765,16 +765,19 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
                 note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); keeping "
                      f"{best[0].shape}")
                 break
-            # The first shape failed the gate (seen at cosine 0.945-0.946 of 0.95 on the AMD
-            # Zen 2 class, where smaller shapes passed): once, the largest smaller shape that
-            # fits is tried; the failed one bounds every step up like a shape over budget.
+            # Nothing kept yet and a shape failed the gate (seen at cosine 0.945-0.946 of
+            # 0.95 on the AMD Zen 2 class, where smaller shapes passed; once as a first shape,
+            # once as the re-plan after a miss): once, the largest smaller shape that fits and
+            # was not tried is; the failed one bounds every step up like a shape over budget.
+            failures = sum(ms == math.inf for ms in tried.values())
             tried[shape_plan.shape.widths] = math.inf
             cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
-            smaller = plan_for_latency(profile, budget, prec, *w,
-                                       correction=shape_plan.correction,
-                                       family=family[:index[shape_plan.shape.widths]],
-                                       percentile=plan.percentile, dropped=dropped)
-            if len(tried) > 1 or smaller is None or len(tried) >= max_exports:
+            below = [s for s in family[:index[shape_plan.shape.widths]] if s.widths not in tried]
+            smaller = (plan_for_latency(profile, budget, prec, *w,
+                                        correction=shape_plan.correction, family=below,
+                                        percentile=plan.percentile, dropped=dropped)
+                       if below else None)
+            if failures or smaller is None or len(tried) >= max_exports:
                 cand.status, cand.reason = "gate failed", reason
                 note(f"int8 dropped: {reason}; fp32 remains")
                 return cand

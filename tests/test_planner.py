@@ -544,6 +544,25 @@ def test_a_first_int8_shape_that_fails_the_gate_gives_way_to_a_smaller_one(profi
     assert cands["int8"]["status"] == "gate failed" and len(cands["int8"]["exports"]) == 2
 
 
+def test_a_replanned_int8_shape_that_fails_the_gate_gives_way_too(profile, supernet, tmp_path,
+                                                                  monkeypatch):
+    """The first shape misses (the predictor is 50% optimistic), the re-plan's shape fails the
+    gate: nothing is kept yet, so the largest smaller untried shape that fits is tried (a
+    clean-clone demo on the AMD Zen 2 class dropped int8 at this point)."""
+    int8_exports = _int8_gate(monkeypatch, lambda n: n == 2)
+    budget = _budget_for(profile, "int8", len(cigar_family(PLAN_SPACE)) * 2 // 3)
+    notes = []
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="int8",
+                                 options=ExportOptions(int8_min_cosine=0.5),
+                                 measure=Scripted(profile, {"int8": 1.5}),
+                                 progress=notes.append)
+    c = manifest.plan["candidates"][0]
+    assert len(int8_exports) >= 3 and c["status"] == "chosen", notes
+    assert "measured_ms" in c["exports"][0] and "gate_failed" in c["exports"][1]
+    assert c["params"] < int8_exports[1].params() < int8_exports[0].params()
+    assert any("trying the next smaller shape that fits" in n for n in notes)
+
+
 def _foreign(profile, tmp_path, **fields):
     """A copy of ``profile`` whose fingerprint says it was measured on another machine."""
     out = tmp_path / "foreign"

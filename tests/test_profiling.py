@@ -411,8 +411,7 @@ def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_
     """An identity super network (made from a BERT) exports without its square identity
     projections; the profiling graph built without them matches it op for op and output
     for output."""
-    from shaper_deploy.fusion import (dropped_projections, drop_identities,
-                                      identity_bottlenecks)
+    from shaper_deploy.fusion import bottleneck_orders, dropped_projections, drop_identities
     from shaper_deploy.shape import identity_projections
 
     model = randomize(SuperBert(TINY)).eval()
@@ -421,7 +420,7 @@ def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_
             for lin in (layer.input_bottleneck, layer.output_bottleneck):
                 lin.weight.copy_(torch.eye(48))
                 lin.bias.zero_()
-    flags = identity_bottlenecks(model)
+    flags = bottleneck_orders(model)
     for widths in ((16, 16, 48), (48, 36, 36), (48, 48, 48)):
         shape = Shape(widths, TINY_SPACE)
         manifest = export_bundle(model, shape, tmp_path / str(widths))
@@ -441,7 +440,7 @@ def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_
         for a, b in zip(got, ref, strict=True):
             assert np.abs(a - b).max() < 1e-5
     # a randomized (trained-like) network drops nothing
-    assert dropped_projections(identity_bottlenecks(randomize(SuperBert(TINY))),
+    assert dropped_projections(bottleneck_orders(randomize(SuperBert(TINY))),
                                Shape((48, 48, 48), TINY_SPACE)) == []
     with pytest.raises(ProfileError, match="only square projections"):
         build_deploy_graph(TINY, Shape((16, 36, 8), TINY_SPACE), random=RandomWeightFile(

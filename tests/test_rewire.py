@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from shaper_deploy.errors import TrainingError
+from shaper_deploy.errors import ShaperError
 from shaper_deploy.supernet import SuperBert
-from shaper_deploy.training.rewire import _stats, importance_order
+from shaper_deploy.supernet.rewire import _stats, importance_order
 
 from .conftest import make_inputs, random_shapes, save_tiny_bert
 
@@ -52,7 +52,7 @@ def test_leading_features_are_the_most_important(tiny_supernet):
 
 
 def test_unknown_order_is_refused(tiny_supernet):
-    with pytest.raises(TrainingError, match="unknown order 'random'; allowed: none, residual"):
+    with pytest.raises(ShaperError, match="unknown order 'random'; allowed: none, residual"):
         importance_order(tiny_supernet, _ids(tiny_supernet), "random")
 
 
@@ -74,3 +74,68 @@ def test_padding_is_not_counted(tiny_supernet):
             assert torch.allclose(value, expected, rtol=1e-9, atol=1e-12), (layer, name)
     unmasked = _stats(model, padded, 32)[0]["in"]
     assert not torch.allclose(unmasked, together[0]["in"])  # padding would have counted
+
+
+def test_one_shared_order_keeps_the_identity_networks_graph(tmp_path):
+    """supernet init --order: one residual order for every layer, so the fused transition
+    between two layers of equal width is still exactly the identity and export drops it (the
+    planner's prediction of what is dropped agrees); an order per layer would not."""
+    from shaper_deploy.export import export_bundle
+    from shaper_deploy.fusion import bottleneck_orders, dropped_projections
+    from shaper_deploy.shape import Shape
+
+    save_tiny_bert(tmp_path / "bert", masked_lm=False)
+    model = SuperBert.from_hf(tmp_path / "bert").eval()
+    ids = _ids(model)
+    shared = importance_order(model, ids, "residual+heads", shared=True)
+    per_layer = importance_order(model, ids, "residual+heads")
+    assert shared.source["importance_order_shared"] is True
+    inputs = make_inputs(model.config.space.vocab_size, batch=3, seq=9)
+    with torch.no_grad():
+        assert torch.allclose(model(*inputs).last_hidden_state,
+                              shared(*inputs).last_hidden_state, atol=1e-5, rtol=0)
+    orders = bottleneck_orders(shared)
+    assert len({o for layer in orders for o in layer}) == 1  # one permutation, in and out
+    assert orders[0][0] != tuple(range(model.config.space.hidden_size))  # not the identity
+    space = model.config.space
+    D, w = space.hidden_size, sorted(space.widths)[-2]
+    for widths in ((D,) * 3, (w, w, D), (D, w, w)):
+        shape = Shape(widths, space)
+        between = [f"transitions.{i}" for i in range(2) if widths[i] == widths[i + 1]]
+        manifest = export_bundle(shared, shape, tmp_path / f"s{widths}")
+        assert sorted(manifest.dropped_identities) == between  # never proj_in / proj_out
+        assert sorted(dropped_projections(orders, shape)) == between
+        manifest = export_bundle(per_layer, shape, tmp_path / f"p{widths}")
+        assert sorted(dropped_projections(bottleneck_orders(per_layer), shape)) == sorted(
+            manifest.dropped_identities)
+
+
+def test_supernet_init_orders_its_features_on_text(tmp_path):
+    from click.testing import CliRunner
+
+    from shaper_deploy.cli.main import main
+    from shaper_deploy.fusion import bottleneck_orders
+
+    from .conftest import tiny_tokenizer_json
+
+    save_tiny_bert(tmp_path / "bert", masked_lm=False)
+    (tmp_path / "bert" / "tokenizer.json").write_text(tiny_tokenizer_json())
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the model is small\n\nlatency on device and shape\n")
+    r = CliRunner().invoke(main, ["supernet", "init", "--from-hf", str(tmp_path / "bert"),
+                                  "--order", "residual+heads", "--order-texts", str(texts),
+                                  "--out", str(tmp_path / "s"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "ordered the features of 3 layers by importance on 2 texts" in r.stderr
+    net = SuperBert.load(tmp_path / "s")
+    assert net.source["importance_order"] == "residual+heads"
+    assert len({o for layer in bottleneck_orders(net) for o in layer}) == 1
+    r = CliRunner().invoke(main, ["supernet", "init", "--from-hf", str(tmp_path / "bert"),
+                                  "--order-texts", str(texts), "--out", str(tmp_path / "t")])
+    assert r.exit_code != 0 and "give --order residual or residual+heads with it" in r.output
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9\n")
+    r = CliRunner().invoke(main, ["supernet", "init", "--from-hf", str(tmp_path / "bert"),
+                                  "--order", "residual", "--order-texts",
+                                  str(tmp_path / "bad.txt"), "--out", str(tmp_path / "u")])
+    assert r.exit_code == 1 and "is not UTF-8 text" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "u").exists()

@@ -358,3 +358,55 @@ def test_one_shape_distils_a_teacher(trained, tmp_path):
     r = CliRunner().invoke(main, [*no_shape, "--teacher", str(root / "out" / "teacher"),
                                   "--out", str(tmp_path / "bad2")])
     assert r.exit_code != 0 and "--teacher goes with --shape" in r.output
+
+
+def test_layer_outputs_distilled_bring_a_slice_closer_to_the_teacher(trained, tmp_path):
+    """--layer-loss: every shape also learns the teacher's layer outputs (DynaBERT's hidden-state
+    loss). Same seed, batches and teacher: the slice's layers end nearer the teacher's than when
+    it distils logits only."""
+    from shaper_deploy.training.task import _layer_loss, _outputs
+
+    root, _ = trained
+    train = read_task_data(root / "train.csv", **COLS)
+    cols = ("review", "", "sentiment")
+    base = TaskConfig(full_steps=20, steps=20, batch_size=16, seq_len=16, lr=1e-3, device="cpu",
+                      checkpoint_every=1000)
+    for weight in (0.0, 1.0):
+        train_task(root / "super", train, replace(base, layer_loss=weight),
+                   tmp_path / str(weight), columns=cols)
+    teacher = SuperBert.load(tmp_path / "0.0" / "teacher").eval()
+    other = SuperBert.load(tmp_path / "1.0" / "teacher").state_dict()
+    assert all(torch.equal(v, other[k]) for k, v in teacher.state_dict().items())  # one phase 1
+    val = encode(read_task_data(root / "val.jsonl", **COLS), teacher, teacher.config.task_head, 16)
+    batch = {k: v[:64] for k, v in val.inputs.items()}
+    half = Shape((60,) * 3, PLAN_SPACE)
+    with torch.no_grad():
+        _, target = _outputs(teacher, batch, None, True)
+        assert float(_layer_loss(target, target)) == 0.0
+        gaps = {w: float(_layer_loss(_outputs(SuperBert.load(tmp_path / w / "supernet").eval(),
+                                              batch, half, True)[1], target))
+                for w in ("0.0", "1.0")}
+    assert gaps["1.0"] < 0.8 * gaps["0.0"], gaps
+    with pytest.raises(TrainingError, match="--layer-loss must be a finite number >= 0"):
+        replace(base, layer_loss=-1.0)
+    r = CliRunner().invoke(main, ["train", "task", "--supernet", str(root / "super"), "--train",
+                                  str(root / "train.csv"), "--layer-loss", "nan",
+                                  "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "--layer-loss must be a finite number >= 0, got nan" in r.output
+
+
+def test_the_sandwich_phase_may_have_its_own_learning_rate():
+    """--sandwich-lr: phase 2 on the same warmup-then-decay schedule, at its own peak."""
+    from shaper_deploy.training.task import lr_factor
+
+    same = TaskConfig(full_steps=40, steps=60, lr=5e-5)
+    own = replace(same, sandwich_lr=2e-4)
+    assert lr_factor(same, 0) == pytest.approx(1 / 5)  # warmup: 5 steps of 100
+    assert [lr_factor(own, s) for s in range(40)] == [lr_factor(same, s) for s in range(40)]
+    for s in (40, 70, 99):
+        assert lr_factor(own, s) == pytest.approx(4 * lr_factor(same, s)) and lr_factor(own, s) > 0
+    assert lr_factor(same, 39) == pytest.approx(61 / 95)
+    with pytest.raises(TrainingError, match="--sandwich-lr must be a finite number in"):
+        replace(same, sandwich_lr=0.0)
+    with pytest.raises(TrainingError, match="--sandwich-lr is the sandwich phase's"):
+        TaskConfig(full_steps=5, steps=0, shape=(60, 60, 60), sandwich_lr=1e-4)

@@ -15,6 +15,8 @@ from ..io import read_regular
 from ..schema import MAX_JSON_BYTES, Sha256, parse_json, validated
 from ..shape import PAPER_WIDTHS, DesignSpace, reject_unknown_fields
 
+ORDERS = ("none", "residual", "residual+heads")  # feature orders a slice can keep (rewire.py)
+
 CHECKPOINT_FORMAT = "shaper-deploy/supernet"
 # 3 records the model family (model_type); 2 each tokenizer file's sha256; 1 only the
 # weights' (1 and 2 are BERT, still read)

@@ -9,10 +9,10 @@ from typing import Collection
 
 from ..errors import TrainingError
 from ..runtime import RUNTIMES
+from ..supernet.config import ORDERS
 
 OBJECTIVES = ("mlm", "distill")
 QUALITY_METRICS = {"cosine": True, "perplexity": False}  # quality metric -> higher is better
-ORDERS = ("none", "residual", "residual+heads")  # see rewire.py
 DEVICES = ("auto", *RUNTIMES)  # auto: cuda when a GPU is usable, else cpu
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
 
@@ -99,8 +99,9 @@ def native_bf16(device: str) -> bool:
                for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "random_shapes",
-                    "temperature", "seed", "shape", "teacher", "order")
+TASK_RESUME_KEYS = ("full_steps", "steps", "batch_size", "seq_len", "lr", "sandwich_lr",
+                    "random_shapes",
+                    "temperature", "layer_loss", "seed", "shape", "teacher", "order")
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,12 @@ class TaskConfig:
     batch_size: int = 32
     seq_len: int = 128  # tokens per text (pair): longer ones are cut
     lr: float = 5e-5
+    sandwich_lr: float | None = None  # phase 2's peak learning rate (None: lr)
     random_shapes: int = 2
     temperature: float = 1.0  # of the distilled class distributions
+    # weight of the teacher's layer outputs in what a shape distils (DynaBERT's hidden-state
+    # loss); 0 = its logits only
+    layer_loss: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
     device: str = "auto"
@@ -142,13 +147,23 @@ class TaskConfig:
             if self.steps or not self.full_steps:
                 raise TrainingError("--shape fine-tunes one shape alone: give --full-steps "
                                     "(its steps) and --steps 0 (no sandwich phase)")
+            if self.sandwich_lr is not None:
+                raise TrainingError("--sandwich-lr is the sandwich phase's; --shape has none "
+                                    "(give its rate as --lr)")
         if self.teacher is not None and self.shape is None:
             raise TrainingError("--teacher goes with --shape (one shape distilling it); the "
                                 "sandwich phase distils the full shape it fine-tuned itself")
         if not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise TrainingError(f"--lr must be a finite number in (0, 1), got {self.lr}")
+        if self.sandwich_lr is not None and not (math.isfinite(self.sandwich_lr)
+                                                 and 0 < self.sandwich_lr < 1):
+            raise TrainingError(f"--sandwich-lr must be a finite number in (0, 1), got "
+                                f"{self.sandwich_lr}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise TrainingError(f"--temperature must be positive, got {self.temperature}")
+        if not (math.isfinite(self.layer_loss) and self.layer_loss >= 0):
+            raise TrainingError(f"--layer-loss must be a finite number >= 0, got "
+                                f"{self.layer_loss}")
 
     def device_settings(self) -> "TrainConfig":
         """The device and precision, resolved and checked as super-training does."""

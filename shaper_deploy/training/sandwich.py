@@ -11,7 +11,7 @@ their gradients before one optimizer step. Two objectives:
   encoders such as all-MiniLM-L6-v2.
 
 Before the first step the super network's features can be put in order of importance
-(``order``, :mod:`.rewire`), so that slices keep the features that matter.
+(``order``, :mod:`..supernet.rewire`), so that slices keep the features that matter.
 
 Devices: ``device`` "cpu" or "cuda". Under torchrun each process takes ``cuda:LOCAL_RANK``;
 model, teacher and batches live there; the process group is NCCL on GPUs and gloo on CPUs
@@ -51,7 +51,7 @@ from ..supernet.model import SuperBert
 from ..templates import random_shape
 from .data import Corpus
 from .config import RESUME_KEYS, TrainConfig, native_bf16
-from .rewire import importance_order
+from ..supernet.rewire import importance_order
 
 ORDER_BLOCKS = 256  # token blocks the importance order is measured on
 PROGRESS_SECONDS = 15.0  # longest silence between progress lines

@@ -10,11 +10,13 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    planner can take it for loose budgets).
 2. ``steps`` sandwich steps train the largest, the smallest and ``random_shapes`` random
    shapes together, each distilling the frozen teacher's outputs (KL divergence of the
-   softened class distributions at ``temperature``, or the teacher's score for regression);
-   the largest also learns the labels. The result, ``out/supernet``, is what export slices.
+   softened class distributions at ``temperature``, or the teacher's score for regression;
+   with ``layer_loss`` > 0 also every layer's output, DynaBERT's hidden-state loss), at the
+   peak learning rate ``sandwich_lr`` (default ``lr``); the largest also learns the labels.
+   The result, ``out/supernet``, is what export slices.
 
 With ``order`` (``--order``; off by default) the features are first put in importance order on
-the first 256 training texts (:mod:`.rewire`; DynaBERT rewires before its width-adaptive phase
+the first 256 training texts (:mod:`..supernet.rewire`; DynaBERT rewires before its width-adaptive phase
 too), so a slice keeps the features that matter on them; the full shape computes what it did.
 Measured on two datasets, it lifted the untrained slices but not the fine-tuned ones.
 
@@ -36,7 +38,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,9 +55,9 @@ from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
 from ..templates import random_shape
-from .rewire import importance_order
-from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _StopRequest,
-                       _weights_digest, training_device)
+from ..supernet.rewire import importance_order
+from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _scaled_mse,
+                       _StopRequest, _weights_digest, training_device)
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
@@ -110,8 +112,16 @@ def _batch(data: Encoded, idx: torch.Tensor, device: torch.device) -> dict[str, 
 
 def _logits(model: SuperBert, batch: dict[str, torch.Tensor], shape: Shape | None
             ) -> torch.Tensor:
-    hidden = model(**batch, shape=shape).last_hidden_state
-    return model.task_logits(hidden, batch["attention_mask"]).float()
+    return _outputs(model, batch, shape, False)[0]
+
+
+def _outputs(model: SuperBert, batch: dict[str, torch.Tensor], shape: Shape | None,
+             layers: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The task logits and, when ``layers``, every layer's output (after its output
+    bottleneck, in the model's width D whatever the shape)."""
+    out = model(**batch, shape=shape, layer_outputs=layers)
+    logits = model.task_logits(out.last_hidden_state, batch["attention_mask"]).float()
+    return logits, out.layer_outputs or ()
 
 
 def _label_loss(logits: torch.Tensor, y: torch.Tensor, head: TaskHead) -> torch.Tensor:
@@ -127,6 +137,25 @@ def _distill_loss(student: torch.Tensor, teacher: torch.Tensor, head: TaskHead,
     t = temperature
     return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
                     log_target=True, reduction="batchmean") * t * t
+
+
+def _layer_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
+                ) -> torch.Tensor:
+    """DynaBERT's hidden-state distillation: every layer's output against the teacher's,
+    each as a mean squared error relative to the teacher's variance, averaged over layers."""
+    return sum(_scaled_mse(h, t) for h, t in zip(student, teacher)) / len(student)
+
+
+def lr_factor(config: TaskConfig, step: int) -> float:
+    """The learning rate at ``step`` over ``config.lr``: a linear warmup over the first 5% of
+    all steps, then a linear decay to 0 at the end; from the sandwich phase on it is scaled by
+    ``sandwich_lr / lr`` (phase 2 at its own peak, on the same decay)."""
+    total = config.full_steps + config.steps
+    warm = max(1, total // 20)
+    factor = min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+    if config.sandwich_lr is not None and step >= config.full_steps:
+        factor *= config.sandwich_lr / config.lr
+    return factor
 
 
 @torch.no_grad()
@@ -199,9 +228,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             wrapped, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    warm = max(1, total // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -231,20 +258,28 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             y = data.y[batch_idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             losses = []
+            # the teacher's logits and (with layer_loss) layer outputs, once per step
+            layers = bool(config.layer_loss) and teacher is not None
+            target, target_layers = None, ()
+            if teacher is not None and (step >= config.full_steps or only is not None):
+                with torch.no_grad():
+                    target, target_layers = _outputs(teacher, batch, None, layers)
+
+            def distilled(logits: torch.Tensor, hidden: tuple[torch.Tensor, ...]
+                          ) -> torch.Tensor:
+                loss = _distill_loss(logits, target, head, config.temperature)
+                if layers:
+                    loss = loss + config.layer_loss * _layer_loss(hidden, target_layers)
+                return loss
+
             if step < config.full_steps:
-                logits = wrapped(batch, only)
+                logits, hidden = wrapped(batch, only, layers)
                 loss = _label_loss(logits, y, head)
-                if only is not None and teacher is not None:  # the labels and the teacher
-                    with torch.no_grad():
-                        target = _logits(teacher, batch, None)
-                    loss = loss + _distill_loss(logits, target, head, config.temperature)
+                if target is not None:  # --shape --teacher: the labels and the teacher
+                    loss = loss + distilled(logits, hidden)
                 loss.backward()
                 losses.append(float(loss.detach()))
             else:
-                target = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = _logits(teacher, batch, None)
                 rng = random.Random(f"{config.seed}:{step}")
                 shapes = [space.largest, space.smallest] + [
                     random_shape(space, rng) for _ in range(config.random_shapes)]
@@ -252,9 +287,9 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                     last = k == len(shapes) - 1
                     sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
                     with sync:
-                        logits = wrapped(batch, shape)
-                        loss = (_distill_loss(logits, target, head, config.temperature)
-                                if target is not None else _label_loss(logits, y, head))
+                        logits, hidden = wrapped(batch, shape, layers)
+                        loss = (distilled(logits, hidden) if target is not None
+                                else _label_loss(logits, y, head))
                         if k == 0 and target is not None:
                             loss = loss + _label_loss(logits, y, head)
                         loss.backward()  # the shapes' gradients add up; DDP reduces once
@@ -356,5 +391,6 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, torch.Tensor], shape: Shape | None) -> torch.Tensor:
-        return _logits(self.model, batch, shape)
+    def forward(self, batch: dict[str, torch.Tensor], shape: Shape | None, layers: bool
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        return _outputs(self.model, batch, shape, layers)

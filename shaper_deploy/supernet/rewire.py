@@ -20,13 +20,14 @@ what it computed before (tested); only what a slice keeps changes.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from ..supernet.model import SuperBert
-from ..supernet.modules import BottleneckLayer
-from .config import ORDERS, check_choice
+from ..errors import ShaperError
+from .config import ORDERS
+from .model import SuperBert
+from .modules import BottleneckLayer
 
 
 def _stats(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tensor], batch: int
@@ -111,26 +112,54 @@ def _head_orders(t, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return qk, v
 
 
+def text_inputs(model: SuperBert, texts: Sequence[str], seq_len: int = 128
+                ) -> dict[str, torch.Tensor]:
+    """The model's inputs for ``texts`` (cut at ``seq_len`` tokens, padded to the longest,
+    with the attention mask), through its own tokenizer."""
+    from ..runtime import padded_tokenizer
+
+    if "tokenizer.json" not in model.tokenizer_files:
+        raise ShaperError("the super network has no tokenizer.json, which ordering its "
+                          "features on text needs")
+    c = model.config
+    tok = padded_tokenizer(model.tokenizer_files["tokenizer.json"].decode(),
+                           min(seq_len, c.max_tokens), c.pad_token_id)
+    feeds = c.family.feeds(tok.encode_batch(list(texts)))
+    return {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+
 def importance_order(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tensor],
                      order: str = "residual+heads", batch: int = 32,
-                     progress: Callable[[str], None] | None = None) -> SuperBert:
+                     progress: Callable[[str], None] | None = None,
+                     shared: bool = False) -> SuperBert:
     """A copy of ``model`` with every layer's features sorted by importance on ``ids``
     (token blocks, (N, S); or the model's inputs by name, padded texts with their
     ``attention_mask``, whose padding is not counted); the full shape's outputs are
-    unchanged."""
-    check_choice("order", order, ORDERS)
+    unchanged.
+
+    ``shared``: one residual order for every layer, by the energies summed over the layers
+    (``supernet init --order``). Identity bottlenecks then become one permutation P in and
+    its inverse out of every layer, so between two layers of equal width the fused
+    transition stays exactly the identity and export still drops it: the order costs no
+    latency there (measured on all-MiniLM-L6-v2: slices keep as much as with an order per
+    layer). Only the input projection and, at width D, the output one become P's."""
+    if order not in ORDERS:
+        raise ShaperError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
     out = copy.deepcopy(model)
     if order == "none":
         return out
     stats = _stats(out, ids, batch)
+    one = _descending(sum(s["in"] + s["out"] for s in stats)) if shared else None
     with torch.no_grad():
         for block, s in zip(out.layers, stats):
             if order == "residual+heads":
                 _permute_heads(block, *_head_orders(block.layer, s))
-            _permute_residual(block, _descending(s["in"] + s["out"]))
+            _permute_residual(block, one if one is not None else _descending(s["in"] + s["out"]))
     if progress:
         n = len(ids["input_ids"] if isinstance(ids, dict) else ids)
         progress(f"ordered the features of {len(out.layers)} layers by importance on "
-                 f"{n} {'texts' if isinstance(ids, dict) else 'blocks'} ({order})")
-    out.source = {**model.source, "importance_order": order}
+                 f"{n} {'texts' if isinstance(ids, dict) else 'blocks'} ({order}"
+                 f"{', one residual order shared by the layers' if shared else ''})")
+    out.source = {**model.source, "importance_order": order,
+                  **({"importance_order_shared": True} if shared else {})}
     return out
