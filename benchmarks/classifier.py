@@ -262,6 +262,9 @@ def main() -> None:
                     help="Only: fine-tune each slice the plans in --json chose alone for STEPS "
                          "steps distilling the teacher, and add its test accuracy and latency "
                          "to --json.")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="Per-shape test accuracy only: no plans, no head-cost timing (for a "
+                         "machine busy with other work)")
     ap.add_argument("--reuse-training", action="store_true",
                     help="Take --out/task as trained (its train.json) and plan again.")
     args = ap.parse_args()
@@ -323,7 +326,7 @@ def main() -> None:
         print(f"{r['name']:<40} {r['params'] / 1e6:6.2f}M  test accuracy {r['accuracy']:.4f}",
               file=sys.stderr)
     plans = []
-    for text in args.budgets.split(","):
+    for text in [] if args.no_timing else args.budgets.split(","):
         folder = args.out / f"plan-{text.strip('%')}"
         request = BudgetRequest(Budget(float(text.strip("%")) / 100, True, text),
                                 args.profile, batch=1, seq_len=args.seq_len,
@@ -357,7 +360,8 @@ def main() -> None:
     # the head's cost beside the feature-extraction graph the profile timed
     head_cost = []
     feeds = None
-    for name, shape in (("largest", space.largest), ("cigar", family[list(family)[2]])):
+    for name, shape in () if args.no_timing else (("largest", space.largest),
+                                                    ("cigar", family[list(family)[2]])):
         fe, tc = args.out / f"head-{name}-fe", args.out / f"head-{name}-tc"
         export_bundle(net, shape, fe, force=True)
         export_bundle(net, shape, tc, ExportOptions(task="text-classification"), force=True)
@@ -377,6 +381,7 @@ def main() -> None:
               "train": {"config": summary["config"], "seconds": round(train_s, 1),
                         "validation": summary["validation"]},
               "test_accuracy_per_shape": rows, "plans": plans, "head_cost": head_cost,
+              "timed": not args.no_timing,
               "seconds": round(time.time() - started, 1)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
