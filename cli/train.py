@@ -240,9 +240,9 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
 def task(supernet_path: Path, train_path: Path, validation_path: Path | None, text_column: str,
          pair_column: str | None, label_column: str, regression: bool, out: Path,
          full_steps: int, steps: int, batch_size: int, seq_len: int, lr: float,
-         sandwich_lr: float | None, random_shapes: int, temperature: float, layer_loss: float, device: str,
-         checkpoint_every: int, seed: int, shape_text: str | None, teacher_path: Path | None, order: str,
-         stop_after: int | None, as_json: bool) -> None:
+         sandwich_lr: float | None, random_shapes: int, temperature: float, layer_loss: float,
+         device: str, checkpoint_every: int, seed: int, shape_text: str | None,
+         teacher_path: Path | None, order: str, stop_after: int | None, as_json: bool) -> None:
     """Fine-tune a super network on labelled text: every shape becomes a classifier.
 
     The full shape is fine-tuned first (the teacher), then every shape learns it with the

@@ -16,8 +16,9 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    The result, ``out/supernet``, is what export slices.
 
 With ``order`` (``--order``; off by default) the features are first put in importance order on
-the first 256 training texts (:mod:`..supernet.rewire`; DynaBERT rewires before its width-adaptive phase
-too), so a slice keeps the features that matter on them; the full shape computes what it did.
+the first 256 training texts (:mod:`..supernet.rewire`, an order per layer; DynaBERT rewires
+before its width-adaptive phase too), so a slice keeps the features that matter on them; the
+full shape computes what it did.
 Measured on two datasets, it lifted the untrained slices but not the fine-tuned ones.
 
 With ``shape`` (``--shape``) only phase 1 runs, at that shape; with ``teacher`` too, the shape
