@@ -44,7 +44,7 @@ from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
 from .quantize import int8_record, quantize_int8, quantize_with_fallback
-from .runtime import cpu_model_and_flags, int8_format, make_session, padded_tokenizer
+from .runtime import cpu_model_and_flags, int8_format, make_session, model_tokenizer, text_feeds
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
 from .supernet.model import SuperBert
@@ -224,18 +224,16 @@ def _judge_feeds(graph: _Graph, tokenizer_files: dict[str, bytes], options: Expo
     """Inputs for int8-vs-fp32: the options' texts, else the sample sentences, when a
     tokenizer is there (64 texts per run); a pair classifier pairs each with the next."""
     c = graph.config
-    if "tokenizer.json" in tokenizer_files:
-        tok = padded_tokenizer(tokenizer_files["tokenizer.json"].decode(), c.max_tokens,
-                               c.pad_token_id)
+    tok = model_tokenizer(c, tokenizer_files, c.max_tokens)
+    if tok is not None:
         texts = list(options.judge_texts or CALIBRATION_TEXTS)
         pairs = list(options.judge_pairs) or None
         if pairs is None and c.task_head is not None and c.task_head.pair_column:
             pairs = texts[1:] + texts[:1]
-        items = texts if pairs is None else list(zip(texts, pairs))
         what = (f"{len(texts)} given texts" if options.judge_texts else
                 f"{len(texts)} English sentences")
-        return [c.family.feeds(tok.encode_batch(items[i:i + 64]))
-                for i in range(0, len(items), 64)], what
+        return [text_feeds(c, tok, texts[i:i + 64], pairs and pairs[i:i + 64])
+                for i in range(0, len(texts), 64)], what
     return ([graph.config.dummy_inputs(b, s, seed=200 + i, padding=p)
              for i, (b, s, p) in enumerate(validation_cases(c.max_tokens))],
             "random token ids (no tokenizer)")

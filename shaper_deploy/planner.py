@@ -55,7 +55,8 @@ from .io import atomic_dir, check_output_dir
 from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase
 from .profiling.profile import graph_differences, graph_record
 from .promise import MEASURE_SECONDS, PLAN_CONFIDENCE
-from .runtime import DEVICE_PRECISIONS, make_session, padded_tokenizer, precision_problem
+from .runtime import (DEVICE_PRECISIONS, make_session, model_tokenizer, precision_problem,
+                      text_feeds)
 from .shape import Shape
 from .taskdata import TaskData, read_task_data, targets
 
@@ -209,11 +210,9 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
 
     config = supernet.config
     fam, longest = config.family, min(max_length, config.max_tokens)
-    if "tokenizer.json" in supernet.tokenizer_files:
-        tok = padded_tokenizer(supernet.tokenizer_files["tokenizer.json"].decode(), longest,
-                               config.pad_token_id)
-        items = list(texts) if pairs is None else list(zip(texts, pairs))
-        feeds = fam.feeds(tok.encode_batch(items))
+    tok = model_tokenizer(config, supernet.tokenizer_files, longest)
+    if tok is not None:
+        feeds = text_feeds(config, tok, texts, pairs)
         used = f"{len(texts)} calibration texts" + (" (as pairs)" if pairs is not None else "")
         mask_id = fam.special_token_id(tok, "mask")
     else:

@@ -141,17 +141,38 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, sorted(f for f in ISA_FLAGS if f in flags)
 
 
-def padded_tokenizer(tokenizer_json: str, max_length: int, pad_token_id: int):
+def padded_tokenizer(tokenizer_json: str, max_length: int, pad_token_id: int,
+                     fixed: bool = False):
     """A ``tokenizers`` tokenizer from tokenizer.json text that cuts every text at
-    ``max_length`` tokens and pads a batch to its longest text with ``pad_token_id`` (BERT's
-    0, RoBERTa's 1: the model's own, never the library's default)."""
+    ``max_length`` tokens and pads with ``pad_token_id`` (BERT's 0, RoBERTa's 1: the model's
+    own, never the library's default) a batch to its longest text or, ``fixed``, every text
+    to ``max_length``."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
     tok.enable_truncation(max_length)
-    tok.enable_padding(pad_id=pad_token_id,
-                       pad_token=tok.id_to_token(pad_token_id) or "[PAD]")
+    tok.enable_padding(pad_id=pad_token_id, pad_token=tok.id_to_token(pad_token_id) or "[PAD]",
+                       length=max_length if fixed else None)
     return tok
+
+
+def model_tokenizer(config, tokenizer_files: dict[str, bytes], max_length: int,
+                    fixed: bool = False):
+    """A model's own tokenizer (``config``: a super network's or graph's, for its positions
+    and pad id) from the tokenizer.json among its ``tokenizer_files``, cutting at
+    ``max_length`` tokens (at most the model's positions) and padding as
+    ``padded_tokenizer``; None when the files hold no tokenizer.json."""
+    if "tokenizer.json" not in tokenizer_files:
+        return None
+    return padded_tokenizer(tokenizer_files["tokenizer.json"].decode(),
+                            min(max_length, config.max_tokens), config.pad_token_id, fixed)
+
+
+def text_feeds(config, tok, texts, pairs=None) -> dict:
+    """The model's int64 inputs by name (numpy) for ``texts``, or for text pairs when
+    ``pairs`` is given, through ``tok`` (``model_tokenizer``)."""
+    items = list(texts) if pairs is None else list(zip(texts, pairs))
+    return config.family.feeds(tok.encode_batch(items))
 
 
 def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | None = None,

@@ -116,15 +116,13 @@ def text_inputs(model: SuperBert, texts: Sequence[str], seq_len: int = 128
                 ) -> dict[str, torch.Tensor]:
     """The model's inputs for ``texts`` (cut at ``seq_len`` tokens, padded to the longest,
     with the attention mask), through its own tokenizer."""
-    from ..runtime import padded_tokenizer
+    from ..runtime import model_tokenizer, text_feeds
 
-    if "tokenizer.json" not in model.tokenizer_files:
+    tok = model_tokenizer(model.config, model.tokenizer_files, seq_len)
+    if tok is None:
         raise ShaperError("the super network has no tokenizer.json, which ordering its "
                           "features on text needs")
-    c = model.config
-    tok = padded_tokenizer(model.tokenizer_files["tokenizer.json"].decode(),
-                           min(seq_len, c.max_tokens), c.pad_token_id)
-    feeds = c.family.feeds(tok.encode_batch(list(texts)))
+    feeds = text_feeds(model.config, tok, texts)
     return {k: torch.from_numpy(v) for k, v in feeds.items()}
 
 

@@ -12,8 +12,11 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    shapes together, each distilling the frozen teacher's outputs (KL divergence of the
    softened class distributions at ``temperature``, or the teacher's score for regression;
    with ``layer_loss`` > 0 also every layer's output, DynaBERT's hidden-state loss), at the
-   peak learning rate ``sandwich_lr`` (default ``lr``); the largest also learns the labels.
-   The result, ``out/supernet``, is what export slices.
+   peak learning rate ``sandwich_lr`` (default 4 x ``lr``, at most 2e-4, never below ``lr``);
+   the largest also learns the labels. The result, ``out/supernet``, is what export slices.
+
+Each phase has its own learning-rate schedule (a linear warmup over its first 5% of steps, a
+linear decay to 0 at its end): the teacher ends annealed, and the sandwich starts at its peak.
 
 With ``order`` (``--order``; off by default) the features are first put in importance order on
 the first 256 training texts (:mod:`..supernet.rewire`, an order per layer; DynaBERT rewires
@@ -49,7 +52,7 @@ from torch import nn
 from ..errors import TrainingError
 from ..fidelity import task_metrics
 from ..io import atomic_dir, atomic_write_bytes
-from ..runtime import padded_tokenizer
+from ..runtime import model_tokenizer, text_feeds
 from ..shape import Shape
 from ..supernet.checkpoint import write_supernet
 from ..supernet.config import TaskHead
@@ -77,18 +80,14 @@ def encode(data: TaskData, model: SuperBert, head: TaskHead, seq_len: int,
     """Token ids of every text (pair), padded to ``seq_len``, and the targets. A label the
     head does not know (one only in validation) is one TrainingError line."""
     c = model.config
-    if "tokenizer.json" not in model.tokenizer_files:
-        raise TrainingError("the super network has no tokenizer.json, which task training "
-                            "needs to read text")
     if not 2 <= seq_len <= c.max_tokens:
         raise TrainingError(f"--seq-len must be 2..{c.max_tokens} (the model's positions), "
                             f"got {seq_len}")
-    tok = padded_tokenizer(model.tokenizer_files["tokenizer.json"].decode(), seq_len,
-                           c.pad_token_id)
-    tok.enable_padding(pad_id=c.pad_token_id, pad_token=tok.id_to_token(c.pad_token_id) or "",
-                       length=seq_len)
-    items = data.texts if data.pairs is None else list(zip(data.texts, data.pairs))
-    feeds = c.family.feeds(tok.encode_batch(items))
+    tok = model_tokenizer(c, model.tokenizer_files, seq_len, fixed=True)
+    if tok is None:
+        raise TrainingError("the super network has no tokenizer.json, which task training "
+                            "needs to read text")
+    feeds = text_feeds(c, tok, data.texts, data.pairs)
     y = torch.tensor(targets(data, head.labels, f"{what} data"),
                      dtype=torch.float32 if head.problem == "regression" else torch.long)
     return Encoded({k: torch.from_numpy(v) for k, v in feeds.items()}, y)
@@ -148,15 +147,16 @@ def _layer_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
 
 
 def lr_factor(config: TaskConfig, step: int) -> float:
-    """The learning rate at ``step`` over ``config.lr``: a linear warmup over the first 5% of
-    all steps, then a linear decay to 0 at the end; from the sandwich phase on it is scaled by
-    ``sandwich_lr / lr`` (phase 2 at its own peak, on the same decay)."""
-    total = config.full_steps + config.steps
-    warm = max(1, total // 20)
-    factor = min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
-    if config.sandwich_lr is not None and step >= config.full_steps:
-        factor *= config.sandwich_lr / config.lr
-    return factor
+    """The learning rate at ``step`` over ``config.lr``. Each phase has its own schedule: a
+    linear warmup over its first 5% of steps, then a linear decay to 0 at its end; phase 1
+    peaks at ``lr``, phase 2 at ``sandwich_lr``."""
+    if step < config.full_steps:
+        n, s, peak = config.full_steps, step, 1.0
+    else:
+        n, s = config.steps, step - config.full_steps
+        peak = (config.sandwich_lr or config.lr) / config.lr  # None with --shape (no phase 2)
+    warm = max(1, n // 20)
+    return peak * min((s + 1) / warm, max(0.0, (n - s) / max(1, n - warm)))
 
 
 @torch.no_grad()
