@@ -213,8 +213,8 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
               help="Tokens per text (pair); longer ones are cut.")
 @click.option("--lr", default=_TASK.lr, show_default=True, type=float)
 @click.option("--sandwich-lr", default=None, type=float,
-              help="Phase 2's peak learning rate (default: 4 x --lr, at most 2e-4, never below "
-                   "--lr); each phase warms up and decays to 0 on its own.")
+              help="Phase 2's peak learning rate, on the same linear decay (default: 4 x --lr, "
+                   "at most 2e-4, never below --lr).")
 @click.option("--random-shapes", default=_TASK.random_shapes, show_default=True, type=int)
 @click.option("--temperature", default=_TASK.temperature, show_default=True, type=float,
               help="Softening of the distilled class distributions.")

@@ -395,9 +395,9 @@ def test_layer_outputs_distilled_bring_a_slice_closer_to_the_teacher(trained, tm
     assert r.exit_code != 0 and "--layer-loss must be a finite number >= 0, got nan" in r.output
 
 
-def test_each_phase_has_its_own_schedule_and_the_sandwich_its_own_peak():
-    """Phase 1 warms up over 5% of its steps and decays to 0 at its end; phase 2 starts again
-    at --sandwich-lr, by default 4 x --lr capped at 2e-4 and never below --lr."""
+def test_the_sandwich_phase_has_its_own_peak_learning_rate():
+    """Phase 2 on the same warmup-then-decay schedule at --sandwich-lr, by default 4 x --lr
+    capped at 2e-4 and never below --lr (so the tests' tiny BERT at 3e-4 keeps its rate)."""
     from shaper_deploy.training.task import lr_factor
 
     config = TaskConfig(full_steps=40, steps=60, lr=5e-5)
@@ -405,16 +405,13 @@ def test_each_phase_has_its_own_schedule_and_the_sandwich_its_own_peak():
     assert TaskConfig(lr=2e-5).sandwich_lr == pytest.approx(8e-5)  # 4 x
     assert TaskConfig(lr=3e-4).sandwich_lr == pytest.approx(3e-4)  # never below --lr
     assert TaskConfig(full_steps=5, steps=0, shape=(60, 60, 60)).sandwich_lr is None
-    phase1 = [lr_factor(config, s) for s in range(40)]
-    assert phase1[:2] == pytest.approx([1 / 2, 1.0])  # warmup: 2 steps of 40
-    assert phase1[39] == pytest.approx(1 / 38) and phase1 == sorted(phase1[:2]) + sorted(
-        phase1[2:], reverse=True)  # decays to the last step's 1/38, then 0
-    phase2 = [lr_factor(config, s) for s in range(40, 100)]
-    assert phase2[:5] == pytest.approx([4 / 3, 8 / 3, 4.0, 4.0, 4.0 * 56 / 57])  # warmup: 3
-    assert phase2[-1] == pytest.approx(4.0 / 57)
-    own = replace(config, sandwich_lr=1e-4)
-    assert [lr_factor(own, s) for s in range(40)] == phase1
-    assert [lr_factor(own, s) for s in range(40, 100)] == pytest.approx([f / 2 for f in phase2])
+    same = replace(config, sandwich_lr=5e-5)
+    assert lr_factor(same, 0) == pytest.approx(1 / 5)  # warmup: 5 steps of 100
+    assert lr_factor(same, 39) == pytest.approx(61 / 95)
+    assert [lr_factor(config, s) for s in range(40)] == [lr_factor(same, s) for s in range(40)]
+    for s in (40, 70, 99):
+        assert lr_factor(config, s) == pytest.approx(4 * lr_factor(same, s))
+        assert lr_factor(config, s) > 0
     with pytest.raises(TrainingError, match="--sandwich-lr must be a finite number in"):
         replace(config, sandwich_lr=0.0)
     with pytest.raises(TrainingError, match="--sandwich-lr is the sandwich phase's"):

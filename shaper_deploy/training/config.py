@@ -100,7 +100,7 @@ def native_bf16(device: str) -> bool:
 
 
 # The default sandwich phase's peak is 4 x --lr capped here: at the default lr 5e-5, 2e-4 lifted
-# the slices on reviews (+2.3 points on average in 400 steps, +3.3 in 60) and BBC topics (+1.9)
+# the slices on reviews (+2.3 points on average in 400 steps, +2.1 in 60) and BBC topics (+1.9)
 # on the AMD Zen 2 class (docs/benchmarks.md); the cap keeps a high base rate (a tiny model's
 # 3e-4 in the tests) from a 4x that collapsed its slices.
 SANDWICH_LR_CAP = 2e-4

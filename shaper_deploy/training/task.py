@@ -15,9 +15,6 @@ DynaBERT's width-adaptive recipe (Hou et al., 2020):
    peak learning rate ``sandwich_lr`` (default 4 x ``lr``, at most 2e-4, never below ``lr``);
    the largest also learns the labels. The result, ``out/supernet``, is what export slices.
 
-Each phase has its own learning-rate schedule (a linear warmup over its first 5% of steps, a
-linear decay to 0 at its end): the teacher ends annealed, and the sandwich starts at its peak.
-
 With ``order`` (``--order``; off by default) the features are first put in importance order on
 the first 256 training texts (:mod:`..supernet.rewire`, an order per layer; DynaBERT rewires
 before its width-adaptive phase too), so a slice keeps the features that matter on them; the
@@ -147,16 +144,15 @@ def _layer_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
 
 
 def lr_factor(config: TaskConfig, step: int) -> float:
-    """The learning rate at ``step`` over ``config.lr``. Each phase has its own schedule: a
-    linear warmup over its first 5% of steps, then a linear decay to 0 at its end; phase 1
-    peaks at ``lr``, phase 2 at ``sandwich_lr``."""
-    if step < config.full_steps:
-        n, s, peak = config.full_steps, step, 1.0
-    else:
-        n, s = config.steps, step - config.full_steps
-        peak = (config.sandwich_lr or config.lr) / config.lr  # None with --shape (no phase 2)
-    warm = max(1, n // 20)
-    return peak * min((s + 1) / warm, max(0.0, (n - s) / max(1, n - warm)))
+    """The learning rate at ``step`` over ``config.lr``: a linear warmup over the first 5% of
+    all steps, then a linear decay to 0 at the end; from the sandwich phase on it is scaled by
+    ``sandwich_lr / lr`` (phase 2 at its own peak, on the same decay)."""
+    total = config.full_steps + config.steps
+    warm = max(1, total // 20)
+    factor = min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
+    if config.sandwich_lr is not None and step >= config.full_steps:
+        factor *= config.sandwich_lr / config.lr
+    return factor
 
 
 @torch.no_grad()
