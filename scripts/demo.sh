@@ -85,7 +85,7 @@ step "7. a sentiment classifier: MiniLM fine-tuned on 2,000 Rotten Tomatoes revi
 DATA=$RUNS/rotten-tomatoes/data
 rm -rf "$RUNS/minilm-sentiment"
 "$BIN/shaperctl" train task --supernet "$RUNS/minilm-super" --train "$DATA/train.csv" \
-  --validation "$DATA/validation.csv" --full-steps 120 --steps 60 --seq-len 64 \
+  --validation "$DATA/validation.csv" --full-steps 120 --steps 120 --seq-len 64 \
   --out "$RUNS/minilm-sentiment"
 "$BIN/shaperctl" export --supernet "$RUNS/minilm-sentiment/supernet" \
   --teacher "$RUNS/minilm-sentiment/teacher" --task text-classification --latency "$BUDGET" \
