@@ -5,8 +5,19 @@ line on stderr and a non-zero exit. Every message names what was wrong and what 
 """
 
 
+from typing import Collection
+
+
 class ShaperError(Exception):
     """Root of every error shaper-deploy raises on purpose."""
+
+
+def check_choice(name: str, value: str, allowed: Collection[str],
+                 error: type[ShaperError] = ShaperError) -> None:
+    """One line naming the setting, its value and what is allowed (as ``error``), unless the
+    value is allowed."""
+    if value not in allowed:
+        raise error(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 class ShapeError(ShaperError, ValueError):

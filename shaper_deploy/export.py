@@ -39,7 +39,7 @@ from torch import nn
 
 from . import __version__
 from .bundle import HEAD_TASKS, TASKS, BundleManifest, task_outputs
-from .errors import ExportError, ValidationError
+from .errors import ExportError, ValidationError, check_choice
 from .fidelity import CALIBRATION_TEXTS, cosine_rows
 from .fusion import FusedBert, drop_identities, fuse_bottlenecks
 from .io import atomic_dir, check_output_dir, sha256_file
@@ -77,8 +77,7 @@ class ExportOptions:
     atol: float = 1e-4  # fp32 ONNX Runtime vs PyTorch tolerance on every output
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ExportError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
+        check_choice("task", self.task, TASKS, ExportError)
         if self.opset not in OPSETS:
             raise ExportError(f"opset {self.opset} is not supported; allowed: "
                               f"{OPSETS.start}..{OPSETS.stop - 1}")

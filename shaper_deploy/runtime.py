@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from .errors import DeviceError
+from .errors import DeviceError, check_choice
 
 PRECISIONS = ("fp32", "int8")  # every precision a profile, plan or bundle may have
 
@@ -184,8 +184,7 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
     """
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES, DeviceError)
     check_threads(threads)
     provider = DEVICES[device]
     if provider not in ort.get_available_providers():

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import BundleManifest
-from .errors import ServingError
+from .errors import ServingError, check_choice
 from .runtime import check_workload, make_session, padded_tokenizer
 
 POOLINGS = ("mean", "cls", "pooler")
@@ -142,8 +142,7 @@ class Bundle:
         if self.manifest.task != "feature-extraction":
             raise ServingError(f"bundle {self.path} computes {self.manifest.task}, not "
                                "embeddings; use logits() for fill-mask bundles")
-        if pooling not in POOLINGS:
-            raise ServingError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        check_choice("pooling", pooling, POOLINGS, ServingError)
         if pooling == "pooler" and "pooler_output" not in self.outputs:
             raise ServingError(f"bundle {self.path} has no pooler; allowed pooling: mean, cls")
         if batch_size < 1:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ServingError
+from .errors import ServingError, check_choice
 from .io import atomic_dir, check_not_input, check_output_dir
 from .bundle import BundleManifest, output_shape
 from .families import TOKENIZER_FILES
@@ -79,8 +79,7 @@ class TritonOptions:
     queue_delay_us: int = 100  # how long dynamic batching may hold a request
 
     def __post_init__(self) -> None:
-        if self.device not in KINDS:
-            raise ServingError(f"unknown device {self.device!r}; allowed: {', '.join(KINDS)}")
+        check_choice("device", self.device, KINDS, ServingError)
         for name, most in (("max_batch", MAX_BATCH), ("instances", MAX_INSTANCES),
                            ("threads", MAX_THREADS)):
             value = getattr(self, name)

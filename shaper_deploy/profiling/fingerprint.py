@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from ..errors import DeviceError
+from ..errors import DeviceError, check_choice
 from ..runtime import cpu_model_and_flags
 
 # Fields that must agree for a profile to describe this machine.
@@ -37,8 +37,7 @@ def device_fingerprint(device: str) -> dict[str, Any]:
 
     from ..runtime import DEVICES
 
-    if device not in DEVICES:
-        raise DeviceError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES, DeviceError)
     model, isa = cpu_model_and_flags()
     gpu = _gpu() if device == "cuda" else None
     if device == "cuda" and gpu is None:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import ShaperError
+from ..errors import ShaperError, check_choice
 from .config import ORDERS
 from .model import SuperBert
 from .modules import BottleneckLayer
@@ -141,8 +141,7 @@ def importance_order(model: SuperBert, ids: torch.Tensor | dict[str, torch.Tenso
     transition stays exactly the identity and export still drops it: the order costs no
     latency there (measured on all-MiniLM-L6-v2: slices keep as much as with an order per
     layer). Only the input projection and, at width D, the output one become P's."""
-    if order not in ORDERS:
-        raise ShaperError(f"unknown order {order!r}; allowed: {', '.join(ORDERS)}")
+    check_choice("order", order, ORDERS)
     out = copy.deepcopy(model)
     if order == "none":
         return out

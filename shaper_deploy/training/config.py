@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Collection
 
+from .. import errors
 from ..errors import TrainingError
 from ..runtime import RUNTIMES
 from ..supernet.config import ORDERS
@@ -18,9 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it
 
 
 def check_choice(name: str, value: str, allowed: Collection[str]) -> None:
-    """One line naming the setting, its value and what is allowed, unless it is allowed."""
-    if value not in allowed:
-        raise TrainingError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+    """:func:`..errors.check_choice` raising TrainingError."""
+    errors.check_choice(name, value, allowed, TrainingError)
 
 
 # A resumed run must use the settings it was started with; steps included, since the
