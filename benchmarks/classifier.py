@@ -14,7 +14,9 @@ training or planning), the rest training (the first --train-size of it used).
 3. ``export --latency B --task text-classification --eval validation.csv --teacher ...`` for
    relative budgets at 1 x --seq-len on the profile of this machine (slices and the teacher
    are candidates): the chosen bundle's test accuracy through ONNX Runtime
-   (``Bundle.classify``) beside its measured latency at the plan's percentile.
+   (``Bundle.classify``) beside its measured latency at the plan's percentile; with several
+   shape families (``--families``, default all), each family's fitting shape that the plan
+   screened, with its test accuracy in PyTorch beside the validation accuracy it was chosen by.
 4. (``--finetune-plans STEPS``, after 1-3) the paper's last step: every plan that chose a
    slice has that one shape fine-tuned alone for STEPS steps, on the labels and distilling the
    teacher (``train task --shape S --teacher T``), exported in the plan's precision, its test
@@ -57,6 +59,7 @@ from shaper_deploy.planner import Budget, BudgetRequest, export_checkpoint_for_b
 from shaper_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
 from shaper_deploy.runtime import make_session  # noqa: E402
 from shaper_deploy.serving import Bundle  # noqa: E402
+from shaper_deploy.shape import Shape  # noqa: E402
 from shaper_deploy.supernet import SuperBert  # noqa: E402
 from shaper_deploy.taskdata import read_task_data  # noqa: E402
 from shaper_deploy.training.config import ORDERS, TaskConfig  # noqa: E402
@@ -173,6 +176,69 @@ def onnx_accuracy(folder: Path, data, seq_len: int) -> float:
     return float(np.mean([p["label"] == y for p, y in zip(preds, data.labels)]))
 
 
+def family_test(plan: dict, net, test, head) -> dict:
+    """The plan's family screen (per precision each family's fitting shape and its validation
+    score in PyTorch), with each of those shapes' test accuracy in PyTorch beside it."""
+    families = plan.get("families") or {}
+    if not families.get("screened_on"):
+        return families
+    shapes = {tuple(r["shape"]): Shape(tuple(r["shape"]), net.config.space)
+              for rows in families["by_precision"].values() for r in rows}
+    acc = evaluate(net, test, head, {",".join(map(str, k)): s for k, s in shapes.items()},
+                   torch.device("cpu"))
+    for prec, rows in families["by_precision"].items():
+        for r in rows:
+            r["test_accuracy"] = acc[",".join(map(str, r["shape"]))]["accuracy"]
+            print(f"  {prec} {r['family']:<17} {','.join(map(str, r['shape'])):<26} "
+                  f"{r['params'] / 1e6:5.1f}M predicted {r['predicted_ms']:6.2f} ms  validation "
+                  f"{r['score']:.4f}  test {r['test_accuracy']:.4f}", file=sys.stderr)
+    return families
+
+
+def family_sweep(args, data) -> None:
+    """The shape families at equal predicted latency, without timing: for each cigar slice of
+    the table (21.3M, 17.2M), its predicted fp32 p90 at 1 x --seq-len on --profile is the
+    budget; per family the largest shape predicted within it (``planner.plan_for_latency``,
+    no margin), its validation and test accuracy in PyTorch."""
+    from shaper_deploy.planner import plan_for_latency
+    from shaper_deploy.profiling.predictor import DeviceProfile
+    from shaper_deploy.templates import PLAN_FAMILIES, shape_family
+
+    profile = DeviceProfile.load(args.profile)
+    net = SuperBert.load(args.out / "task" / "supernet").eval()
+    head = net.config.task_head
+    space = net.config.space
+    splits = {k: encode(data[k], net, head, args.seq_len, k) for k in ("validation", "test")}
+    lo, hi = space.smallest.params(), space.largest.params()
+    rows = []
+    for target in np.linspace(lo, hi, 6)[[2, 4]]:
+        cigar = cigar_shape(int(target), space)
+        ms = float(profile.predict([cigar], "fp32", 1, args.seq_len, 90.0)[0])
+        fits = {}
+        for name in PLAN_FAMILIES:
+            plan = plan_for_latency(profile, ms * profile.margin("fp32"), "fp32", 1,
+                                    args.seq_len, family=shape_family(name, space))
+            fits[name] = plan.shape
+        acc = {k: evaluate(net, v, head, fits, torch.device("cpu")) for k, v in splits.items()}
+        for name, s in fits.items():
+            rows.append({"level": f"cigar {cigar.params() / 1e6:.1f}M", "budget_ms": ms,
+                         "family": name, "shape": list(s.widths), "params": s.params(),
+                         "predicted_ms": float(profile.predict([s], "fp32", 1, args.seq_len,
+                                                               90.0)[0]),
+                         "validation_accuracy": acc["validation"][name]["accuracy"],
+                         "test_accuracy": acc["test"][name]["accuracy"]})
+            r = rows[-1]
+            print(f"{r['level']} ({ms:.2f} ms) {name:<17} {','.join(map(str, s.widths)):<26} "
+                  f"{s.params() / 1e6:5.1f}M {r['predicted_ms']:6.2f} ms  validation "
+                  f"{r['validation_accuracy']:.4f}  test {r['test_accuracy']:.4f}", file=sys.stderr)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "benchmark": "classifier_family_sweep", "task": str(args.out / "task"),
+        "profile": str(args.profile), "seq_len": args.seq_len, "percentile": 90.0,
+        "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+
+
 def finetune_plans(args, data, config) -> None:
     """Stage 4: each slice a plan chose, fine-tuned alone distilling the teacher; its test
     accuracy (ONNX) and its latency beside the plan's bundle's, measured one after the other
@@ -180,7 +246,6 @@ def finetune_plans(args, data, config) -> None:
     from dataclasses import asdict, replace
 
     from shaper_deploy.profiling.predictor import DeviceProfile
-    from shaper_deploy.shape import Shape
 
     result = json.loads(args.json.read_text())
     profile = DeviceProfile.load(args.profile)
@@ -267,6 +332,14 @@ def main() -> None:
                          "machine busy with other work)")
     ap.add_argument("--reuse-training", action="store_true",
                     help="Take --out/task as trained (its train.json) and plan again.")
+    ap.add_argument("--families", default=None,
+                    help="export --families: the shape families the plans draw from (default "
+                         "all; 'cigar': the plans before session 16)")
+    ap.add_argument("--family-sweep", action="store_true",
+                    help="Only (no timing): on --out/task as trained, at the fp32 p90 the "
+                         "--profile predicts for each cigar slice at 1 x --seq-len, every shape "
+                         "family's largest shape predicted to fit, its validation and test "
+                         "accuracy in PyTorch; written to --json.")
     args = ap.parse_args()
     started = time.time()
     paths = split(DATASETS[args.dataset](), args.out / "data", args.train_size)
@@ -295,6 +368,9 @@ def main() -> None:
         return
     if args.finetune_plans is not None:
         finetune_plans(args, data, config)
+        return
+    if args.family_sweep:
+        family_sweep(args, data)
         return
     t = time.time()
     done = args.out / "task" / "train.json"
@@ -332,7 +408,9 @@ def main() -> None:
                                 args.profile, batch=1, seq_len=args.seq_len,
                                 evaluation=paths["validation"],
                                 teacher=args.out / "task" / "teacher",
-                                allow_unreliable=args.allow_unreliable)
+                                allow_unreliable=args.allow_unreliable,
+                                families=(None if args.families is None else
+                                          tuple(args.families.split(","))))
         try:
             manifest = export_checkpoint_for_budget(
                 args.out / "task" / "supernet", request, folder,
@@ -350,9 +428,13 @@ def main() -> None:
                       "measured_ms": plan["measured_ms"], "validation_accuracy": plan["fidelity"],
                       "test_accuracy_onnx": acc,
                       "network": plan.get("network", "supernet"),
-                      "candidates": [{k: c[k] for k in ("precision", "network", "shape",
-                                                        "measured_ms", "fidelity", "status")}
-                                     for c in plan["candidates"]]})
+                      "family": plan["candidates"][[c["status"] for c in plan["candidates"]]
+                                                   .index("chosen")].get("family"),
+                      "candidates": [{k: c.get(k) for k in ("precision", "network", "family",
+                                                            "shape", "measured_ms", "fidelity",
+                                                            "status")}
+                                     for c in plan["candidates"]],
+                      "families": family_test(plan, net, test, head)})
         print(f"budget {text} = {plan['budget_ms']:.2f} ms: {plan['precision']} "
               f"{plan['params'] / 1e6:.1f}M measured p{plan['percentile']:g} "
               f"{plan['measured_ms']:.2f} ms, validation accuracy {plan['fidelity']:.4f}, test "

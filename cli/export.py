@@ -10,6 +10,7 @@ import click
 from shaper_deploy.bundle import TASKS
 from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
+from shaper_deploy.templates import PLAN_FAMILIES
 
 from .common import (emit, json_option, millions, percentile_option, progress, table,
                      widths_option)
@@ -62,6 +63,11 @@ from .common import (emit, json_option, millions, percentile_option, progress, t
 @click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
               help="With --latency: train task's teacher/ (the full model fine-tuned alone), "
                    "a candidate at its full shape beside the slices of --supernet.")
+@click.option("--families", "families_text", default=None,
+              help="With --latency: the shape families a plan draws from, comma-separated "
+                   f"({', '.join(PLAN_FAMILIES)}); default all: per precision each family's "
+                   "largest shape that fits is scored in PyTorch on the calibration text or "
+                   "--eval, and the best one is exported.")
 @click.option("--allow-unreliable", is_flag=True,
               help="Plan with a profile marked unreliable (held-out MAPE > 5% or noise > 3%).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -95,19 +101,21 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
            for_device: bool,
            profile_path: Path | None, batch: int | None,
            seq_len: int | None, device: str, precision: str, calibration_path: Path | None,
-           eval_path: Path | None, teacher_path: Path | None, allow_unreliable: bool,
+           eval_path: Path | None, teacher_path: Path | None, families_text: str | None,
+           allow_unreliable: bool,
            out: Path, task: str, int8: bool, int8_min_cosine: float,
            int8_min_agreement: float, int8_fallback: bool, opset: int, no_optimize: bool,
            force: bool, supershaper_widths, as_json: bool) -> None:
     """Export a sub-network as a fused, optimized, validated ONNX bundle.
 
     Choose it by --shape, by --params (the paper's cigar heuristic) or by --latency: per
-    precision the largest cigar shape predicted to fit the budget at your batch, sequence
-    length and --percentile is exported and timed on this device for --measure-seconds
-    (stepping down on a miss, up when far under), and kept only if the 95% upper bound of
-    that percentile measures under the budget with the profile's noise floor to spare; of
-    those kept, the one whose outputs are closest to the full fp32 model on calibration
-    text is kept. The candidates are printed and recorded
+    precision and shape family (--families) the largest shape predicted to fit the budget at
+    your batch, sequence length and --percentile is scored in PyTorch on calibration text (or
+    --eval); the best family's shape is exported and timed on this device for
+    --measure-seconds (stepping down on a miss, up when far under), and kept only if the 95%
+    upper bound of that percentile measures under the budget with the profile's noise floor
+    to spare; of those kept, the one whose outputs are closest to the full fp32 model on
+    calibration text (or most accurate on --eval) is kept. The candidates are printed and recorded
     in shaper.json. A profile of another machine is refused unless --for-device says the
     plan is for that machine. Nothing is left behind if any step fails.
 
@@ -136,6 +144,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 "--seq-len": seq_len is not None,
                 "--calibration": calibration_path is not None and not int8,
                 "--eval": eval_path is not None, "--teacher": teacher_path is not None,
+                "--families": families_text is not None,
                 "--allow-unreliable": allow_unreliable,
                 "--percentile": percentile != DEFAULT_PERCENTILE,
                 "--measure-seconds": measure_seconds is not None}
@@ -172,7 +181,9 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
             seconds = MEASURE_SECONDS if measure_seconds is None else measure_seconds
             request = BudgetRequest(budget, profile_path, device, precision, batch, seq_len,
                                     calibration_path, allow_unreliable, percentile, for_device,
-                                    eval_path, teacher_path, seconds)
+                                    eval_path, teacher_path, seconds,
+                                    None if families_text is None else
+                                    tuple(families_text.split(",")))
             manifest = export_checkpoint_for_budget(supernet_path, request, out, options, force,
                                                     supershaper_widths, progress)
         else:
@@ -217,7 +228,16 @@ def candidates_table(plan: dict) -> str:
             f"{num(c['params'] and c['params'] / 1e6, '7.1f') + ('M' if c['params'] else ''):>8} "
             f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '7.2f') + ' ms':>10} "
             f"{num(c['fidelity'], '8.4f'):>8}  {c['status']}"
+            + (f" ({c['family']})" if c.get("family") else "")
             + (f": {c['reason']}" if c["reason"] else ""))
+    families = plan.get("families") or {}
+    if families.get("screened_on"):
+        lines.append(f"shape families, each one's largest shape predicted to fit, {column} in "
+                     f"PyTorch fp32 on {families['screened_on']}:")
+        for prec, rows in families["by_precision"].items():
+            lines.append(f"  {prec:<9} " + ", ".join(
+                f"{r['family']} {r['score']:.4f} ({r['params'] / 1e6:.1f}M)"
+                for r in sorted(rows, key=lambda r: -r["score"])))
     return "\n".join(lines)
 
 

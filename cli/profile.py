@@ -358,7 +358,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
             return f"{p['path']}  UNREADABLE: {p['error']}"
         mape = ", ".join(f"{k} MAPE {v:.1%}" for k, v in p["mape"].items())
         where = ("THIS MACHINE" + (" (use this one, or make this host's own from it in "
-                                   "about 2 min: shaperctl profile --from "
+                                   "a few minutes: shaperctl profile --from "
                                    f"{p['path']} --out DIR)" if p["use_here"] else "")
                  if p["matches_this_machine"] else
                  "another machine: " + "; ".join(p["differences"][:3]))

@@ -97,6 +97,7 @@ class PlanRecord(TypedDict):
     budget: NotRequired[dict[str, Any]]
     percentile: NotRequired[float]
     network: NotRequired[str]  # supernet (a slice) or teacher (train task's full model)
+    families: NotRequired[dict[str, Any]]  # the shape families screened, per precision
     target: NotRequired[dict[str, Any]]
     verification: NotRequired[Optional[dict[str, Any]]]
 

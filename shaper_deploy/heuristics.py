@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Sequence
 
 from .errors import ShapeError
 from .shape import DesignSpace, Shape
@@ -85,7 +86,12 @@ def cigar_family(space: DesignSpace) -> tuple[Shape, ...]:
     target in the range gets a shape within 5% below it. Each member is elementwise at least
     as wide as the one before, so the answer is monotone in the target.
     """
-    coarse = scaled_family(space)
+    return fine_chain(scaled_family(space), space)
+
+
+def fine_chain(coarse: Sequence[Shape], space: DesignSpace) -> tuple[Shape, ...]:
+    """``coarse`` (each shape elementwise at least as wide as the one before) with the shapes
+    between two of them: one layer one allowed width wider at each step, deepest layer first."""
     chain = [coarse[0]]
     for nxt in coarse[1:]:
         widths = list(chain[-1].widths)

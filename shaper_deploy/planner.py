@@ -7,8 +7,11 @@ in milliseconds or relative to the device ("80%": 80% of the full fp32 model's l
 that percentile and workload on the profile, so the same command means the same thing on a
 fast and a slow machine).
 
-1. Plan per precision: the fine cigar family's largest shape whose predicted latency at the
-   workload and percentile, times the profile's held-out p95 error margin, fits the budget.
+1. Plan per precision and shape family (the fine cigar family and the paper's templates,
+   ``templates.PLAN_FAMILIES``): the largest shape whose predicted latency at the workload
+   and percentile, times the profile's held-out p95 error margin, fits the budget. Those
+   shapes are scored by step 4's judge in PyTorch before export; the best family's shape
+   goes on (:func:`choose_family`).
 2. Export each candidate (int8 through the same quantizer and accuracy gate as ``--int8``,
    all-int8: a plan does not fall back to fp32 nodes, since its profile timed all-int8).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
@@ -46,11 +49,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .bundle import BundleManifest
-from .errors import ExportError, PlannerError
+from .errors import ExportError, PlannerError, check_choice
 from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
 from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, metric_word,
                        task_metrics, top1_agreement)
 from .heuristics import cigar_family
+from .templates import PLAN_FAMILIES, shape_family
 from .io import atomic_dir, check_output_dir
 from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase
 from .profiling.profile import graph_differences, graph_record
@@ -60,6 +64,11 @@ from .runtime import (DEVICE_PRECISIONS, make_session, model_tokenizer, precisio
 from .shape import Shape
 from .taskdata import TaskData, read_task_data, targets
 
+EVAL_CHUNK = 64  # --eval texts run at a time
+# Labelled texts a shape family's candidate is screened on before export (the first ones of
+# --eval): 512 reviews took about 4 s per shape in PyTorch on the 2-core AMD Zen 2 class; the
+# families' accuracies differed by 2-5 points at equal latency (docs/benchmarks.md).
+SCREEN_ROWS = 512
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 
 
@@ -125,6 +134,7 @@ class Plan:
     seq_len: int
     correction: float = 1.0  # measured/predicted ratio the closed loop applied
     percentile: float = DEFAULT_PERCENTILE
+    family: str = "cigar"  # the shape family it was drawn from (templates.PLAN_FAMILIES)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,9 +146,11 @@ def plan_for_latency(profile: DeviceProfile, budget_ms: float, precision: str,
                      batch: int, seq_len: int, correction: float = 1.0,
                      family: Sequence[Shape] | None = None,
                      percentile: float = DEFAULT_PERCENTILE,
-                     dropped: Callable[[Shape], list[str]] | None = None) -> Plan | None:
+                     dropped: Callable[[Shape], list[str]] | None = None,
+                     family_name: str = "cigar") -> Plan | None:
     """The largest family shape whose predicted percentile x margin x correction fits; None
-    if none. ``dropped(shape)`` names the projections its export leaves out.
+    if none. ``dropped(shape)`` names the projections its export leaves out; ``family_name``
+    is recorded in the plan.
 
     Every family member is predicted (a matrix product per grid point), so the answer is the
     brute-force best, not a search's approximation.
@@ -152,7 +164,7 @@ def plan_for_latency(profile: DeviceProfile, budget_ms: float, precision: str,
         return None
     i = int(fits.max())
     return Plan(family[i], precision, float(predicted[i]), float(upper[i]), budget_ms, batch,
-                seq_len, correction, percentile)
+                seq_len, correction, percentile, family_name)
 
 
 @dataclass
@@ -170,6 +182,7 @@ class Candidate:
     reason: str = ""
     exports: list[dict[str, Any]] = field(default_factory=list)
     network: str = "supernet"  # or "teacher": the task's full model fine-tuned alone
+    family: str | None = None  # the shape family its shape came from (None: the teacher's)
 
     @property
     def label(self) -> str:
@@ -206,8 +219,6 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
                       pairs: Sequence[str] | None = None):
     """The full-shape fp32 model's outputs on calibration text cut to ``max_length`` tokens:
     (outputs, feeds, positions, what was used). Without a tokenizer, random ids stand in."""
-    import torch
-
     config = supernet.config
     fam, longest = config.family, min(max_length, config.max_tokens)
     tok = model_tokenizer(config, supernet.tokenizer_files, longest)
@@ -224,8 +235,17 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
         feeds = {k: v.copy() for k, v in feeds.items()}
         for r, c in positions:
             feeds["input_ids"][r, c] = mask_id
+    return torch_outputs(supernet, task, feeds), feeds, positions, used
+
+
+def torch_outputs(supernet, task: str, feeds: dict[str, np.ndarray],
+                  shape: Shape | None = None) -> np.ndarray:
+    """The super network's task outputs at ``shape`` (default the full one) in PyTorch fp32:
+    what the exported graph returns (hidden states, MLM logits or task logits)."""
+    import torch
+
     with torch.no_grad():
-        out = supernet(**{n: torch.from_numpy(v) for n, v in feeds.items()})
+        out = supernet(**{n: torch.from_numpy(v) for n, v in feeds.items()}, shape=shape)
         if task == "fill-mask":
             result = supernet.mlm_logits(out.last_hidden_state)
         elif task == "text-classification":
@@ -233,7 +253,7 @@ def reference_outputs(supernet, task: str, texts: Sequence[str], max_length: int
                                           torch.from_numpy(feeds["attention_mask"]))
         else:
             result = out.last_hidden_state
-    return result.float().numpy(), feeds, positions, used
+    return result.float().numpy()
 
 
 @dataclass
@@ -243,7 +263,7 @@ class Judge:
     metric, named in the plan."""
 
     task: str
-    feeds: list[dict[str, np.ndarray]]  # in chunks: an --eval file is run 64 texts at a time
+    feeds: list[dict[str, np.ndarray]]  # in chunks: an --eval file is run EVAL_CHUNK at a time
     reference: list[np.ndarray]
     positions: list[tuple[int, int]]
     used: str
@@ -256,15 +276,31 @@ class Judge:
         """The metric in a word, for reasons and table headers."""
         return metric_word(self.metric)
 
+    @property
+    def rows(self) -> int:
+        """How many inputs a bundle is scored on."""
+        return sum(len(r) for r in self.reference) if self.labelled else \
+            len(self.feeds[0]["input_ids"])
+
     def score(self, bundle: Path, model_file: str) -> float:
+        """A bundle's model, run by ONNX Runtime on every input."""
         session = make_session(bundle / model_file, "cpu")
         name = session.get_outputs()[0].name
-        outs = [session.run([name], f)[0] for f in self.feeds]
+        return self._metric([session.run([name], f)[0] for f in self.feeds], self.reference)
+
+    def screen(self, supernet, shape: Shape, rows: int = SCREEN_ROWS) -> float:
+        """A shape of ``supernet`` before it is exported: run in PyTorch fp32 on the first
+        ``rows`` labelled inputs (rounded up to a chunk), or on every calibration text."""
+        n = math.ceil(rows / EVAL_CHUNK) if self.labelled else len(self.feeds)
+        return self._metric([torch_outputs(supernet, self.task, f, shape)
+                             for f in self.feeds[:n]], self.reference[:n])
+
+    def _metric(self, outs: list[np.ndarray], reference: list[np.ndarray]) -> float:
         if self.task == "fill-mask":
-            return top1_agreement(self.reference[0], outs[0], self.positions)
+            return top1_agreement(reference[0], outs[0], self.positions)
         if self.task != "text-classification":
-            return embedding_fidelity(self.reference[0], outs[0], self.feeds[0]["attention_mask"])
-        got, ref = np.concatenate(outs), np.concatenate(self.reference)
+            return embedding_fidelity(reference[0], outs[0], self.feeds[0]["attention_mask"])
+        got, ref = np.concatenate(outs), np.concatenate(reference)
         regression = self.head["problem"] == "regression"
         if self.labelled:
             metrics = task_metrics(got, ref, regression)
@@ -293,12 +329,13 @@ def make_judge(supernet, task: str, calibration: Sequence[str] | None, seq_len: 
                                f"{head.label_column})")
         y = np.asarray(targets(evaluation, head.labels, "--eval file"))
         feeds, refs = [], []
-        for start in range(0, len(y), 64):
+        for start in range(0, len(y), EVAL_CHUNK):
+            end = start + EVAL_CHUNK
             _, f, _, _ = reference_outputs(
-                supernet, task, evaluation.texts[start:start + 64], seq_len,
-                None if evaluation.pairs is None else evaluation.pairs[start:start + 64])
+                supernet, task, evaluation.texts[start:end], seq_len,
+                None if evaluation.pairs is None else evaluation.pairs[start:end])
             feeds.append(f)
-            refs.append(y[start:start + 64])
+            refs.append(y[start:end])
         metric = ("Pearson correlation with the labels" if head.problem == "regression" else
                   "accuracy")
         return Judge(task, feeds, refs, [], f"{len(y)} labelled texts of {evaluation.path}",
@@ -360,6 +397,52 @@ def plan_candidates(profile: DeviceProfile, budget_ms: float, device: str, preci
     return plans
 
 
+def check_families(families: Sequence[str] | None) -> tuple[str, ...]:
+    """The shape families a plan draws from, checked (None: every one, cigar first)."""
+    if families is None:
+        return PLAN_FAMILIES
+    names = tuple(dict.fromkeys(f.strip() for f in families))
+    if not names:
+        raise PlannerError(f"--families needs at least one of: {', '.join(PLAN_FAMILIES)}")
+    for name in names:
+        check_choice("shape family", name, PLAN_FAMILIES, PlannerError)
+    return names
+
+
+def choose_family(supernet, profile: DeviceProfile, plan: Plan, names: Sequence[str],
+                  judge: "Judge", scores: dict[tuple[int, ...], float],
+                  dropped: Callable[[Shape], list[str]] | None,
+                  note: Callable[[str], None]) -> tuple[Plan, tuple[Shape, ...], list[dict]]:
+    """One precision's shape family: each family's largest shape predicted to fit (as
+    ``plan``), screened by the judge in PyTorch before anything is exported (``scores``
+    caches a shape's score across precisions); the best family's plan, its shapes, and the
+    table of every family's candidate. The first family named wins ties (cigar by default).
+    """
+    space = profile.space
+    plans = {}
+    for name in names:
+        p = plan_for_latency(profile, plan.budget_ms, plan.precision, plan.batch, plan.seq_len,
+                             family=shape_family(name, space), percentile=plan.percentile,
+                             dropped=dropped, family_name=name)
+        if p is not None:  # every family starts at the smallest shape: all fit, or none
+            plans[name] = p
+    if len(plans) > 1:
+        for p in plans.values():
+            if p.shape.widths not in scores:
+                scores[p.shape.widths] = judge.screen(supernet, p.shape)
+    table = [{"family": name, "shape": list(p.shape.widths), "params": p.shape.params(),
+              "predicted_ms": p.predicted_ms, "upper_ms": p.upper_ms,
+              "score": scores.get(p.shape.widths)} for name, p in plans.items()]
+    best = max(plans, key=lambda n: (round(scores.get(plans[n].shape.widths, 0.0), 4),
+                                     -names.index(n)))
+    if len(plans) > 1:
+        note(f"{plan.precision}: {len(plans)} shape families screened ({judge.short}, PyTorch "
+             f"fp32): " + ", ".join(f"{r['family']} {r['score']:.4f} ({r['params'] / 1e6:.1f}M)"
+                                    for r in sorted(table, key=lambda r: -r["score"]))
+             + f"; exporting {best}")
+    return plans[best], shape_family(best, space), table
+
+
 def export_dropped(supernet) -> Callable[[Shape], list[str]]:
     """``shape -> projections its export drops`` for this super network."""
     from .fusion import bottleneck_orders, dropped_projections
@@ -380,8 +463,12 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                       for_device: bool = False,
                       evaluation: TaskData | None = None,
                       teacher=None,
-                      measure_seconds: float = MEASURE_SECONDS) -> BundleManifest:
+                      measure_seconds: float = MEASURE_SECONDS,
+                      families: Sequence[str] | None = None) -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
+    ``families``: the shape families drawn from (default every one in
+    ``templates.PLAN_FAMILIES``); with more than one, each precision exports the family whose
+    fitting shape the judge scores best in PyTorch (:func:`choose_family`).
     ``evaluation``: labelled data of a task network's task; candidates are then judged by
     the task's metric on it (:func:`make_judge`). ``teacher``: the task's full model
     fine-tuned alone (``train task``'s ``teacher/``), a candidate at its full shape in every
@@ -401,6 +488,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     if not isinstance(budget, Budget):
         budget = Budget(float(budget), False, f"{budget:g}ms")
     batch, seq_len = workload or profile.reference_workload
+    names = check_families(families)
     allowed_precisions(profile, device, precision)
     check_profile(profile, device, options, supernet.config, allow_unreliable, for_device)
     dropped = export_dropped(supernet)
@@ -440,6 +528,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             return m["kept_on_ms"]
     judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
+    screened: dict[str, list[dict]] = {}
+    scores: dict[tuple[int, ...], float] = {}
     parent = out.parent if out.parent.exists() else None
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as work:
         for prec, plan in plans.items():
@@ -454,8 +544,10 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                 note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms at p"
                      f"{percentile:g}, x{profile.margin(prec):.2f} margin)")
                 continue
+            plan, chain, screened[prec] = choose_family(supernet, profile, plan, names, judge,
+                                                        scores, dropped, note)
             loop = _predicted_only if for_device else _closed_loop
-            candidates.append(loop(supernet, profile, plan, family, Path(work) / prec,
+            candidates.append(loop(supernet, profile, plan, chain, Path(work) / prec,
                                    replace(options, int8=prec == "int8"), measure,
                                    max_exports, note, dropped))
         if teacher is not None:
@@ -498,8 +590,15 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                        "verified": not for_device},
             "verification": None,
             "candidates": [c.to_dict() for c in candidates],
-            "method": (f"per precision the largest fine-cigar shape whose predicted p"
-                       f"{percentile:g} x the profile's p95 margin fits; "
+            "families": {"names": list(names), "by_precision": screened,
+                         "screened_on": (None if len(names) == 1 else
+                                         f"the first {min(SCREEN_ROWS, judge.rows)} of "
+                                         f"{judge.used}" if judge.labelled else judge.used)},
+            "method": (f"per precision and shape family ({', '.join(names)}) the largest shape "
+                       f"whose predicted p{percentile:g} x the profile's p95 margin fits"
+                       + ("; the family whose shape scores the highest "
+                          f"{judge.short} in PyTorch fp32 is exported; " if len(names) > 1
+                          else "; ")
                        + ("not measured (planned for the profile's machine)" if for_device
                           else f"exported, measured for {measure_seconds:g} s with the profile's "
                                "protocol (floor x the profile's tail factor, or the observed "
@@ -538,6 +637,7 @@ class BudgetRequest:
     evaluation: Path | None = None  # labelled data: judge candidates by the task's metric
     teacher: Path | None = None  # train task's teacher/: a candidate beside the slices
     measure_seconds: float = MEASURE_SECONDS  # each candidate's timing (0: the protocol's rounds)
+    families: tuple[str, ...] | None = None  # shape families drawn from (None: every one)
 
 
 def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetRequest,
@@ -554,6 +654,7 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     from .supernet import SuperBert, read_checkpoint_header
 
     note = progress or (lambda message: None)
+    check_families(request.families)
     profile = DeviceProfile.load(request.profile)
     calibration = read_calibration(request.calibration) if request.calibration else None
     workload = None
@@ -593,7 +694,8 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
                              allow_unreliable=request.allow_unreliable, progress=progress,
                              percentile=request.percentile, for_device=request.for_device,
                              evaluation=evaluation, teacher=teacher,
-                             measure_seconds=request.measure_seconds)
+                             measure_seconds=request.measure_seconds,
+                             families=request.families)
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
@@ -706,7 +808,7 @@ def _predicted_only(supernet, profile: DeviceProfile, plan: Plan, family: Sequen
     (nothing measured here). An int8 shape failing its gate drops out."""
     prec = plan.precision
     cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
-                     plan.upper_ms)
+                     plan.upper_ms, family=plan.family)
     failed = _export(supernet, plan, folder, options, note, profile.margin(prec),
                      measured=False)
     if failed:
@@ -729,7 +831,7 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     margin = profile.margin(prec)
     index = {s.widths: i for i, s in enumerate(family)}
     cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
-                     plan.upper_ms)
+                     plan.upper_ms, family=plan.family)
     tried: dict[tuple[int, ...], float] = {}
     best: tuple[Plan, float] | None = None
     shape_plan: Plan | None = plan
@@ -753,7 +855,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
         if not between:
             return None
         return plan_for_latency(profile, budget, prec, *w, correction=ratio * slack / margin,
-                                family=between, percentile=plan.percentile, dropped=dropped)
+                                family=between, percentile=plan.percentile, dropped=dropped,
+                                family_name=plan.family)
 
     while shape_plan is not None and len(tried) < max_exports:
         attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
@@ -774,7 +877,8 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
             below = [s for s in family[:index[shape_plan.shape.widths]] if s.widths not in tried]
             smaller = (plan_for_latency(profile, budget, prec, *w,
                                         correction=shape_plan.correction, family=below,
-                                        percentile=plan.percentile, dropped=dropped)
+                                        percentile=plan.percentile, dropped=dropped,
+                                        family_name=plan.family)
                        if below else None)
             if failures or smaller is None or len(tried) >= max_exports:
                 cand.status, cand.reason = "gate failed", reason
@@ -826,7 +930,7 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
              f"{correction:.3f}")
         shape_plan = plan_for_latency(profile, budget, prec, *w, correction=correction,
                                       family=family, percentile=plan.percentile,
-                                      dropped=dropped)
+                                      dropped=dropped, family_name=plan.family)
         if shape_plan is not None and shape_plan.shape.widths in tried:
             smaller = index[shape_plan.shape.widths] - 1
             shape_plan = (replace(shape_plan, shape=family[smaller]) if smaller >= 0 else None)

@@ -9,10 +9,12 @@ range evenly, which uniform random widths do not (their counts pile up in the mi
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from typing import Callable
 
+from .heuristics import cigar_family, fine_chain
 from .shape import DesignSpace, Shape
 
 Profile = Callable[[float], float]  # relative width in [0, 1] at depth t in [0, 1]
@@ -65,6 +67,36 @@ def template_shapes(space: DesignSpace, target_params: int | None = None) -> dic
         lo, hi = space.smallest.params(), space.largest.params()
         target_params = round(lo + PAPER_TEMPLATE_POSITION * (hi - lo))
     return {name: fit_family(p, target_params, space) for name, p in FAMILIES.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def template_family(name: str, space: DesignSpace) -> tuple[Shape, ...]:
+    """Every shape of the named family from the smallest to the largest, by increasing
+    parameters, one layer one allowed width wider at each step (as the fine cigar family).
+
+    Widths are ``scale * (0.25 + 0.75 * profile(t))`` rounded to the nearest allowed width
+    (as :func:`fit_family`), so each layer only widens as the scale grows; the distinct shapes
+    are found exactly from the scales where some layer changes width."""
+    rel = [0.25 + 0.75 * FAMILIES[name](t) for t in _depths(space)]
+    mids = [(a + b) / 2 for a, b in zip(space.widths, space.widths[1:])]
+    scales = sorted({m / r * (1 + 1e-9) for m in mids for r in rel} | {0.0})
+    coarse: dict[tuple[int, ...], Shape] = {}
+    for scale in scales:
+        s = Shape(tuple(_nearest_width(space, scale * r) for r in rel), space)
+        coarse.setdefault(s.widths, s)
+    top = coarse.setdefault(space.largest.widths, space.largest)  # every layer at its widest
+    assert top == space.largest
+    return fine_chain(sorted(coarse.values(), key=lambda s: s.params()), space)
+
+
+# The shape families a latency plan may draw from: the paper's cigar first (it wins ties),
+# then its templates.
+PLAN_FAMILIES: tuple[str, ...] = ("cigar", *FAMILIES)
+
+
+def shape_family(name: str, space: DesignSpace) -> tuple[Shape, ...]:
+    """A plan family's shapes from the smallest to the largest (see :data:`PLAN_FAMILIES`)."""
+    return cigar_family(space) if name == "cigar" else template_family(name, space)
 
 
 def random_shape(space: DesignSpace, rng: random.Random) -> Shape:

@@ -92,3 +92,24 @@ def test_fine_family_is_within_5pct_below_every_target(space):
 def test_fine_family_answers_the_issue_example():
     # The scaled family alone answered 46.35M for 50M (7% under).
     assert 47_500_000 <= cigar_shape(50_000_000, Shape(REFERENCE_CIGAR).space).params() <= 50_000_000
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: f"{s.num_layers}x{s.hidden_size}")
+def test_every_plan_family_runs_from_the_smallest_to_the_largest_shape(space):
+    from shaper_deploy.templates import FAMILIES, PLAN_FAMILIES, fit_family, shape_family
+
+    assert PLAN_FAMILIES[0] == "cigar" and set(PLAN_FAMILIES[1:]) == set(FAMILIES)
+    assert shape_family("cigar", space) == cigar_family(space)
+    for name in PLAN_FAMILIES:
+        chain = shape_family(name, space)
+        assert chain[0] == space.smallest and chain[-1] == space.largest
+        for a, b in zip(chain, chain[1:]):  # one layer one allowed width wider each step
+            wider = [i for i, (x, y) in enumerate(zip(a.widths, b.widths)) if x != y]
+            assert len(wider) == 1 and a.params() < b.params()
+            i = wider[0]
+            assert space.widths.index(b.widths[i]) == space.widths.index(a.widths[i]) + 1
+        if name != "cigar":  # the template at any parameter count is a member
+            lo, hi = space.smallest.params(), space.largest.params()
+            members = {s.widths for s in chain}
+            for target in np.linspace(lo, hi, 7).astype(int):
+                assert fit_family(FAMILIES[name], int(target), space).widths in members

@@ -25,6 +25,7 @@ from shaper_deploy.supernet import SuperBert, SuperConfig
 from .conftest import PLAN_SPACE, make_inputs, randomize
 
 CONFIG = SuperConfig(PLAN_SPACE, pooler=True)
+CIGAR = ("cigar",)  # the closed loop's tests walk the fine cigar family
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def test_closed_loop_steps_down_when_the_predictor_is_optimistic(profile, supern
     measure = Scripted(profile, {"fp32": 1.5})  # everything 50% slower than predicted
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure, progress=notes.append)
+                                 measure=measure, progress=notes.append, families=CIGAR)
     c = manifest.plan["candidates"][0]
     assert len(c["exports"]) >= 2 and not c["exports"][0]["within_budget"]
     assert c["exports"][-1]["within_budget"] and c["exports"][-1]["correction"] > 1
@@ -146,7 +147,7 @@ def test_closed_loop_steps_up_when_far_under_budget(profile, supernet, tmp_path)
     budget = _budget_for(profile, "fp32", 2)
     measure = Scripted(profile, {"fp32": 0.6})  # everything 40% faster than predicted
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure)
+                                 measure=measure, families=CIGAR)
     c = manifest.plan["candidates"][0]
     assert c["exports"][0]["params"] < c["params"]  # it stepped up
     assert c["measured_ms"] <= budget and c["status"] == "chosen"
@@ -190,7 +191,7 @@ def test_a_step_up_must_fit_with_the_noise_floor_to_spare(profile, supernet, tmp
         return max(ms, budget * 0.995) if first_step_up else ms  # just under the budget
 
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure)
+                                 measure=measure, families=CIGAR)
     c = manifest.plan["candidates"][0]
     ex = c["exports"]
     assert ex[1]["within_budget"] and ex[1]["measured_ms"] > budget / slack  # not kept
@@ -218,7 +219,7 @@ def test_after_a_miss_the_sizes_between_are_tried(profile, supernet, tmp_path):
 
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure, progress=notes.append)
+                                 measure=measure, progress=notes.append, families=CIGAR)
     c = manifest.plan["candidates"][0]
     ex = c["exports"]
     assert not ex[0]["within_budget"] and ex[1]["within_budget"], notes
@@ -243,7 +244,8 @@ def test_the_first_shape_must_fit_with_the_noise_floor_to_spare(profile, superne
 
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure, progress=notes.append, allow_unreliable=True)
+                                 measure=measure, progress=notes.append, families=CIGAR,
+                                 allow_unreliable=True)
     c = manifest.plan["candidates"][0]
     ex, limit = c["exports"], budget / 1.08
     assert ex[0]["within_budget"] and ex[0]["measured_ms"] > ex[0]["kept_under_ms"]
@@ -264,7 +266,7 @@ def test_closed_loop_steps_up_when_the_prediction_was_right_but_the_margin_wide(
     measure = Scripted(profile, {"fp32": 1.1})
     notes = []
     manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
-                                 measure=measure, progress=notes.append)
+                                 measure=measure, progress=notes.append, families=CIGAR)
     c = manifest.plan["candidates"][0]
     assert c["exports"][0]["measured_ms"] * profile.margin("fp32") > budget  # the old stop
     assert c["exports"][0]["params"] < c["params"] and c["measured_ms"] <= budget
@@ -721,3 +723,60 @@ def test_an_int8_fallback_is_predicted_between_int8_and_fp32(reliable_profile, s
                                       str(base + (1 - base) / 4), "--out", str(tmp_path / "h")])
     assert human.exit_code == 0, human.output
     assert "kept fp32" in human.stdout and "of the way to fp32" in human.stdout
+
+
+def test_each_shape_family_is_screened_and_the_best_one_exported(profile, supernet, tmp_path):
+    """Per precision, every family's largest shape predicted to fit is scored by the judge in
+    PyTorch before anything is exported; the best family's shape is exported, and ONNX Runtime
+    scores it as the screen did (parity). One family named: no screen."""
+    from shaper_deploy.planner import export_dropped
+    from shaper_deploy.templates import PLAN_FAMILIES, shape_family
+
+    def never(*args):
+        raise AssertionError("measured")
+
+    budget = _budget_for(profile, "fp32", len(cigar_family(PLAN_SPACE)) // 2)
+    notes = []
+    manifest = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                                 workload=(1, 16), measure=never, for_device=True,
+                                 progress=notes.append)
+    families = manifest.plan["families"]
+    assert families["names"] == list(PLAN_FAMILIES)
+    assert families["screened_on"].startswith("8 rows of random token ids")
+    rows = families["by_precision"]["fp32"]
+    assert [r["family"] for r in rows] == list(PLAN_FAMILIES)
+    dropped = export_dropped(supernet)
+    for r in rows:  # each family's largest shape predicted to fit, as for the cigar alone
+        plan = plan_for_latency(profile, budget, "fp32", 1, 16, family=shape_family(
+            r["family"], PLAN_SPACE), dropped=dropped)
+        assert r["shape"] == list(plan.shape.widths) and r["upper_ms"] <= budget
+        assert 0 < r["score"] <= 1
+    assert len({round(r["score"], 4) for r in rows}) > 1  # the shapes differ in fidelity
+    best = max(rows, key=lambda r: (round(r["score"], 4), -PLAN_FAMILIES.index(r["family"])))
+    chosen = manifest.plan["candidates"][0]
+    assert (chosen["family"], chosen["shape"]) == (best["family"], best["shape"])
+    assert manifest.shape == best["shape"] and chosen["exports"][0]["family"] == best["family"]
+    assert chosen["fidelity"] == pytest.approx(best["score"], abs=1e-3)  # ONNX = PyTorch
+    assert any("shape families screened" in n and f"exporting {best['family']}" in n
+               for n in notes)
+    one = export_for_budget(supernet, budget, profile, tmp_path / "u", precision="fp32",
+                            workload=(1, 16), measure=never, for_device=True,
+                            families=["upper-triangle"], progress=notes.append)
+    upper = plan_for_latency(profile, budget, "fp32", 1, 16, family=shape_family(
+        "upper-triangle", PLAN_SPACE), dropped=dropped)
+    assert one.shape == list(upper.shape.widths)
+    assert one.plan["candidates"][0]["family"] == "upper-triangle"
+    assert one.plan["families"]["screened_on"] is None
+    assert one.plan["families"]["by_precision"]["fp32"][0]["score"] is None
+    with pytest.raises(PlannerError, match=r"unknown shape family 'banana'; allowed: cigar, "
+                                           r"rectangle, lower-triangle"):
+        export_for_budget(supernet, budget, profile, tmp_path / "x", families=["banana"])
+    supernet.save(tmp_path / "super")
+    r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
+                                  "5ms", "--profile", str(profile.path), "--families",
+                                  "cigar,banana", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "unknown shape family 'banana'" in r.stderr and not (tmp_path / "y").exists()
+    r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
+                                  "60x3", "--families", "cigar", "--out", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "--families go(es) with --latency" in r.output

@@ -185,6 +185,14 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
     assert plan["fidelity"] >= 0.9 and "120 labelled texts" in plan["calibration"]
     fits = [c for c in plan["candidates"] if c["status"] in ("chosen", "fits")]
     assert fits and all(c["fidelity"] is not None and c["measured_ms"] for c in fits)
+    # each shape family's fitting shape screened on the labelled rows, the best one exported
+    assert plan["families"]["screened_on"].startswith("the first 120 of 120 labelled texts")
+    for c in plan["candidates"]:
+        rows = plan["families"]["by_precision"][c["precision"]]
+        assert all(0 <= r["score"] <= 1 for r in rows) and len(rows) == 8
+        best = max(round(r["score"], 4) for r in rows)
+        first = next(r for r in rows if round(r["score"], 4) == best)
+        assert c["family"] == first["family"]
     # the teacher beside the slices: one plan serves a loose budget and a tight one
     r = CliRunner().invoke(main, [
         "export", "--supernet", str(root / "out" / "supernet"), "--task", "text-classification",
