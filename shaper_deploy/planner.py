@@ -66,8 +66,8 @@ from .taskdata import TaskData, read_task_data, targets
 
 EVAL_CHUNK = 64  # --eval texts run at a time
 # Labelled texts a shape family's candidate is screened on before export (the first ones of
-# --eval): 512 reviews took about 4 s per shape in PyTorch on the 2-core AMD Zen 2 class; the
-# families' accuracies differed by 2-5 points at equal latency (docs/benchmarks.md).
+# --eval): seconds per shape in PyTorch on 2 cores at 64 tokens; the families' test accuracies
+# differed by 1-5 points at equal predicted latency (docs/benchmarks.md).
 SCREEN_ROWS = 512
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 
