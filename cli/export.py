@@ -115,8 +115,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     --measure-seconds (stepping down on a miss, up when far under), and kept only if the 95%
     upper bound of that percentile measures under the budget with the profile's noise floor
     to spare; of those kept, the one whose outputs are closest to the full fp32 model on
-    calibration text (or most accurate on --eval) is kept. The candidates are printed and recorded
-    in shaper.json. A profile of another machine is refused unless --for-device says the
+    calibration text (or most accurate on --eval) is kept. The candidates are printed and
+    recorded in shaper.json. A profile of another machine is refused unless --for-device says the
     plan is for that machine. Nothing is left behind if any step fails.
 
     \b

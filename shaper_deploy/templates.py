@@ -84,8 +84,7 @@ def template_family(name: str, space: DesignSpace) -> tuple[Shape, ...]:
     for scale in scales:
         s = Shape(tuple(_nearest_width(space, scale * r) for r in rel), space)
         coarse.setdefault(s.widths, s)
-    top = coarse.setdefault(space.largest.widths, space.largest)  # every layer at its widest
-    assert top == space.largest
+    coarse.setdefault(space.largest.widths, space.largest)  # every layer at its widest
     return fine_chain(sorted(coarse.values(), key=lambda s: s.params()), space)
 
 
