@@ -214,17 +214,15 @@ def family_sweep(args, data) -> None:
     for target in np.linspace(lo, hi, 6)[[2, 4]]:
         cigar = cigar_shape(int(target), space)
         ms = float(profile.predict([cigar], "fp32", 1, args.seq_len, 90.0)[0])
-        fits = {}
-        for name in PLAN_FAMILIES:
-            plan = plan_for_latency(profile, ms * profile.margin("fp32"), "fp32", 1,
-                                    args.seq_len, family=shape_family(name, space))
-            fits[name] = plan.shape
+        plans = {name: plan_for_latency(profile, ms * profile.margin("fp32"), "fp32", 1,
+                                        args.seq_len, family=shape_family(name, space))
+                 for name in PLAN_FAMILIES}
+        fits = {name: p.shape for name, p in plans.items()}
         acc = {k: evaluate(net, v, head, fits, torch.device("cpu")) for k, v in splits.items()}
         for name, s in fits.items():
             rows.append({"level": f"cigar {cigar.params() / 1e6:.1f}M", "budget_ms": ms,
                          "family": name, "shape": list(s.widths), "params": s.params(),
-                         "predicted_ms": float(profile.predict([s], "fp32", 1, args.seq_len,
-                                                               90.0)[0]),
+                         "predicted_ms": plans[name].predicted_ms,
                          "validation_accuracy": acc["validation"][name]["accuracy"],
                          "test_accuracy": acc["test"][name]["accuracy"]})
             r = rows[-1]
@@ -428,8 +426,8 @@ def main() -> None:
                       "measured_ms": plan["measured_ms"], "validation_accuracy": plan["fidelity"],
                       "test_accuracy_onnx": acc,
                       "network": plan.get("network", "supernet"),
-                      "family": plan["candidates"][[c["status"] for c in plan["candidates"]]
-                                                   .index("chosen")].get("family"),
+                      "family": next(c.get("family") for c in plan["candidates"]
+                                     if c["status"] == "chosen"),
                       "candidates": [{k: c.get(k) for k in ("precision", "network", "family",
                                                             "shape", "measured_ms", "fidelity",
                                                             "status")}
