@@ -16,7 +16,9 @@ interpolate the source-to-target scale to the rest? (``sparse_pair``)
 ``live``: on this machine, ``shaperctl profile --from SOURCE --minutes M`` for each M (the
 learning curve), and a direct profile, all in one run; each scored on its own held-out
 shapes and on the shapes of the others it never measured (the direct profile's 40 shapes
-are the common yardstick); optionally real exported bundles timed at >= 4 input sizes.
+are the common yardstick); optionally real exported bundles timed at >= 4 input sizes. With
+``--max-tokens N`` the transfers measure only the source's grid points of at most N tokens, and
+each profile is scored on the others' measurements at those sizes only.
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py sparse --out benchmarks/results/transfer_sparse.json
@@ -26,6 +28,9 @@ are the common yardstick); optionally real exported bundles timed at >= 4 input 
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-bert-base \\
         --minutes 2 4 --direct profiles/x86_64-2core-avx512-bert-base --work runs/transfer-bert \\
         --out benchmarks/results/transfer_live_intel_bert_base.json
+    .venv/bin/python benchmarks/transfer.py live --from profiles/x86_64-2core-avx512-minilm \
+        --minutes 2 --max-tokens 256 --direct profiles/amd-epyc-zen2-2core-avx2-minilm \
+        --work runs/transfer-256 --out benchmarks/results/transfer_live_amd_zen2_minilm_256.json
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from shaper_deploy.profiling.predictor import DeviceProfile, fit_model, regressi
 from shaper_deploy.profiling.profile import (dropped_by_key, held_out_keys, measured_latency,
                                              read_measurements, shape_from_key, workload_key)
 from shaper_deploy.profiling.protocol import Protocol
-from shaper_deploy.profiling.transfer import fit_transfer, transfer_record
+from shaper_deploy.profiling.transfer import _covers, fit_transfer, transfer_record
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pairs of profiles (paths from the repository root): the shipped ones, and the AMD Zen 2
@@ -190,7 +195,7 @@ def sparse_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
     isolates what the interpolation costs), and the anchors' share of a shape's measuring
     time (the target's predicted latency of its smallest and largest shape per size)."""
     from shaper_deploy.profiling.predictor import features
-    from shaper_deploy.profiling.transfer import _covers, scale_fit
+    from shaper_deploy.profiling.transfer import scale_fit
 
     records = read_measurements(target.path)
     main, gone = measured_latency(records), dropped_by_key(records)
@@ -259,10 +264,11 @@ def live(args) -> dict:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     profiles = {}
+    cap = [] if args.max_tokens is None else ["--max-tokens", str(args.max_tokens)]
     for minutes in args.minutes:
         out = work / f"transfer-{minutes:g}min"
         sources = [arg for p in args.sources for arg in ("--from", str(p))]
-        _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
+        _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}", *cap,
                    "--out", str(out))
         profiles[f"transfer {minutes:g} min"] = out
     if args.direct is None:
@@ -302,6 +308,7 @@ def live(args) -> dict:
     from workload_profile import learning_curve
 
     result = {"benchmark": "transfer_live", "sources": [str(s) for s in args.sources],
+              "max_tokens": args.max_tokens,
               "machine": loaded["direct"].header.fingerprint, "rows": rows,
               "direct_learning_curve": learning_curve(loaded["direct"])}
     if args.supernet:
@@ -309,7 +316,8 @@ def live(args) -> dict:
 
         best = loaded[f"transfer {max(args.minutes):g} min"] if args.bundles_from is None \
             else loaded[args.bundles_from]
-        bundle_rows = real_bundles(best, args.supernet, SHAPES, WORKLOADS, 90.0)
+        sizes = [w for w in WORKLOADS if _covers(best.model, w)]  # --max-tokens narrows
+        bundle_rows = real_bundles(best, args.supernet, SHAPES, sizes, 90.0)
         result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
                                   "floor": _errors(bundle_rows, "error"),
                                   "percentile_observed": _errors(bundle_rows, "pct_error")}
@@ -328,6 +336,9 @@ def main() -> None:
     on.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1, 2, 4])
     on.add_argument("--supernet", type=Path, default=None)
     on.add_argument("--bundles-from", default=None)
+    on.add_argument("--max-tokens", type=int, default=None,
+                    help="profile --from --max-tokens: the transfers measure sizes up to this "
+                         "many tokens, and are scored there")
     on.add_argument("--direct", type=Path, default=None,
                     help="Score against this existing direct profile instead of measuring one.")
     on.add_argument("--work", type=Path, required=True)

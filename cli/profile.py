@@ -38,7 +38,8 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
                    "between them are interpolated.")
 @click.option("--max-tokens", default=None, type=click.IntRange(1),
               help="Leave out grid points with more than this many batch x length tokens "
-                   "(default 1024; with --from, the source's).")
+                   "(default 1024; with --from, the source's, or fewer: only the sizes you "
+                   "serve are measured, e.g. 256, in a fraction of the time).")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
               help="Intra-op threads.")
 @click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
@@ -77,9 +78,10 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     folder ends with predictor.json (the latency model and its held-out error, also at input
     sizes never fitted) and two plots.
 
-    With --from, a transfer: the same protocol on the source's grid, but a few shapes (what
-    --minutes, default 2, buys), fitted with the source profiles' model as the prior; trust
-    is judged as for any profile, on shapes held out here.
+    With --from, a transfer: the same protocol on the source's grid (--max-tokens narrows it
+    to the sizes you serve), but a few shapes (what --minutes, default 2, buys), fitted with
+    the source profiles' model as the prior; trust is judged as for any profile, on shapes
+    held out here.
 
     \b
     Examples:
@@ -87,6 +89,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
       shaperctl profile --device cpu --out profiles/s64 --precision int8 --seq-len 32,64
       shaperctl profile --device cpu --from profiles/x86_64-2core-avx512-minilm \\
         --out profiles/my-vm-minilm
+      shaperctl profile --device cpu --from profiles/x86_64-2core-avx512-minilm \\
+        --max-tokens 256 --out profiles/my-vm-minilm-256
     """
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
@@ -107,18 +111,18 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     if from_paths:
         from shaper_deploy.profiling import transfer as tr
 
-        given = [n for n, v in (("--batch", batches), ("--seq-len", seq_lens),
-                                ("--max-tokens", max_tokens)) if v is not None]
+        given = [n for n, v in (("--batch", batches), ("--seq-len", seq_lens)) if v is not None]
         if given:
             raise click.UsageError(f"{given[0]} cannot be given with --from: a transfer "
-                                   "measures the first source profile's grid")
+                                   "measures the first source profile's grid (--max-tokens "
+                                   "narrows it)")
         sources = tr.load_sources([str(p) for p in from_paths], device,
                                   config.space if supernet_path is not None else None)
         if supernet_path is None:  # the design space is the sources'
             config = sources[0].header.config
             source = dict(sources[0].header.source)
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
-                                              rounds), sweeps=sweeps or 1)
+                                              rounds, max_tokens), sweeps=sweeps or 1)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")

@@ -184,7 +184,9 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     _, records = synthetic_records(h, truth)
     model = fit_transfer(h, records)
     advice = transfer_advice(h, model)
-    assert advice is not None and "about 8 min for 40 shapes" in advice
+    # the tiny grid stops at 32 tokens: the direct profile priced is of those sizes
+    assert advice is not None and "about 8 min for 40 shapes up to 32 tokens, --max-tokens 32" \
+        in advice
     assert "held-out MAPE" in advice and "the scaled source alone" in advice
 
 
@@ -209,15 +211,32 @@ def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
     r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
                                   "--seq-len", "8", "--out", str(tmp_path / "y")])
     assert r.exit_code == 2 and "--seq-len cannot be given with --from" in r.stderr
+    # --max-tokens narrows the source's grid (32 tokens, reference 1 x 16), never widens it
+    for tokens in ("64", "8"):
+        r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
+                                      "--max-tokens", tokens, "--out", str(tmp_path / "z")])
+        assert r.exit_code == 1 and f"--max-tokens {tokens} is outside" in r.stderr
+        assert "allowed 16..32" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "z").exists()
 
 
 def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     out = tmp_path / "t"
+    # only the sizes served: the source's grid (1x8, 1x16, 2x8, 2x16) up to 16 tokens
     args = ["profile", "--device", "cpu", "--from", str(tiny_profile), "--samples", "8",
-            "--out", str(out), "--json"]
+            "--max-tokens", "16", "--out", str(out), "--json"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output + r.stderr
     data = json.loads(r.stdout)
+    assert data["protocol"]["max_tokens"] == 16
+    assert set(data["transfer"]["sources"][0]["coef"]["fp32"]) == {"1x8", "1x16", "2x8"}
+    measured = {(m["batch"], m["seq_len"]) for m in map(json.loads, (out / "measurements.jsonl")
+                                                         .read_text().splitlines())}
+    assert measured and all(b * s <= 16 for b, s in measured)
+    r = CliRunner().invoke(main, ["predict", "--profile", str(out), "--shape",
+                                  "128x3", "--batch", "2", "--seq-len", "16",
+                                  "--allow-unreliable"])
+    assert r.exit_code == 1 and "outside the profiled range" in r.stderr
     assert data["transfer"]["sources"][0]["profile"] == str(tiny_profile)
     assert data["transfer"]["direct_minutes"] > 0
     assert data["sampling"]["samples"] == 8 and data["templates"] == {}

@@ -103,10 +103,13 @@ def _space_text(space: DesignSpace) -> str:
 
 
 def target_protocol(sources: Sequence[DeviceProfile], threads: int,
-                    precisions: Sequence[str] | None, rounds: int | None = None) -> Protocol:
+                    precisions: Sequence[str] | None, rounds: int | None = None,
+                    max_tokens: int | None = None) -> Protocol:
     """The first source's grid, checks and reference, ``threads``, ``rounds`` (default the
     source's) and the precisions every source has (of those asked for); two re-measured
-    shapes."""
+    shapes. ``max_tokens`` narrows the grid to the sizes a user serves (at most the source's,
+    at least the reference's tokens): only those are measured here, and the profile refuses
+    larger ones, as any profile refuses sizes outside its grid."""
     have = [p for p in sources[0].precisions if all(p in s.precisions for s in sources)]
     chosen = [p for p in have if precisions is None or p in precisions]
     if not chosen:
@@ -115,8 +118,15 @@ def target_protocol(sources: Sequence[DeviceProfile], threads: int,
                            f"asked for ({asked or 'any'}); they have "
                            f"{', '.join(have) or 'none in common'}")
     p = sources[0].header.protocol
+    reference = p.reference_batch * p.reference_seq_len
+    if max_tokens is not None and not reference <= max_tokens <= p.max_tokens:
+        raise ProfileError(f"--max-tokens {max_tokens} is outside what a transfer from "
+                           f"{sources[0].path} can measure: allowed {reference}.."
+                           f"{p.max_tokens} (from the source's reference size, batch "
+                           f"{p.reference_batch} x {p.reference_seq_len} tokens, to its token "
+                           "cap)")
     return Protocol(threads=threads, precisions=tuple(chosen), batches=p.batches,
-                    seq_lens=p.seq_lens, max_tokens=p.max_tokens,
+                    seq_lens=p.seq_lens, max_tokens=max_tokens or p.max_tokens,
                     reference_batch=p.reference_batch, reference_seq_len=p.reference_seq_len,
                     rounds=rounds or p.rounds, check_workloads=p.check_workloads,
                     repeat_shapes=REPEAT_SHAPES)
@@ -286,11 +296,13 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
     prior = {p: model.metrics[p].get("transfer", {}).get("prior_held_out", {}).get("mape")
              for p in model.precisions}
     minutes = record.get("direct_minutes")
+    cap = header.protocol.max_tokens
+    sizes = "" if cap == Protocol().max_tokens else f" up to {cap} tokens, --max-tokens {cap}"
     return ("the transfer did not reach the trust targets here ("
             + "; ".join(t["reasons"]) + "; the scaled source alone: "
             + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
             + "): measure longer with --minutes, or profile this device directly"
-            + (f" (about {minutes:.0f} min for 40 shapes)" if minutes else ""))
+            + (f" (about {minutes:.0f} min for 40 shapes{sizes})" if minutes else ""))
 
 
 def refit(profile, progress=None) -> LatencyModel:
