@@ -28,9 +28,10 @@ each profile is scored on the others' measurements at those sizes only.
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-bert-base \\
         --minutes 2 4 --direct profiles/x86_64-2core-avx512-bert-base --work runs/transfer-bert \\
         --out benchmarks/results/transfer_live_intel_bert_base.json
-    .venv/bin/python benchmarks/transfer.py live --from profiles/x86_64-2core-avx512-minilm \
-        --minutes 2 --max-tokens 256 --direct profiles/amd-epyc-zen2-2core-avx2-minilm \
-        --work runs/transfer-256 --out benchmarks/results/transfer_live_amd_zen2_minilm_256.json
+    .venv/bin/python benchmarks/transfer.py live --from profiles/x86_64-2core-avx512-minilm \\
+        --minutes 2 --max-tokens 256 --direct profiles/amd-epyc-zen2-2core-avx2-minilm \\
+        --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer-256 \\
+        --out benchmarks/results/transfer_live_amd_zen2_minilm_256.json
 """
 
 from __future__ import annotations

@@ -83,8 +83,8 @@ step "6. sentences embedded through onnxruntime alone, compared with the full mo
 
 step "7. a sentiment classifier: MiniLM fine-tuned on 2,000 Rotten Tomatoes reviews (the full shape, then every shape from it), and the classifier $BUDGET buys judged by accuracy on held-out reviews"
 # 2,000 reviews, not all 10,262: at these 120 + 120 steps all of them lowered eight mid-size
-# slices by 1.3 test points on average (the full shape gained 1.3); at 200 + 400 steps they lift every slice
-# (docs/benchmarks.md, "Every training review")
+# slices by 1.3 test points on average (the full shape gained 1.3); at 200 + 400 steps they
+# lift every slice (docs/benchmarks.md, "Every training review")
 "$BIN/python" benchmarks/classifier.py --data-only --out "$RUNS/rotten-tomatoes" --train-size 2000 > /dev/null
 DATA=$RUNS/rotten-tomatoes/data
 rm -rf "$RUNS/minilm-sentiment"
