@@ -7,6 +7,10 @@ RUNS ?= runs
 
 .PHONY: install test demo clean
 
+# No wheel cache: a clean CI machine installs once, and its disk has run out mid-install (2.2 GB
+# of packages; the cache would hold their wheels a second time).
+export PIP_NO_CACHE_DIR := 1
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
