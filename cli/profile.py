@@ -229,7 +229,8 @@ def _profile_text(d: dict) -> str:
 
 def _device_line(fp: dict) -> str:
     gpu = f", {fp['gpu']['name']}" if fp.get("gpu") else ""
-    return (f"{fp['device']}: {fp['cpu_model']}, {fp['logical_cores']} cores, "
+    cpu = fp["cpu_model"] + (f" ({fp['cpu_id']})" if fp.get("cpu_id") else "")
+    return (f"{fp['device']}: {cpu}, {fp['logical_cores']} cores, "
             f"{' '.join(fp['isa']) or 'no SIMD flags read'}{gpu}; onnxruntime {fp['onnxruntime']}")
 
 
@@ -326,6 +327,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
       shaperctl profiles list profiles
     """
     from shaper_deploy.errors import ShaperError
+    from shaper_deploy.profiling.fingerprint import device_fingerprint
     from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.profiling.profile import HEADER
 
@@ -343,7 +345,8 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
             except ShaperError as exc:  # e.g. a cuda profile on a machine without a GPU
                 diffs = [str(exc)]
             found.append({"path": str(p.path), "device": fp["device"],
-                          "cpu_model": fp["cpu_model"], "isa": fp.get("isa"),
+                          "cpu_model": fp["cpu_model"], "cpu_id": fp.get("cpu_id"),
+                          "isa": fp.get("isa"),
                           "precisions": p.precisions, "design_space": p.space.to_dict(),
                           "protocol": p.header.protocol.to_dict(), "trust": p.trust,
                           "mape": {k: p.model.metrics[k]["held_out"]["mape"]
@@ -366,17 +369,21 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                                    f"{p['path']} --out DIR)" if p["use_here"] else "")
                  if p["matches_this_machine"] else
                  "another machine: " + "; ".join(p["differences"][:3]))
-        return (f"{p['path']}  {p['device']} {p['cpu_model']}  {mape}  "
+        cpu = p["cpu_model"] + (f" ({p['cpu_id']})" if p.get("cpu_id") else "")
+        return (f"{p['path']}  {p['device']} {cpu}  {mape}  "
                 f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}  {where}")
 
     def text(d: dict) -> str:
         lines = [line(p) for p in d["profiles"]]
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
-            lines.append("no profile here was measured on this machine: make one with "
-                         "shaperctl profile --device cpu --supernet SUPERNET --out DIR")
+            lines.append(f"no profile here was measured on this machine ({_device_line(here)}): "
+                         "make one, a transfer from one above in a few minutes (shaperctl "
+                         "profile --device cpu --from PROFILE --out DIR) or a direct one "
+                         "(--supernet SUPERNET instead of --from)")
         return "\n".join(lines) or "no profiles found"
 
-    emit({"profiles": found}, as_json, text)
+    here = device_fingerprint("cpu")
+    emit({"this_machine": here, "profiles": found}, as_json, text)
 
 
 @profiles.command("show")

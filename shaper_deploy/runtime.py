@@ -141,6 +141,31 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, sorted(f for f in ISA_FLAGS if f in flags)
 
 
+@lru_cache(maxsize=1)
+def cpu_id() -> str | None:
+    """The CPU's microarchitecture as the kernel reports it: x86 vendor, family and model
+    (AMD's Zen 2, 4 and 5 are families 23, 25 and 26, and a cloud VM's model name is often
+    just "AMD EPYC"), an ARM core's implementer and part; None where /proc/cpuinfo says
+    neither. Two CPUs with the same ISA flags can be generations apart in speed."""
+    keys = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "CPU implementer", "CPU part"):
+                    keys.setdefault(key, value.strip())
+                elif not line.strip() and keys:
+                    break  # the first processor is enough
+    except OSError:
+        return None
+    if "vendor_id" in keys and "cpu family" in keys:
+        return f"{keys['vendor_id']} family {keys['cpu family']} model {keys.get('model', '?')}"
+    if "CPU implementer" in keys:
+        return f"ARM implementer {keys['CPU implementer']} part {keys.get('CPU part', '?')}"
+    return None
+
+
 def padded_tokenizer(tokenizer_json: str, max_length: int, pad_token_id: int,
                      fixed: bool = False):
     """A ``tokenizers`` tokenizer from tokenizer.json text that cuts every text at

@@ -191,7 +191,9 @@ PLAN_SPACE = DesignSpace.for_model(128, 4, 3, vocab_size=97, max_positions=64,
 def fast_protocol(**changes):
     from shaper_deploy.profiling.protocol import Protocol
 
-    base = dict(rounds=2, warmup=1, timed=2, pause_ms=2, group_size=6, repeat_shapes=2,
+    # park_ms 0: no waiting for idle threads between turns (tested on its own; tiny models'
+    # turns would wait for the pool threads' spin, 3-47 ms by CPU, hundreds of times)
+    base = dict(rounds=2, warmup=1, timed=2, pause_ms=2, park_ms=0, group_size=6, repeat_shapes=2,
                 batches=(1, 2), seq_lens=(8, 16), max_tokens=32, reference_batch=1,
                 reference_seq_len=16, check_workloads=((1, 12), (2, 12)))
     return Protocol(**{**base, **changes})

@@ -16,7 +16,7 @@ from shaper_deploy.profiling.predictor import (DeviceProfile, LatencyModel, feat
 from shaper_deploy.profiling.graph import GRAPH_ACTIVATIONS, RandomWeightFile, build_deploy_graph
 from shaper_deploy.profiling.profile import (MEASUREMENTS, read_measurements, run_profile,
                                              workload_key)
-from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved
+from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved, park_threads
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
 from shaper_deploy.slicing import slice_subnet
@@ -127,6 +127,30 @@ def test_interleaved_measurement_counts_runs():
     slow = Protocol(rounds=2, warmup=2, timed=20, pause_ms=0, turn_ms=1e-6, long_run_ms=1e-6)
     measure_interleaved({"s": lambda: (calls.update("s"), _time.sleep(0.001))}, slow)
     assert calls == {"s": 2 + 1 + 1 + 1}  # round 1: 2 warm-up + 1 timed; round 2: 1 + 1
+
+
+def test_each_turn_waits_until_the_last_sessions_threads_stop_spinning():
+    """ONNX Runtime's pool threads spin after a run for a time that depends on the CPU; a turn
+    waits until the process is idle (a busy thread stands in for them), at most park_ms."""
+    import threading
+    import time as _time
+
+    stop = _time.perf_counter() + 0.08
+
+    def spin():
+        while _time.perf_counter() < stop:
+            pass
+
+    busy = threading.Thread(target=spin)
+    busy.start()
+    waited = park_threads(0, 500)
+    busy.join()
+    assert 40 <= waited < 400  # until the busy thread ended (80 ms), not the cap
+    assert park_threads(0, 500) < 40  # idle at once
+    assert 10 <= park_threads(10, 0) < 40  # park_ms 0: the fixed pause alone
+    # a protocol written before park_ms existed was measured with the fixed pause
+    older = {k: v for k, v in Protocol().to_dict().items() if k != "park_ms"}
+    assert Protocol.from_dict(older).park_ms == 0 and Protocol().park_ms == 500
 
 
 def _constant_model(law, grid, space):
@@ -365,6 +389,21 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
                           str(tmp_path / "profiles" / "broken")}
     assert "not readable JSON" in paths[str(tmp_path / "profiles" / "broken")]["error"]
     assert paths[str(out)]["matches_this_machine"] is True
+    assert listed["this_machine"]["cpu_id"] == paths[str(out)]["cpu_id"]
+    # the same ISA flags on another CPU generation are another machine; a profile written
+    # before cpu_id was recorded is matched on the other fields
+    for name, cpu in (("older", None), ("other-generation", "OtherVendor family 99 model 1")):
+        shutil.copytree(tiny_profile, tmp_path / "gen" / name)
+        header = json.loads((tmp_path / "gen" / name / "profile.json").read_text())
+        header["fingerprint"].pop("cpu_id")
+        if cpu:
+            header["fingerprint"]["cpu_id"] = cpu
+        (tmp_path / "gen" / name / "profile.json").write_text(json.dumps(header))
+    gen = runner.invoke(main, ["profiles", "list", str(tmp_path / "gen")])
+    older, other = gen.stdout.splitlines()[:2]
+    assert older.endswith("THIS MACHINE") or "THIS MACHINE (use this one" in older
+    assert "another machine: cpu_id: 'OtherVendor family 99 model 1' vs " in other
+    assert "no profile here" not in gen.stdout
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     bad = runner.invoke(main, ["profile", "--device", "tpu", "--out", str(tmp_path / "x")])

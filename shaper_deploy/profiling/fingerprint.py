@@ -9,11 +9,13 @@ import subprocess
 from typing import Any
 
 from ..errors import DeviceError, check_choice
-from ..runtime import cpu_model_and_flags
+from ..runtime import cpu_id, cpu_model_and_flags
 
 # Fields that must agree for a profile to describe this machine.
-DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "logical_cores", "isa",
+DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "cpu_id", "logical_cores", "isa",
                "onnxruntime", "gpu")
+# Recorded since 2026-12-03: a fingerprint written before lacks it and is matched without it.
+LATER_KEYS = ("cpu_id",)
 
 
 def _gpu() -> dict[str, str] | None:
@@ -44,10 +46,12 @@ def device_fingerprint(device: str) -> dict[str, Any]:
         raise DeviceError("device 'cuda' was requested but no NVIDIA GPU is visible "
                           "(nvidia-smi found none)")
     return {"device": device, "provider": DEVICES[device], "machine": platform.machine(),
-            "cpu_model": model, "logical_cores": os.cpu_count(), "isa": isa,
+            "cpu_model": model, "cpu_id": cpu_id(), "logical_cores": os.cpu_count(), "isa": isa,
             "onnxruntime": ort.__version__, "gpu": gpu, "os": platform.system()}
 
 
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The device fields on which two fingerprints disagree, as readable phrases."""
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in DEVICE_KEYS if a.get(k) != b.get(k)]
+    """The device fields on which two fingerprints disagree, as readable phrases (a field
+    that one of them predates is not compared)."""
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in DEVICE_KEYS
+            if a.get(k) != b.get(k) and (k not in LATER_KEYS or (k in a and k in b))]

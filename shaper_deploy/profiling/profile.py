@@ -36,7 +36,8 @@ from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .fingerprint import device_fingerprint, fingerprint_differences
 from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
-from .protocol import Protocol, Workload, describe_range, inputs_for, measure_interleaved
+from .protocol import (Protocol, Workload, describe_range, inputs_for, measure_interleaved,
+                       park_threads)
 
 PROFILE_FORMAT = "shaper-deploy/profile"
 PROFILE_VERSION = 2
@@ -135,6 +136,7 @@ class Fingerprint(TypedDict):
     provider: str
     machine: str
     cpu_model: str
+    cpu_id: NotRequired[Optional[str]]  # vendor, family, model (runtime.cpu_id); since 2026-12-03
     logical_cores: Optional[Positive]
     isa: list[str]
     onnxruntime: str
@@ -597,7 +599,9 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
     ms = (m["smallest"][workload_key(near)] + m["largest"][workload_key(near)]) / 2
     warm = 1 if ms > protocol.long_run_ms else protocol.warmup
     timed = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / max(ms, 1e-3))))
-    return protocol.pause_ms / 1000 + (warm + timed) * ms / 1000
+    pause = protocol.pause_ms if not protocol.park_ms else max(
+        protocol.pause_ms, min(protocol.park_ms, probe.get("park_ms", protocol.pause_ms)))
+    return pause / 1000 + (warm + timed) * ms / 1000
 
 
 def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict[str, Any]:
@@ -631,11 +635,22 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict
         note(f"probe {i + 1}/{len(protocol.grid)}: batch {w[0]} x {w[1]} tokens, "
              + ", ".join(f"{p} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
                          for p in protocol.precisions))
+    parked = []  # how long ONNX Runtime's threads spin after a run here (park_threads)
+    if protocol.park_ms:
+        for (precision, name), built_session in built.items():
+            if name == "largest":
+                for _ in range(3):
+                    runner(built_session, feeds)()
+                    parked.append(park_threads(0, protocol.park_ms))
+        note(f"after a run, ONNX Runtime's threads spin for about {statistics.median(parked):.0f}"
+             " ms here; each turn waits until they stop (at most "
+             f"{protocol.park_ms:.0f} ms)")
     gain = {}
     if {"fp32", "int8"} <= set(protocol.precisions):
         gain = {name: {k: round(ms["fp32"][name][k] / ms["int8"][name][k], 4)
                        for k in ms["fp32"][name]} for name in ("smallest", "largest")}
     return {"ms": ms, "int8_speedup": gain, "build_seconds": build_s,
+            **({"park_ms": round(statistics.median(parked), 1)} if parked else {}),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -7,9 +7,15 @@ Measured on this 2-core class with ONNX Runtime CPU sessions:
   of them in a shuffled order, and the reported latency is the median of round medians;
 * each session owns an intra-op thread pool whose threads keep spinning after a run. Switching
   straight to another session inflated small models by 60-120%, depending on which model ran
-  before; a 20 ms pause plus 2 untimed runs before each turn removed that (real and random
-  weights then agreed within 4%, as when run alone). Turning spinning off instead made every
-  run ~50% slower, so sessions keep ONNX Runtime's default and the protocol pauses;
+  before; a 20 ms pause plus 2 untimed runs before each turn removed that on the Intel class
+  (real and random weights then agreed within 4%, as when run alone). Turning spinning off
+  instead made every run ~50% slower, so sessions keep ONNX Runtime's default and the
+  protocol pauses. How long the threads spin depends on the CPU (a fixed count of pause
+  instructions: about 3 ms on pre-Skylake Intel, 16 on Zen at 4 GHz, 47 on Skylake and later,
+  onnxruntime PR #27916; 36-47 ms measured on an AMD EPYC Zen 5 VM), so after the pause the
+  protocol waits until the process is idle (``park_threads``): on that VM a fixed 20 ms left
+  the previous session's threads spinning on one of the 2 cores and doubled the p90 of the
+  next (4.3 -> 8.0 ms; 4.2 with 100 ms);
 * short runs (batch 1, 16-64 tokens, 1-5 ms) are the noisiest on a shared 2-core machine, so
   a turn times as many runs as fit in ``turn_ms`` and, in a one-sweep profile, a measurement
   whose rounds disagree by more than ``noisy_cv`` is timed again at once;
@@ -23,8 +29,10 @@ Measured on this 2-core class with ONNX Runtime CPU sessions:
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Hashable, Sequence
@@ -70,6 +78,9 @@ class Protocol:
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
     turn_ms: float = 30.0  # a turn times ceil(turn_ms / one run) runs, at least one
     pause_ms: float = 20.0  # idle time before each turn, so other sessions' threads park
+    # ... and then on until they have (the process idle), at most this long in all; 0: the
+    # fixed pause alone, as profiles made before 2026-12-03 were measured
+    park_ms: float = 500.0
     group_size: int = 10  # shapes whose sessions are alive and interleaved together
     noisy_cv: float = 0.1  # a measurement whose round medians vary more is repeated at once
     repeat_shapes: int = 8  # shapes measured again at the end: the protocol's noise floor
@@ -93,7 +104,8 @@ class Protocol:
                 if any(len(w) != 2 or min(w) < 1 for w in value):
                     raise ProfileError(f"check workloads must be (batch, seq_len) pairs, "
                                        f"got {value!r}")
-            elif f.name in ("pause_ms", "repeat_shapes", "turn_ms", "long_run_ms", "noisy_cv"):
+            elif f.name in ("pause_ms", "park_ms", "repeat_shapes", "turn_ms", "long_run_ms",
+                            "noisy_cv"):
                 if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                     raise ProfileError(f"{f.name} must be a finite non-negative number, "
                                        f"got {value!r}")
@@ -133,6 +145,7 @@ class Protocol:
     def from_dict(cls, data: dict[str, Any]) -> "Protocol":
         reject_unknown_fields(cls, data, "protocol", ProfileError)
         data = dict(data)
+        data.setdefault("park_ms", 0.0)  # written before it existed: measured without it
         for key in ("precisions", "batches", "seq_lens"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -181,13 +194,65 @@ def inputs_for(workload: Workload, config) -> dict[str, np.ndarray]:
     return config.dummy_inputs(batch, seq_len, seed=1234, padding="none")
 
 
+PARK_POLL_S = 0.001  # how often park_threads looks at the process's threads
+PARK_SLICE_S = 0.01  # without /proc: CPU time over slices this long (the clock ticks in 1-10 ms)
+PARK_IDLE = 0.25  # ... a slice that used less of one core than this is idle
+
+
+def _running_threads() -> int | None:
+    """This process's threads, other than the caller, that are running or runnable (Linux's
+    /proc/self/task); None where that cannot be read."""
+    me = threading.get_native_id()
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    running = 0
+    for tid in tids:
+        if tid == str(me):
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        end = stat.rfind(b")")  # the state follows the command name, which may hold spaces
+        running += stat[end + 2:end + 3] == b"R"
+    return running
+
+
+def park_threads(pause_ms: float, park_ms: float) -> float:
+    """Sleep ``pause_ms``, then on until this process is idle, at most ``park_ms`` in all;
+    returns the milliseconds waited. Idle: no other thread running in two looks
+    ``PARK_POLL_S`` apart (ONNX Runtime's intra-op threads spinning show as running), or,
+    where /proc is not there, a ``PARK_SLICE_S`` slice that used under ``PARK_IDLE`` of a
+    core (the process CPU clock is too coarse for shorter slices)."""
+    start = time.perf_counter()
+    if pause_ms:
+        time.sleep(pause_ms / 1000.0)
+    limit = start + park_ms / 1000.0
+    quiet = 0
+    while time.perf_counter() < limit:
+        running = _running_threads()
+        if running is None:
+            cpu, wall = time.process_time(), time.perf_counter()
+            time.sleep(PARK_SLICE_S)
+            if time.process_time() - cpu < PARK_IDLE * (time.perf_counter() - wall):
+                break
+            continue
+        quiet = quiet + 1 if running == 0 else 0
+        if quiet == 2:
+            break
+        time.sleep(PARK_POLL_S)
+    return (time.perf_counter() - start) * 1000.0
+
+
 def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Protocol,
                         seed: int = 0, keep_times: bool = False
                         ) -> dict[Hashable, dict[str, Any]]:
     """Time every runner with the protocol; per runner its round medians and summary (and,
     with ``keep_times``, every timed run in ms under ``times``)."""
     rng = random.Random(seed)
-    pause = protocol.pause_ms / 1000.0
     rounds: dict[Hashable, list[float]] = {k: [] for k in runners}
     every: dict[Hashable, list[float]] = {k: [] for k in runners}
     timed: dict[Hashable, int] = {}
@@ -197,8 +262,7 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
         rng.shuffle(order)
         for key in order:
             run = runners[key]
-            if pause:
-                time.sleep(pause)
+            park_threads(protocol.pause_ms, protocol.park_ms)
             for i in range(warmup.get(key, protocol.warmup)):
                 start = time.perf_counter()
                 run()
