@@ -690,7 +690,8 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
            ylabel="predicted latency (ms, saved model)")
     ax.legend(loc="upper left")
     ax.set_title("\n".join(lines), fontsize=8)
-    fig.suptitle(f"{fp['cpu_model']} ({fp['device']}, {header.protocol.threads} threads); "
+    cpu = fp["cpu_model"] + (f", {fp['cpu_id']}" if fp.get("cpu_id") else "")
+    fig.suptitle(f"{cpu} ({fp['device']}, {header.protocol.threads} threads); "
                  f"{describe_range(model.grid)}", fontsize=7)
     _save(fig, profile / "actual_vs_predicted.png")
 
@@ -704,7 +705,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
     ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency (ms)",
            title=f"Latency vs parameters at batch {b} x {s} tokens")
     ax.legend()
-    fig.suptitle(f"{fp['cpu_model']} ({fp['device']})", fontsize=8)
+    fig.suptitle(f"{cpu} ({fp['device']})", fontsize=8)
     _save(fig, profile / "latency_vs_params.png")
     plt.close("all")
 
