@@ -359,6 +359,8 @@ def main() -> None:
         tr = encode(data["train"], net, head, args.seq_len)
         te = encode(data["test"], net, head, args.seq_len, "test")
         base = plain_finetune(args.baseline_only, tr, te, args.full_steps + args.steps, config)
+        base["machine"] = device_fingerprint("cpu")  # maybe not the one the JSON's run was on
+        base["train_size"] = len(data["train"].texts)
         result = json.loads(args.json.read_text())
         result["baseline"] = base
         args.json.write_text(json.dumps(result, indent=2) + "\n")
