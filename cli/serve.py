@@ -225,7 +225,8 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                                     "within_budget": m["judged_ms"] <= plan["budget_ms"]}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
-            ("load", f"batch {batch}, seq {seq_len}, {concurrency} thread(s), {duration:g} s"),
+            ("load", f"batch {batch}, seq {seq_len}, {concurrency} client thread(s) back to "
+                     f"back, {threads or 'default'} intra-op thread(s), {duration:g} s"),
             ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms "
                         f"(p99/p50 {result['p99_over_p50']:.2f})"),
             ("failed", f"{result['failed']} request(s)"
