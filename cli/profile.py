@@ -229,8 +229,9 @@ def _profile_text(d: dict) -> str:
 
 def _device_line(fp: dict) -> str:
     gpu = f", {fp['gpu']['name']}" if fp.get("gpu") else ""
-    cpu = fp["cpu_model"] + (f" ({fp['cpu_id']})" if fp.get("cpu_id") else "")
-    return (f"{fp['device']}: {cpu}, {fp['logical_cores']} cores, "
+    from shaper_deploy.profiling.fingerprint import cpu_name
+
+    return (f"{fp['device']}: {cpu_name(fp)}, {fp['logical_cores']} cores, "
             f"{' '.join(fp['isa']) or 'no SIMD flags read'}{gpu}; onnxruntime {fp['onnxruntime']}")
 
 
@@ -327,7 +328,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
       shaperctl profiles list profiles
     """
     from shaper_deploy.errors import ShaperError
-    from shaper_deploy.profiling.fingerprint import device_fingerprint
+    from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
     from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.profiling.profile import HEADER
 
@@ -369,8 +370,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                                    f"{p['path']} --out DIR)" if p["use_here"] else "")
                  if p["matches_this_machine"] else
                  "another machine: " + "; ".join(p["differences"][:3]))
-        cpu = p["cpu_model"] + (f" ({p['cpu_id']})" if p.get("cpu_id") else "")
-        return (f"{p['path']}  {p['device']} {cpu}  {mape}  "
+        return (f"{p['path']}  {p['device']} {cpu_name(p)}  {mape}  "
                 f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}  {where}")
 
     def text(d: dict) -> str:

@@ -50,6 +50,11 @@ def device_fingerprint(device: str) -> dict[str, Any]:
             "onnxruntime": ort.__version__, "gpu": gpu, "os": platform.system()}
 
 
+def cpu_name(fp: dict[str, Any]) -> str:
+    """A fingerprint's CPU as people read it: the model name, and its id where recorded."""
+    return fp["cpu_model"] + (f" ({fp['cpu_id']})" if fp.get("cpu_id") else "")
+
+
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The device fields on which two fingerprints disagree, as readable phrases (a field
     that one of them predates is not compared)."""

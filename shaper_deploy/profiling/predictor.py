@@ -33,7 +33,7 @@ from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
-from .fingerprint import device_fingerprint, fingerprint_differences
+from .fingerprint import cpu_name, device_fingerprint, fingerprint_differences
 from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader, dropped_by_key,
                       held_out_keys, measure_model, measured_latency, noise_floor, read_header,
                       read_measurements, record_floor, reference_spread, shape_from_key,
@@ -690,7 +690,7 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
            ylabel="predicted latency (ms, saved model)")
     ax.legend(loc="upper left")
     ax.set_title("\n".join(lines), fontsize=8)
-    cpu = fp["cpu_model"] + (f", {fp['cpu_id']}" if fp.get("cpu_id") else "")
+    cpu = cpu_name(fp)
     fig.suptitle(f"{cpu} ({fp['device']}, {header.protocol.threads} threads); "
                  f"{describe_range(model.grid)}", fontsize=7)
     _save(fig, profile / "actual_vs_predicted.png")
