@@ -313,7 +313,7 @@ def live(args) -> dict:
               "machine": loaded["direct"].header.fingerprint, "rows": rows,
               "direct_learning_curve": learning_curve(loaded["direct"])}
     if args.supernet:
-        from workload_profile import SHAPES, WORKLOADS, _errors, real_bundles
+        from workload_profile import SHAPES, WORKLOADS, _errors, promise_kept, real_bundles
 
         best = loaded[f"transfer {max(args.minutes):g} min"] if args.bundles_from is None \
             else loaded[args.bundles_from]
@@ -321,7 +321,8 @@ def live(args) -> dict:
         bundle_rows = real_bundles(best, args.supernet, SHAPES, sizes, 90.0)
         result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
                                   "floor": _errors(bundle_rows, "error"),
-                                  "percentile_observed": _errors(bundle_rows, "pct_error")}
+                                  "percentile_observed": _errors(bundle_rows, "pct_error"),
+                                  "promise": promise_kept(bundle_rows)}
     return result
 
 

@@ -162,7 +162,7 @@ def profile_data(p) -> dict:
     foreign = p.foreign_fields()
     return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
-            "int8_gain": p.int8_gain(),
+            "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": transfer_advice(p.header, p.model),
             "this_machine": {"matches": not foreign, "differences": foreign}}
 
@@ -219,6 +219,15 @@ def _profile_text(d: dict) -> str:
             rows.append(("", "request latency / floor (p10 of runs): " + "; ".join(
                 f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))
+    speed = d.get("machine_speed")
+    if speed:
+        bands = " and ".join(f"{b}x in {v:.0%}" for b, v in speed["within"].items())
+        rows.append(("machine speed", "the reference graph per group against the fastest "
+                     f"group: within {bands} of the {speed['groups']} groups; median "
+                     f"x{speed['median']:.2f}, p90 "
+                     f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}. The percentiles above "
+                     "include the slow groups in these shares; a later measurement sees the "
+                     "machine as it is then"))
     t = d["trust"]
     rows.append(("trust", "reliable" if t["reliable"] else
                  f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))
@@ -294,10 +303,12 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
         rows.append({"precision": prec, "predicted_ms": ms,
                      "floor_ms": float(p.predict([shape], prec, b, s)[0]),
                      "upper_ms": ms * p.margin(prec), "margin": p.margin(prec)})
+    speed = p.machine_speed()
     data = {"shape": list(shape.widths), "params": shape.params(), "batch": b, "seq_len": s,
             "percentile": percentile, "predictions": rows, "profile": str(profile_path),
-            "trust": p.trust, "this_machine": {"matches": not differences,
-                                               "differences": differences}}
+            "trust": p.trust, "machine_speed": speed,
+            "this_machine": {"matches": not differences, "differences": differences}}
+    slow = 1 - speed["within"]["1.1"] if speed else 0.0
     emit(data, as_json, lambda d: table(
         [("shape", str(shape)), ("params", millions(d["params"])),
          ("workload", f"batch {b} x {s} tokens")]
@@ -306,6 +317,10 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
         + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (floor "
                             f"{r['floor_ms']:.2f}), {r['upper_ms']:.2f} ms with "
                             f"the planning margin (x{r['margin']:.3f})") for r in rows]
+        + ([("host speed", f"the machine ran over 1.1x slower than its fastest in {slow:.0%} of "
+                           f"the profile's groups (worst x{speed['max']:.2f}); the p"
+                           f"{percentile:g}s include that share (profiles show: machine speed)")]
+           if slow > 0.1 else [])
         + ([] if p.trust["reliable"] else
            [("WARNING", "unreliable profile: " + "; ".join(p.trust["reasons"]))])))
 
@@ -390,7 +405,8 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @json_option
 def profiles_show(path: Path, as_json: bool) -> None:
-    """A profile's device, protocol, graph, noise floor, predictor error and trust.
+    """A profile's device, protocol, graph, noise floor, predictor error, percentiles of
+    request latency, how fast the machine ran while it was measured, and trust.
 
     \b
     Example:

@@ -416,7 +416,7 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                         f"int8 model changes the label of "
                         f"{1 - accuracy['label_agreement']:.1%} of the {accuracy['texts']} "
                         f"texts ({judged_on}){tried}; required agreement with fp32 "
-                        f"{options.int8_min_agreement:.0%}; lower --int8-min-agreement to "
+                        f"{options.int8_min_agreement:.1%}; lower --int8-min-agreement to "
                         "accept it, or export fp32 only")
             elif not passes(accuracy):
                 raise ExportError(

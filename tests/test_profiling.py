@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from shaper_deploy.errors import DeviceError, ProfileError
+from shaper_deploy.io import sha256_file
 from shaper_deploy.export import export_bundle, op_counts
 from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.profiling.predictor import (DeviceProfile, LatencyModel, feature_names, features,
                                      fit_point)
 from shaper_deploy.profiling.graph import GRAPH_ACTIVATIONS, RandomWeightFile, build_deploy_graph
-from shaper_deploy.profiling.profile import (MEASUREMENTS, read_measurements, run_profile,
-                                             workload_key)
+from shaper_deploy.profiling.profile import (MEASUREMENTS, machine_speed, read_measurements,
+                                             run_profile, workload_key)
 from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved, park_threads
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
@@ -373,6 +374,22 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
                                            "--allow-unreliable", "--json"]).stdout)
     assert [r["precision"] for r in pred["predictions"]] == ["fp32", "int8"]
     assert pred["batch"] == 2 and pred["seq_len"] == 12
+    assert pred["machine_speed"] == DeviceProfile.load(tiny_profile).machine_speed()
+    # a host slow in half its groups: predict says the percentiles include that share
+    slow = tmp_path / "slow-host"
+    shutil.copytree(tiny_profile, slow)
+    lines = [json.loads(line) for line in (slow / MEASUREMENTS).read_text().splitlines()]
+    for r in lines:
+        r["reference_ms"] *= 3.0 if r["group"] % 2 else 1.0
+    (slow / MEASUREMENTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    header = json.loads((slow / "profile.json").read_text())
+    header["files"][MEASUREMENTS] = sha256_file(slow / MEASUREMENTS)
+    (slow / "profile.json").write_text(json.dumps(header))
+    said = runner.invoke(main, ["predict", "--profile", str(slow), "--shape", "40x3",
+                                "--allow-unreliable"])
+    share = 1 - DeviceProfile.load(slow).machine_speed()["within"]["1.1"]
+    assert 0.3 < share < 0.7 and (f"host speed  the machine ran over 1.1x slower than its "
+                                  f"fastest in {share:.0%} of the profile's groups") in said.stdout
     for r in pred["predictions"]:
         assert r["upper_ms"] == pytest.approx(r["predicted_ms"] * r["margin"])
     far = runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "40x3",
@@ -406,12 +423,35 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert "no profile here" not in gen.stdout
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
+    assert "machine speed        the reference graph per group against the fastest" in shown.stdout
+    speed = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),
+                                            "--json"]).stdout)["machine_speed"]
+    assert speed["groups"] >= 4 and speed["max"] >= speed["p90"] >= speed["median"] >= 1.0
     bad = runner.invoke(main, ["profile", "--device", "tpu", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda'" in bad.stderr
     gpu = runner.invoke(main, ["profile", "--device", "cuda", "--out", str(tmp_path / "g")])
     assert gpu.exit_code == 1 and len(gpu.stderr.strip().splitlines()) == 1
     missing = runner.invoke(main, ["predict", "--profile", str(tmp_path), "--shape", "8x3"])
     assert missing.exit_code == 1 and "is not a profile" in missing.stderr
+
+
+def test_machine_speed_is_each_groups_reference_over_the_fastest_group_by_hand():
+    """Groups are told apart by phase, sweep, group and retry; each size has its own fastest
+    group; a group's members share its reference time."""
+    def rec(phase, sweep, group, seq, ref, retry=False):
+        return {"phase": phase, "sweep": sweep, "group": group, "retry": retry,
+                "precision": "fp32", "batch": 1, "seq_len": seq, "reference_ms": ref}
+
+    records = [rec("main", 0, 0, 16, 10.0), rec("main", 0, 0, 16, 10.0),  # one group, 2 shapes
+               rec("main", 0, 1, 16, 10.5), rec("main", 1, 0, 16, 20.0),
+               rec("main", 1, 0, 16, 14.0, retry=True), rec("repeat", 0, 0, 16, 12.0),
+               rec("main", 0, 2, 32, 30.0), rec("main", 1, 2, 32, 31.0)]
+    speed = machine_speed(records)
+    # slowdowns 1.0, 1.05, 2.0, 1.4, 1.2 at 16 tokens; 1.0, 31/30 at 32
+    assert speed["groups"] == 7 and speed["max"] == pytest.approx(2.0)
+    assert speed["within"] == {"1.1": pytest.approx(4 / 7), "1.5": pytest.approx(6 / 7)}
+    assert speed["median"] == pytest.approx(1.05)
+    assert machine_speed(records[:3]) is None  # 2 groups: too few to say
 
 
 def test_measurement_reports_latency_and_drift_by_hand(tiny_profile, tmp_path, monkeypatch):
@@ -444,6 +484,12 @@ def test_measurement_reports_latency_and_drift_by_hand(tiny_profile, tmp_path, m
     assert m["intrinsic_ms"] == pytest.approx(9.3) and m["times"] == [9.0, 10.0, 11.0, 30.0]
     assert (m["reference_ms_now"], m["reference_ms_profile"]) == (5.0, 4.0)
     assert (m["batch"], m["seq_len"], m["precision"]) == (2, 12, "fp32")
+    # the profile's measure keeps the runs only when asked (a benchmark's share over a promise)
+    profile = DeviceProfile.load(tiny_profile)
+    kept = profile.measure(tmp_path / "b" / "model.onnx", "fp32", (2, 12), "cpu", 90.0,
+                           keep_times=True)
+    assert kept["times"] == [9.0, 10.0, 11.0, 30.0]
+    assert "times" not in profile.measure(tmp_path / "b" / "model.onnx", "fp32", (2, 12), "cpu")
 
 
 def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_path):

@@ -35,7 +35,8 @@ from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import cpu_name, device_fingerprint, fingerprint_differences
 from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader, dropped_by_key,
-                      held_out_keys, measure_model, measured_latency, noise_floor, read_header,
+                      held_out_keys, machine_speed, measure_model, measured_latency,
+                      noise_floor, read_header,
                       read_measurements, record_floor, reference_spread, shape_from_key,
                       verify_file, workload_key, write_header)
 from .protocol import Workload, describe_range, grid_cell
@@ -561,6 +562,12 @@ class DeviceProfile:
             self.predict([shape], "fp32", *w)[0] / self.predict([shape], "int8", *w)[0]), 3)
             for w in self.model.grid} for name, shape in shapes.items()}
 
+    def machine_speed(self) -> dict[str, Any] | None:
+        """How fast the machine ran over the profile's time (``profile.machine_speed``), from
+        its measurements, their checksum verified first."""
+        verify_file(self.path, self.header, MEASUREMENTS)
+        return machine_speed(read_measurements(self.path))
+
     def noise(self, precision: str) -> float:
         """How far one measurement may stray from another of the same model (0 if unknown)."""
         return noise_of(self.header, precision) or 0.0
@@ -573,7 +580,7 @@ class DeviceProfile:
 
     def measure(self, model_file: str | Path, precision: str, workload: Workload,
                 device: str, percentile: float = DEFAULT_PERCENTILE,
-                seconds: float | None = None) -> dict[str, Any]:
+                seconds: float | None = None, keep_times: bool = False) -> dict[str, Any]:
         """An ONNX file timed now with this profile's protocol at ``workload``, interleaved
         with the profile's reference graph: the numbers its prediction is comparable with.
 
@@ -588,7 +595,8 @@ class DeviceProfile:
         come, keeps a model on ``kept_on_ms``: the observed percentile's upper
         ``PLAN_CONFIDENCE`` bound (:func:`percentile_upper_bound`) in place of the point.
         ``drift`` (the reference graph's floor now over the profile's) says how fast the
-        machine is now; nothing is divided by it.
+        machine is now; nothing is divided by it. ``keep_times`` adds every timed run
+        (``times``, ms).
         """
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device,
@@ -604,7 +612,8 @@ class DeviceProfile:
                 "judged_ms": max(estimated, observed),
                 "observed_upper_ms": upper, "confidence": PLAN_CONFIDENCE,
                 "kept_on_ms": max(estimated, upper),
-                "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"]}
+                "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"],
+                **({"times": m["times"]} if keep_times else {})}
 
     def foreign_fields(self) -> list[str]:
         """How the machine the profile was measured on differs from this one (empty: same)."""

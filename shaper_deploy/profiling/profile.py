@@ -812,6 +812,36 @@ def dropped_by_key(records: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {r["shape_key"]: list(r.get("dropped") or []) for r in records}
 
 
+SPEED_BANDS = (1.1, 1.5)  # machine_speed's bands: a group's reference over the fastest
+
+
+def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How fast the machine ran over the profile's time, from the reference graph timed in
+    every group: each group's reference median over the fastest group's at the same
+    precision and size (1.0: the fastest this profile saw). The share of groups within each
+    of ``SPEED_BANDS``, the median, the 90th percentile and the worst. A profile's
+    percentiles of request latency include the slow groups in these shares
+    (``predictor.tail_model``); a measurement later sees the machine as it is then. None
+    with fewer than 4 groups."""
+    groups: dict[tuple, tuple[tuple[str, int, int], float]] = {}
+    for r in records:
+        if not r["reference_ms"] > 0:  # a damaged record says nothing of the speed
+            continue
+        size = (r["precision"], r["batch"], r["seq_len"])
+        key = (r["phase"], r.get("sweep", 0), r["group"], r["retry"], *size)
+        groups[key] = (size, r["reference_ms"])
+    fastest: dict[tuple[str, int, int], float] = {}
+    for size, ms in groups.values():
+        fastest[size] = min(ms, fastest.get(size, math.inf))
+    slow = np.array([ms / fastest[size] for size, ms in groups.values()])
+    if len(slow) < 4:
+        return None
+    return {"groups": len(slow),
+            "within": {f"{b:g}": float((slow <= b).mean()) for b in SPEED_BANDS},
+            "median": float(np.median(slow)), "p90": float(np.percentile(slow, 90)),
+            "max": float(slow.max())}
+
+
 def reference_spread(records: list[dict[str, Any]], precision: str) -> float | None:
     """How far the reference graph's latency moved between groups: the median over input
     sizes of (max - min) / median of its per-group medians."""
