@@ -6,7 +6,8 @@ the candidates are the low end of a measurement's runs and the median, each with
 the division by the reference graph's slowdown that profiles used until this version
 (reference's calm latency = 25th percentile of its per-group medians, a group more than 6%
 off it divided by that factor). For each: held-out MAPE and within +-10% (the profile's own
-held-out shapes, grid and check sizes) and the noise floor (shapes re-measured at the end).
+held-out shapes, grid and check sizes) and the noise floor (shapes re-measured at the end),
+also on the calm pairs only (both measured while the reference ran within 1.1x of its fastest).
 Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
@@ -119,6 +120,23 @@ def refit(header, records, label: str) -> dict:
     return out
 
 
+def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
+    """The noise floor on the measurements taken while the reference graph ran within
+    ``within`` of its fastest group at the same size (``profile.machine_speed``'s yardstick):
+    whether a profile is unreliable only because its re-measurements met other periods."""
+    fastest: dict[tuple, float] = {}
+    for r in records:
+        size = (r["precision"], r["batch"], r["seq_len"])
+        fastest[size] = min(fastest.get(size, float("inf")), r["reference_ms"])
+    calm = [r for r in records
+            if r["reference_ms"] <= within * fastest[(r["precision"], r["batch"], r["seq_len"])]]
+    on_all, on_calm = P.noise_floor(records, precision), P.noise_floor(calm, precision)
+    return {"within": within, "pairs": (on_calm or {}).get("pairs", 0),
+            "all_pairs": (on_all or {}).get("pairs", 0),
+            "median_abs_rel_diff": (on_calm or {}).get("median_abs_rel_diff"),
+            "all_median_abs_rel_diff": (on_all or {}).get("median_abs_rel_diff")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="+", type=Path)
@@ -142,6 +160,11 @@ def main() -> None:
             for name, keep in subsets:
                 mine = [r for r in records if r.get("sweep", 0) in keep]
                 row["sweeps"][name] = refit(header, mine, f"{path.name:40s} {name:38s}")
+        row["calm_noise_floor"] = {p: calm_noise_floor(records, p) for p in
+                                   sorted({r["precision"] for r in records})}
+        print(f"{path.name:40s} noise floor on calm pairs: " + " | ".join(
+            f"{p} {v['median_abs_rel_diff'] or 0:.1%} on {v['pairs']} of {v['all_pairs']}"
+            for p, v in row["calm_noise_floor"].items()), file=sys.stderr)
         row["percentiles"] = {"tail centred on the model's floor (the library's)":
                               percentile_errors(header, records, True),
                               "tail centred on each measurement's own floor":
