@@ -391,6 +391,10 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert 0.3 < share < 0.7 and (f"the machine ran over 1.1x slower than its fastest in "
                                   f"{share:.0%} of its groups") in said.stdout
     assert "host speed  over the profile's " in said.stdout
+    del header["files"][MEASUREMENTS]  # a profile from before measurement checksums
+    (slow / "profile.json").write_text(json.dumps(header))
+    shown = runner.invoke(main, ["profiles", "show", str(slow), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["machine_speed"] is None
     for r in pred["predictions"]:
         assert r["upper_ms"] == pytest.approx(r["predicted_ms"] * r["margin"])
     far = runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "40x3",

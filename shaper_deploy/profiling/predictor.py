@@ -564,7 +564,10 @@ class DeviceProfile:
 
     def machine_speed(self) -> dict[str, Any] | None:
         """How fast the machine ran over the profile's time (``profile.machine_speed``), from
-        its measurements, their checksum verified first."""
+        its measurements, their checksum verified first (None for a profile that records no
+        checksum of them: made before checksums)."""
+        if MEASUREMENTS not in self.header.files:
+            return None
         verify_file(self.path, self.header, MEASUREMENTS)
         return machine_speed(read_measurements(self.path))
 
