@@ -122,14 +122,10 @@ def refit(header, records, label: str) -> dict:
 
 def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
     """The noise floor on the measurements taken while the reference graph ran within
-    ``within`` of its fastest group at the same size (``profile.machine_speed``'s yardstick):
+    ``within`` of its fastest group at the same size (``profile.group_slowdowns``):
     whether a profile is unreliable only because its re-measurements met other periods."""
-    fastest: dict[tuple, float] = {}
-    for r in records:
-        size = (r["precision"], r["batch"], r["seq_len"])
-        fastest[size] = min(fastest.get(size, float("inf")), r["reference_ms"])
-    calm = [r for r in records
-            if r["reference_ms"] <= within * fastest[(r["precision"], r["batch"], r["seq_len"])]]
+    slowdown = P.group_slowdowns(records)
+    calm = [r for r in records if slowdown.get(P.group_key(r), float("inf")) <= within]
     on_all, on_calm = P.noise_floor(records, precision), P.noise_floor(calm, precision)
     return {"within": within, "pairs": (on_calm or {}).get("pairs", 0),
             "all_pairs": (on_all or {}).get("pairs", 0),

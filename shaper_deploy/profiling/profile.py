@@ -815,25 +815,30 @@ def dropped_by_key(records: list[dict[str, Any]]) -> dict[str, list[str]]:
 SPEED_BANDS = (1.1, 1.5)  # machine_speed's bands: a group's reference over the fastest
 
 
+def group_key(record: dict[str, Any]) -> tuple:
+    """The group of turns a measurement was timed in (its members share one reference time)."""
+    return (record["phase"], record.get("sweep", 0), record["group"], record["retry"],
+            record["precision"], record["batch"], record["seq_len"])
+
+
+def group_slowdowns(records: list[dict[str, Any]]) -> dict[tuple, float]:
+    """Per group of turns (``group_key``): the reference graph's median in it over the
+    fastest group's at the same precision and size (1.0: the fastest this profile saw). A
+    record without a positive reference time (damaged) says nothing of the speed."""
+    groups = {group_key(r): r["reference_ms"] for r in records if r["reference_ms"] > 0}
+    fastest: dict[tuple, float] = {}
+    for key, ms in groups.items():
+        fastest[key[-3:]] = min(ms, fastest.get(key[-3:], math.inf))
+    return {key: ms / fastest[key[-3:]] for key, ms in groups.items()}
+
+
 def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How fast the machine ran over the profile's time, from the reference graph timed in
-    every group: each group's reference median over the fastest group's at the same
-    precision and size (1.0: the fastest this profile saw). The share of groups within each
-    of ``SPEED_BANDS``, the median, the 90th percentile and the worst. A profile's
-    percentiles of request latency include the slow groups in these shares
-    (``predictor.tail_model``); a measurement later sees the machine as it is then. None
-    with fewer than 4 groups."""
-    groups: dict[tuple, tuple[tuple[str, int, int], float]] = {}
-    for r in records:
-        if not r["reference_ms"] > 0:  # a damaged record says nothing of the speed
-            continue
-        size = (r["precision"], r["batch"], r["seq_len"])
-        key = (r["phase"], r.get("sweep", 0), r["group"], r["retry"], *size)
-        groups[key] = (size, r["reference_ms"])
-    fastest: dict[tuple[str, int, int], float] = {}
-    for size, ms in groups.values():
-        fastest[size] = min(ms, fastest.get(size, math.inf))
-    slow = np.array([ms / fastest[size] for size, ms in groups.values()])
+    every group (``group_slowdowns``): the share of groups within each of ``SPEED_BANDS`` of
+    the fastest, the median, the 90th percentile and the worst. A profile's percentiles of
+    request latency include the slow groups in these shares (``predictor.tail_model``); a
+    measurement later sees the machine as it is then. None with fewer than 4 groups."""
+    slow = np.array(list(group_slowdowns(records).values()))
     if len(slow) < 4:
         return None
     return {"groups": len(slow),
