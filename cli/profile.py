@@ -308,7 +308,7 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
             "percentile": percentile, "predictions": rows, "profile": str(profile_path),
             "trust": p.trust, "machine_speed": speed,
             "this_machine": {"matches": not differences, "differences": differences}}
-    slow = 1 - speed["within"]["1.1"] if speed else 0.0
+    band, within = next(iter(speed["within"].items())) if speed else ("", 1.0)  # the first band
     seconds = ((p.header.summary or {}).get("last_run") or {}).get("seconds")
     minutes = f"{seconds / 60:.1f} min" if seconds else "time"
     emit(data, as_json, lambda d: table(
@@ -319,8 +319,8 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
         + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (floor "
                             f"{r['floor_ms']:.2f}), {r['upper_ms']:.2f} ms with "
                             f"the planning margin (x{r['margin']:.3f})") for r in rows]
-        + ([("host speed", f"over the profile's {minutes} the machine ran over 1.1x slower "
-                           f"than its fastest in {slow:.0%} of its groups (worst "
+        + ([("host speed", f"over the profile's {minutes} the machine ran over {band}x slower "
+                           f"than its fastest in {1 - within:.0%} of its groups (worst "
                            f"x{speed['max']:.2f}); the p{percentile:g}s include that share, and "
                            "a host that slows for minutes at a time shows it only to a profile "
                            "long enough (profiles show: machine speed)")]
