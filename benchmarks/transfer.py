@@ -8,7 +8,9 @@ transfer a target would fit from ``n`` of the shapes its own measurements.jsonl 
 drawn per parameter bin, 10 draws), scored on **every other shape** the target measured, at
 grid and check sizes; beside it the direct fit (``predictor.fit_model``) on the same shapes,
 and the target's own full profile. Minutes = the target profile's measured time per shape x
-the shapes a transfer measures (its two re-measured shapes included).
+the shapes a transfer measures (its two re-measured shapes included). A target measured in
+several sweeps (minutes apart) is also fitted on its first 2, 3, ... sweeps ("looks"): what
+more looks at fewer shapes buy on a host whose speed moves.
 
 ``sparse``: refits only (no timing): could a transfer measure a few input sizes and
 interpolate the source-to-target scale to the rest? (``sparse_pair``)
@@ -62,9 +64,11 @@ INTEL_MINILM, ZEN4_MINILM = "profiles/x86_64-2core-avx512-minilm", \
     "profiles/amd-epyc-zen4-2core-avx512-minilm"
 INTEL_BERT, ZEN4_BERT = "profiles/x86_64-2core-avx512-bert-base", \
     "profiles/amd-epyc-zen4-2core-avx512-bert-base"
+ZEN5_MINILM = "profiles/amd-epyc-zen5-2core-avx512-minilm"
 PAIRS = [(ZEN4_MINILM, INTEL_MINILM), (INTEL_MINILM, ZEN4_MINILM), (ZEN4_BERT, INTEL_BERT),
          (INTEL_BERT, ZEN4_BERT), (INTEL_MINILM, ZEN2_MINILM), (ZEN2_MINILM, INTEL_MINILM),
-         (ZEN4_MINILM, ZEN2_MINILM)]
+         (ZEN4_MINILM, ZEN2_MINILM), (INTEL_MINILM, ZEN5_MINILM), (ZEN5_MINILM, INTEL_MINILM),
+         (ZEN4_MINILM, ZEN5_MINILM)]
 SPARSE_PAIRS = [(INTEL_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (ZEN4_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (INTEL_MINILM, ZEN4_MINILM), (ZEN4_MINILM, INTEL_MINILM),
@@ -129,15 +133,21 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
                    if all(any(q["shape_key"] == r["shape_key"] and q["precision"] == p
                               for q in main) for p in protocol.precisions)})
     seconds = (target.header.summary or {}).get("last_run", {}).get("seconds")
-    per_shape = seconds / (len(keys) + tp.repeat_shapes) if seconds else None
+    # A live transfer looks at each shape once. From a target measured in several sweeps
+    # (minutes apart) the transfer fits on its first ``looks`` sweeps, looks = 1 being what
+    # a live transfer does; the shapes not drawn are scored on all sweeps (the lowest floor
+    # of each: the target's best estimate). Minutes: the target's time per shape and sweep.
+    per_look = seconds / (len(keys) + tp.repeat_shapes) / tp.sweeps if seconds else None
     full = fit_model(header, records)
     rows = []
-    for n in [n for n in SIZES if n <= len(keys) - 4]:  # >= 4 shapes left to score on
+    for n, looks in [(n, k) for k in range(1, tp.sweeps + 1) for n in SIZES
+                     if n <= len(keys) - 4]:  # >= 4 shapes left to score on
+        first = [r for r in records if r.get("sweep", 0) < looks]
         draws = {"transfer": [], "direct": [], "scaled_source": []}
         for seed in range(DRAWS):
             chosen = draw_shapes(keys, target, n, seed)
             rest = [k for k in keys if k not in chosen]
-            mine = [r for r in records if r["shape_key"] in chosen]
+            mine = [r for r in first if r["shape_key"] in chosen]
             held = held_out_keys([shape_from_key(k, target.space) for k in chosen])
             t = fit_transfer(header, mine, held_keys=held)
             d = fit_model(header, mine, held_keys=held, min_shapes=8)
@@ -148,7 +158,8 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
             s_only = {p: t.metrics[p]["transfer"]["prior_held_out"]["mape"]
                       for p in t.precisions}
             draws["scaled_source"].append(s_only)
-        row = {"shapes": n, "minutes": per_shape * (n + 2) / 60 if per_shape else None,
+        row = {"shapes": n, "looks": looks,
+               "minutes": per_look * (n + 2) * looks / 60 if per_look else None,
                "draws": DRAWS}
         for kind in ("transfer", "direct"):
             row[kind] = {p: {m: float(np.median([d[p][m] for d in draws[kind]]))
@@ -158,7 +169,7 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
             p: float(np.median([d["self"][p] for d in draws["transfer"]]))
             for p in protocol.precisions}
         rows.append(row)
-        print(f"{source.path.name} -> {target.path.name}, {n} shapes: " + "; ".join(
+        print(f"{source.path.name} -> {target.path.name}, {n} shapes x {looks} look(s): " + "; ".join(
             f"{p} transfer MAPE {row['transfer'][p]['mape']:.1%} "
             f"({row['transfer'][p]['within_10pct']:.0%} in 10%), direct "
             f"{row['direct'][p]['mape']:.1%}" for p in protocol.precisions), file=sys.stderr)
@@ -266,12 +277,15 @@ def live(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     profiles = {}
     cap = [] if args.max_tokens is None else ["--max-tokens", str(args.max_tokens)]
+    sources = [arg for p in args.sources for arg in ("--from", str(p))]
     for minutes in args.minutes:
-        out = work / f"transfer-{minutes:g}min"
-        sources = [arg for p in args.sources for arg in ("--from", str(p))]
-        _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}", *cap,
-                   "--out", str(out))
-        profiles[f"transfer {minutes:g} min"] = out
+        for sweeps in args.sweeps or [None]:  # None: the product's default
+            looks = [] if sweeps is None else ["--sweeps", str(sweeps)]
+            name = f"transfer {minutes:g} min" + (f", {sweeps} sweep(s)" if sweeps else "")
+            out = work / name.replace(" ", "-").replace(",", "")
+            _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
+                       *looks, *cap, "--out", str(out))
+            profiles[name] = out
     if args.direct is None:
         direct = work / "direct"
         cmd = ["profile", "--device", "cpu", "--out", str(direct)]
@@ -289,6 +303,7 @@ def live(args) -> dict:
         row = {"profile": name, "path": str(p.path),
                "minutes": (p.header.summary or {}).get("last_run", {}).get("seconds", 0) / 60,
                "shapes": p.header.sampling["samples"], "rounds": p.header.protocol.rounds,
+               "sweeps": p.header.protocol.sweeps,
                "precisions": p.precisions, "trust": p.trust,
                "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
                "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
@@ -315,8 +330,7 @@ def live(args) -> dict:
     if args.supernet:
         from workload_profile import SHAPES, WORKLOADS, _errors, promise_kept, real_bundles
 
-        best = loaded[f"transfer {max(args.minutes):g} min"] if args.bundles_from is None \
-            else loaded[args.bundles_from]
+        best = loaded[args.bundles_from or list(profiles)[-2]]  # default: the last transfer
         sizes = [w for w in WORKLOADS if _covers(best.model, w)]  # --max-tokens narrows
         bundle_rows = real_bundles(best, args.supernet, SHAPES, sizes, 90.0)
         result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
@@ -337,7 +351,12 @@ def main() -> None:
     on.add_argument("--from", dest="sources", type=Path, action="append", required=True)
     on.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1, 2, 4])
     on.add_argument("--supernet", type=Path, default=None)
-    on.add_argument("--bundles-from", default=None)
+    on.add_argument("--sweeps", type=int, nargs="*", default=None,
+                    help="profile --from --sweeps: each --minutes once per value given "
+                         "(default: once, with the command's default)")
+    on.add_argument("--bundles-from", default=None,
+                    help="The profile (row name) real bundles are measured against "
+                         "(default: the last transfer)")
     on.add_argument("--max-tokens", type=int, default=None,
                     help="profile --from --max-tokens: the transfers measure sizes up to this "
                          "many tokens, and are scored there")

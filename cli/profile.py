@@ -51,11 +51,11 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
                    "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")
 @click.option("--rounds", default=None, type=click.IntRange(1, 100),
               help="Interleaved rounds per group of shapes and input size in each sweep "
-                   "(default 1 in each of 3 sweeps; with --from, the source's in 1 sweep; "
+                   "(default 1 in each of 3 sweeps; with --from, 1 in each of 2 sweeps; "
                    "more where --minutes allows).")
 @click.option("--sweeps", default=None, type=click.IntRange(1, 10),
               help="Times the whole measurement is made, one after another, so each shape is "
-                   "timed minutes apart and its floor comes from the calmest (default 3; 1 "
+                   "timed minutes apart and its floor comes from the calmest (default 3; 2 "
                    "with --from).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
@@ -95,7 +95,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
-    from shaper_deploy.profiling.profile import run_profile
+    from shaper_deploy.profiling.profile import TRANSFER_SWEEPS, run_profile
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -122,7 +122,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             config = sources[0].header.config
             source = dict(sources[0].header.source)
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
-                                              rounds, max_tokens), sweeps=sweeps or 1)
+                                              rounds, max_tokens),
+                           sweeps=sweeps or TRANSFER_SWEEPS)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")

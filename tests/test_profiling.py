@@ -672,3 +672,13 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
     assert kept["precisions"] == ["fp32", "int8"]
     fixed = size_profile(header, 20, None, auto_precision=False)
     assert (fixed["samples"], fixed["rounds"]) == (20, header.protocol.rounds)
+    # a transfer (2 sweeps): 1 round in each at first, at most 4 looks in all; --rounds kept
+    header.transfer = {}
+    header.protocol = dataclasses.replace(header.protocol, sweeps=2, rounds=3)
+    wide = size_profile(header, None, 30, auto_precision=False)
+    assert wide["rounds"] == 2 and wide["samples"] > 12
+    assert size_profile(header, None, 30, False, auto_rounds=False)["rounds"] == 3
+    header.probe["ms"] = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
+                          for p, m in header.probe["ms"].items()}  # a slow device
+    least = size_profile(header, None, 0.5, auto_precision=False)
+    assert (least["samples"], least["rounds"]) == (8, 1)

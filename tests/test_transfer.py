@@ -233,6 +233,10 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     measured = {(m["batch"], m["seq_len"]) for m in map(json.loads, (out / "measurements.jsonl")
                                                          .read_text().splitlines())}
     assert measured and all(b * s <= 16 for b, s in measured)
+    # each shape looked at in 2 sweeps, one after the other
+    assert data["protocol"]["sweeps"] == 2
+    assert {m["sweep"] for m in map(json.loads, (out / "measurements.jsonl").read_text()
+                                    .splitlines())} == {0, 1}
     r = CliRunner().invoke(main, ["predict", "--profile", str(out), "--shape",
                                   "128x3", "--batch", "2", "--seq-len", "16",
                                   "--allow-unreliable"])

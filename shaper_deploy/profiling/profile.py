@@ -71,6 +71,13 @@ IDENTITY_VARIANTS = ("half the shapes (by a hash of their widths, the largest al
                      "timed without the projections an identity super network drops")
 MIN_SHAPES = 12  # a direct profile fits on 3 of 4 of at least this many shapes
 TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior from others
+# A transfer looks at each shape in 2 sweeps of 1 round, not 1 sweep of 2 rounds (the same
+# time): rounds are seconds apart, sweeps a minute or more, and a shared host's speed moves
+# for minutes. Refitting the Zen 5 MiniLM profile's first sweeps as transfers from the Intel
+# (Zen 4) profile, held-out MAPE fp32 / int8 on every other shape: 16 shapes x 1 look (1.8
+# min) 6.4% / 6.6% (6.4% / 6.8%), 8 shapes x 2 looks (2.0 min) 5.9% / 5.8% (5.3% / 5.0%)
+# (benchmarks/transfer.py offline).
+TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
 FLOOR_LEVEL = 10  # a measurement's floor: this percentile of its timed runs (run_ms keys)
 
@@ -470,9 +477,10 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                                              auto_rounds))
             protocol = header.protocol = replace(protocol, precisions=tuple(
                 header.probe["precisions"]), rounds=header.probe["rounds"])
-            if header.transfer is not None:
+            if header.transfer is not None:  # 40 shapes x 4 looks (4 rounds, 1 sweep)
+                direct = replace(header, protocol=replace(protocol, sweeps=1))
                 header.transfer["direct_minutes"] = round(estimate_seconds(
-                    header, 40, 4, protocol.precisions) / 60, 1)
+                    direct, 40, 4, protocol.precisions) / 60, 1)
             header.sampling["samples"] = header.probe["samples"]
             write_header(out, header)
         except BaseException:  # nothing was measured yet: the folder goes with the failure
@@ -708,11 +716,13 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
         n, rounds = samples, protocol.rounds
     elif header.transfer is not None:
         # A transfer's time goes first to shapes (up to 12: 9 fitted, 3 held out), then to
-        # rounds (up to 4), then to more shapes.
-        n, rounds = TRANSFER_MIN_SHAPES, 2
+        # rounds (up to 4 looks at each shape in all sweeps), then to more shapes. It
+        # starts from 2 looks: 1 round in each of 2 sweeps by default (see TRANSFER_SWEEPS).
+        n = TRANSFER_MIN_SHAPES
+        rounds = max(1, 2 // protocol.sweeps) if auto_rounds else protocol.rounds
         while n < 12 and fits(n + 2, rounds):
             n += 2
-        while auto_rounds and rounds < 4 and fits(n, rounds + 1):
+        while auto_rounds and (rounds + 1) * protocol.sweeps <= 4 and fits(n, rounds + 1):
             rounds += 1
         while n < 40 and fits(n + 4, rounds):
             n += 4
@@ -732,8 +742,10 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
             "estimated_minutes": round(estimate / 60, 1),
             "decision": (f"probe ({header.probe['seconds']:.0f} s): {gains}"
                          + (dropped + "; " if dropped else "")
-                         + f"measuring {n} shapes x {'+'.join(precisions)} x {rounds} rounds, "
-                         f"about {estimate / 60:.1f} min"
+                         + f"measuring {n} shapes x {'+'.join(precisions)} x {rounds} "
+                         f"round(s)" + (f" in each of {protocol.sweeps} sweeps"
+                                        if protocol.sweeps > 1 else "")
+                         + f", about {estimate / 60:.1f} min"
                          + (f" (budget {minutes:g} min)" if samples is None else ""))}
 
 
