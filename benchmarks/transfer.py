@@ -169,10 +169,11 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
             p: float(np.median([d["self"][p] for d in draws["transfer"]]))
             for p in protocol.precisions}
         rows.append(row)
-        print(f"{source.path.name} -> {target.path.name}, {n} shapes x {looks} look(s): " + "; ".join(
-            f"{p} transfer MAPE {row['transfer'][p]['mape']:.1%} "
-            f"({row['transfer'][p]['within_10pct']:.0%} in 10%), direct "
-            f"{row['direct'][p]['mape']:.1%}" for p in protocol.precisions), file=sys.stderr)
+        scores = "; ".join(f"{p} transfer MAPE {row['transfer'][p]['mape']:.1%} "
+                           f"({row['transfer'][p]['within_10pct']:.0%} in 10%), direct "
+                           f"{row['direct'][p]['mape']:.1%}" for p in protocol.precisions)
+        print(f"{source.path.name} -> {target.path.name}, {n} shapes x {looks} look(s): "
+              f"{scores}", file=sys.stderr)
     return {"source": source.path.name, "target": target.path.name,
             "source_cpu": source.header.fingerprint["cpu_model"],
             "target_cpu": target.header.fingerprint["cpu_model"],

@@ -255,6 +255,10 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     lines = (out / "measurements.jsonl").read_text()
     r = CliRunner().invoke(main, args)  # finished: nothing measured again
     assert r.exit_code == 0 and (out / "measurements.jsonl").read_text() == lines
+    # a profile resumes with the sweeps it began with (made before a default changed)
+    r = CliRunner().invoke(main, args + ["--sweeps", "1"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["protocol"]["sweeps"] == 2
+    assert (out / "measurements.jsonl").read_text() == lines
     shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
     assert "transferred from" in shown.stdout and str(tiny_profile) in shown.stdout
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),

@@ -72,11 +72,11 @@ IDENTITY_VARIANTS = ("half the shapes (by a hash of their widths, the largest al
 MIN_SHAPES = 12  # a direct profile fits on 3 of 4 of at least this many shapes
 TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior from others
 # A transfer looks at each shape in 2 sweeps of 1 round, not 1 sweep of 2 rounds (the same
-# time): rounds are seconds apart, sweeps a minute or more, and a shared host's speed moves
-# for minutes. Refitting the Zen 5 MiniLM profile's first sweeps as transfers from the Intel
-# (Zen 4) profile, held-out MAPE fp32 / int8 on every other shape: 16 shapes x 1 look (1.8
-# min) 6.4% / 6.6% (6.4% / 6.8%), 8 shapes x 2 looks (2.0 min) 5.9% / 5.8% (5.3% / 5.0%)
-# (benchmarks/transfer.py offline).
+# turns): rounds are seconds apart, sweeps a minute or more, and a shared host's speed moves
+# for minutes. The Zen 5 MiniLM profile's first sweeps refitted as transfers, held-out MAPE
+# fp32 / int8 on every other shape, from the Intel profile [from the Zen 4 one]: 16 shapes x
+# 1 look (1.8 min) 6.4% / 6.6% [6.4% / 6.8%], 8 shapes x 2 looks (2.0 min) 5.9% / 5.8%
+# [5.3% / 5.0%] (benchmarks/transfer.py offline).
 TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
 FLOOR_LEVEL = 10  # a measurement's floor: this percentile of its timed runs (run_ms keys)
@@ -353,9 +353,10 @@ def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: in
 def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
                      sized: bool) -> None:
     """The same device, model, graph and grid; the shape count and rounds the first run chose
-    from its time budget (and int8, if its probe dropped it) stay as they were."""
+    from its time budget (and int8, if its probe dropped it) stay as they were, and so do its
+    sweeps (a profile begun before a default changed resumes as it began)."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
-    free = {"protocol": ("precisions", "rounds"),
+    free = {"protocol": ("precisions", "rounds", "sweeps"),
             "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
