@@ -67,6 +67,27 @@ def test_random_graphs_give_every_weight_its_own_memory(tmp_path):
     assert out.shape == (1, 8, 768) and np.isfinite(out).all()
 
 
+def test_an_int8_graph_is_quantized_once_and_opened_again_in_later_sweeps(tmp_path, monkeypatch):
+    from shaper_deploy.profiling import profile as P
+
+    calls = []
+    quantize = P.quantize_int8
+    monkeypatch.setattr(P, "quantize_int8", lambda *a, **k: (calls.append(a[1]), quantize(*a, **k)))
+    sessions = P.GraphSessions(tmp_path, TINY, "cpu", 1, ["avx2", "fma"])
+    shape = Shape((16, 36, 8), TINY_SPACE)
+    feeds = sample_inputs(TINY_SPACE.vocab_size, 1, 8, padding="none")
+    first = sessions.build(shape, "int8").run(None, feeds)[0]
+    again = sessions.build(shape, "int8").run(None, feeds)[0]
+    assert len(calls) == 1 and np.array_equal(first, again)
+    sessions.build(Shape((16, 16, 8), TINY_SPACE), "int8", dropped=["transitions.0"])
+    sessions.build(shape, "fp32")
+    assert len(calls) == 2 and len(sessions.quantized) == 2
+    sessions.KEEP_BYTES = 0  # past the disk allowance: quantized each time, into one file
+    sessions.build(Shape((8, 24, 8), TINY_SPACE), "int8")
+    sessions.build(Shape((8, 24, 8), TINY_SPACE), "int8")
+    assert len(calls) == 4 and calls[-1].name == "graph_int8.onnx"
+
+
 def test_templates_and_sampling():
     t = template_shapes(PAPER_SPACE)
     assert set(t) == set(FAMILIES)
