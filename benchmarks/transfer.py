@@ -287,6 +287,7 @@ def live(args) -> dict:
             _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
                        *looks, *cap, "--out", str(out))
             profiles[name] = out
+            last_transfer = name
     if args.direct is None:
         direct = work / "direct"
         cmd = ["profile", "--device", "cpu", "--out", str(direct)]
@@ -331,7 +332,7 @@ def live(args) -> dict:
     if args.supernet:
         from workload_profile import SHAPES, WORKLOADS, _errors, promise_kept, real_bundles
 
-        best = loaded[args.bundles_from or list(profiles)[-2]]  # default: the last transfer
+        best = loaded[args.bundles_from or last_transfer]
         sizes = [w for w in WORKLOADS if _covers(best.model, w)]  # --max-tokens narrows
         bundle_rows = real_bundles(best, args.supernet, SHAPES, sizes, 90.0)
         result["real_bundles"] = {"profile": str(best.path), "rows": bundle_rows,
