@@ -456,6 +456,8 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
+    assert shown.stdout.count("request latency / floor (p10 of runs) (one tail for fp32, "
+                              "int8): at ") == 1  # shown once, not per precision
     speed = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),
                                             "--json"]).stdout)["machine_speed"]
     assert speed["groups"] >= 4 and speed["max"] >= speed["p90"] >= speed["median"] >= 1.0
@@ -626,6 +628,37 @@ def test_tail_model_mixes_run_percentiles_over_the_profile():
     assert t["levels"] == [50, 90]
     with pytest.raises(ProfileError, match="outside what this profile measured"):
         tail_factor(t, 99, np.array([1.0]))
+
+
+def test_one_tail_for_the_machine_mixes_both_precisions_measurements():
+    """The slow periods are the host's: int8's groups fell in a period 2x slower, fp32's in
+    calm ones; the tail a profile keeps for either precision sees both, so neither is charged
+    alone with a period its groups happened to meet (predictor.fit_model)."""
+    from shaper_deploy.profiling.predictor import tail_factor, tail_model
+
+    calm = [_record(f"f{i}", i, 10.0, 1.0 + i) for i in range(60)]
+    slow = [_record(f"i{i}", 100 + i, 20.0, (1.0 + i) * (2 if i % 2 == 0 else 1),
+                    precision="int8") for i in range(60)]
+    floor = {**{f"f{i}": 1.0 + i for i in range(60)}, **{f"i{i}": 1.0 + i for i in range(60)}}
+    center = lambda r: floor[r["shape_key"]]  # noqa: E731
+    own = {p: tail_model(calm + slow, p, center) for p in ("fp32", "int8")}
+    both = tail_model(calm + slow, ("fp32", "int8"), center)
+    at = np.array([20.0])
+    assert tail_factor(own["fp32"], 90, at)[0] == pytest.approx(1.0, abs=0.02)
+    assert tail_factor(own["int8"], 90, at)[0] == pytest.approx(2.0, rel=0.05)
+    # a quarter of the profile's measurements ran 2x slow: p90 of both sees it, p50 not
+    assert tail_factor(both, 90, at)[0] == pytest.approx(2.0, rel=0.05)
+    assert tail_factor(both, 50, at)[0] == pytest.approx(1.0, abs=0.02)
+    assert both["records"] == 120 and both["precisions"] == ["fp32", "int8"]
+    assert own["int8"]["precisions"] == ["int8"]
+
+
+def test_a_profile_keeps_one_tail_for_its_precisions(tiny_profile):
+    from shaper_deploy.profiling.predictor import DeviceProfile
+
+    tail = DeviceProfile.load(tiny_profile).model.tail
+    assert set(tail) == {"fp32", "int8"} and tail["fp32"] == tail["int8"]
+    assert tail["fp32"]["precisions"] == ["fp32", "int8"]
 
 
 def test_a_plan_keeps_a_model_on_its_percentiles_upper_bound():

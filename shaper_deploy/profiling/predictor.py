@@ -78,7 +78,7 @@ def features(shapes: Sequence[Shape], dropped: Sequence[Sequence[str]] | None = 
     return np.asarray(rows, dtype=np.float64)
 
 
-def tail_model(records: list[dict[str, Any]], precision: str,
+def tail_model(records: list[dict[str, Any]], precisions: str | Sequence[str],
                center: Callable[[dict[str, Any]], float | None] = record_floor,
                bins: int = 8
                ) -> dict[str, Any] | None:
@@ -95,10 +95,14 @@ def tail_model(records: list[dict[str, Any]], precision: str,
     periods enter a promise, in the share of the profile's time they took. Measurements are
     put in ``bins`` bins of equal count by floor (short runs spread more); between bin
     centers the factor is interpolated in log latency.
+
+    ``precisions``: whose measurements are mixed (``fit_model`` gives all of a profile's:
+    one tail for the machine, why in its comment).
     """
+    wanted = {precisions} if isinstance(precisions, str) else set(precisions)
     rows = []
     for r in records:
-        if r["precision"] != precision or r["phase"] != "main":
+        if r["precision"] not in wanted or r["phase"] != "main":
             continue
         floor = center(r)
         if floor is None:
@@ -120,7 +124,7 @@ def tail_model(records: list[dict[str, Any]], precision: str,
         centers.append(float(np.median([rows[i][0] for i in chunk])))
         factors.append([float(np.percentile(pseudo, lv)) for lv in levels])
     return {"levels": levels, "median_ms": centers, "factor": factors,
-            "records": len(rows)}
+            "records": len(rows), "precisions": sorted(wanted)}
 
 
 def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray
@@ -226,6 +230,7 @@ class TailModel(TypedDict):
     median_ms: list[float]  # latency bins
     factor: list[list[float]]  # bins x levels
     records: Count
+    precisions: NotRequired[list[str]]  # whose measurements it mixes (older profiles: its own)
 
 
 @dataclass
@@ -402,9 +407,18 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
         margin[precision] = 1 + m["held_out"]["abs_rel_p95"]
     model = LatencyModel(space, list(protocol.grid), coef, metrics, margin,
                          feature_names(space))
-    model.tail = {p: t for p in protocol.precisions
-                  if (t := tail_model(records, p, model_floor(model, records, p, space)))
-                  is not None}
+    # One tail for the machine: a slow period is the host's, not a precision's, but a profile
+    # times each precision in groups of its own, so a tail per precision sees only the minutes
+    # its groups fell in. The AMD Zen 5 MiniLM profile's int8 groups met slower minutes (the
+    # reference at p90 1.69x its fastest, fp32's 1.36x): its p90 factor at 3 ms read x1.73
+    # for int8, x1.30 for fp32, while checks of real bundles days later saw the same spread
+    # for both (p90 / floor 1.13-1.17), and 20-22% of fp32's runs, 2-3% of int8's, over the
+    # promised p90. On held-out time (a third of each of the six AMD profiles), one tail kept
+    # p90 in 5 of 12 (profile, precision) pairs against 2, worst 19% over against 24%
+    # (benchmarks/tail_pooling.py, docs/profiles.md).
+    floors = {p: model_floor(model, records, p, space) for p in protocol.precisions}
+    tail = tail_model(records, protocol.precisions, lambda r: floors[r["precision"]](r))
+    model.tail = {p: tail for p in protocol.precisions if tail is not None}
     if method:
         model.method = method
     return model
