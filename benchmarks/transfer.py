@@ -65,10 +65,12 @@ INTEL_MINILM, ZEN4_MINILM = "profiles/x86_64-2core-avx512-minilm", \
 INTEL_BERT, ZEN4_BERT = "profiles/x86_64-2core-avx512-bert-base", \
     "profiles/amd-epyc-zen4-2core-avx512-bert-base"
 ZEN5_MINILM = "profiles/amd-epyc-zen5-2core-avx512-minilm"
+# The same class an hour calmer (session 21: 36 shapes x 3 sweeps, fp32 noise floor 2.8%).
+ZEN5_MINILM_CALM = "benchmarks/data/amd-zen5-minilm-3sweeps-36shapes"
 PAIRS = [(ZEN4_MINILM, INTEL_MINILM), (INTEL_MINILM, ZEN4_MINILM), (ZEN4_BERT, INTEL_BERT),
          (INTEL_BERT, ZEN4_BERT), (INTEL_MINILM, ZEN2_MINILM), (ZEN2_MINILM, INTEL_MINILM),
          (ZEN4_MINILM, ZEN2_MINILM), (INTEL_MINILM, ZEN5_MINILM), (ZEN5_MINILM, INTEL_MINILM),
-         (ZEN4_MINILM, ZEN5_MINILM)]
+         (ZEN4_MINILM, ZEN5_MINILM), (INTEL_MINILM, ZEN5_MINILM_CALM)]
 SPARSE_PAIRS = [(INTEL_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (ZEN4_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (INTEL_MINILM, ZEN4_MINILM), (ZEN4_MINILM, INTEL_MINILM),
