@@ -1,6 +1,7 @@
-"""Whose slow periods a profile's percentile promise carries: one tail per precision against
-one tail for the machine (both precisions' measurements mixed, what ``predictor.fit_model``
-keeps), each judged on time the tail did not see (no timing, seconds per profile).
+"""Whose slow periods a profile's percentile promise carries: one tail per precision, one tail
+for the machine (both precisions' measurements mixed), and per precision the larger of the
+two (what ``predictor.fit_model`` keeps), each judged on time the tail did not see (no timing,
+seconds per profile).
 
 A profile times each precision in groups of its own, so a tail per precision sees only the
 minutes its groups fell in. Both tails are built with ``predictor.tail_model``, centred on the
@@ -33,24 +34,28 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shaper_deploy.profiling.predictor import DeviceProfile, model_floor, tail_factor, tail_model
+from shaper_deploy.profiling.predictor import (DeviceProfile, larger_tail, model_floor,
+                                               tail_factor, tail_model)
 from shaper_deploy.profiling.profile import read_measurements
 
 LEVELS = (50, 75, 90, 95)
 BLOCKS = 3
-OWN, POOLED = "one per precision", "one for the machine (the library's)"
+OWN, MACHINE, LARGER = ("one per precision", "one for the machine",
+                        "the larger of the two (the library's)")
 
 
 def fitted(profile: DeviceProfile, records: list[dict[str, Any]]
            ) -> tuple[dict[str, dict[str, Any]], Callable]:
-    """Both tails of ``records``, each as precision -> tail (None: too few measurements),
-    centred on the profile's fitted floors; and that centre."""
+    """The three tails of ``records``, each as precision -> tail (None: too few
+    measurements), centred on the profile's fitted floors; and that centre."""
     floors = {p: model_floor(profile.model, read_measurements(profile.path), p, profile.space)
               for p in profile.precisions}
     center = lambda r: floors[r["precision"]](r)  # noqa: E731
-    pooled = tail_model(records, profile.precisions, center)
-    return ({OWN: {p: tail_model(records, p, center) for p in profile.precisions},
-             POOLED: {p: pooled for p in profile.precisions}}, center)
+    machine = tail_model(records, profile.precisions, center)
+    own = {p: tail_model(records, p, center) for p in profile.precisions}
+    return ({OWN: own, MACHINE: {p: machine for p in profile.precisions},
+             LARGER: {p: larger_tail(machine, own[p], p) for p in profile.precisions}},
+            center)
 
 
 def share_over(record: dict[str, Any], ms: float) -> float:

@@ -215,10 +215,12 @@ def _profile_text(d: dict) -> str:
                              + f"); the scaled sources alone: held-out MAPE {prior['mape']:.2%}"
                              f", {prior['within_10pct']:.0%} within +-10%"))
         tail = (d.get("tail") or {}).get(precision)
-        mixed = (tail or {}).get("precisions", [precision])
-        if tail and precision == mixed[0]:  # a tail mixing precisions is shown once
+        if tail:
             lv = tail["levels"]
-            whose = "" if len(mixed) == 1 else f" (one tail for {', '.join(mixed)})"
+            mixed = tail.get("precisions", [precision])
+            whose = "" if len(mixed) == 1 else (
+                f" (the machine's, from {' and '.join(mixed)}"
+                + (f", raised to {precision}'s own where larger)" if tail.get("own") else ")"))
             rows.append(("", f"request latency / floor (p10 of runs){whose}: " + "; ".join(
                 f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))

@@ -456,8 +456,8 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
-    assert shown.stdout.count("request latency / floor (p10 of runs) (one tail for fp32, "
-                              "int8): at ") == 1  # shown once, not per precision
+    assert shown.stdout.count("request latency / floor (p10 of runs) (the machine's, from "
+                              "fp32 and int8") == 2
     speed = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),
                                             "--json"]).stdout)["machine_speed"]
     assert speed["groups"] >= 4 and speed["max"] >= speed["p90"] >= speed["median"] >= 1.0
@@ -653,12 +653,43 @@ def test_one_tail_for_the_machine_mixes_both_precisions_measurements():
     assert own["int8"]["precisions"] == ["int8"]
 
 
-def test_a_profile_keeps_one_tail_for_its_precisions(tiny_profile):
-    from shaper_deploy.profiling.predictor import DeviceProfile
+def test_a_precisions_tail_is_the_larger_of_its_own_and_the_machines():
+    """int8's measurements spread 1.5x at p90, fp32's not at all, in the same minutes: the
+    machine's tail mixes them (x1.5 in half the runs); each precision keeps the larger of
+    that and its own, at every bin and level."""
+    from shaper_deploy.profiling.predictor import larger_tail, tail_factor, tail_model
 
-    tail = DeviceProfile.load(tiny_profile).model.tail
-    assert set(tail) == {"fp32", "int8"} and tail["fp32"] == tail["int8"]
-    assert tail["fp32"]["precisions"] == ["fp32", "int8"]
+    fp32 = [_record(f"f{i}", i, 10.0, 1.0 + i) for i in range(60)]
+    int8 = [_record(f"i{i}", i, 10.0, 1.0 + i, spread=1.5, precision="int8")
+            for i in range(60)]
+    machine = tail_model(fp32 + int8, ("fp32", "int8"))
+    own = {p: tail_model(fp32 + int8, p) for p in ("fp32", "int8")}
+    got = {p: larger_tail(machine, own[p], p) for p in ("fp32", "int8")}
+    at = np.array([3.0, 30.0])
+    for level in (50, 75, 90, 95, 99):
+        for p in ("fp32", "int8"):
+            want = np.maximum(tail_factor(machine, level, at), tail_factor(own[p], level, at))
+            assert tail_factor(got[p], level, at) == pytest.approx(want)
+    assert tail_factor(got["int8"], 90, at) == pytest.approx([1.5, 1.5], rel=0.02)
+    assert tail_factor(got["fp32"], 90, at)[0] > 1.2  # the machine's, int8's minutes included
+    assert got["int8"]["own"] == "int8" and got["int8"]["precisions"] == ["fp32", "int8"]
+    assert larger_tail(machine, None, "fp32") is machine  # no tail of its own: the machine's
+
+
+def test_a_profile_keeps_the_machines_tail_raised_to_each_precisions_own(tiny_profile):
+    from shaper_deploy.profiling.predictor import DeviceProfile, model_floor, tail_model
+    from shaper_deploy.profiling.profile import read_measurements
+
+    profile = DeviceProfile.load(tiny_profile)
+    records = read_measurements(tiny_profile)
+    floors = {p: model_floor(profile.model, records, p, profile.space) for p in ("fp32", "int8")}
+    machine = tail_model(records, ("fp32", "int8"), lambda r: floors[r["precision"]](r))
+    tail = profile.model.tail
+    assert set(tail) == {"fp32", "int8"}
+    for p in ("fp32", "int8"):
+        assert tail[p]["precisions"] == ["fp32", "int8"] and tail[p]["own"] == p
+        assert tail[p]["median_ms"] == machine["median_ms"]  # the machine's bins
+        assert (np.array(tail[p]["factor"]) >= np.array(machine["factor"]) - 1e-12).all()
 
 
 def test_a_plan_keeps_a_model_on_its_percentiles_upper_bound():

@@ -96,8 +96,9 @@ def tail_model(records: list[dict[str, Any]], precisions: str | Sequence[str],
     put in ``bins`` bins of equal count by floor (short runs spread more); between bin
     centers the factor is interpolated in log latency.
 
-    ``precisions``: whose measurements are mixed (``fit_model`` gives all of a profile's:
-    one tail for the machine, why in its comment).
+    ``precisions``: whose measurements are mixed (``fit_model`` mixes all of a profile's,
+    the machine's tail, and keeps per precision the larger of that and its own; why in its
+    comment).
     """
     wanted = {precisions} if isinstance(precisions, str) else set(precisions)
     rows = []
@@ -125,6 +126,18 @@ def tail_model(records: list[dict[str, Any]], precisions: str | Sequence[str],
         factors.append([float(np.percentile(pseudo, lv)) for lv in levels])
     return {"levels": levels, "median_ms": centers, "factor": factors,
             "records": len(rows), "precisions": sorted(wanted)}
+
+
+def larger_tail(machine: dict[str, Any], own: dict[str, Any] | None, precision: str
+                ) -> dict[str, Any]:
+    """The machine's tail (``tail_model`` of every precision) with each factor raised to
+    ``own``'s (one precision's) where that is larger, at the machine's bins and levels."""
+    if own is None:  # too few measurements of this precision for a tail of its own
+        return machine
+    ms = np.array(machine["median_ms"])
+    own_at = np.array([tail_factor(own, lv, ms) for lv in machine["levels"]]).T  # bins x levels
+    return {**machine, "factor": np.maximum(np.array(machine["factor"]), own_at).tolist(),
+            "own": precision}
 
 
 def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray
@@ -231,6 +244,7 @@ class TailModel(TypedDict):
     factor: list[list[float]]  # bins x levels
     records: Count
     precisions: NotRequired[list[str]]  # whose measurements it mixes (older profiles: its own)
+    own: NotRequired[str]  # raised to this precision's own tail where larger (larger_tail)
 
 
 @dataclass
@@ -407,18 +421,22 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
         margin[precision] = 1 + m["held_out"]["abs_rel_p95"]
     model = LatencyModel(space, list(protocol.grid), coef, metrics, margin,
                          feature_names(space))
-    # One tail for the machine: a slow period is the host's, not a precision's, but a profile
-    # times each precision in groups of its own, so a tail per precision sees only the minutes
-    # its groups fell in. The AMD Zen 5 MiniLM profile's int8 groups met slower minutes (the
-    # reference at p90 1.69x its fastest, fp32's 1.36x): its p90 factor at 3 ms read x1.73
-    # for int8, x1.30 for fp32, while checks of real bundles days later saw the same spread
-    # for both (p90 / floor 1.13-1.17), and 20-22% of fp32's runs, 2-3% of int8's, over the
-    # promised p90. On held-out time (a third of each of the six AMD profiles), one tail kept
-    # p90 in 5 of 12 (profile, precision) pairs against 2, worst 19% over against 24%
-    # (benchmarks/tail_pooling.py, docs/profiles.md).
+    # A precision's tail is the larger of its own and the machine's (both precisions'
+    # measurements mixed): a slow period is the host's, but a profile times each precision in
+    # groups of its own, so a tail per precision sees only the minutes its groups fell in. The
+    # AMD Zen 5 MiniLM profile's int8 groups met slower minutes (the reference at p90 1.69x
+    # its fastest, fp32's 1.36x): its p90 factor at 3 ms read x1.73 for int8, x1.30 for fp32,
+    # and checks of real bundles days later saw 20-22% of fp32's runs over the promised p90.
+    # On held-out time (a third of each of seven AMD profiles), the larger of the two kept p90
+    # in 9 of 14 (profile, precision) pairs, the machine's alone 6, each precision's own 2;
+    # worst 16% of runs over, against 19% and 24% (benchmarks/tail_pooling.py). The machine's
+    # alone left int8 worse on 5 of 7: int8's floors moved more between periods there.
     floors = {p: model_floor(model, records, p, space) for p in protocol.precisions}
-    tail = tail_model(records, protocol.precisions, lambda r: floors[r["precision"]](r))
-    model.tail = {p: tail for p in protocol.precisions if tail is not None}
+    center = lambda r: floors[r["precision"]](r)  # noqa: E731
+    machine = tail_model(records, protocol.precisions, center)
+    if machine is not None:
+        model.tail = {p: larger_tail(machine, tail_model(records, p, center), p)
+                      for p in protocol.precisions}
     if method:
         model.method = method
     return model
