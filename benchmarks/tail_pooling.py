@@ -4,13 +4,14 @@ two (what ``predictor.fit_model`` keeps), each judged on time the tail did not s
 seconds per profile).
 
 A profile times each precision in groups of its own, so a tail per precision sees only the
-minutes its groups fell in. Both tails are built with ``predictor.tail_model``, centred on the
-fitted model's floor, and judged by the share of runs over the predicted percentile (a p90
+minutes its groups fell in. The tails are built with ``predictor.tail_model`` (and
+``larger_tail``), centred on the fitted model's floor, and judged by the share of runs over the predicted percentile (a p90
 promise is kept if at most 10% are):
 
 1. Held-out time, per profile: its measurements in time order cut in three blocks; the tails
    are fitted on two and scored on the third's measurements, each measurement's share of runs
-   over the prediction read from its run percentiles (p10..p99, interpolated in log latency).
+   over the prediction read from its run percentiles (p10..p99, interpolated in log latency;
+   no run 5% under its p10, none 10% over its p99).
 2. ``--checks``: later checks of real bundles (``benchmarks/workload_profile.py --supernet``,
    which keeps every run's time since 2026-12-03), re-scored exactly on their runs, with the
    median ratio of the predicted to the observed percentile per window (over 1:
@@ -18,9 +19,10 @@ promise is kept if at most 10% are):
    ``drift`` (the reference graph timed in the same window, over the profile's): the
    machine's speed that day taken out.
 
-    .venv/bin/python benchmarks/tail_pooling.py profiles/amd-epyc-zen5-2core-avx512-minilm \\
-        profiles/amd-epyc-zen2-2core-avx2-minilm ... \\
-        --checks benchmarks/results/workload_profile_amd_zen5_minilm_promise_s21*.json \\
+    .venv/bin/python benchmarks/tail_pooling.py profiles/*/ \\
+        benchmarks/data/amd-zen5-minilm-3sweeps-36shapes \\
+        --checks benchmarks/results/workload_profile_amd_zen5_minilm_promise_s21?.json \\
+        benchmarks/results/workload_profile_amd_zen5_minilm_calm_s21_?.json \\
         --out benchmarks/results/tail_pooling.json
 """
 
