@@ -46,18 +46,21 @@ OWN, MACHINE, LARGER = ("one per precision", "one for the machine",
                         "the larger of the two (the library's)")
 
 
-def fitted(profile: DeviceProfile, records: list[dict[str, Any]]
-           ) -> tuple[dict[str, dict[str, Any]], Callable]:
-    """The three tails of ``records``, each as precision -> tail (None: too few
-    measurements), centred on the profile's fitted floors; and that centre."""
-    floors = {p: model_floor(profile.model, read_measurements(profile.path), p, profile.space)
+def centre(profile: DeviceProfile, records: list[dict[str, Any]]) -> Callable:
+    """The profile's fitted floor for each of its measurements ``records``."""
+    floors = {p: model_floor(profile.model, records, p, profile.space)
               for p in profile.precisions}
-    center = lambda r: floors[r["precision"]](r)  # noqa: E731
+    return lambda r: floors[r["precision"]](r)
+
+
+def fitted(profile: DeviceProfile, records: list[dict[str, Any]], center: Callable
+           ) -> dict[str, dict[str, Any]]:
+    """The three tails of ``records``, each as precision -> tail (None: too few
+    measurements), centred on ``center``."""
     machine = tail_model(records, profile.precisions, center)
     own = {p: tail_model(records, p, center) for p in profile.precisions}
-    return ({OWN: own, MACHINE: {p: machine for p in profile.precisions},
-             LARGER: {p: larger_tail(machine, own[p], p) for p in profile.precisions}},
-            center)
+    return {OWN: own, MACHINE: {p: machine for p in profile.precisions},
+            LARGER: {p: larger_tail(machine, own[p], p) for p in profile.precisions}}
 
 
 def share_over(record: dict[str, Any], ms: float) -> float:
@@ -73,9 +76,10 @@ def held_out_time(profile: DeviceProfile) -> dict[str, Any]:
     if not any("run_ms" in r for r in records):
         return {"skipped": "measurements without run percentiles (made before they were kept)"}
     sums: dict[str, dict[str, list[float]]] = {}
+    center = centre(profile, records)
     for block in np.array_split(np.arange(len(records)), BLOCKS):
         inside = set(block.tolist())
-        tails, center = fitted(profile, [r for i, r in enumerate(records) if i not in inside])
+        tails = fitted(profile, [r for i, r in enumerate(records) if i not in inside], center)
         test = [r for i, r in enumerate(records) if i in inside and r["phase"] == "main"
                 and "run_ms" in r and center(r) is not None]
         for name, by_precision in tails.items():
@@ -105,7 +109,8 @@ def rescore_check(path: Path) -> dict[str, Any]:
         raise SystemExit(f"{path}: a check without run times (made before 2026-12-03); "
                          "re-run benchmarks/workload_profile.py --supernet")
     profile = DeviceProfile.load(d["profile"])
-    tails, _ = fitted(profile, read_measurements(profile.path))
+    records = read_measurements(profile.path)
+    tails = fitted(profile, records, centre(profile, records))
     out = {"check": str(path), "profile": d["profile"],
            "drift_median": float(np.median([r["drift"] for r in rows])),
            "floor": _floor_errors([r["error"] for r in rows]),
