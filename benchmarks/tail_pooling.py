@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shaper_deploy.profiling.predictor import (DeviceProfile, larger_tail, model_floor,
+from shaper_deploy.profiling.predictor import (DeviceProfile, larger_tail, model_floors,
                                                tail_factor, tail_model)
 from shaper_deploy.profiling.profile import read_measurements
 
@@ -44,13 +44,6 @@ LEVELS = (50, 75, 90, 95)
 BLOCKS = 3
 OWN, MACHINE, LARGER = ("one per precision", "one for the machine",
                         "the larger of the two (the library's)")
-
-
-def centre(profile: DeviceProfile, records: list[dict[str, Any]]) -> Callable:
-    """The profile's fitted floor for each of its measurements ``records``."""
-    floors = {p: model_floor(profile.model, records, p, profile.space)
-              for p in profile.precisions}
-    return lambda r: floors[r["precision"]](r)
 
 
 def fitted(profile: DeviceProfile, records: list[dict[str, Any]], center: Callable
@@ -76,7 +69,7 @@ def held_out_time(profile: DeviceProfile) -> dict[str, Any]:
     if not any("run_ms" in r for r in records):
         return {"skipped": "measurements without run percentiles (made before they were kept)"}
     sums: dict[str, dict[str, list[float]]] = {}
-    center = centre(profile, records)
+    center = model_floors(profile.model, records, profile.space)
     for block in np.array_split(np.arange(len(records)), BLOCKS):
         inside = set(block.tolist())
         tails = fitted(profile, [r for i, r in enumerate(records) if i not in inside], center)
@@ -110,7 +103,7 @@ def rescore_check(path: Path) -> dict[str, Any]:
                          "re-run benchmarks/workload_profile.py --supernet")
     profile = DeviceProfile.load(d["profile"])
     records = read_measurements(profile.path)
-    tails = fitted(profile, records, centre(profile, records))
+    tails = fitted(profile, records, model_floors(profile.model, records, profile.space))
     out = {"check": str(path), "profile": d["profile"],
            "drift_median": float(np.median([r["drift"] for r in rows])),
            "floor": _floor_errors([r["error"] for r in rows]),

@@ -632,8 +632,8 @@ def test_tail_model_mixes_run_percentiles_over_the_profile():
 
 def test_one_tail_for_the_machine_mixes_both_precisions_measurements():
     """The slow periods are the host's: int8's groups fell in a period 2x slower, fp32's in
-    calm ones; the tail a profile keeps for either precision sees both, so neither is charged
-    alone with a period its groups happened to meet (predictor.fit_model)."""
+    calm ones; the machine's tail mixes both, so fp32 is not spared a period its groups
+    happened to miss (predictor.fit_model keeps per precision the larger of it and its own)."""
     from shaper_deploy.profiling.predictor import tail_factor, tail_model
 
     calm = [_record(f"f{i}", i, 10.0, 1.0 + i) for i in range(60)]
@@ -677,13 +677,13 @@ def test_a_precisions_tail_is_the_larger_of_its_own_and_the_machines():
 
 
 def test_a_profile_keeps_the_machines_tail_raised_to_each_precisions_own(tiny_profile):
-    from shaper_deploy.profiling.predictor import DeviceProfile, model_floor, tail_model
+    from shaper_deploy.profiling.predictor import DeviceProfile, model_floors, tail_model
     from shaper_deploy.profiling.profile import read_measurements
 
     profile = DeviceProfile.load(tiny_profile)
     records = read_measurements(tiny_profile)
-    floors = {p: model_floor(profile.model, records, p, profile.space) for p in ("fp32", "int8")}
-    machine = tail_model(records, ("fp32", "int8"), lambda r: floors[r["precision"]](r))
+    machine = tail_model(records, ("fp32", "int8"),
+                         model_floors(profile.model, records, profile.space))
     tail = profile.model.tail
     assert set(tail) == {"fp32", "int8"}
     for p in ("fp32", "int8"):

@@ -431,8 +431,7 @@ def fit_model(header: ProfileHeader, records: list[dict[str, Any]],
     # in 9 of 14 (profile, precision) pairs, the machine's alone 6, each precision's own 2;
     # worst 16% of runs over, against 19% and 24% (benchmarks/tail_pooling.py). The machine's
     # alone left int8 worse on 5 of 7: int8's floors moved more between periods there.
-    floors = {p: model_floor(model, records, p, space) for p in protocol.precisions}
-    center = lambda r: floors[r["precision"]](r)  # noqa: E731
+    center = model_floors(model, records, space)
     machine = tail_model(records, protocol.precisions, center)
     if machine is not None:
         model.tail = {p: larger_tail(machine, tail_model(records, p, center), p)
@@ -464,6 +463,14 @@ def model_floor(model: LatencyModel, records: list[dict[str, Any]], precision: s
         # A fit to garbage may predict nothing for a shape: its own floor (trust flags it).
         return None if ms is None else ms if ms > 0 else record_floor(r)
     return center
+
+
+def model_floors(model: LatencyModel, records: list[dict[str, Any]], space: DesignSpace
+                 ) -> Callable[[dict[str, Any]], float | None]:
+    """``model_floor`` for records of every precision the model has: the centre of a tail
+    that mixes precisions (each record centred on its own precision's floor)."""
+    floors = {p: model_floor(model, records, p, space) for p in model.precisions}
+    return lambda r: floors[r["precision"]](r)
 
 
 def noise_of(header: ProfileHeader, precision: str) -> float | None:
