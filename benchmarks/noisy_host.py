@@ -12,10 +12,17 @@ Then, for the estimator the library uses (the floor, ``profile.record_floor``), 
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
 several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled.
+With ``--checks`` (``workload_profile.py`` results), every estimator's fit is also scored on
+real bundles measured later against the profile they name (time held out, not only shapes).
 
     .venv/bin/python benchmarks/noisy_host.py benchmarks/data/amd-zen2-minilm-1sweep-x-4rounds \\
         profiles/amd-epyc-zen4-2core-avx512-minilm profiles/x86_64-2core-avx512-minilm \\
         --out benchmarks/results/noisy_host.json
+    .venv/bin/python benchmarks/noisy_host.py benchmarks/data/amd-zen5-minilm-3sweeps-36shapes \\
+        profiles/amd-epyc-zen5-2core-avx512-minilm --checks \\
+        benchmarks/results/workload_profile_amd_zen5_minilm_calm_s21_?.json \\
+        benchmarks/results/workload_profile_amd_zen5_minilm_promise_s21?.json \\
+        --out benchmarks/results/noisy_host_amd_zen5_later.json
 """
 
 from __future__ import annotations
@@ -51,12 +58,26 @@ def _rounds(rs, f):
     return [m / f(r) for r in rs for m in r["round_medians"]]
 
 
+def _calmest(rs, g):
+    """The look (record) whose group's reference ran fastest; the lowest floor on ties."""
+    return min(rs, key=lambda r: (g(r), P.record_floor(r)))
+
+
+def _lowest(rs):
+    return min(rs, key=P.record_floor)
+
+
+# Each: (a shape's looks at one size, the old factor, the group slowdown) -> its latency.
 ESTIMATORS = {
-    "floor (p10 of runs; the library's)": lambda rs, f: min(P.record_floor(r) for r in rs),
-    "floor / reference slowdown": lambda rs, f: min(P.record_floor(r) / f(r) for r in rs),
-    "lowest round median": lambda rs, f: min(_rounds(rs, lambda r: 1.0)),
-    "median of round medians": lambda rs, f: statistics.median(_rounds(rs, lambda r: 1.0)),
-    "median / reference slowdown (before)": lambda rs, f: statistics.median(_rounds(rs, f)),
+    "floor (p10 of runs; the library's)": lambda rs, f, g: P.record_floor(_lowest(rs)),
+    "floor / reference slowdown": lambda rs, f, g: min(P.record_floor(r) / f(r) for r in rs),
+    "lowest round median": lambda rs, f, g: min(_rounds(rs, lambda r: 1.0)),
+    "median of round medians": lambda rs, f, g: statistics.median(_rounds(rs, lambda r: 1.0)),
+    "median / reference slowdown (before)": lambda rs, f, g: statistics.median(_rounds(rs, f)),
+    # session 22: the reference's group slowdown (profile.group_slowdowns) to pick or correct
+    "floor of the calmest look": lambda rs, f, g: P.record_floor(_calmest(rs, g)),
+    "lowest floor / its group's slowdown":
+        lambda rs, f, g: P.record_floor(_lowest(rs)) / g(_lowest(rs)),
 }
 
 
@@ -65,12 +86,16 @@ def estimated_with(estimator):
     """``measured_latency`` (which every fit and the noise floor read) with ``estimator``."""
     def measured_latency(records, phase="main"):
         f = _old_factor(records)
+        slow = P.group_slowdowns(records)
+
+        def g(r):
+            return slow.get(P.group_key(r), 1.0)
         pooled = {}
         for r in records:
             if r["phase"] == phase:
                 pooled.setdefault((r["precision"], r["batch"], r["seq_len"]), {}).setdefault(
                     r["shape_key"], []).append(r)
-        return {k: {s: estimator(v, f) for s, v in shapes.items()}
+        return {k: {s: estimator(v, f, g) for s, v in shapes.items()}
                 for k, shapes in pooled.items()}
     saved = P.measured_latency, PR.measured_latency
     P.measured_latency = PR.measured_latency = measured_latency
@@ -107,16 +132,33 @@ def percentile_errors(header, records, centred_on_model: bool) -> dict:
     return out
 
 
-def refit(header, records, label: str) -> dict:
-    """Per precision: held-out MAPE, within +-10% and noise floor of a fit of ``records``."""
+def later(model, space, checks: list[dict], precision: str) -> dict | None:
+    """The fit's floors against real bundles measured later (``workload_profile.py``'s
+    rows: their floor then), per precision: time held out, not only shapes."""
+    rows = [r for r in checks if r["precision"] == precision]
+    if not rows:
+        return None
+    e = np.array([float(model.predict([P.shape_from_key(r["shape"], space)], precision,
+                                      r["batch"], r["seq_len"], dropped=[r["dropped"]])[0])
+                  / r["floor_ms"] - 1 for r in rows])
+    return {"n": len(e), "median_abs_error": float(np.median(np.abs(e))),
+            "within_10pct": float(np.mean(np.abs(e) <= 0.10)), "mean_error": float(e.mean())}
+
+
+def refit(header, records, label: str, checks: list[dict] = ()) -> dict:
+    """Per precision: held-out MAPE, within +-10% and noise floor of a fit of ``records``,
+    and its error on ``checks`` (later real bundles) if any."""
     model = PR.fit_model(header, records)
     out = {p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
                "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
-               "noise_floor": (P.noise_floor(records, p) or {}).get("median_abs_rel_diff")}
+               "noise_floor": (P.noise_floor(records, p) or {}).get("median_abs_rel_diff"),
+               "later_bundles": later(model, header.space, list(checks), p)}
            for p in model.precisions}
-    print(f"{label} " + " | ".join(f"{p} MAPE {v['held_out_mape']:.1%} noise "
-                                   f"{v['noise_floor'] or 0:.1%}" for p, v in out.items()),
-          file=sys.stderr)
+    print(f"{label} " + " | ".join(
+        f"{p} MAPE {v['held_out_mape']:.1%} noise {v['noise_floor'] or 0:.1%}"
+        + (f" later {v['later_bundles']['median_abs_error']:.1%} "
+           f"({v['later_bundles']['within_10pct']:.0%})" if v["later_bundles"] else "")
+        for p, v in out.items()), file=sys.stderr)
     return out
 
 
@@ -136,16 +178,26 @@ def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="+", type=Path)
+    ap.add_argument("--checks", type=Path, nargs="*", default=[],
+                    help="workload_profile.py results (real bundles measured later); each "
+                         "scores the profile it names")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = {"benchmark": "noisy_host", "profiles": []}
+    checks: dict[str, list[dict]] = {}
+    for file in args.checks:
+        data = json.loads(file.read_text())
+        checks.setdefault(str(Path(data["profile"]).resolve()), []).extend(
+            data["real_bundles"]["rows"])
     for path in args.profiles:
         header, records = P.read_header(path), P.read_measurements(path)
+        mine = checks.get(str(path.resolve()), [])
         row = {"profile": str(path), "cpu_model": header.fingerprint["cpu_model"],
-               "isa": header.fingerprint["isa"], "estimators": {}}
+               "isa": header.fingerprint["isa"], "later_bundles": len(mine), "estimators": {}}
         for name, est in ESTIMATORS.items():
             with estimated_with(est):
-                row["estimators"][name] = refit(header, records, f"{path.name:40s} {name:38s}")
+                row["estimators"][name] = refit(header, records,
+                                                f"{path.name:40s} {name:38s}", mine)
         sweeps = sorted({r.get("sweep", 0) for r in records})
         if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
             row["sweeps"] = {}

@@ -12,6 +12,10 @@ the shapes a transfer measures (its two re-measured shapes included). A target m
 several sweeps (minutes apart) is also fitted on its first 2, 3, ... sweeps ("looks"): what
 more looks at fewer shapes buy on a host whose speed moves.
 
+``fleet``: as ``offline``, with each MiniLM machine class as the target and the other classes'
+profiles as sources, each alone and all together (``--from`` several): does a fleet help on a
+device none of its members is? (``FLEET``)
+
 ``sparse``: refits only (no timing): could a transfer measure a few input sizes and
 interpolate the source-to-target scale to the rest? (``sparse_pair``)
 
@@ -23,6 +27,7 @@ are the common yardstick); optionally real exported bundles timed at >= 4 input 
 each profile is scored on the others' measurements at those sizes only.
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
+    .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
     .venv/bin/python benchmarks/transfer.py sparse --out benchmarks/results/transfer_sparse.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer \\
@@ -75,6 +80,15 @@ SPARSE_PAIRS = [(INTEL_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (ZEN4_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
                 (INTEL_MINILM, ZEN4_MINILM), (ZEN4_MINILM, INTEL_MINILM),
                 (INTEL_BERT, "profiles/amd-epyc-zen2-2core-avx2-bert-base")]
+ZEN2_MINILM_SWEEPS = "profiles/amd-epyc-zen2-2core-avx2-minilm"
+# A device the fleet has never seen: each MiniLM machine class as the target, the other
+# classes as sources (each alone, then all together); the Zen 5 class's own profile of a
+# day earlier is a row of its own (same class, another day).
+FLEET = [(ZEN5_MINILM_CALM, [INTEL_MINILM, ZEN4_MINILM, ZEN2_MINILM_SWEEPS], [ZEN5_MINILM]),
+         (ZEN2_MINILM_SWEEPS, [INTEL_MINILM, ZEN4_MINILM, ZEN5_MINILM], []),
+         (ZEN4_MINILM, [INTEL_MINILM, ZEN2_MINILM_SWEEPS, ZEN5_MINILM], []),
+         (INTEL_MINILM, [ZEN4_MINILM, ZEN2_MINILM_SWEEPS, ZEN5_MINILM], [])]
+FLEET_PLAN = [(8, 1), (12, 1), (8, 2), (12, 2)]  # (shapes, looks), looks the target has
 SIZES = (8, 12, 16)
 DRAWS = 10
 
@@ -123,13 +137,17 @@ def draw_shapes(keys: list[str], target: DeviceProfile, n: int, seed: int) -> li
     return chosen
 
 
-def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
+def offline_pair(sources: list[DeviceProfile], target: DeviceProfile,
+                 plan: list[tuple[int, int]] | None = None) -> dict:
+    """A transfer from ``sources`` (one, or a fleet used together) to ``target``, drawn from
+    the target's measurements; ``plan``: the (shapes, looks) rows (default: every size in
+    ``SIZES`` at every look the target has)."""
     records = read_measurements(target.path)
     tp = target.header.protocol
-    grid_tokens = min(tp.max_tokens, source.header.protocol.max_tokens)
+    grid_tokens = min([tp.max_tokens] + [s.header.protocol.max_tokens for s in sources])
     protocol = Protocol.from_dict({**tp.to_dict(), "max_tokens": grid_tokens})
     header = replace(target.header, protocol=protocol)
-    header.transfer = transfer_record([source], protocol, target.header.fingerprint)
+    header.transfer = transfer_record(sources, protocol, target.header.fingerprint)
     main = [r for r in records if r["phase"] == "main"]
     keys = sorted({r["shape_key"] for r in main
                    if all(any(q["shape_key"] == r["shape_key"] and q["precision"] == p
@@ -141,9 +159,11 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
     # of each: the target's best estimate). Minutes: the target's time per shape and sweep.
     per_look = seconds / (len(keys) + tp.repeat_shapes) / tp.sweeps if seconds else None
     full = fit_model(header, records)
+    name = " + ".join(s.path.name for s in sources)
     rows = []
-    for n, looks in [(n, k) for k in range(1, tp.sweeps + 1) for n in SIZES
-                     if n <= len(keys) - 4]:  # >= 4 shapes left to score on
+    plan = plan or [(n, k) for k in range(1, tp.sweeps + 1) for n in SIZES]
+    for n, looks in [(n, k) for n, k in plan
+                     if n <= len(keys) - 4 and k <= tp.sweeps]:  # >= 4 shapes to score on
         first = [r for r in records if r.get("sweep", 0) < looks]
         draws = {"transfer": [], "direct": [], "scaled_source": []}
         for seed in range(DRAWS):
@@ -174,10 +194,10 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
         scores = "; ".join(f"{p} transfer MAPE {row['transfer'][p]['mape']:.1%} "
                            f"({row['transfer'][p]['within_10pct']:.0%} in 10%), direct "
                            f"{row['direct'][p]['mape']:.1%}" for p in protocol.precisions)
-        print(f"{source.path.name} -> {target.path.name}, {n} shapes x {looks} look(s): "
+        print(f"{name} -> {target.path.name}, {n} shapes x {looks} look(s): "
               f"{scores}", file=sys.stderr)
-    return {"source": source.path.name, "target": target.path.name,
-            "source_cpu": source.header.fingerprint["cpu_model"],
+    return {"source": name, "target": target.path.name,
+            "source_cpu": " + ".join(s.header.fingerprint["cpu_model"] for s in sources),
             "target_cpu": target.header.fingerprint["cpu_model"],
             "grid_max_tokens": grid_tokens, "target_shapes": len(keys),
             "target_minutes": seconds / 60 if seconds else None,
@@ -191,9 +211,24 @@ def offline_pair(source: DeviceProfile, target: DeviceProfile) -> dict:
 def offline(args) -> dict:
     pairs = []
     for s, t in PAIRS:
-        pairs.append(offline_pair(DeviceProfile.load(ROOT / s), DeviceProfile.load(ROOT / t)))
+        pairs.append(offline_pair([DeviceProfile.load(ROOT / s)], DeviceProfile.load(ROOT / t)))
     return {"benchmark": "transfer_offline", "sizes": list(SIZES), "draws": DRAWS,
             "pairs": pairs}
+
+
+def fleet(args) -> dict:
+    """Several sources used together against each alone, for a device none of them is."""
+    rows = []
+    for target, others, same_class in FLEET:
+        t = DeviceProfile.load(ROOT / target)
+        sets = [[o] for o in others] + [others] + [[o] for o in same_class]
+        for chosen in sets:
+            pair = offline_pair([DeviceProfile.load(ROOT / s) for s in chosen], t, FLEET_PLAN)
+            pair["sources"] = chosen
+            pair["same_class"] = chosen == same_class
+            rows.append(pair)
+    return {"benchmark": "transfer_fleet", "plan": [list(v) for v in FLEET_PLAN],
+            "draws": DRAWS, "pairs": rows}
 
 
 ANCHORS = {"reference only": [(1, 128)],
@@ -349,6 +384,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="part", required=True)
     off = sub.add_parser("offline")
     off.add_argument("--out", type=Path, required=True)
+    fl = sub.add_parser("fleet")
+    fl.add_argument("--out", type=Path, required=True)
     sp = sub.add_parser("sparse")
     sp.add_argument("--out", type=Path, required=True)
     on = sub.add_parser("live")
@@ -369,7 +406,8 @@ def main() -> None:
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    result = {"offline": offline, "sparse": sparse, "live": live}[args.part](args)
+    result = {"offline": offline, "fleet": fleet, "sparse": sparse,
+              "live": live}[args.part](args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

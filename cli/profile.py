@@ -28,7 +28,9 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
 @click.option("--from", "from_paths", multiple=True, type=click.Path(path_type=Path),
               help="Transfer: fit this device's model with these profiles (of other "
                    "devices, same design space and device kind; repeat for several) as the "
-                   "prior, from a few shapes measured here. The grid comes from the first.")
+                   "prior, from a few shapes measured here. A folder of profiles (e.g. "
+                   "profiles) gives every one in it of this device kind and design space. "
+                   "The grid comes from the first.")
 @click.option("--batch", "batches", default=None,
               help="Grid batch sizes (default 1,4,16; with --from, the source's); batches "
                    "between them are interpolated.")
@@ -91,6 +93,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         --out profiles/my-vm-minilm
       shaperctl profile --device cpu --from profiles/x86_64-2core-avx512-minilm \\
         --max-tokens 256 --out profiles/my-vm-minilm-256
+      shaperctl profile --device cpu --from profiles --supernet ./super \\
+        --out profiles/my-vm
     """
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
@@ -100,7 +104,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
-    check_not_input(out, [("--supernet", supernet_path), *(("--from", p) for p in from_paths)])
+    check_not_input(out, {"--supernet": supernet_path})
     if supernet_path is not None:
         config = read_checkpoint_header(supernet_path, supershaper_widths)["config"]
         source = {"supernet": str(supernet_path)}
@@ -116,8 +120,10 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             raise click.UsageError(f"{given[0]} cannot be given with --from: a transfer "
                                    "measures the first source profile's grid (--max-tokens "
                                    "narrows it)")
-        sources = tr.load_sources([str(p) for p in from_paths], device,
-                                  config.space if supernet_path is not None else None)
+        space = config.space if supernet_path is not None else None
+        named = tr.expand_sources(from_paths, device, space, out, progress)
+        check_not_input(out, [("--from", p) for p in named])
+        sources = tr.load_sources(named, device, space)
         if supernet_path is None:  # the design space is the sources'
             config = sources[0].header.config
             source = dict(sources[0].header.source)

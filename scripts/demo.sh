@@ -27,18 +27,13 @@ step "2. this machine's own latency profile, transferred from the shipped ones, 
 "$BIN/shaperctl" profiles list profiles >&2
 # Shipped profiles describe other machines (or this class on another day: one fingerprint
 # covered hosts 11-19% apart, docs/benchmarks.md), so the demo measures this one: a transfer
-# from every shipped MiniLM profile, judged on shapes held out here.
-SOURCES=()
-while IFS= read -r p; do SOURCES+=(--from "$p"); done < <("$BIN/shaperctl" profiles list profiles --json | "$BIN/python" -c '
-import json, sys
-for p in json.load(sys.stdin)["profiles"]:
-    if "error" not in p and p["design_space"]["hidden_size"] == 384:
-        print(p["path"])')
+# from every shipped profile of the super network's design space (--from a folder), judged on
+# shapes held out here.
 PROFILE=$RUNS/profile-this-machine
 EXTRA=()
 rm -rf "$PROFILE"
-"$BIN/shaperctl" profile --device cpu "${SOURCES[@]}" --max-tokens 128 --minutes 3 \
-  --out "$PROFILE" > /dev/null
+"$BIN/shaperctl" profile --device cpu --from profiles --supernet "$RUNS/minilm-super" \
+  --max-tokens 128 --minutes 3 --out "$PROFILE" > /dev/null
 if ! "$BIN/shaperctl" profiles show "$PROFILE" --json | "$BIN/python" -c '
 import json, sys; sys.exit(0 if json.load(sys.stdin)["trust"]["reliable"] else 1)'; then
   echo "the transfer missed the trust thresholds (see below); planning with it anyway, and verifying the result" >&2

@@ -264,3 +264,65 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
                                        "--samples", "12"])
     assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr
+
+
+def _another_space_copy(tiny_profile, dest):
+    """``tiny_profile`` relabelled as another design space (its vocabulary), consistently:
+    a finished profile that ``DeviceProfile.load`` accepts."""
+    import hashlib
+
+    shutil.copytree(tiny_profile, dest)
+    header = json.loads((dest / "profile.json").read_text())
+    header["config"]["space"]["vocab_size"] += 1
+    meta = json.loads((dest / "predictor.json").read_text())
+    meta["design_space"]["vocab_size"] += 1
+    data = (json.dumps(meta, indent=2) + "\n").encode()
+    (dest / "predictor.json").write_bytes(data)
+    header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
+    (dest / "profile.json").write_text(json.dumps(header))
+    DeviceProfile.load(dest)
+
+
+def test_a_folder_of_profiles_is_every_one_of_this_kind_and_space(tiny_profile, tmp_path):
+    from shaper_deploy.profiling.transfer import expand_sources
+
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for name in ("b", "a", "mine"):
+        shutil.copytree(tiny_profile, fleet / name)
+    cuda = fleet / "gpu"
+    shutil.copytree(tiny_profile, cuda)
+    header = json.loads((cuda / "profile.json").read_text())
+    header["fingerprint"]["device"] = "cuda"
+    (cuda / "profile.json").write_text(json.dumps(header))
+    (fleet / "broken").mkdir()
+    (fleet / "broken" / "profile.json").write_text("{")
+    space = DeviceProfile.load(tiny_profile).space
+    notes = []
+    got = expand_sources([fleet], "cpu", space, out=fleet / "mine", note=notes.append)
+    # in name order, the profile being made (--out) never among them, the rest named
+    assert got == [str(fleet / "a"), str(fleet / "b")]
+    assert len(notes) == 1 and "2 profile(s)" in notes[0]
+    assert "gpu (a cuda profile)" in notes[0] and "broken (" in notes[0]
+    # a profile folder given as such is kept as given (load_sources checks it)
+    assert expand_sources([tiny_profile], "cpu", None) == [str(tiny_profile)]
+    assert len(load_sources(got, "cpu", space)) == 2
+    # without --supernet, a folder of two design spaces is refused, naming both
+    _another_space_copy(tiny_profile, fleet / "other")
+    with pytest.raises(ProfileError, match="2 design spaces .*other.*give --supernet"):
+        expand_sources([fleet], "cpu", None)
+    other = DeviceProfile.load(fleet / "other").space
+    assert expand_sources([fleet], "cpu", other) == [str(fleet / "other")]
+    # nothing usable: one line, nothing created
+    empty = tmp_path / "empty"
+    (empty / "x").mkdir(parents=True)
+    (empty / "x" / "profile.json").write_text("{")
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(empty),
+                                  "--out", str(tmp_path / "new")])
+    assert r.exit_code == 1 and "holds no finished cpu profile" in r.stderr
+    assert "skipped: x (" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    # --out inside the folder is allowed (it is not a source); --out as a source is not
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(fleet / "a"),
+                                  "--out", str(fleet / "a")])
+    assert r.exit_code == 1 and "is the input --from" in r.stderr
