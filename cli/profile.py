@@ -406,10 +406,12 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     def text(d: dict) -> str:
         lines = [line(p) for p in d["profiles"]]
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
+            folder = " ".join(f"--from {r}" for r in roots or (Path("profiles"),))
             lines.append(f"no profile here was measured on this machine ({_device_line(here)}): "
-                         "make one, a transfer from one above in a few minutes (shaperctl "
-                         "profile --device cpu --from PROFILE --out DIR) or a direct one "
-                         "(--supernet SUPERNET instead of --from)")
+                         "make one, a transfer from those above in a few minutes (shaperctl "
+                         f"profile --device cpu {folder} --supernet SUPERNET --out DIR: every "
+                         "profile there of the super network's design space as the prior) or "
+                         "a direct one (without --from)")
         return "\n".join(lines) or "no profiles found"
 
     here = device_fingerprint("cpu")

@@ -453,6 +453,12 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert older.endswith("THIS MACHINE") or "THIS MACHINE (use this one" in older
     assert "another machine: cpu_id: 'OtherVendor family 99 model 1' vs " in other
     assert "no profile here" not in gen.stdout
+    # only other machines' profiles: the hint is a transfer from the whole folder
+    (tmp_path / "foreign").mkdir()
+    shutil.move(str(tmp_path / "gen" / "other-generation"), tmp_path / "foreign" / "x")
+    alone = runner.invoke(main, ["profiles", "list", str(tmp_path / "foreign")])
+    assert "no profile here was measured on this machine" in alone.stdout
+    assert f"--from {tmp_path / 'foreign'} --supernet SUPERNET --out DIR" in alone.stdout
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
