@@ -11,7 +11,8 @@ also on the calm pairs only (both measured while the reference ran within 1.1x o
 Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
-several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled.
+several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled;
+for one with calm looks (``Protocol.calm_looks``), the fit with them against without.
 With ``--checks`` (``workload_profile.py`` results), every estimator's fit is also scored on
 real bundles measured later against the profile they name (time held out, not only shapes).
 
@@ -198,7 +199,17 @@ def main() -> None:
             with estimated_with(est):
                 row["estimators"][name] = refit(header, records,
                                                 f"{path.name:40s} {name:38s}", mine)
-        sweeps = sorted({r.get("sweep", 0) for r in records})
+        looks = header.protocol.sweeps
+        if any(r.get("sweep", 0) >= looks for r in records):  # calm looks: without, with
+            sweeps_only = [r for r in records if r.get("sweep", 0) < looks]
+            row["calm_looks"] = {
+                "measurements": len(records) - len(sweeps_only),
+                "without": refit(header, sweeps_only, f"{path.name:40s} {'sweeps only':38s}",
+                                 mine),
+                "with": refit(header, records, f"{path.name:40s} {'with calm looks':38s}",
+                              mine)}
+        study = [r for r in records if r.get("sweep", 0) < looks]  # the sweeps alone
+        sweeps = sorted({r.get("sweep", 0) for r in study})
         if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
             row["sweeps"] = {}
             subsets = [*((f"sweep {k + 1} alone", {k}) for k in sweeps),
@@ -206,8 +217,8 @@ def main() -> None:
                          for k in range(1, len(sweeps) - 1)),
                        ("all sweeps pooled (the library's)", set(sweeps))]
             for name, keep in subsets:
-                mine = [r for r in records if r.get("sweep", 0) in keep]
-                row["sweeps"][name] = refit(header, mine, f"{path.name:40s} {name:38s}")
+                subset = [r for r in study if r.get("sweep", 0) in keep]
+                row["sweeps"][name] = refit(header, subset, f"{path.name:40s} {name:38s}")
         row["calm_noise_floor"] = {p: calm_noise_floor(records, p) for p in
                                    sorted({r["precision"] for r in records})}
         print(f"{path.name:40s} noise floor on calm pairs: " + " | ".join(

@@ -59,13 +59,19 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
               help="Times the whole measurement is made, one after another, so each shape is "
                    "timed minutes apart and its floor comes from the calmest (default 3; 2 "
                    "with --from).")
+@click.option("--calm-looks", default=None, type=click.IntRange(0, 10),
+              help="After the sweeps, up to this many more looks at each shape and size whose "
+                   "lowest floor so far was timed while the machine ran slow (the reference "
+                   "over 1.1x its fastest): default 2; 0 with --from (a transfer keeps to "
+                   "its minutes).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
             max_tokens: int | None, threads: int, minutes: float | None,
-            samples: int | None, rounds: int | None, sweeps: int | None, seed: int,
+            samples: int | None, rounds: int | None, sweeps: int | None,
+            calm_looks: int | None, seed: int,
             supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
@@ -99,7 +105,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
-    from shaper_deploy.profiling.profile import TRANSFER_SWEEPS, run_profile
+    from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, TRANSFER_SWEEPS,
+                                                 run_profile)
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -129,7 +136,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             source = dict(sources[0].header.source)
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
                                               rounds, max_tokens),
-                           sweeps=sweeps or TRANSFER_SWEEPS)
+                           sweeps=sweeps or TRANSFER_SWEEPS, calm_looks=calm_looks or 0)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
@@ -144,7 +151,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
                             seq_lens=usable, max_tokens=max_tokens or 1024,
                             reference_batch=reference[0], reference_seq_len=reference[1],
-                            rounds=rounds or 1, sweeps=sweeps or 3)
+                            rounds=rounds or 1, sweeps=sweeps or 3,
+                            calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks)
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
@@ -201,6 +209,10 @@ def _profile_text(d: dict) -> str:
     summary = d.get("summary") or {}
     if summary.get("last_run"):
         rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))
+    if "calm_looks" in summary:
+        rows.append(("calm looks", f"{summary['calm_looks']} of {summary['measurements']} "
+                     "measurements: shapes and sizes looked at again because their lowest "
+                     "floor so far was timed while the reference ran over 1.1x its fastest"))
     for precision, s in summary.get("precisions", {}).items():
         n = s.get("noise_floor") or {}
         rows.append((precision, f"{s['shapes']} shapes, {s['latency_ms_range'][0]:.2f} .. "
@@ -261,7 +273,9 @@ def _protocol_line(p: dict) -> str:
     grid = Protocol.from_dict(p).grid
     return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; {describe_range(grid)} "
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
-            f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds")
+            f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"
+            + (f", then up to {p['calm_looks']} calm look(s) at what ran over 1.1x the fastest"
+               if p.get("calm_looks") else ""))
 
 
 def _graph_line(g: dict) -> str:

@@ -117,6 +117,10 @@ def test_protocol_grid_and_refusals():
         Protocol(precisions=("fp16",))
     with pytest.raises(ProfileError, match="rounds must be a positive integer"):
         Protocol(rounds=0)
+    with pytest.raises(ProfileError, match="calm-looks must be a non-negative integer"):
+        Protocol(calm_looks=-1)
+    assert Protocol.from_dict({k: v for k, v in p.to_dict().items()
+                               if k != "calm_looks"}).calm_looks == 0  # older profiles
     with pytest.raises(ProfileError, match="seq-lens must be increasing positive integers"):
         Protocol(seq_lens=(64, 32))
     with pytest.raises(ProfileError, match="reference workload batch 1 x 100 tokens must be a grid point"):
@@ -252,6 +256,69 @@ def test_sweeps_measure_everything_again_after_the_rest(tmp_path):
                     (r["shape_key"], r["batch"], r["seq_len"])]
             assert len(both) == 2
             assert floors[("fp32", r["batch"], r["seq_len"])][r["shape_key"]] == min(both)
+
+
+def _look(key, workload, sweep, group, floor, reference_ms, phase="main"):
+    """A measurement line: ``key``'s floor at ``workload`` in one look (sweep)."""
+    return {"shape": [int(v) for v in key.split(",")], "shape_key": key, "precision": "fp32",
+            "batch": workload[0], "seq_len": workload[1], "phase": phase, "retry": False,
+            "group": group, "sweep": sweep, "params": 1, "reference_ms": reference_ms,
+            "median_ms": floor, "p90_ms": floor, "cv": 0.0, "round_medians": [floor],
+            "run_ms": {"10": floor}}
+
+
+def test_a_calm_look_retries_what_ran_slow_in_every_sweep():
+    from shaper_deploy.profiling.profile import calm_look_items
+
+    protocol = fast_protocol(precisions=("fp32",), sweeps=2, calm_looks=2)
+    a, b = "16,36,8", "8,8,8"
+    (w, v) = (1, 8), (1, 16)
+    records = [
+        # sweep 0 (group 0, the reference calm), sweep 1 (group 1: slow at 1x8 only)
+        _look(a, w, 0, 0, 2.0, 1.0), _look(b, w, 0, 0, 1.0, 1.0),
+        _look(a, v, 0, 0, 4.0, 2.0), _look(b, v, 0, 0, 2.0, 2.0),
+        _look(a, w, 1, 1, 1.9, 1.5), _look(b, w, 1, 1, 1.2, 1.5),
+        _look(a, v, 1, 1, 4.1, 2.0), _look(b, v, 1, 1, 2.1, 2.0),
+        _look(b, w, 0, 2, 1.3, 1.6, phase="repeat"), _look(b, w, 1, 3, 1.1, 1.2, "repeat")]
+    # a's lowest floor at 1x8 came from the slow group; b's from the calm one; the repeat's
+    # best (1.1) from a group 1.2x the fastest: both looked at again, in the third look
+    items = calm_look_items(records, protocol, TINY_SPACE, 0)
+    assert [(i[0], i[1], ",".join(map(str, i[2].widths)), i[3], i[4]) for i in items] == [
+        ("fp32", "main", a, [w], 2), ("fp32", "repeat", b, [w], 2)]
+    # what the look measured is not measured again (it resumes) ...
+    records += [_look(a, w, 2, 4, 1.95, 1.4)]
+    assert [i[1] for i in calm_look_items(records, protocol, TINY_SPACE, 0)] == ["repeat"]
+    # ... and the next look goes on while the lowest floor is still a slow group's
+    assert [(i[1], i[3], i[4]) for i in calm_look_items(records, protocol, TINY_SPACE, 1)] == [
+        ("main", [w], 3), ("repeat", [w], 3)]
+    records += [_look(a, w, 2, 5, 1.8, 1.0)]  # calm now, and the lowest
+    assert [i[1] for i in calm_look_items(records, protocol, TINY_SPACE, 1)] == ["repeat"]
+    # decided on the earlier looks only: a faster reference timed in this look (which would
+    # make every earlier group slow) changes nothing
+    fast = records + [_look(b, w, 3, 6, 1.0, 0.5)]
+    assert [i[1] for i in calm_look_items(fast, protocol, TINY_SPACE, 1)] == ["repeat"]
+
+
+def test_calm_looks_end_to_end_are_the_slow_items_and_resume(tmp_path):
+    from shaper_deploy.profiling.profile import calm_look_items
+
+    out = tmp_path / "p"
+    protocol = fast_protocol(precisions=("fp32",), sweeps=2, calm_looks=1)
+    header = run_profile(out, "cpu", protocol, TINY, samples=12)
+    records = read_measurements(out)
+    looked = {(r["precision"], r["phase"], r["shape_key"], r["batch"], r["seq_len"])
+              for r in records if r["sweep"] == 2}
+    # exactly what the sweeps left with a slow lowest floor (timings decide how many)
+    before = [r for r in records if r["sweep"] < 2]
+    wanted = {(p, phase, ",".join(map(str, shape.widths)), *size)
+              for p, phase, shape, sizes, _ in calm_look_items(before, protocol, TINY_SPACE, 0)
+              for size in sizes}
+    assert looked == wanted
+    assert header.summary["calm_looks"] == len(looked)
+    assert max(r["sweep"] for r in records) <= 2
+    lines = (out / MEASUREMENTS).read_text()
+    run_profile(out, "cpu", protocol, TINY, samples=12)  # finished: nothing measured again
+    assert (out / MEASUREMENTS).read_text() == lines
 
 
 def test_profile_end_to_end_resume_and_refusals(tmp_path):

@@ -80,6 +80,11 @@ TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior f
 TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
 FLOOR_LEVEL = 10  # a measurement's floor: this percentile of its timed runs (run_ms keys)
+DIRECT_CALM_LOOKS = 2  # a direct profile's calm looks by default (Protocol.calm_looks)
+# The share of a profile's measurements a calm look is priced at: after 3 sweeps, 20-36% of
+# shape x size items on the AMD Zen 5 class had their lowest floor from a group over 1.1x the
+# fastest reference, 35-55% on Zen 2 and Zen 4 (the shipped profiles).
+CALM_SHARE = 0.3
 
 
 # A task whose graph a profile of another task's graph predicts: a classifier is the
@@ -166,6 +171,7 @@ class Summary(TypedDict):
     measurements: Count
     precisions: dict[str, PrecisionSummary]
     last_run: NotRequired[dict[str, float]]
+    calm_looks: NotRequired[Count]  # measurements made by calm looks (Protocol.calm_looks)
 
 
 class Sampling(TypedDict):
@@ -354,9 +360,9 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
                      sized: bool) -> None:
     """The same device, model, graph and grid; the shape count and rounds the first run chose
     from its time budget (and int8, if its probe dropped it) stay as they were, and so do its
-    sweeps (a profile begun before a default changed resumes as it began)."""
+    sweeps and calm looks (a profile begun before a default changed resumes as it began)."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
-    free = {"protocol": ("precisions", "rounds", "sweeps"),
+    free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks"),
             "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
@@ -539,7 +545,33 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         return (probed_turn_seconds(header.probe, protocol, precision, w) if header.probe
                 else float(w[0] * w[1]))
 
+    def grouped(items: list) -> list[tuple[str, list]]:
+        """Work items in groups of ``group_size``, the precisions' groups alternating, look
+        after look. On a host whose speed moves for minutes at a time, all of fp32 before all
+        of int8 put the machine's drift into what int8 buys (an AMD EPYC Zen 2 profile
+        measured that way fitted the full shape's int8 gain at 0.89-1.53x across sizes;
+        alternating, 1.03-1.68x, above 1 everywhere). Sweeps follow one another, so a
+        shape's sweeps are minutes apart (see Protocol)."""
+        order = []
+        for sweep in sorted({item[4] for item in items}):
+            chunks: dict[str, list[list]] = {}
+            for p in protocol.precisions:
+                mine = [w for w in items if w[0] == p and w[4] == sweep]
+                if mine:
+                    chunks[p] = [mine[i:i + protocol.group_size]
+                                 for i in range(0, len(mine), protocol.group_size)]
+            order += [(p, c[k]) for k in range(max(map(len, chunks.values()), default=0))
+                      for p, c in chunks.items() if k < len(c)]
+        return order
+
     total = sum(cost(item[0], w) for item in work for w in item[3])
+    # the calm looks' share, priced as the probe prices it (each replaced by its real cost
+    # when it starts), so the time left counts them from the first seconds
+    calm = CALM_SHARE * sum(
+        cost(p, w) for p in protocol.precisions
+        for shape, is_held in zip(planned, held)
+        for w in protocol.grid + (checks if is_held else [])) if protocol.calm_looks else 0.0
+    total += calm * protocol.calm_looks
     if records:
         note(f"resuming {out}: {len(records)} measurements kept")
     note(f"profiling {len(planned)} shapes x {len(protocol.precisions)} precision(s) x "
@@ -551,66 +583,73 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
         sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
                                  header.fingerprint["isa"])
-        # Groups of shapes, the precisions' groups alternating: on a host whose speed moves
-        # for minutes at a time, all of fp32 before all of int8 put the machine's drift into
-        # what int8 buys (an AMD EPYC Zen 2 profile measured that way fitted the full shape's
-        # int8 gain at 0.89-1.53x across sizes; alternating, 1.03-1.68x, above 1 everywhere).
-        # Sweeps follow one another, so a shape's sweeps are minutes apart (see Protocol).
-        order = []
-        for sweep in range(protocol.sweeps):
-            chunks: dict[str, list[list]] = {}
-            for p in protocol.precisions:
-                items = [w for w in work if w[0] == p and w[4] == sweep]
-                if items:
-                    chunks[p] = [items[i:i + protocol.group_size]
-                                 for i in range(0, len(items), protocol.group_size)]
-            order += [(p, c[k]) for k in range(max(map(len, chunks.values()), default=0))
-                      for p, c in chunks.items() if k < len(c)]
-        refs = {p: sessions.build(reference, p) for p in {p for p, _ in order}}
-        for precision, batch_items in order:
-            ref_session = refs[precision]
-            built = {id(item): sessions.build(item[2], precision,
-                                              dropped_for(item[2], header))
-                     for item in batch_items}
-            workloads = sorted({w for item in batch_items for w in item[3]},
-                               key=lambda w: w[0] * w[1])
-            for w in workloads:
-                feeds = inputs_for(w, header.config)
-                members = [item for item in batch_items if w in item[3]]
-                runners = {REFERENCE: runner(ref_session, feeds)}
-                for i, item in enumerate(members):
-                    runners[i] = runner(built[id(item)], feeds)
-                results = measure_interleaved(runners, protocol, seed=group)
-                lines = _records(members, results, precision, w, group, header)
-                # A measurement whose rounds disagree (one session slowed down for a
-                # while on a shared machine) is timed again at once, its rounds pooling,
-                # when there is one sweep; with more, the next sweep is the second look.
-                noisy = [i for i in range(len(members)) if protocol.sweeps == 1
-                         and results[i]["cv"] > protocol.noisy_cv]
-                if noisy:
-                    again = measure_interleaved(
-                        {REFERENCE: runners[REFERENCE], **{i: runners[i] for i in noisy}},
-                        protocol, seed=group + 100_000)
-                    lines += _records([members[i] for i in noisy],
-                                      {REFERENCE: again[REFERENCE],
-                                       **{j: again[i] for j, i in enumerate(noisy)}},
-                                      precision, w, group, header, retry=True)
-                _append(out, lines)
-                done += cost(precision, w) * len(members)
-                elapsed = time.perf_counter() - started
-                left = max(0.0, (time.perf_counter() - measuring) / done * (total - done))
-                sweep = (f"sweep {batch_items[0][4] + 1}/{protocol.sweeps}, "
-                         if protocol.sweeps > 1 else "")
-                note(f"[{done / total:5.1%}] {sweep}{precision} group {group} at batch "
-                     f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
-                     f"{left / 60:.1f} min left")
-            del built
-            group += 1
+        refs: dict[str, Any] = {}
+
+        def measure(order: list[tuple[str, list]]) -> None:
+            nonlocal done, group
+            for precision, batch_items in order:
+                if precision not in refs:
+                    refs[precision] = sessions.build(reference, precision)
+                ref_session = refs[precision]
+                built = {id(item): sessions.build(item[2], precision,
+                                                  dropped_for(item[2], header))
+                         for item in batch_items}
+                workloads = sorted({w for item in batch_items for w in item[3]},
+                                   key=lambda w: w[0] * w[1])
+                for w in workloads:
+                    feeds = inputs_for(w, header.config)
+                    members = [item for item in batch_items if w in item[3]]
+                    runners = {REFERENCE: runner(ref_session, feeds)}
+                    for i, item in enumerate(members):
+                        runners[i] = runner(built[id(item)], feeds)
+                    results = measure_interleaved(runners, protocol, seed=group)
+                    lines = _records(members, results, precision, w, group, header)
+                    # A measurement whose rounds disagree (one session slowed down for a
+                    # while on a shared machine) is timed again at once, its rounds pooling,
+                    # when there is one sweep; with more, the next sweep is the second look.
+                    noisy = [i for i in range(len(members)) if protocol.sweeps == 1
+                             and results[i]["cv"] > protocol.noisy_cv]
+                    if noisy:
+                        again = measure_interleaved(
+                            {REFERENCE: runners[REFERENCE], **{i: runners[i] for i in noisy}},
+                            protocol, seed=group + 100_000)
+                        lines += _records([members[i] for i in noisy],
+                                          {REFERENCE: again[REFERENCE],
+                                           **{j: again[i] for j, i in enumerate(noisy)}},
+                                          precision, w, group, header, retry=True)
+                    _append(out, lines)
+                    done += cost(precision, w) * len(members)
+                    elapsed = time.perf_counter() - started
+                    left = max(0.0, (time.perf_counter() - measuring) / done * (total - done))
+                    look = batch_items[0][4]
+                    label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
+                             if look >= protocol.sweeps else
+                             f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1
+                             else "")
+                    note(f"[{done / total:5.1%}] {label}{precision} group {group} at batch "
+                         f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
+                         f"{left / 60:.1f} min left")
+                del built
+                group += 1
+
+        measure(grouped(work))
+        measured = bool(work)
+        for look in range(protocol.calm_looks):
+            items = calm_look_items(read_measurements(out), protocol, space, look)
+            if not items:
+                break
+            total += sum(cost(item[0], w) for item in items for w in item[3]) - calm
+            note(f"calm look {look + 1}/{protocol.calm_looks}: "
+                 f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
+                 f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
+                 "reference, looked at again")
+            measure(grouped(items))
+            measured = True
     records = read_measurements(out)
     header.status = "measured"
     previous = (header.summary or {}).get("last_run")
-    header.summary = _summary(records, protocol, time.perf_counter() - started, bool(work))
-    if not work and previous:  # resumed with nothing left to measure: the run that measured
+    header.summary = _summary(records, protocol, time.perf_counter() - started, measured)
+    if not measured and previous:  # resumed with nothing left to measure: the run that measured
         header.summary["last_run"] = previous
     header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
     write_header(out, header)
@@ -686,12 +725,13 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
     """The measuring time of ``n`` shapes at ``rounds`` rounds, from the probe: every shape
     costs the mean of the smallest's and largest's turn at each size, each group adds the
     reference, held-out shapes add the check sizes (priced at the nearest grid size), the
-    repeated shapes add a group, all of it once per sweep, and 60% more for measurements
-    timed again and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the
+    repeated shapes add a group, all of it once per sweep and ``CALM_SHARE`` of it per calm
+    look, and 60% more for measurements timed again and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the
     estimate without it). Graphs are built in every sweep, an int8 graph quantized once
     (``GraphSessions``): a later sweep's int8 build is priced as an fp32 one."""
     protocol, probe = replace(header.protocol, rounds=rounds), header.probe
-    sweeps = protocol.sweeps
+    sweeps = protocol.sweeps + CALM_SHARE * protocol.calm_looks  # a calm look: a share
+    builds = protocol.sweeps + protocol.calm_looks  # ... but every graph may be built again
     grid = protocol.grid
     g = protocol.group_size
 
@@ -707,7 +747,7 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
         build = probe["build_seconds"][p]
         again = probe["build_seconds"].get("fp32", build) if p == "int8" else build
         seconds += (sweeps * rounds * (main + check + repeat) * 1.6
-                    + (n + 2) * (build + (sweeps - 1) * again))
+                    + (n + 2) * (build + (builds - 1) * again))
     return seconds
 
 
@@ -767,6 +807,8 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
                          + f"measuring {n} shapes x {'+'.join(precisions)} x {rounds} "
                          f"round(s)" + (f" in each of {protocol.sweeps} sweeps"
                                         if protocol.sweeps > 1 else "")
+                         + (f", then up to {protocol.calm_looks} calm look(s) at what ran slow"
+                            if protocol.calm_looks else "")
                          + f", about {estimate / 60:.1f} min"
                          + (f" (budget {minutes:g} min)" if samples is None else ""))}
 
@@ -800,6 +842,8 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
                                  max(r["median_ms"] for r in mine)],
             "noise_floor": noise_floor(records, precision),
             "reference_spread": reference_spread(records, precision)}
+    if protocol.calm_looks:
+        summary["calm_looks"] = sum(r.get("sweep", 0) >= protocol.sweeps for r in records)
     if measured_now:
         summary["last_run"] = {"seconds": round(seconds, 1)}
     return summary
@@ -864,6 +908,46 @@ def group_slowdowns(records: list[dict[str, Any]]) -> dict[tuple, float]:
     for key, ms in groups.items():
         fastest[key[-3:]] = min(ms, fastest.get(key[-3:], math.inf))
     return {key: ms / fastest[key[-3:]] for key, ms in groups.items()}
+
+
+CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest reference
+
+
+def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
+                    look: int) -> list[tuple[str, str, Shape, list[Workload], int]]:
+    """The work of calm look ``look`` (0-based, after the protocol's sweeps): every precision,
+    phase, shape and size whose lowest floor in the looks before this one came from a group
+    whose reference graph ran over ``CALM_BAND`` x the fastest group at that precision and
+    size (``group_slowdowns``), less what this look has measured already. Decided on the
+    earlier looks' records only, so an interrupted look resumes exactly.
+
+    Why: a slow period lasts minutes and can cover every sweep of an item, whose floor is
+    then the slow period's. On four AMD profiles the held-out points whose lowest floor came
+    from such a group were 1.3-4x as far off as the rest (int8 of an AMD Zen 5 profile:
+    15.1% against 3.8%; docs/profiles.md)."""
+    this = protocol.sweeps + look
+    slow = group_slowdowns([r for r in records if r.get("sweep", 0) < this])
+    best: dict[tuple, tuple[float, float]] = {}
+    done, first = set(), {}
+    for i, r in enumerate(records):
+        key = (r["precision"], r["phase"], r["shape_key"], r["batch"], r["seq_len"])
+        sweep = r.get("sweep", 0)
+        if sweep == this:
+            done.add(key)
+        elif sweep < this:
+            first.setdefault(key[:3], i)
+            floor = record_floor(r)
+            if key not in best or floor < best[key][0]:
+                best[key] = (floor, slow.get(group_key(r), 1.0))
+    todo: dict[tuple, list[Workload]] = {}
+    for key, (_, slowdown) in best.items():
+        if slowdown > CALM_BAND and key not in done:
+            todo.setdefault(key[:3], []).append((key[3], key[4]))
+    rank = {p: i for i, p in enumerate(protocol.precisions)}
+    return [(p, phase, shape_from_key(k, space), sorted(todo[(p, phase, k)],
+                                                        key=lambda w: (w[0] * w[1], w)), this)
+            for p, phase, k in sorted(todo, key=lambda t: (rank.get(t[0], len(rank)),
+                                                          t[1] != "main", first[t]))]
 
 
 def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:

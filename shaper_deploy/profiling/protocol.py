@@ -73,6 +73,11 @@ class Protocol:
     # sweeps are minutes apart and its floor (the lowest) comes from the calmest of them;
     # the at-once retry of a noisy measurement is for one sweep only. (Older profiles: 1.)
     sweeps: int = 1
+    # After the sweeps, up to this many more looks at each shape and size whose lowest floor
+    # so far came from a group whose reference graph ran over 1.1x its fastest (a slow
+    # period can cover all of one item's sweeps); each look regroups what is left. 0: none
+    # (transfers, and profiles made before 2026-12-04).
+    calm_looks: int = 0
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
@@ -103,6 +108,10 @@ class Protocol:
             elif f.name == "check_workloads":
                 if any(len(w) != 2 or min(w) < 1 for w in value):
                     raise ProfileError(f"check workloads must be (batch, seq_len) pairs, "
+                                       f"got {value!r}")
+            elif f.name == "calm_looks":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ProfileError(f"calm-looks must be a non-negative integer, "
                                        f"got {value!r}")
             elif f.name in ("pause_ms", "park_ms", "repeat_shapes", "turn_ms", "long_run_ms",
                             "noisy_cv"):
