@@ -210,9 +210,12 @@ def _profile_text(d: dict) -> str:
     if summary.get("last_run"):
         rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))
     if "calm_looks" in summary:
+        from shaper_deploy.profiling.profile import CALM_BAND
+
         rows.append(("calm looks", f"{summary['calm_looks']} of {summary['measurements']} "
                      "measurements: shapes and sizes looked at again because their lowest "
-                     "floor so far was timed while the reference ran over 1.1x its fastest"))
+                     f"floor so far was timed while the reference ran over {CALM_BAND:g}x "
+                     "its fastest"))
     for precision, s in summary.get("precisions", {}).items():
         n = s.get("noise_floor") or {}
         rows.append((precision, f"{s['shapes']} shapes, {s['latency_ms_range'][0]:.2f} .. "
@@ -268,14 +271,15 @@ def _device_line(fp: dict) -> str:
 
 
 def _protocol_line(p: dict) -> str:
+    from shaper_deploy.profiling.profile import CALM_BAND
     from shaper_deploy.profiling.protocol import Protocol, describe_range
 
     grid = Protocol.from_dict(p).grid
     return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; {describe_range(grid)} "
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
             f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"
-            + (f", then up to {p['calm_looks']} calm look(s) at what ran over 1.1x the fastest"
-               if p.get("calm_looks") else ""))
+            + (f", then up to {p['calm_looks']} calm look(s) at what ran over {CALM_BAND:g}x "
+               "the fastest" if p.get("calm_looks") else ""))
 
 
 def _graph_line(g: dict) -> str:

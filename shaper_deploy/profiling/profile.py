@@ -726,9 +726,10 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
     costs the mean of the smallest's and largest's turn at each size, each group adds the
     reference, held-out shapes add the check sizes (priced at the nearest grid size), the
     repeated shapes add a group, all of it once per sweep and ``CALM_SHARE`` of it per calm
-    look, and 60% more for measurements timed again and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the
-    estimate without it). Graphs are built in every sweep, an int8 graph quantized once
-    (``GraphSessions``): a later sweep's int8 build is priced as an fp32 one."""
+    look, and 60% more for measurements timed again and the turns' overheads (a first
+    profile on an AMD EPYC VM took 2.0x the estimate without it). Graphs are built in every
+    sweep and calm look, an int8 graph quantized once (``GraphSessions``): a later look's int8
+    build is priced as an fp32 one."""
     protocol, probe = replace(header.protocol, rounds=rounds), header.probe
     sweeps = protocol.sweeps + CALM_SHARE * protocol.calm_looks  # a calm look: a share
     builds = protocol.sweeps + protocol.calm_looks  # ... but every graph may be built again
@@ -922,9 +923,10 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     earlier looks' records only, so an interrupted look resumes exactly.
 
     Why: a slow period lasts minutes and can cover every sweep of an item, whose floor is
-    then the slow period's. On four AMD profiles the held-out points whose lowest floor came
-    from such a group were 1.3-4x as far off as the rest (int8 of an AMD Zen 5 profile:
-    15.1% against 3.8%; docs/profiles.md)."""
+    then the slow period's. On the AMD Zen 4 and Zen 5 profiles the held-out points whose
+    lowest floor came from such a group were 1.1-4x as far off as the rest (int8 of a Zen 5
+    profile: 15.1% against 3.8%); the Zen 2 profile's int8 was the exception (6.4% against
+    7.5%; docs/profiles.md)."""
     this = protocol.sweeps + look
     slow = group_slowdowns([r for r in records if r.get("sweep", 0) < this])
     best: dict[tuple, tuple[float, float]] = {}
