@@ -199,16 +199,13 @@ def main() -> None:
             with estimated_with(est):
                 row["estimators"][name] = refit(header, records,
                                                 f"{path.name:40s} {name:38s}", mine)
-        looks = header.protocol.sweeps
-        if any(r.get("sweep", 0) >= looks for r in records):  # calm looks: without, with
-            sweeps_only = [r for r in records if r.get("sweep", 0) < looks]
+        study = [r for r in records if r.get("sweep", 0) < header.protocol.sweeps]
+        if len(study) < len(records):  # calm looks: the fit without them, and with
             row["calm_looks"] = {
-                "measurements": len(records) - len(sweeps_only),
-                "without": refit(header, sweeps_only, f"{path.name:40s} {'sweeps only':38s}",
-                                 mine),
+                "measurements": len(records) - len(study),
+                "without": refit(header, study, f"{path.name:40s} {'sweeps only':38s}", mine),
                 "with": refit(header, records, f"{path.name:40s} {'with calm looks':38s}",
                               mine)}
-        study = [r for r in records if r.get("sweep", 0) < looks]  # the sweeps alone
         sweeps = sorted({r.get("sweep", 0) for r in study})
         if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
             row["sweeps"] = {}

@@ -377,16 +377,13 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
-    from shaper_deploy.profiling.predictor import DeviceProfile
-    from shaper_deploy.profiling.profile import HEADER
+    from shaper_deploy.profiling.predictor import profiles_in
 
     found = []
     for root in roots or (Path("profiles"),):
-        for file in sorted(Path(root).glob(f"*/{HEADER}")):
-            try:
-                p = DeviceProfile.load(file.parent)
-            except ShaperError as exc:
-                found.append({"path": str(file.parent), "error": str(exc)})
+        for folder, p in profiles_in(root):
+            if isinstance(p, ShaperError):
+                found.append({"path": str(folder), "error": str(p)})
                 continue
             fp = p.header.fingerprint
             try:

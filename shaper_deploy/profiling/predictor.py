@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from typing_extensions import NotRequired, TypedDict
 
-from ..errors import ProfileError
+from ..errors import ProfileError, ShaperError
 from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
@@ -686,6 +686,18 @@ class DeviceProfile:
             raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
                                "remake it (shaperctl profile ... --minutes N with a larger N), "
                                "or pass --allow-unreliable to use it anyway")
+
+
+def profiles_in(root: str | Path) -> list[tuple[Path, "DeviceProfile | ShaperError"]]:
+    """Every profile folder directly under ``root`` (``root/*/profile.json``), in name order:
+    each loaded and verified, or the error that refused it (unfinished, damaged)."""
+    found: list[tuple[Path, DeviceProfile | ShaperError]] = []
+    for file in sorted(Path(root).glob(f"*/{HEADER}")):
+        try:
+            found.append((file.parent, DeviceProfile.load(file.parent)))
+        except ShaperError as exc:
+            found.append((file.parent, exc))
+    return found
 
 
 def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:

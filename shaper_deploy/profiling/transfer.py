@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from ..errors import ProfileError, ShaperError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, grid_data, trust)
+                        fit_point, fit_profile, grid_data, profiles_in, trust)
 from .fingerprint import fingerprint_differences
 from .profile import (HEADER, TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
                                 dropped_by_key, measured_latency, workload_key)
@@ -75,18 +75,15 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
             chosen.append(str(given))
             continue
         found, skipped = [], []
-        for file in sorted(given.glob(f"*/{HEADER}")):
-            if file.parent.resolve() == skip:
+        for folder, p in profiles_in(given):
+            if folder.resolve() == skip:
                 continue
-            try:
-                p = DeviceProfile.load(file.parent)
-            except ShaperError as exc:  # unfinished or damaged: named, not used
-                skipped.append(f"{file.parent.name} ({str(exc).split(';')[0]})")
-                continue
-            if p.device != device:
-                skipped.append(f"{file.parent.name} (a {p.device} profile)")
+            if isinstance(p, ShaperError):  # unfinished or damaged: named, not used
+                skipped.append(f"{folder.name} ({str(p).split(';')[0]})")
+            elif p.device != device:
+                skipped.append(f"{folder.name} (a {p.device} profile)")
             elif space is not None and p.space != space:
-                skipped.append(f"{file.parent.name} (another design space)")
+                skipped.append(f"{folder.name} (another design space)")
             else:
                 found.append(p)
         spaces = list(dict.fromkeys(p.space for p in found))
