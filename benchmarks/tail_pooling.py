@@ -5,8 +5,8 @@ seconds per profile).
 
 A profile times each precision in groups of its own, so a tail per precision sees only the
 minutes its groups fell in. The tails are built with ``predictor.tail_model`` (and
-``larger_tail``), centred on the fitted model's floor, and judged by the share of runs over the predicted percentile (a p90
-promise is kept if at most 10% are):
+``larger_tail``), centred on the fitted model's floor, and judged by the share of runs over
+the predicted percentile (a p90 promise is kept if at most 10% are):
 
 1. Held-out time, per profile: its measurements in time order cut in three blocks; the tails
    are fitted on two and scored on the third's measurements, each measurement's share of runs

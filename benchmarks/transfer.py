@@ -76,11 +76,10 @@ PAIRS = [(ZEN4_MINILM, INTEL_MINILM), (INTEL_MINILM, ZEN4_MINILM), (ZEN4_BERT, I
          (INTEL_BERT, ZEN4_BERT), (INTEL_MINILM, ZEN2_MINILM), (ZEN2_MINILM, INTEL_MINILM),
          (ZEN4_MINILM, ZEN2_MINILM), (INTEL_MINILM, ZEN5_MINILM), (ZEN5_MINILM, INTEL_MINILM),
          (ZEN4_MINILM, ZEN5_MINILM), (INTEL_MINILM, ZEN5_MINILM_CALM)]
-SPARSE_PAIRS = [(INTEL_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
-                (ZEN4_MINILM, "profiles/amd-epyc-zen2-2core-avx2-minilm"),
+ZEN2_MINILM_SWEEPS = "profiles/amd-epyc-zen2-2core-avx2-minilm"  # shipped since the sweeps
+SPARSE_PAIRS = [(INTEL_MINILM, ZEN2_MINILM_SWEEPS), (ZEN4_MINILM, ZEN2_MINILM_SWEEPS),
                 (INTEL_MINILM, ZEN4_MINILM), (ZEN4_MINILM, INTEL_MINILM),
                 (INTEL_BERT, "profiles/amd-epyc-zen2-2core-avx2-bert-base")]
-ZEN2_MINILM_SWEEPS = "profiles/amd-epyc-zen2-2core-avx2-minilm"
 # A device the fleet has never seen: each MiniLM machine class as the target, the other
 # classes as sources (each alone, then all together); the Zen 5 class's own profile of a
 # day earlier is a row of its own (same class, another day).
@@ -219,11 +218,12 @@ def offline(args) -> dict:
 def fleet(args) -> dict:
     """Several sources used together against each alone, for a device none of them is."""
     rows = []
+    loaded = {p: DeviceProfile.load(ROOT / p)
+              for target, others, same in FLEET for p in [target, *others, *same]}
     for target, others, same_class in FLEET:
-        t = DeviceProfile.load(ROOT / target)
         sets = [[o] for o in others] + [others] + [[o] for o in same_class]
         for chosen in sets:
-            pair = offline_pair([DeviceProfile.load(ROOT / s) for s in chosen], t, FLEET_PLAN)
+            pair = offline_pair([loaded[s] for s in chosen], loaded[target], FLEET_PLAN)
             pair["sources"] = chosen
             pair["same_class"] = chosen == same_class
             rows.append(pair)
