@@ -17,7 +17,8 @@ fast and a slow machine).
 3. Measure it on this device with the profile's protocol at the workload, interleaved with
    the profile's reference graph (``DeviceProfile.measure``, the one function that times a
    bundle) for ``measure_seconds``: the larger of its floor (the low end of its runs, which
-   the machine's slow periods move least) times the profile's tail factor and the upper
+   the machine's slow periods move least, at the profile's speed as far as the profile's
+   tail prices the machine's slowdown now) times the profile's tail factor and the upper
    confidence bound of the percentile observed now is checked against the budget with the
    profile's noise floor to spare (``kept_on_ms``, ``kept_under``). A miss is measured once
    more; if it stands, the plan steps down with predictions scaled by the observed ratio.

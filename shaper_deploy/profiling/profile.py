@@ -1004,7 +1004,8 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     ``FLOOR_LEVEL``-th percentile of those runs: what the latency model predicts, which a
     slow period moves least). ``drift`` = the reference graph's floor now over
     ``profile_ref_ms`` (its floor in the profile at this size): how much slower the machine
-    is now than when profiled, a record only: nothing is divided by it.
+    is now than when profiled (``DeviceProfile.measure`` takes the part of it the profile's
+    tail prices out of the floor, ``predictor.priced_drift``).
     """
     # one bundle has no later sweep: its rounds are the turns a profiled shape got in all
     protocol = replace(header.protocol, rounds=header.protocol.rounds * header.protocol.sweeps)
