@@ -24,7 +24,9 @@ learning curve), and a direct profile, all in one run; each scored on its own he
 shapes and on the shapes of the others it never measured (the direct profile's 40 shapes
 are the common yardstick); optionally real exported bundles timed at >= 4 input sizes. With
 ``--max-tokens N`` the transfers measure only the source's grid points of at most N tokens, and
-each profile is scored on the others' measurements at those sizes only.
+each profile is scored on the others' measurements at those sizes only. ``--sweeps`` and
+``--calm-looks`` take several values (each combination once per ``--repeat``, in turn, so a
+period of the host falls on all alike).
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
@@ -35,6 +37,10 @@ each profile is scored on the others' measurements at those sizes only.
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-bert-base \\
         --minutes 2 4 --direct profiles/x86_64-2core-avx512-bert-base --work runs/transfer-bert \\
         --out benchmarks/results/transfer_live_intel_bert_base.json
+    .venv/bin/python benchmarks/transfer.py live --from profiles/x86_64-2core-avx512-minilm \\
+        --minutes 2 --calm-looks 0 1 --repeat 3 \\
+        --direct profiles/amd-epyc-zen5-2core-avx512-minilm-calm-looks --work runs/transfer-calm \\
+        --out benchmarks/results/transfer_live_amd_zen5_minilm_calm_looks.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/x86_64-2core-avx512-minilm \\
         --minutes 2 --max-tokens 256 --direct profiles/amd-epyc-zen2-2core-avx2-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer-256 \\
@@ -49,6 +55,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -316,11 +323,17 @@ def live(args) -> dict:
     profiles = {}
     cap = [] if args.max_tokens is None else ["--max-tokens", str(args.max_tokens)]
     sources = [arg for p in args.sources for arg in ("--from", str(p))]
-    for minutes in args.minutes:
-        for sweeps in args.sweeps or [None]:  # None: the product's default
+    # each repeat runs every combination in turn, so a period of the host falls on all alike
+    for repeat in range(1, args.repeat + 1):
+        for minutes, sweeps, calm in product(args.minutes, args.sweeps or [None],
+                                             args.calm_looks or [None]):
+            # None: the product's default
             looks = [] if sweeps is None else ["--sweeps", str(sweeps)]
-            name = f"transfer {minutes:g} min" + (f", {sweeps} sweep(s)" if sweeps else "")
-            out = work / name.replace(" ", "-").replace(",", "")
+            looks += [] if calm is None else ["--calm-looks", str(calm)]
+            name = (f"transfer {minutes:g} min" + (f", {sweeps} sweep(s)" if sweeps else "")
+                    + (f", {calm} calm look(s)" if calm is not None else "")
+                    + (f", #{repeat}" if args.repeat > 1 else ""))
+            out = work / name.replace(" ", "-").replace(",", "").replace("#", "")
             _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
                        *looks, *cap, "--out", str(out))
             profiles[name] = out
@@ -395,6 +408,11 @@ def main() -> None:
     on.add_argument("--sweeps", type=int, nargs="*", default=None,
                     help="profile --from --sweeps: each --minutes once per value given "
                          "(default: once, with the command's default)")
+    on.add_argument("--calm-looks", type=int, nargs="*", default=None,
+                    help="profile --from --calm-looks: each --minutes once per value given "
+                         "(default: once, with the command's default)")
+    on.add_argument("--repeat", type=int, default=1,
+                    help="Run every (minutes, sweeps, calm looks) this many times, in turn.")
     on.add_argument("--bundles-from", default=None,
                     help="The profile (row name) real bundles are measured against "
                          "(default: the last transfer)")

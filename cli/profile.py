@@ -62,8 +62,7 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
 @click.option("--calm-looks", default=None, type=click.IntRange(0, 10),
               help="After the sweeps, up to this many more looks at each shape and size whose "
                    "lowest floor so far was timed while the machine ran slow (the reference "
-                   "over 1.1x its fastest): default 2; 0 with --from (a transfer keeps to "
-                   "its minutes).")
+                   "over 1.1x its fastest): default 2; 1 with --from.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
@@ -105,8 +104,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
-    from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, TRANSFER_SWEEPS,
-                                                 run_profile)
+    from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, TRANSFER_CALM_LOOKS,
+                                                 TRANSFER_SWEEPS, run_profile)
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -136,7 +135,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             source = dict(sources[0].header.source)
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
                                               rounds, max_tokens),
-                           sweeps=sweeps or TRANSFER_SWEEPS, calm_looks=calm_looks or 0)
+                           sweeps=sweeps or TRANSFER_SWEEPS,
+                           calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
