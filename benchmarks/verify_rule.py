@@ -12,9 +12,10 @@ against:
   slowdowns; a speed-up whole), then times the tail factor.
 
 Both are scored against the profile's prediction for that bundle and percentile (what a plan
-promised; from the profile as it is now, which for some checks was refitted since) alone and as ``judged_ms`` (the larger of the estimate and the percentile observed
-in the window): median |error|, share within +-10%, and the share judged more than 5% over
-the prediction (a plan kept with 5% to spare that would be called OVER).
+promised; from the profile as it is now, which for some checks was refitted since), alone
+and as ``judged_ms`` (the larger of the estimate and the percentile observed in the window):
+median |error|, share within +-10%, and the share judged more than 5% over the prediction (a
+plan kept with 5% to spare that would be called OVER).
 
     .venv/bin/python benchmarks/verify_rule.py \\
         benchmarks/results/workload_profile_amd_zen5_minilm*.json \\
