@@ -242,6 +242,9 @@ def _profile_text(d: dict) -> str:
             whose = "" if len(mixed) == 1 else (
                 f" (the machine's, from {' and '.join(mixed)}"
                 + (f", raised to {precision}'s own where larger)" if tail.get("own") else ")"))
+            if tail.get("same_machine"):
+                whose += (", raised where larger to the tail of this machine's "
+                          f"{', '.join(tail['same_machine'])}")
             rows.append(("", f"request latency / floor (p10 of runs){whose}: " + "; ".join(
                 f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))

@@ -190,6 +190,26 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     assert "held-out MAPE" in advice and "the scaled source alone" in advice
 
 
+def test_a_transfer_tail_is_raised_to_this_machine_sources_only():
+    """A transfer's own tail rests on its minutes of the machine's time; a source measured on
+    this very machine (its tail frozen in the record) raises it where larger, bin by bin; a
+    source from another machine (no frozen tail) does not."""
+    from shaper_deploy.profiling.transfer import same_machine_tails
+
+    levels = [50, 75, 90, 95, 99]
+    own = {"levels": levels, "median_ms": [1.0, 10.0], "records": 40,
+           "factor": [[1.0, 1.05, 1.1, 1.2, 1.3], [1.0, 1.02, 1.04, 1.05, 1.1]]}
+    here = {"levels": levels, "median_ms": [1.0, 10.0], "records": 400,
+            "factor": [[1.0, 1.02, 1.05, 1.1, 1.4], [1.1, 1.3, 1.5, 1.6, 2.0]]}
+    record = {"sources": [{"profile": "elsewhere"}, {"profile": "here", "tail": {"int8": here}}]}
+    raised = same_machine_tails({"fp32": own, "int8": own}, record)
+    assert raised["fp32"] == own  # no frozen fp32 tail: as it was
+    assert raised["int8"]["same_machine"] == ["here"]
+    assert np.allclose(raised["int8"]["factor"], np.maximum(own["factor"], here["factor"]))
+    assert same_machine_tails({"int8": own}, {"sources": [{"profile": "elsewhere"}]}) == {
+        "int8": own}
+
+
 def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
     cuda = tmp_path / "cuda"
     shutil.copytree(tiny_profile, cuda)
@@ -240,6 +260,16 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
                                       .splitlines())]
     assert {0, 1} <= set(sweeps) <= {0, 1, 2}
     assert data["summary"]["calm_looks"] == sweeps.count(2)
+    # the source was measured on this machine: its tail is frozen in the record, and the
+    # transfer's is raised to it where larger
+    source = DeviceProfile.load(tiny_profile)
+    assert data["transfer"]["sources"][0]["tail"].keys() == source.model.tail.keys()
+    fitted = DeviceProfile.load(out)
+    for precision, tail in fitted.model.tail.items():
+        assert tail["same_machine"] == [str(tiny_profile)]
+        ms = np.array(tail["median_ms"])
+        assert np.all(fitted.tail_factor(precision, 90, ms)
+                      >= source.tail_factor(precision, 90, ms) - 1e-9)
     r = CliRunner().invoke(main, ["predict", "--profile", str(out), "--shape",
                                   "128x3", "--batch", "2", "--seq-len", "16",
                                   "--allow-unreliable"])
@@ -264,6 +294,7 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     assert (out / "measurements.jsonl").read_text() == lines
     shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
     assert "transferred from" in shown.stdout and str(tiny_profile) in shown.stdout
+    assert "raised where larger to the tail of this machine's" in shown.stdout
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
                                        "--samples", "12"])
     assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr

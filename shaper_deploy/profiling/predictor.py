@@ -245,6 +245,8 @@ class TailModel(TypedDict):
     records: Count
     precisions: NotRequired[list[str]]  # whose measurements it mixes (older profiles: its own)
     own: NotRequired[str]  # raised to this precision's own tail where larger (larger_tail)
+    # a transfer's: raised to these sources' tails where larger (measured on this machine)
+    same_machine: NotRequired[list[str]]
 
 
 @dataclass

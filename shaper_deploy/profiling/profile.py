@@ -195,6 +195,9 @@ class TransferSource(TypedDict):
     predictor_sha256: Sha256
     held_out_mape: dict[str, float]  # the source's own trust, per precision
     coef: dict[str, dict[str, list[float]]]  # precision -> "BxS" -> coefficients
+    # precision -> its tail (predictor.TailModel), frozen for a source measured on this very
+    # machine (no fingerprint differences): the transfer's tail is raised to it where larger
+    tail: NotRequired[dict[str, dict[str, Any]]]
 
 
 class Transfer(TypedDict):

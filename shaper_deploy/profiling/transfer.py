@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from ..errors import ProfileError, ShaperError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, grid_data, profiles_in, trust)
+                        fit_point, fit_profile, grid_data, larger_tail, profiles_in, trust)
 from .fingerprint import fingerprint_differences
 from .profile import (HEADER, TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
                                 dropped_by_key, measured_latency, workload_key)
@@ -189,7 +189,10 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
     this profile's grid points (so the profile refits without them)."""
     frozen = []
     for s in sources:  # DeviceProfile.load verified predictor.json against this sum
+        same_machine = not fingerprint_differences(s.header.fingerprint, fingerprint)
         frozen.append({
+            **({"tail": {p: s.model.tail[p] for p in protocol.precisions if p in s.model.tail}}
+               if same_machine else {}),
             "profile": str(s.path), "fingerprint": s.header.fingerprint,
             "created": s.header.created, "predictor_sha256": s.header.files[META_FILE],
             "held_out_mape": {p: s.model.metrics[p]["held_out"]["mape"]
@@ -335,7 +338,27 @@ def fit_transfer(header: ProfileHeader, records: list[dict[str, Any]],
     for precision in model.precisions:
         model.metrics[precision]["transfer"] = {
             "prior_held_out": scaled.metrics[precision]["held_out"], **chosen[precision]}
+    model.tail = same_machine_tails(model.tail, record)
     return model
+
+
+def same_machine_tails(tails: dict[str, Any], record: Transfer) -> dict[str, Any]:
+    """A transfer's tail per precision, raised where larger to that of every source measured
+    on this very machine (its frozen ``tail``). A transfer's own tail rests on its 2 minutes
+    of the machine's time: one made in a calm stretch (91% of its groups within 1.1x of the
+    fastest, p90 x1.06-1.13) saw 18.8% of later runs of real bundles over its p90 on the AMD
+    Zen 5 class; raised to a Zen 5 profile's, 0.9-1.9% (session 23)."""
+    out = dict(tails)
+    for source in record["sources"]:
+        for precision, tail in (source.get("tail") or {}).items():
+            if precision in out:
+                base = out[precision]
+                raised = larger_tail(base, tail, precision)
+                raised.pop("own", None)
+                out[precision] = {**raised, **({"own": base["own"]} if "own" in base else {}),
+                                  "same_machine": [*base.get("same_machine", []),
+                                                   source["profile"]]}
+    return out
 
 
 def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
