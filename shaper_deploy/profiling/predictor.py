@@ -719,8 +719,9 @@ def priced_drift(drift: float, speed: dict[str, Any] | None) -> float:
     of its machine's speed. On 1,280 windows of real bundles (16 checks after four AMD Zen 5
     profiles and a Zen 2 one), the floor now x tail missed the profile's prediction by a
     median 2.2-13.2% per check (26-92% within +-10%), and taken back by this by 1.8-3.5%
-    (86-100%): a slow window's floor carried the slowdown the tail adds again; on a check
-    made after the rule was chosen, 4.6% and 4.1% (``benchmarks/verify_rule.py``)."""
+    (86-100%): a slow window's floor carried the slowdown the tail adds again; on two checks
+    made after the rule was chosen, 4.6% and 1.9% before, 4.1% and 1.5% now
+    (``benchmarks/verify_rule.py``)."""
     if speed is None:
         return 1.0
     return min(float(drift), max(1.0, float(speed["p90"])))
