@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.profiling.predictor import DeviceProfile
-from shaper_deploy.shape import Shape
+from shaper_deploy.profiling.profile import shape_from_key
 
 
 def runs_over(transfer: DeviceProfile, tails: list[DeviceProfile], rows: list[dict],
               percentile: float) -> dict:
     total, over = {}, {}
     for r in rows:
-        shape = Shape(tuple(int(w) for w in r["shape"].split(",")), transfer.space)
+        shape = shape_from_key(r["shape"], transfer.space)
         floor = float(transfer.predict([shape], r["precision"], r["batch"], r["seq_len"], None,
                                        [r["dropped"]])[0])
         factor = max(float(p.tail_factor(r["precision"], percentile, floor)) for p in tails)

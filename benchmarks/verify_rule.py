@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.profiling.predictor import DeviceProfile, priced_drift
-from shaper_deploy.shape import Shape
+from shaper_deploy.profiling.profile import shape_from_key
 
 
 def score(estimate: np.ndarray, predicted: np.ndarray) -> dict:
@@ -63,7 +63,7 @@ def rejudge(result: dict, profiles: dict[str, DeviceProfile]) -> dict | None:
         old.append(r["floor_ms"] * tail(r["floor_ms"]))
         new.append(floor * tail(floor))
         observed.append(r["observed_pct_ms"])
-        shape = Shape(tuple(int(w) for w in r["shape"].split(",")), profile.space)
+        shape = shape_from_key(r["shape"], profile.space)
         predicted.append(float(profile.predict([shape], r["precision"], r["batch"],
                                                r["seq_len"], r["percentile"],
                                                [r["dropped"]])[0]))

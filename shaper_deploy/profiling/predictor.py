@@ -134,10 +134,15 @@ def larger_tail(machine: dict[str, Any], own: dict[str, Any] | None, precision: 
     ``own``'s (one precision's) where that is larger, at the machine's bins and levels."""
     if own is None:  # too few measurements of this precision for a tail of its own
         return machine
-    ms = np.array(machine["median_ms"])
-    own_at = np.array([tail_factor(own, lv, ms) for lv in machine["levels"]]).T  # bins x levels
-    return {**machine, "factor": np.maximum(np.array(machine["factor"]), own_at).tolist(),
-            "own": precision}
+    return {**raised_tail(machine, own), "own": precision}
+
+
+def raised_tail(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with each factor raised to ``other``'s where that is larger, at ``base``'s
+    bins and levels (every other field of ``base`` kept)."""
+    ms = np.array(base["median_ms"])
+    other_at = np.array([tail_factor(other, lv, ms) for lv in base["levels"]]).T  # bins x levels
+    return {**base, "factor": np.maximum(np.array(base["factor"]), other_at).tolist()}
 
 
 def tail_factor(tail: dict[str, Any] | None, percentile: float, ms: np.ndarray

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from ..errors import ProfileError, ShaperError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, grid_data, larger_tail, profiles_in, trust)
+                        fit_point, fit_profile, grid_data, profiles_in, raised_tail, trust)
 from .fingerprint import fingerprint_differences
 from .profile import (HEADER, TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
                                 dropped_by_key, measured_latency, workload_key)
@@ -353,9 +353,7 @@ def same_machine_tails(tails: dict[str, Any], record: Transfer) -> dict[str, Any
         for precision, tail in (source.get("tail") or {}).items():
             if precision in out:
                 base = out[precision]
-                raised = larger_tail(base, tail, precision)
-                raised.pop("own", None)
-                out[precision] = {**raised, **({"own": base["own"]} if "own" in base else {}),
+                out[precision] = {**raised_tail(base, tail),
                                   "same_machine": [*base.get("same_machine", []),
                                                    source["profile"]]}
     return out
