@@ -4,7 +4,11 @@ profile's (``transfer.same_machine_tails``), scored on real bundles already time
 
 The transfer's floor predictions for each real-bundle window of a ``transfer.py live`` result
 (``real_bundles.rows``, every run kept) times a p90 factor: the transfer's own, and the larger
-of it and each profile given (measured on the same machine class); the share of runs over.
+of it and each profile given (measured on the same machine class), then of all of them; the
+share of runs over. And each window judged as ``verify`` judges it, against that prediction:
+with the slowdown the transfer's own 2 minutes price (``predictor.priced_drift``), and with
+the larger one the raising profile's tail prices (``TailModel.priced_slowdown``, what a
+transfer raised to it records now).
 
     .venv/bin/python benchmarks/transfer_tail.py \\
         benchmarks/results/transfer_live_amd_zen5_minilm_intel_s23.json \\
@@ -22,23 +26,37 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.profiling.predictor import DeviceProfile
+from shaper_deploy.profiling.predictor import DeviceProfile, priced_drift
 from shaper_deploy.profiling.profile import shape_from_key
+from verify_rule import score
 
 
-def runs_over(transfer: DeviceProfile, tails: list[DeviceProfile], rows: list[dict],
-              percentile: float) -> dict:
-    total, over = {}, {}
+def promise(transfer: DeviceProfile, tails: list[DeviceProfile], rows: list[dict],
+            percentile: float, slowdown: float | None) -> dict:
+    """The share of runs over the predicted percentile, and each window judged as ``verify``
+    judges it (``DeviceProfile.measure``: the floor now taken back by the slowdown the tail
+    prices, up to ``slowdown``, times the tail, or the percentile observed if larger) against
+    that prediction."""
+    total, over, judged, predicted = {}, {}, [], []
     for r in rows:
         shape = shape_from_key(r["shape"], transfer.space)
         floor = float(transfer.predict([shape], r["precision"], r["batch"], r["seq_len"], None,
                                        [r["dropped"]])[0])
-        factor = max(float(p.tail_factor(r["precision"], percentile, floor)) for p in tails)
+
+        def factor(ms: float) -> float:
+            return max(float(p.tail_factor(r["precision"], percentile, ms)) for p in tails)
+
         times = np.asarray(r["times"])
         total[r["precision"]] = total.get(r["precision"], 0) + len(times)
-        over[r["precision"]] = over.get(r["precision"], 0) + int((times > floor * factor).sum())
+        over[r["precision"]] = over.get(r["precision"], 0) + int(
+            (times > floor * factor(floor)).sum())
+        now = r["floor_ms"] / priced_drift(r["drift"], slowdown)
+        judged.append(max(now * factor(now), float(np.percentile(times, percentile))))
+        predicted.append(floor * factor(floor))
     return {"runs": sum(total.values()), "runs_over": sum(over.values()) / sum(total.values()),
-            "by_precision": {p: over[p] / total[p] for p in sorted(total)}}
+            "by_precision": {p: over[p] / total[p] for p in sorted(total)},
+            "slowdown_priced": slowdown,
+            "judged": score(np.array(judged), np.array(predicted))}
 
 
 def main() -> None:
@@ -52,17 +70,28 @@ def main() -> None:
     args = ap.parse_args()
     rows = json.loads(args.result.read_text())["real_bundles"]["rows"]
     transfer = DeviceProfile.load(args.transfer)
+    own = transfer.machine_speed()["p90"]
     result = {"benchmark": "transfer_tail", "transfer": str(args.transfer),
               "percentile": args.percentile,
-              "own tail": runs_over(transfer, [transfer], rows, args.percentile)}
-    for path in args.same_machine:
-        result[f"raised to {path}"] = runs_over(transfer, [transfer, DeviceProfile.load(path)],
-                                                rows, args.percentile)
+              "own tail": promise(transfer, [transfer], rows, args.percentile, own)}
+    others = [DeviceProfile.load(path) for path in args.same_machine]
+    for path, other in zip(args.same_machine, others):
+        for slowdown in (own, max(own, other.machine_speed()["p90"])):
+            name = f"raised to {path}" + (", its slowdown priced" if slowdown != own else "")
+            result[name] = promise(transfer, [transfer, other], rows, args.percentile,
+                                   slowdown)
+    every = max([own] + [o.machine_speed()["p90"] for o in others])
+    result["raised to all, their slowdown priced"] = promise(
+        transfer, [transfer, *others], rows, args.percentile, every)
     for name, r in result.items():
         if isinstance(r, dict):
+            j = r["judged"]
             print(f"{name}: {r['runs_over']:.1%} of {r['runs']} runs over the p"
                   f"{args.percentile:g} (" + ", ".join(f"{p} {v:.1%}" for p, v in
-                                                       r["by_precision"].items()) + ")")
+                                                       r["by_precision"].items())
+                  + f"); judged as verify does, slowdown priced to {r['slowdown_priced']:.2f}x: "
+                  f"{j['median_abs_error']:.1%} median |error|, {j['within_10pct']:.0%} within "
+                  f"+-10%, {j['over_5pct']:.0%} over +5%")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -57,7 +57,7 @@ def rejudge(result: dict, profiles: dict[str, DeviceProfile]) -> dict | None:
     speed = profile.machine_speed()
     old, new, observed, predicted, drift, priced = [], [], [], [], [], []
     for r in rows:
-        p = priced_drift(r["drift"], speed)
+        p = priced_drift(r["drift"], profile.priced_slowdown(r["precision"]))
         floor = r["floor_ms"] / p
         tail = lambda ms: float(profile.tail_factor(r["precision"], r["percentile"], ms))
         old.append(r["floor_ms"] * tail(r["floor_ms"]))

@@ -244,7 +244,9 @@ def _profile_text(d: dict) -> str:
                 + (f", raised to {precision}'s own where larger)" if tail.get("own") else ")"))
             if tail.get("same_machine"):
                 whose += (", raised where larger to the tail of this machine's "
-                          f"{', '.join(tail['same_machine'])}")
+                          f"{', '.join(tail['same_machine'])}"
+                          + (f", which prices slowdowns up to {tail['priced_slowdown']:.2f}x"
+                             if tail.get("priced_slowdown") else ""))
             rows.append(("", f"request latency / floor (p10 of runs){whose}: " + "; ".join(
                 f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))

@@ -193,7 +193,8 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
 def test_a_transfer_tail_is_raised_to_this_machine_sources_only():
     """A transfer's own tail rests on its minutes of the machine's time; a source measured on
     this very machine (its tail frozen in the record) raises it where larger, bin by bin; a
-    source from another machine (no frozen tail) does not."""
+    source from another machine (no frozen tail) does not. The raised tail prices the
+    slowdowns the source's groups saw (its frozen ``speed_p90``), the largest of them."""
     from shaper_deploy.profiling.transfer import same_machine_tails
 
     levels = [50, 75, 90, 95, 99]
@@ -201,11 +202,19 @@ def test_a_transfer_tail_is_raised_to_this_machine_sources_only():
            "factor": [[1.0, 1.05, 1.1, 1.2, 1.3], [1.0, 1.02, 1.04, 1.05, 1.1]]}
     here = {"levels": levels, "median_ms": [1.0, 10.0], "records": 400,
             "factor": [[1.0, 1.02, 1.05, 1.1, 1.4], [1.1, 1.3, 1.5, 1.6, 2.0]]}
-    record = {"sources": [{"profile": "elsewhere"}, {"profile": "here", "tail": {"int8": here}}]}
+    record = {"sources": [{"profile": "elsewhere"}, {"profile": "here", "tail": {"int8": here},
+                                                     "speed_p90": 1.6}]}
     raised = same_machine_tails({"fp32": own, "int8": own}, record)
     assert raised["fp32"] == own  # no frozen fp32 tail: as it was
     assert raised["int8"]["same_machine"] == ["here"]
     assert np.allclose(raised["int8"]["factor"], np.maximum(own["factor"], here["factor"]))
+    assert raised["int8"]["priced_slowdown"] == 1.6
+    record["sources"].append({"profile": "here too", "tail": {"int8": here}, "speed_p90": 1.3})
+    both = same_machine_tails({"int8": own}, record)["int8"]
+    assert both["same_machine"] == ["here", "here too"] and both["priced_slowdown"] == 1.6
+    # a source frozen before speeds were: its tail raises, no slowdown is claimed for it
+    assert "priced_slowdown" not in same_machine_tails(
+        {"int8": own}, {"sources": [{"profile": "old", "tail": {"int8": here}}]})["int8"]
     assert same_machine_tails({"int8": own}, {"sources": [{"profile": "elsewhere"}]}) == {
         "int8": own}
 
@@ -264,7 +273,12 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     # transfer's is raised to it where larger
     source = DeviceProfile.load(tiny_profile)
     assert data["transfer"]["sources"][0]["tail"].keys() == source.model.tail.keys()
+    speed = source.machine_speed()["p90"]
+    assert data["transfer"]["sources"][0]["speed_p90"] == pytest.approx(speed, abs=1e-6)
     fitted = DeviceProfile.load(out)
+    for precision in fitted.precisions:  # verify takes out what the source's tail prices
+        assert fitted.priced_slowdown(precision) == pytest.approx(
+            max(speed, fitted.machine_speed()["p90"]), abs=1e-6)
     for precision, tail in fitted.model.tail.items():
         assert tail["same_machine"] == [str(tiny_profile)]
         ms = np.array(tail["median_ms"])

@@ -252,6 +252,8 @@ class TailModel(TypedDict):
     own: NotRequired[str]  # raised to this precision's own tail where larger (larger_tail)
     # a transfer's: raised to these sources' tails where larger (measured on this machine)
     same_machine: NotRequired[list[str]]
+    # ... and so prices the slowdowns theirs did: up to this (their ``machine_speed`` p90s)
+    priced_slowdown: NotRequired[float]
 
 
 @dataclass
@@ -621,6 +623,17 @@ class DeviceProfile:
             self._cache["speed"] = speed
         return self._cache["speed"]
 
+    def priced_slowdown(self, precision: str) -> float | None:
+        """The machine's slowdown ``precision``'s tail prices: the 90th percentile of this
+        profile's own group slowdowns (``machine_speed``), or of a same-machine source's a
+        transfer's tail was raised to (``TailModel.priced_slowdown``) where larger; None for
+        a profile that kept no record of its machine's speed."""
+        speed = self.machine_speed()
+        found = [speed["p90"]] if speed is not None else []
+        found += [v for v in [(self.model.tail.get(precision) or {}).get("priced_slowdown")]
+                  if v is not None]
+        return max(found) if found else None
+
     def noise(self, precision: str) -> float:
         """How far one measurement may stray from another of the same model (0 if unknown)."""
         return noise_of(self.header, precision) or 0.0
@@ -657,7 +670,7 @@ class DeviceProfile:
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device,
                           seconds)
-        priced = priced_drift(m["drift"], self.machine_speed())
+        priced = priced_drift(m["drift"], self.priced_slowdown(precision))
         floor = m["intrinsic_ms"] / priced
         estimated = float(floor * self.tail_factor(precision, percentile, floor))
         observed = float(np.percentile(m["times"], percentile))
@@ -716,20 +729,21 @@ def profiles_in(root: str | Path) -> list[tuple[Path, "DeviceProfile | ShaperErr
     return found
 
 
-def priced_drift(drift: float, speed: dict[str, Any] | None) -> float:
+def priced_drift(drift: float, slowdown: float | None) -> float:
     """How much of the machine's slowdown now (``drift``: the reference's floor now over the
-    profile's) the profile's tail already prices: all of it up to the 90th percentile of the
-    slowdowns its own groups saw (``machine_speed``'s ``p90``), no more; a speed-up is taken
-    whole (a fast minute judged as the profile's time); 1 for a profile that kept no record
-    of its machine's speed. On 1,280 windows of real bundles (16 checks after four AMD Zen 5
+    profile's) the profile's tail already prices: all of it up to ``slowdown``
+    (``DeviceProfile.priced_slowdown``: the 90th percentile of the slowdowns its own groups
+    saw, ``machine_speed``'s ``p90``), no more; a speed-up is taken whole (a fast minute
+    judged as the profile's time); 1 for a profile that kept no record of its machine's
+    speed. On 1,280 windows of real bundles (16 checks after four AMD Zen 5
     profiles and a Zen 2 one), the floor now x tail missed the profile's prediction by a
     median 2.2-13.2% per check (26-92% within +-10%), and taken back by this by 1.8-3.5%
     (86-100%): a slow window's floor carried the slowdown the tail adds again; on two checks
     made after the rule was chosen, 4.6% and 1.9% before, 4.1% and 1.5% now
     (``benchmarks/verify_rule.py``)."""
-    if speed is None:
+    if slowdown is None:
         return 1.0
-    return min(float(drift), max(1.0, float(speed["p90"])))
+    return min(float(drift), max(1.0, float(slowdown)))
 
 
 def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:

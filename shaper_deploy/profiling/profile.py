@@ -198,6 +198,9 @@ class TransferSource(TypedDict):
     # precision -> its tail (predictor.TailModel), frozen for a source measured on this very
     # machine (no fingerprint differences): the transfer's tail is raised to it where larger
     tail: NotRequired[dict[str, dict[str, Any]]]
+    # with its tail: the 90th percentile of its groups' slowdowns (``machine_speed``), the
+    # slowdowns that tail prices
+    speed_p90: NotRequired[float]
 
 
 class Transfer(TypedDict):

@@ -190,9 +190,11 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
     frozen = []
     for s in sources:  # DeviceProfile.load verified predictor.json against this sum
         same_machine = not fingerprint_differences(s.header.fingerprint, fingerprint)
+        speed = s.machine_speed() if same_machine else None
         frozen.append({
             **({"tail": {p: s.model.tail[p] for p in protocol.precisions if p in s.model.tail}}
                if same_machine else {}),
+            **({"speed_p90": round(speed["p90"], 6)} if speed is not None else {}),
             "profile": str(s.path), "fingerprint": s.header.fingerprint,
             "created": s.header.created, "predictor_sha256": s.header.files[META_FILE],
             "held_out_mape": {p: s.model.metrics[p]["held_out"]["mape"]
@@ -347,15 +349,26 @@ def same_machine_tails(tails: dict[str, Any], record: Transfer) -> dict[str, Any
     on this very machine (its frozen ``tail``). A transfer's own tail rests on its 2 minutes
     of the machine's time: one made in a calm stretch (91% of its groups within 1.1x of the
     fastest, p90 x1.06-1.13) saw 18.8% of later runs of real bundles over its p90 on the AMD
-    Zen 5 class; raised to a Zen 5 profile's, 0.9-1.9% (session 23)."""
+    Zen 5 class; raised to a Zen 5 profile's, 0.9-1.9% (session 23).
+
+    Such a tail prices the slowdowns that source's groups saw, so it records the largest of
+    their 90th percentiles (``priced_slowdown``, the source's frozen ``speed_p90``):
+    ``DeviceProfile.measure`` takes a slowdown up to that out of a floor before applying the
+    tail (``predictor.priced_drift``), where the transfer's own 2 minutes would allow about
+    1.1x. On the session-23 transfer's 80 real-bundle windows, judged at p90 against its
+    prediction: 2.3% median |error|, 82% within +-10% with the raised tail alone; 2.2%, 89%
+    with the slowdown it prices too (``benchmarks/transfer_tail.py``)."""
     out = dict(tails)
     for source in record["sources"]:
         for precision, tail in (source.get("tail") or {}).items():
             if precision in out:
                 base = out[precision]
+                priced = max([base.get("priced_slowdown", 1.0)]
+                             + ([source["speed_p90"]] if "speed_p90" in source else []))
                 out[precision] = {**raised_tail(base, tail),
                                   "same_machine": [*base.get("same_machine", []),
-                                                   source["profile"]]}
+                                                   source["profile"]],
+                                  **({"priced_slowdown": priced} if priced > 1.0 else {})}
     return out
 
 
