@@ -321,6 +321,28 @@ def test_calm_looks_end_to_end_are_the_slow_items_and_resume(tmp_path):
     assert (out / MEASUREMENTS).read_text() == lines
 
 
+def test_a_calm_look_with_nothing_to_do_does_not_end_the_looks(tmp_path, monkeypatch):
+    """A resumed run finds a look it finished with nothing left to do (as a run whose sweeps
+    left nothing slow would): the looks after it still run. Until session 24 the first empty
+    look ended them, so a run interrupted between two looks never took the second."""
+    import shaper_deploy.profiling.profile as prof
+
+    protocol = fast_protocol(precisions=("fp32",), sweeps=1, calm_looks=2)
+
+    def items(records, protocol, space, look):
+        if look == 0:
+            return []
+        r = records[0]
+        return [("fp32", "main", prof.shape_from_key(r["shape_key"], space),
+                 [(r["batch"], r["seq_len"])], protocol.sweeps + look)]
+
+    monkeypatch.setattr(prof, "calm_look_items", items)
+    header = run_profile(tmp_path / "p", "cpu", protocol, TINY, samples=12)
+    sweeps = [r["sweep"] for r in read_measurements(tmp_path / "p")]
+    assert set(sweeps) == {0, 2} and sweeps.count(2) == 1
+    assert header.summary["calm_looks"] == 1
+
+
 def test_profile_end_to_end_resume_and_refusals(tmp_path):
     out = tmp_path / "p"
     protocol = fast_protocol(precisions=("fp32",))

@@ -649,8 +649,9 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         measured = bool(work)
         for look in range(protocol.calm_looks):
             items = calm_look_items(read_measurements(out), protocol, space, look)
-            if not items:
-                break
+            if not items:  # nothing ran slow, or a resumed run's look already done
+                total -= calm  # its share, priced up front, is not to come
+                continue
             total += sum(cost(item[0], w) for item in items for w in item[3]) - calm
             note(f"calm look {look + 1}/{protocol.calm_looks}: "
                  f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
