@@ -12,7 +12,8 @@ Then, for the estimator the library uses (the floor, ``profile.record_floor``), 
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
 several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled;
-for one with calm looks (``Protocol.calm_looks``), the fit with them against without.
+for one with calm looks (``Protocol.calm_looks``), the fit with them against without, and
+with each number of looks in between (``first_looks``).
 With ``--checks`` (``workload_profile.py`` results), every estimator's fit is also scored on
 real bundles measured later against the profile they name (time held out, not only shapes).
 
@@ -206,6 +207,12 @@ def main() -> None:
                 "without": refit(header, study, f"{path.name:40s} {'sweeps only':38s}", mine),
                 "with": refit(header, records, f"{path.name:40s} {'with calm looks':38s}",
                               mine)}
+            looks = max(r.get("sweep", 0) for r in records) - header.protocol.sweeps + 1
+            row["calm_looks"]["first_looks"] = {  # what each look added
+                k: refit(header, [r for r in records
+                                  if r.get("sweep", 0) < header.protocol.sweeps + k],
+                         f"{path.name:40s} {f'with the first {k} calm look(s)':38s}", mine)
+                for k in range(1, looks)}
         sweeps = sorted({r.get("sweep", 0) for r in study})
         if len(sweeps) > 1:  # each sweep alone (as a one-sweep profile) against all pooled
             row["sweeps"] = {}
