@@ -629,9 +629,9 @@ class DeviceProfile:
         transfer's tail was raised to (``TailModel.priced_slowdown``) where larger; None for
         a profile that kept no record of its machine's speed."""
         speed = self.machine_speed()
-        found = [speed["p90"]] if speed is not None else []
-        found += [v for v in [(self.model.tail.get(precision) or {}).get("priced_slowdown")]
-                  if v is not None]
+        raised = (self.model.tail.get(precision) or {}).get("priced_slowdown")
+        found = ([speed["p90"]] if speed is not None else []) + (
+            [raised] if raised is not None else [])
         return max(found) if found else None
 
     def noise(self, precision: str) -> float:
