@@ -363,8 +363,7 @@ def same_machine_tails(tails: dict[str, Any], record: Transfer) -> dict[str, Any
         for precision, tail in (source.get("tail") or {}).items():
             if precision in out:
                 base = out[precision]
-                priced = max([base.get("priced_slowdown", 1.0)]
-                             + ([source["speed_p90"]] if "speed_p90" in source else []))
+                priced = max(base.get("priced_slowdown", 1.0), source.get("speed_p90", 1.0))
                 out[precision] = {**raised_tail(base, tail),
                                   "same_machine": [*base.get("same_machine", []),
                                                    source["profile"]],
