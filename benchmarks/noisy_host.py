@@ -13,7 +13,8 @@ tail model predicts held-out measurements' own p50/p90/p99, with the tail centre
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
 several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled;
 for one with calm looks (``Protocol.calm_looks``), the fit with them against without, and
-with each number of looks in between (``first_looks``).
+with each number of looks in between (``first_looks``), and how long they waited for a calm
+moment (``calm_wait``, since session 25).
 With ``--checks`` (``workload_profile.py`` results), every estimator's fit is also scored on
 real bundles measured later against the profile they name (time held out, not only shapes).
 
@@ -177,6 +178,31 @@ def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
             "all_median_abs_rel_diff": (on_all or {}).get("median_abs_rel_diff")}
 
 
+def still_slow(records, sweeps: int) -> dict:
+    """How the calm looks went: the share of (precision, phase, shape, size) points whose
+    lowest floor came from a group over ``CALM_BAND`` x the fastest reference, after the
+    sweeps and after the looks; and the share of the looks' groups that ran calm, those timed
+    after a check of the machine (``calm_wait``) apart from the rest."""
+    slowdown = P.group_slowdowns(records)
+
+    def share(rs):
+        best = {}
+        for r in rs:
+            key = (r["precision"], r["phase"], r["shape_key"], r["batch"], r["seq_len"])
+            if key not in best or P.record_floor(r) < best[key][0]:
+                best[key] = (P.record_floor(r), slowdown.get(P.group_key(r), 1.0))
+        return float(np.mean([s > P.CALM_BAND for _, s in best.values()])) if best else None
+
+    looks = {P.group_key(r): "calm_wait" in r for r in records if r.get("sweep", 0) >= sweeps}
+
+    def calm(checked):
+        g = [slowdown[k] <= P.CALM_BAND for k, c in looks.items() if c == checked]
+        return {"groups": len(g), "calm": float(np.mean(g)) if g else None}
+    return {"after_sweeps": share([r for r in records if r.get("sweep", 0) < sweeps]),
+            "after_looks": share(records),
+            "look_groups_checked": calm(True), "look_groups_unchecked": calm(False)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="+", type=Path)
@@ -223,6 +249,14 @@ def main() -> None:
             for name, keep in subsets:
                 subset = [r for r in study if r.get("sweep", 0) in keep]
                 row["sweeps"][name] = refit(header, subset, f"{path.name:40s} {name:38s}")
+        # how the machine ran (the sweeps' groups) and, since session 25, how long the calm
+        # looks waited for a calm moment before each size (Protocol.calm_wait)
+        row["machine_speed"] = P.machine_speed(records)
+        row["calm_wait"] = (header.summary or {}).get("calm_wait")
+        row["still_slow"] = still_slow(records, header.protocol.sweeps)
+        print(f"{path.name:40s} points still slow after the sweeps "
+              f"{row['still_slow']['after_sweeps']:.1%}, after the looks "
+              f"{row['still_slow']['after_looks']:.1%}", file=sys.stderr)
         row["calm_noise_floor"] = {p: calm_noise_floor(records, p) for p in
                                    sorted({r["precision"] for r in records})}
         print(f"{path.name:40s} noise floor on calm pairs: " + " | ".join(

@@ -63,6 +63,10 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
               help="After the sweeps, up to this many more looks at each shape and size whose "
                    "lowest floor so far was timed while the machine ran slow (the reference "
                    "over 1.1x its fastest): default 2; 1 with --from.")
+@click.option("--calm-wait/--no-calm-wait", default=True, show_default=True,
+              help="Before each size a calm look times, wait until the reference runs within "
+                   "1.1x its fastest, while the rest still fits in --minutes (not with "
+                   "--samples: no time budget to wait in).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
@@ -70,7 +74,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
             max_tokens: int | None, threads: int, minutes: float | None,
             samples: int | None, rounds: int | None, sweeps: int | None,
-            calm_looks: int | None, seed: int,
+            calm_looks: int | None, calm_wait: bool, seed: int,
             supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
@@ -136,7 +140,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
                                               rounds, max_tokens),
                            sweeps=sweeps or TRANSFER_SWEEPS,
-                           calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks)
+                           calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks,
+                           calm_wait=calm_wait)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
@@ -152,7 +157,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                             seq_lens=usable, max_tokens=max_tokens or 1024,
                             reference_batch=reference[0], reference_seq_len=reference[1],
                             rounds=rounds or 1, sweeps=sweeps or 3,
-                            calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks)
+                            calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks,
+                            calm_wait=calm_wait)
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
@@ -216,6 +222,12 @@ def _profile_text(d: dict) -> str:
                      "measurements: shapes and sizes looked at again because their lowest "
                      f"floor so far was timed while the reference ran over {CALM_BAND:g}x "
                      "its fastest"))
+    if "calm_wait" in summary:
+        w = summary["calm_wait"]
+        rows.append(("calm wait", f"{w['seconds'] / 60:.1f} min waited; of the calm looks' "
+                     f"{w['sizes']} group x size measurements, {w['checked']} were timed "
+                     f"after a check of the machine, {w['calm']} of them calm; the rest once "
+                     "the time asked for ran short"))
     for precision, s in summary.get("precisions", {}).items():
         n = s.get("noise_floor") or {}
         rows.append((precision, f"{s['shapes']} shapes, {s['latency_ms_range'][0]:.2f} .. "
@@ -284,7 +296,8 @@ def _protocol_line(p: dict) -> str:
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
             f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"
             + (f", then up to {p['calm_looks']} calm look(s) at what ran over {CALM_BAND:g}x "
-               "the fastest" if p.get("calm_looks") else ""))
+               "the fastest" + (", each size once the machine runs calm" if p.get("calm_wait")
+                                else "") if p.get("calm_looks") else ""))
 
 
 def _graph_line(g: dict) -> str:

@@ -119,6 +119,8 @@ def test_protocol_grid_and_refusals():
         Protocol(rounds=0)
     with pytest.raises(ProfileError, match="calm-looks must be a non-negative integer"):
         Protocol(calm_looks=-1)
+    with pytest.raises(ProfileError, match="calm-wait must be true or false"):
+        Protocol(calm_wait=1)
     assert Protocol.from_dict({k: v for k, v in p.to_dict().items()
                                if k != "calm_looks"}).calm_looks == 0  # older profiles
     with pytest.raises(ProfileError, match="seq-lens must be increasing positive integers"):
@@ -299,6 +301,20 @@ def test_a_calm_look_retries_what_ran_slow_in_every_sweep():
     assert [i[1] for i in calm_look_items(fast, protocol, TINY_SPACE, 1)] == ["repeat"]
 
 
+def test_a_calm_look_takes_a_repeated_shape_beside_its_first_measurement():
+    """So a look that runs out of time to wait for calm leaves a noise-floor pair alike."""
+    from shaper_deploy.profiling.profile import calm_look_items
+
+    protocol = fast_protocol(precisions=("fp32",), sweeps=1, calm_looks=1)
+    a, b, c, w = "16,36,8", "8,8,8", "8,16,8", (1, 8)
+    records = [_look(c, w, 0, 0, 1.0, 1.0),  # the fastest group: c is calm
+               _look(a, w, 0, 1, 2.0, 1.5), _look(b, w, 0, 1, 1.0, 1.5),  # first, slow
+               _look(a, w, 0, 2, 2.1, 1.5, "repeat"), _look(b, w, 0, 2, 1.1, 1.5, "repeat")]
+    assert [(i[1], ",".join(map(str, i[2].widths)))
+            for i in calm_look_items(records, protocol, TINY_SPACE, 0)] == [
+        ("main", a), ("repeat", a), ("main", b), ("repeat", b)]
+
+
 def test_calm_looks_end_to_end_are_the_slow_items_and_resume(tmp_path):
     from shaper_deploy.profiling.profile import calm_look_items
 
@@ -343,6 +359,62 @@ def test_a_calm_look_with_nothing_to_do_does_not_end_the_looks(tmp_path, monkeyp
     sweeps = [r["sweep"] for r in read_measurements(tmp_path / "p")]
     assert set(sweeps) == {0, 1, 3} and sweeps.count(3) == 1
     assert header.summary["calm_looks"] == 1
+
+
+def test_wait_for_calm_checks_until_the_reference_runs_calm_or_time_is_up(monkeypatch):
+    import shaper_deploy.profiling.profile as prof
+
+    monkeypatch.setattr(prof, "CALM_POLL_S", 0.0)
+    seen = iter([15.0, 13.0, 10.5, 10.0])
+    got = prof.wait_for_calm(lambda: next(seen), 10.0, lambda: True, lambda m: None)
+    assert got["ratio"] == 1.05 and got["checks"] == 3  # 1.5x, 1.3x, then within 1.1x
+    # no time left: the first check is what is timed, slow as it is
+    seen = iter([15.0, 10.0])
+    got = prof.wait_for_calm(lambda: next(seen), 10.0, lambda: False, lambda m: None)
+    assert got["ratio"] == 1.5 and got["checks"] == 1
+
+
+def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path, monkeypatch):
+    """With a time budget, a calm look times each size once the reference runs calm; the
+    records say so, and the machine's tail and speed (which the sweeps sample) leave them
+    out. Without one (--samples), nothing waits."""
+    import shaper_deploy.profiling.profile as prof
+    from shaper_deploy.profiling.predictor import tail_model
+
+    protocol = fast_protocol(precisions=("fp32",), sweeps=2, calm_looks=1, calm_wait=True)
+
+    def items(records, protocol, space, look):  # one item, whatever the timings
+        r = records[0]
+        return [("fp32", "main", prof.shape_from_key(r["shape_key"], space),
+                 [(r["batch"], r["seq_len"])], protocol.sweeps + look)]
+
+    real_wait = prof.wait_for_calm
+
+    def slow_at_first(check, fastest_ms, may_wait, note):
+        first = iter([True])
+        return real_wait(lambda: check() * (1e6 if next(first, False) else 1.0), fastest_ms,
+                         may_wait, note)
+
+    monkeypatch.setattr(prof, "calm_look_items", items)
+    monkeypatch.setattr(prof, "CALM_POLL_S", 0.0)
+    monkeypatch.setattr(prof, "wait_for_calm", slow_at_first)
+    real_fastest = prof.fastest_reference  # every later check calm, however loaded the host
+    monkeypatch.setattr(prof, "fastest_reference",
+                        lambda records: {k: v * 1e3 for k, v in real_fastest(records).items()})
+    header = run_profile(tmp_path / "p", "cpu", protocol, TINY, samples=12, minutes=60)
+    records = read_measurements(tmp_path / "p")
+    gated = [r for r in records if "calm_wait" in r]
+    assert [r["sweep"] for r in gated] == [2]
+    assert gated[0]["calm_wait"]["checks"] == 2 and gated[0]["calm_wait"]["ratio"] <= 1.1
+    assert header.summary["calm_wait"] == {"sizes": 1, "checked": 1, "calm": 1,
+                                           "seconds": gated[0]["calm_wait"]["waited_s"]}
+    sweeps = [r for r in records if r["sweep"] < 2]
+    assert tail_model(records, "fp32")["records"] == sum(r["phase"] == "main" for r in sweeps)
+    assert prof.machine_speed(records)["groups"] == len({prof.group_key(r) for r in sweeps})
+    # sized by --samples (no --minutes): no budget to wait in, and the profile says so
+    header = run_profile(tmp_path / "q", "cpu", protocol, TINY, samples=12)
+    assert header.protocol.calm_wait is False
+    assert not any("calm_wait" in r for r in read_measurements(tmp_path / "q"))
 
 
 def test_profile_end_to_end_resume_and_refusals(tmp_path):

@@ -92,7 +92,9 @@ def tail_model(records: list[dict[str, Any]], precisions: str | Sequence[str],
     measurements of similar latency, across the whole profile's time, they give the factor a
     percentile of request latency (the median too) stands above the predicted floor:
     ``percentile(P) = floor x factor(P, floor)``. This is where a shared host's slow
-    periods enter a promise, in the share of the profile's time they took. Measurements are
+    periods enter a promise, in the share of the profile's time they took; a calm look's
+    measurements that waited for a calm moment (``profile.wait_for_calm``) are no sample of
+    that time and are left out. Measurements are
     put in ``bins`` bins of equal count by floor (short runs spread more); between bin
     centers the factor is interpolated in log latency.
 
@@ -103,7 +105,7 @@ def tail_model(records: list[dict[str, Any]], precisions: str | Sequence[str],
     wanted = {precisions} if isinstance(precisions, str) else set(precisions)
     rows = []
     for r in records:
-        if r["precision"] not in wanted or r["phase"] != "main":
+        if r["precision"] not in wanted or r["phase"] != "main" or "calm_wait" in r:
             continue
         floor = center(r)
         if floor is None:

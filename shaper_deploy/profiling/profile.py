@@ -179,6 +179,21 @@ class Summary(TypedDict):
     precisions: dict[str, PrecisionSummary]
     last_run: NotRequired[dict[str, float]]
     calm_looks: NotRequired[Count]  # measurements made by calm looks (Protocol.calm_looks)
+    calm_wait: NotRequired["CalmWaitSummary"]  # how the calm looks waited (Protocol.calm_wait)
+
+
+class CalmWait(TypedDict):
+    """What a calm look saw before timing one size (``wait_for_calm``)."""
+    ratio: float  # the reference's last check over its fastest group at this size
+    waited_s: float
+    checks: Positive
+
+
+class CalmWaitSummary(TypedDict):
+    sizes: Count  # the calm looks' group x size measurements
+    checked: Count  # ... timed after checking the machine (the rest: the time had run short)
+    calm: Count  # ... of which the machine was calm (ratio within CALM_BAND) when timed
+    seconds: float  # waited in all
 
 
 class Sampling(TypedDict):
@@ -232,6 +247,7 @@ class Measurement(TypedDict):
     runs: NotRequired[Count]
     times: NotRequired[list[float]]
     sweep: NotRequired[Count]  # which sweep of the protocol measured it (older profiles: 0)
+    calm_wait: NotRequired[CalmWait]  # timed after waiting for a calm moment (a calm look)
 
 
 @dataclass
@@ -373,9 +389,10 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
                      sized: bool) -> None:
     """The same device, model, graph and grid; the shape count and rounds the first run chose
     from its time budget (and int8, if its probe dropped it) stay as they were, and so do its
-    sweeps and calm looks (a profile begun before a default changed resumes as it began)."""
+    sweeps and calm looks and whether they wait (a profile begun before a default changed
+    resumes as it began)."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
-    free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks"),
+    free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks", "calm_wait"),
             "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
@@ -485,6 +502,8 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         if problem:
             raise ProfileError(f"{precision} cannot be profiled on {device}: {problem}; pass "
                                "--precision with those")
+    if minutes is None:  # sized by --samples: no time budget for a calm look to wait in
+        protocol = replace(protocol, calm_wait=False)
     plan = new_header(device, protocol, config, samples or least, seed, source or {})
     if transfer:  # few shapes: spread over the parameter range, not 5 templates at one size
         plan.transfer, plan.templates = transfer, {}
@@ -591,6 +610,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
          f"{len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on {device}, "
          f"{protocol.rounds} rounds")
     done, group = 0.0, max((r["group"] for r in records), default=-1) + 1
+    waited = 0.0  # seconds the calm looks waited for the machine
     measuring = time.perf_counter()
     reference = Shape(tuple(header.reference_shape), space)
     with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
@@ -598,8 +618,20 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                                  header.fingerprint["isa"])
         refs: dict[str, Any] = {}
 
+        def left() -> float:
+            """The measuring time still to come, at the rate so far (waits left out)."""
+            spent = time.perf_counter() - measuring - waited
+            return max(0.0, spent / done * (total - done)) if done else total
+
+        def may_wait() -> bool:
+            """A calm look may wait while the rest still fits in the time asked for."""
+            return (protocol.calm_wait and minutes is not None
+                    and time.perf_counter() + left() < started + minutes * 60)
+
+        fastest: dict[tuple[str, int, int], float] = {}
+
         def measure(order: list[tuple[str, list]]) -> None:
-            nonlocal done, group
+            nonlocal done, group, waited
             for precision, batch_items in order:
                 if precision not in refs:
                     refs[precision] = sessions.build(reference, precision)
@@ -609,14 +641,31 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                          for item in batch_items}
                 workloads = sorted({w for item in batch_items for w in item[3]},
                                    key=lambda w: w[0] * w[1])
+                look = batch_items[0][4]
+                label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
+                         if look >= protocol.sweeps else
+                         f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1
+                         else "")
                 for w in workloads:
                     feeds = inputs_for(w, header.config)
                     members = [item for item in batch_items if w in item[3]]
                     runners = {REFERENCE: runner(ref_session, feeds)}
                     for i, item in enumerate(members):
                         runners[i] = runner(built[id(item)], feeds)
+                    gate = None
+                    if (look >= protocol.sweeps and (precision, *w) in fastest
+                            and may_wait()):
+                        t = time.perf_counter()
+                        gate = wait_for_calm(
+                            lambda: measure_interleaved(
+                                {REFERENCE: runners[REFERENCE]}, replace(protocol, rounds=1),
+                                seed=group)[REFERENCE]["median_ms"],
+                            fastest[(precision, *w)], may_wait,
+                            lambda m: note(f"{label}{precision} group {group} at batch "
+                                           f"{w[0]} x {w[1]} tokens: {m}"))
+                        waited += time.perf_counter() - t
                     results = measure_interleaved(runners, protocol, seed=group)
-                    lines = _records(members, results, precision, w, group, header)
+                    lines = _records(members, results, precision, w, group, header, gate=gate)
                     # A measurement whose rounds disagree (one session slowed down for a
                     # while on a shared machine) is timed again at once, its rounds pooling,
                     # when there is one sweep; with more, the next sweep is the second look.
@@ -629,26 +678,23 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                         lines += _records([members[i] for i in noisy],
                                           {REFERENCE: again[REFERENCE],
                                            **{j: again[i] for j, i in enumerate(noisy)}},
-                                          precision, w, group, header, retry=True)
+                                          precision, w, group, header, retry=True,
+                                          gate=gate)
                     _append(out, lines)
                     done += cost(precision, w) * len(members)
                     elapsed = time.perf_counter() - started
-                    left = max(0.0, (time.perf_counter() - measuring) / done * (total - done))
-                    look = batch_items[0][4]
-                    label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
-                             if look >= protocol.sweeps else
-                             f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1
-                             else "")
                     note(f"[{done / total:5.1%}] {label}{precision} group {group} at batch "
                          f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
-                         f"{left / 60:.1f} min left")
+                         f"{left() / 60:.1f} min left")
                 del built
                 group += 1
 
         measure(grouped(work))
         measured = bool(work)
         for look in range(protocol.calm_looks):
-            items = calm_look_items(read_measurements(out), protocol, space, look)
+            records = read_measurements(out)
+            items = calm_look_items(records, protocol, space, look)
+            fastest = fastest_reference(records)
             if not items:  # nothing ran slow, or a resumed run's look already done
                 total -= calm  # its share, priced up front, is not to come
                 continue
@@ -829,13 +875,15 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
 
 
 def _records(members, results, precision: str, w: Workload, group: int,
-             header: ProfileHeader, retry: bool = False) -> list[dict[str, Any]]:
+             header: ProfileHeader, retry: bool = False,
+             gate: CalmWait | None = None) -> list[dict[str, Any]]:
     ref_ms = results[REFERENCE]["median_ms"]
     return [{"shape": list(item[2].widths), "shape_key": shape_key(item[2].widths),
              "precision": precision, "batch": w[0], "seq_len": w[1], "phase": item[1],
              "retry": retry, "group": group, "sweep": item[4], "params": item[2].params(),
              "dropped": dropped_for(item[2], header),
-             "reference_ms": ref_ms, **results[i]} for i, item in enumerate(members)]
+             "reference_ms": ref_ms, **results[i], **({"calm_wait": gate} if gate else {})}
+            for i, item in enumerate(members)]
 
 
 def planned_shapes(header: ProfileHeader) -> list[Shape]:
@@ -859,6 +907,14 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
             "reference_spread": reference_spread(records, precision)}
     if protocol.calm_looks:
         summary["calm_looks"] = sum(r.get("sweep", 0) >= protocol.sweeps for r in records)
+    if protocol.calm_wait:
+        looked = {(r["group"], r["precision"], r["batch"], r["seq_len"]): r.get("calm_wait")
+                  for r in records if r.get("sweep", 0) >= protocol.sweeps}
+        gates = [g for g in looked.values() if g]
+        summary["calm_wait"] = {
+            "sizes": len(looked), "checked": len(gates),
+            "calm": sum(g["ratio"] <= CALM_BAND for g in gates),
+            "seconds": round(sum(g["waited_s"] for g in gates), 1)}
     if measured_now:
         summary["last_run"] = {"seconds": round(seconds, 1)}
     return summary
@@ -919,10 +975,18 @@ def group_slowdowns(records: list[dict[str, Any]]) -> dict[tuple, float]:
     fastest group's at the same precision and size (1.0: the fastest this profile saw). A
     record without a positive reference time (damaged) says nothing of the speed."""
     groups = {group_key(r): r["reference_ms"] for r in records if r["reference_ms"] > 0}
-    fastest: dict[tuple, float] = {}
-    for key, ms in groups.items():
-        fastest[key[-3:]] = min(ms, fastest.get(key[-3:], math.inf))
+    fastest = fastest_reference(records)
     return {key: ms / fastest[key[-3:]] for key, ms in groups.items()}
+
+
+def fastest_reference(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], float]:
+    """Per precision and size, the reference graph's fastest time in any group."""
+    fastest: dict[tuple[str, int, int], float] = {}
+    for r in records:
+        if r["reference_ms"] > 0:
+            key = (r["precision"], r["batch"], r["seq_len"])
+            fastest[key] = min(r["reference_ms"], fastest.get(key, math.inf))
+    return fastest
 
 
 CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest reference
@@ -940,7 +1004,13 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     then the slow period's. On the AMD Zen 4 and Zen 5 profiles the held-out points whose
     lowest floor came from such a group were 1.1-4x as far off as the rest (int8 of a Zen 5
     profile: 15.1% against 3.8%); the Zen 2 profile's int8 was the exception (6.4% against
-    7.5%; docs/profiles.md)."""
+    7.5%; docs/profiles.md).
+
+    Items come shape by shape in the order first measured, a shape measured again for the
+    noise floor beside its first measurement, so a look that runs out of time to wait for a
+    calm moment (``wait_for_calm``) leaves both alike. With every first measurement before
+    every repeat, the first waiting profile's fp32 repeats ran out of it and the noise floor
+    compared calm first measurements with slow repeats (repeats 3.6% slower in the median)."""
     this = protocol.sweeps + look
     slow = group_slowdowns([r for r in records if r.get("sweep", 0) < this])
     best: dict[tuple, tuple[float, float]] = {}
@@ -960,10 +1030,47 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
         if slowdown > CALM_BAND and key not in done:
             todo.setdefault(key[:3], []).append((key[3], key[4]))
     rank = {p: i for i, p in enumerate(protocol.precisions)}
+
+    def order(t: tuple) -> tuple:  # a shape's repeat beside its first measurement: both alike
+        return (rank.get(t[0], len(rank)), first.get((t[0], "main", t[2]), first[t]),
+                t[1] != "main")
     return [(p, phase, shape_from_key(k, space), sorted(todo[(p, phase, k)],
                                                         key=lambda w: (w[0] * w[1], w)), this)
-            for p, phase, k in sorted(todo, key=lambda t: (rank.get(t[0], len(rank)),
-                                                          t[1] != "main", first[t]))]
+            for p, phase, k in sorted(todo, key=order)]
+
+
+CALM_POLL_S = 1.0  # how often a waiting calm look times the reference again
+
+
+def wait_for_calm(check: Callable[[], float], fastest_ms: float, may_wait: Callable[[], bool],
+                  note: Callable[[str], None]) -> CalmWait:
+    """Time the reference (``check``: one turn, its median in ms) every ``CALM_POLL_S``
+    seconds until it runs within ``CALM_BAND`` x ``fastest_ms`` (its fastest group at this
+    size so far) or ``may_wait()`` says the time is up; what the last check saw.
+
+    Why: a calm look times again what every sweep timed in a slow period, but a look is
+    itself timed in whatever period comes, and on a shared host slow ones outlast it. On
+    the AMD EPYC Zen 5 VM, the reference timed every 0.8 s for 3 minutes in a slow hour
+    (``benchmarks/calm_periods.py``) ran within 1.1x of its fastest in 12-18% of checks, in
+    calm stretches of 5-9 s between slow ones of up to 40-54 s; a profile's calm looks of
+    the noise floor's shapes at batch 1 x 16 tokens, five of them, all fell in slow periods
+    (the reference 1.35-1.87x) while the first measurement had one calm sweep (1.05x), 15%
+    apart. Three profiles that waited: the looks' groups timed after a check were calm in
+    73% and 78%, those timed once the time had run short in 16-18% (docs/profiles.md)."""
+    start, told = time.perf_counter(), -math.inf
+    checks = 0
+    while True:
+        ratio = check() / fastest_ms
+        checks += 1
+        now = time.perf_counter()
+        if ratio <= CALM_BAND or not may_wait():
+            return {"ratio": round(ratio, 4), "waited_s": round(now - start, 1),
+                    "checks": checks}
+        if now - start >= 5 and now - told >= 15:
+            note(f"waiting for a calm moment, the reference at {ratio:.2f}x its fastest "
+                 f"({now - start:.0f} s so far)")
+            told = now
+        time.sleep(CALM_POLL_S)
 
 
 def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -971,8 +1078,10 @@ def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     every group (``group_slowdowns``): the share of groups within each of ``SPEED_BANDS`` of
     the fastest, the median, the 90th percentile and the worst. A profile's percentiles of
     request latency include the slow groups in these shares (``predictor.tail_model``); a
-    measurement later sees the machine as it is then. None with fewer than 4 groups."""
-    slow = np.array(list(group_slowdowns(records).values()))
+    measurement later sees the machine as it is then. Groups a calm look waited for are not
+    a sample of the machine's time and are left out. None with fewer than 4 groups."""
+    slow = np.array(list(group_slowdowns(
+        [r for r in records if "calm_wait" not in r]).values()))
     if len(slow) < 4:
         return None
     return {"groups": len(slow),

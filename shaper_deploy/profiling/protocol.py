@@ -78,6 +78,12 @@ class Protocol:
     # period can cover all of one item's sweeps); each look regroups what is left. 0: none
     # (transfers, and profiles made before 2026-12-04).
     calm_looks: int = 0
+    # A calm look waits, before each size it times, until the reference graph runs within
+    # 1.1x its fastest (checked every second), for as long as the rest of the profile still
+    # fits in the time asked for (--minutes); its measurements record the wait and are left
+    # out of the machine's tail, which the sweeps sample. False: profiles made before
+    # 2026-12-04 (session 25), and runs sized by --samples (no time budget to wait in).
+    calm_wait: bool = False
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
@@ -113,6 +119,9 @@ class Protocol:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ProfileError(f"calm-looks must be a non-negative integer, "
                                        f"got {value!r}")
+            elif f.name == "calm_wait":
+                if not isinstance(value, bool):
+                    raise ProfileError(f"calm-wait must be true or false, got {value!r}")
             elif f.name in ("pause_ms", "park_ms", "repeat_shapes", "turn_ms", "long_run_ms",
                             "noisy_cv"):
                 if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
