@@ -5,7 +5,8 @@ small, middle and large size, over and over for ``--minutes``.
 Each check is scored against the fastest check of its precision and size: within 1.1x is
 calm (``profile.CALM_BAND``), as a calm look judges it. The result: per series the share of
 calm checks and the median slowdown, the lengths of the calm and slow stretches in seconds,
-and the series as one character per check (``.`` calm, ``s`` up to 1.5x, ``S`` slower). It
+and the series as one character per check (``.`` calm, ``s`` up to 1.5x, ``S`` slower:
+``profile.SPEED_BANDS``). It
 says how long a calm look may have to wait for a calm moment (``profile.wait_for_calm``).
 
     .venv/bin/python benchmarks/calm_periods.py --profile benchmarks/data/amd-zen5-minilm-calm-looks-s24b \\
@@ -24,7 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from shaper_deploy.profiling.fingerprint import device_fingerprint
-from shaper_deploy.profiling.profile import CALM_BAND, GraphSessions, read_header, runner
+from shaper_deploy.profiling.profile import (CALM_BAND, SPEED_BANDS, GraphSessions, read_header,
+                                             runner)
 from shaper_deploy.profiling.protocol import inputs_for, measure_interleaved
 from shaper_deploy.shape import Shape
 
@@ -85,8 +87,8 @@ def main() -> None:
             "median_slowdown": statistics.median(ms) / fastest, "stretches_s": runs,
             "longest_calm_s": max(runs["calm"], default=0.0),
             "longest_slow_s": max(runs["slow"], default=0.0),
-            "trace": "".join("." if m <= CALM_BAND * fastest else "s" if m <= 1.5 * fastest
-                             else "S" for m in ms),
+            "trace": "".join("." if m <= CALM_BAND * fastest else "s"
+                             if m <= SPEED_BANDS[-1] * fastest else "S" for m in ms),
             "ms": [round(m, 4) for m in ms]}
         print(f"{name:12s} calm {sum(calm) / len(calm):4.0%} of checks, median "
               f"x{statistics.median(ms) / fastest:.2f}, longest calm "
