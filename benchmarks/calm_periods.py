@@ -9,8 +9,9 @@ and the series as one character per check (``.`` calm, ``s`` up to 1.5x, ``S`` s
 ``profile.SPEED_BANDS``). It
 says how long a calm look may have to wait for a calm moment (``profile.wait_for_calm``).
 
-    .venv/bin/python benchmarks/calm_periods.py --profile benchmarks/data/amd-zen5-minilm-calm-looks-s24b \\
-        --minutes 3 --out benchmarks/results/calm_periods_amd_zen5_s25.json
+    .venv/bin/python benchmarks/calm_periods.py \\
+        --profile benchmarks/data/amd-zen5-minilm-calm-looks-s24b --minutes 3 \\
+        --out benchmarks/results/calm_periods_amd_zen5_s25.json
 """
 
 from __future__ import annotations

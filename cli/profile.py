@@ -296,8 +296,9 @@ def _protocol_line(p: dict) -> str:
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
             f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"
             + (f", then up to {p['calm_looks']} calm look(s) at what ran over {CALM_BAND:g}x "
-               "the fastest" + (", each size once the machine runs calm" if p.get("calm_wait")
-                                else "") if p.get("calm_looks") else ""))
+               "the fastest" + (", each size once the machine runs calm while the time asked "
+                                "for allows" if p.get("calm_wait") else "")
+               if p.get("calm_looks") else ""))
 
 
 def _graph_line(g: dict) -> str:
