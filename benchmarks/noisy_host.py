@@ -186,11 +186,7 @@ def still_slow(records, sweeps: int) -> dict:
     slowdown = P.group_slowdowns(records)
 
     def share(rs):
-        best = {}
-        for r in rs:
-            key = (r["precision"], r["phase"], r["shape_key"], r["batch"], r["seq_len"])
-            if key not in best or P.record_floor(r) < best[key][0]:
-                best[key] = (P.record_floor(r), slowdown.get(P.group_key(r), 1.0))
+        best = P.lowest_floors(rs, slowdown)
         return float(np.mean([s > P.CALM_BAND for _, s in best.values()])) if best else None
 
     looks = {P.group_key(r): "calm_wait" in r for r in records if r.get("sweep", 0) >= sweeps}

@@ -1012,19 +1012,15 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     every repeat, the first waiting profile's fp32 repeats ran out of it and the noise floor
     compared calm first measurements with slow repeats (repeats 3.6% slower in the median)."""
     this = protocol.sweeps + look
-    slow = group_slowdowns([r for r in records if r.get("sweep", 0) < this])
-    best: dict[tuple, tuple[float, float]] = {}
+    earlier = [r for r in records if r.get("sweep", 0) < this]
+    best = lowest_floors(earlier, group_slowdowns(earlier))
     done, first = set(), {}
     for i, r in enumerate(records):
-        key = (r["precision"], r["phase"], r["shape_key"], r["batch"], r["seq_len"])
         sweep = r.get("sweep", 0)
         if sweep == this:
-            done.add(key)
+            done.add(point_key(r))
         elif sweep < this:
-            first.setdefault(key[:3], i)
-            floor = record_floor(r)
-            if key not in best or floor < best[key][0]:
-                best[key] = (floor, slow.get(group_key(r), 1.0))
+            first.setdefault(point_key(r)[:3], i)
     todo: dict[tuple, list[Workload]] = {}
     for key, (_, slowdown) in best.items():
         if slowdown > CALM_BAND and key not in done:
@@ -1037,6 +1033,24 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     return [(p, phase, shape_from_key(k, space), sorted(todo[(p, phase, k)],
                                                         key=lambda w: (w[0] * w[1], w)), this)
             for p, phase, k in sorted(todo, key=order)]
+
+
+def point_key(record: dict[str, Any]) -> tuple:
+    """What a calm look measures again: (precision, phase, shape key, batch, seq_len)."""
+    return (record["precision"], record["phase"], record["shape_key"], record["batch"],
+            record["seq_len"])
+
+
+def lowest_floors(records: list[dict[str, Any]], slowdown: dict[tuple, float]
+                  ) -> dict[tuple, tuple[float, float]]:
+    """Per ``point_key``: its lowest floor and the slowdown (``group_slowdowns``; 1.0 where
+    unknown) of the group that timed it."""
+    best: dict[tuple, tuple[float, float]] = {}
+    for r in records:
+        key, floor = point_key(r), record_floor(r)
+        if key not in best or floor < best[key][0]:
+            best[key] = (floor, slowdown.get(group_key(r), 1.0))
+    return best
 
 
 CALM_POLL_S = 1.0  # how often a waiting calm look times the reference again
