@@ -387,8 +387,9 @@ def profiles() -> None:
 @json_option
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """Profiles under ROOTS (default: ./profiles): device, trust, and whether each matches
-    this machine (the first that does is marked as the one to use; the others say which
-    fields differ). A profile that cannot be read is listed with the reason.
+    this machine (the others say which fields differ). Of the reliable ones that match, one per
+    design space is marked as the one to use: the one whose fingerprint names the CPU model
+    (cpu_id), then the newest. A profile that cannot be read is listed with the reason.
 
     \b
     Example:
@@ -416,14 +417,17 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                           "protocol": p.header.protocol.to_dict(), "trust": p.trust,
                           "mape": {k: p.model.metrics[k]["held_out"]["mape"]
                                    for k in p.precisions},
-                          "matches_this_machine": not diffs, "differences": diffs})
-    spaces: set = set()
-    for p in found:  # the first usable match per design space is the one to use
-        key = str(p.get("design_space"))
-        p["use_here"] = bool(p.get("matches_this_machine") and p["trust"]["reliable"]
-                             and key not in spaces)
-        if p["use_here"]:
-            spaces.add(key)
+                          "matches_this_machine": not diffs, "differences": diffs,
+                          "created": p.header.created})
+    # The one to use per design space: of the reliable matches, the one whose fingerprint says
+    # most (a cpu_id, which older profiles predate, tells CPU models apart that share a name
+    # and ISA), then the newest (measured with the protocol of the day).
+    chosen: dict[str, str] = {}
+    for p in sorted((p for p in found if p.get("matches_this_machine") and p["trust"]["reliable"]),
+                    key=lambda p: (p["cpu_id"] is not None, p["created"]), reverse=True):
+        chosen.setdefault(str(p["design_space"]), p["path"])
+    for p in found:
+        p["use_here"] = "error" not in p and chosen.get(str(p["design_space"])) == p["path"]
 
     def line(p: dict) -> str:
         if "error" in p:

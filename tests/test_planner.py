@@ -618,6 +618,30 @@ def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supe
     assert "ANOTHER MACHINE (cpu_model: 'Some Other CPU'" in human.stdout
 
 
+def test_profiles_list_marks_one_profile_per_space_to_use_the_most_specific_then_newest(
+        profile, tmp_path):
+    # three profiles of this machine: an older one with a cpu_id, a newer one with it, and
+    # the newest of all from before fingerprints named the CPU model (no cpu_id)
+    for name, created, drop_id in (("a-older", "2026-01-01T00:00:00+00:00", False),
+                                   ("b-newer", "2026-06-01T00:00:00+00:00", False),
+                                   ("c-no-cpu-id", "2027-01-01T00:00:00+00:00", True)):
+        shutil.copytree(profile.path, tmp_path / name)
+        header = json.loads((tmp_path / name / "profile.json").read_text())
+        header["created"] = created
+        if drop_id:
+            del header["fingerprint"]["cpu_id"]
+        (tmp_path / name / "profile.json").write_text(json.dumps(header))
+    assert profile.trust["reliable"] and profile.header.fingerprint.get("cpu_id")
+    listed = CliRunner().invoke(main, ["profiles", "list", str(tmp_path), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {Path(p["path"]).name: p for p in json.loads(listed.stdout)["profiles"]}
+    assert all(rows[n]["matches_this_machine"] for n in ("a-older", "b-newer", "c-no-cpu-id"))
+    assert [n for n, p in rows.items() if p["use_here"]] == ["b-newer"]
+    human = CliRunner().invoke(main, ["profiles", "list", str(tmp_path)]).stdout
+    assert [line.split()[0] for line in human.splitlines() if "use this one" in line] == [
+        str(tmp_path / "b-newer")]
+
+
 def test_percentile_and_device_relative_budgets(profile, supernet, tmp_path):
     shape = PLAN_SPACE.largest
     p50 = float(profile.predict([shape], "fp32", 1, 16)[0])

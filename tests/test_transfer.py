@@ -217,6 +217,15 @@ def test_a_transfer_tail_is_raised_to_this_machine_sources_only():
         {"int8": own}, {"sources": [{"profile": "old", "tail": {"int8": here}}]})["int8"]
     assert same_machine_tails({"int8": own}, {"sources": [{"profile": "elsewhere"}]}) == {
         "int8": own}
+    # a source made before tails reached p99 (the shipped Intel profiles: p50..p90) raises
+    # p95 and p99 to at least its p90, and p50..p90 as before (the demo's transfer on that
+    # class failed here: "percentile 95 is outside what this profile measured")
+    older = {"levels": [50, 75, 90], "median_ms": [1.0, 10.0], "records": 400,
+             "factor": [[1.0, 1.02, 1.05], [1.1, 1.3, 1.5]]}
+    raised = same_machine_tails({"int8": own}, {"sources": [{"profile": "older", "tail": {
+        "int8": older}}]})["int8"]
+    assert raised["levels"] == levels and np.allclose(raised["factor"], [
+        [1.0, 1.05, 1.1, 1.2, 1.3], [1.1, 1.3, 1.5, 1.5, 1.5]])
 
 
 def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):

@@ -141,9 +141,14 @@ def larger_tail(machine: dict[str, Any], own: dict[str, Any] | None, precision: 
 
 def raised_tail(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """``base`` with each factor raised to ``other``'s where that is larger, at ``base``'s
-    bins and levels (every other field of ``base`` kept)."""
+    bins and levels (every other field of ``base`` kept). ``other`` may stop at a lower
+    level (a profile made before tails reached p99 stops at p90): above its highest level
+    its factor there raises, a bound a higher percentile never falls below; below its
+    lowest it raises nothing."""
     ms = np.array(base["median_ms"])
-    other_at = np.array([tail_factor(other, lv, ms) for lv in base["levels"]]).T  # bins x levels
+    low, high = other["levels"][0], other["levels"][-1]
+    other_at = np.array([tail_factor(other, min(lv, high), ms) if lv >= low else 0.0 * ms
+                         for lv in base["levels"]]).T  # bins x levels
     return {**base, "factor": np.maximum(np.array(base["factor"]), other_at).tolist()}
 
 
