@@ -26,7 +26,8 @@ are the common yardstick); optionally real exported bundles timed at >= 4 input 
 ``--max-tokens N`` the transfers measure only the source's grid points of at most N tokens, and
 each profile is scored on the others' measurements at those sizes only. ``--sweeps`` and
 ``--calm-looks`` take several values (each combination once per ``--repeat``, in turn, so a
-period of the host falls on all alike).
+period of the host falls on all alike). ``--also`` scores existing profiles beside them (the
+shipped profile of this class, made on another day: does it still describe this host?).
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
@@ -347,6 +348,8 @@ def live(args) -> dict:
     else:  # an existing direct profile of this machine class as the yardstick
         direct = args.direct
     profiles["direct"] = direct
+    for extra in args.also:  # e.g. the shipped profile of this class, made on another day
+        profiles[f"also {extra.name}"] = extra
     loaded = {k: DeviceProfile.load(v) for k, v in profiles.items()}
     measured = {k: read_measurements(v) for k, v in profiles.items()}
     rows = []
@@ -421,6 +424,10 @@ def main() -> None:
                          "many tokens, and are scored there")
     on.add_argument("--direct", type=Path, default=None,
                     help="Score against this existing direct profile instead of measuring one.")
+    on.add_argument("--also", type=Path, action="append", default=[],
+                    help="Existing profiles scored beside the others, and the others on their "
+                         "shapes (e.g. a shipped profile of this machine class, made on "
+                         "another day); a row named 'also FOLDER' each.")
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
