@@ -259,6 +259,11 @@ def _profile_text(d: dict) -> str:
                           f"{', '.join(tail['same_machine'])}"
                           + (f", which prices slowdowns up to {tail['priced_slowdown']:.2f}x"
                              if tail.get("priced_slowdown") else ""))
+            elif d.get("transfer"):
+                whose += (", from this transfer's own minutes of the machine's time alone (no "
+                          "source measured on this machine raises it): a host that slows for "
+                          "minutes at a time runs over these percentiles more often than they "
+                          "say; --from a direct profile of this machine raises them")
             rows.append(("", f"request latency / floor (p10 of runs){whose}: " + "; ".join(
                 f"at {ms:.1f} ms " + ", ".join(f"p{l:g} x{f:.2f}" for l, f in zip(lv, row))
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))
@@ -433,9 +438,10 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
         if "error" in p:
             return f"{p['path']}  UNREADABLE: {p['error']}"
         mape = ", ".join(f"{k} MAPE {v:.1%}" for k, v in p["mape"].items())
-        where = ("THIS MACHINE" + (" (use this one, or make this host's own from it in "
-                                   "a few minutes: shaperctl profile --from "
-                                   f"{p['path']} --out DIR)" if p["use_here"] else "")
+        where = ("THIS MACHINE" + (" (by its fingerprint; hosts of one fingerprint can run "
+                                   "apart: make this host's own from it in a few minutes, "
+                                   f"shaperctl profile --from {p['path']} --out DIR, or use "
+                                   "this one)" if p["use_here"] else "")
                  if p["matches_this_machine"] else
                  "another machine: " + "; ".join(p["differences"][:3]))
         return (f"{p['path']}  {p['device']} {cpu_name(p)}  {mape}  "

@@ -613,7 +613,7 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
         (tmp_path / "gen" / name / "profile.json").write_text(json.dumps(header))
     gen = runner.invoke(main, ["profiles", "list", str(tmp_path / "gen")])
     older, other = gen.stdout.splitlines()[:2]
-    assert older.endswith("THIS MACHINE") or "THIS MACHINE (use this one" in older
+    assert older.endswith("THIS MACHINE") or "THIS MACHINE (by its fingerprint" in older
     assert "another machine: cpu_id: 'OtherVendor family 99 model 1' vs " in other
     assert "no profile here" not in gen.stdout
     # only other machines' profiles: the hint is a transfer from the whole folder

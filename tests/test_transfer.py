@@ -318,6 +318,16 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
     assert "transferred from" in shown.stdout and str(tiny_profile) in shown.stdout
     assert "raised where larger to the tail of this machine's" in shown.stdout
+    # without a source of this machine, the tail says it rests on the transfer's minutes alone
+    from shaper_deploy.cli.profile import _profile_text, profile_data
+
+    alone = profile_data(p)
+    alone["tail"] = {k: {f: v for f, v in t.items() if f not in ("same_machine",
+                                                                 "priced_slowdown")}
+                     for k, t in alone["tail"].items()}
+    assert "own minutes of the machine's time alone" not in shown.stdout
+    assert _profile_text(alone).count("own minutes of the machine's time alone") == len(
+        p.precisions)
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
                                        "--samples", "12"])
     assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr
