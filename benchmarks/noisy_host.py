@@ -8,6 +8,9 @@ the division by the reference graph's slowdown that profiles used until this ver
 off it divided by that factor). For each: held-out MAPE and within +-10% (the profile's own
 held-out shapes, grid and check sizes) and the noise floor (shapes re-measured at the end),
 also on the calm pairs only (both measured while the reference ran within 1.1x of its fastest).
+Since session 27 also the lowest floor over the machine's drift smoothed over neighbouring
+groups (``machine_drift``), the median of a point's floors each over its group's slowdown,
+and the mean of its two lowest floors.
 Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
@@ -70,6 +73,21 @@ def _lowest(rs):
     return min(rs, key=P.record_floor)
 
 
+def machine_drift(records, around: int = 1):
+    """Session 27: the machine's speed when a record was timed, smoothed: the median slowdown
+    (``profile.group_slowdowns``) over every size and precision of the groups within
+    ``around`` groups of its own (groups are numbered in time order), so one group's
+    reference noise does not enter the correction."""
+    by: dict[int, list[float]] = {}
+    for key, slowdown in P.group_slowdowns(records).items():
+        by.setdefault(key[2], []).append(slowdown)
+    order = sorted(by)
+    at = {g: i for i, g in enumerate(order)}
+    smooth = {g: statistics.median([v for h in order[max(0, i - around):i + around + 1]
+                                    for v in by[h]]) for g, i in at.items()}
+    return lambda r: smooth.get(r["group"], 1.0)
+
+
 # Each: (a shape's looks at one size, the old factor, the group slowdown) -> its latency.
 ESTIMATORS = {
     "floor (p10 of runs; the library's)": lambda rs, f, g: P.record_floor(_lowest(rs)),
@@ -81,7 +99,15 @@ ESTIMATORS = {
     "floor of the calmest look": lambda rs, f, g: P.record_floor(_calmest(rs, g)),
     "lowest floor / its group's slowdown":
         lambda rs, f, g: P.record_floor(_lowest(rs)) / g(_lowest(rs)),
+    # session 27 (the Intel class's int8 noise floor: the host's drift under the calm band)
+    "lowest floor / the machine's drift (+-1 group)":
+        lambda rs, f, g: min(P.record_floor(r) / _DRIFT[0](r) for r in rs),
+    "median of floors / their group's slowdown":
+        lambda rs, f, g: float(np.median([P.record_floor(r) / g(r) for r in rs])),
+    "mean of the 2 lowest floors":
+        lambda rs, f, g: float(np.mean(sorted(map(P.record_floor, rs))[:2])),
 }
+_DRIFT = [lambda r: 1.0]  # machine_drift of the records being refitted (set by estimated_with)
 
 
 @contextlib.contextmanager
@@ -89,6 +115,7 @@ def estimated_with(estimator):
     """``measured_latency`` (which every fit and the noise floor read) with ``estimator``."""
     def measured_latency(records, phase="main"):
         f = _old_factor(records)
+        _DRIFT[0] = machine_drift(records)
         slow = P.group_slowdowns(records)
 
         def g(r):

@@ -12,6 +12,8 @@ the shapes a transfer measures (its two re-measured shapes included). A target m
 several sweeps (minutes apart) is also fitted on its first 2, 3, ... sweeps ("looks"): what
 more looks at fewer shapes buy on a host whose speed moves.
 
+``--pair SOURCE TARGET`` (repeatable) takes other pairs than the shipped ones (``PAIRS``).
+
 ``fleet``: as ``offline``, with each MiniLM machine class as the target and the other classes'
 profiles as sources, each alone and all together (``--from`` several): does a fleet help on a
 device none of its members is? (``FLEET``)
@@ -165,7 +167,10 @@ def offline_pair(sources: list[DeviceProfile], target: DeviceProfile,
     # a live transfer does; the shapes not drawn are scored on all sweeps (the lowest floor
     # of each: the target's best estimate). Minutes: the target's time per shape and sweep.
     per_look = seconds / (len(keys) + tp.repeat_shapes) / tp.sweeps if seconds else None
-    full = fit_model(header, records)
+    try:
+        full = fit_model(header, records)
+    except ProfileError:  # a target too small for a full fit of its own (e.g. 8 shapes)
+        full = None
     name = " + ".join(s.path.name for s in sources)
     rows = []
     plan = plan or [(n, k) for k in range(1, tp.sweeps + 1) for n in SIZES]
@@ -217,7 +222,7 @@ def offline_pair(sources: list[DeviceProfile], target: DeviceProfile,
 
 def offline(args) -> dict:
     pairs = []
-    for s, t in PAIRS:
+    for s, t in args.pair or PAIRS:
         pairs.append(offline_pair([DeviceProfile.load(ROOT / s)], DeviceProfile.load(ROOT / t)))
     return {"benchmark": "transfer_offline", "sizes": list(SIZES), "draws": DRAWS,
             "pairs": pairs}
@@ -399,6 +404,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="part", required=True)
     off = sub.add_parser("offline")
+    off.add_argument("--pair", nargs=2, action="append", metavar=("SOURCE", "TARGET"),
+                     help="a (source, target) pair of profile folders, from the repository "
+                          "root (repeatable; default: the shipped pairs, PAIRS)")
     off.add_argument("--out", type=Path, required=True)
     fl = sub.add_parser("fleet")
     fl.add_argument("--out", type=Path, required=True)
