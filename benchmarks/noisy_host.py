@@ -88,34 +88,33 @@ def machine_drift(records, around: int = 1):
     return lambda r: smooth.get(r["group"], 1.0)
 
 
-# Each: (a shape's looks at one size, the old factor, the group slowdown) -> its latency.
+# Each: (a shape's looks at one size, the old factor, the group slowdown, the machine's
+# smoothed drift) -> its latency.
 ESTIMATORS = {
-    "floor (p10 of runs; the library's)": lambda rs, f, g: P.record_floor(_lowest(rs)),
-    "floor / reference slowdown": lambda rs, f, g: min(P.record_floor(r) / f(r) for r in rs),
-    "lowest round median": lambda rs, f, g: min(_rounds(rs, lambda r: 1.0)),
-    "median of round medians": lambda rs, f, g: statistics.median(_rounds(rs, lambda r: 1.0)),
-    "median / reference slowdown (before)": lambda rs, f, g: statistics.median(_rounds(rs, f)),
+    "floor (p10 of runs; the library's)": lambda rs, f, g, d: P.record_floor(_lowest(rs)),
+    "floor / reference slowdown": lambda rs, f, g, d: min(P.record_floor(r) / f(r) for r in rs),
+    "lowest round median": lambda rs, f, g, d: min(_rounds(rs, lambda r: 1.0)),
+    "median of round medians": lambda rs, f, g, d: statistics.median(_rounds(rs, lambda r: 1.0)),
+    "median / reference slowdown (before)": lambda rs, f, g, d: statistics.median(_rounds(rs, f)),
     # session 22: the reference's group slowdown (profile.group_slowdowns) to pick or correct
-    "floor of the calmest look": lambda rs, f, g: P.record_floor(_calmest(rs, g)),
+    "floor of the calmest look": lambda rs, f, g, d: P.record_floor(_calmest(rs, g)),
     "lowest floor / its group's slowdown":
-        lambda rs, f, g: P.record_floor(_lowest(rs)) / g(_lowest(rs)),
+        lambda rs, f, g, d: P.record_floor(_lowest(rs)) / g(_lowest(rs)),
     # session 27 (the Intel class's int8 noise floor: the host's drift under the calm band)
     "lowest floor / the machine's drift (+-1 group)":
-        lambda rs, f, g: min(P.record_floor(r) / _DRIFT[0](r) for r in rs),
+        lambda rs, f, g, d: min(P.record_floor(r) / d(r) for r in rs),
     "median of floors / their group's slowdown":
-        lambda rs, f, g: float(np.median([P.record_floor(r) / g(r) for r in rs])),
+        lambda rs, f, g, d: float(np.median([P.record_floor(r) / g(r) for r in rs])),
     "mean of the 2 lowest floors":
-        lambda rs, f, g: float(np.mean(sorted(map(P.record_floor, rs))[:2])),
+        lambda rs, f, g, d: float(np.mean(sorted(map(P.record_floor, rs))[:2])),
 }
-_DRIFT = [lambda r: 1.0]  # machine_drift of the records being refitted (set by estimated_with)
 
 
 @contextlib.contextmanager
 def estimated_with(estimator):
     """``measured_latency`` (which every fit and the noise floor read) with ``estimator``."""
     def measured_latency(records, phase="main"):
-        f = _old_factor(records)
-        _DRIFT[0] = machine_drift(records)
+        f, d = _old_factor(records), machine_drift(records)
         slow = P.group_slowdowns(records)
 
         def g(r):
@@ -125,7 +124,7 @@ def estimated_with(estimator):
             if r["phase"] == phase:
                 pooled.setdefault((r["precision"], r["batch"], r["seq_len"]), {}).setdefault(
                     r["shape_key"], []).append(r)
-        return {k: {s: estimator(v, f, g) for s, v in shapes.items()}
+        return {k: {s: estimator(v, f, g, d) for s, v in shapes.items()}
                 for k, shapes in pooled.items()}
     saved = P.measured_latency, PR.measured_latency
     P.measured_latency = PR.measured_latency = measured_latency

@@ -366,7 +366,8 @@ def test_planner_refusals(profile, supernet, tmp_path):
     header = json.loads((noisy / "profile.json").read_text())
     header["summary"]["precisions"]["fp32"]["noise_floor"]["median_abs_rel_diff"] = 0.5
     (noisy / "profile.json").write_text(json.dumps(header))
-    with pytest.raises(ProfileError, match=r"is unreliable \(fp32 noise floor 50.0% > 3%\).*"
+    with pytest.raises(ProfileError, match=r"is unreliable \(fp32 noise floor 50.0% > 3%\); "
+                                           r"its shapes timed twice disagree.*calmer period.*"
                                            r"pass --allow-unreliable"):
         export_for_budget(supernet, 10, DeviceProfile.load(noisy), tmp_path / "b")
     manifest = export_for_budget(supernet, 1e6, DeviceProfile.load(noisy), tmp_path / "b",

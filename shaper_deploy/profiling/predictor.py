@@ -719,9 +719,17 @@ class DeviceProfile:
         """The one trust rule every command that plans or predicts with a profile applies."""
         t = self.trust
         if not t["reliable"] and not allow_unreliable:
+            remedies = []
+            if any("MAPE" in r for r in t["reasons"]):  # too few shapes for the model
+                remedies.append("remake it with a larger --minutes (more shapes)")
+            if any(r.endswith(f"> {MAX_NOISE:.0%}") and "noise floor" in r
+                   for r in t["reasons"]):  # the machine moved under it
+                remedies.append("its shapes timed twice disagree, so the machine's speed moved "
+                                "while it was made: remake it in a calmer period (profiles "
+                                "show: machine speed)")
             raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
-                               "remake it (shaperctl profile ... --minutes N with a larger N), "
-                               "or pass --allow-unreliable to use it anyway")
+                               + "; ".join(remedies or ["remake it"])
+                               + "; or pass --allow-unreliable to use it anyway")
 
 
 def profiles_in(root: str | Path) -> list[tuple[Path, "DeviceProfile | ShaperError"]]:
