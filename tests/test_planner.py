@@ -343,6 +343,24 @@ def test_int8_over_budget_falls_back_and_nothing_fits_fails(profile, supernet, t
     assert not (tmp_path / "c").exists()
 
 
+def test_an_unreliable_profiles_refusal_names_what_helps_for_the_gate_it_missed(profile,
+                                                                               monkeypatch):
+    """A held-out MAPE over the limit wants more shapes; only a noise floor over it (the
+    machine's speed moved while the profile was made: test_planner_refusals) wants a calmer
+    period. The refusal says which, and --allow-unreliable still lets it through."""
+    from shaper_deploy.profiling import predictor
+
+    profile.check_trust(False)  # the fixture's profile passes both gates
+    monkeypatch.setattr(predictor, "MAX_MAPE", 0.0)
+    assert profile.trust["missed"] == ["max_mape"]
+    with pytest.raises(ProfileError, match=r"held-out MAPE [0-9.]+% > 0%.*; remake it with a "
+                                           r"larger --minutes \(more shapes\); or pass "
+                                           r"--allow-unreliable") as refused:
+        profile.check_trust(False)
+    assert "calmer period" not in str(refused.value)
+    profile.check_trust(True)
+
+
 def test_planner_refusals(profile, supernet, tmp_path):
     with pytest.raises(PlannerError, match=r"0.0001 ms budget at p90 is unattainable at batch 1 "
                                            r"x 16 tokens on profile .*the fastest shape \(20x3, "

@@ -498,17 +498,19 @@ def noise_of(header: ProfileHeader, precision: str) -> float | None:
 
 def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
     """Whether the profile can be planned with, and why not."""
-    reasons = []
+    reasons, missed = [], set()
     for precision in model.precisions:
         mape = model.metrics[precision]["held_out"]["mape"]
         if mape > MAX_MAPE:
             reasons.append(f"{precision} held-out MAPE {mape:.1%} > {MAX_MAPE:.0%}")
+            missed.add("max_mape")
         noise = noise_of(header, precision)
         if noise is None:
             reasons.append(f"{precision} has no noise floor (no shapes re-measured)")
         elif noise > MAX_NOISE:
             reasons.append(f"{precision} noise floor {noise:.1%} > {MAX_NOISE:.0%}")
-    return {"reliable": not reasons, "reasons": reasons,
+            missed.add("max_noise_floor")
+    return {"reliable": not reasons, "reasons": reasons, "missed": sorted(missed),
             "limits": {"max_mape": MAX_MAPE, "max_noise_floor": MAX_NOISE}}
 
 
@@ -720,10 +722,9 @@ class DeviceProfile:
         t = self.trust
         if not t["reliable"] and not allow_unreliable:
             remedies = []
-            if any("MAPE" in r for r in t["reasons"]):  # too few shapes for the model
+            if "max_mape" in t["missed"]:  # too few shapes for the model
                 remedies.append("remake it with a larger --minutes (more shapes)")
-            if any(r.endswith(f"> {MAX_NOISE:.0%}") and "noise floor" in r
-                   for r in t["reasons"]):  # the machine moved under it
+            if "max_noise_floor" in t["missed"]:  # the machine moved under it
                 remedies.append("its shapes timed twice disagree, so the machine's speed moved "
                                 "while it was made: remake it in a calmer period (profiles "
                                 "show: machine speed)")
