@@ -73,18 +73,17 @@ def _lowest(rs):
     return min(rs, key=P.record_floor)
 
 
-def machine_drift(records, around: int = 1):
-    """Session 27: the machine's speed when a record was timed, smoothed: the median slowdown
-    (``profile.group_slowdowns``) over every size and precision of the groups within
-    ``around`` groups of its own (groups are numbered in time order), so one group's
+def machine_drift(slowdowns: dict[tuple, float], around: int = 1):
+    """Session 27: the machine's speed when a record was timed, smoothed: the median of the
+    group slowdowns (``profile.group_slowdowns``) over every size and precision of the groups
+    within ``around`` groups of its own (groups are numbered in time order), so one group's
     reference noise does not enter the correction."""
     by: dict[int, list[float]] = {}
-    for key, slowdown in P.group_slowdowns(records).items():
+    for key, slowdown in slowdowns.items():
         by.setdefault(key[2], []).append(slowdown)
     order = sorted(by)
-    at = {g: i for i, g in enumerate(order)}
     smooth = {g: statistics.median([v for h in order[max(0, i - around):i + around + 1]
-                                    for v in by[h]]) for g, i in at.items()}
+                                    for v in by[h]]) for i, g in enumerate(order)}
     return lambda r: smooth.get(r["group"], 1.0)
 
 
@@ -114,8 +113,8 @@ ESTIMATORS = {
 def estimated_with(estimator):
     """``measured_latency`` (which every fit and the noise floor read) with ``estimator``."""
     def measured_latency(records, phase="main"):
-        f, d = _old_factor(records), machine_drift(records)
         slow = P.group_slowdowns(records)
+        f, d = _old_factor(records), machine_drift(slow)
 
         def g(r):
             return slow.get(P.group_key(r), 1.0)
