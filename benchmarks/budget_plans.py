@@ -9,8 +9,8 @@ well as on the planner's built-in calibration sentences.
     .venv/bin/python benchmarks/budget_plans.py --supernet runs/minilm-super \\
         --profile profiles/x86_64-2core-avx512-minilm --plans 4@128 6@128 9@128 12@128 \\
         2@32 3@32 5@32 --out benchmarks/results/budget_plans_minilm.json
-    .venv/bin/python -c 'from shaper_deploy.supernet import SuperBert, SuperConfig; \
-        SuperBert(SuperConfig()).save("runs/bert-base-random")'
+    .venv/bin/python -c 'from shaper_deploy.supernet import SuperBert, SuperConfig, save_supernet; \
+        save_supernet(SuperBert(SuperConfig()), "runs/bert-base-random")'
     .venv/bin/python benchmarks/budget_plans.py --supernet runs/bert-base-random \
         --profile profiles/x86_64-2core-avx512-bert-base --precision fp32 --bbc 0 \
         --plans 25@128 40@128 55@128 70@128 85@128 --out benchmarks/results/budget_plans_bert_base.json
@@ -35,7 +35,7 @@ from shaper_deploy.fidelity import embedding_fidelity
 from shaper_deploy.planner import export_for_budget, reference_outputs
 from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.runtime import make_session
-from shaper_deploy.supernet import SuperBert
+from shaper_deploy.supernet import load_supernet
 
 
 def bbc_articles(every: int = 5, limit: int = 200) -> list[str]:
@@ -56,8 +56,8 @@ def main() -> None:
                          "(untrained) network's full model, e.g. the original MiniLM's.")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    supernet = SuperBert.load(args.supernet)
-    original = SuperBert.load(args.original) if args.original else None
+    supernet = load_supernet(args.supernet)
+    original = load_supernet(args.original) if args.original else None
     profile = DeviceProfile.load(args.profile)
     articles = bbc_articles(limit=args.bbc) if args.bbc else []
     rows = []

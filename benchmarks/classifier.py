@@ -60,7 +60,7 @@ from shaper_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
 from shaper_deploy.runtime import make_session  # noqa: E402
 from shaper_deploy.serving import Bundle  # noqa: E402
 from shaper_deploy.shape import Shape  # noqa: E402
-from shaper_deploy.supernet import SuperBert  # noqa: E402
+from shaper_deploy.supernet import load_supernet  # noqa: E402
 from shaper_deploy.taskdata import read_task_data  # noqa: E402
 from shaper_deploy.training.config import ORDERS, TaskConfig  # noqa: E402
 from shaper_deploy.training.task import encode, evaluate, train_task  # noqa: E402
@@ -205,7 +205,7 @@ def family_sweep(args, data) -> None:
     from shaper_deploy.templates import PLAN_FAMILIES, shape_family
 
     profile = DeviceProfile.load(args.profile)
-    net = SuperBert.load(args.out / "task" / "supernet").eval()
+    net = load_supernet(args.out / "task" / "supernet").eval()
     head = net.config.task_head
     space = net.config.space
     splits = {k: encode(data[k], net, head, args.seq_len, k) for k in ("validation", "test")}
@@ -265,7 +265,7 @@ def finetune_plans(args, data, config) -> None:
                                  data["validation"], ("text", "", "label"),
                                  lambda m: print(m, file=sys.stderr))
             seconds = time.time() - t
-        net = SuperBert.load(out / "supernet").eval()
+        net = load_supernet(out / "supernet").eval()
         folder = args.out / f"finetuned-plan-{budget}"
         export_bundle(net, Shape(tuple(plan["shape"]), net.config.space), folder,
                       ExportOptions(task="text-classification",  # as the plan exported it
@@ -352,7 +352,7 @@ def main() -> None:
                         seq_len=args.seq_len, lr=5e-5, device="cpu", order=args.order,
                         layer_loss=args.layer_loss, sandwich_lr=args.sandwich_lr)
     if args.baseline_only is not None:
-        net = SuperBert.load(args.supernet)
+        net = load_supernet(args.supernet)
         from shaper_deploy.supernet.config import TaskHead
 
         head = TaskHead("single_label_classification", tuple(sorted(set(data["train"].labels))))
@@ -382,8 +382,8 @@ def main() -> None:
                              data["validation"], ("text", "", "label"),
                              lambda m: print(m, file=sys.stderr))
         train_s = time.time() - t
-    net = SuperBert.load(args.out / "task" / "supernet").eval()
-    teacher = SuperBert.load(args.out / "task" / "teacher").eval()
+    net = load_supernet(args.out / "task" / "supernet").eval()
+    teacher = load_supernet(args.out / "task" / "teacher").eval()
     head = net.config.task_head
     test = encode(data["test"], net, head, args.seq_len, "test")
     space = net.config.space

@@ -23,7 +23,7 @@ import numpy as np
 from shaper_deploy.export import export_bundle
 from shaper_deploy.profiling.protocol import Protocol, measure_interleaved
 from shaper_deploy.runtime import make_session
-from shaper_deploy.supernet import SuperBert
+from shaper_deploy.supernet import supernet_from_hf
 
 WORKLOADS = [(1, 32), (1, 128), (8, 128)]
 
@@ -57,7 +57,7 @@ def optimum_o2(src: Path, work: Path) -> Path:
 
 def compare(name: str, src: Path, work: Path, rounds: int) -> dict:
     print(f"[{name}] exporting ours and optimum's", file=sys.stderr)
-    supernet = SuperBert.from_hf(src).eval()
+    supernet = supernet_from_hf(src).eval()
     manifest = export_bundle(supernet, supernet.config.space.largest, work / "ours")
     ours = make_session(work / "ours" / "model.onnx", "cpu", threads=2)
     theirs = make_session(optimum_o2(src, work), "cpu", threads=2)

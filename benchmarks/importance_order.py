@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shaper_deploy.heuristics import cigar_shape  # noqa: E402
 from shaper_deploy.shape import Shape  # noqa: E402
-from shaper_deploy.supernet import SuperBert  # noqa: E402
+from shaper_deploy.supernet import SuperBert, load_supernet  # noqa: E402
 from shaper_deploy.supernet.config import TaskHead  # noqa: E402
 from shaper_deploy.taskdata import read_task_data  # noqa: E402
 from shaper_deploy.fidelity import CALIBRATION_TEXTS  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    net = SuperBert.load(args.supernet).eval()
+    net = load_supernet(args.supernet).eval()
     space = net.config.space
 
     def texts(path: Path, n: int) -> dict[str, torch.Tensor]:  # only the texts are used

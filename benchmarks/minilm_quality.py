@@ -34,7 +34,7 @@ import torch
 
 from shaper_deploy.heuristics import cigar_shape
 from shaper_deploy.shape import Shape
-from shaper_deploy.supernet import SuperBert
+from shaper_deploy.supernet import SuperBert, load_supernet
 from shaper_deploy.templates import random_shape
 from shaper_deploy.training.data import read_texts, tokenize
 from shaper_deploy.training.quality import fit_quality
@@ -132,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     texts, labels, topics = bbc()
-    model = SuperBert.load(args.supernet)
+    model = load_supernet(args.supernet)
     space = model.config.space
     ev = Evaluator(model, texts, labels)
     lo, hi = space.smallest.params(), space.largest.params()
@@ -162,7 +162,7 @@ def main() -> None:
     started = time.perf_counter()
     summary = train_supernet(args.supernet, corpus, config, args.work / "train", log)
     minutes = (time.perf_counter() - started) / 60
-    trained = SuperBert.load(args.work / "train" / "supernet")
+    trained = load_supernet(args.work / "train" / "supernet")
     report["training"] = {"steps": steps, "minutes": round(minutes, 1),
                           "config": summary["config"], "validation": summary["validation"],
                           "train_blocks": len(corpus.train)}

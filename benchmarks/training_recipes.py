@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minilm_quality import Evaluator, bbc, embed, log  # noqa: E402
 
 from shaper_deploy.shape import Shape  # noqa: E402
-from shaper_deploy.supernet import SuperBert  # noqa: E402
+from shaper_deploy.supernet import SuperBert, load_supernet  # noqa: E402
 from shaper_deploy.training.data import tokenize  # noqa: E402
 from shaper_deploy.training.config import RESUME_KEYS  # noqa: E402
 from shaper_deploy.training.sandwich import TrainConfig, train_supernet  # noqa: E402
@@ -125,7 +125,7 @@ def main() -> None:
         ap.error("--supernet, --recipe and --minutes or --steps are needed")
     torch.manual_seed(0)
     texts, labels, _ = bbc()
-    model = SuperBert.load(args.supernet)
+    model = load_supernet(args.supernet)
     ev = Evaluator(model, texts, labels)
     original = embed(model.eval(), *ev.te, None)  # the original model's test embeddings
     train = [texts[i] for i in range(len(texts)) if i % 5]
@@ -157,7 +157,7 @@ def main() -> None:
         if differ:
             raise SystemExit(f"{args.evaluate_only} was trained with other settings: "
                              f"{', '.join(differ)}")
-        result = evaluate(ev, SuperBert.load(args.evaluate_only / "supernet"), original)
+        result = evaluate(ev, load_supernet(args.evaluate_only / "supernet"), original)
         show(label, result)
         times = [h["seconds"] for h in summary["history"] if "seconds" in h]
         report.setdefault("ablations", {})[label] = {
@@ -203,14 +203,14 @@ def main() -> None:
             break
         except KeyboardInterrupt:
             state = json.loads((out / "checkpoint" / "train.json").read_text())
-            snap = SuperBert.load(out / "checkpoint")
+            snap = load_supernet(out / "checkpoint")
             result = evaluate(ev, snap, original)
             show(f"step {state['step']}", result)
             points.append({"minutes": round(state["step"] / rate / 60, 1) if rate else None,
                            "step": state["step"], "snapshot_of_longer_run": True,
                            "cigars": result})
     wall = (time.perf_counter() - started) / 60
-    result = evaluate(ev, SuperBert.load(out / "supernet"), original)
+    result = evaluate(ev, load_supernet(out / "supernet"), original)
     show(f"step {steps}", result)
     points.append({"minutes": args.minutes, "step": steps, "snapshot_of_longer_run": False,
                    "cigars": result})

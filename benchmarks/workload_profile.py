@@ -78,12 +78,12 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
     now)."""
     from shaper_deploy.export import ExportOptions, export_bundle
     from shaper_deploy.shape import parse_shape
-    from shaper_deploy.supernet import SuperBert
+    from shaper_deploy.supernet import load_supernet
 
     import torch
 
-    identity = SuperBert.load(supernet_path)
-    perturbed = SuperBert.load(supernet_path)
+    identity = load_supernet(supernet_path)
+    perturbed = load_supernet(supernet_path)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in perturbed.named_parameters():

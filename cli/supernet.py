@@ -68,7 +68,7 @@ def init(source: Path, out: Path, widths: str | None, order: str, order_texts: P
     """
     from shaper_deploy.fidelity import CALIBRATION_TEXTS, read_calibration
     from shaper_deploy.io import check_output_dir, output_lock
-    from shaper_deploy.supernet import SuperBert
+    from shaper_deploy.supernet import save_supernet, supernet_from_hf
 
     check_output_dir(out, force, {"--from-hf": source, "--order-texts": order_texts})
     if order_texts is not None and order == "none":
@@ -77,14 +77,14 @@ def init(source: Path, out: Path, widths: str | None, order: str, order_texts: P
     width_list = None if widths is None else int_list(widths, "--widths")
     texts = read_calibration(order_texts) if order_texts is not None else CALIBRATION_TEXTS
     progress(f"reading {source}")
-    model = SuperBert.from_hf(source, widths=width_list)
+    model = supernet_from_hf(source, widths=width_list)
     if order != "none":
         from shaper_deploy.supernet.rewire import importance_order, text_inputs
 
         model = importance_order(model, text_inputs(model, texts), order, progress=progress,
                                  shared=True)
     with output_lock(out):
-        model.save(out, force=force)
+        save_supernet(model, out, force=force)
     progress(f"wrote {out}")
     data = {"out": str(out), "source": model.source, **_space_summary(model.config.space)}
     emit(data, as_json, lambda d: _info_text(d, model.config.to_dict()))

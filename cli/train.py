@@ -169,11 +169,11 @@ def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq
 def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as_json) -> None:
     import json
 
-    from shaper_deploy.supernet import SuperBert
+    from shaper_deploy.supernet import load_supernet
     from shaper_deploy.training.data import read_texts, tokenize
     from shaper_deploy.training.quality import fit_quality, quality_dataset
 
-    model = SuperBert.load(supernet_path, widths)
+    model = load_supernet(supernet_path, widths)
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
     corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,

@@ -47,6 +47,7 @@ from .quantize import int8_record, quantize_int8, quantize_with_fallback
 from .runtime import cpu_model_and_flags, int8_format, make_session, model_tokenizer, text_feeds
 from .shape import Shape, flops, param_breakdown
 from .slicing import slice_subnet
+from .supernet.checkpoint import load_supernet
 from .supernet.model import SuperBert
 
 MODEL_FILE = "model.onnx"
@@ -313,7 +314,7 @@ def export_checkpoint(supernet_path: str | Path, out: str | Path, shape_text: st
     if space is not None:
         parse_shape(shape_text, space) if shape_text is not None else cigar_shape(params, space)
     (progress or (lambda message: None))(f"loading {supernet_path}")
-    model = SuperBert.load(supernet_path, widths)
+    model = load_supernet(supernet_path, widths)
     shape = (parse_shape(shape_text, model.config.space) if shape_text is not None
              else cigar_shape(params, model.config.space))
     return export_bundle(model, shape, out, options, force=force, progress=progress)

@@ -652,7 +652,8 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     (at the fastest shape with every projection computed)."""
     from .errors import CheckpointError
     from .fidelity import read_calibration
-    from .supernet import SuperBert, read_checkpoint_header
+    from .supernet import read_checkpoint_header
+    from .supernet.checkpoint import load_supernet
 
     note = progress or (lambda message: None)
     check_families(request.families)
@@ -681,10 +682,10 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
         evaluation = read_task_data(request.evaluation, head.text_column, head.label_column,
                                     head.pair_column or None, head.problem == "regression")
     note(f"loading {supernet_path}")
-    model = SuperBert.load(supernet_path, widths)
+    model = load_supernet(supernet_path, widths)
     teacher = None
     if request.teacher is not None:
-        teacher = SuperBert.load(request.teacher).eval()
+        teacher = load_supernet(request.teacher).eval()
         if teacher.config.space != model.config.space or \
                 teacher.config.task_head != model.config.task_head:
             raise PlannerError(f"--teacher {request.teacher} is not this task network's teacher "

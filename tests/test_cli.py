@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from shaper_deploy.cli.main import main
+from shaper_deploy.supernet import save_supernet
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_superne
 
     from shaper_deploy.cli.main import main
 
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     out = tmp_path / "bundle"
     with FileLock(str(tmp_path / ".bundle.lock")):  # what a running export holds
         r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
@@ -179,7 +180,7 @@ def test_operating_system_errors_are_one_line(tmp_path, tiny_supernet):
 
     from shaper_deploy.cli.main import main
 
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     runner = CliRunner()
     long = tmp_path / ("x" * 300)
     r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
@@ -230,7 +231,7 @@ def test_damaged_super_network_configs_are_refused_by_name(tmp_path, tiny_supern
 
     from shaper_deploy.cli.main import main
 
-    tiny_supernet.save(tmp_path / "s")
+    save_supernet(tiny_supernet, tmp_path / "s")
     config = _json.loads((tmp_path / "s" / "config.json").read_text())
     runner = CliRunner()
     cases = [({k: v for k, v in config.items() if k != "config"}, "config: Field required"),
@@ -257,7 +258,7 @@ def test_no_leftovers_from_failed_or_killed_writers(tmp_path, tiny_supernet):
 
     from shaper_deploy.cli.main import main
 
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     runner = CliRunner()
     # A failed export into new nested folders leaves none of them.
     r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
@@ -295,7 +296,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, tiny_supernet, tiny_
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        tiny_supernet.save(tmp_path / "super")
+        save_supernet(tiny_supernet, tmp_path / "super")
         runner = CliRunner()
         for args in (["export", "--supernet", str(tmp_path / "super"), "--shape", "48,48,48",
                       "--out", str(small / "b")],
@@ -324,7 +325,7 @@ def test_more_one_line_refusals(tmp_path, tiny_supernet, tiny_supernet_with_toke
     from .conftest import TINY_SPACE, randomize, tiny_tokenizer_json
 
     runner = CliRunner()
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     # --out . --force: the working folder cannot be replaced.
     monkeypatch.chdir(tmp_path / "super")
     r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",

@@ -16,6 +16,7 @@ from shaper_deploy.io import sha256_file
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import Shape
 from shaper_deploy.slicing import slice_subnet
+from shaper_deploy.supernet import save_supernet
 
 from .conftest import INPUT_NAMES, TINY_SPACE, sample_inputs
 
@@ -264,7 +265,7 @@ def run_cli():
 
 
 def test_cli_export_and_its_errors(tmp_path, tiny_supernet, run_cli):
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     result = run_cli("export", "--supernet", tmp_path / "super", "--shape", "16,36,8",
                      "--out", tmp_path / "b", "--json")
     assert result.exit_code == 0, result.output

@@ -17,7 +17,8 @@ from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.serving import Bundle
 from shaper_deploy.shape import Shape
 from shaper_deploy.slicing import slice_subnet
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import (SuperBert, SuperConfig, load_supernet, save_supernet,
+                                    supernet_from_hf)
 
 from .conftest import (FAMILY_MODELS, PLAN_SPACE, assert_profiling_graph_is_the_export, fast_protocol,
                        randomize, save_tiny_family)
@@ -40,7 +41,7 @@ def padded_batch(config: SuperConfig, seed: int = 0):
 @pytest.mark.parametrize("masked_lm", [False, True])
 def test_identity_supernet_equals_the_hugging_face_model(tmp_path, model_type, masked_lm):
     ref = save_tiny_family(model_type, tmp_path / "hf", masked_lm).double()
-    model = SuperBert.from_hf(tmp_path / "hf").double()
+    model = supernet_from_hf(tmp_path / "hf").double()
     assert model.config.model_type == model_type
     assert model.config.space.mlm_head == masked_lm
     inputs = padded_batch(model.config)
@@ -62,7 +63,7 @@ def test_slice_fuse_export_validate_and_load_in_optimum(tmp_path, model_type):
     from transformers import AutoConfig
 
     save_tiny_family(model_type, tmp_path / "hf", masked_lm=False)
-    supernet = randomize(SuperBert.from_hf(tmp_path / "hf"), seed=1).eval()
+    supernet = randomize(supernet_from_hf(tmp_path / "hf"), seed=1).eval()
     space = supernet.config.space
     shape = Shape((space.widths[0], space.widths[-1], space.widths[2]), space)
     manifest = export_bundle(supernet, shape, tmp_path / "b", ExportOptions(int8=True))
@@ -93,7 +94,7 @@ def test_fill_mask_per_family(tmp_path, model_type):
     from optimum.onnxruntime import ORTModelForMaskedLM
 
     save_tiny_family(model_type, tmp_path / "hf", masked_lm=True)
-    supernet = SuperBert.from_hf(tmp_path / "hf").eval()
+    supernet = supernet_from_hf(tmp_path / "hf").eval()
     export_bundle(supernet, supernet.config.space.largest, tmp_path / "b",
                   ExportOptions(task="fill-mask"))
     bundle = Bundle.load(tmp_path / "b")
@@ -111,7 +112,7 @@ def test_fill_mask_per_family(tmp_path, model_type):
 @pytest.mark.parametrize("model_type", FAMILY_MODELS)
 def test_profiling_graph_is_the_exported_graph(tmp_path, model_type):
     save_tiny_family(model_type, tmp_path / "hf", masked_lm=False)
-    model = randomize(SuperBert.from_hf(tmp_path / "hf"), seed=2).eval()
+    model = randomize(supernet_from_hf(tmp_path / "hf"), seed=2).eval()
     space = model.config.space
     shape = Shape((space.widths[1], space.widths[4], space.widths[0]), space)
     assert_profiling_graph_is_the_export(model, shape, tmp_path / "b")
@@ -158,15 +159,15 @@ def test_family_refusals(tmp_path):
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     (tmp_path / "d" / "config.json").write_text(json.dumps({**cfg, "sinusoidal_pos_embds": True}))
     with pytest.raises(CheckpointError, match="sinusoidal position embeddings"):
-        SuperBert.from_hf(tmp_path / "d")
+        supernet_from_hf(tmp_path / "d")
     (tmp_path / "d" / "config.json").write_text(json.dumps({**cfg, "dim": "48"}))
     with pytest.raises(CheckpointError, match="dim"):
-        SuperBert.from_hf(tmp_path / "d")
+        supernet_from_hf(tmp_path / "d")
     save_tiny_family("ernie", tmp_path / "e", masked_lm=False)
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
     (tmp_path / "e" / "config.json").write_text(json.dumps({**cfg, "use_task_id": True}))
     with pytest.raises(CheckpointError, match="task type embeddings"):
-        SuperBert.from_hf(tmp_path / "e")
+        supernet_from_hf(tmp_path / "e")
     with pytest.raises(CheckpointError, match="model_type 'gpt2' is not supported"):
         family("gpt2")
     with pytest.raises(CheckpointError, match="no token type embeddings"):
@@ -177,9 +178,9 @@ def test_family_refusals(tmp_path):
 
 def test_checkpoints_of_every_family_round_trip_and_old_ones_read_as_bert(tmp_path):
     save_tiny_family("roberta", tmp_path / "hf", masked_lm=False)
-    model = SuperBert.from_hf(tmp_path / "hf")
-    model.save(tmp_path / "s")
-    again = SuperBert.load(tmp_path / "s")
+    model = supernet_from_hf(tmp_path / "hf")
+    save_supernet(model, tmp_path / "s")
+    again = load_supernet(tmp_path / "s")
     assert again.config == model.config and again.config.model_type == "roberta"
     data = SuperConfig().to_dict()
     del data["model_type"]  # a version 2 checkpoint's config
@@ -194,7 +195,7 @@ def test_parameter_formulas_count_every_familys_deployed_network(tmp_path, model
 
     for masked_lm in (False, True):
         save_tiny_family(model_type, tmp_path / str(masked_lm), masked_lm)
-        model = SuperBert.from_hf(tmp_path / str(masked_lm))
+        model = supernet_from_hf(tmp_path / str(masked_lm))
         s = model.config.space
         shape = Shape((s.widths[0], s.widths[3], s.widths[-1]), s)
         fused = fuse_bottlenecks(slice_subnet(model, shape))

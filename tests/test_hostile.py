@@ -19,12 +19,12 @@ from shaper_deploy.cli.main import main
 def world(tmp_path_factory):
     """A tiny super network with a tokenizer and its int8 bundle ``b`` (24x3)."""
     from .conftest import randomize, tiny_tokenizer_json, TINY_SPACE
-    from shaper_deploy.supernet import SuperBert, SuperConfig
+    from shaper_deploy.supernet import SuperBert, SuperConfig, save_supernet
 
     root = tmp_path_factory.mktemp("hostile")
     sup = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
     sup.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    sup.save(root / "sup")
+    save_supernet(sup, root / "sup")
     r = CliRunner().invoke(main, ["export", "--supernet", str(root / "sup"), "--shape", "24x3",
                                   "--int8", "--out", str(root / "b")])
     assert r.exit_code == 0, r.output

@@ -20,7 +20,7 @@ from shaper_deploy.planner import export_for_budget, parse_budget, plan_for_late
 from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.runtime import cpu_model_and_flags, int8_format
 from shaper_deploy.slicing import slice_subnet
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import SuperBert, SuperConfig, save_supernet, supernet_from_hf
 
 from .conftest import PLAN_SPACE, make_inputs, randomize
 
@@ -399,7 +399,7 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     """Real measurement (the profile's protocol) under a budget every shape meets, so the
     outcome does not depend on this machine's speed. Each candidate is timed for
     --measure-seconds, and bench re-times the bundle as long."""
-    supernet.save(tmp_path / "super")
+    save_supernet(supernet, tmp_path / "super")
     r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
                                   "10s", "--profile", str(profile.path), "--batch", "2",
                                   "--seq-len", "12", "--measure-seconds", "1.5",
@@ -428,7 +428,7 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
 
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     tiny_profile = reliable_profile
-    supernet.save(tmp_path / "super")
+    save_supernet(supernet, tmp_path / "super")
     runner = CliRunner()
 
     def run(*args):
@@ -480,7 +480,7 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
 
 
 def test_identity_projections_are_dropped_and_outputs_unchanged(tiny_bert_dir, tmp_path):
-    supernet = SuperBert.from_hf(tiny_bert_dir).eval()
+    supernet = supernet_from_hf(tiny_bert_dir).eval()
     full = supernet.config.space.largest
     kept = fuse_bottlenecks(slice_subnet(supernet, full))
     pruned = fuse_bottlenecks(slice_subnet(supernet, full))
@@ -598,7 +598,7 @@ def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supe
     with pytest.raises(ProfileError, match=r"measured on another machine \(cpu_model: 'Some "
                                            r"Other CPU' vs .*isa: .*--for-device"):
         export_for_budget(supernet, 1e6, foreign, tmp_path / "b")
-    supernet.save(tmp_path / "super")
+    save_supernet(supernet, tmp_path / "super")
     r = CliRunner().invoke(main, ["predict", "--profile", str(foreign.path), "--shape", "60x3"])
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "cpu_model: 'Some Other CPU'" in r.stderr and "--for-device" in r.stderr
@@ -757,7 +757,7 @@ def test_a_slowdown_the_profile_priced_is_not_counted_twice(profile, supernet, t
 
 def test_an_int8_fallback_is_predicted_between_int8_and_fp32(reliable_profile, supernet,
                                                                tmp_path):
-    supernet.save(tmp_path / "super")
+    save_supernet(supernet, tmp_path / "super")
 
     def export(out, *args):
         r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
@@ -834,7 +834,7 @@ def test_each_shape_family_is_screened_and_the_best_one_exported(profile, supern
     with pytest.raises(PlannerError, match=r"unknown shape family 'banana'; allowed: cigar, "
                                            r"rectangle, lower-triangle"):
         export_for_budget(supernet, budget, profile, tmp_path / "x", families=["banana"])
-    supernet.save(tmp_path / "super")
+    save_supernet(supernet, tmp_path / "super")
     r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
                                   "5ms", "--profile", str(profile.path), "--families",
                                   "cigar,banana", "--out", str(tmp_path / "y")])

@@ -21,7 +21,7 @@ from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interl
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
 from shaper_deploy.slicing import slice_subnet
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import SuperBert, SuperConfig, save_supernet
 from shaper_deploy.supernet.config import ACTIVATIONS
 from shaper_deploy.templates import FAMILIES, fit_family, sample_shapes, template_shapes
 
@@ -539,7 +539,7 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
 
     from shaper_deploy.cli.main import main
 
-    tiny_supernet.save(tmp_path / "super")
+    save_supernet(tiny_supernet, tmp_path / "super")
     runner = CliRunner()
     out = tmp_path / "profiles" / "tiny"
     result = runner.invoke(main, ["profile", "--device", "cpu", "--supernet",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from shaper_deploy.errors import ShaperError
-from shaper_deploy.supernet import SuperBert
+from shaper_deploy.supernet import load_supernet, supernet_from_hf
 from shaper_deploy.supernet.rewire import _stats, importance_order
 
 from .conftest import make_inputs, random_shapes, save_tiny_bert
@@ -19,7 +19,7 @@ def test_ordered_supernet_equals_the_original_at_full_shape(tiny_supernet, tmp_p
                                                             source):
     if source == "bert":  # identity bottlenecks, as made from a pretrained BERT
         save_tiny_bert(tmp_path / "bert", masked_lm=True)
-        model = SuperBert.from_hf(tmp_path / "bert").eval()
+        model = supernet_from_hf(tmp_path / "bert").eval()
     else:  # trained-looking: every bottleneck a dense matrix
         model = tiny_supernet.double()
     model = model.double()
@@ -85,7 +85,7 @@ def test_one_shared_order_keeps_the_identity_networks_graph(tmp_path):
     from shaper_deploy.shape import Shape
 
     save_tiny_bert(tmp_path / "bert", masked_lm=False)
-    model = SuperBert.from_hf(tmp_path / "bert").eval()
+    model = supernet_from_hf(tmp_path / "bert").eval()
     ids = _ids(model)
     shared = importance_order(model, ids, "residual+heads", shared=True)
     per_layer = importance_order(model, ids, "residual+heads")
@@ -127,7 +127,7 @@ def test_supernet_init_orders_its_features_on_text(tmp_path):
                                   "--out", str(tmp_path / "s"), "--json"])
     assert r.exit_code == 0, r.output
     assert "ordered the features of 3 layers by importance on 2 texts" in r.stderr
-    net = SuperBert.load(tmp_path / "s")
+    net = load_supernet(tmp_path / "s")
     assert net.source["importance_order"] == "residual+heads"
     assert len({o for layer in bottleneck_orders(net) for o in layer}) == 1
     r = CliRunner().invoke(main, ["supernet", "init", "--from-hf", str(tmp_path / "bert"),

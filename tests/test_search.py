@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import TrainingError
 from shaper_deploy.shape import PAPER_SPACE
-from shaper_deploy.supernet import SuperConfig
+from shaper_deploy.supernet import SuperConfig, save_supernet
 from shaper_deploy.templates import random_shape, sample_shapes
 from shaper_deploy.training.data import tokenize
 from shaper_deploy.training.quality import QualityPredictor, fit_quality, measure_quality
@@ -96,7 +96,7 @@ def test_search_lower_is_better_and_impossible_limits():
 
 
 def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer):
-    tiny_supernet_with_tokenizer.save(tmp_path / "super")
+    save_supernet(tiny_supernet_with_tokenizer, tmp_path / "super")
     rng = random.Random(3)
     (tmp_path / "val.txt").write_text("\n".join(
         " ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(150)))

@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 from shaper_deploy.errors import CheckpointError, OutputError
 from shaper_deploy.io import sha256_file
 from shaper_deploy.shape import Shape
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import (SuperBert, SuperConfig, load_supernet, save_supernet,
+                                    supernet_from_hf)
 
 from .conftest import TINY_SPACE, make_inputs, random_shapes, save_tiny_bert
 
@@ -21,7 +22,7 @@ def test_identity_supernet_equals_bert_model(tmp_path, weights):
         state = load_file(tmp_path / "bert" / "model.safetensors")
         (tmp_path / "bert" / "model.safetensors").unlink()
         torch.save(state, tmp_path / "bert" / "pytorch_model.bin")
-    model = SuperBert.from_hf(tmp_path / "bert")
+    model = supernet_from_hf(tmp_path / "bert")
     assert model.config.pooler and not model.config.space.mlm_head
     ids, mask, types = make_inputs(97)
     with torch.no_grad():
@@ -33,7 +34,7 @@ def test_identity_supernet_equals_bert_model(tmp_path, weights):
 
 def test_identity_supernet_equals_bert_for_masked_lm(tmp_path):
     ref = save_tiny_bert(tmp_path / "bert", masked_lm=True)
-    model = SuperBert.from_hf(tmp_path / "bert")
+    model = supernet_from_hf(tmp_path / "bert")
     assert model.config.space.mlm_head and not model.config.pooler
     ids, mask, types = make_inputs(97)
     with torch.no_grad():
@@ -47,7 +48,7 @@ def test_identity_supernet_equals_real_minilm(minilm_dir):
     from tokenizers import Tokenizer
     from transformers import BertModel
 
-    model = SuperBert.from_hf(minilm_dir)
+    model = supernet_from_hf(minilm_dir)
     assert model.config.space.widths == (60, 120, 180, 240, 264, 300, 384)
     tok = Tokenizer.from_str(model.tokenizer_files["tokenizer.json"].decode())
     tok.enable_padding()
@@ -93,10 +94,10 @@ def test_gradients_reach_only_the_shapes_slice(tiny_supernet):
 
 
 def test_save_load_roundtrip(tmp_path, tiny_bert_dir):
-    model = SuperBert.from_hf(tiny_bert_dir)
+    model = supernet_from_hf(tiny_bert_dir)
     randomize_bottlenecks(model)
-    model.save(tmp_path / "super")
-    loaded = SuperBert.load(tmp_path / "super")
+    save_supernet(model, tmp_path / "super")
+    loaded = load_supernet(tmp_path / "super")
     assert loaded.config == model.config and loaded.source == model.source
     ids, mask, _ = make_inputs(97)
     for shape in random_shapes(model.config.space, 4):
@@ -106,8 +107,8 @@ def test_save_load_roundtrip(tmp_path, tiny_bert_dir):
     header = json.loads((tmp_path / "super" / "config.json").read_text())
     assert header["format"] == "shaper-deploy/supernet" and header["weights_sha256"]
     with pytest.raises(OutputError, match="already exists"):
-        model.save(tmp_path / "super")
-    model.save(tmp_path / "super", force=True)
+        save_supernet(model, tmp_path / "super")
+    save_supernet(model, tmp_path / "super", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "super"]
 
 
@@ -143,8 +144,8 @@ def test_supershaper_repo_checkpoint(tmp_path):
     # D = 48: their config does not record the widths, so they must be declared.
     with pytest.raises(CheckpointError, match=r"has D = 48; its config does not record the "
                                               r"allowed widths.*declare them with --widths"):
-        SuperBert.load(src)
-    model = SuperBert.load(src, widths=(8, 16, 24, 32, 36, 48))
+        load_supernet(src)
+    model = load_supernet(src, widths=(8, 16, 24, 32, 36, 48))
     assert model.source["kind"] == "supershaper"
     assert model.config.space.widths == (8, 16, 24, 32, 36, 48)
     ids, mask, types = make_inputs(97)
@@ -165,11 +166,11 @@ def test_supershaper_repo_checkpoint(tmp_path):
     del state["bert.encoder.layer.1.output_bottleneck.bias"]
     torch.save(state, src / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"missing tensor 'layers.1.output_bottleneck.bias'"):
-        SuperBert.load(src, widths=(8, 16, 24, 32, 36, 48))
+        load_supernet(src, widths=(8, 16, 24, 32, 36, 48))
 
 
 def test_mis_shaped_tensor_names_key_and_both_shapes(tmp_path, tiny_supernet):
-    tiny_supernet.save(tmp_path / "s")
+    save_supernet(tiny_supernet, tmp_path / "s")
     weights = tmp_path / "s" / "model.safetensors"
     state = load_file(weights)
     state["layers.1.layer.query.weight"] = torch.zeros(40, 48)
@@ -178,32 +179,32 @@ def test_mis_shaped_tensor_names_key_and_both_shapes(tmp_path, tiny_supernet):
     header["weights_sha256"] = sha256_file(weights)  # re-signed: the content checks still hold
     (tmp_path / "s" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError) as err:
-        SuperBert.load(tmp_path / "s")
+        load_supernet(tmp_path / "s")
     assert ("tensor 'layers.1.layer.query.weight' has shape [40, 48] but the architecture "
             "needs [48, 48]") in str(err.value)
 
 
 def test_corrupted_checkpoints(tmp_path, tiny_supernet):
-    tiny_supernet.save(tmp_path / "s")
+    save_supernet(tiny_supernet, tmp_path / "s")
     weights = tmp_path / "s" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="is corrupted: its sha256 differs"):
-        SuperBert.load(tmp_path / "s")
+        load_supernet(tmp_path / "s")
     weights.write_bytes(b"not a safetensors file")
     header = json.loads((tmp_path / "s" / "config.json").read_text())
     header["weights_sha256"] = sha256_file(weights)  # re-signed: the content checks still hold
     (tmp_path / "s" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match="is corrupted or unreadable"):
-        SuperBert.load(tmp_path / "s")
+        load_supernet(tmp_path / "s")
 
 
 def test_pickles_with_objects_are_refused(tmp_path, tiny_bert_dir):
     (tiny_bert_dir / "model.safetensors").unlink()
     torch.save({"evil": Exception("not a tensor")}, tiny_bert_dir / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="holds objects other than tensors and is refused") as e:
-        SuperBert.from_hf(tiny_bert_dir)
+        supernet_from_hf(tiny_bert_dir)
     assert "weights_only=False" not in str(e.value)  # never advise loading arbitrary objects
 
 
@@ -218,17 +219,17 @@ def test_unsupported_berts(tiny_bert_dir, edit, message):
     cfg.update(edit)
     (tiny_bert_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=message):
-        SuperBert.from_hf(tiny_bert_dir)
+        supernet_from_hf(tiny_bert_dir)
 
 
 def test_missing_pieces(tmp_path, tiny_bert_dir):
     with pytest.raises(CheckpointError, match="does not exist"):
-        SuperBert.from_hf(tmp_path / "nope")
+        supernet_from_hf(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="looks like a plain Hugging Face bert model"):
-        SuperBert.load(tiny_bert_dir)
+        load_supernet(tiny_bert_dir)
     (tiny_bert_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="holds no weights"):
-        SuperBert.from_hf(tiny_bert_dir)
+        supernet_from_hf(tiny_bert_dir)
 
 
 def test_unexpected_tensors_are_named(tiny_bert_dir):
@@ -236,7 +237,7 @@ def test_unexpected_tensors_are_named(tiny_bert_dir):
     state["classifier.weight"] = torch.zeros(2, 48)
     save_file(state, tiny_bert_dir / "model.safetensors")
     with pytest.raises(CheckpointError, match="does not have: classifier.weight"):
-        SuperBert.from_hf(tiny_bert_dir)
+        supernet_from_hf(tiny_bert_dir)
 
 
 def test_supershaper_checkpoints_in_every_command(tmp_path):
@@ -274,6 +275,6 @@ def test_supershaper_checkpoints_in_every_command(tmp_path):
                              "--out", str(tmp_path / "b"), "--json"])
     assert r.exit_code == 0, r.output
     ours = tmp_path / "ours"
-    SuperBert(SuperConfig(TINY_SPACE)).save(ours)
+    save_supernet(SuperBert(SuperConfig(TINY_SPACE)), ours)
     r = runner.invoke(main, ["supernet", "info", str(ours), *w])
     assert r.exit_code == 1 and "--widths is for SuperShaper checkpoints" in r.stderr

@@ -17,7 +17,7 @@ from shaper_deploy.errors import DataError, ExportError, PlannerError, TrainingE
 from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.serving import Bundle
 from shaper_deploy.shape import Shape
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import SuperBert, SuperConfig, load_supernet, save_supernet
 from shaper_deploy.taskdata import read_task_data
 from shaper_deploy.training.config import TaskConfig
 from shaper_deploy.training.task import encode, evaluate, train_task
@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(1)
     model = SuperBert(SuperConfig(PLAN_SPACE, pooler=True)).eval()  # torch's default init
     model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    model.save(root / "super")
+    save_supernet(model, root / "super")
     train = write_rows(root / "train.csv", 300, 0)
     val = write_rows(root / "val.jsonl", 120, 1)
     summary = train_task(root / "super", read_task_data(train, **COLS), FAST, root / "out",
@@ -72,7 +72,7 @@ def test_the_task_is_learned_and_every_shape_is_a_classifier(trained):
     root, summary = trained
     v = summary["validation"]
     assert v["teacher"]["accuracy"] >= 0.9 and v["largest"]["accuracy"] >= 0.9
-    net = SuperBert.load(root / "out" / "supernet")
+    net = load_supernet(root / "out" / "supernet")
     # a slice of half the width still classifies: 0.92 with the importance order, 0.82
     # without it (the 20-wide smallest stays near chance after 40 sandwich steps: 0.49
     # ordered, 0.58 not, on 120 texts)
@@ -82,7 +82,7 @@ def test_the_task_is_learned_and_every_shape_is_a_classifier(trained):
     assert got["half"]["accuracy"] >= 0.85
     assert net.config.task_head.labels == ("fresh", "rotten")
     assert net.config.task_head.text_column == "review"
-    assert SuperBert.load(root / "out" / "teacher").config.task_head == net.config.task_head
+    assert load_supernet(root / "out" / "teacher").config.task_head == net.config.task_head
     # features put in importance order on the training texts before the first step (--order)
     assert net.source["importance_order"] == FAST.order == "residual+heads"
     assert summary["config"]["order"] == "residual+heads"
@@ -98,8 +98,8 @@ def test_training_resumes_exactly(trained, tmp_path):
                          stop_after=8)  # in the sandwich phase, after the teacher
     assert stopped["stopped_at"] == 8
     train_task(root / "super", train, config, tmp_path / "b", columns=cols)
-    a = SuperBert.load(tmp_path / "a" / "supernet").state_dict()
-    b = SuperBert.load(tmp_path / "b" / "supernet").state_dict()
+    a = load_supernet(tmp_path / "a" / "supernet").state_dict()
+    b = load_supernet(tmp_path / "b" / "supernet").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainingError, match="other settings"):
         train_task(root / "super", train, TaskConfig(full_steps=6, steps=7, batch_size=8,
@@ -121,7 +121,7 @@ def test_the_importance_order_is_measured_once(trained, tmp_path):
     assert not any(n.startswith("ordered the features") for n in notes)
     train_task(root / "super", train, replace(once, order="none"), tmp_path / "none",
                columns=cols)
-    assert "importance_order" not in SuperBert.load(tmp_path / "none" / "supernet").source
+    assert "importance_order" not in load_supernet(tmp_path / "none" / "supernet").source
     with pytest.raises(TrainingError, match="unknown order 'best'; allowed: none, residual"):
         replace(once, order="best")
 
@@ -131,7 +131,7 @@ def test_export_classify_and_optimum_agree(trained, tmp_path):
     from transformers import PreTrainedTokenizerFast, pipeline
 
     root, _ = trained
-    net = SuperBert.load(root / "out" / "supernet")
+    net = load_supernet(root / "out" / "supernet")
     shape = Shape((40, 128, 60), PLAN_SPACE)
     manifest = export_bundle(net, shape, tmp_path / "b",
                              ExportOptions(task="text-classification", int8=True))
@@ -163,7 +163,7 @@ def test_export_classify_and_optimum_agree(trained, tmp_path):
     r = CliRunner().invoke(main, ["run", str(tmp_path / "b"), texts[0], "--pair", "x"])
     assert r.exit_code != 0 and "single texts, not pairs" in r.output
     with pytest.raises(ExportError, match="needs a task head"):
-        export_bundle(SuperBert.load(root / "super"), shape, tmp_path / "c",
+        export_bundle(load_supernet(root / "super"), shape, tmp_path / "c",
                       ExportOptions(task="text-classification"))
 
 
@@ -233,13 +233,13 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
 def test_pairs_and_regression(tmp_path):
     model = randomize(SuperBert(SuperConfig(PLAN_SPACE, pooler=True)), seed=2).eval()
     model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    model.save(tmp_path / "super")
+    save_supernet(model, tmp_path / "super")
     path = write_rows(tmp_path / "pairs.tsv", 64, 4, pair=True)
     data = read_task_data(path, pair_column="other", **COLS)
     config = TaskConfig(full_steps=4, steps=2, batch_size=8, seq_len=24, device="cpu")
     train_task(tmp_path / "super", data, config, tmp_path / "p", columns=("review", "other",
                                                                            "sentiment"))
-    net = SuperBert.load(tmp_path / "p" / "supernet")
+    net = load_supernet(tmp_path / "p" / "supernet")
     export_bundle(net, PLAN_SPACE.smallest, tmp_path / "pb",
                   ExportOptions(task="text-classification"))
     answers = Bundle.load(tmp_path / "pb").classify(["the model", "fast"], ["we deploy", "of"])
@@ -252,7 +252,7 @@ def test_pairs_and_regression(tmp_path):
     data = read_task_data(scores, regression=True, **COLS)
     train_task(tmp_path / "super", data, config, tmp_path / "r", columns=("review", "",
                                                                            "sentiment"))
-    net = SuperBert.load(tmp_path / "r" / "supernet")
+    net = load_supernet(tmp_path / "r" / "supernet")
     assert net.config.task_head.problem == "regression"
     export_bundle(net, PLAN_SPACE.largest, tmp_path / "rb",
                   ExportOptions(task="text-classification"))
@@ -382,8 +382,8 @@ def test_layer_outputs_distilled_bring_a_slice_closer_to_the_teacher(trained, tm
     for weight in (0.0, 1.0):
         train_task(root / "super", train, replace(base, layer_loss=weight),
                    tmp_path / str(weight), columns=cols)
-    teacher = SuperBert.load(tmp_path / "0.0" / "teacher").eval()
-    other = SuperBert.load(tmp_path / "1.0" / "teacher").state_dict()
+    teacher = load_supernet(tmp_path / "0.0" / "teacher").eval()
+    other = load_supernet(tmp_path / "1.0" / "teacher").state_dict()
     assert all(torch.equal(v, other[k]) for k, v in teacher.state_dict().items())  # one phase 1
     val = encode(read_task_data(root / "val.jsonl", **COLS), teacher, teacher.config.task_head, 16)
     batch = {k: v[:64] for k, v in val.inputs.items()}
@@ -391,7 +391,7 @@ def test_layer_outputs_distilled_bring_a_slice_closer_to_the_teacher(trained, tm
     with torch.no_grad():
         _, target = _outputs(teacher, batch, None, True)
         assert float(_layer_loss(target, target)) == 0.0
-        gaps = {w: float(_layer_loss(_outputs(SuperBert.load(tmp_path / w / "supernet").eval(),
+        gaps = {w: float(_layer_loss(_outputs(load_supernet(tmp_path / w / "supernet").eval(),
                                               batch, half, True)[1], target))
                 for w in ("0.0", "1.0")}
     assert gaps["1.0"] < 0.8 * gaps["0.0"], gaps

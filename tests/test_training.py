@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from shaper_deploy.errors import TrainingError
-from shaper_deploy.supernet import SuperBert, SuperConfig
+from shaper_deploy.supernet import (SuperBert, SuperConfig, load_supernet, save_supernet,
+                                    supernet_from_hf)
 from shaper_deploy.training.data import read_texts, tokenize
 from shaper_deploy.training.sandwich import TrainConfig, sandwich_shapes, train_supernet
 
@@ -22,7 +23,7 @@ WORDS = ("the model is fast small bert on device latency shape layer to of and i
 def setup(tmp_path):
     model = randomize(SuperBert(SuperConfig(TINY_SPACE, pooler=True))).eval()
     model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    model.save(tmp_path / "super")
+    save_supernet(model, tmp_path / "super")
     rng = random.Random(0)
     (tmp_path / "texts.txt").write_text("\n".join(
         " ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)))
@@ -47,8 +48,8 @@ def test_short_training_lowers_the_loss(setup, objective):
         assert last < 0.8 * first
     else:  # from about ln(97) towards ln(20) (the text draws from 20 words): 0.35 measured
         assert last < first - 0.2
-    trained = SuperBert.load(tmp / "run" / "supernet")
-    assert trained.config == SuperBert.load(tmp / "super").config
+    trained = load_supernet(tmp / "run" / "supernet")
+    assert trained.config == load_supernet(tmp / "super").config
     v = summary["validation"]
     if objective == "distill":  # the full shape is its own teacher's copy: far closer
         assert v["largest"]["loss"] < 0.5 * v["smallest"]["loss"]
@@ -89,7 +90,7 @@ def test_resume_reproduces_the_uninterrupted_run(setup):
     other = SuperBert(SuperConfig(TINY_SPACE.for_model(48, 4, 2, vocab_size=97,
                                                        max_positions=64, intermediate_size=96)))
     other.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    other.save(tmp / "other")
+    save_supernet(other, tmp / "other")
     with pytest.raises(TrainingError, match="of another architecture"):
         train_supernet(tmp / "other", corpus, config, tmp / "resumed")
     # A finished run resumed with fewer steps would relabel its weights: refused.
@@ -139,10 +140,10 @@ def test_mlm_on_a_bert_without_head_creates_one(tmp_path):
     from shaper_deploy.cli.main import main
 
     save_tiny_bert(tmp_path / "bert", masked_lm=False)
-    model = SuperBert.from_hf(tmp_path / "bert")
+    model = supernet_from_hf(tmp_path / "bert")
     assert model.mlm_head is None
     model.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
-    model.save(tmp_path / "super")
+    save_supernet(model, tmp_path / "super")
     rng = random.Random(1)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.txt").write_text("\n".join(
@@ -153,7 +154,7 @@ def test_mlm_on_a_bert_without_head_creates_one(tmp_path):
                                   "--out", str(tmp_path / "run"), "--json"])
     assert r.exit_code == 0, r.output
     assert "creating one" in r.stderr
-    assert SuperBert.load(tmp_path / "run" / "supernet").mlm_head is not None
+    assert load_supernet(tmp_path / "run" / "supernet").mlm_head is not None
 
 
 def test_bad_data_and_settings(tmp_path):
@@ -228,7 +229,7 @@ def test_ctrl_c_checkpoints_the_running_step_and_resume_repeats_the_run(setup):
 
 def test_layer_targets_and_gradient_accumulation(setup):
     tmp, corpus = setup
-    model = SuperBert.load(tmp / "super")
+    model = load_supernet(tmp / "super")
     ids = corpus.train[:2]
     out = model(ids, shape=TINY_SPACE.smallest, layer_outputs=True)
     assert len(out.layer_outputs) == TINY_SPACE.num_layers
@@ -236,7 +237,7 @@ def test_layer_targets_and_gradient_accumulation(setup):
     assert model(ids).layer_outputs is None  # only when asked for
 
     def weights(run):
-        trained = SuperBert.load(tmp / run / "supernet")
+        trained = load_supernet(tmp / run / "supernet")
         return torch.cat([p.detach().flatten() for p in trained.parameters()])
 
     common = dict(steps=3, seq_len=32, lr=1e-3, precision="fp32", layer_loss=1.0)

@@ -9,22 +9,20 @@ Three sources are read:
 * the SuperShaper training repository's checkpoints (HF layout plus
   ``encoder.layer.{i}.input_bottleneck`` / ``output_bottleneck``, ``"mixing": "bert-bottleneck"``).
 
-Pickled weights are read with ``torch.load(weights_only=True)``: tensors only, never objects.
-Every tensor's name and shape is checked, and a mismatch names the key and both shapes.
+The weights themselves are read by ``weights.read_weights`` (pickles as tensors only). Every
+tensor's name and shape is checked, and a mismatch names the key and both shapes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..errors import CheckpointError
@@ -33,38 +31,7 @@ from ..io import atomic_dir, read_regular, sha256_file
 from .config import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, config_from_hf, hf_family,
                      is_supershaper, read_checkpoint_header, read_json)
 from .model import BottleneckBert, Provenance, SuperBert
-
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """All tensors of a checkpoint folder, from safetensors or a weights-only pickle."""
-    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
-    if st.is_file():
-        try:
-            return load_file(st), st
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"weights file {st} is corrupted or unreadable: {exc}") from None
-    if pt.is_file():
-        try:
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # PyTorch's own message advises weights_only=False; never do that for a file
-            # whose objects would run code on load.
-            raise CheckpointError(f"weights file {pt} holds objects other than tensors and is "
-                                  "refused (pickled weights are read as tensors only); convert "
-                                  "it to safetensors where it was made") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"weights file {pt} is corrupted or unreadable: "
-                                  f"{first[:200]}") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                                  for v in state.values()):
-            raise CheckpointError(f"weights file {pt} is not a state dict of tensors")
-        return state, pt
-    if (path / "model.safetensors.index.json").is_file():
-        raise CheckpointError(f"{path} holds a sharded checkpoint, which is not supported; "
-                              "save it unsharded (model.safetensors)")
-    raise CheckpointError(f"{path} holds no weights: expected model.safetensors or "
-                          "pytorch_model.bin")
-
+from .weights import read_weights
 
 MAX_TOKENIZER_BYTES = 64 << 20  # XLM-R's tokenizer.json is 17 MB
 
@@ -173,7 +140,7 @@ def supernet_from_hf(path: str | Path, widths: Sequence[int] | None = None) -> S
     cfg = read_json(path / "config.json", "Hugging Face config")
     supershaper = is_supershaper(cfg, path)
     fam = hf_family(cfg, path)
-    raw, weights_file = _read_weights(path)
+    raw, weights_file = read_weights(path)
     state, decoder = _from_hf_names(raw, path, fam)
     config = config_from_hf(cfg, path, mlm_head="mlm_head.transform.weight" in state,
                             pooler="pooler.dense.weight" in state, widths=widths,
@@ -215,7 +182,7 @@ def load_supernet(path: str | Path, widths: Sequence[int] | None = None) -> Supe
         raise CheckpointError(f"weights file {weights} is corrupted: its sha256 differs from "
                               "the one recorded in config.json")
     tokenizer = _read_tokenizer_files(path, header.get("tokenizer_sha256"))  # version 1: none
-    state, _ = _read_weights(path)
+    state, _ = read_weights(path)
     model = SuperBert(header["config"])
     _load_checked(model, state, weights)
     model.provenance = Provenance(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -14,6 +13,7 @@ from ..families import ACTIVATIONS, MODEL_TYPES, Architecture, Family, family
 from ..io import read_regular
 from ..schema import MAX_JSON_BYTES, Sha256, parse_json, validated
 from ..shape import PAPER_WIDTHS, DesignSpace, reject_unknown_fields
+from .weights import tensor_names
 
 ORDERS = ("none", "residual", "residual+heads")  # feature orders a slice can keep (rewire.py)
 
@@ -200,29 +200,6 @@ def config_from_hf(cfg: dict[str, Any], path: Path, *, mlm_head: bool, pooler: b
                               ) from None
 
 
-def _tensor_names(path: Path) -> list[str]:
-    """The tensor names of a checkpoint's weights, read without loading them (safetensors'
-    JSON header; a pickle needs torch, tensors only)."""
-    st, pt = path / "model.safetensors", path / "pytorch_model.bin"
-    if st.is_file():
-        try:
-            with open(st, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                if not 0 < n < 100_000_000:
-                    raise ValueError(f"header length {n}")
-                names = json.loads(f.read(n))
-            if not isinstance(names, dict):
-                raise ValueError("its header is not a JSON object of tensors")
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise CheckpointError(f"weights file {st} is corrupted or unreadable: {exc}") from None
-        return [k for k in names if k != "__metadata__"]
-    if pt.is_file():
-        from .checkpoint import _read_weights
-
-        return list(_read_weights(path)[0])
-    raise CheckpointError(f"{path} has no model.safetensors or pytorch_model.bin")
-
-
 def is_supershaper(cfg: dict[str, Any], path: Path) -> bool:
     """Whether a config.json is a SuperShaper repository checkpoint's (one we can read)."""
     if "mixing" not in cfg:
@@ -235,7 +212,7 @@ def is_supershaper(cfg: dict[str, Any], path: Path) -> bool:
 
 def _supershaper_header(path: Path, cfg: dict[str, Any],
                         widths: Sequence[int] | None) -> dict[str, Any]:
-    names = _tensor_names(path)
+    names = tensor_names(path)
     config = config_from_hf(cfg, path, supershaper=True, widths=widths,
                             mlm_head=any(".predictions.transform." in k for k in names),
                             pooler=any(k.endswith("pooler.dense.weight") for k in names))

@@ -1,9 +1,12 @@
-"""The SuperShaper backbone: BERT with a linear bottleneck around every layer."""
+"""The SuperShaper backbone: BERT with a linear bottleneck around every layer.
+
+Its checkpoints are read and written by ``checkpoint`` (``load_supernet``, ``supernet_from_hf``,
+``save_supernet``), which imports this module and never the other way round.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
@@ -132,26 +135,3 @@ class SuperBert(BottleneckBert):
                 raise ShapeError("shape belongs to another design space than this network")
             widths = shape.widths
         return self._encode(input_ids, attention_mask, token_type_ids, widths, layer_outputs)
-
-    @classmethod
-    def from_hf(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
-        """A super network with identity bottlenecks from a local Hugging Face folder of any
-        supported family (BERT, RoBERTa/XLM-R/CamemBERT, DistilBERT)."""
-        from .checkpoint import supernet_from_hf
-
-        return supernet_from_hf(path, widths)
-
-    from_bert = from_hf  # the name before families
-
-    @classmethod
-    def load(cls, path: str | Path, widths: Sequence[int] | None = None) -> "SuperBert":
-        """A checkpoint written by :meth:`save` or by the SuperShaper training repository
-        (``widths``: its allowed widths, needed when D is not 768)."""
-        from .checkpoint import load_supernet
-
-        return load_supernet(path, widths)
-
-    def save(self, path: str | Path, force: bool = False) -> Path:
-        from .checkpoint import save_supernet
-
-        return save_supernet(self, path, force=force)

@@ -46,7 +46,7 @@ from torch import nn
 from ..errors import TrainingError
 from ..io import atomic_dir, atomic_write_bytes
 from ..shape import Shape
-from ..supernet.checkpoint import write_supernet
+from ..supernet.checkpoint import load_supernet, write_supernet
 from ..supernet.model import SuperBert
 from ..templates import random_shape
 from .data import Corpus
@@ -213,7 +213,7 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
     device = training_device(config)
     rank, world = _distributed(device)
     talk = note if rank == 0 else (lambda message: None)
-    base = SuperBert.load(source, widths)
+    base = load_supernet(source, widths)
     model = base
     teacher = None
     if config.objective == "distill":
@@ -415,7 +415,7 @@ def _resume(folder: Path, model: SuperBert, config, keys: Sequence[str] = RESUME
         raise TrainingError(f"checkpoint {folder} was trained with other settings "
                             f"({'; '.join(changed)}); use the same settings to resume, "
                             "or a new --out")
-    resumed = SuperBert.load(folder)  # with its provenance (tokenizer, source, order)
+    resumed = load_supernet(folder)  # with its provenance (tokenizer, source, order)
     if resumed.config != model.config:
         raise TrainingError(f"checkpoint {folder} is of another architecture than the super "
                             "network being trained; use a new --out")

@@ -51,7 +51,7 @@ from ..fidelity import task_metrics
 from ..io import atomic_dir, atomic_write_bytes
 from ..runtime import model_tokenizer, text_feeds
 from ..shape import Shape
-from ..supernet.checkpoint import write_supernet
+from ..supernet.checkpoint import load_supernet, write_supernet
 from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
@@ -184,7 +184,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     device = training_device(config.device_settings())
     rank, world = _distributed(device)
     note = (progress or (lambda message: None)) if rank == 0 else (lambda message: None)
-    base = SuperBert.load(source)
+    base = load_supernet(source)
     regression = isinstance(train.labels[0], float)
     labels = () if regression else tuple(sorted(set(train.labels)))
     head = TaskHead("regression" if regression else "single_label_classification", labels,
@@ -210,7 +210,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     if config.teacher is not None:  # --shape --teacher: one shape distilling a given teacher
         teacher = _given_teacher(Path(config.teacher), model, device)
     elif config.full_steps and start > config.full_steps:  # written at step full_steps + 1
-        teacher = SuperBert.load(out / "teacher").eval().requires_grad_(False).to(device)
+        teacher = load_supernet(out / "teacher").eval().requires_grad_(False).to(device)
     if state is None and only is None and config.order != "none":
         if model.source.get("importance_order"):
             note(f"the super network's features are in importance order already "
@@ -353,7 +353,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
 
 def _given_teacher(path: Path, model: SuperBert, device: torch.device) -> SuperBert:
     """``--teacher``: a task network of the same task and design space, frozen."""
-    teacher = SuperBert.load(path)
+    teacher = load_supernet(path)
     if teacher.config.task_head != model.config.task_head:
         theirs = teacher.config.task_head
         raise TrainingError(
