@@ -485,25 +485,7 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     note = progress or (lambda message: None)
     out = Path(out)
     least = TRANSFER_MIN_SHAPES if transfer else MIN_SHAPES
-    if samples is not None and samples < least:
-        raise ProfileError(f"--samples must be at least {least} (a predictor is fitted on 3 of "
-                           f"every 4 shapes and checked on the rest), got {samples}")
-    if samples is None and not (minutes is not None and math.isfinite(minutes)
-                                and 0.5 <= minutes <= 24 * 60):
-        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
-    check_threads(protocol.threads)
-    space = config.space
-    too_long = [s for s in protocol.seq_lens if s > config.max_tokens]
-    if too_long:
-        raise ProfileError(f"--seq-len {too_long[0]} exceeds the model's {config.max_tokens} "
-                           "positions")
-    for precision in protocol.precisions:
-        problem = precision_problem(device, precision)
-        if problem:
-            raise ProfileError(f"{precision} cannot be profiled on {device}: {problem}; pass "
-                               "--precision with those")
-    if minutes is None:  # sized by --samples: no time budget for a calm look to wait in
-        protocol = replace(protocol, calm_wait=False)
+    protocol = _checked_request(device, protocol, config, samples, minutes, least)
     plan = new_header(device, protocol, config, samples or least, seed, source or {})
     if transfer:  # few shapes: spread over the parameter range, not 5 templates at one size
         plan.transfer, plan.templates = transfer, {}
@@ -515,76 +497,144 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         if MEASUREMENTS in header.files:  # finished once: what is there is what was signed
             verify_file(out, header, MEASUREMENTS)
         _check_resumable(header, plan, out, sized=samples is None)
-        protocol = header.protocol
     else:
-        if out.exists() and any(out.iterdir()):
-            raise ProfileError(f"{out} exists and is not a profile; choose a new --out folder")
-        created = not out.exists()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ProfileError(f"cannot create profile folder {out}: {exc.strerror}") from None
-        header = plan
-        try:
-            with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
-                sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
-                                         header.fingerprint["isa"])
-                header.probe = probe_device(sessions, header, note)
-            header.probe.update(size_profile(header, samples, minutes, auto_precision,
-                                             auto_rounds))
-            protocol = header.protocol = replace(protocol, precisions=tuple(
-                header.probe["precisions"]), rounds=header.probe["rounds"])
-            if header.transfer is not None:  # 40 shapes x 4 looks (4 rounds, 1 sweep)
-                direct = replace(header, protocol=replace(protocol, sweeps=1))
-                header.transfer["direct_minutes"] = round(estimate_seconds(
-                    direct, 40, 4, protocol.precisions) / 60, 1)
-            header.sampling["samples"] = header.probe["samples"]
-            write_header(out, header)
-        except BaseException:  # nothing was measured yet: the folder goes with the failure
-            if created and not any(out.iterdir()):
-                out.rmdir()
-            raise
-        note(header.probe["decision"])
-    planned = planned_shapes(header)
-    held_keys = held_out_keys(planned)
-    held = [shape_key(s.widths) in held_keys for s in planned]
-    checks = protocol.checks
-    records = read_measurements(out, repair=True, note=note)
-    have = {(r["shape_key"], r["precision"], r["batch"], r["seq_len"], r["phase"],
-             r.get("sweep", 0)) for r in records}
+        header = _start(out, plan, device, samples, minutes, auto_precision, auto_rounds,
+                        note)
+    measured = _Measuring(out, header, device, minutes, started, note).run()
+    records = read_measurements(out)
+    header.status = "measured"
+    previous = (header.summary or {}).get("last_run")
+    header.summary = _summary(records, header.protocol, time.perf_counter() - started,
+                              measured)
+    if not measured and previous:  # resumed with nothing left to measure: the run that measured
+        header.summary["last_run"] = previous
+    header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
+    write_header(out, header)
+    return header
 
-    def missing(shape: Shape, precision: str, phase: str, workloads: list[Workload],
-                sweep: int):
-        k = shape_key(shape.widths)
-        return [w for w in workloads if (k, precision, *w, phase, sweep) not in have]
 
-    # Each work item: (precision, phase, shape, workloads still to measure, sweep).
-    work: list[tuple[str, str, Shape, list[Workload], int]] = []
-    for sweep in range(protocol.sweeps):
-        for precision in protocol.precisions:
-            for shape, is_held in zip(planned, held):
-                todo = missing(shape, precision, "main",
-                               protocol.grid + (checks if is_held else []), sweep)
-                if todo:
-                    work.append((precision, "main", shape, todo, sweep))
-            for shape in planned[:protocol.repeat_shapes]:
-                todo = missing(shape, precision, "repeat", protocol.grid, sweep)
-                if todo:
-                    work.append((precision, "repeat", shape, todo, sweep))
+def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
+                     samples: int | None, minutes: float | None, least: int) -> Protocol:
+    """What ``run_profile`` was asked, refused in one line where it cannot be measured; the
+    protocol to measure it with (a run sized by ``samples`` has no time to wait in)."""
+    if samples is not None and samples < least:
+        raise ProfileError(f"--samples must be at least {least} (a predictor is fitted on 3 of "
+                           f"every 4 shapes and checked on the rest), got {samples}")
+    if samples is None and not (minutes is not None and math.isfinite(minutes)
+                                and 0.5 <= minutes <= 24 * 60):
+        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
+    check_threads(protocol.threads)
+    too_long = [s for s in protocol.seq_lens if s > config.max_tokens]
+    if too_long:
+        raise ProfileError(f"--seq-len {too_long[0]} exceeds the model's {config.max_tokens} "
+                           "positions")
+    for precision in protocol.precisions:
+        problem = precision_problem(device, precision)
+        if problem:
+            raise ProfileError(f"{precision} cannot be profiled on {device}: {problem}; pass "
+                               "--precision with those")
+    if minutes is None:  # sized by --samples: no time budget for a calm look to wait in
+        protocol = replace(protocol, calm_wait=False)
+    return protocol
 
-    def cost(precision: str, w: Workload) -> float:
+
+def _start(out: Path, header: ProfileHeader, device: str, samples: int | None,
+           minutes: float | None, auto_precision: bool, auto_rounds: bool,
+           note: Callable[[str], None]) -> ProfileHeader:
+    """A new profile folder: the device probed, the profile sized from the probe (shapes,
+    rounds, precisions) and its header written; ``header`` is the plan, completed."""
+    if out.exists() and any(out.iterdir()):
+        raise ProfileError(f"{out} exists and is not a profile; choose a new --out folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProfileError(f"cannot create profile folder {out}: {exc.strerror}") from None
+    protocol = header.protocol
+    try:
+        with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
+            sessions = GraphSessions(Path(tmp), header.config, device, protocol.threads,
+                                     header.fingerprint["isa"])
+            header.probe = probe_device(sessions, header, note)
+        header.probe.update(size_profile(header, samples, minutes, auto_precision,
+                                         auto_rounds))
+        protocol = header.protocol = replace(protocol, precisions=tuple(
+            header.probe["precisions"]), rounds=header.probe["rounds"])
+        if header.transfer is not None:  # 40 shapes x 4 looks (4 rounds, 1 sweep)
+            direct = replace(header, protocol=replace(protocol, sweeps=1))
+            header.transfer["direct_minutes"] = round(estimate_seconds(
+                direct, 40, 4, protocol.precisions) / 60, 1)
+        header.sampling["samples"] = header.probe["samples"]
+        write_header(out, header)
+    except BaseException:  # nothing was measured yet: the folder goes with the failure
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    note(header.probe["decision"])
+    return header
+
+
+class _Measuring:
+    """One run's measuring of a profile: what ``out`` still lacks, in groups of interleaved
+    sessions, sweep after sweep, then the calm looks; progress and the time left on stderr
+    (``note``) from the first group."""
+
+    def __init__(self, out: Path, header: ProfileHeader, device: str, minutes: float | None,
+                 started: float, note: Callable[[str], None]):
+        self.out, self.header, self.device, self.note = out, header, device, note
+        self.minutes, self.started = minutes, started
+        self.protocol = header.protocol
+        self.planned = planned_shapes(header)
+        held_keys = held_out_keys(self.planned)
+        self.held = [shape_key(s.widths) in held_keys for s in self.planned]
+        self.records = read_measurements(out, repair=True, note=note)
+        self.done = 0.0  # the work measured so far, in ``cost`` units
+        self.total = 0.0  # ... and all of it, as priced so far
+        self.waited = 0.0  # seconds the calm looks waited for the machine
+        self.group = max((r["group"] for r in self.records), default=-1) + 1
+        self.measuring = time.perf_counter()
+        self.fastest: dict[tuple[str, int, int], float] = {}
+        self.refs: dict[str, Any] = {}
+        self.sessions: GraphSessions | None = None
+
+    def work(self) -> list[tuple[str, str, Shape, list[Workload], int]]:
+        """Each work item still to measure: (precision, phase, shape, workloads, sweep)."""
+        protocol = self.protocol
+        have = {(r["shape_key"], r["precision"], r["batch"], r["seq_len"], r["phase"],
+                 r.get("sweep", 0)) for r in self.records}
+
+        def missing(shape: Shape, precision: str, phase: str, workloads: list[Workload],
+                    sweep: int):
+            k = shape_key(shape.widths)
+            return [w for w in workloads if (k, precision, *w, phase, sweep) not in have]
+
+        work: list[tuple[str, str, Shape, list[Workload], int]] = []
+        for sweep in range(protocol.sweeps):
+            for precision in protocol.precisions:
+                for shape, is_held in zip(self.planned, self.held):
+                    todo = missing(shape, precision, "main",
+                                   protocol.grid + (protocol.checks if is_held else []), sweep)
+                    if todo:
+                        work.append((precision, "main", shape, todo, sweep))
+                for shape in self.planned[:protocol.repeat_shapes]:
+                    todo = missing(shape, precision, "repeat", protocol.grid, sweep)
+                    if todo:
+                        work.append((precision, "repeat", shape, todo, sweep))
+        return work
+
+    def cost(self, precision: str, w: Workload) -> float:
         """A shape's share of the time at a size (from the probe; tokens without one)."""
-        return (probed_turn_seconds(header.probe, protocol, precision, w) if header.probe
-                else float(w[0] * w[1]))
+        return (probed_turn_seconds(self.header.probe, self.protocol, precision, w)
+                if self.header.probe else float(w[0] * w[1]))
 
-    def grouped(items: list) -> list[tuple[str, list]]:
+    def grouped(self, items: list) -> list[tuple[str, list]]:
         """Work items in groups of ``group_size``, the precisions' groups alternating, look
         after look. On a host whose speed moves for minutes at a time, all of fp32 before all
         of int8 put the machine's drift into what int8 buys (an AMD EPYC Zen 2 profile
         measured that way fitted the full shape's int8 gain at 0.89-1.53x across sizes;
         alternating, 1.03-1.68x, above 1 everywhere). Sweeps follow one another, so a
         shape's sweeps are minutes apart (see Protocol)."""
-        order = []
+        protocol, order = self.protocol, []
         for sweep in sorted({item[4] for item in items}):
             chunks: dict[str, list[list]] = {}
             for p in protocol.precisions:
@@ -596,124 +646,118 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                       for p, c in chunks.items() if k < len(c)]
         return order
 
-    total = sum(cost(item[0], w) for item in work for w in item[3])
-    # the calm looks' share, priced as the probe prices it (each replaced by its real cost
-    # when it starts), so the time left counts them from the first seconds
-    calm = CALM_SHARE * sum(
-        cost(p, w) for p in protocol.precisions
-        for shape, is_held in zip(planned, held)
-        for w in protocol.grid + (checks if is_held else [])) if protocol.calm_looks else 0.0
-    total += calm * protocol.calm_looks
-    if records:
-        note(f"resuming {out}: {len(records)} measurements kept")
-    note(f"profiling {len(planned)} shapes x {len(protocol.precisions)} precision(s) x "
-         f"{len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on {device}, "
-         f"{protocol.rounds} rounds")
-    done, group = 0.0, max((r["group"] for r in records), default=-1) + 1
-    waited = 0.0  # seconds the calm looks waited for the machine
-    measuring = time.perf_counter()
-    reference = Shape(tuple(header.reference_shape), space)
-    with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
-        sessions = GraphSessions(Path(tmp), config, device, protocol.threads,
-                                 header.fingerprint["isa"])
-        refs: dict[str, Any] = {}
+    def left(self) -> float:
+        """The measuring time still to come, at the rate so far (waits left out)."""
+        spent = time.perf_counter() - self.measuring - self.waited
+        return max(0.0, spent / self.done * (self.total - self.done)) if self.done else self.total
 
-        def left() -> float:
-            """The measuring time still to come, at the rate so far (waits left out)."""
-            spent = time.perf_counter() - measuring - waited
-            return max(0.0, spent / done * (total - done)) if done else total
+    def may_wait(self) -> bool:
+        """A calm look may wait while the rest still fits in the time asked for."""
+        return (self.protocol.calm_wait and self.minutes is not None
+                and time.perf_counter() + self.left() < self.started + self.minutes * 60)
 
-        def may_wait() -> bool:
-            """A calm look may wait while the rest still fits in the time asked for."""
-            return (protocol.calm_wait and minutes is not None
-                    and time.perf_counter() + left() < started + minutes * 60)
+    def run(self) -> bool:
+        """Measure everything missing, then the calm looks; whether anything was measured."""
+        protocol, header, note = self.protocol, self.header, self.note
+        work = self.work()
+        self.total = sum(self.cost(item[0], w) for item in work for w in item[3])
+        # the calm looks' share, priced as the probe prices it (each replaced by its real cost
+        # when it starts), so the time left counts them from the first seconds
+        calm = CALM_SHARE * sum(
+            self.cost(p, w) for p in protocol.precisions
+            for shape, is_held in zip(self.planned, self.held)
+            for w in protocol.grid + (protocol.checks if is_held else [])
+        ) if protocol.calm_looks else 0.0
+        self.total += calm * protocol.calm_looks
+        if self.records:
+            note(f"resuming {self.out}: {len(self.records)} measurements kept")
+        note(f"profiling {len(self.planned)} shapes x {len(protocol.precisions)} precision(s) "
+             f"x {len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on "
+             f"{self.device}, {protocol.rounds} rounds")
+        self.measuring = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
+            self.sessions = GraphSessions(Path(tmp), header.config, self.device,
+                                          protocol.threads, header.fingerprint["isa"])
+            self.measure(self.grouped(work))
+            measured = bool(work)
+            for look in range(protocol.calm_looks):
+                records = read_measurements(self.out)
+                items = calm_look_items(records, protocol, header.space, look)
+                self.fastest = fastest_reference(records)
+                if not items:  # nothing ran slow, or a resumed run's look already done
+                    self.total -= calm  # its share, priced up front, is not to come
+                    continue
+                self.total += sum(self.cost(item[0], w) for item in items
+                                  for w in item[3]) - calm
+                note(f"calm look {look + 1}/{protocol.calm_looks}: "
+                     f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
+                     f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
+                     "reference, looked at again")
+                self.measure(self.grouped(items))
+                measured = True
+            self.sessions = None
+        return measured
 
-        fastest: dict[tuple[str, int, int], float] = {}
-
-        def measure(order: list[tuple[str, list]]) -> None:
-            nonlocal done, group, waited
-            for precision, batch_items in order:
-                if precision not in refs:
-                    refs[precision] = sessions.build(reference, precision)
-                ref_session = refs[precision]
-                built = {id(item): sessions.build(item[2], precision,
-                                                  dropped_for(item[2], header))
-                         for item in batch_items}
-                workloads = sorted({w for item in batch_items for w in item[3]},
-                                   key=lambda w: w[0] * w[1])
-                look = batch_items[0][4]
-                label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
-                         if look >= protocol.sweeps else
-                         f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1
-                         else "")
-                for w in workloads:
-                    feeds = inputs_for(w, header.config)
-                    members = [item for item in batch_items if w in item[3]]
-                    runners = {REFERENCE: runner(ref_session, feeds)}
-                    for i, item in enumerate(members):
-                        runners[i] = runner(built[id(item)], feeds)
-                    gate = None
-                    if (look >= protocol.sweeps and (precision, *w) in fastest
-                            and may_wait()):
-                        t = time.perf_counter()
-                        gate = wait_for_calm(
-                            lambda: measure_interleaved(
-                                {REFERENCE: runners[REFERENCE]}, replace(protocol, rounds=1),
-                                seed=group)[REFERENCE]["median_ms"],
-                            fastest[(precision, *w)], may_wait,
-                            lambda m: note(f"{label}{precision} group {group} at batch "
-                                           f"{w[0]} x {w[1]} tokens: {m}"))
-                        waited += time.perf_counter() - t
-                    results = measure_interleaved(runners, protocol, seed=group)
-                    lines = _records(members, results, precision, w, group, header, gate=gate)
-                    # A measurement whose rounds disagree (one session slowed down for a
-                    # while on a shared machine) is timed again at once, its rounds pooling,
-                    # when there is one sweep; with more, the next sweep is the second look.
-                    noisy = [i for i in range(len(members)) if protocol.sweeps == 1
-                             and results[i]["cv"] > protocol.noisy_cv]
-                    if noisy:
-                        again = measure_interleaved(
-                            {REFERENCE: runners[REFERENCE], **{i: runners[i] for i in noisy}},
-                            protocol, seed=group + 100_000)
-                        lines += _records([members[i] for i in noisy],
-                                          {REFERENCE: again[REFERENCE],
-                                           **{j: again[i] for j, i in enumerate(noisy)}},
-                                          precision, w, group, header, retry=True,
-                                          gate=gate)
-                    _append(out, lines)
-                    done += cost(precision, w) * len(members)
-                    elapsed = time.perf_counter() - started
-                    note(f"[{done / total:5.1%}] {label}{precision} group {group} at batch "
-                         f"{w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, about "
-                         f"{left() / 60:.1f} min left")
-                del built
-                group += 1
-
-        measure(grouped(work))
-        measured = bool(work)
-        for look in range(protocol.calm_looks):
-            records = read_measurements(out)
-            items = calm_look_items(records, protocol, space, look)
-            fastest = fastest_reference(records)
-            if not items:  # nothing ran slow, or a resumed run's look already done
-                total -= calm  # its share, priced up front, is not to come
-                continue
-            total += sum(cost(item[0], w) for item in items for w in item[3]) - calm
-            note(f"calm look {look + 1}/{protocol.calm_looks}: "
-                 f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
-                 f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
-                 "reference, looked at again")
-            measure(grouped(items))
-            measured = True
-    records = read_measurements(out)
-    header.status = "measured"
-    previous = (header.summary or {}).get("last_run")
-    header.summary = _summary(records, protocol, time.perf_counter() - started, measured)
-    if not measured and previous:  # resumed with nothing left to measure: the run that measured
-        header.summary["last_run"] = previous
-    header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
-    write_header(out, header)
-    return header
+    def measure(self, order: list[tuple[str, list]]) -> None:
+        """Time each group at each of its sizes, interleaved with the reference graph, and
+        append the records (a calm look first waits for the machine, while time allows)."""
+        protocol, header, sessions = self.protocol, self.header, self.sessions
+        assert sessions is not None
+        reference = Shape(tuple(header.reference_shape), header.space)
+        for precision, batch_items in order:
+            if precision not in self.refs:
+                self.refs[precision] = sessions.build(reference, precision)
+            ref_session = self.refs[precision]
+            built = {id(item): sessions.build(item[2], precision, dropped_for(item[2], header))
+                     for item in batch_items}
+            workloads = sorted({w for item in batch_items for w in item[3]},
+                               key=lambda w: w[0] * w[1])
+            look = batch_items[0][4]
+            label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
+                     if look >= protocol.sweeps else
+                     f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1 else "")
+            for w in workloads:
+                feeds = inputs_for(w, header.config)
+                members = [item for item in batch_items if w in item[3]]
+                runners = {REFERENCE: runner(ref_session, feeds)}
+                for i, item in enumerate(members):
+                    runners[i] = runner(built[id(item)], feeds)
+                gate = None
+                group = self.group
+                if (look >= protocol.sweeps and (precision, *w) in self.fastest
+                        and self.may_wait()):
+                    t = time.perf_counter()
+                    gate = wait_for_calm(
+                        lambda: measure_interleaved(
+                            {REFERENCE: runners[REFERENCE]}, replace(protocol, rounds=1),
+                            seed=group)[REFERENCE]["median_ms"],
+                        self.fastest[(precision, *w)], self.may_wait,
+                        lambda m: self.note(f"{label}{precision} group {group} at batch "
+                                            f"{w[0]} x {w[1]} tokens: {m}"))
+                    self.waited += time.perf_counter() - t
+                results = measure_interleaved(runners, protocol, seed=group)
+                lines = _records(members, results, precision, w, group, header, gate=gate)
+                # A measurement whose rounds disagree (one session slowed down for a while on
+                # a shared machine) is timed again at once, its rounds pooling, when there is
+                # one sweep; with more, the next sweep is the second look.
+                noisy = [i for i in range(len(members)) if protocol.sweeps == 1
+                         and results[i]["cv"] > protocol.noisy_cv]
+                if noisy:
+                    again = measure_interleaved(
+                        {REFERENCE: runners[REFERENCE], **{i: runners[i] for i in noisy}},
+                        protocol, seed=group + 100_000)
+                    lines += _records([members[i] for i in noisy],
+                                      {REFERENCE: again[REFERENCE],
+                                       **{j: again[i] for j, i in enumerate(noisy)}},
+                                      precision, w, group, header, retry=True, gate=gate)
+                _append(self.out, lines)
+                self.done += self.cost(precision, w) * len(members)
+                elapsed = time.perf_counter() - self.started
+                self.note(f"[{self.done / self.total:5.1%}] {label}{precision} group {group} "
+                          f"at batch {w[0]} x {w[1]} tokens; {elapsed / 60:.1f} min so far, "
+                          f"about {self.left() / 60:.1f} min left")
+            del built
+            self.group += 1
 
 
 def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: str,
