@@ -195,7 +195,8 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     plan = model.manifest.plan
     profile, elsewhere = None, []
     if plan and Path(plan["profile"]).is_dir():
-        from shaper_deploy.profiling.predictor import DeviceProfile, judged_phrase
+        from shaper_deploy.profiling.predictor import (DeviceProfile, judged_phrase,
+                                                       over_budget_advice)
 
         profile = DeviceProfile.load(plan["profile"])
         elsewhere = profile.foreign_fields()
@@ -221,8 +222,10 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         m = profile.measure(bundle / model.model_file, plan["precision"],
                             (plan["batch"], plan["seq_len"]), device, pct,
                             seconds=plan.get("measure_seconds") or MEASURE_SECONDS)
+        within = m["judged_ms"] <= plan["budget_ms"]
         data["profile_protocol"] = {**m, "predicted_ms": plan["predicted_ms"],
-                                    "within_budget": m["judged_ms"] <= plan["budget_ms"]}
+                                    "within_budget": within,
+                                    "advice": None if within else over_budget_advice(m)}
     lat = result["latency_ms"]
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, seq {seq_len}, {concurrency} client thread(s) back to "
@@ -249,6 +252,8 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         rows.append(("now", f"p{pct:g} {m['judged_ms']:.2f} ms with the profile's protocol "
                             f"at the plan's workload ({m['runs']} runs in {m['seconds']:.0f} s): "
                             f"{verdict} ({judged_phrase(m)})"))
+        if m["advice"]:
+            rows.append(("advice", m["advice"]))
     emit(data, as_json, lambda d: table(rows))
 
 
@@ -284,7 +289,8 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.errors import ServingError
     from shaper_deploy.io import output_lock
-    from shaper_deploy.profiling.predictor import DeviceProfile, judged_phrase
+    from shaper_deploy.profiling.predictor import (DeviceProfile, judged_phrase,
+                                                   over_budget_advice)
     from shaper_deploy.serving import Bundle
 
     manifest = BundleManifest.read(bundle)
@@ -310,6 +316,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
               "error_vs_prediction": m["estimated_ms"] / plan["predicted_ms"] - 1,
               "when": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds")}
+    result["advice"] = None if result["within_budget"] else over_budget_advice(m)
     with output_lock(bundle):
         manifest = BundleManifest.read(bundle)
         manifest.plan["verification"] = result
@@ -324,6 +331,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
                      f"estimate {result['error_vs_prediction']:+.1%} vs the prediction; "
                      f"{m['runs']} runs over {m['seconds']:.0f} s)"),
         ("fidelity", f"{plan['fidelity']:.4f} ({plan['fidelity_metric']})"),
+        *([("advice", result["advice"])] if result["advice"] else []),
         ("recorded", str(bundle / "shaper.json"))]))
     if not result["within_budget"]:
         raise SystemExit(3)

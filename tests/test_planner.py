@@ -424,6 +424,14 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     data = json.loads(bench.stdout)
     assert data["plan"]["budget_ms"] == 10_000 and data["profile_protocol"]["batch"] == 2
     assert data["profile_protocol"]["seconds"] >= 1.5
+    assert data["profile_protocol"]["advice"] is None  # within: nothing to do
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    manifest["plan"]["budget_ms"] = 1e-6
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
+    over = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
+                                     "--seq-len", "12"])
+    assert over.exit_code == 0, over.output
+    assert "OVER the" in over.stdout and "plan again" in over.stdout
 
 
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
@@ -705,7 +713,10 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
     manifest.write(tmp_path / "b")
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
     assert r.exit_code == 3 and "OVER the" in r.stdout
-    assert BundleManifest.read(tmp_path / "b").plan["target"]["verified"] is False
+    assert "advice" in r.stdout and "its prediction missed" in r.stdout  # the machine as profiled
+    recorded = BundleManifest.read(tmp_path / "b").plan
+    assert recorded["target"]["verified"] is False
+    assert "plan again" in recorded["verification"]["advice"]
 
 
 @pytest.mark.parametrize("drift, priced, within", [
@@ -746,6 +757,11 @@ def test_a_slowdown_the_profile_priced_is_not_counted_twice(profile, supernet, t
     assert v["observed_ms"] == pytest.approx(floor_now)
     assert v["judged_ms"] == pytest.approx(max(floor_now / priced * 1.2, floor_now))
     assert v["within_budget"] is within
+    # over because the machine is slower than the profile priced: profile it as it runs now
+    assert (v["advice"] is None) is within
+    if not within:
+        assert f"runs {drift:.2f}x slower" in v["advice"] and "beyond the x1.50" in v["advice"]
+        assert f"shaperctl profile --from {profile.path} --out DIR" in v["advice"]
     if drift == 1.4:  # the old rule, floor now x tail: 1.18 ms, OVER
         assert floor_now * 1.2 > 1.0
     human = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])

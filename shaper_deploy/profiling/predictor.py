@@ -777,6 +777,23 @@ def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
             f"{now}; {floor}, machine {m['drift']:.2f}x its profiled speed now{beyond}")
 
 
+def over_budget_advice(m: dict[str, Any]) -> str:
+    """What to do about a planned model that a ``DeviceProfile.measure`` result ``m`` judged
+    over its budget. A machine slower than its profile's tail prices (a slower hour, or a host
+    of the same fingerprint that runs slower: 1.16x for hours on the Intel class) needs a
+    profile of the machine as it runs now; a model over at the profiled speed, a new plan."""
+    priced = m.get("priced_drift", 1.0)
+    if m["drift"] > priced * 1.005:
+        return (f"the machine runs {m['drift']:.2f}x slower than when {m['profile']} was made, "
+                f"beyond the x{priced:.2f} its tail prices: if it runs so from now on, profile "
+                f"it as it is now (shaperctl profile --from {m['profile']} --out DIR, a few "
+                "minutes) and plan again with export --latency ... --profile DIR; if the slow "
+                "period passes, verify again then")
+    return (f"over the budget at the speed {m['profile']} priced, so its prediction missed "
+            "for this model: plan again (export --latency measures each candidate and steps "
+            "down), or remake the profile with a larger --minutes")
+
+
 def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
            records: list[dict[str, Any]]) -> None:
     import matplotlib
