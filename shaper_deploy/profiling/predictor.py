@@ -779,8 +779,8 @@ def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
 
 def over_budget_advice(m: dict[str, Any]) -> str:
     """What to do about a planned model that a ``DeviceProfile.measure`` result ``m`` judged
-    over its budget. A machine slower than its profile's tail prices (a slower hour, or a host
-    of the same fingerprint that runs slower: 1.16x for hours on the Intel class) needs a
+    over its budget. A machine slower than its profile's tail prices (a slower hour: the Intel
+    class ran at two levels about 15% apart for hours, docs/benchmarks.md session 28) needs a
     profile of the machine as it runs now; a model over at the profiled speed, a new plan."""
     priced = m.get("priced_drift", 1.0)
     if m["drift"] > priced * 1.005:
