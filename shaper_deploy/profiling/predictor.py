@@ -762,6 +762,13 @@ def priced_drift(drift: float, slowdown: float | None) -> float:
     return min(float(drift), max(1.0, float(slowdown)))
 
 
+def unpriced_slowdown(m: dict[str, Any]) -> float | None:
+    """How far the machine's slowdown during a ``DeviceProfile.measure`` result ``m`` went
+    beyond what the profile's tail prices (``drift / priced_drift``), or None within it."""
+    priced = m.get("priced_drift", 1.0)
+    return m["drift"] / priced if m["drift"] > priced * 1.005 else None
+
+
 def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
     """How a ``DeviceProfile.measure`` result was judged, in words: ``judged_ms`` (verify,
     bench), or with ``bound`` the planner's ``kept_on_ms``."""
@@ -771,8 +778,9 @@ def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
     priced = m.get("priced_drift", 1.0)
     floor = f"floor {m['intrinsic_ms']:.2f} ms" + (
         "" if priced == 1.0 else f" ({m['intrinsic_ms'] / priced:.2f} ms at the profiled speed)")
-    beyond = (f", {m['drift'] / priced:.2f}x beyond the slowdowns the profile's tail prices"
-              if m["drift"] > priced * 1.005 else "")
+    unpriced = unpriced_slowdown(m)
+    beyond = (f", {unpriced:.2f}x beyond the slowdowns the profile's tail prices"
+              if unpriced is not None else "")
     return (f"the larger of {m['estimated_ms']:.2f} ms as the profile saw the machine and "
             f"{now}; {floor}, machine {m['drift']:.2f}x its profiled speed now{beyond}")
 
@@ -782,8 +790,8 @@ def over_budget_advice(m: dict[str, Any]) -> str:
     over its budget. A machine slower than its profile's tail prices (a slower hour: the Intel
     class ran at two levels about 15% apart for hours, docs/benchmarks.md session 28) needs a
     profile of the machine as it runs now; a model over at the profiled speed, a new plan."""
-    priced = m.get("priced_drift", 1.0)
-    if m["drift"] > priced * 1.005:
+    if unpriced_slowdown(m) is not None:
+        priced = m.get("priced_drift", 1.0)
         return (f"the machine runs {m['drift']:.2f}x slower than when {m['profile']} was made, "
                 f"beyond the x{priced:.2f} its tail prices: if it runs so from now on, profile "
                 f"it as it is now (shaperctl profile --from {m['profile']} --out DIR, a few "

@@ -592,10 +592,9 @@ class _Measuring:
         self.total = 0.0  # ... and all of it, as priced so far
         self.waited = 0.0  # seconds the calm looks waited for the machine
         self.group = max((r["group"] for r in self.records), default=-1) + 1
-        self.measuring = time.perf_counter()
+        self.measuring = 0.0  # when measuring began (``run``): the rate ``left`` extrapolates
         self.fastest: dict[tuple[str, int, int], float] = {}
         self.refs: dict[str, Any] = {}
-        self.sessions: GraphSessions | None = None
 
     def work(self) -> list[tuple[str, str, Shape, list[Workload], int]]:
         """Each work item still to measure: (precision, phase, shape, workloads, sweep)."""
@@ -676,9 +675,9 @@ class _Measuring:
              f"{self.device}, {protocol.rounds} rounds")
         self.measuring = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
-            self.sessions = GraphSessions(Path(tmp), header.config, self.device,
-                                          protocol.threads, header.fingerprint["isa"])
-            self.measure(self.grouped(work))
+            sessions = GraphSessions(Path(tmp), header.config, self.device,
+                                     protocol.threads, header.fingerprint["isa"])
+            self.measure(self.grouped(work), sessions)
             measured = bool(work)
             for look in range(protocol.calm_looks):
                 records = read_measurements(self.out)
@@ -693,16 +692,14 @@ class _Measuring:
                      f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
                      f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
                      "reference, looked at again")
-                self.measure(self.grouped(items))
+                self.measure(self.grouped(items), sessions)
                 measured = True
-            self.sessions = None
         return measured
 
-    def measure(self, order: list[tuple[str, list]]) -> None:
+    def measure(self, order: list[tuple[str, list]], sessions: GraphSessions) -> None:
         """Time each group at each of its sizes, interleaved with the reference graph, and
         append the records (a calm look first waits for the machine, while time allows)."""
-        protocol, header, sessions = self.protocol, self.header, self.sessions
-        assert sessions is not None
+        protocol, header = self.protocol, self.header
         reference = Shape(tuple(header.reference_shape), header.space)
         for precision, batch_items in order:
             if precision not in self.refs:
