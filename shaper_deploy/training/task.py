@@ -304,8 +304,9 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
                 last_note = now
                 rate = (done - phase_start) / (now - phase_t)
                 full_left = max(0, config.full_steps - done)
+                # the rate is the full phase's until a sandwich step has been timed
                 left = (full_left + (total - done - full_left) * per_sandwich) / rate \
-                    if full_left else (total - done) / rate
+                    if step < config.full_steps else (total - done) / rate
                 note(f"step {done}/{total} ({'full' if step < config.full_steps else 'sandwich'})"
                      f"  loss {sum(losses) / len(losses):.4f}  {rate:.2f} steps/s  "
                      f"ETA {_duration(left)}")
