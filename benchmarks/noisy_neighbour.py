@@ -88,7 +88,11 @@ def main() -> None:
         ap.error("give --minutes, a command after --, or both")
     seconds = (args.minutes or 24 * 60) * 60
     periods = schedule(args.seed, seconds)
-    child = subprocess.Popen(args.command) if args.command else None
+    try:
+        args.log.open("a").close()
+        child = subprocess.Popen(args.command) if args.command else None
+    except OSError as e:
+        ap.error(f"{e.filename or args.command[0]}: {e.strerror}")
     duties = [mp.Value("d", 0.0) for _ in range(2)]
     stop = mp.Event()
     workers = [mp.Process(target=_worker, args=(d, stop), daemon=True) for d in duties]
