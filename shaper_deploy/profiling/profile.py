@@ -611,8 +611,7 @@ class _Measuring:
         for sweep in range(protocol.sweeps):
             for precision in protocol.precisions:
                 for shape, is_held in zip(self.planned, self.held):
-                    todo = missing(shape, precision, "main",
-                                   protocol.grid + (protocol.checks if is_held else []), sweep)
+                    todo = missing(shape, precision, "main", self.sizes(is_held), sweep)
                     if todo:
                         work.append((precision, "main", shape, todo, sweep))
                 for shape in self.planned[:protocol.repeat_shapes]:
@@ -620,6 +619,11 @@ class _Measuring:
                     if todo:
                         work.append((precision, "repeat", shape, todo, sweep))
         return work
+
+    def sizes(self, is_held: bool) -> list[Workload]:
+        """The sizes a shape's main measurement times: the grid, and the check sizes between
+        grid points for a held-out shape."""
+        return self.protocol.grid + (self.protocol.checks if is_held else [])
 
     def cost(self, precision: str, w: Workload) -> float:
         """A shape's share of the time at a size (from the probe; tokens without one)."""
@@ -663,10 +667,8 @@ class _Measuring:
         # the calm looks' share, priced as the probe prices it (each replaced by its real cost
         # when it starts), so the time left counts them from the first seconds
         calm = CALM_SHARE * sum(
-            self.cost(p, w) for p in protocol.precisions
-            for shape, is_held in zip(self.planned, self.held)
-            for w in protocol.grid + (protocol.checks if is_held else [])
-        ) if protocol.calm_looks else 0.0
+            self.cost(p, w) for p in protocol.precisions for is_held in self.held
+            for w in self.sizes(is_held)) if protocol.calm_looks else 0.0
         self.total += calm * protocol.calm_looks
         if self.records:
             note(f"resuming {self.out}: {len(self.records)} measurements kept")
@@ -709,7 +711,7 @@ class _Measuring:
                      for item in batch_items}
             workloads = sorted({w for item in batch_items for w in item[3]},
                                key=lambda w: w[0] * w[1])
-            look = batch_items[0][4]
+            look, group = batch_items[0][4], self.group
             label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
                      if look >= protocol.sweeps else
                      f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1 else "")
@@ -720,7 +722,6 @@ class _Measuring:
                 for i, item in enumerate(members):
                     runners[i] = runner(built[id(item)], feeds)
                 gate = None
-                group = self.group
                 if (look >= protocol.sweeps and (precision, *w) in self.fastest
                         and self.may_wait()):
                     t = time.perf_counter()
