@@ -46,8 +46,9 @@ from .common import (ShaperGroup, emit, int_list, json_option, millions, percent
               help="Intra-op threads.")
 @click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
               help="Time budget for measuring (default 12; 2 with --from): a probe of the "
-                   "device's speed (its first seconds) picks how many shapes and rounds fit. "
-                   "Ignored with --samples.")
+                   "device's speed (its first seconds) picks how many shapes and rounds fit "
+                   "in three quarters of it, the rest kept for the calm looks' waits "
+                   "(--calm-wait; a transfer sizes to all of it). Ignored with --samples.")
 @click.option("--samples", default=None, type=click.IntRange(8, 2000),
               help="Shapes to measure, instead of what --minutes buys (stratified over the "
                    "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")

@@ -499,21 +499,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                             dropped)
     family = cigar_family(profile.space)
     target = profile.header.fingerprint
-    # Candidates are the graphs the profile timed: int8 all through, no fp32 fallback (a
-    # fallback graph is slower than the profile's int8 model says; export --shape makes one)
-    options = replace(options, int8_fallback=False)
-    if for_device:
-        options = replace(options, int8_isa=tuple(target["isa"]))
-    if evaluation is not None:
-        # int8 is judged like every candidate, by its accuracy on the user's data: a label
-        # agreement gate would drop an int8 model that flips borderline texts both ways (the
-        # full MiniLM sentiment classifier: 7.8% of 256 reviews flipped) whatever its
-        # accuracy. The agreement on the user's texts is still recorded.
-        options = replace(options, judge_texts=tuple(evaluation.texts[:256]),
-                          judge_pairs=tuple((evaluation.pairs or [])[:256]),
-                          int8_min_agreement=None)
-    elif calibration:
-        options = replace(options, judge_texts=tuple(calibration))
+    options = _candidate_options(options, target["isa"] if for_device else None, evaluation,
+                                 calibration)
     note(f"budget {budget.text or f'{budget_ms:g} ms'}"
          + (f" = {budget_ms:.2f} ms (of the full fp32 model's p{percentile:g})"
             if budget.relative else "")
@@ -557,23 +544,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                     teacher, profile, prec, budget_ms, (batch, seq_len), percentile,
                     Path(work) / f"teacher-{prec}", replace(options, int8=prec == "int8"),
                     None if for_device else measure, note))
-        fitting = [c for c in candidates if c.status == "fits"]
-        for c in fitting:
-            c.fidelity = judge.score(Path(work) / c.folder, _model_file(c.precision))
-        if not fitting:
-            raise PlannerError(f"no candidate met {budget_ms:.4g} ms at p{percentile:g}, batch "
-                               f"{batch} x {seq_len} tokens: "
-                               + "; ".join(f"{c.label}: {c.status} ({c.reason})"
-                                           for c in candidates))
-        best = max(fitting, key=lambda c: (round(c.fidelity, 4), -(c.measured_ms or
-                                                                     c.upper_ms)))
-        best.status = "chosen"
-        for c in fitting:
-            if c is not best:
-                c.reason = (f"{judge.short} {c.fidelity:.4f} < {best.fidelity:.4f} "
-                            f"({best.label})")
-        best.reason = (f"highest {judge.short} within the budget" if len(fitting) > 1 else
-                       "the only candidate within the budget")
+        best = _choose(candidates, judge, Path(work),
+                       f"{budget_ms:.4g} ms at p{percentile:g}, batch {batch} x {seq_len} tokens")
         plan_record = {
             "budget_ms": budget_ms, "budget": budget.to_dict(), "percentile": percentile,
             "batch": batch, "seq_len": seq_len,
@@ -595,18 +567,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                          "screened_on": (None if len(names) == 1 else
                                          f"the first {min(SCREEN_ROWS, judge.rows)} of "
                                          f"{judge.used}" if judge.labelled else judge.used)},
-            "method": (f"per precision and shape family ({', '.join(names)}) the largest shape "
-                       f"whose predicted p{percentile:g} x the profile's p95 margin fits"
-                       + ("; the family whose shape scores the highest "
-                          f"{judge.short} in PyTorch fp32 is exported; " if len(names) > 1
-                          else "; ")
-                       + ("not measured (planned for the profile's machine)" if for_device
-                          else f"exported, measured for {measure_seconds:g} s with the profile's "
-                               "protocol (floor x the profile's tail factor, or the observed "
-                               f"percentile's {PLAN_CONFIDENCE:.0%} upper bound if larger), "
-                               "stepped down or up, kept only under budget / (1 + the "
-                               "profile's noise floor)")
-                       + "; highest fidelity among those within budget")}
+            "method": _method(names, percentile, judge.short,
+                              None if for_device else measure_seconds)}
         chosen = Path(work) / best.folder
         manifest = BundleManifest.read(chosen, PlannerError)
         manifest.plan = plan_record
@@ -619,6 +581,67 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             f"p{percentile:g} {best.predicted_ms:.2f} ms predicted there (unverified)")
          + f", {judge.short} {best.fidelity:.4f}")
     return manifest
+
+
+def _candidate_options(options: ExportOptions, target_isa: Sequence[str] | None,
+                       evaluation: TaskData | None,
+                       calibration: Sequence[str] | None) -> ExportOptions:
+    """The export options every candidate is made with: the graphs the profile timed (int8
+    all through, no fp32 fallback: a fallback graph is slower than the profile's int8 model
+    says; export --shape makes one), in the target's int8 format when planning for another
+    device (``target_isa``), judged on the user's texts."""
+    options = replace(options, int8_fallback=False)
+    if target_isa is not None:
+        options = replace(options, int8_isa=tuple(target_isa))
+    if evaluation is not None:
+        # int8 is judged like every candidate, by its accuracy on the user's data: a label
+        # agreement gate would drop an int8 model that flips borderline texts both ways (the
+        # full MiniLM sentiment classifier: 7.8% of 256 reviews flipped) whatever its
+        # accuracy. The agreement on the user's texts is still recorded.
+        return replace(options, judge_texts=tuple(evaluation.texts[:256]),
+                       judge_pairs=tuple((evaluation.pairs or [])[:256]),
+                       int8_min_agreement=None)
+    if calibration:
+        return replace(options, judge_texts=tuple(calibration))
+    return options
+
+
+def _choose(candidates: list[Candidate], judge: "Judge", work: Path, request: str
+            ) -> Candidate:
+    """Score every candidate that fits (its export in ``work``) and mark the best: the
+    highest fidelity (to 4 decimals), then the fastest; the others' reasons say why not.
+    None fits: one error naming every candidate's status (``request``: budget and size)."""
+    fitting = [c for c in candidates if c.status == "fits"]
+    for c in fitting:
+        c.fidelity = judge.score(work / c.folder, _model_file(c.precision))
+    if not fitting:
+        raise PlannerError(f"no candidate met {request}: "
+                           + "; ".join(f"{c.label}: {c.status} ({c.reason})"
+                                       for c in candidates))
+    best = max(fitting, key=lambda c: (round(c.fidelity, 4), -(c.measured_ms or c.upper_ms)))
+    best.status = "chosen"
+    for c in fitting:
+        if c is not best:
+            c.reason = f"{judge.short} {c.fidelity:.4f} < {best.fidelity:.4f} ({best.label})"
+    best.reason = (f"highest {judge.short} within the budget" if len(fitting) > 1 else
+                   "the only candidate within the budget")
+    return best
+
+
+def _method(names: Sequence[str], percentile: float, judged_by: str,
+            measure_seconds: float | None) -> str:
+    """The plan's method in words (``measure_seconds`` None: planned for another device)."""
+    return (f"per precision and shape family ({', '.join(names)}) the largest shape "
+            f"whose predicted p{percentile:g} x the profile's p95 margin fits"
+            + ("; the family whose shape scores the highest "
+               f"{judged_by} in PyTorch fp32 is exported; " if len(names) > 1 else "; ")
+            + ("not measured (planned for the profile's machine)" if measure_seconds is None
+               else f"exported, measured for {measure_seconds:g} s with the profile's "
+                    "protocol (floor x the profile's tail factor, or the observed "
+                    f"percentile's {PLAN_CONFIDENCE:.0%} upper bound if larger), "
+                    "stepped down or up, kept only under budget / (1 + the "
+                    "profile's noise floor)")
+            + "; highest fidelity among those within budget")
 
 
 @dataclass(frozen=True)

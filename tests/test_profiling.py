@@ -926,11 +926,24 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
     assert kept["precisions"] == ["fp32", "int8"]
     fixed = size_profile(header, 20, None, auto_precision=False)
     assert (fixed["samples"], fixed["rounds"]) == (20, header.protocol.rounds)
+    # a profile whose calm looks wait keeps a quarter of the time out of its sizing for them
+    assert kept["wait_reserve_minutes"] == 0.0
+    header.protocol = dataclasses.replace(header.protocol, calm_looks=2, calm_wait=False)
+    no_wait = size_profile(header, None, 3, auto_precision=False)
+    header.protocol = dataclasses.replace(header.protocol, calm_wait=True)
+    waits = size_profile(header, None, 3, auto_precision=False)
+    assert (no_wait["wait_reserve_minutes"], waits["wait_reserve_minutes"]) == (
+        0.0, round(0.25 * (3 * 60 - 5) / 60, 1))
+    assert "min kept for the looks to wait" in waits["decision"]
+    cost = {k: estimate_seconds(header, d["samples"], d["rounds"], d["precisions"])
+            for k, d in (("waits", waits), ("no_wait", no_wait))}
+    assert cost["waits"] <= 0.75 * (3 * 60 - 5) < cost["no_wait"] <= 3 * 60 - 5
+    assert size_profile(header, 20, None, False)["wait_reserve_minutes"] == 0.0  # no budget
     # a transfer (2 sweeps): 1 round in each at first, at most 4 looks in all; --rounds kept
     header.transfer = {}
     header.protocol = dataclasses.replace(header.protocol, sweeps=2, rounds=3)
     wide = size_profile(header, None, 30, auto_precision=False)
-    assert wide["rounds"] == 2 and wide["samples"] > 12
+    assert wide["rounds"] == 2 and wide["samples"] > 12 and wide["wait_reserve_minutes"] == 0.0
     assert size_profile(header, None, 30, False, auto_rounds=False)["rounds"] == 3
     header.probe["ms"] = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
                           for p, m in header.probe["ms"].items()}  # a slow device

@@ -92,6 +92,14 @@ TRANSFER_CALM_LOOKS = 1
 # shape x size items on the AMD Zen 5 class had their lowest floor from a group over 1.1x the
 # fastest reference, 35-55% on Zen 2 and Zen 4 (the shipped profiles).
 CALM_SHARE = 0.3
+# The share of a direct profile's time (--minutes, after the probe) kept out of its sizing
+# for the calm looks' waits (Protocol.calm_wait). Beside an emulated noisy neighbour on the
+# Intel class (benchmarks/noisy_neighbour.py, session 29), the profile whose sweeps ended with
+# 1.8 of its 12 minutes left waited them and was reliable (64 of 64 look groups calm); three
+# whose probe, timed in a calm first minute, priced 24-28 shapes at 11.1-11.5 minutes ran
+# 12.5-16 minutes without a look able to wait and were UNRELIABLE. A slow period there and
+# on the AMD Zen 2 VM lasts 1-4 minutes; a quarter of 12 minutes covers one.
+CALM_RESERVE = 0.25
 
 
 # A task whose graph a profile of another task's graph predicts: a classifier is the
@@ -863,7 +871,8 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
     buys less than a typical planning margin cannot change a plan. The time goes first to
     shapes up to 40 (where the additive model's error levels off: 1.7% from 40 shapes, 1.5%
     from 150, on the Intel class's 300-shape profiles), then to rounds up to 8 (what a noisy
-    host needs), then to more shapes (up to 120).
+    host needs), then to more shapes (up to 120). A direct profile whose calm looks wait
+    keeps ``CALM_RESERVE`` of the time out of this sizing, for the waits.
     """
     protocol = header.protocol
     precisions = list(protocol.precisions)
@@ -874,8 +883,14 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
         precisions.remove("int8")
         dropped = (f"int8 dropped: at most {best_gain:.2f}x faster than fp32 here "
                    f"(< {MIN_INT8_GAIN:.2f}x at every size)")
-    def fits(n: int, r: int) -> bool:  # n shapes at r rounds within --minutes
-        return estimate_seconds(header, n, r, precisions) <= minutes * 60 - header.probe["seconds"]
+    # a direct profile that waits for calm moments sizes its measuring to what the waits leave
+    reserve = (CALM_RESERVE if samples is None and header.transfer is None
+               and protocol.calm_looks and protocol.calm_wait else 0.0)
+    kept = reserve * (minutes * 60 - header.probe["seconds"]) if reserve else 0.0
+
+    def fits(n: int, r: int) -> bool:  # n shapes at r rounds within --minutes, less the waits'
+        return (estimate_seconds(header, n, r, precisions)
+                <= minutes * 60 - header.probe["seconds"] - kept)
 
     if samples is not None:
         n, rounds = samples, protocol.rounds
@@ -905,6 +920,7 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
     return {"precisions": precisions, "samples": n, "rounds": rounds,
             "minutes_asked": minutes if samples is None else None,
             "estimated_minutes": round(estimate / 60, 1),
+            "wait_reserve_minutes": round(kept / 60, 1),
             "decision": (f"probe ({header.probe['seconds']:.0f} s): {gains}"
                          + (dropped + "; " if dropped else "")
                          + f"measuring {n} shapes x {'+'.join(precisions)} x {rounds} "
@@ -913,6 +929,8 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
                          + (f", then up to {protocol.calm_looks} calm look(s) at what ran slow"
                             if protocol.calm_looks else "")
                          + f", about {estimate / 60:.1f} min"
+                         + (f" and up to {kept / 60:.1f} min kept for the looks to wait for "
+                            "calm moments" if kept else "")
                          + (f" (budget {minutes:g} min)" if samples is None else ""))}
 
 
