@@ -98,7 +98,10 @@ CALM_SHARE = 0.3
 # 1.8 of its 12 minutes left waited them and was reliable (64 of 64 look groups calm); three
 # whose probe, timed in a calm first minute, priced 24-28 shapes at 11.1-11.5 minutes ran
 # 12.5-16 minutes without a look able to wait and were UNRELIABLE. A slow period there and
-# on the AMD Zen 2 VM lasts 1-4 minutes; a quarter of 12 minutes covers one.
+# on the AMD Zen 2 VM lasts 1-4 minutes; a quarter of 12 minutes covers one. With it, beside
+# the same three schedules (session 30): 2 of 3 reliable in 12.0-12.2 minutes, the looks
+# waiting 2.5-4.1 of them, the points still slow after the looks 10-14% (6-29% without); on the
+# quiet host 20 shapes instead of 24, done in 7.7 minutes (benchmarks/data/intel-minilm-*-s30*).
 CALM_RESERVE = 0.25
 
 
