@@ -100,31 +100,27 @@ def main() -> None:
         w.start()
     signal.signal(signal.SIGTERM, _interrupted)
     rng = random.Random(args.seed + 1)
-    start, current = time.time(), None
+    start = time.time()
     try:
         with args.log.open("a") as log:
             for p in periods:
-                t0, current = time.time(), p
+                t0 = time.time()
                 print(f"neighbour: {p['workers']} worker(s) at duty {p['duty']:.2f} for "
                       f"{p['seconds']:.0f} s", file=sys.stderr)
                 end = start + min(p["start_s"] + p["seconds"], seconds)
-                while time.time() < end and (child is None or child.poll() is None):
-                    for i, d in enumerate(duties):
-                        d.value = (min(1.0, max(0.1, p["duty"] + rng.uniform(-0.15, 0.15)))
-                                   if i < p["workers"] else 0.0)
-                    time.sleep(max(0.0, min(JITTER_S, end - time.time())))
-                log.write(json.dumps({"t0": round(t0, 2), "t1": round(time.time(), 2),
-                                      "workers": p["workers"], "duty": p["duty"]}) + "\n")
-                log.flush()
-                current = None
+                try:
+                    while time.time() < end and (child is None or child.poll() is None):
+                        for i, d in enumerate(duties):
+                            d.value = (min(1.0, max(0.1, p["duty"] + rng.uniform(-0.15, 0.15)))
+                                       if i < p["workers"] else 0.0)
+                        time.sleep(max(0.0, min(JITTER_S, end - time.time())))
+                finally:  # every period is logged as it ran, one cut short by a stop too
+                    log.write(json.dumps({"t0": round(t0, 2), "t1": round(time.time(), 2),
+                                          "workers": p["workers"], "duty": p["duty"]}) + "\n")
+                    log.flush()
                 if child is not None and child.poll() is not None:
                     break
     except KeyboardInterrupt:
-        if current is not None:  # the period cut short
-            with args.log.open("a") as log:
-                log.write(json.dumps({"t0": round(t0, 2), "t1": round(time.time(), 2),
-                                      "workers": current["workers"],
-                                      "duty": current["duty"]}) + "\n")
         if child is not None and child.poll() is None:
             child.terminate()
     finally:

@@ -100,8 +100,9 @@ CALM_SHARE = 0.3
 # 12.5-16 minutes without a look able to wait and were UNRELIABLE. A slow period there and
 # on the AMD Zen 2 VM lasts 1-4 minutes; a quarter of 12 minutes covers one. With it, beside
 # the same three schedules (session 30): 2 of 3 reliable in 12.0-12.2 minutes, the looks
-# waiting 2.5-4.1 of them, the points still slow after the looks 10-14% (6-29% without); on the
-# quiet host 20 shapes instead of 24, done in 7.7 minutes (benchmarks/data/intel-minilm-*-s30*).
+# waiting 2.5-4.1 of them, the points still slow after the looks 10-14% (6-29% without), and
+# 1 of 2 beside two new schedules; on the quiet host 16-20 shapes instead of 24-28, done in
+# 6.3-7.7 minutes, 2 of 3 reliable (benchmarks/data/intel-minilm-*-s30*).
 CALM_RESERVE = 0.25
 
 
@@ -886,14 +887,14 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
         precisions.remove("int8")
         dropped = (f"int8 dropped: at most {best_gain:.2f}x faster than fp32 here "
                    f"(< {MIN_INT8_GAIN:.2f}x at every size)")
-    # a direct profile that waits for calm moments sizes its measuring to what the waits leave
-    reserve = (CALM_RESERVE if samples is None and header.transfer is None
-               and protocol.calm_looks and protocol.calm_wait else 0.0)
-    kept = reserve * (minutes * 60 - header.probe["seconds"]) if reserve else 0.0
+    # the time to size to (after the probe); a direct profile that waits for calm moments
+    # keeps a share of it for the waits
+    room = minutes * 60 - header.probe["seconds"] if samples is None else 0.0
+    waits = header.transfer is None and protocol.calm_looks and protocol.calm_wait
+    kept = CALM_RESERVE * room if waits else 0.0
 
     def fits(n: int, r: int) -> bool:  # n shapes at r rounds within --minutes, less the waits'
-        return (estimate_seconds(header, n, r, precisions)
-                <= minutes * 60 - header.probe["seconds"] - kept)
+        return estimate_seconds(header, n, r, precisions) <= room - kept
 
     if samples is not None:
         n, rounds = samples, protocol.rounds
