@@ -134,7 +134,8 @@ def main() -> None:
     if child is not None:
         if child.poll() is None:  # --minutes ran out first, or we were stopped
             child.wait()
-        sys.exit(child.returncode)
+        # a command ended by a signal exits as a shell reports it (128 + the signal)
+        sys.exit(child.returncode if child.returncode >= 0 else 128 - child.returncode)
 
 
 if __name__ == "__main__":
