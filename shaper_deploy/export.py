@@ -320,6 +320,100 @@ def export_checkpoint(supernet_path: str | Path, out: str | Path, shape_text: st
     return export_bundle(model, shape, out, options, force=force, progress=progress)
 
 
+def _quantize(model_path: Path, int8_path: Path, graph: _Graph, names: list[str],
+              tokenizer_files: dict[str, bytes], num_layers: int, options: ExportOptions,
+              note: Callable[[str], None]) -> dict[str, Any]:
+    """Quantize ``model_path`` to int8 in the format chosen for the target ISA and judge it
+    against fp32 (label agreement for a classifier, token cosine otherwise), keeping the
+    matrices it loses the task on in fp32 when ``options.int8_fallback`` allows; the
+    manifest's quantization record. An int8 model that misses its gate is an ExportError."""
+    fmt = int8_format(options.int8_isa if options.int8_isa is not None
+                      else cpu_model_and_flags()[1])
+    feeds, judged_on = _judge_feeds(graph, tokenizer_files, options)
+    compare = _int8_judge(model_path, feeds, names[0], options.task)
+
+    def judge(path: Path) -> dict[str, float]:
+        _check(path)
+        return compare(path)
+
+    def passes(acc: dict[str, float]) -> bool:
+        if "label_agreement" in acc:
+            return (options.int8_min_agreement is None
+                    or acc["label_agreement"] >= options.int8_min_agreement)
+        return acc["mean_token_cosine"] >= options.int8_min_cosine
+
+    if options.int8_fallback:
+        accuracy, fallback = quantize_with_fallback(model_path, int8_path, fmt, judge, passes,
+                                                    num_layers, note)
+    else:
+        quantize_int8(model_path, int8_path, fmt)
+        accuracy, fallback = judge(int8_path), None
+    quantization = {**int8_record(fmt), "format_reason": fmt["why"], "judged_on": judged_on,
+                    "min_cosine_required": options.int8_min_cosine, **accuracy,
+                    "fp32_nodes": (fallback or {}).get("fp32_nodes", []), "fallback": fallback}
+    tried = ""
+    if fallback:
+        last = fallback["tried"][-1]
+        tried = (f"; with {last['rung']} kept fp32 it was "
+                 + (f"{last['label_agreement']:.1%}" if "label_agreement" in last
+                    else f"{last['mean_token_cosine']:.6f}"))
+    if "label_agreement" in accuracy:
+        quantization["min_agreement_required"] = options.int8_min_agreement
+        if not passes(accuracy):
+            raise ExportError(
+                f"int8 model changes the label of {1 - accuracy['label_agreement']:.1%} of the "
+                f"{accuracy['texts']} texts ({judged_on}){tried}; required agreement with fp32 "
+                f"{options.int8_min_agreement:.1%}; lower --int8-min-agreement to accept it, or "
+                "export fp32 only")
+    elif not passes(accuracy):
+        raise ExportError(
+            f"int8 model is too far from fp32: mean token cosine "
+            f"{accuracy['mean_token_cosine']:.6f} < required {options.int8_min_cosine} (max "
+            f"|diff| {accuracy['max_abs_diff']:.3g}){tried}; lower --int8-min-cosine to accept "
+            "it, or export fp32 only")
+    return quantization
+
+
+def _file_entry(path: Path, precision: str | None = None) -> dict[str, Any]:
+    """A bundle file's manifest entry: its checksum and size (and a model's precision)."""
+    return {**({"precision": precision} if precision else {}), "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
+
+
+def _manifest(supernet: SuperBert, shape: Shape, fused: FusedBert, options: ExportOptions,
+              graph: _Graph, names: list[str], model_path: Path, *, fold: bool,
+              dropped: list[str], fusion: dict[str, int] | None, validation: list[Any],
+              quantization: dict[str, Any] | None, files: dict[str, Any],
+              timings: dict[str, float]) -> BundleManifest:
+    """The bundle's description (``shaper.json``) from what the export stages produced."""
+    breakdown = param_breakdown(shape, fused=True)
+    return BundleManifest(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        shape=list(shape.widths), config=supernet.config.to_dict(), task=options.task,
+        inputs=list(graph.inputs), outputs=names,
+        params={"fused": sum(breakdown.values()),
+                "unfused": sum(param_breakdown(shape, fused=False).values()),
+                "breakdown_fused": breakdown,
+                "deployed_module": sum(p.numel() for p in fused.parameters()),
+                "convention": "fused/unfused: the paper's (embeddings, layers, bottlenecks, "
+                              "MLM transform); deployed_module: every tensor of the exported "
+                              "network (adds pooler, MLM bias; fill-mask and "
+                              "text-classification fold the last bottleneck into the head)"},
+        flops_seq128=flops(shape, seq_len=128),
+        opset=options.opset, optimized=options.optimize,
+        fused_last_bottleneck_into_head=fold,
+        dropped_identities=dropped,
+        operators=op_counts(model_path), fusion=fusion,
+        validation={"atol": options.atol, "reference": "PyTorch float64",
+                    "cases": validation, "passed": True},
+        quantization=quantization,
+        default_model=INT8_FILE if options.int8 else MODEL_FILE,
+        files=files,
+        source={"supernet": supernet.source, **supernet.checkpoint},
+        versions=_versions(), timings_s=timings,
+    )
+
+
 def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
                   options: ExportOptions = ExportOptions(), force: bool = False,
                   progress: Callable[[str], None] | None = None) -> BundleManifest:
@@ -370,97 +464,24 @@ def export_bundle(supernet: SuperBert, shape: Shape, out: str | Path,
         _check(model_path)
         validation = _validate(model_path, graph, names, options.atol)
         stage("validate", t)
-        files = {MODEL_FILE: {"precision": "fp32", "sha256": sha256_file(model_path),
-                              "bytes": model_path.stat().st_size}}
+        files = {MODEL_FILE: _file_entry(model_path, "fp32")}
         quantization = None
         if options.int8:
             t = time.perf_counter()
             note("quantizing to int8 and measuring it against fp32")
-            int8_path = tmp / INT8_FILE
-            fmt = int8_format(options.int8_isa if options.int8_isa is not None
-                              else cpu_model_and_flags()[1])
-            feeds, judged_on = _judge_feeds(graph, supernet.tokenizer_files, options)
-
-            compare = _int8_judge(model_path, feeds, names[0], options.task)
-
-            def judge(path: Path) -> dict[str, float]:
-                _check(path)
-                return compare(path)
-
-            def passes(acc: dict[str, float]) -> bool:
-                if "label_agreement" in acc:
-                    return (options.int8_min_agreement is None
-                            or acc["label_agreement"] >= options.int8_min_agreement)
-                return acc["mean_token_cosine"] >= options.int8_min_cosine
-
-            if options.int8_fallback:
-                accuracy, fallback = quantize_with_fallback(
-                    model_path, int8_path, fmt, judge, passes, len(shape.widths), note)
-            else:
-                quantize_int8(model_path, int8_path, fmt)
-                accuracy, fallback = judge(int8_path), None
-            quantization = {**int8_record(fmt), "format_reason": fmt["why"],
-                            "judged_on": judged_on,
-                            "min_cosine_required": options.int8_min_cosine, **accuracy,
-                            "fp32_nodes": (fallback or {}).get("fp32_nodes", []),
-                            "fallback": fallback}
-            tried = ""
-            if fallback:
-                last = fallback["tried"][-1]
-                tried = (f"; with {last['rung']} kept fp32 it was "
-                         + (f"{last['label_agreement']:.1%}" if "label_agreement" in last
-                            else f"{last['mean_token_cosine']:.6f}"))
-            if "label_agreement" in accuracy:
-                quantization["min_agreement_required"] = options.int8_min_agreement
-                if not passes(accuracy):
-                    raise ExportError(
-                        f"int8 model changes the label of "
-                        f"{1 - accuracy['label_agreement']:.1%} of the {accuracy['texts']} "
-                        f"texts ({judged_on}){tried}; required agreement with fp32 "
-                        f"{options.int8_min_agreement:.1%}; lower --int8-min-agreement to "
-                        "accept it, or export fp32 only")
-            elif not passes(accuracy):
-                raise ExportError(
-                    f"int8 model is too far from fp32: mean token cosine "
-                    f"{accuracy['mean_token_cosine']:.6f} < required "
-                    f"{options.int8_min_cosine} (max |diff| {accuracy['max_abs_diff']:.3g})"
-                    f"{tried}; lower --int8-min-cosine to accept it, or export fp32 only")
-            files[INT8_FILE] = {"precision": "int8", "sha256": sha256_file(int8_path),
-                                "bytes": int8_path.stat().st_size}
+            quantization = _quantize(model_path, tmp / INT8_FILE, graph, names,
+                                     supernet.tokenizer_files, len(shape.widths), options, note)
+            files[INT8_FILE] = _file_entry(tmp / INT8_FILE, "int8")
             stage("quantize", t)
         (tmp / "config.json").write_text(
             json.dumps(hf_config(supernet, shape, options.task), indent=2) + "\n")
         for name, data in supernet.tokenizer_files.items():
             (tmp / name).write_bytes(data)
         for name in ("config.json", *supernet.tokenizer_files):  # verified before parsing
-            files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-        fused_params = sum(p.numel() for p in fused.parameters())
-        manifest = BundleManifest(
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            shape=list(shape.widths), config=supernet.config.to_dict(), task=options.task,
-            inputs=list(graph.inputs), outputs=names,
-            params={"fused": sum(param_breakdown(shape, fused=True).values()),
-                       "unfused": sum(param_breakdown(shape, fused=False).values()),
-                       "breakdown_fused": param_breakdown(shape, fused=True),
-                       "deployed_module": fused_params,
-                       "convention": "fused/unfused: the paper's (embeddings, layers, "
-                                     "bottlenecks, MLM transform); deployed_module: every "
-                                     "tensor of the exported network (adds pooler, MLM bias; "
-                                     "fill-mask and text-classification fold the last "
-                                     "bottleneck into the head)"},
-            flops_seq128=flops(shape, seq_len=128),
-            opset=options.opset, optimized=options.optimize,
-            fused_last_bottleneck_into_head=fold,
-            dropped_identities=dropped,
-            operators=op_counts(model_path), fusion=fusion,
-            validation={"atol": options.atol, "reference": "PyTorch float64",
-                        "cases": validation, "passed": True},
-            quantization=quantization,
-            default_model=INT8_FILE if options.int8 else MODEL_FILE,
-            files=files,
-            source={"supernet": supernet.source, **supernet.checkpoint},
-            versions=_versions(), timings_s=timings,
-        )
+            files[name] = _file_entry(tmp / name)
+        manifest = _manifest(supernet, shape, fused, options, graph, names, model_path,
+                             fold=fold, dropped=dropped, fusion=fusion, validation=validation,
+                             quantization=quantization, files=files, timings=timings)
         manifest.write(tmp)
     note(f"wrote {out}")
     return manifest

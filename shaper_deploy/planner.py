@@ -779,7 +779,7 @@ def _export(supernet, plan: Plan, folder: Path, options: ExportOptions,
 
 def kept_under(profile: DeviceProfile, precision: str, budget_ms: float) -> float:
     """The measured latency a candidate must not exceed to be kept: the budget with the
-    profile's noise floor to spare (see _closed_loop)."""
+    profile's noise floor to spare (see _ClosedLoop)."""
     return budget_ms / (1 + profile.noise(precision))
 
 
@@ -852,123 +852,148 @@ def _closed_loop(supernet, profile: DeviceProfile, plan: Plan, family: Sequence[
     The fitting bundle ends in ``folder``; returns its candidate (status fits, over budget,
     or gate failed).
     """
-    prec, budget, w = plan.precision, plan.budget_ms, (plan.batch, plan.seq_len)
-    margin = profile.margin(prec)
-    index = {s.widths: i for i, s in enumerate(family)}
-    cand = Candidate(prec, list(plan.shape.widths), plan.shape.params(), plan.predicted_ms,
-                     plan.upper_ms, family=plan.family)
-    tried: dict[tuple[int, ...], float] = {}
-    best: tuple[Plan, float] | None = None
-    shape_plan: Plan | None = plan
-    # Every shape is kept only if it measures budget / slack: the profile's noise floor (how
-    # far two measurements of one model stray) to spare, so that the plan still holds when
-    # it is measured again later (verify, bench), not only now. A step up is planned to
-    # measure just that. (Keeping the first shape at anything up to the
-    # budget itself broke the promise on the AMD Zen 2 class: a plan measured 15.96 ms under
-    # a 17.27 ms budget, 7.6% to spare at an 8% noise floor, measured 17.52 ms in verify.)
-    slack = 1 + profile.noise(prec)
-    limit = kept_under(profile, prec, budget)
+    return _ClosedLoop(supernet, profile, plan, family, folder, options, measure, max_exports,
+                       note, dropped).run()
 
-    def step_up(ratio: float, above: Plan) -> Plan | None:
+
+class _ClosedLoop:
+    """One precision's closed loop (``_closed_loop``): each planned shape exported and
+    measured; after a fit, a step up to the largest shape the observed ratio allows; after a
+    miss, a re-plan with the predictions scaled by it (or, above a kept shape, one between);
+    after an int8 accuracy gate failure, once, the next smaller shape. Every shape is kept
+    only if it measures ``limit``: the budget with the profile's noise floor (how far two
+    measurements of one model stray) to spare, so that the plan still holds when it is
+    measured again later (verify, bench), not only now. (Keeping a shape at anything up to
+    the budget itself broke the promise on the AMD Zen 2 class: a plan measured 15.96 ms
+    under a 17.27 ms budget, 7.6% to spare at an 8% noise floor, measured 17.52 ms in
+    verify.)"""
+
+    def __init__(self, supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
+                 folder: Path, options: ExportOptions, measure, max_exports: int,
+                 note: Callable[[str], None], dropped) -> None:
+        self.supernet, self.profile, self.plan, self.family = supernet, profile, plan, family
+        self.folder, self.options, self.measure, self.note = folder, options, measure, note
+        self.max_exports, self.dropped = max_exports, dropped
+        self.prec, self.budget, self.w = plan.precision, plan.budget_ms, (plan.batch,
+                                                                          plan.seq_len)
+        self.margin = profile.margin(self.prec)
+        self.slack = 1 + profile.noise(self.prec)
+        self.limit = kept_under(profile, self.prec, self.budget)
+        self.index = {s.widths: i for i, s in enumerate(family)}
+        self.cand = Candidate(self.prec, list(plan.shape.widths), plan.shape.params(),
+                              plan.predicted_ms, plan.upper_ms, family=plan.family)
+        self.tried: dict[tuple[int, ...], float] = {}  # measured ms (inf: failed the gate)
+        self.best: tuple[Plan, float] | None = None  # the largest shape kept, and its ms
+
+    def run(self) -> Candidate:
+        shape_plan: Plan | None = self.plan
+        while shape_plan is not None and len(self.tried) < self.max_exports:
+            attempt = self.folder.with_name(f"{self.folder.name}.try{len(self.tried)}")
+            reason = _export(self.supernet, shape_plan, attempt, self.options, self.note,
+                             self.margin)
+            shape_plan = (self._gate_failed(shape_plan, reason) if reason
+                          else self._measured(shape_plan, attempt))
+        if self.cand.status == "gate failed":
+            return self.cand
+        return self._result()
+
+    def _replan(self, family: Sequence[Shape], correction: float) -> Plan | None:
+        return plan_for_latency(self.profile, self.budget, self.prec, *self.w,
+                                correction=correction, family=family,
+                                percentile=self.plan.percentile, dropped=self.dropped,
+                                family_name=self.plan.family)
+
+    def _step_up(self, ratio: float, above: Plan) -> Plan | None:
         """The largest shape ``ratio`` lets fit among those larger than ``above`` (kept) and
         smaller than every shape that measured over, not tried yet: after the first shape
         missed and the re-plan fell far below it, the sizes between are tried too (the
-        ratio a miss gave, spikes and all, need not hold for a smaller shape)."""
-        over = [index[k] for k, ms in tried.items() if ms > limit]
-        between = [s for s in family[index[above.shape.widths] + 1:min(over, default=len(family))]
-                   if s.widths not in tried]
-        if not between:
-            return None
-        return plan_for_latency(profile, budget, prec, *w, correction=ratio * slack / margin,
-                                family=between, percentile=plan.percentile, dropped=dropped,
-                                family_name=plan.family)
+        ratio a miss gave, spikes and all, need not hold for a smaller shape). It is measured
+        next, so it is planned with the ratio seen and the noise floor instead of the margin,
+        which covers the prediction's error."""
+        over = [self.index[k] for k, ms in self.tried.items() if ms > self.limit]
+        between = [s for s in self.family[self.index[above.shape.widths] + 1:
+                                          min(over, default=len(self.family))]
+                   if s.widths not in self.tried]
+        return self._replan(between, ratio * self.slack / self.margin) if between else None
 
-    while shape_plan is not None and len(tried) < max_exports:
-        attempt = folder.with_name(f"{folder.name}.try{len(tried)}")
-        reason = _export(supernet, shape_plan, attempt, options, note, margin)
-        if reason:
-            if best is not None:  # a step up failed the gate: keep the shape that fit
-                cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
-                note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); keeping "
-                     f"{best[0].shape}")
-                break
-            # Nothing kept yet and a shape failed the gate (seen at cosine 0.945-0.946 of
-            # 0.95 on the AMD Zen 2 class, where smaller shapes passed; once as a first shape,
-            # once as the re-plan after a miss): once, the largest smaller shape that fits and
-            # was not tried is; the failed one bounds every step up like a shape over budget.
-            failures = sum(ms == math.inf for ms in tried.values())
-            tried[shape_plan.shape.widths] = math.inf
-            cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
-            below = [s for s in family[:index[shape_plan.shape.widths]] if s.widths not in tried]
-            smaller = (plan_for_latency(profile, budget, prec, *w,
-                                        correction=shape_plan.correction, family=below,
-                                        percentile=plan.percentile, dropped=dropped,
-                                        family_name=plan.family)
-                       if below else None)
-            if failures or smaller is None or len(tried) >= max_exports:
-                cand.status, cand.reason = "gate failed", reason
-                note(f"int8 dropped: {reason}; fp32 remains")
-                return cand
-            note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); trying the "
-                 f"next smaller shape that fits, {smaller.shape}")
-            shape_plan = smaller
-            continue
-        ms = measure(attempt, _model_file(prec), prec, w)
+    def _gate_failed(self, shape_plan: Plan, reason: str) -> Plan | None:
+        """After an export failed int8's accuracy gate: what to export next (None: stop)."""
+        cand, note = self.cand, self.note
+        cand.exports.append({**shape_plan.to_dict(), "gate_failed": reason})
+        if self.best is not None:  # a step up failed the gate: keep the shape that fit
+            note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); keeping "
+                 f"{self.best[0].shape}")
+            return None
+        # Nothing kept yet and a shape failed the gate (seen at cosine 0.945-0.946 of 0.95 on
+        # the AMD Zen 2 class, where smaller shapes passed; once as a first shape, once as the
+        # re-plan after a miss): once, the largest smaller shape that fits and was not tried
+        # is; the failed one bounds every step up like a shape over budget.
+        failures = sum(ms == math.inf for ms in self.tried.values())
+        self.tried[shape_plan.shape.widths] = math.inf
+        below = [s for s in self.family[:self.index[shape_plan.shape.widths]]
+                 if s.widths not in self.tried]
+        smaller = self._replan(below, shape_plan.correction) if below else None
+        if failures or smaller is None or len(self.tried) >= self.max_exports:
+            cand.status, cand.reason = "gate failed", reason
+            note(f"int8 dropped: {reason}; fp32 remains")
+            return None
+        note(f"int8: {shape_plan.shape} failed the accuracy gate ({reason}); trying the next "
+             f"smaller shape that fits, {smaller.shape}")
+        return smaller
+
+    def _measured(self, shape_plan: Plan, attempt: Path) -> Plan | None:
+        """Measure an exported shape, keep it if it fits; what to export next (None: stop)."""
+        prec, limit, note = self.prec, self.limit, self.note
+        ms = self.measure(attempt, _model_file(prec), prec, self.w)
         if ms > limit:
             note(f"{prec}: measured {ms:.2f} ms > {limit:.2f} ms; measuring again to rule out "
                  "noise")
-            ms = statistics.median([ms, measure(attempt, _model_file(prec), prec, w)])
-        raw_predicted = shape_plan.predicted_ms / shape_plan.correction
-        ratio = ms / raw_predicted
-        tried[shape_plan.shape.widths] = ms
-        cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
-                             "within_budget": ms <= budget, "kept_under_ms": limit})
+            ms = statistics.median([ms, self.measure(attempt, _model_file(prec), prec, self.w)])
+        ratio = ms / (shape_plan.predicted_ms / shape_plan.correction)
+        self.tried[shape_plan.shape.widths] = ms
+        self.cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
+                                  "within_budget": ms <= self.budget, "kept_under_ms": limit})
         if ms <= limit:
-            if best is None or shape_plan.shape.params() > best[0].shape.params():
-                if folder.exists():
-                    shutil.rmtree(folder)
-                attempt.rename(folder)
-                best = (shape_plan, ms)
-            # Within budget: try the largest shape the observed ratio allows. It is measured
-            # next, so it is planned with the ratio seen here and the noise floor instead of
-            # the margin, which covers the prediction's error.
-            nxt = step_up(ratio, shape_plan)
+            if self.best is None or shape_plan.shape.params() > self.best[0].shape.params():
+                if self.folder.exists():
+                    shutil.rmtree(self.folder)
+                attempt.rename(self.folder)
+                self.best = (shape_plan, ms)
+            nxt = self._step_up(ratio, shape_plan)
             if nxt is not None:
                 note(f"{prec}: {ms:.2f} ms leaves room for a larger shape (observed / "
-                     f"predicted {ratio:.2f}, noise {slack - 1:.1%}); stepping up to "
+                     f"predicted {ratio:.2f}, noise {self.slack - 1:.1%}); stepping up to "
                      f"{nxt.shape}")
-                shape_plan = nxt
-                continue
-            break
+            return nxt
         shutil.rmtree(attempt, ignore_errors=True)
-        if best is not None:  # a step up missed: one between it and the kept shape, if any
-            nxt = step_up(ratio, best[0])
-            if nxt is None:
-                break
-            note(f"{prec}: {shape_plan.shape} measured {ms:.2f} ms > {limit:.2f} ms; trying "
-                 f"{nxt.shape} between it and {best[0].shape}")
-            shape_plan = nxt
-            continue
+        if self.best is not None:  # a step up missed: one between it and the kept shape, if any
+            nxt = self._step_up(ratio, self.best[0])
+            if nxt is not None:
+                note(f"{prec}: {shape_plan.shape} measured {ms:.2f} ms > {limit:.2f} ms; trying "
+                     f"{nxt.shape} between it and {self.best[0].shape}")
+            return nxt
         correction = max(shape_plan.correction, ratio)
         note(f"{prec}: missed the budget ({ms:.2f} ms > {limit:.2f} ms, the budget with the "
-             f"{slack - 1:.1%} noise floor to spare); re-planning with predictions scaled by "
-             f"{correction:.3f}")
-        shape_plan = plan_for_latency(profile, budget, prec, *w, correction=correction,
-                                      family=family, percentile=plan.percentile,
-                                      dropped=dropped, family_name=plan.family)
-        if shape_plan is not None and shape_plan.shape.widths in tried:
-            smaller = index[shape_plan.shape.widths] - 1
-            shape_plan = (replace(shape_plan, shape=family[smaller]) if smaller >= 0 else None)
-    if best is None:
-        measured = [ms for ms in tried.values() if ms != math.inf]  # not the gate's failures
-        cand.status = "over budget"
-        cand.reason = (f"{len(measured)} export(s) measured over {limit:.4g} ms ({budget:.4g} "
-                       f"ms with the {slack - 1:.1%} noise floor to spare)" if measured else
-                       "no shape fits after correction")
+             f"{self.slack - 1:.1%} noise floor to spare); re-planning with predictions scaled "
+             f"by {correction:.3f}")
+        nxt = self._replan(self.family, correction)
+        if nxt is not None and nxt.shape.widths in self.tried:
+            smaller = self.index[nxt.shape.widths] - 1
+            nxt = replace(nxt, shape=self.family[smaller]) if smaller >= 0 else None
+        return nxt
+
+    def _result(self) -> Candidate:
+        cand = self.cand
+        if self.best is None:
+            measured = [ms for ms in self.tried.values() if ms != math.inf]  # not gate failures
+            cand.status = "over budget"
+            cand.reason = (f"{len(measured)} export(s) measured over {self.limit:.4g} ms "
+                           f"({self.budget:.4g} ms with the {self.slack - 1:.1%} noise floor to "
+                           "spare)" if measured else "no shape fits after correction")
+            return cand
+        final, ms = self.best
+        cand.shape, cand.params = list(final.shape.widths), final.shape.params()
+        cand.predicted_ms, cand.upper_ms, cand.measured_ms = (
+            final.predicted_ms / final.correction, final.upper_ms / final.correction, ms)
+        cand.status = "fits"
         return cand
-    final, ms = best
-    cand.shape, cand.params = list(final.shape.widths), final.shape.params()
-    cand.predicted_ms, cand.upper_ms, cand.measured_ms = (final.predicted_ms / final.correction,
-                                                          final.upper_ms / final.correction, ms)
-    cand.status = "fits"
-    return cand
