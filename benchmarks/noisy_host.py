@@ -18,6 +18,10 @@ several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first 
 for one with calm looks (``Protocol.calm_looks``), the fit with them against without, and
 with each number of looks in between (``first_looks``), and how long they waited for a calm
 moment (``calm_wait``, since session 25).
+Since session 31, whether the noise floor's pairs stray apart or shift together, and
+whether the reference graph shifted with them (``pair_shift``); the median of the calm
+looks' floors, each over its group's slowdown, as two more estimators; and per estimator
+how many of the profiles the trust rule would mark reliable (``trust_by_estimator``).
 With ``--checks`` (``workload_profile.py`` results), every estimator's fit is also scored on
 real bundles measured later against the profile they name (time held out, not only shapes).
 
@@ -106,7 +110,17 @@ ESTIMATORS = {
         lambda rs, f, g, d: float(np.median([P.record_floor(r) / g(r) for r in rs])),
     "mean of the 2 lowest floors":
         lambda rs, f, g, d: float(np.mean(sorted(map(P.record_floor, rs))[:2])),
+    # session 31 (the noise floor's pairs shift with the reference within the calm band):
+    # the looks timed within a band of the fastest reference, each over its slowdown, their
+    # median; the lowest floor where none was
+    "median of calm floors / their slowdown (1.1x)": lambda rs, f, g, d: _calm(rs, g, 1.1),
+    "median of calm floors / their slowdown (1.2x)": lambda rs, f, g, d: _calm(rs, g, 1.2),
 }
+
+
+def _calm(rs, g, band: float) -> float:
+    calm = [P.record_floor(r) / g(r) for r in rs if g(r) <= band]
+    return float(np.median(calm)) if calm else P.record_floor(_lowest(rs))
 
 
 @contextlib.contextmanager
@@ -203,6 +217,37 @@ def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
             "all_median_abs_rel_diff": (on_all or {}).get("median_abs_rel_diff")}
 
 
+def pair_shift(records, precision: str) -> dict:
+    """Session 31: whether the noise floor's pairs stray apart or move together. The signed
+    median of (repeat / first measurement - 1) over the pairs' lowest floors (what the noise
+    floor takes the absolute median of: a signed median near it is a shift of every pair the
+    same way), and per sweep (calm looks included) the same over the pairs timed in that
+    sweep beside the median of their groups' reference graphs' ratio: a shift the
+    reference shares is the machine's speed moving between the two phases' minutes."""
+    main, again = P.measured_latency(records, "main"), P.measured_latency(records, "repeat")
+    signed = [again[k][s] / main[k][s] - 1 for k in again if k[0] == precision
+              for s in again[k] if s in main.get(k, {})]
+    first: dict[tuple, dict] = {}
+    for r in records:
+        if r["precision"] == precision and not r["retry"]:
+            first.setdefault((r["phase"], r.get("sweep", 0), r["shape_key"], r["batch"],
+                              r["seq_len"]), r)
+    sweeps = {}
+    for sweep in sorted({k[1] for k in first}):
+        pairs = [(first[k], first[("main", *k[1:])]) for k in first
+                 if k[0] == "repeat" and k[1] == sweep and ("main", *k[1:]) in first]
+        if pairs:
+            sweeps[str(sweep)] = {
+                "pairs": len(pairs),
+                "floor_shift": float(np.median([P.record_floor(a) / P.record_floor(b) - 1
+                                                for a, b in pairs])),
+                "reference_shift": float(np.median([a["reference_ms"] / b["reference_ms"] - 1
+                                                    for a, b in pairs]))}
+    return {"pairs": len(signed), "signed_median": float(np.median(signed)) if signed else None,
+            "abs_median": float(np.median(np.abs(signed))) if signed else None,
+            "by_sweep": sweeps}
+
+
 def still_slow(records, sweeps: int) -> dict:
     """How the calm looks went: the share of (precision, phase, shape, size) points whose
     lowest floor came from a group over ``CALM_BAND`` x the fastest reference, after the
@@ -283,11 +328,33 @@ def main() -> None:
         print(f"{path.name:40s} noise floor on calm pairs: " + " | ".join(
             f"{p} {v['median_abs_rel_diff'] or 0:.1%} on {v['pairs']} of {v['all_pairs']}"
             for p, v in row["calm_noise_floor"].items()), file=sys.stderr)
+        row["pair_shift"] = {p: pair_shift(records, p) for p in
+                             sorted({r["precision"] for r in records})}
+        print(f"{path.name:40s} noise floor's pairs, signed median: " + " | ".join(
+            f"{p} {v['signed_median'] or 0:+.1%} (|.| {v['abs_median'] or 0:.1%}); by sweep "
+            + ", ".join(f"{k} {x['floor_shift']:+.1%} ref {x['reference_shift']:+.1%}"
+                        for k, x in v["by_sweep"].items())
+            for p, v in row["pair_shift"].items()), file=sys.stderr)
         row["percentiles"] = {"tail centred on the model's floor (the library's)":
                               percentile_errors(header, records, True),
                               "tail centred on each measurement's own floor":
                               percentile_errors(header, records, False)}
         result["profiles"].append(row)
+    # per estimator: the profiles it would mark reliable (every precision within the trust
+    # rule's held-out MAPE and noise floor), and the mean held-out MAPE over them all
+    result["trust_by_estimator"] = {
+        name: {"reliable": sum(all(v["held_out_mape"] <= PR.MAX_MAPE
+                                   and (v["noise_floor"] or 1.0) <= PR.MAX_NOISE
+                                   for v in row["estimators"][name].values())
+                               for row in result["profiles"]),
+               "profiles": len(result["profiles"]),
+               "mean_held_out_mape": float(np.mean([v["held_out_mape"]
+                                                    for row in result["profiles"]
+                                                    for v in row["estimators"][name].values()]))}
+        for name in ESTIMATORS}
+    for name, t in result["trust_by_estimator"].items():
+        print(f"{name:48s} reliable {t['reliable']} of {t['profiles']}, mean held-out MAPE "
+              f"{t['mean_held_out_mape']:.2%}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
