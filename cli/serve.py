@@ -428,7 +428,7 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
         -d '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["Hello"]}]}'
     """
     try:
-        from shaper_deploy.server import ServeOptions, load_models
+        from shaper_deploy.server import ServeOptions, check_ports, load_models
         from shaper_deploy.server import serve as run_server
     except ImportError as exc:
         raise click.ClickException(f"shaperctl serve needs KServe's Python SDK ({exc}): pip "
@@ -437,6 +437,7 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
     options = ServeOptions(max_batch=max_batch, max_text_bytes=max_text_bytes, threads=threads,
                            batch_wait_ms=batch_wait_ms)
     models = load_models(list(bundles), list(names) or None, options)
+    check_ports(host, http_port, grpc_port)
     data = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "workers": workers,
             "max_batch": max_batch, "max_text_bytes": max_text_bytes,
             "models": [{"name": m.name, "bundle": str(m.path), "task": m.bundle.manifest.task,

@@ -207,6 +207,15 @@ def read_manifest(file: Path, fmt: str, max_version: int, what: str,
     return data
 
 
+def _cannot_open(path: Path) -> str | None:
+    """Why ``path`` cannot be opened for writing (created if absent), or None if it can."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 @contextlib.contextmanager
 def output_lock(dest: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on writing ``dest`` for the whole block, or fail at once.
@@ -226,6 +235,14 @@ def output_lock(dest: str | Path) -> Iterator[None]:
         lock = FileLock(str(path), timeout=0)
         lock.acquire()
     except Timeout:
+        # filelock also times out when the lock file cannot be opened at all (a folder that
+        # takes no new files, such as /proc): say that, not that another process holds it
+        cause = _cannot_open(path)
+        _remove_empty(created)
+        if cause is not None:
+            raise OutputError(f"cannot lock {dest}: cannot create {path.name} in "
+                              f"{dest.parent} ({cause}); choose an output in a writable "
+                              "folder") from None
         raise OutputError(f"{dest} is being written by another shaperctl process; wait for it "
                           "to finish or choose another output") from None
     except OSError as exc:

@@ -338,6 +338,35 @@ class BoundRESTServer(model_server.RESTServer):
         self.config.host = self.host
 
 
+def check_ports(host: str, http_port: int, grpc_port: int | None) -> None:
+    """Fail with one line if a port the server needs cannot be bound now (in use, not
+    allowed, an address this machine does not have): once the server starts, uvicorn and
+    gRPC only log such a failure among their own lines. The REST port is tried on ``host``,
+    the gRPC port on every interface (where KServe binds it); with SO_REUSEADDR, as uvicorn
+    binds, so only a port another socket listens on is refused. A port taken between this
+    check and the server's start still fails there."""
+    import errno
+    import socket
+
+    for where, port, flag in ((host, http_port, "--http-port"),
+                              *((("0.0.0.0", grpc_port, "--grpc-port"),) if grpc_port else ())):
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                where, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as exc:
+            raise ServingError(f"--host {where!r} is not an address of this machine "
+                               f"({exc.strerror}); give one, e.g. 127.0.0.1 or 0.0.0.0") from None
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                fix = ("give an address of this machine as --host, e.g. 127.0.0.1 or 0.0.0.0"
+                       if exc.errno == errno.EADDRNOTAVAIL else f"choose another {flag}")
+                raise ServingError(f"cannot listen on {where}:{port} ({exc.strerror}); "
+                                   f"{fix}") from None
+
+
 def serve(models: list[Any], host: str, http_port: int, grpc_port: int | None,
           workers: int = 1) -> None:
     """Run KServe's ModelServer on ``host`` until SIGTERM/SIGINT (in-flight requests drain).

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -192,6 +193,12 @@ def test_operating_system_errors_are_one_line(tmp_path, tiny_supernet):
                              "--out", "/proc/version", "--force"])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if Path("/proc/self").is_dir():  # a folder that takes no new files: not "another process"
+        r = runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
+                                 "16,36,8", "--out", "/proc/shaper-out"])
+        assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+            "Error: cannot lock /proc/shaper-out: cannot create .shaper-out.lock in /proc "
+            "(No such file or directory); choose an output in a writable folder"], r.stderr
 
 
 def test_bad_serving_inputs_are_one_line(tmp_path, tiny_supernet_with_tokenizer):

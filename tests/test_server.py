@@ -291,6 +291,24 @@ def test_a_damaged_bundle_is_refused_at_start_up(served, tmp_path):
     assert r.returncode == 1 and "--max-batch must be 1..1024" in r.stderr
 
 
+def test_a_port_in_use_is_one_line_before_the_server_starts(served):
+    """The REST port (and the gRPC one) another server listens on: refused with one line,
+    exit 1, nothing printed on stdout, the running server untouched."""
+    root, port, proc = served
+    for flags, line in (
+            (["--http-port", str(port)],
+             f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
+             "another --http-port"),
+            (["--http-port", str(_free_port()), "--grpc-port", str(port)],
+             f"Error: cannot listen on 0.0.0.0:{port} (Address already in use); choose "
+             "another --grpc-port")):
+        r = subprocess.run([sys.executable, "-m", "shaper_deploy.cli.main", "serve",
+                            str(root / "b"), *flags, "--json"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.strip().splitlines() == [line]
+    assert requests.get(_url(port, "/v2/health/ready")).ok and proc.poll() is None
+
+
 def test_sigterm_drains_requests_in_flight(served):
     root, _, _ = served
     port = _free_port()
