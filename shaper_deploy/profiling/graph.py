@@ -148,76 +148,96 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
     numpy arrays (``fold_last=False``), or from ``random``; then the model must be saved in
     (and loaded from) that file's folder.
     """
-    dropped = set(dropped)
-    unknown = dropped - set(identity_projections(shape))
+    unknown = set(dropped) - set(identity_projections(shape))
     if unknown:
         raise ProfileError(f"cannot drop {', '.join(sorted(unknown))} from {shape}: only "
                            "square projections can be identities")
-    s = config.space
-    D, F, V = s.hidden_size, s.intermediate_size, s.vocab_size
-    eps = config.layer_norm_eps
-    w = _Weights(state, random)
-    nodes = []
-    ms = "com.microsoft"
+    g = _Builder(config, _Weights(state, random), set(dropped))
+    D, widths = config.space.hidden_size, shape.widths
+    x = g.dense(g.embeddings(), "proj_in", D, widths[0], "proj_in")
+    for i, d in enumerate(widths):
+        x = g.layer(i, d, x)
+        if i + 1 < len(widths):
+            x = g.dense(x, f"transitions.{i}", d, widths[i + 1], f"transitions.{i}")
+    return g.model(x, widths[-1])
 
-    def node(op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain,
-                                      **attrs))
+
+class _Builder:
+    """The nodes of one deployment graph, in order, and the weights they read (``_Weights``:
+    initializers are added in the order the graph reads them, which is where each lands in
+    a random weight file)."""
+
+    MS = "com.microsoft"
+
+    def __init__(self, config: SuperConfig, w: _Weights, dropped: set[str]) -> None:
+        self.config, self.w, self.dropped = config, w, dropped
+        self.nodes: list[onnx.NodeProto] = []
+        # the attention mask, as every layer's Attention reads it (the graph's first node)
+        self.mask = self.node("Cast", ["attention_mask"], "attention_mask_int32",
+                              to=TensorProto.INT32)
+
+    def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain,
+                                           **attrs))
         return output
 
-    def dense(x: str, key: str, n_in: int, n_out: int, name: str) -> str:
-        if key in dropped:
-            return x
-        weight, bias = w.linear(key, n_in, n_out)
-        y = node("MatMul", [x, w.add(f"{name}.w", weight)], f"{name}.mm")
-        return node("Add", [w.add(f"{name}.b", bias), y], name)
-
-    def skip_norm(y: str, residual: str, norm: str, bias_name: str, bias, d: int) -> str:
-        """LayerNorm(y + bias + residual), as ONNX Runtime fuses BERT's residual norms."""
-        return node("SkipLayerNormalization",
-                    [y, residual, w.add(f"{norm}.g", w.get(f"{norm}.weight", (d,))),
-                     w.add(f"{norm}.b", w.get(f"{norm}.bias", (d,))), w.add(bias_name, bias)],
-                    norm, domain=ms, epsilon=eps)
-
-    def activation(h: str, bias: str, name: str) -> str:
-        """The FFN's bias and activation as ONNX Runtime fuses each ``hidden_act``."""
-        if config.hidden_act not in FUSED_ACTIVATIONS:
-            raise ProfileError(f"no profiling graph for activation {config.hidden_act!r}; "
-                               f"supported: {', '.join(GRAPH_ACTIVATIONS)}")
-        op, fused_bias = FUSED_ACTIVATIONS[config.hidden_act]
-        if fused_bias:
-            return node(op, [h, bias], name, domain=ms)
-        return node(op, [node("Add", [h, bias], f"{name}.bias")], name)
-
-    mask = node("Cast", ["attention_mask"], "attention_mask_int32", to=TensorProto.INT32)
-    fam = config.family
-    word = w.add("word", w.get("embeddings.word.weight", (V, D)))
-    position = w.add("position", w.get("embeddings.position.weight", (s.max_positions, D)))
-    gain = w.add("emb_norm.g", w.get("embeddings.norm.weight", (D,)))
-    shift = w.add("emb_norm.b", w.get("embeddings.norm.bias", (D,)))
-
-    def const(name: str, value) -> str:
-        w.initializers.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    def const(self, name: str, value) -> str:
+        self.w.initializers.append(numpy_helper.from_array(np.array(value, np.int64), name))
         return name
 
-    if fam.padding_positions:
-        # RoBERTa's positions (cumulative count of non-padding ids, from pad + 1) are not
-        # fused by ONNX Runtime: word and position Gathers, the table's one token-type row
-        # added, then LayerNormalization, as the export leaves them.
-        pad = config.pad_token_id
-        x = node("Gather", [word, "input_ids"], "emb.word")
-        table = w.get("embeddings.token_type.weight", (s.type_vocab_size, D))
-        row = table[0] if isinstance(table, np.ndarray) else w.random.vector(D)
-        x = node("Add", [x, w.add("emb.type_row", row)], "emb.type")
-        real = node("Cast", [node("Not", [node("Equal", ["input_ids", const("pad", pad)],
-                                                "emb.is_pad")], "emb.real")],
-                    "emb.real_int", to=TensorProto.INT64)
-        count = node("CumSum", [real, const("seq_axis", 1)], "emb.count")
-        ids = node("Add", [node("Mul", [count, real], "emb.count_real"), const("offset", pad)],
-                   "emb.position_ids")
-        x = node("Add", [x, node("Gather", [position, ids], "emb.position")], "emb.sum")
-        node("LayerNormalization", [x, gain, shift], "embeddings", axis=-1, epsilon=eps)
-    else:
+    def dense(self, x: str, key: str, n_in: int, n_out: int, name: str) -> str:
+        if key in self.dropped:
+            return x
+        weight, bias = self.w.linear(key, n_in, n_out)
+        y = self.node("MatMul", [x, self.w.add(f"{name}.w", weight)], f"{name}.mm")
+        return self.node("Add", [self.w.add(f"{name}.b", bias), y], name)
+
+    def skip_norm(self, y: str, residual: str, norm: str, bias_name: str, bias, d: int) -> str:
+        """LayerNorm(y + bias + residual), as ONNX Runtime fuses BERT's residual norms."""
+        w = self.w
+        return self.node("SkipLayerNormalization",
+                         [y, residual, w.add(f"{norm}.g", w.get(f"{norm}.weight", (d,))),
+                          w.add(f"{norm}.b", w.get(f"{norm}.bias", (d,))), w.add(bias_name, bias)],
+                         norm, domain=self.MS, epsilon=self.config.layer_norm_eps)
+
+    def activation(self, h: str, bias: str, name: str) -> str:
+        """The FFN's bias and activation as ONNX Runtime fuses each ``hidden_act``."""
+        act = self.config.hidden_act
+        if act not in FUSED_ACTIVATIONS:
+            raise ProfileError(f"no profiling graph for activation {act!r}; "
+                               f"supported: {', '.join(GRAPH_ACTIVATIONS)}")
+        op, fused_bias = FUSED_ACTIVATIONS[act]
+        if fused_bias:
+            return self.node(op, [h, bias], name, domain=self.MS)
+        return self.node(op, [self.node("Add", [h, bias], f"{name}.bias")], name)
+
+    def embeddings(self) -> str:
+        """The embeddings as the family's export leaves them; their output's name."""
+        config, w, node, const = self.config, self.w, self.node, self.const
+        s, fam, eps = config.space, config.family, config.layer_norm_eps
+        D = s.hidden_size
+        word = w.add("word", w.get("embeddings.word.weight", (s.vocab_size, D)))
+        position = w.add("position", w.get("embeddings.position.weight", (s.max_positions, D)))
+        gain = w.add("emb_norm.g", w.get("embeddings.norm.weight", (D,)))
+        shift = w.add("emb_norm.b", w.get("embeddings.norm.bias", (D,)))
+        if fam.padding_positions:
+            # RoBERTa's positions (cumulative count of non-padding ids, from pad + 1) are not
+            # fused by ONNX Runtime: word and position Gathers, the table's one token-type row
+            # added, then LayerNormalization, as the export leaves them.
+            pad = config.pad_token_id
+            x = node("Gather", [word, "input_ids"], "emb.word")
+            table = w.get("embeddings.token_type.weight", (s.type_vocab_size, D))
+            row = table[0] if isinstance(table, np.ndarray) else w.random.vector(D)
+            x = node("Add", [x, w.add("emb.type_row", row)], "emb.type")
+            real = node("Cast", [node("Not", [node("Equal", ["input_ids", const("pad", pad)],
+                                                    "emb.is_pad")], "emb.real")],
+                        "emb.real_int", to=TensorProto.INT64)
+            count = node("CumSum", [real, const("seq_axis", 1)], "emb.count")
+            ids = node("Add", [node("Mul", [count, real], "emb.count_real"),
+                               const("offset", pad)], "emb.position_ids")
+            x = node("Add", [x, node("Gather", [position, ids], "emb.position")], "emb.sum")
+            return node("LayerNormalization", [x, gain, shift], "embeddings", axis=-1,
+                        epsilon=eps)
         ids = node("Cast", ["input_ids"], "input_ids_int32", to=TensorProto.INT32)
         emb_inputs = [ids, "", word, position, "", gain, shift]
         if fam.token_types:
@@ -237,49 +257,58 @@ def build_deploy_graph(config: SuperConfig, shape: Shape,
                                        const("step", [1])], "emb.position_ids")
             emb_inputs += ["", node("Cast", [positions], "emb.position_ids_int32",
                                     to=TensorProto.INT32)]
-        nodes.append(helper.make_node("EmbedLayerNormalization", emb_inputs,
-                                      ["embeddings", "embeddings_mask_index"],
-                                      name="embeddings", domain=ms, epsilon=eps))
-    x = dense("embeddings", "proj_in", D, shape.widths[0], "proj_in")
-    for i, d in enumerate(shape.widths):
+        self.nodes.append(helper.make_node("EmbedLayerNormalization", emb_inputs,
+                                           ["embeddings", "embeddings_mask_index"],
+                                           name="embeddings", domain=self.MS, epsilon=eps))
+        return "embeddings"
+
+    def layer(self, i: int, d: int, x: str) -> str:
+        """Layer ``i`` at width ``d`` on ``x``: attention, then the FFN, each with its
+        residual norm; its output's name."""
+        w, node, F = self.w, self.node, self.config.space.intermediate_size
         p = f"layers.{i}"
         qkv = [w.linear(f"{p}.{k}", d, d) for k in ("query", "key", "value")]
         att = node("Attention", [x, w.add(f"{p}.qkv.w", w.concat([q[0] for q in qkv], 1)),
                                  w.add(f"{p}.qkv.b", w.concat([q[1] for q in qkv], 0)),
-                                 mask],
-                   f"{p}.attention", domain=ms, num_heads=s.num_heads,
+                                 self.mask],
+                   f"{p}.attention", domain=self.MS, num_heads=self.config.space.num_heads,
                    mask_filter_value=float(np.finfo(np.float32).min))
         wo, bo = w.linear(f"{p}.attn_out", d, d)
         y = node("MatMul", [att, w.add(f"{p}.attn_out.w", wo)], f"{p}.attn_out.mm")
-        attn = skip_norm(y, x, f"{p}.attn_norm", f"{p}.attn_out.b", bo, d)
+        attn = self.skip_norm(y, x, f"{p}.attn_norm", f"{p}.attn_out.b", bo, d)
         w1, b1 = w.linear(f"{p}.ffn_in", d, F)
         h = node("MatMul", [attn, w.add(f"{p}.ffn_in.w", w1)], f"{p}.ffn_in.mm")
-        h = activation(h, w.add(f"{p}.ffn_in.b", b1), f"{p}.act")
+        h = self.activation(h, w.add(f"{p}.ffn_in.b", b1), f"{p}.act")
         w2, b2 = w.linear(f"{p}.ffn_out", F, d)
         y = node("MatMul", [h, w.add(f"{p}.ffn_out.w", w2)], f"{p}.ffn_out.mm")
-        x = skip_norm(y, attn, f"{p}.ffn_norm", f"{p}.ffn_out.b", b2, d)
-        if i + 1 < len(shape.widths):
-            x = dense(x, f"transitions.{i}", d, shape.widths[i + 1], f"transitions.{i}")
-    if "proj_out" in dropped:  # the last layer's norm is the output
-        nodes[-1].output[0] = nodes[-1].name = "last_hidden_state"
-    else:
-        w_out, b_out = w.linear("proj_out", shape.widths[-1], D)
-        y = node("MatMul", [x, w.add("proj_out.w", w_out)], "proj_out.mm")
-        node("Add", [w.add("proj_out.b", b_out), y], "last_hidden_state")
-    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
-                                             ["batch", "sequence", D])]
-    if config.pooler:
-        w.initializers.append(numpy_helper.from_array(np.array(0, np.int64), "cls"))
-        first = node("Gather", ["last_hidden_state", "cls"], "pooler.cls", axis=1)
-        wp = w.get("pooler.dense.weight", (D, D))
-        dense_p = node("Gemm", [first, w.add("pooler.w", wp),
-                                w.add("pooler.b", w.get("pooler.dense.bias", (D,)))],
-                       "pooler.gemm", transB=1)
-        node("Tanh", [dense_p], "pooler_output")
-        outputs.append(helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT,
-                                                     ["batch", D]))
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
-              for n in fam.inputs]
-    graph = helper.make_graph(nodes, "shaper_deploy", inputs, outputs, w.initializers)
-    return helper.make_model(graph, opset_imports=OPSETS, ir_version=IR_VERSION,
-                             producer_name="shaper-deploy")
+        return self.skip_norm(y, attn, f"{p}.ffn_norm", f"{p}.ffn_out.b", b2, d)
+
+    def model(self, x: str, last_width: int) -> onnx.ModelProto:
+        """The output projection (d_L -> D) on ``x``, the pooler if the config has one, and
+        the model around the nodes."""
+        w, node, config = self.w, self.node, self.config
+        D = config.space.hidden_size
+        if "proj_out" in self.dropped:  # the last layer's norm is the output
+            self.nodes[-1].output[0] = self.nodes[-1].name = "last_hidden_state"
+        else:
+            w_out, b_out = w.linear("proj_out", last_width, D)
+            y = node("MatMul", [x, w.add("proj_out.w", w_out)], "proj_out.mm")
+            node("Add", [w.add("proj_out.b", b_out), y], "last_hidden_state")
+        outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                                 ["batch", "sequence", D])]
+        if config.pooler:
+            w.initializers.append(numpy_helper.from_array(np.array(0, np.int64), "cls"))
+            first = node("Gather", ["last_hidden_state", "cls"], "pooler.cls", axis=1)
+            wp = w.get("pooler.dense.weight", (D, D))
+            dense_p = node("Gemm", [first, w.add("pooler.w", wp),
+                                    w.add("pooler.b", w.get("pooler.dense.bias", (D,)))],
+                           "pooler.gemm", transB=1)
+            node("Tanh", [dense_p], "pooler_output")
+            outputs.append(helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT,
+                                                         ["batch", D]))
+        inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+                  for n in config.family.inputs]
+        graph = helper.make_graph(self.nodes, "shaper_deploy", inputs, outputs,
+                                  w.initializers)
+        return helper.make_model(graph, opset_imports=OPSETS, ir_version=IR_VERSION,
+                                 producer_name="shaper-deploy")
