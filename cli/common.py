@@ -12,6 +12,8 @@ import click
 
 from shaper_deploy.errors import ShaperError
 
+NOTHING_KEPT = "nothing half-written was kept"
+
 
 class ShaperGroup(click.Group):
     """A click group that turns library errors, and the operating system's (disk full, a name
@@ -21,8 +23,8 @@ class ShaperGroup(click.Group):
         try:
             with _terminated_as_exception():
                 return super().invoke(ctx)
-        except Terminated:
-            click.echo("Error: terminated (SIGTERM); nothing half-written was kept", err=True)
+        except Terminated as exc:
+            click.echo(f"Error: terminated (SIGTERM); {exc.kept}", err=True)
             ctx.exit(143)
         except ShaperError as exc:
             raise click.ClickException(str(exc)) from None
@@ -36,7 +38,10 @@ class ShaperGroup(click.Group):
 
 class Terminated(BaseException):
     """SIGTERM, raised where the process is, so every ``finally`` and context manager runs:
-    temporary folders and half-written outputs are removed as on any other failure."""
+    temporary folders and half-written outputs are removed as on any other failure. ``kept``
+    says what is left (``resumable`` sets it for a command whose work resumes)."""
+
+    kept = NOTHING_KEPT
 
 
 @contextlib.contextmanager
@@ -55,16 +60,33 @@ def _terminated_as_exception():
         signal.signal(signal.SIGTERM, previous)
 
 
-def os_error_line(exc: OSError) -> str:
+def os_error_line(exc: OSError, kept: str | None = None) -> str:
     """'cannot use runs/x: File name too long (errno 36)'; without a file name,
-    'the operating system refused: No space left on device (errno 28); nothing was kept'."""
+    'the operating system refused: No space left on device (errno 28); nothing half-written
+    was kept'; ``kept`` (``resumable``) says what a resumable command keeps instead."""
     reason = (exc.strerror or str(exc)) + (f" (errno {exc.errno})" if exc.errno else "")
     if exc.filename is None:
-        return f"the operating system refused: {reason}; nothing half-written was kept"
+        return f"the operating system refused: {reason}; {kept or NOTHING_KEPT}"
     where = str(exc.filename)
     if len(where) > 120:
         where = f"{where[:60]}...{where[-40:]}"
-    return f"cannot use {where}: {reason}"
+    return f"cannot use {where}: {reason}" + (f"; {kept}" if kept else "")
+
+
+@contextlib.contextmanager
+def resumable(kept: str):
+    """For a command whose work resumes (profile, train): Ctrl-C, SIGTERM (exit 143) and an
+    operating-system error (a full disk) end in one line that says what is kept and how to
+    resume (``kept``), where another command says nothing half-written was kept."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; {kept}") from None
+    except Terminated as exc:
+        exc.kept = kept
+        raise
+    except OSError as exc:
+        raise click.ClickException(os_error_line(exc, kept)) from None
 
 
 json_option = click.option("--json", "as_json", is_flag=True,

@@ -10,7 +10,7 @@ import click
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (ShaperGroup, emit, int_list, json_option, millions, percentile_option,
-                     progress, table, widths_option)
+                     progress, resumable, table, widths_option)
 
 
 @click.command("profile")
@@ -163,14 +163,12 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
     with output_lock(out):
-        try:
+        with resumable(f"what was measured is kept in {out}: run the same command again to "
+                       "resume"):
             run_profile(out, device, protocol, config, samples, seed, source, progress,
                         minutes=minutes if samples is None else None,
                         auto_precision=precisions is None, auto_rounds=rounds is None,
                         transfer=transfer)
-        except KeyboardInterrupt:
-            raise click.ClickException(f"interrupted; what was measured is kept in {out}: run "
-                                       "the same command again to resume") from None
         if transfer:
             tr.refit(out, progress=progress)
         else:

@@ -12,11 +12,16 @@ import click
 from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
                                            QUALITY_METRICS, TaskConfig, TrainConfig)
 
-from .common import (ShaperGroup, emit, json_option, percentile_option, progress, table,
-                     widths_option)
+from .common import (ShaperGroup, emit, json_option, percentile_option, progress, resumable,
+                     table, widths_option)
 
 _DEFAULT = TrainConfig()
 _TASK = TaskConfig()
+
+
+def _checkpoint_kept(out: Path) -> str:
+    return (f"the last checkpoint in {out / 'checkpoint'} is kept: run the same command again "
+            "to resume from it")
 
 
 @click.group(cls=ShaperGroup)
@@ -113,13 +118,9 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
                  f"{seq_len} tokens")
     # One writer per --out; under torchrun the ranks share it and rank 0 holds the lock.
     lock = output_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
-    try:
-        with lock:
-            summary = train_supernet(supernet_path, corpus, config, out, progress,
-                                     supershaper_widths, stop_after)
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; the last checkpoint in {out / 'checkpoint'} "
-                                   "is kept: run the same command again to resume from it") from None
+    with lock, resumable(_checkpoint_kept(out)):
+        summary = train_supernet(supernet_path, corpus, config, out, progress,
+                                 supershaper_widths, stop_after)
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return
     summary = {k: v for k, v in summary.items() if k != "history"}
@@ -283,15 +284,11 @@ def task(supernet_path: Path, train_path: Path, validation_path: Path | None, te
     val_data = read_task_data(validation_path, **columns) if validation_path else None
     # one writer per --out; under torchrun the ranks share it and rank 0 holds the lock
     rank0 = os.environ.get("RANK", "0") == "0"
-    try:
-        with output_lock(out) if rank0 else contextlib.nullcontext():
-            summary = train_task(supernet_path, train_data, config, out, val_data,
-                                 (text_column, pair_column or "", label_column), progress,
-                                 stop_after)
-    except KeyboardInterrupt:
-        raise click.ClickException(
-            f"interrupted; the last checkpoint in {out / 'checkpoint'} is kept: run the same "
-            "command again to resume from it") from None
+    with output_lock(out) if rank0 else contextlib.nullcontext(), \
+            resumable(_checkpoint_kept(out)):
+        summary = train_task(supernet_path, train_data, config, out, val_data,
+                             (text_column, pair_column or "", label_column), progress,
+                             stop_after)
     if not rank0:  # under torchrun rank 0 reports
         return
     emit({"out": str(out), **{k: v for k, v in summary.items() if k != "history"}}, as_json,

@@ -363,3 +363,23 @@ def test_more_one_line_refusals(tmp_path, tiny_supernet, tiny_supernet_with_toke
                              "16", "--out", str(tmp_path / "run")])
     assert r.exit_code == 1 and "interrupted; the last checkpoint in" in r.stderr
     assert "run the same command again to resume" in r.stderr
+    # ... and so do SIGTERM (exit 143) and a full disk, where a command that does not resume
+    # says nothing half-written was kept.
+    import errno
+
+    from shaper_deploy.cli.common import Terminated
+
+    kept = (f"the last checkpoint in {tmp_path / 'run' / 'checkpoint'} is kept: run the same "
+            "command again to resume from it")
+    for error, code, line in (
+            (Terminated(), 143, f"Error: terminated (SIGTERM); {kept}"),
+            (OSError(errno.ENOSPC, "No space left on device"), 1,
+             f"Error: the operating system refused: No space left on device (errno 28); {kept}")):
+        def failed(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(sandwich, "train_supernet", failed)
+        r = runner.invoke(main, ["train", "supernet", "--supernet", str(tmp_path / "super"),
+                                 "--data", str(tmp_path / "t.txt"), "--steps", "2",
+                                 "--seq-len", "16", "--out", str(tmp_path / "run")])
+        assert r.exit_code == code and r.stderr.strip().splitlines()[-1] == line, r.stderr
