@@ -450,11 +450,16 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
         lines = [line(p) for p in d["profiles"]]
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
             folder = " ".join(f"--from {r}" for r in roots or (Path("profiles"),))
-            lines.append(f"no profile here was measured on this machine ({_device_line(here)}): "
-                         "make one, a transfer from those above in a few minutes (shaperctl "
-                         f"profile --device cpu {folder} --supernet SUPERNET --out DIR: every "
-                         "profile there of the super network's design space as the prior) or "
-                         "a direct one (without --from)")
+            direct = ("shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
+                      "12 minutes by default")
+            lines.append(
+                f"no profile here was measured on this machine ({_device_line(here)}): make "
+                + (f"one, a transfer from those above in a few minutes (shaperctl profile "
+                   f"--device cpu {folder} --supernet SUPERNET --out DIR: every profile there "
+                   "of the super network's design space as the prior) or a direct one "
+                   "(without --from)" if any("error" not in p for p in d["profiles"]) else
+                   f"a direct one ({direct}): none above can be read, so none can be the "
+                   "prior of a transfer"))
         return "\n".join(lines) or "no profiles found"
 
     here = device_fingerprint("cpu")

@@ -622,6 +622,14 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     alone = runner.invoke(main, ["profiles", "list", str(tmp_path / "foreign")])
     assert "no profile here was measured on this machine" in alone.stdout
     assert f"--from {tmp_path / 'foreign'} --supernet SUPERNET --out DIR" in alone.stdout
+    # only profiles that cannot be read: no transfer to offer, a direct profile is the way
+    (tmp_path / "unread" / "broken").mkdir(parents=True)
+    (tmp_path / "unread" / "broken" / "profile.json").write_text("{")
+    unread = runner.invoke(main, ["profiles", "list", str(tmp_path / "unread")])
+    assert unread.stdout.splitlines()[-1].endswith(
+        "make a direct one (shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
+        "12 minutes by default): none above can be read, so none can be the prior of a "
+        "transfer"), unread.stdout
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
