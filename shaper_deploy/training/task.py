@@ -172,6 +172,71 @@ def evaluate(model: SuperBert, data: Encoded, head: TaskHead, shapes: dict[str, 
     return out
 
 
+def _task_model(source: str | Path, train: TaskData, columns: tuple[str, str, str],
+                seed: int) -> tuple[SuperBert, TaskHead]:
+    """The super network at ``source`` with the head ``train``'s labels call for (a new one,
+    ``seed``-initialised, or the one it has if it is that head) and the head."""
+    base = load_supernet(source)
+    regression = isinstance(train.labels[0], float)
+    labels = () if regression else tuple(sorted(set(train.labels)))
+    head = TaskHead("regression" if regression else "single_label_classification", labels,
+                    columns[0], columns[1], columns[2])
+    if base.config.task_head is None:
+        return with_task_head(base, head, seed), head
+    if base.config.task_head != head:
+        raise TrainingError(f"super network {source} already has another task head "
+                            f"({base.config.task_head.problem}, labels "
+                            f"{list(base.config.task_head.labels)[:5]}); start from one "
+                            "without a task head")
+    return base, head
+
+
+def _backward(wrapped: nn.Module, teacher: SuperBert | None, batch: dict[str, torch.Tensor],
+              y: torch.Tensor, step: int, config: TaskConfig, head: TaskHead, space,
+              only: Shape | None, world: int) -> list[float]:
+    """One step's forward and backward passes (gradients add up over its shapes, DDP reduces
+    once): in the full phase the labels (and with ``--shape --teacher`` the teacher too) at
+    the full shape or ``only``; in the sandwich phase the largest shape on the labels and
+    the teacher, the smallest and ``random_shapes`` drawn shapes on the teacher (on the
+    labels without one). Each pass's loss, in order."""
+    # the teacher's logits and (with layer_loss) layer outputs, once per step
+    layers = bool(config.layer_loss) and teacher is not None
+    target, target_layers = None, ()
+    if teacher is not None and (step >= config.full_steps or only is not None):
+        with torch.no_grad():
+            target, target_layers = _outputs(teacher, batch, None, layers)
+
+    def distilled(logits: torch.Tensor, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        loss = _distill_loss(logits, target, head, config.temperature)
+        if layers:
+            loss = loss + config.layer_loss * _layer_loss(hidden, target_layers)
+        return loss
+
+    if step < config.full_steps:
+        logits, hidden = wrapped(batch, only, layers)
+        loss = _label_loss(logits, y, head)
+        if target is not None:  # --shape --teacher: the labels and the teacher
+            loss = loss + distilled(logits, hidden)
+        loss.backward()
+        return [float(loss.detach())]
+    losses = []
+    rng = random.Random(f"{config.seed}:{step}")
+    shapes = [space.largest, space.smallest] + [
+        random_shape(space, rng) for _ in range(config.random_shapes)]
+    for k, shape in enumerate(shapes):
+        last = k == len(shapes) - 1
+        sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
+        with sync:
+            logits, hidden = wrapped(batch, shape, layers)
+            loss = (distilled(logits, hidden) if target is not None
+                    else _label_loss(logits, y, head))
+            if k == 0 and target is not None:
+                loss = loss + _label_loss(logits, y, head)
+            loss.backward()  # the shapes' gradients add up; DDP reduces once
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str | Path,
                validation: TaskData | None = None, columns: tuple[str, str, str] = ("text",
                "", "label"), progress: Callable[[str], None] | None = None,
@@ -184,17 +249,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     device = training_device(config.device_settings())
     rank, world = _distributed(device)
     note = (progress or (lambda message: None)) if rank == 0 else (lambda message: None)
-    base = load_supernet(source)
-    regression = isinstance(train.labels[0], float)
-    labels = () if regression else tuple(sorted(set(train.labels)))
-    head = TaskHead("regression" if regression else "single_label_classification", labels,
-                    columns[0], columns[1], columns[2])
-    if base.config.task_head is not None and base.config.task_head != head:
-        raise TrainingError(f"super network {source} already has another task head "
-                            f"({base.config.task_head.problem}, labels "
-                            f"{list(base.config.task_head.labels)[:5]}); start from one "
-                            "without a task head")
-    model = base if base.config.task_head is not None else with_task_head(base, head, config.seed)
+    model, head = _task_model(source, train, columns, config.seed)
     data = encode(train, model, head, config.seq_len)
     val = encode(validation, model, head, config.seq_len, "validation") if validation else None
     total = config.full_steps + config.steps
@@ -233,7 +288,8 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
     plan = (f"{config.full_steps} full shape, then {config.steps} sandwich steps of "
             f"{2 + config.random_shapes} shapes" if only is None else
             f"shape {only} alone")
-    note(f"task {head.problem} ({len(head.labels) or 'a score'}{' labels' if labels else ''}), "
+    note(f"task {head.problem} ({len(head.labels) or 'a score'}"
+         f"{' labels' if head.labels else ''}), "
          f"{len(data.y)} training texts: steps {start + 1}..{total} ({plan}) on {world} "
          f"process(es), {device.type}")
     started = last_note = time.perf_counter()
@@ -254,43 +310,8 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             batch = _batch(data, batch_idx, device)
             y = data.y[batch_idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            losses = []
-            # the teacher's logits and (with layer_loss) layer outputs, once per step
-            layers = bool(config.layer_loss) and teacher is not None
-            target, target_layers = None, ()
-            if teacher is not None and (step >= config.full_steps or only is not None):
-                with torch.no_grad():
-                    target, target_layers = _outputs(teacher, batch, None, layers)
-
-            def distilled(logits: torch.Tensor, hidden: tuple[torch.Tensor, ...]
-                          ) -> torch.Tensor:
-                loss = _distill_loss(logits, target, head, config.temperature)
-                if layers:
-                    loss = loss + config.layer_loss * _layer_loss(hidden, target_layers)
-                return loss
-
-            if step < config.full_steps:
-                logits, hidden = wrapped(batch, only, layers)
-                loss = _label_loss(logits, y, head)
-                if target is not None:  # --shape --teacher: the labels and the teacher
-                    loss = loss + distilled(logits, hidden)
-                loss.backward()
-                losses.append(float(loss.detach()))
-            else:
-                rng = random.Random(f"{config.seed}:{step}")
-                shapes = [space.largest, space.smallest] + [
-                    random_shape(space, rng) for _ in range(config.random_shapes)]
-                for k, shape in enumerate(shapes):
-                    last = k == len(shapes) - 1
-                    sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
-                    with sync:
-                        logits, hidden = wrapped(batch, shape, layers)
-                        loss = (distilled(logits, hidden) if target is not None
-                                else _label_loss(logits, y, head))
-                        if k == 0 and target is not None:
-                            loss = loss + _label_loss(logits, y, head)
-                        loss.backward()  # the shapes' gradients add up; DDP reduces once
-                    losses.append(float(loss.detach()))
+            losses = _backward(wrapped, teacher, batch, y, step, config, head, space, only,
+                               world)
             if not all(math.isfinite(v) for v in losses):
                 raise TrainingError(f"step {step + 1}: the loss is not finite; the last "
                                     f"checkpoint stays; lower --lr (now {config.lr:g})")
