@@ -148,13 +148,17 @@ def test_mlm_on_a_bert_without_head_creates_one(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.txt").write_text("\n".join(
         " ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(120)))
-    r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp_path / "super"),
-                                  "--data", str(tmp_path / "data"), "--objective", "mlm",
-                                  "--steps", "3", "--seq-len", "32", "--batch-size", "2",
-                                  "--out", str(tmp_path / "run"), "--json"])
-    assert r.exit_code == 0, r.output
-    assert "creating one" in r.stderr
-    assert load_supernet(tmp_path / "run" / "supernet").mlm_head is not None
+    digests = []
+    for run in ("run", "again"):  # the new head is drawn from --seed: the same run twice
+        r = CliRunner().invoke(main, ["train", "supernet", "--supernet", str(tmp_path / "super"),
+                                      "--data", str(tmp_path / "data"), "--objective", "mlm",
+                                      "--steps", "3", "--seq-len", "32", "--batch-size", "2",
+                                      "--out", str(tmp_path / run), "--json"])
+        assert r.exit_code == 0, r.output
+        assert "creating one" in r.stderr
+        assert load_supernet(tmp_path / run / "supernet").mlm_head is not None
+        digests.append(json.loads(r.stdout)["weights_sha256"])
+    assert digests[0] == digests[1]
 
 
 def test_bad_data_and_settings(tmp_path):

@@ -199,6 +199,40 @@ class _BatchOrder:
         return torch.tensor(out)
 
 
+def _backward(wrapped: nn.Module, teacher: SuperBert | None, corpus: Corpus,
+              order: _BatchOrder, shapes: list[Shape], step: int, config: TrainConfig,
+              rank: int, world: int, device: torch.device, autocast, vocab: int
+              ) -> list[float]:
+    """One step's forward and backward passes: every shape on each of ``accumulate``
+    micro-batches (masked for the MLM objective, drawing from ``vocab`` tokens, with the
+    teacher's outputs for distillation), the gradients adding up and DDP reducing once. Each
+    shape's loss, the micro-batches' mean."""
+    losses = [0.0] * len(shapes)
+    for micro in range(config.accumulate):
+        batch = order.indices(step * config.accumulate + micro, rank, world, config.batch_size)
+        ids = corpus.train[batch]
+        labels = target = None
+        if config.objective == "mlm":
+            g = torch.Generator().manual_seed(
+                config.seed * 1_000_003 + (step * config.accumulate + micro) * 1009 + rank)
+            ids, labels = mask_tokens(ids, corpus, vocab, config.mlm_probability, g)
+            labels = labels.to(device)
+        ids = ids.to(device)
+        if teacher is not None:
+            with torch.no_grad(), autocast:
+                target = teacher(ids, layer_outputs=config.layer_loss > 0)
+        for k, shape in enumerate(shapes):
+            last = k == len(shapes) - 1 and micro == config.accumulate - 1
+            sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
+            with sync:
+                with autocast:
+                    loss = wrapped(ids, shape, labels, target, config.layer_loss)
+                # gradients of all shapes and micro-batches add up; DDP reduces once
+                (loss / config.accumulate).backward()
+            losses[k] += float(loss.detach()) / config.accumulate
+    return losses
+
+
 def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out: str | Path,
                    progress: Callable[[str], None] | None = None,
                    widths: Sequence[int] | None = None,
@@ -220,7 +254,7 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
         teacher = copy.deepcopy(base).eval().requires_grad_(False).to(device)
     elif model.mlm_head is None:
         talk("the source has no MLM head: creating one (the decoder is tied to the embeddings)")
-        model = _with_mlm_head(base)
+        model = _with_mlm_head(base, config.seed)
     start, history = 0, []
     checkpoint = out / "checkpoint"
     state = None
@@ -266,31 +300,8 @@ def train_supernet(source: str | Path, corpus: Corpus, config: TrainConfig, out:
             step_started = time.perf_counter()
             shapes = sandwich_shapes(model, step, config.random_shapes, config.seed)
             optimizer.zero_grad(set_to_none=True)
-            losses = [0.0] * len(shapes)
-            for micro in range(config.accumulate):
-                batch = order.indices(step * config.accumulate + micro, rank, world,
-                                      config.batch_size)
-                ids = corpus.train[batch]
-                labels = target = None
-                if config.objective == "mlm":
-                    g = torch.Generator().manual_seed(
-                        config.seed * 1_000_003 + (step * config.accumulate + micro) * 1009
-                        + rank)
-                    ids, labels = mask_tokens(ids, corpus, vocab, config.mlm_probability, g)
-                    labels = labels.to(device)
-                ids = ids.to(device)
-                if teacher is not None:
-                    with torch.no_grad(), autocast:
-                        target = teacher(ids, layer_outputs=config.layer_loss > 0)
-                for k, shape in enumerate(shapes):
-                    last = k == len(shapes) - 1 and micro == config.accumulate - 1
-                    sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
-                    with sync:
-                        with autocast:
-                            loss = wrapped(ids, shape, labels, target, config.layer_loss)
-                        # gradients of all shapes and micro-batches add up; DDP reduces once
-                        (loss / config.accumulate).backward()
-                    losses[k] += float(loss.detach()) / config.accumulate
+            losses = _backward(wrapped, teacher, corpus, order, shapes, step, config, rank,
+                               world, device, autocast, vocab)
             if not all(math.isfinite(x) for x in losses):  # never step into NaN weights
                 shown = ", ".join(f"{x:.4g}" for x in losses)
                 raise TrainingError(
@@ -360,7 +371,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _with_mlm_head(model: SuperBert) -> SuperBert:
+def _with_mlm_head(model: SuperBert, seed: int) -> SuperBert:
+    """``model`` with a new MLM head (its transform drawn from ``seed``: the same run twice
+    trains the same network), the decoder tied to the embeddings, everything else kept."""
     s = model.config.space
     config = replace(model.config, space=replace(s, mlm_head=True))
     grown = SuperBert(config)
@@ -368,7 +381,8 @@ def _with_mlm_head(model: SuperBert) -> SuperBert:
     grown.load_state_dict(state, strict=False)
     head = grown.mlm_head
     with torch.no_grad():
-        nn.init.normal_(head.transform.weight, std=0.02)
+        g = torch.Generator().manual_seed(seed)
+        head.transform.weight.copy_(torch.randn(head.transform.weight.shape, generator=g) * 0.02)
         head.transform.bias.zero_()
         head.norm.weight.fill_(1.0)
         head.norm.bias.zero_()
