@@ -162,13 +162,13 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                             calm_wait=calm_wait)
     if minutes is None:
         minutes = 2.0 if from_paths else 12.0
-    with output_lock(out):
-        with resumable(f"what was measured is kept in {out}: run the same command again to "
-                       "resume"):
-            run_profile(out, device, protocol, config, samples, seed, source, progress,
-                        minutes=minutes if samples is None else None,
-                        auto_precision=precisions is None, auto_rounds=rounds is None,
-                        transfer=transfer)
+    # the fit too: a profile stopped while fitting is fitted again by the same command
+    with output_lock(out), resumable(f"what was measured is kept in {out}: run the same "
+                                     "command again to resume"):
+        run_profile(out, device, protocol, config, samples, seed, source, progress,
+                    minutes=minutes if samples is None else None,
+                    auto_precision=precisions is None, auto_rounds=rounds is None,
+                    transfer=transfer)
         if transfer:
             tr.refit(out, progress=progress)
         else:
