@@ -290,6 +290,8 @@ def _export_text(d: dict) -> str:
         on = "" if metric.endswith(".csv") or " on " in metric else f", {plan['calibration']}"
         rows.append(("chosen", f"{which}, {measured}, {plan['fidelity']:.4f} "
                                f"({metric}{on})"))
+        if plan.get("machine_beyond_priced"):
+            rows.append(("WARNING", plan["machine_beyond_priced"]["said"]))
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "

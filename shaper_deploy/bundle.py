@@ -100,6 +100,9 @@ class PlanRecord(TypedDict):
     families: NotRequired[dict[str, Any]]  # the shape families screened, per precision
     target: NotRequired[dict[str, Any]]
     verification: NotRequired[Optional[dict[str, Any]]]
+    # where the machine ran slower than the profile's tail prices while the candidates were
+    # measured (planner._beyond_priced); None where it did not
+    machine_beyond_priced: NotRequired[Optional[dict[str, Any]]]
 
 
 @dataclass

@@ -57,7 +57,8 @@ from .fidelity import (CALIBRATION_TEXTS, embedding_fidelity, masked_positions, 
 from .heuristics import cigar_family
 from .templates import PLAN_FAMILIES, shape_family
 from .io import atomic_dir, check_output_dir
-from .profiling.predictor import DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase
+from .profiling.predictor import (DEFAULT_PERCENTILE, TAIL_LEVELS, DeviceProfile, judged_phrase,
+                                  unpriced_slowdown)
 from .profiling.profile import graph_differences, graph_record
 from .promise import MEASURE_SECONDS, PLAN_CONFIDENCE
 from .runtime import (DEVICE_PRECISIONS, make_session, model_tokenizer, precision_problem,
@@ -507,12 +508,14 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + f" at p{percentile:g}, batch {batch} x {seq_len} tokens"
          + (" (the profile's reference size)" if workload is None else "") + f" on {device}"
          + (f", for {target['cpu_model']} (not measured here)" if for_device else ""))
+    measured: list[dict] = []  # every measurement the plan made here (DeviceProfile.measure)
     if measure is None and not for_device:
         def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
             m = profile.measure(bundle / model_file, prec, w, device, percentile,
                                 seconds=measure_seconds)
             note(f"{prec}: p{percentile:g} {m['kept_on_ms']:.2f} ms over {m['runs']} runs in "
                  f"{m['seconds']:.0f} s ({judged_phrase(m, bound=True)})")
+            measured.append(m)
             return m["kept_on_ms"]
     judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
@@ -562,6 +565,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "target": {"fingerprint": target, "for_device": for_device,
                        "verified": not for_device},
             "verification": None,
+            "machine_beyond_priced": _beyond_priced(measured, profile),
             "candidates": [c.to_dict() for c in candidates],
             "families": {"names": list(names), "by_precision": screened,
                          "screened_on": (None if len(names) == 1 else
@@ -580,7 +584,29 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + (f"p{percentile:g} {best.measured_ms:.2f} ms measured here" if not for_device else
             f"p{percentile:g} {best.predicted_ms:.2f} ms predicted there (unverified)")
          + f", {judge.short} {best.fidelity:.4f}")
+    if plan_record["machine_beyond_priced"]:
+        note(f"WARNING: {plan_record['machine_beyond_priced']['said']}")
     return manifest
+
+
+def _beyond_priced(measured: list[dict], profile: DeviceProfile) -> dict | None:
+    """Where the machine ran slower, while the plan's candidates were measured, than the
+    profile's tail prices (``unpriced_slowdown``): the candidates kept and dropped then
+    reflect that period, not the speed the profile describes; what to do about it. None
+    where every measurement was within what the tail prices."""
+    slow = [m for m in measured if unpriced_slowdown(m) is not None]
+    if not slow:
+        return None
+    drift, beyond = max(m["drift"] for m in slow), max(map(unpriced_slowdown, slow))
+    return {"measurements": len(slow), "of": len(measured), "max_drift": drift,
+            "max_beyond_priced": beyond,
+            "said": (f"the machine ran up to {drift:.2f}x its profiled speed in {len(slow)} of "
+                     f"the {len(measured)} measurements of this plan, up to {beyond:.2f}x "
+                     "beyond the slowdowns the profile's tail prices, so the shapes kept and "
+                     "dropped reflect that period: if it passes, plan again (or shaperctl "
+                     "verify the bundle then); if the machine runs so from now on, profile it "
+                     f"as it is now (shaperctl profile --from {profile.path} --out DIR) and "
+                     "plan with that")}
 
 
 def _candidate_options(options: ExportOptions, target_isa: Sequence[str] | None,

@@ -395,6 +395,43 @@ def test_planner_refusals(profile, supernet, tmp_path):
     assert not any(p.name.startswith(".b.") for p in tmp_path.iterdir())
 
 
+def test_a_plan_measured_while_the_machine_ran_beyond_its_profile_says_so(
+        profile, supernet, tmp_path, monkeypatch):
+    """Every measurement of the plan seeing the machine 2x past what the profile's tail
+    prices (a busy neighbour): the plan records it and both outputs warn, with what to do."""
+    from shaper_deploy.profiling.predictor import DeviceProfile
+
+    real = DeviceProfile.measure
+
+    def slowed(self, *args, **kwargs):
+        m = real(self, *args, **kwargs)
+        priced = max(1.0, m.get("priced_drift", 1.0))
+        return {**m, "drift": 2 * priced, "priced_drift": priced}
+
+    monkeypatch.setattr(DeviceProfile, "measure", slowed)
+    save_supernet(supernet, tmp_path / "super")
+    args = ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s", "--profile",
+            str(profile.path), "--precision", "fp32", "--measure-seconds", "0"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    beyond = json.loads(r.stdout)["plan"]["machine_beyond_priced"]
+    assert beyond["measurements"] == beyond["of"] >= 1
+    assert beyond["max_beyond_priced"] == pytest.approx(2.0)
+    assert f"profile it as it is now (shaperctl profile --from {profile.path}" in beyond["said"]
+    assert "WARNING: the machine ran up to" in r.stderr
+    human = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b2")])
+    assert human.exit_code == 0, human.output
+    assert re.search(r"^WARNING +the machine ran up to", human.stdout, re.M), human.stdout
+    # within what the tail prices (a speed-up included, and a slowdown up to it): no warning
+    from shaper_deploy.planner import _beyond_priced
+
+    within = [{"drift": 0.9, "priced_drift": 0.9}, {"drift": 1.3, "priced_drift": 1.3}]
+    assert _beyond_priced(within, profile) is None
+    mixed = _beyond_priced(within + [{"drift": 1.8, "priced_drift": 1.2}], profile)
+    assert (mixed["measurements"], mixed["of"]) == (1, 3)
+    assert mixed["max_beyond_priced"] == pytest.approx(1.5)
+
+
 def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     """Real measurement (the profile's protocol) under a budget every shape meets, so the
     outcome does not depend on this machine's speed. Each candidate is timed for
