@@ -35,7 +35,6 @@ import contextlib
 import copy
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,10 +54,9 @@ from ..supernet.checkpoint import load_supernet, write_supernet
 from ..supernet.config import TaskHead
 from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
-from ..templates import random_shape
 from ..supernet.rewire import importance_order
 from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _scaled_mse,
-                       _StopRequest, _weights_digest, training_device)
+                       _StopRequest, _weights_digest, sandwich_shapes, training_device)
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
@@ -192,13 +190,14 @@ def _task_model(source: str | Path, train: TaskData, columns: tuple[str, str, st
 
 
 def _backward(wrapped: nn.Module, teacher: SuperBert | None, batch: dict[str, torch.Tensor],
-              y: torch.Tensor, step: int, config: TaskConfig, head: TaskHead, space,
-              only: Shape | None, world: int) -> list[float]:
+              y: torch.Tensor, step: int, config: TaskConfig, head: TaskHead,
+              model: SuperBert, only: Shape | None, world: int) -> list[float]:
     """One step's forward and backward passes (gradients add up over its shapes, DDP reduces
     once): in the full phase the labels (and with ``--shape --teacher`` the teacher too) at
     the full shape or ``only``; in the sandwich phase the largest shape on the labels and
     the teacher, the smallest and ``random_shapes`` drawn shapes on the teacher (on the
-    labels without one). Each pass's loss, in order."""
+    labels without one), the shapes super-training draws at that step (``sandwich_shapes``).
+    Each pass's loss, in order."""
     # the teacher's logits and (with layer_loss) layer outputs, once per step
     layers = bool(config.layer_loss) and teacher is not None
     target, target_layers = None, ()
@@ -220,9 +219,7 @@ def _backward(wrapped: nn.Module, teacher: SuperBert | None, batch: dict[str, to
         loss.backward()
         return [float(loss.detach())]
     losses = []
-    rng = random.Random(f"{config.seed}:{step}")
-    shapes = [space.largest, space.smallest] + [
-        random_shape(space, rng) for _ in range(config.random_shapes)]
+    shapes = sandwich_shapes(model, step, config.random_shapes, config.seed)
     for k, shape in enumerate(shapes):
         last = k == len(shapes) - 1
         sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
@@ -310,7 +307,7 @@ def train_task(source: str | Path, train: TaskData, config: TaskConfig, out: str
             batch = _batch(data, batch_idx, device)
             y = data.y[batch_idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            losses = _backward(wrapped, teacher, batch, y, step, config, head, space, only,
+            losses = _backward(wrapped, teacher, batch, y, step, config, head, model, only,
                                world)
             if not all(math.isfinite(v) for v in losses):
                 raise TrainingError(f"step {step + 1}: the loss is not finite; the last "
