@@ -109,8 +109,9 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.io import check_not_input, output_lock
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
-    from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, TRANSFER_CALM_LOOKS,
-                                                 TRANSFER_SWEEPS, run_profile)
+    from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, DIRECT_MINUTES,
+                                                 TRANSFER_CALM_LOOKS, TRANSFER_SWEEPS,
+                                                 run_profile)
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.runtime import DEVICE_PRECISIONS
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -161,7 +162,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                             calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks,
                             calm_wait=calm_wait)
     if minutes is None:
-        minutes = 2.0 if from_paths else 12.0
+        minutes = tr.DEFAULT_MINUTES if from_paths else DIRECT_MINUTES
     # the fit too: a profile stopped while fitting is fitted again by the same command
     with output_lock(out), resumable(f"what was measured is kept in {out}: run the same "
                                      "command again to resume"):
@@ -402,6 +403,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
     from shaper_deploy.profiling.predictor import profiles_in
+    from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
     found = []
     for root in roots or (Path("profiles"),):
@@ -451,7 +453,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
             folder = " ".join(f"--from {r}" for r in roots or (Path("profiles"),))
             direct = ("shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
-                      "12 minutes by default")
+                      f"{DIRECT_MINUTES:g} minutes by default")
             lines.append(
                 f"no profile here was measured on this machine ({_device_line(here)}): make "
                 + (f"one, a transfer from those above in a few minutes (shaperctl profile "

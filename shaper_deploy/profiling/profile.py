@@ -81,6 +81,7 @@ TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
 FLOOR_LEVEL = 10  # a measurement's floor: this percentile of its timed runs (run_ms keys)
 DIRECT_CALM_LOOKS = 2  # a direct profile's calm looks by default (Protocol.calm_looks)
+DIRECT_MINUTES = 12.0  # a direct profile's time by default (--minutes; a transfer's: transfer.py)
 # A transfer's (since session 23): from the Intel MiniLM profile to the AMD Zen 5 class, 5
 # pairs of 2-minute transfers run in turn (1.70-1.79 min measured either way), scored on the
 # shipped Zen 5 calm-looks profile's shapes, int8 MAPE 4.0-7.9% with 1 calm look against
