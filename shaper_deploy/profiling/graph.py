@@ -297,8 +297,8 @@ class _Builder:
         outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
                                                  ["batch", "sequence", D])]
         if config.pooler:
-            w.initializers.append(numpy_helper.from_array(np.array(0, np.int64), "cls"))
-            first = node("Gather", ["last_hidden_state", "cls"], "pooler.cls", axis=1)
+            first = node("Gather", ["last_hidden_state", self.const("cls", 0)], "pooler.cls",
+                         axis=1)
             wp = w.get("pooler.dense.weight", (D, D))
             dense_p = node("Gemm", [first, w.add("pooler.w", wp),
                                     w.add("pooler.b", w.get("pooler.dense.bias", (D,)))],
