@@ -371,6 +371,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def seeded_init(shape: Sequence[int], seed: int) -> torch.Tensor:
+    """A new head's small random weights (normal, std 0.02), drawn from ``seed`` alone: the
+    same command twice trains the same network."""
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
 def _with_mlm_head(model: SuperBert, seed: int) -> SuperBert:
     """``model`` with a new MLM head (its transform drawn from ``seed``: the same run twice
     trains the same network), the decoder tied to the embeddings, everything else kept."""
@@ -381,8 +387,7 @@ def _with_mlm_head(model: SuperBert, seed: int) -> SuperBert:
     grown.load_state_dict(state, strict=False)
     head = grown.mlm_head
     with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        head.transform.weight.copy_(torch.randn(head.transform.weight.shape, generator=g) * 0.02)
+        head.transform.weight.copy_(seeded_init(head.transform.weight.shape, seed))
         head.transform.bias.zero_()
         head.norm.weight.fill_(1.0)
         head.norm.bias.zero_()

@@ -56,7 +56,8 @@ from ..supernet.model import SuperBert
 from ..taskdata import TaskData, targets
 from ..supernet.rewire import importance_order
 from .sandwich import (_BatchOrder, _checkpoint, _distributed, _duration, _resume, _scaled_mse,
-                       _StopRequest, _weights_digest, sandwich_shapes, training_device)
+                       _StopRequest, _weights_digest, sandwich_shapes, seeded_init,
+                       training_device)
 from .config import TASK_RESUME_KEYS as RESUME_KEYS
 from .config import TaskConfig
 
@@ -92,10 +93,9 @@ def with_task_head(model: SuperBert, head: TaskHead, seed: int) -> SuperBert:
     """``model`` with a new task head (small random weights), everything else kept."""
     grown = SuperBert(replace(model.config, task_head=head))
     grown.load_state_dict(model.state_dict(), strict=False)
-    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         out = grown.classifier.out
-        out.weight.copy_(torch.randn(out.weight.shape, generator=g) * 0.02)
+        out.weight.copy_(seeded_init(out.weight.shape, seed))
         out.bias.zero_()
     grown.provenance = model.provenance
     return grown
