@@ -17,12 +17,22 @@ NOTHING_KEPT = "nothing half-written was kept"
 
 class ShaperGroup(click.Group):
     """A click group that turns library errors, and the operating system's (disk full, a name
-    too long, a busy or read-only path), into one clear line and exit status 1."""
+    too long, a busy or read-only path), into one clear line and exit status 1; a usage error
+    (an option's value out of range, a missing or unknown option) into one line and exit 2."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # the group's own options and arguments
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _usage_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with _terminated_as_exception():
                 return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's options and arguments
+            raise _usage_line(exc) from None
         except Terminated as exc:
             click.echo(f"Error: terminated (SIGTERM); {exc.kept}", err=True)
             ctx.exit(143)
@@ -34,6 +44,24 @@ class ShaperGroup(click.Group):
             if type(exc).__name__ == "SafetensorError":  # safetensors' own I/O error type
                 raise click.ClickException(f"cannot write or read weights: {exc}") from None
             raise
+
+
+class UsageLine(click.UsageError):
+    """A usage error shown as one line, where click shows the usage, a hint and the error on
+    three: ``Error: Invalid value for '--seq-len': 0 is not in the range x>=1. See 'shaperctl
+    predict --help'.``"""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
+
+
+def _usage_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (UsageLine, click.exceptions.NoArgsIsHelpError)):
+        return exc  # already one line, or the help a bare group prints
+    message = exc.format_message().rstrip()
+    if exc.ctx is not None:
+        message += f"{'' if message.endswith(('.', '?')) else '.'} See '{exc.ctx.command_path} --help'."
+    return UsageLine(message, exc.ctx)
 
 
 class Terminated(BaseException):

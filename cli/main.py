@@ -34,7 +34,8 @@ def main() -> None:
     """Compile SuperShaper sub-networks into fast, validated ONNX models per device.
 
     Every command prints human-readable text, or one JSON document with --json; progress
-    goes to stderr.
+    goes to stderr. A failure is one line on stderr (nothing on stdout) and exit status 1 (143
+    on SIGTERM); a usage error (an option's value, a missing or unknown option) exits 2.
     """
 
 

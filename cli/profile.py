@@ -388,7 +388,7 @@ def profiles() -> None:
 
 
 @profiles.command("list")
-@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("roots", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @json_option
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """Profiles under ROOTS (default: ./profiles): device, trust, and whether each matches
@@ -462,7 +462,10 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                    "(without --from)" if any("error" not in p for p in d["profiles"]) else
                    f"a direct one ({direct}): none above can be read, so none can be the "
                    "prior of a transfer"))
-        return "\n".join(lines) or "no profiles found"
+        return "\n".join(lines) or (
+            f"no profiles under {' '.join(str(r) for r in roots or (Path('profiles'),))}: "
+            f"make this machine's with shaperctl profile --device cpu --supernet SUPERNET "
+            f"--out DIR (within {DIRECT_MINUTES:g} minutes by default)")
 
     here = device_fingerprint("cpu")
     emit({"this_machine": here, "profiles": found}, as_json, text)

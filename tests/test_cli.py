@@ -13,7 +13,7 @@ def run():
     runner = CliRunner()
 
     def invoke(*args, ok=True):
-        result = runner.invoke(main, [str(a) for a in args])
+        result = runner.invoke(main, [str(a) for a in args], prog_name="shaperctl")
         if ok:
             assert result.exit_code == 0, result.output + result.stderr
         else:
@@ -39,6 +39,25 @@ def test_params_bad_shape_is_one_line(run):
     assert lines == ["Error: layer 12 width 350 is not divisible by the 12 attention heads; "
                      "allowed widths: 120, 240, 360, 480, 540, 600, 768"]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args, line", [
+    (["params", "--shape", "120x12", "--batch", "1"],
+     "Error: No such option '--batch'. See 'shaperctl params --help'."),
+    (["predict", "--profile", "p", "--shape", "384x6", "--seq-len", "0"],
+     "Error: Invalid value for '--seq-len': 0 is not in the range x>=1. "
+     "See 'shaperctl predict --help'."),
+    (["train", "supernet", "--out", "x"],
+     "Error: Missing option '--supernet'. See 'shaperctl train supernet --help'."),
+    (["profiles", "nosuch"], "Error: No such command 'nosuch'. See 'shaperctl profiles --help'."),
+    (["--nosuch"], "Error: No such option '--nosuch'. See 'shaperctl --help'."),
+])
+def test_usage_errors_are_one_line(run, args, line):
+    """A usage error is one line and exit 2, as every other error is one line, where click
+    prints the usage, a hint and the error on three."""
+    result = run(*args, "--json", ok=False)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [line]
 
 
 def test_supernet_init_info_and_params(run, tiny_bert_dir, tmp_path):

@@ -630,6 +630,17 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
         "make a direct one (shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
         "12 minutes by default): none above can be read, so none can be the prior of a "
         "transfer"), unread.stdout
+    # nothing there: a direct profile is the way; a root that is no folder is a usage error
+    (tmp_path / "none").mkdir()
+    none = runner.invoke(main, ["profiles", "list", str(tmp_path / "none")])
+    assert none.exit_code == 0 and none.stdout.startswith(f"no profiles under {tmp_path / 'none'}: "
+                                                          "make this machine's with shaperctl profile")
+    for root, why in ((tiny_profile / "profile.json", "is a file"),
+                      (tmp_path / "missing", "does not exist")):
+        bad = runner.invoke(main, ["profiles", "list", str(root)], prog_name="shaperctl")
+        assert bad.exit_code == 2 and bad.stdout == "", bad.output
+        assert bad.stderr.splitlines() == [f"Error: Invalid value for '[ROOTS]...': Directory "
+                                           f"'{root}' {why}. See 'shaperctl profiles list --help'."]
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
