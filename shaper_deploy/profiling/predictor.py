@@ -840,28 +840,53 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
     grid = np.geomspace(lo * 0.9, hi * 1.1, 50)
     ax.fill_between(grid, grid * 0.95, grid * 1.05, color="0.9", label="+-5%")
     ax.plot(grid, grid, color="0.5", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="measured latency (ms)",
-           ylabel="predicted latency (ms, saved model)")
+    ax.set(xscale="log", yscale="log", xlabel="measured latency floor (ms)",
+           ylabel="predicted latency floor (ms, saved model)")
     ax.legend(loc="upper left")
+    verdict = trust(header, model)
+    lines.append(_wrapped(("reliable" if verdict["reliable"] else
+                           "UNRELIABLE: " + "; ".join(verdict["reasons"]))
+                          + f" (limits: held-out MAPE {MAX_MAPE:.0%}, noise floor "
+                          f"{MAX_NOISE:.0%})", 95))
     ax.set_title("\n".join(lines), fontsize=8)
     cpu = cpu_name(fp)
-    fig.suptitle(f"{cpu} ({fp['device']}, {header.protocol.threads} threads); "
-                 f"{describe_range(model.grid)}", fontsize=7)
+    fig.suptitle(_wrapped(f"{cpu} ({fp['device']}, {header.protocol.threads} threads); "
+                          f"{describe_range(model.grid)}"), fontsize=7)
     _save(fig, profile / "actual_vs_predicted.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     b, s = header.protocol.reference
+    title = [f"Latency floor vs parameters at batch {b} x {s} tokens"]
+    floors: dict[str, dict[str, float]] = {}
     for precision in model.precisions:
-        shapes = main.get((precision, b, s), {})
-        params = [shape_from_key(k, header.space).params() / 1e6 for k in shapes]
-        ax.scatter(params, list(shapes.values()), s=10, color=colors.get(precision),
-                   alpha=0.7, label=precision)
-    ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency (ms)",
-           title=f"Latency vs parameters at batch {b} x {s} tokens")
-    ax.legend()
-    fig.suptitle(f"{cpu} ({fp['device']})", fontsize=8)
+        shapes = floors[precision] = main.get((precision, b, s), {})
+        keys = sorted(shapes)
+        params = [shape_from_key(k, header.space).params() / 1e6 for k in keys]
+        ax.scatter(params, [shapes[k] for k in keys], s=10, color=colors.get(precision),
+                   alpha=0.7, label=f"{precision}, measured")
+        if keys:
+            pred = model.predict([shape_from_key(k, header.space) for k in keys], precision,
+                                 b, s, dropped=[gone.get(k, []) for k in keys])
+            ax.scatter(params, pred, s=22, facecolors="none", edgecolors=colors.get(precision),
+                       linewidths=0.8, label=f"{precision}, predicted")
+    both = sorted(set(floors.get("fp32", {})) & set(floors.get("int8", {})))
+    if both:
+        gains = [floors["fp32"][k] / floors["int8"][k] for k in both]
+        title.append(f"int8 buys {np.median(gains):.2f}x here (median of {len(both)} shapes, "
+                     f"{min(gains):.2f}-{max(gains):.2f}x)")
+    ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency floor (ms)")
+    ax.set_title("\n".join(title), fontsize=10)
+    ax.legend(fontsize=8)
+    fig.suptitle(_wrapped(f"{cpu} ({fp['device']}, {header.protocol.threads} threads)"),
+                 fontsize=8)
     _save(fig, profile / "latency_vs_params.png")
     plt.close("all")
+
+
+def _wrapped(text: str, width: int = 110) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _save(fig, path: Path) -> None:
