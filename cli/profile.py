@@ -88,7 +88,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     slowdowns mark the machine's slow periods. Measurements are appended
     as they are made; an interrupted run resumes when the same command is run again. The
     folder ends with predictor.json (the latency model and its held-out error, also at input
-    sizes never fitted) and two plots.
+    sizes never fitted) and three plots: the fit and its verdict, latency vs parameters with
+    what int8 buys, and the machine's speed over the profile's time.
 
     With --from, a transfer: the same protocol on the source's grid (--max-tokens narrows it
     to the sizes you serve), but a few shapes (what --minutes, default 2, buys), fitted with

@@ -500,7 +500,7 @@ def test_fitted_profile_is_one_checked_object(tiny_profile, tmp_path):
         p.predict([PAPER_SPACE.largest], "fp32", 1, 16)
     assert {f.name for f in tiny_profile.iterdir()} >= {
         "profile.json", "measurements.jsonl", "predictor.json", "actual_vs_predicted.png",
-        "latency_vs_params.png"}
+        "latency_vs_params.png", "machine_speed.png"}
 
     altered = tmp_path / "altered"
     shutil.copytree(tiny_profile, altered)

@@ -34,8 +34,8 @@ from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import cpu_name, device_fingerprint, fingerprint_differences
-from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, ProfileHeader, dropped_by_key,
-                      held_out_keys, machine_speed, measure_model, measured_latency,
+from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, SPEED_BANDS, ProfileHeader,
+                      dropped_by_key, group_key, group_slowdowns, held_out_keys, machine_speed, measure_model, measured_latency,
                       noise_floor, read_header,
                       read_measurements, record_floor, reference_spread, shape_from_key,
                       verify_file, workload_key, write_header)
@@ -880,7 +880,41 @@ def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
     fig.suptitle(_wrapped(f"{cpu} ({fp['device']}, {header.protocol.threads} threads)"),
                  fontsize=8)
     _save(fig, profile / "latency_vs_params.png")
+    _speed_plot(plt, profile, records, colors, cpu)
     plt.close("all")
+
+
+def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], colors: dict[str, str],
+                cpu: str) -> None:
+    """The machine's speed over the profile's time: every group's reference graph against the
+    fastest at its precision and size, in the order measured, with ``machine_speed``'s figures."""
+    slow = group_slowdowns(records)
+    order: dict[tuple, dict[str, Any]] = {}
+    for r in records:  # measurements.jsonl is in the order measured
+        order.setdefault(group_key(r), r)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for precision in sorted({r["precision"] for r in records}):
+        for calm in (False, True):
+            pts = [(i, slow[k]) for i, (k, r) in enumerate(order.items())
+                   if k in slow and r["precision"] == precision and ("calm_wait" in r) == calm]
+            if pts:
+                ax.scatter(*zip(*pts), s=12 if not calm else 28, color=colors.get(precision),
+                           marker="o" if not calm else "^", alpha=0.7,
+                           label=precision + (", a calm look (waited)" if calm else ""))
+    for band in SPEED_BANDS:
+        ax.axhline(band, color="0.6", lw=0.8, ls="--")
+    speed = machine_speed(records)
+    title = ["The machine's speed over the profile: the reference graph per group / fastest"]
+    if speed:
+        title.append(f"{speed['groups']} groups: " + ", ".join(
+            f"{share:.0%} within {band}x" for band, share in speed["within"].items())
+            + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
+            f"{speed['max']:.2f}x")
+    ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
+    ax.set_title("\n".join(title), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(_wrapped(cpu), fontsize=8)
+    _save(fig, profile / "machine_speed.png")
 
 
 def _wrapped(text: str, width: int = 110) -> str:
