@@ -6,7 +6,7 @@ Each check is scored against the fastest check of its precision and size: within
 calm (``profile.CALM_BAND``), as a calm look judges it. The result: per series the share of
 calm checks and the median slowdown, the lengths of the calm and slow stretches in seconds,
 and the series as one character per check (``.`` calm, ``s`` up to 1.5x, ``S`` slower:
-``profile.SPEED_BANDS``). It
+``analysis.SPEED_BANDS``). It
 says how long a calm look may have to wait for a calm moment (``profile.wait_for_calm``).
 
     .venv/bin/python benchmarks/calm_periods.py \\
@@ -26,8 +26,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from shaper_deploy.profiling.fingerprint import device_fingerprint
-from shaper_deploy.profiling.profile import (CALM_BAND, SPEED_BANDS, GraphSessions, read_header,
-                                             runner)
+from shaper_deploy.profiling.analysis import SPEED_BANDS
+from shaper_deploy.profiling.folder import read_header
+from shaper_deploy.profiling.profile import CALM_BAND, GraphSessions, runner
 from shaper_deploy.profiling.protocol import inputs_for, measure_interleaved
 from shaper_deploy.shape import Shape
 

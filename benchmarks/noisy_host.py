@@ -11,7 +11,7 @@ also on the calm pairs only (both measured while the reference ran within 1.1x o
 Since session 27 also the lowest floor over the machine's drift smoothed over neighbouring
 groups (``machine_drift``), the median of a point's floors each over its group's slowdown,
 and the mean of its two lowest floors.
-Then, for the estimator the library uses (the floor, ``profile.record_floor``), how well the
+Then, for the estimator the library uses (the floor, ``analysis.record_floor``), how well the
 tail model predicts held-out measurements' own p50/p90/p99, with the tail centred on the
 fitted model's floor (the library's) against each measurement's own floor. For a profile of
 several sweeps (``Protocol.sweeps``), each sweep refitted alone, then the first k pooled;
@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shaper_deploy.profiling import analysis as A
+from shaper_deploy.profiling import folder as F
 from shaper_deploy.profiling import predictor as PR
 from shaper_deploy.profiling import profile as P
 
@@ -70,16 +72,16 @@ def _rounds(rs, f):
 
 def _calmest(rs, g):
     """The look (record) whose group's reference ran fastest; the lowest floor on ties."""
-    return min(rs, key=lambda r: (g(r), P.record_floor(r)))
+    return min(rs, key=lambda r: (g(r), A.record_floor(r)))
 
 
 def _lowest(rs):
-    return min(rs, key=P.record_floor)
+    return min(rs, key=A.record_floor)
 
 
 def machine_drift(slowdowns: dict[tuple, float], around: int = 1):
     """Session 27: the machine's speed when a record was timed, smoothed: the median of the
-    group slowdowns (``profile.group_slowdowns``) over every size and precision of the groups
+    group slowdowns (``analysis.group_slowdowns``) over every size and precision of the groups
     within ``around`` groups of its own (groups are numbered in time order), so one group's
     reference noise does not enter the correction."""
     by: dict[int, list[float]] = {}
@@ -94,22 +96,22 @@ def machine_drift(slowdowns: dict[tuple, float], around: int = 1):
 # Each: (a shape's looks at one size, the old factor, the group slowdown, the machine's
 # smoothed drift) -> its latency.
 ESTIMATORS = {
-    "floor (p10 of runs; the library's)": lambda rs, f, g, d: P.record_floor(_lowest(rs)),
-    "floor / reference slowdown": lambda rs, f, g, d: min(P.record_floor(r) / f(r) for r in rs),
+    "floor (p10 of runs; the library's)": lambda rs, f, g, d: A.record_floor(_lowest(rs)),
+    "floor / reference slowdown": lambda rs, f, g, d: min(A.record_floor(r) / f(r) for r in rs),
     "lowest round median": lambda rs, f, g, d: min(_rounds(rs, lambda r: 1.0)),
     "median of round medians": lambda rs, f, g, d: statistics.median(_rounds(rs, lambda r: 1.0)),
     "median / reference slowdown (before)": lambda rs, f, g, d: statistics.median(_rounds(rs, f)),
-    # session 22: the reference's group slowdown (profile.group_slowdowns) to pick or correct
-    "floor of the calmest look": lambda rs, f, g, d: P.record_floor(_calmest(rs, g)),
+    # session 22: the reference's group slowdown (analysis.group_slowdowns) to pick or correct
+    "floor of the calmest look": lambda rs, f, g, d: A.record_floor(_calmest(rs, g)),
     "lowest floor / its group's slowdown":
-        lambda rs, f, g, d: P.record_floor(_lowest(rs)) / g(_lowest(rs)),
+        lambda rs, f, g, d: A.record_floor(_lowest(rs)) / g(_lowest(rs)),
     # session 27 (the Intel class's int8 noise floor: the host's drift under the calm band)
     "lowest floor / the machine's drift (+-1 group)":
-        lambda rs, f, g, d: min(P.record_floor(r) / d(r) for r in rs),
+        lambda rs, f, g, d: min(A.record_floor(r) / d(r) for r in rs),
     "median of floors / their group's slowdown":
-        lambda rs, f, g, d: float(np.median([P.record_floor(r) / g(r) for r in rs])),
+        lambda rs, f, g, d: float(np.median([A.record_floor(r) / g(r) for r in rs])),
     "mean of the 2 lowest floors":
-        lambda rs, f, g, d: float(np.mean(sorted(map(P.record_floor, rs))[:2])),
+        lambda rs, f, g, d: float(np.mean(sorted(map(A.record_floor, rs))[:2])),
     # session 31 (the noise floor's pairs shift with the reference within the calm band):
     # the looks timed within a band of the fastest reference, each over its slowdown, their
     # median; the lowest floor where none was
@@ -119,19 +121,19 @@ ESTIMATORS = {
 
 
 def _calm(rs, g, band: float) -> float:
-    calm = [P.record_floor(r) / g(r) for r in rs if g(r) <= band]
-    return float(np.median(calm)) if calm else P.record_floor(_lowest(rs))
+    calm = [A.record_floor(r) / g(r) for r in rs if g(r) <= band]
+    return float(np.median(calm)) if calm else A.record_floor(_lowest(rs))
 
 
 @contextlib.contextmanager
 def estimated_with(estimator):
     """``measured_latency`` (which every fit and the noise floor read) with ``estimator``."""
     def measured_latency(records, phase="main"):
-        slow = P.group_slowdowns(records)
+        slow = A.group_slowdowns(records)
         f, d = _old_factor(records), machine_drift(slow)
 
         def g(r):
-            return slow.get(P.group_key(r), 1.0)
+            return slow.get(A.group_key(r), 1.0)
         pooled = {}
         for r in records:
             if r["phase"] == phase:
@@ -139,19 +141,19 @@ def estimated_with(estimator):
                     r["shape_key"], []).append(r)
         return {k: {s: estimator(v, f, g, d) for s, v in shapes.items()}
                 for k, shapes in pooled.items()}
-    saved = P.measured_latency, PR.measured_latency
-    P.measured_latency = PR.measured_latency = measured_latency
+    saved = A.measured_latency, PR.measured_latency
+    A.measured_latency = PR.measured_latency = measured_latency
     try:
         yield
     finally:
-        P.measured_latency, PR.measured_latency = saved
+        A.measured_latency, PR.measured_latency = saved
 
 
 def percentile_errors(header, records, centred_on_model: bool) -> dict:
     """Held-out measurements' own run percentiles against floor x tail factor."""
     saved = PR.model_floor
     if not centred_on_model:
-        PR.model_floor = lambda model, records, p, space: P.record_floor
+        PR.model_floor = lambda model, records, p, space: A.record_floor
     try:
         model = PR.fit_model(header, records)
     finally:
@@ -164,7 +166,7 @@ def percentile_errors(header, records, centred_on_model: bool) -> dict:
         for level in (50, 90, 99):
             if not mine or str(level) not in mine[0]["run_ms"]:
                 continue
-            e = np.array([float(model.predict([P.shape_from_key(r["shape_key"], header.space)],
+            e = np.array([float(model.predict([F.shape_from_key(r["shape_key"], header.space)],
                                               p, r["batch"], r["seq_len"], level,
                                               [r.get("dropped") or []])[0])
                           / r["run_ms"][str(level)] - 1 for r in mine])
@@ -180,7 +182,7 @@ def later(model, space, checks: list[dict], precision: str) -> dict | None:
     rows = [r for r in checks if r["precision"] == precision]
     if not rows:
         return None
-    e = np.array([float(model.predict([P.shape_from_key(r["shape"], space)], precision,
+    e = np.array([float(model.predict([F.shape_from_key(r["shape"], space)], precision,
                                       r["batch"], r["seq_len"], dropped=[r["dropped"]])[0])
                   / r["floor_ms"] - 1 for r in rows])
     return {"n": len(e), "median_abs_error": float(np.median(np.abs(e))),
@@ -193,7 +195,7 @@ def refit(header, records, label: str, checks: list[dict] = ()) -> dict:
     model = PR.fit_model(header, records)
     out = {p: {"held_out_mape": model.metrics[p]["held_out"]["mape"],
                "within_10pct": model.metrics[p]["held_out"]["within_10pct"],
-               "noise_floor": (P.noise_floor(records, p) or {}).get("median_abs_rel_diff"),
+               "noise_floor": (A.noise_floor(records, p) or {}).get("median_abs_rel_diff"),
                "later_bundles": later(model, header.space, list(checks), p)}
            for p in model.precisions}
     print(f"{label} " + " | ".join(
@@ -206,11 +208,11 @@ def refit(header, records, label: str, checks: list[dict] = ()) -> dict:
 
 def calm_noise_floor(records, precision: str, within: float = 1.1) -> dict:
     """The noise floor on the measurements taken while the reference graph ran within
-    ``within`` of its fastest group at the same size (``profile.group_slowdowns``):
+    ``within`` of its fastest group at the same size (``analysis.group_slowdowns``):
     whether a profile is unreliable only because its re-measurements met other periods."""
-    slowdown = P.group_slowdowns(records)
-    calm = [r for r in records if slowdown.get(P.group_key(r), float("inf")) <= within]
-    on_all, on_calm = P.noise_floor(records, precision), P.noise_floor(calm, precision)
+    slowdown = A.group_slowdowns(records)
+    calm = [r for r in records if slowdown.get(A.group_key(r), float("inf")) <= within]
+    on_all, on_calm = A.noise_floor(records, precision), A.noise_floor(calm, precision)
     return {"within": within, "pairs": (on_calm or {}).get("pairs", 0),
             "all_pairs": (on_all or {}).get("pairs", 0),
             "median_abs_rel_diff": (on_calm or {}).get("median_abs_rel_diff"),
@@ -224,7 +226,7 @@ def pair_shift(records, precision: str) -> dict:
     same way), and per sweep (calm looks included) the same over the pairs timed in that
     sweep beside the median of their groups' reference graphs' ratio: a shift the
     reference shares is the machine's speed moving between the two phases' minutes."""
-    main, again = P.measured_latency(records, "main"), P.measured_latency(records, "repeat")
+    main, again = A.measured_latency(records, "main"), A.measured_latency(records, "repeat")
     signed = [again[k][s] / main[k][s] - 1 for k in again if k[0] == precision
               for s in again[k] if s in main.get(k, {})]
     first: dict[tuple, dict] = {}
@@ -239,7 +241,7 @@ def pair_shift(records, precision: str) -> dict:
         if pairs:
             sweeps[str(sweep)] = {
                 "pairs": len(pairs),
-                "floor_shift": float(np.median([P.record_floor(a) / P.record_floor(b) - 1
+                "floor_shift": float(np.median([A.record_floor(a) / A.record_floor(b) - 1
                                                 for a, b in pairs])),
                 "reference_shift": float(np.median([a["reference_ms"] / b["reference_ms"] - 1
                                                     for a, b in pairs]))}
@@ -253,13 +255,13 @@ def still_slow(records, sweeps: int) -> dict:
     lowest floor came from a group over ``CALM_BAND`` x the fastest reference, after the
     sweeps and after the looks; and the share of the looks' groups that ran calm, those timed
     after a check of the machine (``calm_wait``) apart from the rest."""
-    slowdown = P.group_slowdowns(records)
+    slowdown = A.group_slowdowns(records)
 
     def share(rs):
-        best = P.lowest_floors(rs, slowdown)
+        best = A.lowest_floors(rs, slowdown)
         return float(np.mean([s > P.CALM_BAND for _, s in best.values()])) if best else None
 
-    looks = {P.group_key(r): "calm_wait" in r for r in records if r.get("sweep", 0) >= sweeps}
+    looks = {A.group_key(r): "calm_wait" in r for r in records if r.get("sweep", 0) >= sweeps}
 
     def calm(checked):
         g = [slowdown[k] <= P.CALM_BAND for k, c in looks.items() if c == checked]
@@ -284,7 +286,7 @@ def main() -> None:
         checks.setdefault(str(Path(data["profile"]).resolve()), []).extend(
             data["real_bundles"]["rows"])
     for path in args.profiles:
-        header, records = P.read_header(path), P.read_measurements(path)
+        header, records = F.read_header(path), F.read_measurements(path)
         mine = checks.get(str(path.resolve()), [])
         row = {"profile": str(path), "cpu_model": header.fingerprint["cpu_model"],
                "isa": header.fingerprint["isa"], "later_bundles": len(mine), "estimators": {}}
@@ -317,7 +319,7 @@ def main() -> None:
                 row["sweeps"][name] = refit(header, subset, f"{path.name:40s} {name:38s}")
         # how the machine ran (the sweeps' groups) and, since session 25, how long the calm
         # looks waited for a calm moment before each size (Protocol.calm_wait)
-        row["machine_speed"] = P.machine_speed(records)
+        row["machine_speed"] = A.machine_speed(records)
         row["calm_wait"] = (header.summary or {}).get("calm_wait")
         row["still_slow"] = still_slow(records, header.protocol.sweeps)
         print(f"{path.name:40s} points still slow after the sweeps "

@@ -8,7 +8,7 @@ Per precision and size: ``--sessions`` sessions of one shape's graph (int8: of o
 file; fp32: the graph built anew each time, as the profile does), plus the first session a
 second time under another name (the control: one session timed as two), all interleaved in
 random order each round with the profile's protocol, so the host's periods fall on all
-alike. Each one's floor (``profile.FLOOR_LEVEL``-th percentile of its runs); the spread of
+alike. Each one's floor (``analysis.FLOOR_LEVEL``-th percentile of its runs); the spread of
 the sessions' floors against the control's difference says which it is.
 
     .venv/bin/python benchmarks/session_lottery.py --profile benchmarks/data/intel-minilm-s26b \\
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.profiling.fingerprint import device_fingerprint
-from shaper_deploy.profiling.profile import FLOOR_LEVEL, GraphSessions, read_header, runner
+from shaper_deploy.profiling.analysis import FLOOR_LEVEL
+from shaper_deploy.profiling.folder import read_header
+from shaper_deploy.profiling.profile import GraphSessions, runner
 from shaper_deploy.profiling.protocol import inputs_for, measure_interleaved
 from shaper_deploy.shape import Shape
 

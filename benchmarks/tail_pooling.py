@@ -38,7 +38,7 @@ import numpy as np
 
 from shaper_deploy.profiling.predictor import (DeviceProfile, larger_tail, model_floors,
                                                tail_factor, tail_model)
-from shaper_deploy.profiling.profile import read_measurements
+from shaper_deploy.profiling.folder import read_measurements
 
 LEVELS = (50, 75, 90, 95)
 BLOCKS = 3

@@ -65,8 +65,9 @@ import numpy as np
 
 from shaper_deploy.errors import ProfileError
 from shaper_deploy.profiling.predictor import DeviceProfile, fit_model, regression_metrics
-from shaper_deploy.profiling.profile import (dropped_by_key, held_out_keys, measured_latency,
-                                             read_measurements, shape_from_key, workload_key)
+from shaper_deploy.profiling.analysis import dropped_by_key, measured_latency
+from shaper_deploy.profiling.folder import read_measurements, shape_from_key, workload_key
+from shaper_deploy.profiling.profile import held_out_keys
 from shaper_deploy.profiling.protocol import Protocol
 from shaper_deploy.profiling.transfer import _covers, fit_transfer, transfer_record
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.profiling.predictor import DeviceProfile, priced_drift
-from shaper_deploy.profiling.profile import shape_from_key
+from shaper_deploy.profiling.folder import shape_from_key
 
 
 def score(estimate: np.ndarray, predicted: np.ndarray) -> dict:

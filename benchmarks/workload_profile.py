@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.profiling.predictor import DeviceProfile, fit_model
-from shaper_deploy.profiling.profile import read_measurements
+from shaper_deploy.profiling.folder import read_measurements
 
 SHAPES = ["384,384,384,384,384,384", "264,264,264,264,264,264", "180,60,180,180,240,240",
           "240,120,240,240,384,384"]

@@ -177,7 +177,7 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
 def plan_threads(plan: dict[str, Any]) -> int | None:
     """The threads the plan's latency was measured with, when its profile is at hand."""
     from .errors import ShaperError
-    from .profiling.profile import read_header
+    from .profiling.folder import read_header
 
     try:
         return read_header(plan.get("profile", "")).protocol.threads

@@ -211,7 +211,7 @@ def test_artifacts_written_before_families_and_task_heads_still_read(tmp_path, t
 
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.profiling.predictor import DeviceProfile
-    from shaper_deploy.profiling.profile import read_header
+    from shaper_deploy.profiling.folder import read_header
 
     shipped = sorted(p for p in (Path(__file__).parents[1] / "profiles").iterdir() if p.is_dir())
     assert len(shipped) >= 4

@@ -122,7 +122,7 @@ def test_damaged_trailing_lines_are_dropped_and_inner_ones_refused(tiny_profile,
     """What a kill -9 (or an append after one) leaves at the end is dropped with a note; a
     damaged line before good ones is an edit, refused."""
     from shaper_deploy.errors import ProfileError
-    from shaper_deploy.profiling.profile import read_measurements
+    from shaper_deploy.profiling.folder import read_measurements
 
     prof = tmp_path / "p"
     shutil.copytree(tiny_profile, prof)

@@ -15,8 +15,10 @@ from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.profiling.predictor import (DeviceProfile, LatencyModel, feature_names, features,
                                      fit_point)
 from shaper_deploy.profiling.graph import GRAPH_ACTIVATIONS, RandomWeightFile, build_deploy_graph
-from shaper_deploy.profiling.profile import (MEASUREMENTS, group_key, machine_speed,
-                                             read_measurements, run_profile, workload_key)
+from shaper_deploy.profiling.analysis import group_key, machine_speed
+from shaper_deploy.profiling.folder import (MEASUREMENTS, read_measurements, shape_from_key,
+                                            workload_key)
+from shaper_deploy.profiling.profile import run_profile
 from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved, park_threads
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
@@ -222,7 +224,7 @@ def test_additive_model_learns_a_known_latency_law():
 
 
 def test_sweeps_measure_everything_again_after_the_rest(tmp_path):
-    from shaper_deploy.profiling.profile import measured_latency, record_floor
+    from shaper_deploy.profiling.analysis import measured_latency, record_floor
 
     out = tmp_path / "p"
     protocol = fast_protocol(precisions=("fp32",), sweeps=2, noisy_cv=0.0)
@@ -351,7 +353,7 @@ def test_a_calm_look_with_nothing_to_do_does_not_end_the_looks(tmp_path, monkeyp
         if look == 0:
             return []
         r = records[0]
-        return [("fp32", "main", prof.shape_from_key(r["shape_key"], space),
+        return [("fp32", "main", shape_from_key(r["shape_key"], space),
                  [(r["batch"], r["seq_len"])], protocol.sweeps + look)]
 
     monkeypatch.setattr(prof, "calm_look_items", items)
@@ -385,7 +387,7 @@ def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path,
 
     def items(records, protocol, space, look):  # one item, whatever the timings
         r = records[0]
-        return [("fp32", "main", prof.shape_from_key(r["shape_key"], space),
+        return [("fp32", "main", shape_from_key(r["shape_key"], space),
                  [(r["batch"], r["seq_len"])], protocol.sweeps + look)]
 
     real_wait = prof.wait_for_calm
@@ -410,7 +412,7 @@ def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path,
                                            "seconds": gated[0]["calm_wait"]["waited_s"]}
     sweeps = [r for r in records if r["sweep"] < 2]
     assert tail_model(records, "fp32")["records"] == sum(r["phase"] == "main" for r in sweeps)
-    assert prof.machine_speed(records)["groups"] == len({prof.group_key(r) for r in sweeps})
+    assert machine_speed(records)["groups"] == len({group_key(r) for r in sweeps})
     # sized by --samples (no --minutes): no budget to wait in, and the profile says so
     header = run_profile(tmp_path / "q", "cpu", protocol, TINY, samples=12)
     assert header.protocol.calm_wait is False
@@ -768,7 +770,7 @@ def _record(key, group, ref, median, spread=1.0, precision="fp32", w=(1, 16)):
 
 
 def test_a_shape_is_measured_by_its_floor_not_divided_by_the_reference():
-    from shaper_deploy.profiling.profile import measured_latency, record_floor
+    from shaper_deploy.profiling.analysis import measured_latency, record_floor
 
     # A measurement taken while the machine (reference included) ran 1.6x slower: its
     # median is slow, but its fastest runs were not; nothing is divided by the reference.
@@ -866,7 +868,7 @@ def test_a_precisions_tail_is_the_larger_of_its_own_and_the_machines():
 
 def test_a_profile_keeps_the_machines_tail_raised_to_each_precisions_own(tiny_profile):
     from shaper_deploy.profiling.predictor import DeviceProfile, model_floors, tail_model
-    from shaper_deploy.profiling.profile import read_measurements
+    from shaper_deploy.profiling.folder import read_measurements
 
     profile = DeviceProfile.load(tiny_profile)
     records = read_measurements(tiny_profile)

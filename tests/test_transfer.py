@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import ProfileError
 from shaper_deploy.profiling.predictor import DeviceProfile, feature_names, features
-from shaper_deploy.profiling.profile import (held_out_keys, read_header, shape_key,
-                                             workload_key)
+from shaper_deploy.profiling.folder import read_header, shape_key, workload_key
+from shaper_deploy.profiling.profile import held_out_keys
 from shaper_deploy.shape import DesignSpace
 from shaper_deploy.templates import sample_shapes
 from shaper_deploy.profiling.transfer import fit_transfer, load_sources, prior_fit, transfer_advice

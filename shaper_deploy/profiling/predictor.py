@@ -34,11 +34,11 @@ from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
 from .fingerprint import cpu_name, device_fingerprint, fingerprint_differences
-from .profile import (HEADER, MEASUREMENTS, MIN_SHAPES, SPEED_BANDS, ProfileHeader,
-                      dropped_by_key, group_key, group_slowdowns, held_out_keys, machine_speed, measure_model, measured_latency,
-                      noise_floor, read_header,
-                      read_measurements, record_floor, reference_spread, shape_from_key,
-                      verify_file, workload_key, write_header)
+from .analysis import (SPEED_BANDS, dropped_by_key, group_key, group_slowdowns, machine_speed,
+                       measured_latency, noise_floor, record_floor, reference_spread)
+from .folder import (HEADER, MEASUREMENTS, ProfileHeader, read_header, read_measurements,
+                     shape_from_key, verify_file, workload_key, write_header)
+from .profile import MIN_SHAPES, held_out_keys, measure_model
 from .protocol import Workload, describe_range, grid_cell
 from ..shape import DesignSpace, Shape, reject_unknown_fields
 
@@ -621,7 +621,7 @@ class DeviceProfile:
             for w in self.model.grid} for name, shape in shapes.items()}
 
     def machine_speed(self) -> dict[str, Any] | None:
-        """How fast the machine ran over the profile's time (``profile.machine_speed``), from
+        """How fast the machine ran over the profile's time (``analysis.machine_speed``), from
         its measurements, their checksum verified first (None for a profile that records no
         checksum of them: made before checksums). Read once per loaded profile."""
         if "speed" not in self._cache:

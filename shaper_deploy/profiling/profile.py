@@ -1,62 +1,43 @@
-"""Profile folders: measuring a device's latency over a design space and a workload grid.
+"""Making a profile: measuring a device's latency over a design space and a workload grid
+into a profile folder (``folder.py``), and timing a model with the profile's protocol.
 
-A profile folder holds ``profile.json`` (a :class:`ProfileHeader`: device fingerprint,
-protocol, graph, design space, sampling, status, summary, file checksums) and
-``measurements.jsonl``: one line per (shape, precision, batch, seq_len), appended and flushed
-as soon as a group of shapes is timed at one workload. Running the same command again
-resumes exactly where it stopped; a folder made on another device, with another protocol,
-graph or design space, is refused. Nothing here imports torch.
+Measurements are appended and flushed as soon as a group of shapes is timed at one workload.
+Running the same command again resumes exactly where it stopped; a folder made on another
+device, with another protocol, graph or design space, is refused. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import os
 import statistics
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable
 
 import numpy as np
-from typing_extensions import NotRequired, TypedDict
 
-from .. import __version__
 from ..errors import ProfileError
-from ..io import atomic_write_bytes, read_manifest, sha256_file
-from ..schema import Count, Positive, Sha256, validated, validated_json
+from ..io import sha256_file
 from ..quantize import int8_record, quantize_int8
 from ..runtime import check_threads, int8_format, make_session, precision_problem
-from ..shape import Shape, held_out_mask, identity_projections, reject_unknown_fields
+from ..shape import Shape, held_out_mask, identity_projections
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
+from .analysis import (FLOOR_LEVEL, SPEED_BANDS, fastest_reference, group_slowdowns,
+                       lowest_floors, noise_floor, point_key, reference_spread)
 from .fingerprint import device_fingerprint, fingerprint_differences
+from .folder import (HEADER, MEASUREMENTS, CalmWait, ProfileHeader, Transfer,
+                     append_measurements, read_header, read_measurements, shape_from_key,
+                     shape_key, verify_file, workload_key, write_header)
 from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
 from .protocol import (Protocol, Workload, describe_range, inputs_for, measure_interleaved,
                        park_threads)
 
-PROFILE_FORMAT = "shaper-deploy/profile"
-PROFILE_VERSION = 2
-HEADER = "profile.json"
-MEASUREMENTS = "measurements.jsonl"
 REFERENCE = "__reference__"
-REMAKE = "shaperctl profile --device {device} --supernet SUPERNET --out NEW_FOLDER"
-
-
-def shape_key(widths: Iterable[int]) -> str:
-    return ",".join(str(w) for w in widths)
-
-
-def shape_from_key(key: str, space) -> Shape:
-    return Shape(tuple(int(v) for v in key.split(",")), space)
-
-
-def workload_key(workload: Workload) -> str:
-    return f"{workload[0]}x{workload[1]}"
 
 
 def held_out_keys(shapes: Iterable[Shape], held_out: float = 0.25) -> set[str]:
@@ -79,7 +60,6 @@ TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior f
 # [5.3% / 5.0%] (benchmarks/transfer.py offline).
 TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
-FLOOR_LEVEL = 10  # a measurement's floor: this percentile of its timed runs (run_ms keys)
 DIRECT_CALM_LOOKS = 2  # a direct profile's calm looks by default (Protocol.calm_looks)
 DIRECT_MINUTES = 12.0  # a direct profile's time by default (--minutes; a transfer's: transfer.py)
 # A transfer's (since session 23): from the Intel MiniLM profile to the AMD Zen 5 class, 5
@@ -160,227 +140,6 @@ def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
     if shape == shape.space.largest or zlib.crc32(key.encode()) % 2:
         return identity_projections(shape)
     return []
-
-
-class Fingerprint(TypedDict):
-    """The machine a profile describes (written by fingerprint.device_fingerprint)."""
-    device: Literal["cpu", "cuda"]
-    provider: str
-    machine: str
-    cpu_model: str
-    cpu_id: NotRequired[Optional[str]]  # vendor, family, model (runtime.cpu_id); since 2026-12-03
-    logical_cores: Optional[Positive]
-    isa: list[str]
-    onnxruntime: str
-    gpu: Optional[dict[str, str]]
-    os: NotRequired[str]
-
-
-class NoiseFloor(TypedDict, total=False):
-    median_abs_rel_diff: float  # what trust is judged on
-
-
-class PrecisionSummary(TypedDict):
-    shapes: Count
-    latency_ms_range: list[float]
-    noise_floor: Optional[NoiseFloor]
-    reference_spread: Any
-
-
-class Summary(TypedDict):
-    measurements: Count
-    precisions: dict[str, PrecisionSummary]
-    last_run: NotRequired[dict[str, float]]
-    calm_looks: NotRequired[Count]  # measurements made by calm looks (Protocol.calm_looks)
-    calm_wait: NotRequired["CalmWaitSummary"]  # how the calm looks waited (Protocol.calm_wait)
-
-
-class CalmWait(TypedDict):
-    """What a calm look saw before timing one size (``wait_for_calm``)."""
-    ratio: float  # the reference's last check over its fastest group at this size
-    waited_s: float
-    checks: Positive
-
-
-class CalmWaitSummary(TypedDict):
-    sizes: Count  # the calm looks' group x size measurements
-    checked: Count  # ... timed after checking the machine (the rest: the time had run short)
-    calm: Count  # ... of which the machine was calm (ratio within CALM_BAND) when timed
-    seconds: float  # waited in all
-
-
-class Sampling(TypedDict):
-    samples: Positive
-    seed: int
-    method: str
-
-
-class TransferSource(TypedDict):
-    """A profile a transfer started from, frozen into the new profile (transfer.py)."""
-    profile: str  # where it was read from
-    fingerprint: Fingerprint
-    created: str
-    predictor_sha256: Sha256
-    held_out_mape: dict[str, float]  # the source's own trust, per precision
-    coef: dict[str, dict[str, list[float]]]  # precision -> "BxS" -> coefficients
-    # precision -> its tail (predictor.TailModel), frozen for a source measured on this very
-    # machine (no fingerprint differences): the transfer's tail is raised to it where larger
-    tail: NotRequired[dict[str, dict[str, Any]]]
-    # with its tail: the 90th percentile of its groups' slowdowns (``machine_speed``), the
-    # slowdowns that tail prices
-    speed_p90: NotRequired[float]
-
-
-class Transfer(TypedDict):
-    method: str
-    ridges: list[float]  # ridges towards the prior compared per precision (0: no prior)
-    sources: list[TransferSource]
-    differences: list[list[str]]  # per source: how its machine differs from this one
-    direct_minutes: Optional[float]  # what a direct profile of 40 shapes would take here
-
-
-class Measurement(TypedDict):
-    """One line of measurements.jsonl: a shape timed at one size, beside the reference."""
-    shape: list[Positive]
-    shape_key: str
-    precision: Literal["fp32", "int8"]
-    batch: Positive
-    seq_len: Positive
-    phase: Literal["main", "repeat"]
-    retry: bool
-    group: Count
-    params: Count
-    reference_ms: float
-    median_ms: float
-    p90_ms: float
-    cv: float
-    round_medians: list[float]
-    dropped: NotRequired[list[str]]  # since the identity variants (older profiles: none)
-    run_ms: NotRequired[dict[str, float]]  # since the percentile promise
-    runs: NotRequired[Count]
-    times: NotRequired[list[float]]
-    sweep: NotRequired[Count]  # which sweep of the protocol measured it (older profiles: 0)
-    calm_wait: NotRequired[CalmWait]  # timed after waiting for a calm moment (a calm look)
-
-
-@dataclass
-class ProfileHeader:
-    """``profile.json``: everything about a profile but its measurements and predictor."""
-
-    fingerprint: Fingerprint  # the device (see fingerprint.py)
-    protocol: Protocol  # workloads and timing
-    config: SuperConfig  # the super network's architecture (its design space)
-    graph: dict[str, Any]  # the graph timed: task, optimization, activation, opset, ORT
-    sampling: Sampling  # how many shapes, seed, method
-    templates: dict[str, list[Positive]]  # the paper's template shapes, always measured
-    reference_shape: list[Positive]  # timed in every group and size: a record of drift
-    source: dict[str, Any] = field(default_factory=dict)  # the super network profiled
-    transfer: Optional[Transfer] = None  # set when fitted from other devices' profiles
-    status: Literal["measuring", "measured"] = "measuring"
-    probe: dict[str, Any] | None = None  # first seconds: what int8 buys, cost, chosen size
-    summary: Summary | None = None  # counts, time, noise floor per precision
-    files: dict[str, Sha256] = field(default_factory=dict)  # sha256 of each finished file
-    created: str = ""
-    shaper_deploy_version: str = __version__
-
-    @property
-    def space(self):
-        return self.config.space
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["protocol"], d["config"] = self.protocol.to_dict(), self.config.to_dict()
-        return {"format": PROFILE_FORMAT, "format_version": PROFILE_VERSION, **d}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: Path) -> "ProfileHeader":
-        data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
-        where = f"profile {where}/{HEADER}"
-        reject_unknown_fields(cls, data, where, ProfileError)
-        if "config" in data:
-            data["config"] = SuperConfig.upgraded(data["config"])
-        for name, kind, whole in (("protocol", Protocol, False), ("config", SuperConfig, True)):
-            if isinstance(data.get(name), dict):  # nested records: no unknown fields either
-                reject_unknown_fields(kind, data[name], f"{where} {name}", ProfileError, whole)
-        return validated(cls, data, where, ProfileError,
-                         f"remake it with: {REMAKE.format(device='cpu')}")
-
-
-def read_header(path: str | Path) -> ProfileHeader:
-    """The profile's header, its format and version checked (version 1 is refused)."""
-    path = Path(path)
-    data = read_manifest(path / HEADER, PROFILE_FORMAT, PROFILE_VERSION, "profile",
-                         ProfileError, f"{path} is not a profile (no {HEADER}); make one with: "
-                                       "shaperctl profile --device cpu --out DIR")
-    if data["format_version"] < PROFILE_VERSION:
-        device = (data.get("fingerprint") or {}).get("device", "cpu")
-        raise ProfileError(
-            f"profile {path} has format version {data['format_version']} (one fp32 setting at "
-            "batch 1 x 128 tokens); this shaper-deploy plans with version 2 profiles covering "
-            f"fp32, int8 and a range of input sizes: remake it with: {REMAKE.format(device=device)}")
-    return ProfileHeader.from_dict(data, path)
-
-
-def write_header(path: Path, header: ProfileHeader) -> None:
-    atomic_write_bytes(path / HEADER, (json.dumps(header.to_dict(), indent=2) + "\n").encode())
-
-
-def verify_file(profile: Path, header: ProfileHeader, name: str) -> Path:
-    """The path of one of the profile's finished files, its checksum verified first."""
-    file = profile / name
-    expected = header.files.get(name)
-    if expected is None:
-        raise ProfileError(f"profile {profile} records no checksum for {name}; finish or remake "
-                           f"it with: shaperctl profile ... --out {profile}")
-    try:
-        actual = sha256_file(file)
-    except OSError as exc:
-        raise ProfileError(f"cannot read {file}: {exc.strerror or exc}") from None
-    if actual != expected:
-        raise ProfileError(f"{file} does not match the checksum recorded in {HEADER} (altered "
-                           f"or damaged); remake the profile with: shaperctl profile ... --out "
-                           "NEW_FOLDER")
-    return file
-
-
-def read_measurements(path: str | Path, repair: bool = False,
-                      note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Every measurement line, each checked by type. Damaged lines at the end (what a crash
-    or an append after one leaves) are dropped with a note, and cut with ``repair`` so
-    appending continues cleanly; a damaged line before good ones is an error."""
-    file = Path(path) / MEASUREMENTS
-    if not file.is_file():
-        return []
-    data = file.read_bytes()
-    records, good, bad = [], 0, None
-    for number, line in enumerate(data.splitlines(keepends=True), 1):
-        try:
-            if not line.endswith(b"\n"):
-                raise ProfileError("torn line")
-            record = validated_json(Measurement, line, f"line {number}", ProfileError, "")
-        except ProfileError as exc:
-            bad = bad or (number, str(exc).rstrip("; "))
-            continue
-        if bad is not None:
-            raise ProfileError(f"{file} line {bad[0]} is damaged ({bad[1]}) but later lines "
-                               "are not: the file was edited; remake the profile")
-        records.append(dict(record))
-        good += len(line)
-    if bad is not None:
-        (note or (lambda m: None))(f"dropped {len(data.splitlines()) - bad[0] + 1} damaged "
-                                   f"line(s) at the end of {file} (an interrupted write); "
-                                   "they are measured again")
-        if repair:
-            with open(file, "r+b") as f:
-                f.truncate(good)
-    return records
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    with open(path / MEASUREMENTS, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: int, seed: int,
@@ -761,7 +520,7 @@ class _Measuring:
                                       {REFERENCE: again[REFERENCE],
                                        **{j: again[i] for j, i in enumerate(noisy)}},
                                       precision, w, group, header, retry=True, gate=gate)
-                _append(self.out, lines)
+                append_measurements(self.out, lines)
                 self.done += self.cost(precision, w) * len(members)
                 elapsed = time.perf_counter() - self.started
                 self.note(f"[{self.done / self.total:5.1%}] {label}{precision} group {group} "
@@ -985,75 +744,6 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
     return summary
 
 
-def record_floor(record: dict[str, Any]) -> float:
-    """A measurement's floor: the ``FLOOR_LEVEL``-th percentile of its timed runs (records
-    made before run percentiles were kept: their lowest round median)."""
-    runs = record.get("run_ms")
-    if runs and str(FLOOR_LEVEL) in runs:
-        return float(runs[str(FLOOR_LEVEL)])
-    return float(min(record["round_medians"]))
-
-
-def measured_latency(records: list[dict[str, Any]], phase: str = "main"
-                     ) -> dict[tuple[str, int, int], dict[str, float]]:
-    """Per (precision, batch, seq_len), per shape key: its floor, the lowest of its
-    measurements' floors (a measurement repeated at once because its rounds disagreed pools
-    with the first this way).
-
-    The speed of a shared host moves in periods of seconds to minutes (an AMD EPYC Zen 2
-    cloud VM: 1.7-3x for minutes, the rounds of one slow period still 16% apart) while its
-    steal time stays flat, and a slowdown only ever adds time. So what a shape's latency
-    model is fitted on is the low end of its runs, which a slow period moves least, and the
-    machine's slowdowns are modelled apart, as the spread of request latency above the floor
-    over the whole profile (``predictor.tail_model``). Refitting the same measurements
-    (docs/profiles.md), held-out MAPE fp32 / int8 with the floor against the previous
-    estimator (median of round medians divided by the reference graph's slowdown in the
-    group): AMD Zen 2 (one sweep) 9.0% / 9.4% vs 12.4% / 14.1%, AMD Zen 4 6.7% / 9.6% vs
-    12.3% / 13.3%; the reference's division alone made every MiniLM profile worse, the
-    quiet Intel one included (median undivided 3.2% / 2.9% vs 4.2% / 4.9%), since two
-    graphs slow down unequally. The exception: int8 on the AMD Zen 4 BERT-base profile (9.2% vs 7.1%).
-    """
-    pooled: dict[tuple[str, int, int], dict[str, list[float]]] = {}
-    for r in records:
-        if r["phase"] == phase:
-            pooled.setdefault((r["precision"], r["batch"], r["seq_len"]), {}).setdefault(
-                r["shape_key"], []).append(record_floor(r))
-    return {k: {s: min(v) for s, v in shapes.items()} for k, shapes in pooled.items()}
-
-
-def dropped_by_key(records: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Which projections each measured shape's graph left out (none in older profiles)."""
-    return {r["shape_key"]: list(r.get("dropped") or []) for r in records}
-
-
-SPEED_BANDS = (1.1, 1.5)  # machine_speed's bands: a group's reference over the fastest
-
-
-def group_key(record: dict[str, Any]) -> tuple:
-    """The group of turns a measurement was timed in (its members share one reference time)."""
-    return (record["phase"], record.get("sweep", 0), record["group"], record["retry"],
-            record["precision"], record["batch"], record["seq_len"])
-
-
-def group_slowdowns(records: list[dict[str, Any]]) -> dict[tuple, float]:
-    """Per group of turns (``group_key``): the reference graph's median in it over the
-    fastest group's at the same precision and size (1.0: the fastest this profile saw). A
-    record without a positive reference time (damaged) says nothing of the speed."""
-    groups = {group_key(r): r["reference_ms"] for r in records if r["reference_ms"] > 0}
-    fastest = fastest_reference(records)
-    return {key: ms / fastest[key[-3:]] for key, ms in groups.items()}
-
-
-def fastest_reference(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], float]:
-    """Per precision and size, the reference graph's fastest time in any group."""
-    fastest: dict[tuple[str, int, int], float] = {}
-    for r in records:
-        if r["reference_ms"] > 0:
-            key = (r["precision"], r["batch"], r["seq_len"])
-            fastest[key] = min(r["reference_ms"], fastest.get(key, math.inf))
-    return fastest
-
-
 CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest reference
 
 
@@ -1100,24 +790,6 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
             for p, phase, k in sorted(todo, key=order)]
 
 
-def point_key(record: dict[str, Any]) -> tuple:
-    """What a calm look measures again: (precision, phase, shape key, batch, seq_len)."""
-    return (record["precision"], record["phase"], record["shape_key"], record["batch"],
-            record["seq_len"])
-
-
-def lowest_floors(records: list[dict[str, Any]], slowdown: dict[tuple, float]
-                  ) -> dict[tuple, tuple[float, float]]:
-    """Per ``point_key``: its lowest floor and the slowdown (``group_slowdowns``; 1.0 where
-    unknown) of the group that timed it."""
-    best: dict[tuple, tuple[float, float]] = {}
-    for r in records:
-        key, floor = point_key(r), record_floor(r)
-        if key not in best or floor < best[key][0]:
-            best[key] = (floor, slowdown.get(group_key(r), 1.0))
-    return best
-
-
 CALM_POLL_S = 1.0  # how often a waiting calm look times the reference again
 
 
@@ -1150,48 +822,6 @@ def wait_for_calm(check: Callable[[], float], fastest_ms: float, may_wait: Calla
                  f"({now - start:.0f} s so far)")
             told = now
         time.sleep(CALM_POLL_S)
-
-
-def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """How fast the machine ran over the profile's time, from the reference graph timed in
-    every group (``group_slowdowns``): the share of groups within each of ``SPEED_BANDS`` of
-    the fastest, the median, the 90th percentile and the worst. A profile's percentiles of
-    request latency include the slow groups in these shares (``predictor.tail_model``); a
-    measurement later sees the machine as it is then. Groups a calm look waited for are not
-    a sample of the machine's time and are left out. None with fewer than 4 groups."""
-    slow = np.array(list(group_slowdowns(
-        [r for r in records if "calm_wait" not in r]).values()))
-    if len(slow) < 4:
-        return None
-    return {"groups": len(slow),
-            "within": {f"{b:g}": float((slow <= b).mean()) for b in SPEED_BANDS},
-            "median": float(np.median(slow)), "p90": float(np.percentile(slow, 90)),
-            "max": float(slow.max())}
-
-
-def reference_spread(records: list[dict[str, Any]], precision: str) -> float | None:
-    """How far the reference graph's latency moved between groups: the median over input
-    sizes of (max - min) / median of its per-group medians."""
-    by: dict[tuple[int, int], dict[int, float]] = {}
-    for r in records:
-        if r["precision"] == precision:
-            by.setdefault((r["batch"], r["seq_len"]), {})[r["group"]] = r["reference_ms"]
-    spreads = [(max(v.values()) - min(v.values())) / statistics.median(v.values())
-               for v in by.values() if len(v) > 1]
-    return statistics.median(spreads) if spreads else None
-
-
-def noise_floor(records: list[dict[str, Any]], precision: str) -> dict[str, Any] | None:
-    """How far re-measuring the same shapes at the end lands from the first measurement, over
-    every workload of one precision."""
-    main, again = measured_latency(records, "main"), measured_latency(records, "repeat")
-    errors = [abs(again[k][s] / main[k][s] - 1) for k in again if k[0] == precision
-              for s in again[k] if s in main.get(k, {})]
-    if not errors:
-        return None
-    return {"pairs": len(errors), "median_abs_rel_diff": statistics.median(errors),
-            "p90_abs_rel_diff": sorted(errors)[int(0.9 * (len(errors) - 1))],
-            "within_3pct": sum(e <= 0.03 for e in errors) / len(errors)}
 
 
 def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: float,

@@ -38,8 +38,9 @@ from ..errors import ProfileError, ShaperError
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
                         fit_point, fit_profile, grid_data, profiles_in, raised_tail, trust)
 from .fingerprint import fingerprint_differences
-from .profile import (HEADER, TRANSFER_MIN_SHAPES, Fingerprint, ProfileHeader, Transfer,
-                                dropped_by_key, measured_latency, workload_key)
+from .analysis import dropped_by_key, measured_latency
+from .folder import HEADER, Fingerprint, ProfileHeader, Transfer, workload_key
+from .profile import TRANSFER_MIN_SHAPES
 from .protocol import Protocol, Workload
 from ..shape import DesignSpace, Shape
 
