@@ -32,7 +32,8 @@ import numpy as np
 
 from shaper_deploy.errors import PlannerError
 from shaper_deploy.fidelity import embedding_fidelity
-from shaper_deploy.planner import export_for_budget, reference_outputs
+from shaper_deploy.judge import reference_outputs
+from shaper_deploy.planner import export_for_budget
 from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.runtime import make_session
 from shaper_deploy.supernet import load_supernet

@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shaper_deploy.export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle  # noqa: E402
 from shaper_deploy.errors import PlannerError  # noqa: E402
 from shaper_deploy.heuristics import cigar_shape  # noqa: E402
-from shaper_deploy.planner import Budget, BudgetRequest, export_checkpoint_for_budget  # noqa: E402
+from shaper_deploy.planner import BudgetRequest, export_checkpoint_for_budget  # noqa: E402
+from shaper_deploy.promise import Budget  # noqa: E402
 from shaper_deploy.profiling.fingerprint import device_fingerprint  # noqa: E402
 from shaper_deploy.runtime import make_session  # noqa: E402
 from shaper_deploy.serving import Bundle  # noqa: E402

@@ -132,8 +132,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     from shaper_deploy.export import ExportOptions, export_checkpoint
     from shaper_deploy.heuristics import parse_count
     from shaper_deploy.io import check_output_dir, output_lock
-    from shaper_deploy.planner import BudgetRequest, export_checkpoint_for_budget, parse_budget
-    from shaper_deploy.promise import DEFAULT_PERCENTILE
+    from shaper_deploy.planner import BudgetRequest, export_checkpoint_for_budget
+    from shaper_deploy.promise import DEFAULT_PERCENTILE, parse_budget
 
     chosen = [n for n, v in (("--shape", shape_text), ("--params", params_text),
                              ("--latency", latency_text)) if v is not None]

@@ -336,7 +336,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
           --profile profiles/mine --latency 20ms --params 60M
     """
     from shaper_deploy.heuristics import parse_count
-    from shaper_deploy.planner import parse_budget
+    from shaper_deploy.promise import parse_budget
     from shaper_deploy.supernet import read_checkpoint_header
     from shaper_deploy.training.quality import QualityPredictor
     from shaper_deploy.training.search import SearchConfig, evolutionary_search

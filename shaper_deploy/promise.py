@@ -1,5 +1,17 @@
-"""What a latency budget promises: a percentile of request latency (no numpy, no torch, so
-the CLI can declare its options without loading either)."""
+"""What a latency budget promises: a percentile of request latency, and the budget as the
+user gave it (milliseconds, or a share of the full fp32 model's latency on the profile). No
+numpy, no torch, so the CLI can declare and read its options without loading either."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .errors import PlannerError
+
+if TYPE_CHECKING:
+    from .profiling.predictor import DeviceProfile
 
 TAIL_LEVELS = (50, 75, 90, 95, 99)  # the percentiles a profile's tail model keeps
 # p90: the usual serving SLO, estimable from the ~80 runs of one measurement, and less
@@ -18,3 +30,54 @@ MEASURE_SECONDS = 10.0
 # gap, and a 10 s window that happened to see fewer spikes kept a model whose p90 measured
 # 15.5 ms at export and 17.7 ms over verify's 60 s (budget 16.3 ms).
 PLAN_CONFIDENCE = 0.95
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget as the user gave it: milliseconds, or a fraction of the full fp32
+    model's latency on the profile (``relative``)."""
+
+    value: float
+    relative: bool = False
+    text: str = ""
+
+    def resolve(self, profile: "DeviceProfile", workload: tuple[int, int], percentile: float,
+                full_dropped: Sequence[str] = ()) -> float:
+        """Milliseconds at ``percentile`` of request latency for the workload."""
+        if not self.relative:
+            return self.value
+        full = profile.space.largest
+        return self.value * float(profile.predict([full], "fp32", *workload, percentile,
+                                                  [list(full_dropped)])[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "value": self.value, "relative": self.relative}
+
+
+def parse_budget(text: str) -> Budget:
+    """'20ms', '0.02s', '20' (milliseconds), '500us'; '80%' = 80% of the full fp32 model."""
+    m = _BUDGET.match(str(text))
+    if not m:
+        raise PlannerError(f"cannot read latency budget {text!r}: expected a number with an "
+                           "optional unit ms, s or us, like 20ms, 0.02s or 20, or a share of "
+                           "the full fp32 model's latency on the profile, like 80%")
+    unit = (m.group(2) or "").lower()
+    value = float(m.group(1))
+    if unit == "%":
+        if not 0 < value <= 1000:
+            raise PlannerError(f"a relative budget must be in (0%, 1000%], got {text!r}")
+        return Budget(value / 100, True, str(text).strip())
+    value *= {"ms": 1.0, "s": 1000.0, "us": 0.001, "": 1.0}[unit]
+    if not 0 < value < 1e9:
+        raise PlannerError(f"latency budget must be positive and below 1e9 ms, got {text!r}")
+    return Budget(value, False, str(text).strip())
+
+
+def check_percentile(percentile: float) -> float:
+    if not (isinstance(percentile, (int, float)) and TAIL_LEVELS[0] <= percentile
+            <= TAIL_LEVELS[-1]):
+        raise PlannerError(f"--percentile must be between {TAIL_LEVELS[0]} and "
+                           f"{TAIL_LEVELS[-1]}, got {percentile!r}")
+    return float(percentile)

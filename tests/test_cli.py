@@ -146,30 +146,42 @@ def test_every_command_has_an_example():
         assert "Example" in (cmd.help or ""), f"shaperctl {' '.join(path)} has no example"
 
 
-def test_the_deploy_path_never_imports_training():
+def _loaded_after(imports: str, watched: str) -> list[str]:
+    """The modules of ``watched`` (an expression over ``sys.modules``) that a fresh
+    interpreter has loaded after running ``imports``."""
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "import shaper_deploy.planner, shaper_deploy.serving, shaper_deploy.export\n"
-            "import shaper_deploy.cli.main\n"
-            "print([m for m in sys.modules if m.startswith('shaper_deploy.training')])")
+    code = f"import sys\n{imports}\nprint([m for m in {watched}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout)
+
+
+def test_the_deploy_path_never_imports_training():
+    assert _loaded_after(
+        "import shaper_deploy.planner, shaper_deploy.serving, shaper_deploy.export\n"
+        "import shaper_deploy.cli.main",
+        "sys.modules if m.startswith('shaper_deploy.training')") == []
 
 
 def test_measuring_and_serving_never_import_torch():
     """Profiles, predictions, the int8 quantizer, fidelity, bench and Triton: no torch."""
-    import subprocess
-    import sys
+    assert _loaded_after(
+        "import shaper_deploy.profiling.profile, shaper_deploy.profiling.predictor\n"
+        "import shaper_deploy.profiling.transfer, shaper_deploy.quantize\n"
+        "import shaper_deploy.fidelity, shaper_deploy.serving, shaper_deploy.triton\n"
+        "import shaper_deploy.cli.main",
+        "('torch', 'transformers') if m in sys.modules") == []
 
-    code = ("import sys\n"
-            "import shaper_deploy.profiling.profile, shaper_deploy.profiling.predictor\n"
-            "import shaper_deploy.quantize, shaper_deploy.fidelity, shaper_deploy.serving\n"
-            "import shaper_deploy.triton, shaper_deploy.cli.main\n"
-            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "[]", out.stderr
+
+def test_a_budget_is_read_without_numpy_or_torch():
+    """promise.py (the percentile, the budget as given) loads neither: the CLI declares and
+    reads its options before any heavy import."""
+    assert _loaded_after(
+        "from shaper_deploy.promise import parse_budget\n"
+        "assert parse_budget('80%').relative and parse_budget('20ms').value == 20.0",
+        "('numpy', 'torch', 'onnxruntime') if m in sys.modules") == []
 
 
 def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path, tiny_supernet):

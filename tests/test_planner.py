@@ -16,7 +16,8 @@ from shaper_deploy.errors import PlannerError, ProfileError
 from shaper_deploy.export import ExportOptions, export_bundle
 from shaper_deploy.fusion import drop_identities, fuse_bottlenecks
 from shaper_deploy.heuristics import cigar_family, cigar_shape
-from shaper_deploy.planner import export_for_budget, parse_budget, plan_for_latency
+from shaper_deploy.planner import export_for_budget, plan_for_latency
+from shaper_deploy.promise import parse_budget
 from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.runtime import cpu_model_and_flags, int8_format
 from shaper_deploy.slicing import slice_subnet

@@ -222,8 +222,8 @@ def test_a_budget_buys_the_most_accurate_classifier_on_the_users_data(trained, t
         "--eval", str(bad), "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "stale" in r.output and not (tmp_path / "r").exists()
     with pytest.raises(PlannerError, match="needs a task super network"):
-        from shaper_deploy.planner import (Budget, BudgetRequest,
-                                           export_checkpoint_for_budget)
+        from shaper_deploy.planner import BudgetRequest, export_checkpoint_for_budget
+        from shaper_deploy.promise import Budget
 
         export_checkpoint_for_budget(root / "super", BudgetRequest(
             Budget(10_000.0), tiny_profile, allow_unreliable=True, evaluation=bad),
