@@ -33,11 +33,12 @@ from ..errors import ProfileError, ShaperError
 from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
 from ..schema import Count, validated
-from .fingerprint import cpu_name, device_fingerprint, fingerprint_differences
-from .analysis import (SPEED_BANDS, dropped_by_key, group_key, group_slowdowns, machine_speed,
-                       measured_latency, noise_floor, record_floor, reference_spread)
+from .analysis import (dropped_by_key, machine_speed, measured_latency, noise_floor,
+                       record_floor, reference_spread)
+from .fingerprint import device_fingerprint, fingerprint_differences
 from .folder import (HEADER, MEASUREMENTS, ProfileHeader, read_header, read_measurements,
                      shape_from_key, verify_file, workload_key, write_header)
+from .plots import draw_plots
 from .profile import MIN_SHAPES, held_out_keys, measure_model
 from .protocol import Workload, describe_range, grid_cell
 from ..shape import DesignSpace, Shape, reject_unknown_fields
@@ -536,7 +537,8 @@ def fit_profile(profile: str | Path, progress=None,
     data = (json.dumps(model.to_dict(), indent=2) + "\n").encode()
     atomic_write_bytes(profile / META_FILE, data)
     header.files[META_FILE] = _sha256(data)
-    _plots(profile, header, model, records)
+    draw_plots(profile, header, model, records, trust(header, model),
+               {p: noise_of(header, p) for p in model.precisions})
     write_header(profile, header)
     return model
 
@@ -800,133 +802,3 @@ def over_budget_advice(m: dict[str, Any]) -> str:
     return (f"over the budget at the speed {m['profile']} priced, so its prediction missed "
             "for this model: plan again (export --latency measures each candidate and steps "
             "down), or remake the profile with a larger --minutes")
-
-
-def _plots(profile: Path, header: ProfileHeader, model: LatencyModel,
-           records: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fp = header.fingerprint
-    main = measured_latency(records, "main")
-    gone = dropped_by_key(records)
-    colors = {"fp32": "tab:blue", "int8": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(6.5, 6.5))
-    lines = []
-    lo, hi = np.inf, 0.0
-    for precision in model.precisions:
-        # Predictions of the saved model at every measured point (fitted and check sizes).
-        xs, ys = [], []
-        for (p, b, s), shapes in main.items():
-            if p != precision or grid_cell(model.grid, b, s) is None:
-                continue
-            keys = sorted(shapes)
-            pred = model.predict([shape_from_key(k, header.space) for k in keys], precision,
-                                 b, s, dropped=[gone.get(k, []) for k in keys])
-            xs += [shapes[k] for k in keys]
-            ys += list(pred)
-        xs, ys = np.array(xs), np.array(ys)
-        shown = (xs > 0) & (ys > 0)  # a fit to garbage may predict 0; trust flags say so
-        xs, ys = xs[shown], ys[shown]
-        lo, hi = min(lo, xs.min(), ys.min()), max(hi, xs.max(), ys.max())
-        ax.scatter(xs, ys, s=6, alpha=0.4, color=colors.get(precision), label=precision)
-        m = model.metrics[precision]["held_out"]
-        noise = noise_of(header, precision)
-        lines.append(f"{precision}: held-out R$^2$ {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
-                     f"{m['within_5pct']:.0%} within 5%, noise floor "
-                     + (f"{noise:.1%}" if noise is not None else "n/a"))
-    grid = np.geomspace(lo * 0.9, hi * 1.1, 50)
-    ax.fill_between(grid, grid * 0.95, grid * 1.05, color="0.9", label="+-5%")
-    ax.plot(grid, grid, color="0.5", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="measured latency floor (ms)",
-           ylabel="predicted latency floor (ms, saved model)")
-    ax.legend(loc="upper left")
-    verdict = trust(header, model)
-    lines.append(_wrapped(("reliable" if verdict["reliable"] else
-                           "UNRELIABLE: " + "; ".join(verdict["reasons"]))
-                          + f" (limits: held-out MAPE {MAX_MAPE:.0%}, noise floor "
-                          f"{MAX_NOISE:.0%})", 95))
-    ax.set_title("\n".join(lines), fontsize=8)
-    cpu = cpu_name(fp)
-    fig.suptitle(_wrapped(f"{cpu} ({fp['device']}, {header.protocol.threads} threads); "
-                          f"{describe_range(model.grid)}"), fontsize=7)
-    _save(fig, profile / "actual_vs_predicted.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    b, s = header.protocol.reference
-    title = [f"Latency floor vs parameters at batch {b} x {s} tokens"]
-    floors: dict[str, dict[str, float]] = {}
-    for precision in model.precisions:
-        shapes = floors[precision] = main.get((precision, b, s), {})
-        keys = sorted(shapes)
-        params = [shape_from_key(k, header.space).params() / 1e6 for k in keys]
-        ax.scatter(params, [shapes[k] for k in keys], s=10, color=colors.get(precision),
-                   alpha=0.7, label=f"{precision}, measured")
-        if keys:
-            pred = model.predict([shape_from_key(k, header.space) for k in keys], precision,
-                                 b, s, dropped=[gone.get(k, []) for k in keys])
-            ax.scatter(params, pred, s=22, facecolors="none", edgecolors=colors.get(precision),
-                       linewidths=0.8, label=f"{precision}, predicted")
-    both = sorted(set(floors.get("fp32", {})) & set(floors.get("int8", {})))
-    if both:
-        gains = [floors["fp32"][k] / floors["int8"][k] for k in both]
-        title.append(f"int8 buys {np.median(gains):.2f}x here (median of {len(both)} shapes, "
-                     f"{min(gains):.2f}-{max(gains):.2f}x)")
-    ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency floor (ms)")
-    ax.set_title("\n".join(title), fontsize=10)
-    ax.legend(fontsize=8)
-    fig.suptitle(_wrapped(f"{cpu} ({fp['device']}, {header.protocol.threads} threads)"),
-                 fontsize=8)
-    _save(fig, profile / "latency_vs_params.png")
-    _speed_plot(plt, profile, records, colors, cpu)
-    plt.close("all")
-
-
-def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], colors: dict[str, str],
-                cpu: str) -> None:
-    """The machine's speed over the profile's time: every group's reference graph against the
-    fastest at its precision and size, in the order measured, with ``machine_speed``'s figures."""
-    slow = group_slowdowns(records)
-    order: dict[tuple, dict[str, Any]] = {}
-    for r in records:  # measurements.jsonl is in the order measured
-        order.setdefault(group_key(r), r)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for precision in sorted({r["precision"] for r in records}):
-        for calm in (False, True):
-            pts = [(i, slow[k]) for i, (k, r) in enumerate(order.items())
-                   if k in slow and r["precision"] == precision and ("calm_wait" in r) == calm]
-            if pts:
-                ax.scatter(*zip(*pts), s=12 if not calm else 28, color=colors.get(precision),
-                           marker="o" if not calm else "^", alpha=0.7,
-                           label=precision + (", a calm look (waited)" if calm else ""))
-    for band in SPEED_BANDS:
-        ax.axhline(band, color="0.6", lw=0.8, ls="--")
-    speed = machine_speed(records)
-    title = ["The machine's speed over the profile: the reference graph per group / fastest"]
-    if speed:
-        title.append(f"{speed['groups']} groups: " + ", ".join(
-            f"{share:.0%} within {band}x" for band, share in speed["within"].items())
-            + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
-            f"{speed['max']:.2f}x")
-    ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
-    ax.set_title("\n".join(title), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.suptitle(_wrapped(cpu), fontsize=8)
-    _save(fig, profile / "machine_speed.png")
-
-
-def _wrapped(text: str, width: int = 110) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
-
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
