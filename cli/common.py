@@ -60,7 +60,8 @@ def _usage_line(exc: click.UsageError) -> click.UsageError:
         return exc  # already one line, or the help a bare group prints
     message = exc.format_message().rstrip()
     if exc.ctx is not None:
-        message += f"{'' if message.endswith(('.', '?')) else '.'} See '{exc.ctx.command_path} --help'."
+        stop = "" if message.endswith((".", "?")) else "."
+        message += f"{stop} See '{exc.ctx.command_path} --help'."
     return UsageLine(message, exc.ctx)
 
 

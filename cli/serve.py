@@ -243,6 +243,16 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                              f"{plan['batch']} x {plan['seq_len']} ({plan['precision']}), "
                              f"predicted {plan['predicted_ms']:.2f} ms, {at_export}, "
                              f"fidelity {plan['fidelity']:.4f}"))
+        # The budget promises one request at a time at the plan's workload; another load's
+        # percentiles are reported, not held to it (the "now" row is).
+        data["load_is_planned"] = (concurrency, batch, seq_len) == (1, plan["batch"],
+                                                                   plan["seq_len"])
+        if not data["load_is_planned"]:
+            rows.append(("note", f"the budget is for one request at a time at batch "
+                                 f"{plan['batch']} x {plan['seq_len']}; this load's latency "
+                                 "above is not held to it"
+                                 + (" (the next line is)" if "profile_protocol" in data
+                                    else "")))
     if elsewhere:
         rows.append(("profile", f"{plan['profile']} describes another machine "
                                 f"({'; '.join(elsewhere[:3])}): not compared here"))

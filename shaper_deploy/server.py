@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,6 +382,9 @@ def serve(models: list[Any], host: str, http_port: int, grpc_port: int | None,
                                 workers=workers, enable_grpc=grpc_port is not None,
                                 enable_latency_logging=False, grace_period=30)
     _logs_to_stderr()  # stdout holds the one document the command printed
+    # KServe's V2 routes return FastAPI's ORJSONResponse, which FastAPI deprecates with a
+    # warning on the first request: not the user's to act on.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     server.start(models)
 
 

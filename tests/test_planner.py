@@ -463,6 +463,11 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     assert data["plan"]["budget_ms"] == 10_000 and data["profile_protocol"]["batch"] == 2
     assert data["profile_protocol"]["seconds"] >= 1.5
     assert data["profile_protocol"]["advice"] is None  # within: nothing to do
+    # batch 1 is not the plan's workload (2 x 12): its percentiles are not held to the budget
+    assert data["load_is_planned"] is False
+    planned = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
+                                        "--batch", "2", "--seq-len", "12"])
+    assert planned.exit_code == 0 and "note" not in planned.stdout, planned.output
     manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
     manifest["plan"]["budget_ms"] = 1e-6
     (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
@@ -470,6 +475,8 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
                                      "--seq-len", "12"])
     assert over.exit_code == 0, over.output
     assert "OVER the" in over.stdout and "plan again" in over.stdout
+    assert ("note        the budget is for one request at a time at batch 2 x 12; this load's "
+            "latency above is not held to it (the next line is)") in over.stdout
 
 
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
