@@ -179,6 +179,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
+    from shaper_deploy.profiling.plots import PLOTS
     from shaper_deploy.profiling.transfer import transfer_advice
 
     foreign = p.foreign_fields()
@@ -186,7 +187,8 @@ def profile_data(p) -> dict:
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": transfer_advice(p.header, p.model),
-            "this_machine": {"matches": not foreign, "differences": foreign}}
+            "this_machine": {"matches": not foreign, "differences": foreign},
+            "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}
 
 
 def _machine_line(m: dict) -> str:
@@ -282,6 +284,8 @@ def _profile_text(d: dict) -> str:
                  f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))
     if d.get("advice"):
         rows.append(("advice", d["advice"]))
+    if d["plots"]:
+        rows.append(("plots", ", ".join(d["plots"])))
     return table(rows)
 
 

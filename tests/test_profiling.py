@@ -2,6 +2,7 @@ import collections
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -648,8 +649,12 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
     assert shown.stdout.count("request latency / floor (p10 of runs) (the machine's, from "
                               "fp32 and int8") == 2
-    speed = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),
-                                            "--json"]).stdout)["machine_speed"]
+    shown_json = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),
+                                                 "--json"]).stdout)
+    assert [Path(f).name for f in shown_json["plots"]] == [
+        "actual_vs_predicted.png", "latency_vs_params.png", "machine_speed.png"]
+    assert f"plots                {tiny_profile / 'actual_vs_predicted.png'}, " in shown.stdout
+    speed = shown_json["machine_speed"]
     assert speed["groups"] >= 4 and speed["max"] >= speed["p90"] >= speed["median"] >= 1.0
     bad = runner.invoke(main, ["profile", "--device", "tpu", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda'" in bad.stderr

@@ -20,6 +20,8 @@ from .folder import ProfileHeader, shape_from_key
 from .protocol import describe_range, grid_cell
 
 COLORS = {"fp32": "tab:blue", "int8": "tab:orange"}
+FIT_PLOT, PARAMS_PLOT, SPEED_PLOT = PLOTS = ("actual_vs_predicted.png", "latency_vs_params.png",
+                                             "machine_speed.png")
 
 
 def draw_plots(profile: Path, header: ProfileHeader, model, records: list[dict[str, Any]],
@@ -81,7 +83,7 @@ def _fit_plot(plt, profile: Path, header: ProfileHeader, model, records, verdict
                           f"{limits['max_noise_floor']:.0%})", 95))
     ax.set_title("\n".join(lines), fontsize=8)
     fig.suptitle(_wrapped(f"{machine}; {describe_range(model.grid)}"), fontsize=7)
-    _save(fig, profile / "actual_vs_predicted.png")
+    _save(fig, profile / FIT_PLOT)
 
 
 def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
@@ -113,7 +115,7 @@ def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
     ax.set_title("\n".join(title), fontsize=10)
     ax.legend(fontsize=8)
     fig.suptitle(_wrapped(machine), fontsize=8)
-    _save(fig, profile / "latency_vs_params.png")
+    _save(fig, profile / PARAMS_PLOT)
 
 
 def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str) -> None:
@@ -146,7 +148,7 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str)
     ax.set_title("\n".join(title), fontsize=9)
     ax.legend(fontsize=8)
     fig.suptitle(_wrapped(machine), fontsize=8)
-    _save(fig, profile / "machine_speed.png")
+    _save(fig, profile / SPEED_PLOT)
 
 
 def _wrapped(text: str, width: int = 110) -> str:
