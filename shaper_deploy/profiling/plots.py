@@ -81,9 +81,8 @@ def _fit_plot(plt, profile: Path, header: ProfileHeader, model, records, verdict
                            "UNRELIABLE: " + "; ".join(verdict["reasons"]))
                           + f" (limits: held-out MAPE {limits['max_mape']:.0%}, noise floor "
                           f"{limits['max_noise_floor']:.0%})", 95))
-    ax.set_title("\n".join(lines), fontsize=8)
-    fig.suptitle(_wrapped(f"{machine}; {describe_range(model.grid)}"), fontsize=7)
-    _save(fig, profile / FIT_PLOT)
+    _finish(fig, ax, lines, 8, f"{machine}; {describe_range(model.grid)}", 7,
+            profile / FIT_PLOT)
 
 
 def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
@@ -112,10 +111,8 @@ def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
         title.append(f"int8 buys {np.median(gains):.2f}x here (median of {len(both)} shapes, "
                      f"{min(gains):.2f}-{max(gains):.2f}x)")
     ax.set(xlabel="parameters (M, fused, paper convention)", ylabel="latency floor (ms)")
-    ax.set_title("\n".join(title), fontsize=10)
     ax.legend(fontsize=8)
-    fig.suptitle(_wrapped(machine), fontsize=8)
-    _save(fig, profile / PARAMS_PLOT)
+    _finish(fig, ax, title, 10, machine, 8, profile / PARAMS_PLOT)
 
 
 def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str) -> None:
@@ -145,10 +142,16 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str)
             + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
             f"{speed['max']:.2f}x")
     ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
-    ax.set_title("\n".join(title), fontsize=9)
     ax.legend(fontsize=8)
-    fig.suptitle(_wrapped(machine), fontsize=8)
-    _save(fig, profile / SPEED_PLOT)
+    _finish(fig, ax, title, 9, machine, 8, profile / SPEED_PLOT)
+
+
+def _finish(fig, ax, title: list[str], title_size: float, machine: str, machine_size: float,
+            path: Path) -> None:
+    """Title the plot with the figures that judge it, the machine above, and save it."""
+    ax.set_title("\n".join(title), fontsize=title_size)
+    fig.suptitle(_wrapped(machine), fontsize=machine_size)
+    _save(fig, path)
 
 
 def _wrapped(text: str, width: int = 110) -> str:
