@@ -292,6 +292,8 @@ def _export_text(d: dict) -> str:
                                f"({metric}{on})"))
         if plan.get("machine_beyond_priced"):
             rows.append(("WARNING", plan["machine_beyond_priced"]["said"]))
+        if plan.get("machine_faster"):
+            rows.append(("NOTE", plan["machine_faster"]["said"]))
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "

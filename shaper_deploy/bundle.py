@@ -103,6 +103,9 @@ class PlanRecord(TypedDict):
     # where the machine ran slower than the profile's tail prices while the candidates were
     # measured (planner._beyond_priced); None where it did not
     machine_beyond_priced: NotRequired[Optional[dict[str, Any]]]
+    # where the machine ran faster than the profile describes in every measurement
+    # (planner._faster_than_profiled); None where it did not
+    machine_faster: NotRequired[Optional[dict[str, Any]]]
 
 
 @dataclass

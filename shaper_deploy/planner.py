@@ -367,6 +367,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                        "verified": not for_device},
             "verification": None,
             "machine_beyond_priced": _beyond_priced(measured, profile),
+            "machine_faster": _faster_than_profiled(measured, profile),
             "candidates": [c.to_dict() for c in candidates],
             "families": {"names": list(names), "by_precision": screened,
                          "screened_on": (None if len(names) == 1 else
@@ -387,6 +388,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + f", {judge.short} {best.fidelity:.4f}")
     if plan_record["machine_beyond_priced"]:
         note(f"WARNING: {plan_record['machine_beyond_priced']['said']}")
+    if plan_record["machine_faster"]:
+        note(f"NOTE: {plan_record['machine_faster']['said']}")
     return manifest
 
 
@@ -408,6 +411,31 @@ def _beyond_priced(measured: list[dict], profile: DeviceProfile) -> dict | None:
                      "verify the bundle then); if the machine runs so from now on, profile it "
                      f"as it is now (shaperctl profile --from {profile.path} --out DIR) and "
                      "plan with that")}
+
+
+# A plan whose every measurement saw the machine at most this x the profile's time (the
+# reference's floor now over the profile's) says the profile describes a slower machine. Seen
+# on the Intel class (session 32): the shipped profile of this fingerprint, made two days
+# before, against a host running 0.70-0.78x its time in every measurement of a plan.
+FASTER = 0.9
+
+
+def _faster_than_profiled(measured: list[dict], profile: DeviceProfile) -> dict | None:
+    """Where the machine ran faster than the profile describes in every measurement of the
+    plan: each candidate was judged at the profile's speed (the larger of that and what was
+    observed), so the plan keeps the profile's promise but may buy less than this machine
+    allows; a profile of it as it runs now says how much more. None otherwise."""
+    if not measured or max(m["drift"] for m in measured) > FASTER:
+        return None
+    lo, hi = min(m["drift"] for m in measured), max(m["drift"] for m in measured)
+    span = f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+    return {"measurements": len(measured), "min_drift": lo, "max_drift": hi,
+            "said": (f"the machine ran at {span} the profile's time in all "
+                     f"{len(measured)} measurements of this plan, faster than the profile "
+                     "describes; each candidate was judged at the profile's speed, so the "
+                     "plan keeps the profile's promise but may buy less than this machine "
+                     "allows: to plan for it as it runs now, profile it (shaperctl profile "
+                     f"--from {profile.path} --out DIR, a few minutes) and plan with that")}
 
 
 def _candidate_options(options: ExportOptions, target_isa: Sequence[str] | None,

@@ -433,6 +433,35 @@ def test_a_plan_measured_while_the_machine_ran_beyond_its_profile_says_so(
     assert mixed["max_beyond_priced"] == pytest.approx(1.5)
 
 
+def test_a_plan_on_a_machine_faster_than_its_profile_says_so(
+        profile, supernet, tmp_path, monkeypatch):
+    """Every measurement seeing the machine at 0.75x the profile's time (a host faster than
+    the one profiled): the plan keeps the profile's promise, records it and notes that a
+    profile of this machine may buy more; one measurement at the profile's speed: no note."""
+    from shaper_deploy.planner import _faster_than_profiled
+    from shaper_deploy.profiling.predictor import DeviceProfile
+
+    real = DeviceProfile.measure
+    monkeypatch.setattr(DeviceProfile, "measure",
+                        lambda self, *a, **k: {**real(self, *a, **k), "drift": 0.75,
+                                               "priced_drift": 0.75})
+    save_supernet(supernet, tmp_path / "super")
+    args = ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s", "--profile",
+            str(profile.path), "--precision", "fp32", "--measure-seconds", "0"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    faster = json.loads(r.stdout)["plan"]["machine_faster"]
+    assert faster["measurements"] >= 1 and faster["max_drift"] == faster["min_drift"] == 0.75
+    assert f"profile it (shaperctl profile --from {profile.path} --out DIR" in faster["said"]
+    assert "NOTE: the machine ran at 0.75x the profile's time in all" in r.stderr
+    assert json.loads(r.stdout)["plan"]["machine_beyond_priced"] is None
+    human = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b2")])
+    assert re.search(r"^NOTE +the machine ran at 0.75x the", human.stdout, re.M), human.output
+    assert _faster_than_profiled([{"drift": 0.8}, {"drift": 0.95}], profile) is None
+    assert _faster_than_profiled([], profile) is None
+    assert _faster_than_profiled([{"drift": 0.7}, {"drift": 0.9}], profile)["min_drift"] == 0.7
+
+
 def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     """Real measurement (the profile's protocol) under a budget every shape meets, so the
     outcome does not depend on this machine's speed. Each candidate is timed for
