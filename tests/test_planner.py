@@ -396,6 +396,14 @@ def test_planner_refusals(profile, supernet, tmp_path):
     assert not any(p.name.startswith(".b.") for p in tmp_path.iterdir())
 
 
+def _scripted_plan(supernet, profile, tmp_path) -> list[str]:
+    """An fp32 plan's command line under a budget every shape meets, each candidate measured
+    once (the tests script DeviceProfile.measure's machine speed)."""
+    save_supernet(supernet, tmp_path / "super")
+    return ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s", "--profile",
+            str(profile.path), "--precision", "fp32", "--measure-seconds", "0"]
+
+
 def test_a_plan_measured_while_the_machine_ran_beyond_its_profile_says_so(
         profile, supernet, tmp_path, monkeypatch):
     """Every measurement of the plan seeing the machine 2x past what the profile's tail
@@ -410,9 +418,7 @@ def test_a_plan_measured_while_the_machine_ran_beyond_its_profile_says_so(
         return {**m, "drift": 2 * priced, "priced_drift": priced}
 
     monkeypatch.setattr(DeviceProfile, "measure", slowed)
-    save_supernet(supernet, tmp_path / "super")
-    args = ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s", "--profile",
-            str(profile.path), "--precision", "fp32", "--measure-seconds", "0"]
+    args = _scripted_plan(supernet, profile, tmp_path)
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--json"])
     assert r.exit_code == 0, r.output
     beyond = json.loads(r.stdout)["plan"]["machine_beyond_priced"]
@@ -445,9 +451,7 @@ def test_a_plan_on_a_machine_faster_than_its_profile_says_so(
     monkeypatch.setattr(DeviceProfile, "measure",
                         lambda self, *a, **k: {**real(self, *a, **k), "drift": 0.75,
                                                "priced_drift": 0.75})
-    save_supernet(supernet, tmp_path / "super")
-    args = ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s", "--profile",
-            str(profile.path), "--precision", "fp32", "--measure-seconds", "0"]
+    args = _scripted_plan(supernet, profile, tmp_path)
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--json"])
     assert r.exit_code == 0, r.output
     faster = json.loads(r.stdout)["plan"]["machine_faster"]
