@@ -407,15 +407,17 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
-    from shaper_deploy.profiling.predictor import profiles_in
+    from shaper_deploy.profiling.predictor import PROFILES_ROOT, chosen_here, profiles_in
     from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
-    found = []
-    for root in roots or (Path("profiles"),):
+    roots = roots or (PROFILES_ROOT,)
+    found, readable = [], []
+    for root in roots:
         for folder, p in profiles_in(root):
             if isinstance(p, ShaperError):
                 found.append({"path": str(folder), "error": str(p)})
                 continue
+            readable.append(p)
             fp = p.header.fingerprint
             try:
                 diffs = p.foreign_fields()
@@ -430,15 +432,10 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                                    for k in p.precisions},
                           "matches_this_machine": not diffs, "differences": diffs,
                           "created": p.header.created})
-    # The one to use per design space: of the reliable matches, the one whose fingerprint says
-    # most (a cpu_id, which older profiles predate, tells CPU models apart that share a name
-    # and ISA), then the newest (measured with the protocol of the day).
-    chosen: dict[str, str] = {}
-    for p in sorted((p for p in found if p.get("matches_this_machine") and p["trust"]["reliable"]),
-                    key=lambda p: (p["cpu_id"] is not None, p["created"]), reverse=True):
-        chosen.setdefault(str(p["design_space"]), p["path"])
+    chosen = {str(p.path) for device in {p.header.fingerprint["device"] for p in readable}
+              for p in chosen_here(readable, device).values()}  # per device and design space
     for p in found:
-        p["use_here"] = "error" not in p and chosen.get(str(p["design_space"])) == p["path"]
+        p["use_here"] = p["path"] in chosen
 
     def line(p: dict) -> str:
         if "error" in p:
@@ -456,7 +453,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     def text(d: dict) -> str:
         lines = [line(p) for p in d["profiles"]]
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
-            folder = " ".join(f"--from {r}" for r in roots or (Path("profiles"),))
+            folder = " ".join(f"--from {r}" for r in roots)
             direct = ("shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
                       f"{DIRECT_MINUTES:g} minutes by default")
             lines.append(
@@ -468,7 +465,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                    f"a direct one ({direct}): none above can be read, so none can be the "
                    "prior of a transfer"))
         return "\n".join(lines) or (
-            f"no profiles under {' '.join(str(r) for r in roots or (Path('profiles'),))}: "
+            f"no profiles under {' '.join(str(r) for r in roots)}: "
             f"make this machine's with shaperctl profile --device cpu --supernet SUPERNET "
             f"--out DIR (within {DIRECT_MINUTES:g} minutes by default)")
 

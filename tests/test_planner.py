@@ -512,6 +512,31 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
             "latency above is not held to it (the next line is)") in over.stdout
 
 
+def test_a_budget_without_profile_plans_with_this_machines_profile(
+        reliable_profile, supernet, tmp_path, monkeypatch):
+    """export --latency without --profile takes the profile profiles list marks for this
+    machine and the super network's design space in ./profiles, and says so; with none
+    there, one line says how to make one."""
+    save_supernet(supernet, tmp_path / "super")
+    args = ["export", "--supernet", str(tmp_path / "super"), "--latency", "10s",
+            "--precision", "fp32", "--measure-seconds", "0", "--json"]
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    r = CliRunner().invoke(main, [*args, "--out", "b"])
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert r.stderr.splitlines() == [
+        f"Error: --latency needs a profile of this machine, and profiles/ holds no reliable cpu "
+        f"profile of it for {tmp_path / 'super'}'s design space (shaperctl profiles list says "
+        f"why): make one, shaperctl profile --device cpu --supernet {tmp_path / 'super'} --out "
+        "P (add --from profiles for a transfer in a few minutes), then pass --profile P"]
+    shutil.copytree(reliable_profile, tmp_path / "here" / "profiles" / "tiny")
+    r = CliRunner().invoke(main, [*args, "--out", "b"])
+    assert r.exit_code == 0, r.output
+    assert ("no --profile given: planning with profiles/tiny, the profile of this machine for "
+            "this design space in profiles/") in r.stderr
+    assert json.loads(r.stdout)["plan"]["profile"] == "profiles/tiny"
+
+
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     tiny_profile = reliable_profile
     save_supernet(supernet, tmp_path / "super")
@@ -520,8 +545,6 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     def run(*args):
         return runner.invoke(main, ["export", "--supernet", str(tmp_path / "super"),
                                     "--out", str(tmp_path / "out"), *map(str, args)])
-    r = run("--latency", "5ms")
-    assert r.exit_code == 2 and "--latency needs --profile" in r.stderr
     r = run("--latency", "5ms", "--shape", "8x3")
     assert r.exit_code == 2 and "give exactly one of --shape, --params or --latency" in r.stderr
     r = run("--latency", "5ms", "--profile", tiny_profile, "--int8")

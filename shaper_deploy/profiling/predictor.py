@@ -747,6 +747,39 @@ def profiles_in(root: str | Path) -> list[tuple[Path, "DeviceProfile | ShaperErr
     return found
 
 
+PROFILES_ROOT = Path("profiles")  # where profiles are looked for by default (profiles list)
+
+
+def chosen_here(profiles: Sequence["DeviceProfile"], device: str = "cpu"
+                ) -> dict[str, "DeviceProfile"]:
+    """Per design space (``DesignSpace.to_dict()`` as text), the profile to use on this
+    machine: of the reliable ``device`` profiles measured on it (no fingerprint differences),
+    the one whose fingerprint names the CPU model (``cpu_id``, which older profiles predate,
+    tells apart CPU models that share a name and ISA), then the newest (measured with the
+    protocol of the day)."""
+    def here(p: DeviceProfile) -> bool:
+        try:
+            return not p.foreign_fields()
+        except ShaperError:  # e.g. a cuda profile on a machine without a GPU
+            return False
+
+    usable = [p for p in profiles if p.header.fingerprint["device"] == device
+              and p.trust["reliable"] and here(p)]
+    chosen: dict[str, DeviceProfile] = {}
+    for p in sorted(usable, key=lambda p: (p.header.fingerprint.get("cpu_id") is not None,
+                                           p.header.created), reverse=True):
+        chosen.setdefault(str(p.space.to_dict()), p)
+    return chosen
+
+
+def profile_for_here(space: DesignSpace, device: str = "cpu",
+                     root: str | Path = PROFILES_ROOT) -> "DeviceProfile | None":
+    """The profile ``profiles list`` marks for this machine and ``space`` under ``root``, or
+    None (none there matches it, is reliable, or can be read)."""
+    readable = [p for _, p in profiles_in(root) if isinstance(p, DeviceProfile)]
+    return chosen_here(readable, device).get(str(space.to_dict()))
+
+
 def priced_drift(drift: float, slowdown: float | None) -> float:
     """How much of the machine's slowdown now (``drift``: the reference's floor now over the
     profile's) the profile's tail already prices: all of it up to ``slowdown``
