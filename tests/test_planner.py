@@ -535,6 +535,9 @@ def test_a_budget_without_profile_plans_with_this_machines_profile(
     assert ("no --profile given: planning with profiles/tiny, the profile of this machine for "
             "this design space in profiles/") in r.stderr
     assert json.loads(r.stdout)["plan"]["profile"] == "profiles/tiny"
+    if shutil.which("nvidia-smi") is None:  # a device this machine lacks, in its own words
+        r = CliRunner().invoke(main, [*args, "--device", "cuda", "--out", "c"])
+        assert r.exit_code == 1 and "no NVIDIA GPU is visible" in r.stderr, r.output
 
 
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):

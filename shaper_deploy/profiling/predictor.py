@@ -775,7 +775,9 @@ def chosen_here(profiles: Sequence["DeviceProfile"], device: str = "cpu"
 def profile_for_here(space: DesignSpace, device: str = "cpu",
                      root: str | Path = PROFILES_ROOT) -> "DeviceProfile | None":
     """The profile ``profiles list`` marks for this machine and ``space`` under ``root``, or
-    None (none there matches it, is reliable, or can be read)."""
+    None (none there matches it, is reliable, or can be read). A device this machine lacks
+    fails first, in its own words."""
+    device_fingerprint(device)
     readable = [p for _, p in profiles_in(root) if isinstance(p, DeviceProfile)]
     return chosen_here(readable, device).get(str(space.to_dict()))
 
