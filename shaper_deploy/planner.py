@@ -311,13 +311,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + (f", for {target['cpu_model']} (not measured here)" if for_device else ""))
     measured: list[dict] = []  # every measurement the plan made here (DeviceProfile.measure)
     if measure is None and not for_device:
-        def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
-            m = profile.measure(bundle / model_file, prec, w, device, percentile,
-                                seconds=measure_seconds)
-            note(f"{prec}: p{percentile:g} {m['kept_on_ms']:.2f} ms over {m['runs']} runs in "
-                 f"{m['seconds']:.0f} s ({judged_phrase(m, bound=True)})")
-            measured.append(m)
-            return m["kept_on_ms"]
+        measure = _measurer(profile, device, percentile, measure_seconds, note, measured)
     judge = make_judge(supernet, options.task, calibration, seq_len, evaluation)
     candidates: list[Candidate] = []
     screened: dict[str, list[dict]] = {}
@@ -326,15 +320,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as work:
         for prec, plan in plans.items():
             if plan is None:
-                fastest = family[0]
-                ms = float(profile.predict([fastest], prec, batch, seq_len, percentile,
-                                           [dropped(fastest)])[0])
-                candidates.append(Candidate(prec, None, None, None, None, status="no shape fits",
-                                            reason=f"the fastest shape is predicted at "
-                                                   f"{ms:.2f} ms (x{profile.margin(prec):.2f} "
-                                                   "margin)"))
-                note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms at p"
-                     f"{percentile:g}, x{profile.margin(prec):.2f} margin)")
+                candidates.append(_nothing_fits(profile, prec, family[0], (batch, seq_len),
+                                                percentile, dropped, note))
                 continue
             plan, chain, screened[prec] = choose_family(supernet, profile, plan, names, judge,
                                                         scores, dropped, note)
@@ -391,6 +378,31 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     if plan_record["machine_faster"]:
         note(f"NOTE: {plan_record['machine_faster']['said']}")
     return manifest
+
+
+def _measurer(profile: DeviceProfile, device: str, percentile: float, seconds: float,
+              note: Callable[[str], None], measured: list[dict]) -> Callable[..., float]:
+    """The plan's ``measure``: a bundle timed with the profile's protocol for ``seconds``,
+    said in a line and kept in ``measured``; what it was kept on (``kept_on_ms``)."""
+    def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
+        m = profile.measure(bundle / model_file, prec, w, device, percentile, seconds=seconds)
+        note(f"{prec}: p{percentile:g} {m['kept_on_ms']:.2f} ms over {m['runs']} runs in "
+             f"{m['seconds']:.0f} s ({judged_phrase(m, bound=True)})")
+        measured.append(m)
+        return m["kept_on_ms"]
+    return measure
+
+
+def _nothing_fits(profile: DeviceProfile, prec: str, fastest: Shape, workload: tuple[int, int],
+                  percentile: float, dropped: Callable[[Shape], list[str]],
+                  note: Callable[[str], None]) -> "Candidate":
+    """A precision no shape of which is predicted to fit: a candidate that says so."""
+    ms = float(profile.predict([fastest], prec, *workload, percentile, [dropped(fastest)])[0])
+    note(f"{prec}: no shape fits ({fastest} predicted {ms:.2f} ms at p{percentile:g}, "
+         f"x{profile.margin(prec):.2f} margin)")
+    return Candidate(prec, None, None, None, None, status="no shape fits",
+                     reason=f"the fastest shape is predicted at {ms:.2f} ms "
+                            f"(x{profile.margin(prec):.2f} margin)")
 
 
 def _beyond_priced(measured: list[dict], profile: DeviceProfile) -> dict | None:
