@@ -6,6 +6,7 @@ import contextlib
 import json
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -166,3 +167,24 @@ def millions(n: int) -> str:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def profile_here(space, device: str, supernet: Path) -> Path:
+    """A latency budget given without --profile: the profile ``profiles list`` marks for this
+    machine and ``space`` in ./profiles, said on stderr; none is a one-line error saying how
+    to make one."""
+    from shaper_deploy.errors import PlannerError
+    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profile_for_here
+
+    found = profile_for_here(space, device)
+    if found is None:
+        raise PlannerError(
+            f"--latency needs a profile of this machine, and {PROFILES_ROOT}/ holds no reliable "
+            f"{device} profile of it for {supernet}'s design space (shaperctl profiles list "
+            f"says why): make one, shaperctl profile --device {device} --supernet {supernet} "
+            f"--out P (add --from {PROFILES_ROOT} for a transfer in a few minutes), then pass "
+            "--profile P")
+    progress(f"no --profile given: planning with {found.path}, the profile of this machine "
+             f"for this design space in {PROFILES_ROOT}/ (profiles list marks it; --profile "
+             "chooses another)")
+    return found.path

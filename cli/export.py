@@ -12,8 +12,8 @@ from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 from shaper_deploy.templates import PLAN_FAMILIES
 
-from .common import (emit, json_option, millions, percentile_option, progress, table,
-                     widths_option)
+from .common import (emit, json_option, millions, percentile_option, profile_here, progress,
+                     table, widths_option)
 
 
 @click.command("export")
@@ -161,7 +161,10 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
         raise click.UsageError("--for-device needs --profile (the profile of the machine the "
                                "export is for)")
     if latency_text is not None and profile_path is None:
-        profile_path = _profile_for_here(supernet_path, supershaper_widths, device)
+        from shaper_deploy.supernet import read_checkpoint_header
+
+        space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
+        profile_path = profile_here(space, device, supernet_path)
     judge_texts: tuple[str, ...] = ()
     if int8 and calibration_path is not None:
         from shaper_deploy.fidelity import read_calibration
@@ -204,29 +207,6 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                     shutil.rmtree(out, ignore_errors=True)
                     raise
     emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
-
-
-def _profile_for_here(supernet_path: Path, widths, device: str) -> Path:
-    """``export --latency`` without --profile: the profile ``profiles list`` marks for this
-    machine and the super network's design space in ./profiles, said on stderr; none is a
-    one-line error saying how to make one."""
-    from shaper_deploy.errors import PlannerError
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profile_for_here
-    from shaper_deploy.supernet import read_checkpoint_header
-
-    space = read_checkpoint_header(supernet_path, widths)["config"].space
-    found = profile_for_here(space, device)
-    if found is None:
-        raise PlannerError(
-            f"--latency needs a profile of this machine, and {PROFILES_ROOT}/ holds no reliable "
-            f"{device} profile of it for {supernet_path}'s design space (shaperctl profiles "
-            f"list says why): make one, shaperctl profile --device {device} --supernet "
-            f"{supernet_path} --out P (add --from {PROFILES_ROOT} for a transfer in a few "
-            "minutes), then pass --profile P")
-    progress(f"no --profile given: planning with {found.path}, the profile of this machine "
-             f"for this design space in {PROFILES_ROOT}/ (profiles list marks it; --profile "
-             "chooses another)")
-    return found.path
 
 
 def candidates_table(plan: dict) -> str:

@@ -12,8 +12,8 @@ import click
 from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
                                            QUALITY_METRICS, TaskConfig, TrainConfig)
 
-from .common import (ShaperGroup, emit, json_option, percentile_option, progress, resumable,
-                     table, widths_option)
+from .common import (ShaperGroup, emit, json_option, percentile_option, profile_here, progress,
+                     resumable, table, widths_option)
 
 _DEFAULT = TrainConfig()
 _TASK = TaskConfig()
@@ -313,7 +313,9 @@ def _task_text(d: dict) -> str:
 @click.option("--quality-predictor", "quality_path", required=True,
               type=click.Path(path_type=Path), help="Folder written by shaperctl train quality.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
-              help="Latency profile for --latency (and latency in the results).")
+              help="Latency profile for --latency (and latency in the results); with "
+                   "--latency and without it, this machine's profile in ./profiles, the one "
+                   "profiles list marks.")
 @click.option("--latency", "latency_text", default=None,
               help="Latency limit: 20ms, or 80% of the full fp32 model on the profile.")
 @percentile_option("Percentile of request latency the limit is for.")
@@ -347,6 +349,8 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         raise click.ClickException("the quality predictor covers another design space than "
                                    "the super network")
     latency: Callable[[list], Any] | None = None
+    if latency_text and profile_path is None and not for_device:
+        profile_path = profile_here(space, "cpu", supernet_path)
     if profile_path is not None:
         from shaper_deploy.profiling.predictor import DeviceProfile
 
@@ -365,7 +369,8 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
     limit = None
     if latency_text:
         if profile_path is None:
-            raise click.UsageError("--latency needs --profile")
+            raise click.UsageError("--latency with --for-device needs --profile (the profile "
+                                   "of the machine the search is for)")
         limit = parse_budget(latency_text).resolve(device_profile, workload, percentile)
     result = evolutionary_search(
         space, model.predict, model.higher_is_better, latency, limit,

@@ -95,7 +95,7 @@ def test_search_lower_is_better_and_impossible_limits():
         evolutionary_search(PAPER_SPACE, synthetic_quality, max_latency_ms=5.0)
 
 
-def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer):
+def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer, monkeypatch):
     save_supernet(tiny_supernet_with_tokenizer, tmp_path / "super")
     rng = random.Random(3)
     (tmp_path / "val.txt").write_text("\n".join(
@@ -115,3 +115,10 @@ def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer):
     r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
                              "--quality-predictor", str(tmp_path / "q"), "--params", "1K"])
     assert r.exit_code == 1 and "no shape meets 1,000 parameters" in r.stderr
+    # a latency limit without --profile: this machine's in ./profiles, here none
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
+                             "--quality-predictor", str(tmp_path / "q"), "--latency", "5ms"])
+    assert r.exit_code == 1 and r.stderr.startswith(
+        "Error: --latency needs a profile of this machine, and profiles/ holds no reliable cpu "
+        f"profile of it for {tmp_path / 'super'}'s design space"), r.output
