@@ -975,3 +975,17 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
                           for p, m in header.probe["ms"].items()}  # a slow device
     least = size_profile(header, None, 0.5, auto_precision=False)
     assert (least["samples"], least["rounds"]) == (8, 1)
+
+
+def test_fingerprint_differences_name_the_fields_and_the_flags_that_differ():
+    """Scalars as 'a vs b'; a list of ISA flags as the first, and what the second adds or
+    drops; a field one fingerprint predates (cpu_id) is not compared."""
+    from shaper_deploy.profiling.fingerprint import fingerprint_differences
+
+    a = {"device": "cpu", "cpu_model": "AMD EPYC", "isa": ["avx", "avx2", "fma"]}
+    b = {"device": "cpu", "cpu_model": "Intel(R) Xeon(R) Processor", "cpu_id": "x",
+         "isa": ["amx_tile", "avx", "avx2", "avx512f"]}
+    assert fingerprint_differences(a, b) == [
+        "cpu_model: 'AMD EPYC' vs 'Intel(R) Xeon(R) Processor'",
+        "isa: avx avx2 fma vs the same + amx_tile avx512f - fma"]
+    assert fingerprint_differences(a, dict(a)) == []

@@ -58,5 +58,17 @@ def cpu_name(fp: dict[str, Any]) -> str:
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The device fields on which two fingerprints disagree, as readable phrases (a field
     that one of them predates is not compared)."""
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in DEVICE_KEYS
+    return [_difference(k, a.get(k), b.get(k)) for k in DEVICE_KEYS
             if a.get(k) != b.get(k) and (k not in LATER_KEYS or (k in a and k in b))]
+
+
+def _difference(key: str, a: Any, b: Any) -> str:
+    """'cpu_model: 'AMD EPYC' vs 'Intel(R) Xeon(R) Processor''; for a list of flags, the
+    second as what it adds to or drops from the first: 'isa: avx avx2 fma vs the same +
+    amx_int8 amx_tile ...'."""
+    if not (isinstance(a, list) and isinstance(b, list)):
+        return f"{key}: {a!r} vs {b!r}"
+    added, dropped = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+    return (f"{key}: {' '.join(a) or 'none'} vs the same"
+            + (f" + {' '.join(added)}" if added else "")
+            + (f" - {' '.join(dropped)}" if dropped else ""))
