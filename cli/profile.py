@@ -432,7 +432,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                                    for k in p.precisions},
                           "matches_this_machine": not diffs, "differences": diffs,
                           "created": p.header.created})
-    chosen = {str(p.path) for device in {p.header.fingerprint["device"] for p in readable}
+    chosen = {str(p.path) for device in {p.device for p in readable}
               for p in chosen_here(readable, device).values()}  # per device and design space
     for p in found:
         p["use_here"] = p["path"] in chosen

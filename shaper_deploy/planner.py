@@ -437,9 +437,10 @@ def _faster_than_profiled(measured: list[dict], profile: DeviceProfile) -> dict 
     plan: each candidate was judged at the profile's speed (the larger of that and what was
     observed), so the plan keeps the profile's promise but may buy less than this machine
     allows; a profile of it as it runs now says how much more. None otherwise."""
-    if not measured or max(m["drift"] for m in measured) > FASTER:
+    drifts = [m["drift"] for m in measured]
+    if not drifts or max(drifts) > FASTER:
         return None
-    lo, hi = min(m["drift"] for m in measured), max(m["drift"] for m in measured)
+    lo, hi = min(drifts), max(drifts)
     span = f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
     return {"measurements": len(measured), "min_drift": lo, "max_drift": hi,
             "said": (f"the machine ran at {span} the profile's time in all "

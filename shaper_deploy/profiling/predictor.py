@@ -763,8 +763,7 @@ def chosen_here(profiles: Sequence["DeviceProfile"], device: str = "cpu"
         except ShaperError:  # e.g. a cuda profile on a machine without a GPU
             return False
 
-    usable = [p for p in profiles if p.header.fingerprint["device"] == device
-              and p.trust["reliable"] and here(p)]
+    usable = [p for p in profiles if p.device == device and p.trust["reliable"] and here(p)]
     chosen: dict[str, DeviceProfile] = {}
     for p in sorted(usable, key=lambda p: (p.header.fingerprint.get("cpu_id") is not None,
                                            p.header.created), reverse=True):
