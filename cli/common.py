@@ -188,3 +188,34 @@ def profile_here(space, device: str, supernet: Path) -> Path:
              f"for this design space in {PROFILES_ROOT}/ (profiles list marks it; --profile "
              "chooses another)")
     return found.path
+
+
+def profile_holding(shape_text: str, device: str) -> Path:
+    """A shape to predict given without --profile: of the profiles ``profiles list`` marks for
+    this machine in ./profiles (one per design space), the one whose design space holds the
+    shape, said on stderr; none, or several, is a one-line error."""
+    from shaper_deploy.errors import ProfileError, ShaperError
+    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profiles_for_here
+    from shaper_deploy.shape import parse_shape
+
+    here = list(profiles_for_here(device).values())
+    holding = []
+    for p in here:
+        try:
+            parse_shape(shape_text, p.space)
+        except ShaperError:
+            continue
+        holding.append(p)
+    if len(holding) != 1:
+        spaces = "; ".join(f"{p.path}: {p.space.describe()}" for p in here) or "none"
+        raise ProfileError(
+            f"--profile not given, and {PROFILES_ROOT}/ holds "
+            + (f"{len(holding)} profiles of this machine whose design space holds shape "
+               f"{shape_text!r:.60}" if holding else
+               f"no reliable {device} profile of this machine whose design space holds shape "
+               f"{shape_text!r:.60}") + f" (this machine's there: {spaces}); pass --profile P, "
+            f"or make one: shaperctl profile --device {device} --supernet S --out P")
+    progress(f"no --profile given: predicting with {holding[0].path}, the profile of this "
+             f"machine whose design space holds the shape in {PROFILES_ROOT}/ (profiles list "
+             "marks it; --profile chooses another)")
+    return holding[0].path

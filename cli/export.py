@@ -313,7 +313,8 @@ def _export_text(d: dict) -> str:
               help="Target parameter count (60M); repeat for several. Default: a table over "
                    "the design space's range.")
 @click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
-              help="Super network whose design space to use (default: the paper's).")
+              help="Super network whose design space to use (default: --profile's, else the "
+                   "paper's).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Also predict each shape's latency at the profile's reference size, per "
                    "precision (a profile of this machine, reliable, unless the flags below).")
@@ -344,14 +345,22 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         from shaper_deploy.profiling.predictor import DeviceProfile
 
         profile = DeviceProfile.load(profile_path)
-        profile.check_device("cpu" if profile.device == "cpu" else profile.device, for_device)
+        profile.check_device(profile.device, for_device)
         profile.check_trust(allow_unreliable)
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
 
         space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
+        if profile is not None and profile.space != space:
+            from shaper_deploy.errors import ProfileError
+
+            raise ProfileError(
+                f"--profile {profile_path} covers another design space "
+                f"({profile.space.describe()}) than --supernet {supernet_path} "
+                f"({space.describe()}); give a profile of the super network's space, or leave "
+                "out --supernet to use the profile's")
     else:
-        space = PAPER_SPACE
+        space = profile.space if profile is not None else PAPER_SPACE
     if params_texts:
         targets = [parse_count(t) for t in params_texts]
     else:

@@ -10,7 +10,7 @@ import click
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
 from .common import (ShaperGroup, emit, int_list, json_option, millions, percentile_option,
-                     progress, resumable, table, widths_option)
+                     profile_holding, progress, resumable, table, widths_option)
 
 
 @click.command("profile")
@@ -317,8 +317,12 @@ def _graph_line(g: dict) -> str:
 
 
 @click.command("predict")
-@click.option("--profile", "profile_path", required=True, type=click.Path(path_type=Path),
-              help="A finished profile folder.")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="A finished profile folder. Default: of the profiles 'profiles list' marks "
+                   "for this machine in ./profiles, the one whose design space holds the shape.")
+@click.option("--device", type=click.Choice(sorted(DEVICES)), default=None,
+              help="The device kind predicted for (default: the profile's; without --profile, "
+                   "cpu).")
 @click.option("--shape", "shape_text", required=True,
               help="Widths per layer: '360,240,...', '360x12', '240x4,480x8' or a JSON file.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -332,9 +336,9 @@ def _graph_line(g: dict) -> str:
               help="Accept a profile of another machine: predictions for that machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
 @json_option
-def predict(profile_path: Path, shape_text: str, precision: str | None, batch: int | None,
-            seq_len: int | None, percentile: float, for_device: bool, allow_unreliable: bool,
-            as_json: bool) -> None:
+def predict(profile_path: Path | None, device: str | None, shape_text: str, precision: str | None,
+            batch: int | None, seq_len: int | None, percentile: float, for_device: bool,
+            allow_unreliable: bool, as_json: bool) -> None:
     """Predicted latency of a shape for a workload on a profiled device.
 
     Sizes between the profile's grid points are interpolated; sizes outside it are refused,
@@ -342,15 +346,18 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
     --allow-unreliable).
 
     \b
-    Example:
+    Examples:
+      shaperctl predict --shape 384x6 --batch 2 --seq-len 96
       shaperctl predict --profile profiles/x86_64-2core-avx512-minilm --shape 384x6 \\
-        --precision int8 --batch 2 --seq-len 96
+        --precision int8 --for-device
     """
     from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.shape import parse_shape
 
+    if profile_path is None:
+        profile_path = profile_holding(shape_text, device or "cpu")
     p = DeviceProfile.load(profile_path)
-    differences = p.check_device(p.device, for_device)
+    differences = p.check_device(device or p.device, for_device)
     p.check_trust(allow_unreliable)
     shape = parse_shape(shape_text, p.space)
     b = batch or p.reference_workload[0]
@@ -371,7 +378,7 @@ def predict(profile_path: Path, shape_text: str, precision: str | None, batch: i
     minutes = f"{seconds / 60:.1f} min" if seconds else "time"
     emit(data, as_json, lambda d: table(
         [("shape", str(shape)), ("params", millions(d["params"])),
-         ("workload", f"batch {b} x {s} tokens")]
+         ("workload", f"batch {b} x {s} tokens"), ("profile", str(profile_path))]
         + ([("machine", "FOR ANOTHER MACHINE (" + "; ".join(differences) + ")")]
            if differences else [])
         + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (floor "

@@ -93,6 +93,11 @@ class DesignSpace:
         return cls(num_layers=num_layers, widths=tuple(widths), hidden_size=hidden_size,
                    num_heads=num_heads, **arch)
 
+    def describe(self) -> str:
+        """The space in a few words, for messages: layers, widths and model width."""
+        return (f"{self.num_layers} layers, widths {', '.join(map(str, self.widths))}, model "
+                f"width {self.hidden_size}")
+
     @property
     def size(self) -> int:
         """How many distinct shapes the space holds."""

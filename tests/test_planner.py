@@ -540,6 +540,56 @@ def test_a_budget_without_profile_plans_with_this_machines_profile(
         assert r.exit_code == 1 and "no NVIDIA GPU is visible" in r.stderr, r.output
 
 
+def test_predict_without_profile_takes_this_machines_profile_holding_the_shape(
+        reliable_profile, tmp_path, monkeypatch):
+    """predict without --profile takes, of the profiles profiles list marks for this machine
+    in ./profiles, the one whose design space holds the shape, and says so; none holding it
+    is one line naming the spaces there."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    args = ["predict", "--shape", "128x3", "--json"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert r.stderr.splitlines() == [
+        "Error: --profile not given, and profiles/ holds no reliable cpu profile of this "
+        "machine whose design space holds shape '128x3' (this machine's there: none); pass "
+        "--profile P, or make one: shaperctl profile --device cpu --supernet S --out P"]
+    shutil.copytree(reliable_profile, tmp_path / "here" / "profiles" / "tiny")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("no --profile given: predicting with profiles/tiny, the profile "
+                               "of this machine whose design space holds the shape")
+    data = json.loads(r.stdout)
+    assert data["profile"] == "profiles/tiny" and data["shape"] == [128, 128, 128]
+    r = CliRunner().invoke(main, ["predict", "--shape", "128x4"])
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.output
+    assert (f"holds no reliable cpu profile of this machine whose design space holds shape "
+            f"'128x4' (this machine's there: profiles/tiny: {PLAN_SPACE.describe()})") in r.stderr
+    r = CliRunner().invoke(main, ["predict", "--shape", "128x3", "--device", "cuda"])
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.output
+
+
+def test_shapes_with_a_profile_use_its_design_space(reliable_profile, tiny_supernet, tmp_path):
+    """shapes --profile without --supernet draws its shapes from the profile's design space
+    (not the paper's, which it cannot predict); a --supernet of another space is one line
+    naming both."""
+    r = CliRunner().invoke(main, ["shapes", "--profile", str(reliable_profile), "--steps", "2",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["shapes"]
+    assert [row["shape"] for row in rows] == [[PLAN_SPACE.widths[0]] * 3,
+                                              [PLAN_SPACE.widths[-1]] * 3]
+    assert all(set(row["predicted_ms"]) == {"fp32", "int8"} for row in rows)
+    save_supernet(tiny_supernet, tmp_path / "tiny")
+    r = CliRunner().invoke(main, ["shapes", "--profile", str(reliable_profile), "--supernet",
+                                  str(tmp_path / "tiny")])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"Error: --profile {reliable_profile} covers another design space "
+        f"({PLAN_SPACE.describe()}) than --supernet {tmp_path / 'tiny'} "
+        f"({tiny_supernet.config.space.describe()}); give a profile of the super network's "
+        "space, or leave out --supernet to use the profile's"], r.output
+
+
 def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     tiny_profile = reliable_profile
     save_supernet(supernet, tmp_path / "super")

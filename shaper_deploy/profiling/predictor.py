@@ -300,8 +300,7 @@ class LatencyModel:
         for s in shapes:
             if s.space != self.space:
                 raise ProfileError("shape belongs to another design space than this profile's "
-                                   f"({self.space.num_layers} layers, widths "
-                                   f"{', '.join(map(str, self.space.widths))})")
+                                   f"({self.space.describe()})")
         out = features(shapes, dropped) @ self.coef_at(precision, batch, seq_len)
         if percentile is None:
             return out
@@ -771,14 +770,21 @@ def chosen_here(profiles: Sequence["DeviceProfile"], device: str = "cpu"
     return chosen
 
 
+def profiles_for_here(device: str = "cpu", root: str | Path = PROFILES_ROOT
+                      ) -> dict[str, "DeviceProfile"]:
+    """``chosen_here`` over the readable profiles under ``root``: per design space, the one
+    ``profiles list`` marks for this machine. A device this machine lacks fails first, in its
+    own words."""
+    device_fingerprint(device)
+    readable = [p for _, p in profiles_in(root) if isinstance(p, DeviceProfile)]
+    return chosen_here(readable, device)
+
+
 def profile_for_here(space: DesignSpace, device: str = "cpu",
                      root: str | Path = PROFILES_ROOT) -> "DeviceProfile | None":
     """The profile ``profiles list`` marks for this machine and ``space`` under ``root``, or
-    None (none there matches it, is reliable, or can be read). A device this machine lacks
-    fails first, in its own words."""
-    device_fingerprint(device)
-    readable = [p for _, p in profiles_in(root) if isinstance(p, DeviceProfile)]
-    return chosen_here(readable, device).get(str(space.to_dict()))
+    None (none there matches it, is reliable, or can be read)."""
+    return profiles_for_here(device, root).get(str(space.to_dict()))
 
 
 def priced_drift(drift: float, slowdown: float | None) -> float:
