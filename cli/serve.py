@@ -214,6 +214,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                                                  "precision", "predicted_ms", "measured_ms",
                                                  "fidelity")}
         data["plan"]["profile_machine_differs"] = elsewhere
+        data["plan"]["profile_found"] = Path(plan["profile"]).is_dir()
     if profile is not None and model.model_file == model.manifest.default_model:
         # comparable with the prediction: the profile's protocol at the plan's workload, timed
         # as long as the plan timed it (a plan for another machine: promise.MEASURE_SECONDS)
@@ -256,6 +257,10 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     if elsewhere:
         rows.append(("profile", f"{plan['profile']} describes another machine "
                                 f"({'; '.join(elsewhere[:3])}): not compared here"))
+    elif plan and not data["plan"]["profile_found"]:
+        rows.append(("profile", f"the plan's {plan['profile']} is not here: not compared "
+                                f"(shaperctl verify {bundle} measures it with this machine's "
+                                "profile in ./profiles, or with --profile)"))
     if "profile_protocol" in data:
         m = data["profile_protocol"]
         verdict = _verdict(m["within_budget"], plan["budget_ms"])
@@ -267,6 +272,27 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     emit(data, as_json, lambda d: table(rows))
 
 
+def _profile_for_verify(bundle: Path, manifest, device: str) -> Path:
+    """The plan's profile is not here (a bundle copied to its target device, or verified from
+    another folder): the profile ``profiles list`` marks for this machine and the bundle's
+    design space in ./profiles, said on stderr; none is one line saying what to pass."""
+    from shaper_deploy.errors import ServingError
+    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profile_for_here
+    from shaper_deploy.shape import DesignSpace
+
+    found = profile_for_here(DesignSpace.from_dict(manifest.design_space), device)
+    if found is None:
+        raise ServingError(
+            f"bundle {bundle} was planned with profile {manifest.plan['profile']}, which is "
+            f"not here, and {PROFILES_ROOT}/ holds no reliable {device} profile of this machine "
+            "for its design space; pass --profile with a profile of this machine (verify times "
+            "the bundle with its protocol and reference graph)")
+    progress(f"the plan's profile {manifest.plan['profile']} is not here: verifying with "
+             f"{found.path}, the profile of this machine for the bundle's design space in "
+             f"{PROFILES_ROOT}/ (profiles list marks it; --profile chooses another)")
+    return found.path
+
+
 def _verdict(within: bool, budget_ms: float) -> str:
     return "within the budget" if within else f"OVER the {budget_ms:.2f} ms budget"
 
@@ -274,7 +300,9 @@ def _verdict(within: bool, budget_ms: float) -> str:
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
-              help="Profile of this machine (default: the one the plan was made with).")
+              help="Profile of this machine (default: the one the plan was made with; where "
+                   "that is not here, the one 'profiles list' marks for this machine and the "
+                   "bundle's design space in ./profiles).")
 @click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(5, 3600),
               help="Seconds of requests (the profile's protocol, interleaved with its "
                    "reference graph).")
@@ -308,8 +336,10 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     if not plan:
         raise ServingError(f"bundle {bundle} has no plan to verify; verify checks bundles "
                            "made by shaperctl export --latency")
-    profile = DeviceProfile.load(profile_path or plan["profile"])
     device = device or plan["device"]
+    if profile_path is None and not (Path(plan["profile"]) / "profile.json").is_file():
+        profile_path = _profile_for_verify(bundle, manifest, device)
+    profile = DeviceProfile.load(profile_path or plan["profile"])
     differences = profile.foreign_fields()
     if differences:
         raise ServingError(f"this machine is not the one profile {profile.path} describes "

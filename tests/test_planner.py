@@ -873,6 +873,39 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
     assert "plan again" in recorded["verification"]["advice"]
 
 
+def test_verify_on_a_machine_without_the_plans_profile(profile, supernet, tmp_path,
+                                                       monkeypatch):
+    """A bundle copied to its target (or verified from another folder) finds no profile at the
+    plan's path: verify takes the one profiles list marks for this machine and the bundle's
+    design space in ./profiles and says so; with none, one line says what to pass. bench says
+    it did not compare."""
+    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                      measure=Scripted(profile, {"fp32": 1.0}))
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    manifest["plan"]["profile"] = "profiles/on-the-laptop"
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
+    (tmp_path / "target").mkdir()
+    monkeypatch.chdir(tmp_path / "target")
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert r.stderr.splitlines() == [
+        f"Error: bundle {tmp_path / 'b'} was planned with profile profiles/on-the-laptop, which "
+        "is not here, and profiles/ holds no reliable cpu profile of this machine for its "
+        "design space; pass --profile with a profile of this machine (verify times the bundle "
+        "with its protocol and reference graph)"]
+    r = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
+                                  "--seq-len", "12"])
+    assert r.exit_code == 0, r.output
+    assert ("profile     the plan's profiles/on-the-laptop is not here: not compared "
+            f"(shaperctl verify {tmp_path / 'b'} measures it") in r.stdout
+    shutil.copytree(profile.path, tmp_path / "target" / "profiles" / "mine")
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    assert ("the plan's profile profiles/on-the-laptop is not here: verifying with "
+            "profiles/mine, the profile of this machine for the bundle's design space") in r.stderr
+    assert json.loads(r.stdout)["verification"]["within_budget"] is True
+
+
 @pytest.mark.parametrize("drift, priced, within", [
     (1.4, 1.4, True),   # a slow window the profile's groups saw: not counted twice
     (0.8, 0.8, True),   # a fast window: judged at the profiled speed
