@@ -173,15 +173,20 @@ def _run_text(d: dict, items: list[str]) -> str:
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="Intra-op threads (default: the plan's profile protocol, else ORT's).")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True)
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
+              help="For a planned bundle: the profile of this machine to measure it with "
+                   "(default: the plan's where it is here, else the one 'profiles list' marks "
+                   "for this machine and the bundle's design space in ./profiles).")
 @model_option
 @json_option
 def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: float,
-          threads: int | None, device: str, model_file: str | None, as_json: bool) -> None:
+          threads: int | None, device: str, profile_path: Path | None, model_file: str | None,
+          as_json: bool) -> None:
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
 
-    One session shared by --concurrency threads for --duration seconds. For a bundle exported
-    with --latency whose profile is at hand and describes this machine, it is also measured
-    with the profile's protocol at the plan's workload and percentile, for as long as the plan
+    One session shared by --concurrency threads for --duration seconds. A bundle exported
+    with --latency, given a profile of this machine (--profile, the plan's, or the one
+    'profiles list' marks here), is also measured with the profile's protocol at the plan's workload and percentile, for as long as the plan
     timed it (export --measure-seconds), the number its budget is checked against, and says
     whether it is within the budget.
 
@@ -193,13 +198,20 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
 
     model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     plan = model.manifest.plan
+    if profile_path is not None and not plan:
+        raise click.UsageError(f"--profile goes with a planned bundle (export --latency); "
+                               f"{bundle} has no plan")
     profile, elsewhere = None, []
-    if plan and Path(plan["profile"]).is_dir():
-        from shaper_deploy.profiling.predictor import (DeviceProfile, judged_phrase,
-                                                       over_budget_advice)
+    if plan:
+        from shaper_deploy.errors import ServingError
+        from shaper_deploy.profiling.predictor import judged_phrase, over_budget_advice
 
-        profile = DeviceProfile.load(plan["profile"])
-        elsewhere = profile.foreign_fields()
+        profile = _profile_to_measure_with(bundle, model.manifest, device, profile_path)
+        elsewhere = profile.foreign_fields() if profile is not None else []
+        if elsewhere and profile_path is not None:
+            raise ServingError(f"--profile {profile_path} describes another machine "
+                               f"({'; '.join(elsewhere)}); bench compares with a profile of "
+                               "this one (shaperctl profiles list)")
         if elsewhere:  # its protocol numbers would describe the wrong machine
             profile = None
     if profile is not None:
@@ -214,7 +226,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
                                                  "precision", "predicted_ms", "measured_ms",
                                                  "fidelity")}
         data["plan"]["profile_machine_differs"] = elsewhere
-        data["plan"]["profile_found"] = Path(plan["profile"]).is_dir()
+        data["plan"]["measured_with_profile"] = None if profile is None else str(profile.path)
     if profile is not None and model.model_file == model.manifest.default_model:
         # comparable with the prediction: the profile's protocol at the plan's workload, timed
         # as long as the plan timed it (a plan for another machine: promise.MEASURE_SECONDS)
@@ -257,10 +269,10 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     if elsewhere:
         rows.append(("profile", f"{plan['profile']} describes another machine "
                                 f"({'; '.join(elsewhere[:3])}): not compared here"))
-    elif plan and not data["plan"]["profile_found"]:
-        rows.append(("profile", f"the plan's {plan['profile']} is not here: not compared "
-                                f"(shaperctl verify {bundle} measures it with this machine's "
-                                "profile in ./profiles, or with --profile)"))
+    elif plan and profile is None:
+        rows.append(("profile", f"the plan's {plan['profile']} is not here, nor a profile of "
+                                "this machine for its design space in ./profiles: not "
+                                "compared (--profile names one)"))
     if "profile_protocol" in data:
         m = data["profile_protocol"]
         verdict = _verdict(m["within_budget"], plan["budget_ms"])
@@ -272,25 +284,23 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     emit(data, as_json, lambda d: table(rows))
 
 
-def _profile_for_verify(bundle: Path, manifest, device: str) -> Path:
-    """The plan's profile is not here (a bundle copied to its target device, or verified from
-    another folder): the profile ``profiles list`` marks for this machine and the bundle's
-    design space in ./profiles, said on stderr; none is one line saying what to pass."""
-    from shaper_deploy.errors import ServingError
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profile_for_here
+def _profile_to_measure_with(bundle: Path, manifest, device: str, profile_path: Path | None):
+    """The profile a planned bundle is measured with here (bench, verify): --profile; else
+    the plan's, where it is here; else (a bundle copied to its target device alone, or
+    measured from another folder) the one ``profiles list`` marks for this machine and the
+    bundle's design space in ./profiles, said on stderr; else None."""
+    from shaper_deploy.profiling.predictor import PROFILES_ROOT, DeviceProfile, profile_for_here
     from shaper_deploy.shape import DesignSpace
 
+    planned = manifest.plan["profile"]
+    if profile_path is not None or (Path(planned) / "profile.json").is_file():
+        return DeviceProfile.load(profile_path or planned)
     found = profile_for_here(DesignSpace.from_dict(manifest.design_space), device)
-    if found is None:
-        raise ServingError(
-            f"bundle {bundle} was planned with profile {manifest.plan['profile']}, which is "
-            f"not here, and {PROFILES_ROOT}/ holds no reliable {device} profile of this machine "
-            "for its design space; pass --profile with a profile of this machine (verify times "
-            "the bundle with its protocol and reference graph)")
-    progress(f"the plan's profile {manifest.plan['profile']} is not here: verifying with "
-             f"{found.path}, the profile of this machine for the bundle's design space in "
-             f"{PROFILES_ROOT}/ (profiles list marks it; --profile chooses another)")
-    return found.path
+    if found is not None:
+        progress(f"the plan's profile {planned} is not here: measuring with {found.path}, the "
+                 f"profile of this machine for the bundle's design space in {PROFILES_ROOT}/ "
+                 "(profiles list marks it; --profile chooses another)")
+    return found
 
 
 def _verdict(within: bool, budget_ms: float) -> str:
@@ -327,7 +337,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.errors import ServingError
     from shaper_deploy.io import output_lock
-    from shaper_deploy.profiling.predictor import (DeviceProfile, judged_phrase,
+    from shaper_deploy.profiling.predictor import (PROFILES_ROOT, judged_phrase,
                                                    over_budget_advice)
     from shaper_deploy.serving import Bundle
 
@@ -337,9 +347,13 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
         raise ServingError(f"bundle {bundle} has no plan to verify; verify checks bundles "
                            "made by shaperctl export --latency")
     device = device or plan["device"]
-    if profile_path is None and not (Path(plan["profile"]) / "profile.json").is_file():
-        profile_path = _profile_for_verify(bundle, manifest, device)
-    profile = DeviceProfile.load(profile_path or plan["profile"])
+    profile = _profile_to_measure_with(bundle, manifest, device, profile_path)
+    if profile is None:
+        raise ServingError(
+            f"bundle {bundle} was planned with profile {plan['profile']}, which is not here, "
+            f"and {PROFILES_ROOT}/ holds no reliable {device} profile of this machine for its "
+            "design space; pass --profile with a profile of this machine (verify times the bundle with "
+            "its protocol and reference graph)")
     differences = profile.foreign_fields()
     if differences:
         raise ServingError(f"this machine is not the one profile {profile.path} describes "

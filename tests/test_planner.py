@@ -893,17 +893,34 @@ def test_verify_on_a_machine_without_the_plans_profile(profile, supernet, tmp_pa
         "is not here, and profiles/ holds no reliable cpu profile of this machine for its "
         "design space; pass --profile with a profile of this machine (verify times the bundle "
         "with its protocol and reference graph)"]
-    r = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
-                                  "--seq-len", "12"])
+    bench = ["bench", str(tmp_path / "b"), "--duration", "0.3", "--seq-len", "12", "--json"]
+    r = CliRunner().invoke(main, bench[:-1])
     assert r.exit_code == 0, r.output
-    assert ("profile     the plan's profiles/on-the-laptop is not here: not compared "
-            f"(shaperctl verify {tmp_path / 'b'} measures it") in r.stdout
+    assert ("profile     the plan's profiles/on-the-laptop is not here, nor a profile of this "
+            "machine for its design space in ./profiles: not compared") in r.stdout
     shutil.copytree(profile.path, tmp_path / "target" / "profiles" / "mine")
+    said = ("the plan's profile profiles/on-the-laptop is not here: measuring with "
+            "profiles/mine, the profile of this machine for the bundle's design space")
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
-    assert r.exit_code == 0, r.output
-    assert ("the plan's profile profiles/on-the-laptop is not here: verifying with "
-            "profiles/mine, the profile of this machine for the bundle's design space") in r.stderr
+    assert r.exit_code == 0 and said in r.stderr, r.output
     assert json.loads(r.stdout)["verification"]["within_budget"] is True
+    r = CliRunner().invoke(main, bench)
+    assert r.exit_code == 0 and said in r.stderr, r.output
+    data = json.loads(r.stdout)
+    assert data["plan"]["measured_with_profile"] == "profiles/mine"
+    assert data["profile_protocol"]["percentile"] == 90
+    r = CliRunner().invoke(main, [*bench, "--profile", str(profile.path)])  # named: no word
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert json.loads(r.stdout)["plan"]["measured_with_profile"] == str(profile.path)
+    foreign = _foreign(profile, tmp_path)
+    r = CliRunner().invoke(main, [*bench, "--profile", str(foreign.path)])
+    assert r.exit_code == 1 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.output
+    assert (f"Error: --profile {foreign.path} describes another machine (cpu_model: 'Some "
+            "Other CPU'") in r.stderr
+    unplanned = tmp_path / "unplanned"
+    export_bundle(supernet, PLAN_SPACE.smallest, unplanned, ExportOptions(optimize=False))
+    r = CliRunner().invoke(main, ["bench", str(unplanned), "--profile", str(profile.path)])
+    assert r.exit_code == 2 and "--profile goes with a planned bundle" in r.stderr, r.output
 
 
 @pytest.mark.parametrize("drift, priced, within", [
