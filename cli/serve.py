@@ -186,9 +186,9 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
 
     One session shared by --concurrency threads for --duration seconds. A bundle exported
     with --latency, given a profile of this machine (--profile, the plan's, or the one
-    'profiles list' marks here), is also measured with the profile's protocol at the plan's workload and percentile, for as long as the plan
-    timed it (export --measure-seconds), the number its budget is checked against, and says
-    whether it is within the budget.
+    'profiles list' marks here), is also measured with the profile's protocol at the plan's
+    workload and percentile, for as long as the plan timed it (export --measure-seconds), the
+    number its budget is checked against, and says whether it is within the budget.
 
     \b
     Example:
@@ -352,8 +352,8 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
         raise ServingError(
             f"bundle {bundle} was planned with profile {plan['profile']}, which is not here, "
             f"and {PROFILES_ROOT}/ holds no reliable {device} profile of this machine for its "
-            "design space; pass --profile with a profile of this machine (verify times the bundle with "
-            "its protocol and reference graph)")
+            "design space; pass --profile with a profile of this machine (verify times the "
+            "bundle with its protocol and reference graph)")
     differences = profile.foreign_fields()
     if differences:
         raise ServingError(f"this machine is not the one profile {profile.path} describes "
