@@ -303,6 +303,27 @@ def _profile_to_measure_with(bundle: Path, manifest, device: str, profile_path: 
     return found
 
 
+def promise_line(promise: dict | None, bundle: str) -> str:
+    """A served bundle's plan in a clause (``BundleManifest.promise``): the budget, the
+    fidelity beside it, and where it was last checked; nothing for a bundle without a plan."""
+    from shaper_deploy.fidelity import metric_word
+
+    if not promise:
+        return ""
+    p = promise
+    said = (f"\n  plan: p{p['percentile']:g} <= {p['budget_ms']:.2f} ms at batch {p['batch']} x "
+            f"{p['seq_len']} ({p['precision']}, {metric_word(p['fidelity_metric'])} "
+            f"{p['fidelity']:.4f})"
+            + (f" on {p['machine']}" if p["machine"] else ""))
+    c = p["checked"]
+    if c is None:
+        return said + (": NOT verified on that machine; run shaperctl verify "
+                       f"{bundle} there")
+    at = "at export" if c["by"] == "export" else f"by verify, {c['when']}"
+    return said + (f": {c['ms']:.2f} ms {at}, "
+                   + ("within" if c["within_budget"] else "OVER the budget"))
+
+
 def _verdict(within: bool, budget_ms: float) -> str:
     return "within the budget" if within else f"OVER the {budget_ms:.2f} ms budget"
 
@@ -436,7 +457,7 @@ def triton(bundles: tuple[Path, ...], out: Path, names: tuple[str, ...], max_bat
         f"{m['path']}: {m['model']} from {m['bundle']}, max_batch_size {m['max_batch_size']}, "
         f"{m['instances']} x {m['device']}"
         + (f", {m['intra_op_threads']} intra-op threads" if m["intra_op_threads"] else "")
-        for m in d["models"]))
+        + promise_line(m["plan"], m["bundle"]) for m in d["models"]))
 
 
 @click.command("serve")
@@ -496,11 +517,12 @@ def serve(bundles: tuple[Path, ...], names: tuple[str, ...], host: str, http_por
             "max_batch": max_batch, "max_text_bytes": max_text_bytes,
             "models": [{"name": m.name, "bundle": str(m.path), "task": m.bundle.manifest.task,
                         "model": m.bundle.model_file,
-                        "infer": f"http://{host}:{http_port}/v2/models/{m.name}/infer"}
+                        "infer": f"http://{host}:{http_port}/v2/models/{m.name}/infer",
+                        "plan": m.bundle.manifest.promise}
                        for m in models]}
     emit(data, as_json, lambda d: "\n".join(
         f"serving {m['name']} ({m['task']}, {m['model']} from {m['bundle']}) at {m['infer']}"
-        for m in d["models"]))
+        + promise_line(m["plan"], m["bundle"]) for m in d["models"]))
     import sys
 
     sys.stdout.flush()

@@ -157,6 +157,33 @@ class BundleManifest:
         return self.family.max_tokens(int(self.design_space["max_positions"]),
                                       int(self.config["pad_token_id"]))
 
+    @property
+    def promise(self) -> dict[str, Any] | None:
+        """What serving a planned bundle should say of its plan: the latency promised (a
+        percentile at a workload, on which machine), the fidelity that bought, and where it
+        was last checked (``verify``'s verdict, else the export's measurement; none for a plan
+        made for another device and not yet verified there). None without a plan."""
+        plan = self.plan
+        if not plan:
+            return None
+        target = plan.get("target") or {}
+        verification = plan.get("verification")
+        if verification:
+            checked = {"by": "verify", "when": verification.get("when"),
+                       "ms": verification["judged_ms"],
+                       "within_budget": verification["within_budget"]}
+        elif target.get("for_device") or plan["measured_ms"] is None:
+            checked = None
+        else:
+            checked = {"by": "export", "when": self.created, "ms": plan["measured_ms"],
+                       "within_budget": plan["measured_ms"] <= plan["budget_ms"]}
+        return {"budget_ms": plan["budget_ms"], "percentile": plan.get("percentile", 50.0),
+                "batch": plan["batch"], "seq_len": plan["seq_len"],
+                "precision": plan["precision"], "fidelity": plan["fidelity"],
+                "fidelity_metric": plan["fidelity_metric"],
+                "machine": (target.get("fingerprint") or {}).get("cpu_model"),
+                "for_device": bool(target.get("for_device")), "checked": checked}
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, **asdict(self)}
 

@@ -170,7 +170,8 @@ def write_repository(bundles: Sequence[str | Path], out: str | Path,
             written.append({"name": name, "bundle": str(bundle), "path": str(out / name),
                             "model": model_file, "max_batch_size": options.max_batch,
                             "instances": options.instances, "device": options.device,
-                            "intra_op_threads": threads, "outputs": manifest.outputs})
+                            "intra_op_threads": threads, "outputs": manifest.outputs,
+                            "plan": manifest.promise})
     return written
 
 

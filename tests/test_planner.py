@@ -788,6 +788,13 @@ def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supe
     # verify on this machine refuses: the plan is for the other one
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
     assert r.exit_code == 1 and "this machine is not the one profile" in r.stderr
+    # deployed elsewhere, the plan says it is unchecked on its machine
+    r = CliRunner().invoke(main, ["triton", str(tmp_path / "b"), "--out", str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[1] == (
+        f"  plan: p90 <= 1000000.00 ms at batch 1 x 16 ({plan['precision']}, fidelity "
+        f"{plan['fidelity']:.4f}) on Some Other CPU: NOT verified on that machine; run "
+        f"shaperctl verify {tmp_path / 'b'} there")
     # shapes and search apply the same rule
     r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
                                   str(foreign.path)])
@@ -849,8 +856,11 @@ def test_percentile_and_device_relative_budgets(profile, supernet, tmp_path):
 
 
 def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path):
-    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
-                      measure=Scripted(profile, {"fp32": 1.0}))
+    manifest = export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                                 measure=Scripted(profile, {"fp32": 1.0}))
+    assert manifest.promise["checked"] == {"by": "export", "when": manifest.created,
+                                           "ms": manifest.plan["measured_ms"],
+                                           "within_budget": True}
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)["verification"]
@@ -861,12 +871,21 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
 
     recorded = BundleManifest.read(tmp_path / "b").plan
     assert recorded["verification"] == v and recorded["target"]["verified"] is True
+    promise = BundleManifest.read(tmp_path / "b").promise
+    assert promise["checked"] == {"by": "verify", "when": v["when"], "ms": v["judged_ms"],
+                                  "within_budget": True}
+    assert promise["machine"] == profile.header.fingerprint["cpu_model"]
     # a budget the bundle cannot meet: exit status 3, recorded as not verified
     manifest = BundleManifest.read(tmp_path / "b")
     manifest.plan["budget_ms"] = 1e-6
     manifest.write(tmp_path / "b")
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5"])
     assert r.exit_code == 3 and "OVER the" in r.stdout
+    t = CliRunner().invoke(main, ["triton", str(tmp_path / "b"), "--out", str(tmp_path / "r")])
+    assert t.exit_code == 0, t.output
+    assert re.search(r"^  plan: p90 <= 0\.00 ms at batch 1 x 16 \(fp32, fidelity [0-9.]+\) on "
+                     r".+: [0-9.]+ ms by verify, 20[0-9T:+-]+, OVER the budget$", t.stdout,
+                     re.M), t.stdout
     assert "advice" in r.stdout and "its prediction missed" in r.stdout  # the machine as profiled
     recorded = BundleManifest.read(tmp_path / "b").plan
     assert recorded["target"]["verified"] is False
