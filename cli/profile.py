@@ -403,10 +403,11 @@ def profiles() -> None:
 @click.argument("roots", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @json_option
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
-    """Profiles under ROOTS (default: ./profiles): device, trust, and whether each matches
-    this machine (the others say which fields differ). Of the reliable ones that match, one per
-    design space is marked as the one to use: the one whose fingerprint names the CPU model
-    (cpu_id), then the newest. A profile that cannot be read is listed with the reason.
+    """Profiles under ROOTS (default: ./profiles), one row each: design space, device, CPU,
+    day made, held-out MAPE, trust, and whether it matches this machine (the others name the
+    fields that differ). Of the reliable ones that match, one per design space is marked USE
+    HERE, the one commands take without --profile: the one whose fingerprint names the CPU
+    model (cpu_id), then the newest. A profile that cannot be read is listed with the reason.
 
     \b
     Example:
@@ -444,31 +445,51 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     for p in found:
         p["use_here"] = p["path"] in chosen
 
-    def line(p: dict) -> str:
-        if "error" in p:
-            return f"{p['path']}  UNREADABLE: {p['error']}"
-        mape = ", ".join(f"{k} MAPE {v:.1%}" for k, v in p["mape"].items())
-        where = ("THIS MACHINE" + (" (by its fingerprint; hosts of one fingerprint can run "
-                                   "apart: make this host's own from it in a few minutes, "
-                                   f"shaperctl profile --from {p['path']} --out DIR, or use "
-                                   "this one)" if p["use_here"] else "")
-                 if p["matches_this_machine"] else
-                 "another machine: " + "; ".join(p["differences"][:3]))
-        return (f"{p['path']}  {p['device']} {cpu_name(p)}  {mape}  "
-                f"{'reliable' if p['trust']['reliable'] else 'UNRELIABLE'}  {where}")
+    def here_cell(p: dict) -> str:
+        if p["matches_this_machine"]:
+            return "USE HERE" if p["use_here"] else "this machine"
+        fields = [d.partition(":")[0] if " " not in d.partition(":")[0] else d
+                  for d in p["differences"]]
+        return "another: " + ", ".join(fields)
 
     def text(d: dict) -> str:
-        lines = [line(p) for p in d["profiles"]]
+        listed = [p for p in d["profiles"] if "error" not in p]
+        rows = [("PROFILE", "SPACE", "DEVICE", "CPU", "MADE", "HELD-OUT MAPE", "TRUST", "HERE")]
+        rows += [(p["path"], f"{p['design_space']['num_layers']} layers, "
+                             f"{p['design_space']['widths'][0]}-{p['design_space']['widths'][-1]}",
+                  p["device"], cpu_name(p), p["created"][:10],
+                  ", ".join(f"{k} {v:.1%}" for k, v in p["mape"].items()),
+                  "reliable" if p["trust"]["reliable"] else "UNRELIABLE", here_cell(p))
+                 for p in listed]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows] \
+            if listed else []
+        lines += [f"{p['path']}  UNREADABLE: {p['error']}" for p in d["profiles"]
+                  if "error" in p]
+        if d["profiles"]:
+            lines += ["", f"this machine: {_device_line(here)}"]
+        if any(p.get("use_here") for p in listed):
+            lines.append(
+                "USE HERE: per design space and device, the reliable profile of this machine "
+                "that export --latency, search --latency, predict, verify and bench take "
+                "without --profile (the one whose fingerprint names the CPU model, then the "
+                "newest). Hosts of one fingerprint can run apart: make this host's own from it "
+                "in a few minutes, shaperctl profile --device cpu --from PROFILE --supernet "
+                "SUPERNET --out DIR")
+        if any(not p["matches_this_machine"] for p in listed):
+            lines.append("another: the fingerprint fields that differ from this machine's "
+                         "(shaperctl profiles show PROFILE gives both values; --json: "
+                         "differences)")
         if d["profiles"] and not any(p.get("matches_this_machine") for p in d["profiles"]):
             folder = " ".join(f"--from {r}" for r in roots)
             direct = ("shaperctl profile --device cpu --supernet SUPERNET --out DIR, within "
                       f"{DIRECT_MINUTES:g} minutes by default")
             lines.append(
-                f"no profile here was measured on this machine ({_device_line(here)}): make "
+                "no profile here was measured on this machine: make "
                 + (f"one, a transfer from those above in a few minutes (shaperctl profile "
                    f"--device cpu {folder} --supernet SUPERNET --out DIR: every profile there "
                    "of the super network's design space as the prior) or a direct one "
-                   "(without --from)" if any("error" not in p for p in d["profiles"]) else
+                   "(without --from)" if listed else
                    f"a direct one ({direct}): none above can be read, so none can be the "
                    "prior of a transfer"))
         return "\n".join(lines) or (

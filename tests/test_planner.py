@@ -826,8 +826,9 @@ def test_profiles_list_marks_one_profile_per_space_to_use_the_most_specific_then
     assert all(rows[n]["matches_this_machine"] for n in ("a-older", "b-newer", "c-no-cpu-id"))
     assert [n for n, p in rows.items() if p["use_here"]] == ["b-newer"]
     human = CliRunner().invoke(main, ["profiles", "list", str(tmp_path)]).stdout
-    assert [line.split()[0] for line in human.splitlines() if "or use this one" in line] == [
+    assert [line.split()[0] for line in human.splitlines() if line.endswith("  USE HERE")] == [
         str(tmp_path / "b-newer")]
+    assert "\nUSE HERE: per design space and device, the reliable profile" in human
 
 
 def test_percentile_and_device_relative_budgets(profile, supernet, tmp_path):

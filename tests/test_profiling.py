@@ -615,9 +615,14 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
             header["fingerprint"]["cpu_id"] = cpu
         (tmp_path / "gen" / name / "profile.json").write_text(json.dumps(header))
     gen = runner.invoke(main, ["profiles", "list", str(tmp_path / "gen")])
-    older, other = gen.stdout.splitlines()[:2]
-    assert older.endswith("THIS MACHINE") or "THIS MACHINE (by its fingerprint" in older
-    assert "another machine: cpu_id: 'OtherVendor family 99 model 1' vs " in other
+    head, older, other = gen.stdout.splitlines()[:3]
+    assert head.split() == ["PROFILE", "SPACE", "DEVICE", "CPU", "MADE", "HELD-OUT", "MAPE",
+                            "TRUST", "HERE"]
+    assert older.startswith(str(tmp_path / "gen" / "older") + " ")
+    assert older.endswith("  USE HERE" if DeviceProfile.load(tiny_profile).trust["reliable"]
+                          else "  this machine"), older
+    assert other.endswith("  another: cpu_id") and "OtherVendor family 99 model 1" in other
+    assert "\nanother: the fingerprint fields that differ" in gen.stdout
     assert "no profile here" not in gen.stdout
     # only other machines' profiles: the hint is a transfer from the whole folder
     (tmp_path / "foreign").mkdir()
