@@ -385,6 +385,8 @@ def _measurer(profile: DeviceProfile, device: str, percentile: float, seconds: f
     """The plan's ``measure``: a bundle timed with the profile's protocol for ``seconds``,
     said in a line and kept in ``measured``; what it was kept on (``kept_on_ms``)."""
     def measure(bundle: Path, model_file: str, prec: str, w: tuple[int, int]) -> float:
+        note(f"{prec}: timing it for {seconds:g} s at batch {w[0]} x {w[1]} (the profile's "
+             "protocol, interleaved with its reference graph)")
         m = profile.measure(bundle / model_file, prec, w, device, percentile, seconds=seconds)
         note(f"{prec}: p{percentile:g} {m['kept_on_ms']:.2f} ms over {m['runs']} runs in "
              f"{m['seconds']:.0f} s ({judged_phrase(m, bound=True)})")
