@@ -345,7 +345,7 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         from shaper_deploy.profiling.predictor import DeviceProfile
 
         profile = DeviceProfile.load(profile_path)
-        profile.check_device(profile.device, for_device)
+        differences = profile.check_device(profile.device, for_device)
         profile.check_trust(allow_unreliable)
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
@@ -377,8 +377,22 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
                                    for p in profile.precisions}
             row["percentile"] = percentile
         rows.append(row)
-    emit({"shapes": rows}, as_json, lambda d: "\n".join(
+    data: dict = {"shapes": rows}
+    heading = []
+    if profile is not None:
+        b, s = profile.reference_workload
+        data["profile"] = {"path": str(profile_path), "batch": b, "seq_len": s,
+                           "percentile": percentile, "trust": profile.trust,
+                           "this_machine": {"matches": not differences,
+                                            "differences": differences}}
+        heading = [f"latency: p{percentile:g} at batch {b} x {s} tokens predicted by "
+                   f"{profile_path}"
+                   + ("" if profile.trust["reliable"] else " (UNRELIABLE)")
+                   + (f", FOR ANOTHER MACHINE ({'; '.join(differences)})" if differences
+                      else "")]
+    emit(data, as_json, lambda d: "\n".join(heading + [
         f"{millions(r['target']):>8} -> {millions(r['params']):>8}  "
         f"{','.join(map(str, r['shape']))}"
-        + "".join(f"  {p} p{percentile:g} {ms:.2f} ms" for p, ms in r.get("predicted_ms", {}).items())
-        for r in d["shapes"]))
+        + "".join(f"  {p} p{percentile:g} {ms:.2f} ms"
+                  for p, ms in r.get("predicted_ms", {}).items())
+        for r in d["shapes"]]))

@@ -579,6 +579,8 @@ def test_shapes_with_a_profile_use_its_design_space(reliable_profile, tiny_super
     rows = json.loads(r.stdout)["shapes"]
     assert [row["shape"] for row in rows] == [[PLAN_SPACE.widths[0]] * 3,
                                               [PLAN_SPACE.widths[-1]] * 3]
+    assert json.loads(r.stdout)["profile"]["this_machine"] == {"matches": True,
+                                                               "differences": []}
     assert all(set(row["predicted_ms"]) == {"fp32", "int8"} for row in rows)
     save_supernet(tiny_supernet, tmp_path / "tiny")
     r = CliRunner().invoke(main, ["shapes", "--profile", str(reliable_profile), "--supernet",
@@ -799,6 +801,12 @@ def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supe
     r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
                                   str(foreign.path)])
     assert r.exit_code == 1 and "--for-device" in r.stderr
+    r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
+                                  str(foreign.path), "--for-device", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].startswith(
+        f"latency: p90 at batch 1 x 16 tokens predicted by {foreign.path}, FOR ANOTHER MACHINE "
+        "(cpu_model: 'Some Other CPU' vs ")
     listed = CliRunner().invoke(main, ["profiles", "list", str(tmp_path), "--json"])
     rows = {Path(p["path"]).name: p for p in json.loads(listed.stdout)["profiles"]}
     assert rows["foreign"]["matches_this_machine"] is False and not rows["foreign"]["use_here"]
