@@ -28,7 +28,8 @@ from .common import (emit, json_option, millions, percentile_option, profile_her
                    "device for the workload: 20ms, 0.02s, 20, or 80% (of the full fp32 "
                    "model's latency on the profile). Without --profile, the profile of this "
                    "machine in ./profiles that profiles list marks.")
-@percentile_option("With --latency: the percentile of request latency the budget promises.")
+@percentile_option("With --latency: the percentile of request latency the budget promises; "
+                   "with --profile alone, the one predicted.")
 @click.option("--measure-seconds", default=None, type=click.FloatRange(0, 600),
               help="With --latency: seconds each candidate is timed with the profile's "
                    "protocol before it is judged (at least the protocol's rounds; 0: those "
@@ -70,7 +71,8 @@ from .common import (emit, json_option, millions, percentile_option, profile_her
                    "largest shape that fits is scored in PyTorch on the calibration text or "
                    "--eval, and the best one is exported.")
 @click.option("--allow-unreliable", is_flag=True,
-              help="Plan with a profile marked unreliable (held-out MAPE > 5% or noise > 3%).")
+              help="Plan (or predict, with --profile alone) with a profile marked unreliable "
+                   "(held-out MAPE > 5% or noise > 3%).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Bundle folder to write (must not exist unless --force).")
 @click.option("--task", type=click.Choice(TASKS),
@@ -146,12 +148,13 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
                 "--calibration": calibration_path is not None and not int8,
                 "--eval": eval_path is not None, "--teacher": teacher_path is not None,
                 "--families": families_text is not None,
-                "--allow-unreliable": allow_unreliable,
-                "--percentile": percentile != DEFAULT_PERCENTILE,
+                "--allow-unreliable": allow_unreliable and profile_path is None,
+                "--percentile": percentile != DEFAULT_PERCENTILE and profile_path is None,
                 "--measure-seconds": measure_seconds is not None}
     if latency_text is None and any(planning.values()):
         raise click.UsageError(f"{', '.join(k for k, v in planning.items() if v)} go(es) with "
-                               "--latency (--calibration also with --int8); for a fixed shape in "
+                               "--latency (--calibration also with --int8, --percentile and "
+                               "--allow-unreliable also with --profile); for a fixed shape in "
                                "int8 use --int8")
     if latency_text is not None and int8:
         raise click.UsageError("--int8 does not go with --latency: the plan picks the precision "
@@ -196,13 +199,14 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
 
                 profile = DeviceProfile.load(profile_path)
                 profile.check_device(device, for_device)
+                profile.check_trust(allow_unreliable)
             manifest = export_checkpoint(supernet_path, out, shape_text, count, options, force,
                                          supershaper_widths, progress)
             if profile is not None:
                 from shaper_deploy.planner import record_prediction
 
                 try:
-                    manifest = record_prediction(out, profile, device, for_device=for_device)
+                    manifest = record_prediction(out, profile, device, percentile, for_device)
                 except BaseException:  # the command failed: its bundle goes with it
                     shutil.rmtree(out, ignore_errors=True)
                     raise
@@ -300,7 +304,10 @@ def _export_text(d: dict) -> str:
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "
-                                  f"{p['profile']})"
+                                  f"{p['profile']}"
+                                  + ("" if p.get("profile_reliable", True) else ", UNRELIABLE")
+                                  + (", FOR ANOTHER MACHINE" if p.get("profile_machine_differs")
+                                     else "") + ")"
                                   + (f"; all-int8 {p['all_int8_predicted_ms']:.2f} ms, plus "
                                      f"{p['fp32_weight_share']:.0%} of the way to fp32 for the "
                                      "nodes kept fp32" if "fp32_weight_share" in p else "")))

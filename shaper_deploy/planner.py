@@ -604,7 +604,7 @@ def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
     the quantizable weights (a linear layer's multiply-adds per token). Measured on the
     Intel VNNI class (docs/benchmarks.md), keeping the fused bottlenecks fp32 (7.7% of the full
     MiniLM's weights) cost 7-10% of int8's latency; the share predicts 9% at 1x128."""
-    profile.check_device(device, for_device)
+    differences = profile.check_device(device, for_device)
     manifest = BundleManifest.read(bundle, PlannerError)
     shape = Shape(tuple(manifest.shape), profile.space)
     b, s = profile.reference_workload
@@ -616,7 +616,9 @@ def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
     manifest.predicted_latency = []
     for p in profile.precisions:
         entry = {"profile": str(profile.path), "precision": p, "batch": b, "seq_len": s,
-                 "percentile": percentile, "predicted_ms": ms[p]}
+                 "percentile": percentile, "predicted_ms": ms[p],
+                 "profile_reliable": profile.trust["reliable"],
+                 "profile_machine_differs": differences}
         if p == "int8" and share and "fp32" in ms:
             entry.update(predicted_ms=ms[p] + share * (ms["fp32"] - ms[p]),
                          all_int8_predicted_ms=ms[p], fp32_weight_share=share)

@@ -592,7 +592,7 @@ def test_shapes_with_a_profile_use_its_design_space(reliable_profile, tiny_super
         "space, or leave out --supernet to use the profile's"], r.output
 
 
-def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
+def test_cli_budget_errors(reliable_profile, supernet, tmp_path, monkeypatch):
     tiny_profile = reliable_profile
     save_supernet(supernet, tmp_path / "super")
     runner = CliRunner()
@@ -631,6 +631,23 @@ def test_cli_budget_errors(reliable_profile, supernet, tmp_path):
     from shaper_deploy.bundle import BundleManifest
 
     assert BundleManifest.read(tmp_path / "out").predicted_latency == data["predicted_latency"]
+    assert {p["percentile"] for p in data["predicted_latency"]} == {90}
+    assert all(p["profile_reliable"] and p["profile_machine_differs"] == []
+               for p in data["predicted_latency"])
+    # a fixed shape predicted by an unreliable profile: the one trust rule, then the percentile
+    import shaper_deploy.profiling.predictor as predictor
+
+    monkeypatch.setattr(predictor, "MAX_MAPE", 0.0)
+    r = run("--params", "250K", "--profile", tiny_profile, "--force")
+    assert r.exit_code == 1 and "is unreliable" in r.stderr and "--allow-unreliable" in r.stderr
+    r = run("--params", "250K", "--profile", tiny_profile, "--allow-unreliable", "--percentile",
+            "99", "--force", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["predicted_latency"]
+    assert {p["percentile"] for p in rows} == {99} and not rows[0]["profile_reliable"]
+    r = run("--params", "250K", "--profile", tiny_profile, "--allow-unreliable", "--force")
+    assert r.exit_code == 0 and ", UNRELIABLE)" in r.stdout, r.output
+    monkeypatch.undo()
     shapes = json.loads(runner.invoke(main, ["shapes", "--supernet", str(tmp_path / "super"),
                                              "--profile", str(tiny_profile), "--json"]).stdout)
     space = supernet.config.space
