@@ -174,7 +174,7 @@ def profile_here(space, device: str, supernet: Path) -> Path:
     machine and ``space`` in ./profiles, said on stderr; none is a one-line error saying how
     to make one."""
     from shaper_deploy.errors import PlannerError
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profile_for_here
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT, profile_for_here
 
     found = profile_for_here(space, device)
     if found is None:
@@ -195,7 +195,7 @@ def profile_holding(shape_text: str, device: str) -> Path:
     this machine in ./profiles (one per design space), the one whose design space holds the
     shape, said on stderr; none, or several, is a one-line error."""
     from shaper_deploy.errors import ProfileError, ShaperError
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, profiles_for_here
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT, profiles_for_here
     from shaper_deploy.shape import parse_shape
 
     here = list(profiles_for_here(device).values())

@@ -415,7 +415,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, chosen_here, profiles_in
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT, chosen_here, profiles_in
     from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
     roots = roots or (PROFILES_ROOT,)

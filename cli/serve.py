@@ -289,7 +289,8 @@ def _profile_to_measure_with(bundle: Path, manifest, device: str, profile_path: 
     the plan's, where it is here; else (a bundle copied to its target device alone, or
     measured from another folder) the one ``profiles list`` marks for this machine and the
     bundle's design space in ./profiles, said on stderr; else None."""
-    from shaper_deploy.profiling.predictor import PROFILES_ROOT, DeviceProfile, profile_for_here
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT, profile_for_here
+    from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.shape import DesignSpace
 
     planned = manifest.plan["profile"]
@@ -358,8 +359,8 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     from shaper_deploy.bundle import BundleManifest
     from shaper_deploy.errors import ServingError
     from shaper_deploy.io import output_lock
-    from shaper_deploy.profiling.predictor import (PROFILES_ROOT, judged_phrase,
-                                                   over_budget_advice)
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT
+    from shaper_deploy.profiling.predictor import judged_phrase, over_budget_advice
     from shaper_deploy.serving import Bundle
 
     manifest = BundleManifest.read(bundle)

@@ -35,8 +35,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from ..errors import ProfileError, ShaperError
+from .catalog import profiles_in
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, grid_data, profiles_in, raised_tail, trust)
+                        fit_point, fit_profile, grid_data, raised_tail, trust)
 from .fingerprint import fingerprint_differences
 from .analysis import dropped_by_key, measured_latency
 from .folder import HEADER, Fingerprint, ProfileHeader, Transfer, workload_key
