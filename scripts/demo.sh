@@ -68,13 +68,14 @@ step "5. the full fp32 model, for comparison"
 "$BIN/shaperctl" export --supernet "$RUNS/minilm-super" --shape 384x6 \
   --out "$RUNS/minilm-full" --force > /dev/null
 
-step "6. sentences embedded through onnxruntime alone, compared with the full model"
+step "6. sentences embedded through onnxruntime alone, compared with the full model; then benchmarked, and written as a Triton model repository that carries the plan"
 "$BIN/shaperctl" run "$RUNS/minilm-budget" --compare "$RUNS/minilm-full" \
   "The central bank raised interest rates by a quarter point." \
   "Shares in the telecoms group fell after a profit warning." \
   "The striker scored twice in the second half." \
   "A cat is sleeping on the warm windowsill."
 "$BIN/shaperctl" bench "$RUNS/minilm-budget" --seq-len "$SEQ_LEN" --duration 5
+"$BIN/shaperctl" triton "$RUNS/minilm-budget" --out "$RUNS/triton-repo" --force
 
 step "7. a sentiment classifier: MiniLM fine-tuned on 2,000 Rotten Tomatoes reviews (the full shape, then every shape from it), and the classifier $BUDGET buys judged by accuracy on held-out reviews"
 # 2,000 reviews, not all 10,262: at these 120 + 120 steps all of them lowered eight mid-size
