@@ -386,7 +386,8 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
     progress(f"timing {bundle} for {duration:g} s at batch {plan['batch']} x {plan['seq_len']}")
     m = profile.measure(bundle / manifest.default_model, plan["precision"],
                         (plan["batch"], plan["seq_len"]), device, pct, seconds=duration)
-    result = {**m, "budget_ms": plan["budget_ms"], "predicted_ms": plan["predicted_ms"],
+    result = {**m, "profile": str(profile.path),
+              "budget_ms": plan["budget_ms"], "predicted_ms": plan["predicted_ms"],
               "within_budget": m["judged_ms"] <= plan["budget_ms"],
               "observed_within_budget": m["observed_ms"] <= plan["budget_ms"],
               "error_vs_prediction": m["estimated_ms"] / plan["predicted_ms"] - 1,

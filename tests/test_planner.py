@@ -948,7 +948,8 @@ def test_verify_on_a_machine_without_the_plans_profile(profile, supernet, tmp_pa
             "profiles/mine, the profile of this machine for the bundle's design space")
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "5", "--json"])
     assert r.exit_code == 0 and said in r.stderr, r.output
-    assert json.loads(r.stdout)["verification"]["within_budget"] is True
+    verification = json.loads(r.stdout)["verification"]
+    assert verification["within_budget"] is True and verification["profile"] == "profiles/mine"
     r = CliRunner().invoke(main, bench)
     assert r.exit_code == 0 and said in r.stderr, r.output
     data = json.loads(r.stdout)
