@@ -371,7 +371,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         if profile_path is None:
             raise click.UsageError("--latency with --for-device needs --profile (the profile "
                                    "of the machine the search is for)")
-        limit = parse_budget(latency_text).resolve(device_profile, workload, percentile)
+        limit = device_profile.budget_ms(parse_budget(latency_text), workload, percentile)
     result = evolutionary_search(
         space, model.predict, model.higher_is_better, latency, limit,
         parse_count(params_text) if params_text else None,

@@ -295,8 +295,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     allowed_precisions(profile, device, precision)
     check_profile(profile, device, options, supernet.config, allow_unreliable, for_device)
     dropped = export_dropped(supernet)
-    budget_ms = budget.resolve(profile, (batch, seq_len), percentile,
-                               dropped(profile.space.largest))
+    budget_ms = profile.budget_ms(budget, (batch, seq_len), percentile,
+                                  dropped(profile.space.largest))
     plans = plan_candidates(profile, budget_ms, device, precision, (batch, seq_len), percentile,
                             dropped)
     family = cigar_family(profile.space)
@@ -564,7 +564,7 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     except CheckpointError:
         pass  # not our format (a SuperShaper repo checkpoint): checked after loading
     w = workload or profile.reference_workload
-    plan_candidates(profile, request.budget.resolve(profile, w, request.percentile),
+    plan_candidates(profile, profile.budget_ms(request.budget, w, request.percentile),
                     request.device, request.precision, w, request.percentile)
     evaluation = None
     if request.evaluation is not None:

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 from .errors import PlannerError
-
-if TYPE_CHECKING:
-    from .profiling.predictor import DeviceProfile
 
 TAIL_LEVELS = (50, 75, 90, 95, 99)  # the percentiles a profile's tail model keeps
 # p90: the usual serving SLO, estimable from the ~80 runs of one measurement, and less
@@ -37,20 +34,11 @@ _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|%)?\s*$", re.IGNORECASE)
 @dataclass(frozen=True)
 class Budget:
     """A latency budget as the user gave it: milliseconds, or a fraction of the full fp32
-    model's latency on the profile (``relative``)."""
+    model's latency on the profile (``relative``; ``DeviceProfile.budget_ms`` resolves it)."""
 
     value: float
     relative: bool = False
     text: str = ""
-
-    def resolve(self, profile: "DeviceProfile", workload: tuple[int, int], percentile: float,
-                full_dropped: Sequence[str] = ()) -> float:
-        """Milliseconds at ``percentile`` of request latency for the workload."""
-        if not self.relative:
-            return self.value
-        full = profile.space.largest
-        return self.value * float(profile.predict([full], "fp32", *workload, percentile,
-                                                  [list(full_dropped)])[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "value": self.value, "relative": self.relative}

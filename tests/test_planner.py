@@ -864,7 +864,7 @@ def test_percentile_and_device_relative_budgets(profile, supernet, tmp_path):
     assert float(profile.predict([shape], "fp32", 1, 16, 92.5)[0]) == pytest.approx(1.25 * p50)
     budget = parse_budget("80%")
     assert budget.relative and budget.value == pytest.approx(0.8)
-    assert budget.resolve(profile, (1, 16), 90) == pytest.approx(0.8 * 1.2 * p50)
+    assert profile.budget_ms(budget, (1, 16), 90) == pytest.approx(0.8 * 1.2 * p50)
     for bad in ("0%", "2000%", "%", "80 %%"):
         with pytest.raises(PlannerError, match="budget"):
             parse_budget(bad)

@@ -31,7 +31,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from ..errors import ProfileError
 from ..io import atomic_write_bytes, read_manifest
-from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS
+from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS, Budget
 from ..schema import Count, validated
 from .analysis import (dropped_by_key, machine_speed, measured_latency, noise_floor,
                        record_floor, reference_spread)
@@ -606,6 +606,17 @@ class DeviceProfile:
 
     def tail_factor(self, precision: str, percentile: float, ms) -> np.ndarray:
         return tail_factor(self.model.tail.get(precision), percentile, ms)
+
+    def budget_ms(self, budget: Budget, workload: tuple[int, int], percentile: float,
+                  full_dropped: Sequence[str] = ()) -> float:
+        """``budget`` in milliseconds at ``percentile`` of request latency for the workload:
+        as given, or (a relative budget) its share of the full fp32 model's latency here
+        (``full_dropped``: the projections the full shape's export leaves out)."""
+        if not budget.relative:
+            return budget.value
+        full = self.space.largest
+        return budget.value * float(self.predict([full], "fp32", *workload, percentile,
+                                                 [list(full_dropped)])[0])
 
     def margin(self, precision: str) -> float:
         return self.model.margin[precision]
