@@ -276,8 +276,9 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     if "profile_protocol" in data:
         m = data["profile_protocol"]
         verdict = _verdict(m["within_budget"], plan["budget_ms"])
-        rows.append(("now", f"p{pct:g} {m['judged_ms']:.2f} ms with the profile's protocol "
-                            f"at the plan's workload ({m['runs']} runs in {m['seconds']:.0f} s): "
+        rows.append(("now", f"p{pct:g} {m['judged_ms']:.2f} ms with the protocol of "
+                            f"{profile.path} at the plan's workload ({m['runs']} runs in "
+                            f"{m['seconds']:.0f} s): "
                             f"{verdict} ({judged_phrase(m)})"))
         if m["advice"]:
             rows.append(("advice", m["advice"]))
@@ -408,6 +409,7 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
                      f"estimate {result['error_vs_prediction']:+.1%} vs the prediction; "
                      f"{m['runs']} runs over {m['seconds']:.0f} s)"),
         ("fidelity", f"{plan['fidelity']:.4f} ({plan['fidelity_metric']})"),
+        ("profile", str(profile.path)),
         *([("advice", result["advice"])] if result["advice"] else []),
         ("recorded", str(bundle / "shaper.json"))]))
     if not result["within_budget"]:
