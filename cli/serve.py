@@ -322,8 +322,8 @@ def promise_line(promise: dict | None, bundle: str) -> str:
         return said + (": NOT verified on that machine; run shaperctl verify "
                        f"{bundle} there")
     at = "at export" if c["by"] == "export" else f"by verify, {c['when']}"
-    return said + (f": {c['ms']:.2f} ms {at}, "
-                   + ("within" if c["within_budget"] else "OVER the budget"))
+    return said + (f": {c['ms']:.2f} ms" if c["ms"] is not None else ": checked") + (
+        f" {at}, " + ("within" if c["within_budget"] else "OVER the budget"))
 
 
 def _verdict(within: bool, budget_ms: float) -> str:

@@ -168,10 +168,10 @@ class BundleManifest:
             return None
         target = plan.get("target") or {}
         verification = plan.get("verification")
-        if verification:
+        if verification:  # judged_ms since 2026-12-02; measured_ms in verdicts before it
             checked = {"by": "verify", "when": verification.get("when"),
-                       "ms": verification["judged_ms"],
-                       "within_budget": verification["within_budget"]}
+                       "ms": verification.get("judged_ms", verification.get("measured_ms")),
+                       "within_budget": bool(verification.get("within_budget"))}
         elif target.get("for_device") or plan["measured_ms"] is None:
             checked = None
         else:

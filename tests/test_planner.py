@@ -916,6 +916,13 @@ def test_verify_measures_a_plan_here_and_records_it(profile, supernet, tmp_path)
     recorded = BundleManifest.read(tmp_path / "b").plan
     assert recorded["target"]["verified"] is False
     assert "plan again" in recorded["verification"]["advice"]
+    # a verdict written before judged_ms (2026-12-02) is still served with its number
+    old = BundleManifest.read(tmp_path / "b")
+    del old.plan["verification"]["judged_ms"]
+    old.write(tmp_path / "b")
+    promise = BundleManifest.read(tmp_path / "b").promise
+    assert promise["checked"]["ms"] == old.plan["verification"]["measured_ms"]
+    assert promise["checked"]["within_budget"] is False
 
 
 def test_verify_on_a_machine_without_the_plans_profile(profile, supernet, tmp_path,
