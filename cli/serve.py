@@ -202,7 +202,11 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         raise click.UsageError(f"--profile goes with a planned bundle (export --latency); "
                                f"{bundle} has no plan")
     profile, elsewhere = None, []
-    if plan:
+    other_device = bool(plan) and plan["device"] != device  # a cuda plan benched on cpu
+    if other_device and profile_path is not None:
+        raise click.UsageError(f"--profile compares with the plan, which is for "
+                               f"{plan['device']}; bench it with --device {plan['device']}")
+    if plan and not other_device:
         from shaper_deploy.errors import ServingError
         from shaper_deploy.profiling.predictor import judged_phrase, over_budget_advice
 
@@ -269,6 +273,9 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     if elsewhere:
         rows.append(("profile", f"{plan['profile']} describes another machine "
                                 f"({'; '.join(elsewhere[:3])}): not compared here"))
+    elif other_device:
+        rows.append(("profile", f"the plan is for {plan['device']}, this load ran on {device}: "
+                                f"not compared (bench --device {plan['device']} compares)"))
     elif plan and profile is None:
         rows.append(("profile", f"the plan's {plan['profile']} is not here, nor a profile of "
                                 "this machine for its design space in ./profiles: not "

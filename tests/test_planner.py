@@ -974,6 +974,16 @@ def test_verify_on_a_machine_without_the_plans_profile(profile, supernet, tmp_pa
     export_bundle(supernet, PLAN_SPACE.smallest, unplanned, ExportOptions(optimize=False))
     r = CliRunner().invoke(main, ["bench", str(unplanned), "--profile", str(profile.path)])
     assert r.exit_code == 2 and "--profile goes with a planned bundle" in r.stderr, r.output
+    # a plan for another device kind (here: cuda), benched on cpu: said, not compared
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    manifest["plan"]["device"] = "cuda"
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
+    r = CliRunner().invoke(main, bench[:-1])
+    assert r.exit_code == 0, r.output
+    assert ("profile     the plan is for cuda, this load ran on cpu: not compared (bench "
+            "--device cuda compares)") in r.stdout and "now " not in r.stdout
+    r = CliRunner().invoke(main, [*bench, "--profile", str(profile.path)])
+    assert r.exit_code == 2 and "bench it with --device cuda" in r.stderr, r.output
 
 
 @pytest.mark.parametrize("drift, priced, within", [
