@@ -161,10 +161,10 @@ def _run_text(d: dict, items: list[str]) -> str:
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1),
-              help="Rows per request.")
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(1),
-              help="Tokens per row.")
+@click.option("--batch", default=None, type=click.IntRange(1),
+              help="Rows per request (default: the plan's batch, else 1).")
+@click.option("--seq-len", default=None, type=click.IntRange(1),
+              help="Tokens per row (default: the plan's length, else 128).")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Threads sharing one session.")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
@@ -179,12 +179,14 @@ def _run_text(d: dict, items: list[str]) -> str:
                    "for this machine and the bundle's design space in ./profiles).")
 @model_option
 @json_option
-def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: float,
+def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int,
+          duration: float,
           threads: int | None, device: str, profile_path: Path | None, model_file: str | None,
           as_json: bool) -> None:
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
 
-    One session shared by --concurrency threads for --duration seconds. A bundle exported
+    One session shared by --concurrency threads for --duration seconds, at the plan's
+    batch and length unless --batch/--seq-len say otherwise. A bundle exported
     with --latency, given a profile of this machine (--profile, the plan's, or the one
     'profiles list' marks here), is also measured with the profile's protocol at the plan's
     workload and percentile, for as long as the plan timed it (export --measure-seconds), the
@@ -194,10 +196,14 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
     Example:
       shaperctl bench ./bundle --concurrency 2 --duration 20
     """
+    from shaper_deploy.fidelity import metric_word
     from shaper_deploy.serving import Bundle
 
     model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     plan = model.manifest.plan
+    # The load a planned bundle promises (one request at a time at its workload) by default.
+    batch = batch or (plan["batch"] if plan else 1)
+    seq_len = seq_len or (plan["seq_len"] if plan else 128)
     if profile_path is not None and not plan:
         raise click.UsageError(f"--profile goes with a planned bundle (export --latency); "
                                f"{bundle} has no plan")
@@ -259,7 +265,7 @@ def bench(bundle: Path, batch: int, seq_len: int, concurrency: int, duration: fl
         rows.append(("plan", f"budget {plan['budget_ms']:.2f} ms at p{pct:g}, batch "
                              f"{plan['batch']} x {plan['seq_len']} ({plan['precision']}), "
                              f"predicted {plan['predicted_ms']:.2f} ms, {at_export}, "
-                             f"fidelity {plan['fidelity']:.4f}"))
+                             f"{metric_word(plan['fidelity_metric'])} {plan['fidelity']:.4f}"))
         # The budget promises one request at a time at the plan's workload; another load's
         # percentiles are reported, not held to it (the "now" row is).
         data["load_is_planned"] = (concurrency, batch, seq_len) == (1, plan["batch"],

@@ -490,7 +490,7 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     assert human.exit_code == 0, human.output
     assert "candidates:" in human.stdout and "* fp32" in human.stdout
     bench = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
-                                      "--seq-len", "12", "--json"])
+                                      "--batch", "1", "--seq-len", "12", "--json"])
     assert bench.exit_code == 0, bench.output
     data = json.loads(bench.stdout)
     assert data["plan"]["budget_ms"] == 10_000 and data["profile_protocol"]["batch"] == 2
@@ -501,11 +501,17 @@ def test_budget_on_a_measured_device_end_to_end(profile, supernet, tmp_path):
     planned = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
                                         "--batch", "2", "--seq-len", "12"])
     assert planned.exit_code == 0 and "note" not in planned.stdout, planned.output
+    # without --batch/--seq-len, the load is the plan's (one request at a time at 2 x 12)
+    default = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
+                                        "--json"])
+    assert default.exit_code == 0, default.output
+    data = json.loads(default.stdout)
+    assert (data["batch"], data["seq_len"], data["load_is_planned"]) == (2, 12, True)
     manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
     manifest["plan"]["budget_ms"] = 1e-6
     (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
     over = CliRunner().invoke(main, ["bench", str(tmp_path / "b"), "--duration", "0.3",
-                                     "--seq-len", "12"])
+                                     "--batch", "1", "--seq-len", "12"])
     assert over.exit_code == 0, over.output
     assert "OVER the" in over.stdout and "plan again" in over.stdout
     assert ("note        the budget is for one request at a time at batch 2 x 12; this load's "
