@@ -135,6 +135,15 @@ class BundleModel(kserve.Model):
                                  infer_outputs=outputs,
                                  use_binary_outputs=payload.use_binary_outputs,
                                  requested_outputs=payload.request_outputs)
+        if isinstance(payload, (bytes, bytearray)):
+            # KServe hands V1 bodies of another Content-Type over undecoded (curl -d sends
+            # application/x-www-form-urlencoded); V2 bodies it decodes whatever their type.
+            try:
+                payload = json.loads(payload)
+            except (ValueError, UnicodeDecodeError):
+                kind = (headers or {}).get("content-type", "none")
+                raise InvalidInput('a V1 request is JSON, {"instances": ["text", ...]}; this '
+                                   f"body (Content-Type {kind:.60}) is not") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
             raise InvalidInput('a V1 request is {"instances": ["text", ...]}')
         texts = [self._text(t, i) for i, t in enumerate(payload["instances"])]

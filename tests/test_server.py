@@ -268,6 +268,15 @@ def test_unknown_models_invalid_utf8_and_garbage(served):
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
     r = requests.post(_url(port, "/v1/models/tiny:predict"), json={"instances": "x"})
     assert r.status_code == 400
+    # curl -d without -H: application/x-www-form-urlencoded, a JSON body all the same
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = requests.post(_url(port, "/v1/models/tiny:predict"), headers=form,
+                      data=json.dumps({"instances": ["the model is fast"]}))
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
+    r = requests.post(_url(port, "/v1/models/tiny:predict"), headers=form, data=b"text=hi")
+    assert r.status_code == 400 and r.json()["error"] == (
+        'a V1 request is JSON, {"instances": ["text", ...]}; this body (Content-Type '
+        "application/x-www-form-urlencoded) is not"), r.text
     assert requests.get(_url(port, "/v2/health/live")).ok and proc.poll() is None
 
 
