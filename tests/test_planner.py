@@ -1132,3 +1132,30 @@ def test_each_shape_family_is_screened_and_the_best_one_exported(profile, supern
     r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--shape",
                                   "60x3", "--families", "cigar", "--out", str(tmp_path / "z")])
     assert r.exit_code == 2 and "--families go(es) with --latency" in r.output
+
+
+def test_a_plans_bundle_as_shape_exports_the_plans_precision(profile, supernet, tmp_path):
+    """The paper's last step: a planned slice fine-tuned alone is exported again at the
+    plan's shape (``--shape B/shaper.json``). Where the plan chose int8, int8 is the graph
+    whose latency it measured: written and served by default, said on stderr; an fp32 plan's
+    shape exports fp32 alone."""
+    save_supernet(supernet, tmp_path / "super")
+    budget = _budget_for(profile, "int8", len(cigar_family(PLAN_SPACE)) // 2)
+    for prec in ("int8", "fp32"):
+        export_for_budget(supernet, budget if prec == "int8" else 1e6, profile,
+                          tmp_path / f"plan-{prec}", precision=prec,
+                          options=ExportOptions(int8_min_cosine=0.5),
+                          measure=Scripted(profile, {prec: 1.0}))
+        r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"),
+                                      "--shape", str(tmp_path / f"plan-{prec}" / "shaper.json"),
+                                      "--int8-min-cosine", "0.5",
+                                      "--out", str(tmp_path / f"again-{prec}"), "--json"])
+        assert r.exit_code == 0, r.output
+        again = json.loads(r.stdout)
+        planned = json.loads((tmp_path / f"plan-{prec}" / "shaper.json").read_text())
+        assert again["shape"] == planned["shape"]
+        said = "plan chose int8 at this shape: writing int8 too" in r.stderr
+        if prec == "int8":
+            assert said and again["default_model"] == "model_quantized.onnx", r.stderr
+        else:
+            assert not said and "model_quantized.onnx" not in again["files"], r.stderr
