@@ -149,10 +149,11 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
 @click.option("--seq-len", default=128, show_default=True, type=int)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for quality.ubj, quality.json and the measured shapes.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @widths_option
 @json_option
 def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq_len: int,
-            out: Path, supershaper_widths, as_json: bool) -> None:
+            out: Path, force: bool, supershaper_widths, as_json: bool) -> None:
     """Measure shapes' quality on held-out text and fit an XGBoost quality predictor.
 
     \b
@@ -161,15 +162,17 @@ def quality(supernet_path: Path, data_path: Path, metric: str, samples: int, seq
     """
     from shaper_deploy.io import check_output_dir, output_lock
 
-    check_output_dir(out, inputs={"--supernet": supernet_path, "--data": data_path})
+    check_output_dir(out, force, inputs={"--supernet": supernet_path, "--data": data_path})
     with output_lock(out):
-        _quality(supernet_path, data_path, metric, samples, seq_len, out, supershaper_widths,
-                 as_json)
+        _quality(supernet_path, data_path, metric, samples, seq_len, out, force,
+                 supershaper_widths, as_json)
 
 
-def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as_json) -> None:
+def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, widths,
+             as_json) -> None:
     import json
 
+    from shaper_deploy.io import atomic_dir, atomic_write_bytes
     from shaper_deploy.supernet import load_supernet
     from shaper_deploy.training.data import read_texts, tokenize
     from shaper_deploy.training.quality import fit_quality, quality_dataset
@@ -181,10 +184,11 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, widths, as
                       0.5, model.config)
     shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress)
     predictor = fit_quality(shapes, values, metric)
-    predictor.save(out)
-    (out / "measurements.json").write_text(json.dumps(
-        [{"shape": list(s.widths), "params": s.params(), metric: v}
-         for s, v in zip(shapes, values)], indent=1) + "\n")
+    with atomic_dir(out, force) as tmp:  # the folder appears whole, or not at all
+        predictor.save(tmp)
+        atomic_write_bytes(tmp / "measurements.json", (json.dumps(
+            [{"shape": list(s.widths), "params": s.params(), metric: v}
+             for s, v in zip(shapes, values)], indent=1) + "\n").encode())
     h = predictor.meta["held_out"]
     emit({"out": str(out), **predictor.meta}, as_json, lambda d: table([
         ("predictor", f"{out} ({metric}, {d['trained_on']} shapes fitted)"),

@@ -251,9 +251,13 @@ def test_damaged_quality_predictors(world, tmp_path):
     shapes = random_shapes(TINY_SPACE, 12)
     pred = fit_quality(shapes, [0.5 + 0.01 * i for i in range(len(shapes))], "cosine")
     pred.save(tmp_path / "q")
+    other = fit_quality(shapes, [0.9 - 0.01 * i for i in range(len(shapes))], "cosine")
+    other.save(tmp_path / "other")  # a whole, readable booster, but not this predictor's
+    swapped = (tmp_path / "other" / "quality.ubj").read_bytes()
     for name, damage in (("quality.json", lambda f: f.write_text(f.read_text()[:20])),
                          ("quality.json", lambda f: f.write_text("{}")),
-                         ("quality.ubj", lambda f: f.write_bytes(f.read_bytes()[:30]))):
+                         ("quality.ubj", lambda f: f.write_bytes(f.read_bytes()[:30])),
+                         ("quality.ubj", lambda f: f.write_bytes(swapped))):
         q = tmp_path / f"q-{name}-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(tmp_path / "q", q)
         damage(q / name)

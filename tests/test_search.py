@@ -106,6 +106,16 @@ def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer, monkeypa
                              "--seq-len", "32", "--out", str(tmp_path / "q"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["metric"] == "cosine"
+    again = ["train", "quality", "--supernet", str(tmp_path / "super"), "--data",
+             str(tmp_path / "val.txt"), "--samples", "8", "--seq-len", "32", "--out",
+             str(tmp_path / "q")]
+    r = runner.invoke(main, again)  # the error names --force: it exists
+    assert r.exit_code == 1 and "already exists; choose a new path or pass --force" in r.stderr
+    r = runner.invoke(main, again + ["--force", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["trained_on"] < 8, r.output
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "measurements.json", "quality.json", "quality.ubj"]
+    assert "[8/8] shapes measured" in r.stderr and "shapes/s  ETA 0 s" in r.stderr
     r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
                              "--quality-predictor", str(tmp_path / "q"), "--params", "40K",
                              "--iterations", "5", "--json"])

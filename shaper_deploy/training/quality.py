@@ -12,8 +12,10 @@ JSON file with the metric, design space and held-out R^2 and Spearman correlatio
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -31,7 +33,7 @@ from ..supernet.model import SuperBert
 from ..templates import sample_shapes
 from .config import QUALITY_METRICS, check_choice
 from .data import Corpus
-from .sandwich import mask_tokens
+from .sandwich import _duration, mask_tokens
 
 METRICS = QUALITY_METRICS
 FORMAT = "shaper-deploy/quality-predictor"
@@ -53,20 +55,27 @@ class QualityMeta(TypedDict):
     xgboost: dict[str, Any]
     trained_on: Count
     held_out: HeldOutQuality
+    model_sha256: str  # quality.ubj's, checked before the booster is parsed
 
 
 @torch.no_grad()
 def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus,
-                    metric: str, max_blocks: int = 64) -> list[float]:
-    """The metric of every shape on (up to ``max_blocks``) held-out blocks."""
+                    metric: str, max_blocks: int = 64,
+                    measured: Callable[[int], None] = lambda done: None) -> list[float]:
+    """The metric of every shape on (up to ``max_blocks``) held-out blocks; ``measured``
+    is told how many are done after each."""
     check_choice("quality metric", metric, METRICS)
     supernet.eval()
     ids = corpus.val[:max_blocks]
     if metric == "cosine":  # the planner's fidelity (shaper_deploy.fidelity), unpadded blocks
         mask = np.ones(tuple(ids.shape), dtype=np.int64)
         full = supernet(ids).last_hidden_state.numpy()
-        return [embedding_fidelity(full, supernet(ids, shape=s).last_hidden_state.numpy(), mask)
-                for s in shapes]
+        out = []
+        for s in shapes:
+            out.append(embedding_fidelity(full, supernet(ids, shape=s).last_hidden_state.numpy(),
+                                          mask))
+            measured(len(out))
+        return out
     if supernet.mlm_head is None:
         raise TrainingError("perplexity needs an MLM head; train with --objective mlm first, "
                             "or use the cosine metric")
@@ -78,6 +87,7 @@ def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus
         loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
                                                  labels.view(-1), ignore_index=-100)
         out.append(math.exp(min(float(loss), 50)))
+        measured(len(out))
     return out
 
 
@@ -103,9 +113,13 @@ class QualityPredictor:
         return self.booster.predict(xgb.DMatrix(_features(shapes)))
 
     def save(self, path: str | Path) -> None:
+        """``quality.ubj`` (the booster) and ``quality.json`` (what it predicts, how well,
+        and the booster's sha256) into the folder ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "quality.ubj", bytes(self.booster.save_raw(raw_format="ubj")))
+        model = bytes(self.booster.save_raw(raw_format="ubj"))
+        self.meta["model_sha256"] = hashlib.sha256(model).hexdigest()
+        atomic_write_bytes(path / "quality.ubj", model)
         atomic_write_bytes(path / "quality.json", (json.dumps(self.meta, indent=2) + "\n").encode())
 
     @classmethod
@@ -124,10 +138,13 @@ class QualityPredictor:
         hint = "make it again with: shaperctl train quality"
         meta = dict(validated(QualityMeta, meta, str(where), TrainingError, hint))
         validated(DesignSpace, meta["design_space"], f"{where} design_space", TrainingError, hint)
+        model = read_regular(path / "quality.ubj", 1 << 30, "quality model", TrainingError)
+        if hashlib.sha256(model).hexdigest() != meta["model_sha256"]:
+            raise TrainingError(f"{path / 'quality.ubj'} does not match the sha256 recorded in "
+                                f"{where}: the file was altered or corrupted; {hint}")
         booster = xgb.Booster()
         try:
-            booster.load_model(bytearray(read_regular(path / "quality.ubj", 1 << 30,
-                                                      "quality model", TrainingError)))
+            booster.load_model(bytearray(model))
         except xgb.core.XGBoostError as exc:
             raise TrainingError(f"{path / 'quality.ubj'} is not a readable XGBoost model "
                                 f"({str(exc).strip().splitlines()[0][:100]}); {hint}") from None
@@ -165,8 +182,12 @@ def quality_dataset(supernet: SuperBert, corpus: Corpus, metric: str, samples: i
     """Measure ``samples`` shapes spread over the parameter range."""
     note = progress or (lambda message: None)
     shapes = sample_shapes(supernet.config.space, samples, seed)
-    quality = []
-    for i in range(0, len(shapes), 16):
-        quality += measure_quality(supernet, shapes[i:i + 16], corpus, metric)
-        note(f"[{min(i + 16, len(shapes))}/{len(shapes)}] shapes measured")
-    return shapes, quality
+    start = time.monotonic()
+
+    def measured(done: int) -> None:  # a line every 8 shapes: the first within seconds
+        if done % 8 == 0 or done == len(shapes):
+            rate = done / max(time.monotonic() - start, 1e-9)
+            note(f"[{done}/{len(shapes)}] shapes measured  {rate:.2f} shapes/s  "
+                 f"ETA {_duration((len(shapes) - done) / rate)}")
+
+    return shapes, measure_quality(supernet, shapes, corpus, metric, measured=measured)
