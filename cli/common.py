@@ -169,6 +169,13 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def predicted_by(profile, path: Path, differences: list[str]) -> str:
+    """Whose predictions a table shows: ``P``, ``P (UNRELIABLE)``, ``P, FOR ANOTHER MACHINE
+    (fields)``: what a flag let through said where the numbers are (shapes, search)."""
+    return (f"{path}" + ("" if profile.trust["reliable"] else " (UNRELIABLE)")
+            + (f", FOR ANOTHER MACHINE ({'; '.join(differences)})" if differences else ""))
+
+
 def profile_here(space, device: str, supernet: Path) -> Path:
     """A latency budget given without --profile: the profile ``profiles list`` marks for this
     machine and ``space`` in ./profiles, said on stderr; none is a one-line error saying how

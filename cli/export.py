@@ -12,8 +12,8 @@ from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 from shaper_deploy.templates import PLAN_FAMILIES
 
-from .common import (emit, json_option, millions, percentile_option, profile_here, progress,
-                     table, widths_option)
+from .common import (emit, json_option, millions, percentile_option, predicted_by,
+                     profile_here, progress, table, widths_option)
 
 
 @click.command("export")
@@ -414,10 +414,7 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
                            "this_machine": {"matches": not differences,
                                             "differences": differences}}
         heading = [f"latency: p{percentile:g} at batch {b} x {s} tokens predicted by "
-                   f"{profile_path}"
-                   + ("" if profile.trust["reliable"] else " (UNRELIABLE)")
-                   + (f", FOR ANOTHER MACHINE ({'; '.join(differences)})" if differences
-                      else "")]
+                   + predicted_by(profile, profile_path, differences)]
     emit(data, as_json, lambda d: "\n".join(heading + [
         f"{millions(r['target']):>8} -> {millions(r['params']):>8}  "
         f"{','.join(map(str, r['shape']))}"

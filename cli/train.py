@@ -12,8 +12,8 @@ import click
 from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
                                            QUALITY_METRICS, TaskConfig, TrainConfig)
 
-from .common import (ShaperGroup, emit, json_option, percentile_option, profile_here, progress,
-                     resumable, table, widths_option)
+from .common import (ShaperGroup, emit, json_option, percentile_option, predicted_by,
+                     profile_here, progress, resumable, table, widths_option)
 
 _DEFAULT = TrainConfig()
 _TASK = TaskConfig()
@@ -321,8 +321,16 @@ def _task_text(d: dict) -> str:
                    "--latency and without it, this machine's profile in ./profiles, the one "
                    "profiles list marks.")
 @click.option("--latency", "latency_text", default=None,
-              help="Latency limit: 20ms, or 80% of the full fp32 model on the profile.")
+              help="Latency limit: 20ms, or 80% of the full fp32 model's latency on the "
+                   "profile at the workload (as export --latency means it).")
 @percentile_option("Percentile of request latency the limit is for.")
+@click.option("--batch", default=None, type=click.IntRange(1),
+              help="Batch size of the latency limit (default: the profile's reference size).")
+@click.option("--seq-len", default=None, type=click.IntRange(1),
+              help="Sequence length of the latency limit (default: the profile's reference "
+                   "size).")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True, help="The precision whose latency the limit is for.")
 @click.option("--for-device", is_flag=True, help="Accept a profile of another machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
 @click.option("--params", "params_text", default=None, help="Parameter limit, e.g. 60M.")
@@ -331,7 +339,8 @@ def _task_text(d: dict) -> str:
 @widths_option
 @json_option
 def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
-           latency_text: str | None, percentile: float, for_device: bool,
+           latency_text: str | None, percentile: float, batch: int | None,
+           seq_len: int | None, precision: str, for_device: bool,
            allow_unreliable: bool, params_text: str | None, iterations: int, seed: int,
            supershaper_widths, as_json: bool) -> None:
     """Evolutionary search for the best shape under parameter and latency limits.
@@ -355,27 +364,50 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
     latency: Callable[[list], Any] | None = None
     if latency_text and profile_path is None and not for_device:
         profile_path = profile_here(space, "cpu", supernet_path)
+    if profile_path is None and (batch or seq_len or precision != "fp32"):
+        raise click.UsageError("--batch, --seq-len and --precision go with a profile "
+                               "(--profile, or --latency)")
+    limit, latency_limit, heading = None, None, []
     if profile_path is not None:
+        from shaper_deploy.planner import export_dropped
         from shaper_deploy.profiling.predictor import DeviceProfile
+        from shaper_deploy.supernet import load_supernet
 
         device_profile = DeviceProfile.load(profile_path)
-        device_profile.check_device(device_profile.device, for_device)
+        differences = device_profile.check_device(device_profile.device, for_device)
         device_profile.check_trust(allow_unreliable)
         if device_profile.space != space:
             raise click.ClickException(f"profile {profile_path} covers another design space")
-        precision = device_profile.precisions[0]
-        workload = device_profile.reference_workload
+        if precision not in device_profile.precisions:
+            raise click.UsageError(f"--precision {precision}: profile {profile_path} measured "
+                                   f"{', '.join(device_profile.precisions)} only")
+        ref = device_profile.reference_workload
+        workload = (batch or ref[0], seq_len or ref[1])
+        # the graphs export writes: exact identity projections dropped (an identity network's)
+        dropped = export_dropped(load_supernet(supernet_path, supershaper_widths))
+        margin = device_profile.margin(precision)
 
-        def predicted(shapes):  # the planner's safe estimate: the percentile x margin, reference size
-            return (device_profile.predict(shapes, precision, *workload, percentile)
-                    * device_profile.margin(precision))
+        def predicted(shapes):  # the planner's safe estimate: the percentile x margin
+            return (device_profile.predict(shapes, precision, *workload, percentile,
+                                           [dropped(s) for s in shapes]) * margin)
         latency = predicted
-    limit = None
-    if latency_text:
-        if profile_path is None:
-            raise click.UsageError("--latency with --for-device needs --profile (the profile "
-                                   "of the machine the search is for)")
-        limit = device_profile.budget_ms(parse_budget(latency_text), workload, percentile)
+        if latency_text:
+            budget = parse_budget(latency_text)
+            limit = device_profile.budget_ms(budget, workload, percentile,
+                                             dropped(space.largest))
+            latency_limit = {"budget": budget.text, "ms": limit, "percentile": percentile,
+                             "batch": workload[0], "seq_len": workload[1],
+                             "precision": precision, "margin": margin}
+        heading = [("latency", f"p{percentile:g}"
+                    + (f" <= {limit:.2f} ms" + (f" ({budget.text} of the full fp32 model)"
+                                                 if budget.relative else "")
+                       if limit is not None else "")
+                    + f" at batch {workload[0]} x {workload[1]} in {precision}, predicted by "
+                    + predicted_by(device_profile, profile_path, differences)
+                    + f" times its x{margin:.2f} margin")]
+    elif latency_text:
+        raise click.UsageError("--latency with --for-device needs --profile (the profile "
+                               "of the machine the search is for)")
     result = evolutionary_search(
         space, model.predict, model.higher_is_better, latency, limit,
         parse_count(params_text) if params_text else None,
@@ -384,11 +416,12 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
     data = {"best": result.best.to_dict(), "pareto": [c.to_dict() for c in result.pareto],
             "evaluated": result.evaluated, "metric": model.meta["metric"],
             "quality_is": "predicted by the quality predictor, not measured",
-            "quality_predictor_held_out": held}
+            "quality_predictor_held_out": held, "latency_limit": latency_limit,
+            "profile": None if profile_path is None else str(profile_path)}
     b = result.best
     label = ("fidelity (cosine to the full model)" if model.meta["metric"] == "cosine"
              else model.meta["metric"])
-    emit(data, as_json, lambda d: table([
+    emit(data, as_json, lambda d: table(heading + [
         ("best", f"{','.join(map(str, b.shape.widths))} ({b.params / 1e6:.1f}M params, "
                  f"predicted {label} {b.quality:.4f}"
                  + (f", {b.latency_ms:.2f} ms predicted with margin" if b.latency_ms is not None

@@ -1159,3 +1159,61 @@ def test_a_plans_bundle_as_shape_exports_the_plans_precision(profile, supernet, 
             assert said and again["default_model"] == "model_quantized.onnx", r.stderr
         else:
             assert not said and "model_quantized.onnx" not in again["files"], r.stderr
+
+
+def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
+    """``search --latency 80%`` is 80% of the full fp32 model as export prices it (the graph
+    export writes: an identity network's identity projections dropped), at the workload and
+    precision given; the table says the limit, the workload and whose predictions."""
+    import hashlib
+
+    from shaper_deploy.planner import export_dropped
+    from shaper_deploy.profiling.predictor import feature_names
+    from shaper_deploy.shape import Shape
+    from shaper_deploy.training.quality import fit_quality
+
+    from .conftest import random_shapes
+
+    shutil.copytree(reliable_profile, tmp_path / "profile")  # projections cost time too
+    meta = json.loads((tmp_path / "profile" / "predictor.json").read_text())
+    for points in meta["coef"].values():
+        for coef in points.values():
+            coef[feature_names(PLAN_SPACE).index("projections")] = 1.0
+    data = (json.dumps(meta) + "\n").encode()
+    (tmp_path / "profile" / "predictor.json").write_bytes(data)
+    header = json.loads((tmp_path / "profile" / "profile.json").read_text())
+    header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
+    (tmp_path / "profile" / "profile.json").write_text(json.dumps(header))
+    profile = DeviceProfile.load(tmp_path / "profile")
+
+    net = SuperBert(CONFIG).eval()
+    with torch.no_grad():  # an identity super network, as supernet init makes from a BERT
+        for layer in net.layers:
+            for lin in (layer.input_bottleneck, layer.output_bottleneck):
+                lin.weight.copy_(torch.eye(*lin.weight.shape))
+                lin.bias.zero_()
+    save_supernet(net, tmp_path / "super")
+    shapes = random_shapes(PLAN_SPACE, 24)
+    fit_quality(shapes, [s.params() / 1e6 for s in shapes], "cosine").save(tmp_path / "q")
+    dropped = export_dropped(net)
+    full = PLAN_SPACE.largest
+    assert dropped(full)  # what makes the limit differ from an undropped full model's
+    search = ["search", "--supernet", str(tmp_path / "super"), "--quality-predictor",
+              str(tmp_path / "q"), "--profile", str(profile.path), "--latency", "80%",
+              "--batch", "2", "--seq-len", "16", "--precision", "int8", "--iterations", "5"]
+    r = CliRunner().invoke(main, search + ["--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    limit = 0.8 * float(profile.predict([full], "fp32", 2, 16, 90.0, [dropped(full)])[0])
+    assert d["latency_limit"]["ms"] == pytest.approx(limit)
+    assert limit < 0.8 * float(profile.predict([full], "fp32", 2, 16, 90.0)[0])
+    best = Shape(tuple(d["best"]["shape"]), PLAN_SPACE)
+    assert d["best"]["latency_ms"] == pytest.approx(float(profile.predict(
+        [best], "int8", 2, 16, 90.0, [dropped(best)])[0]) * profile.margin("int8"))
+    assert d["best"]["latency_ms"] <= limit
+    r = CliRunner().invoke(main, search)
+    assert r.stdout.startswith(f"latency       p90 <= {limit:.2f} ms (80% of the full fp32 "
+                               f"model) at batch 2 x 16 in int8, predicted by {profile.path} "
+                               "times its x1.05 margin"), r.output
+    r = CliRunner().invoke(main, search[:5] + ["--precision", "int8"])
+    assert r.exit_code == 2 and "--precision go with a profile" in r.stderr
