@@ -46,8 +46,9 @@ from .common import (emit, json_option, millions, percentile_option, predicted_b
               help="With --latency: rows per request the budget is for (default: the "
                    "profile's reference batch, 1).")
 @click.option("--seq-len", type=click.IntRange(1), default=None,
-              help="With --latency: tokens per row the budget is for (default: the profile's "
-                   "reference length, 128).")
+              help="With --latency: tokens per row the budget is for (default: the longest "
+                   "of the --eval or --calibration texts in tokens; without texts, the "
+                   "profile's reference length, 128).")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True,
               help="Provider the budget is for; must match the profile.")
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto",
@@ -322,6 +323,8 @@ def _export_text(d: dict) -> str:
             rows.append(("WARNING", plan["machine_beyond_priced"]["said"]))
         if plan.get("machine_faster"):
             rows.append(("NOTE", plan["machine_faster"]["said"]))
+        if (plan.get("inputs") or {}).get("longer"):
+            rows.append(("NOTE", plan["inputs"]["said"]))
     for p in d.get("predicted_latency") or []:
         rows.append(("predicted", f"p{p.get('percentile', 50):g} {p['predicted_ms']:.2f} ms "
                                   f"({p['precision']}, batch {p['batch']} x {p['seq_len']}, "

@@ -79,7 +79,7 @@ class PlanRecord(TypedDict):
     budget_ms: float
     batch: Positive
     seq_len: Positive
-    workload_source: str
+    workload_source: str  # given, the profile's reference size, or the longest of the texts
     device: str
     precision: Precision
     shape: list[Positive]
@@ -106,6 +106,9 @@ class PlanRecord(TypedDict):
     # where the machine ran faster than the profile describes in every measurement
     # (planner._faster_than_profiled); None where it did not
     machine_faster: NotRequired[Optional[dict[str, Any]]]
+    # the user's texts (--eval, else --calibration) in tokens as served: count, longest,
+    # median, and how many are longer than seq_len (planner._workload); None without texts
+    inputs: NotRequired[Optional[dict[str, Any]]]
 
 
 @dataclass

@@ -290,7 +290,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     percentile = check_percentile(percentile)
     if not isinstance(budget, Budget):
         budget = Budget(float(budget), False, f"{budget:g}ms")
-    batch, seq_len = workload or profile.reference_workload
+    batch, seq_len, source, inputs = _workload(supernet, profile, workload, calibration,
+                                               evaluation, note)
     names = check_families(families)
     allowed_precisions(profile, device, precision)
     check_profile(profile, device, options, supernet.config, allow_unreliable, for_device)
@@ -307,7 +308,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
          + (f" = {budget_ms:.2f} ms (of the full fp32 model's p{percentile:g})"
             if budget.relative else "")
          + f" at p{percentile:g}, batch {batch} x {seq_len} tokens"
-         + (" (the profile's reference size)" if workload is None else "") + f" on {device}"
+         + ("" if source == "given" else f" ({source})") + f" on {device}"
          + (f", for {target['cpu_model']} (not measured here)" if for_device else ""))
     measured: list[dict] = []  # every measurement the plan made here (DeviceProfile.measure)
     if measure is None and not for_device:
@@ -340,7 +341,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
         plan_record = {
             "budget_ms": budget_ms, "budget": budget.to_dict(), "percentile": percentile,
             "batch": batch, "seq_len": seq_len,
-            "workload_source": "given" if workload else "profile reference size",
+            "workload_source": source, "inputs": inputs,
             "device": device, "precision": best.precision, "network": best.network,
             "shape": best.shape,
             "params": best.params, "predicted_ms": best.predicted_ms,
@@ -377,7 +378,47 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
         note(f"WARNING: {plan_record['machine_beyond_priced']['said']}")
     if plan_record["machine_faster"]:
         note(f"NOTE: {plan_record['machine_faster']['said']}")
+    if inputs and inputs["longer"]:
+        note(f"NOTE: {inputs['said']}")
     return manifest
+
+
+def _workload(supernet, profile: DeviceProfile, workload: tuple[int | None, int | None] | None,
+              calibration: Sequence[str] | None, evaluation: TaskData | None,
+              note: Callable[[str], None]) -> tuple[int, int, str, dict | None]:
+    """The budget's batch and length, where the length came from, and the user's texts'
+    lengths (``plan.inputs``; None without texts or a tokenizer). A length given is kept; else,
+    with the user's texts (--eval, else --calibration), the longest of them in tokens as
+    served (at least the profile's shortest), so that every request of texts like these runs
+    at or under the length the budget is promised for; else the profile's reference size.
+    Texts longer than a length given run slower than the promise: ``inputs`` says how many."""
+    from .runtime import token_lengths
+
+    batch, seq_len = workload or (None, None)
+    texts = ((evaluation.texts, evaluation.pairs, f"--eval {evaluation.path}")
+             if evaluation is not None else (calibration, None, "--calibration")
+             if calibration else None)
+    lengths = None if texts is None else token_lengths(supernet.config,
+                                                       supernet.tokenizer_files, *texts[:2])
+    source = "given"
+    if seq_len is None and lengths:
+        shortest = min(s for _, s in profile.model.grid)
+        seq_len = max(max(lengths), shortest)
+        source = f"the longest of the {len(lengths):,} texts of {texts[2]}"
+        note(f"no --seq-len given: the budget is for {seq_len} tokens, {source} in tokens "
+             f"(median {statistics.median(lengths):g})")
+    elif seq_len is None:
+        seq_len, source = profile.reference_workload[1], "the profile's reference size"
+    inputs = None
+    if lengths:
+        longer = sum(n > seq_len for n in lengths)
+        inputs = {"texts": texts[2], "count": len(lengths), "longest": max(lengths),
+                  "median": statistics.median(lengths), "longer": longer,
+                  "said": f"{longer:,} of the {len(lengths):,} texts of {texts[2]} "
+                          f"({longer / len(lengths):.1%}) are longer than the {seq_len} tokens "
+                          f"the budget is for (the longest: {max(lengths)}); served, they run "
+                          "slower than the promise (leave out --seq-len to plan for them all)"}
+    return batch or profile.reference_workload[0], seq_len, source, inputs
 
 
 def _measurer(profile: DeviceProfile, device: str, percentile: float, seconds: float,
@@ -552,10 +593,9 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
     check_families(request.families)
     profile = DeviceProfile.load(request.profile)
     calibration = read_calibration(request.calibration) if request.calibration else None
-    workload = None
+    workload = None  # the length, where not given, may come from the texts (_workload)
     if request.batch is not None or request.seq_len is not None:
-        workload = (request.batch or profile.reference_workload[0],
-                    request.seq_len or profile.reference_workload[1])
+        workload = (request.batch, request.seq_len)
     config = None
     try:
         config = read_checkpoint_header(supernet_path, widths)["config"]
@@ -563,9 +603,11 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
                       request.for_device)
     except CheckpointError:
         pass  # not our format (a SuperShaper repo checkpoint): checked after loading
-    w = workload or profile.reference_workload
-    plan_candidates(profile, profile.budget_ms(request.budget, w, request.percentile),
-                    request.device, request.precision, w, request.percentile)
+    if request.seq_len is not None or not (request.calibration or request.evaluation):
+        w = (request.batch or profile.reference_workload[0],
+             request.seq_len or profile.reference_workload[1])
+        plan_candidates(profile, profile.budget_ms(request.budget, w, request.percentile),
+                        request.device, request.precision, w, request.percentile)
     evaluation = None
     if request.evaluation is not None:
         head = config.task_head if config is not None else None

@@ -193,6 +193,17 @@ def model_tokenizer(config, tokenizer_files: dict[str, bytes], max_length: int,
                             min(max_length, config.max_tokens), config.pad_token_id, fixed)
 
 
+def token_lengths(config, tokenizer_files: dict[str, bytes], texts, pairs=None
+                  ) -> list[int] | None:
+    """Tokens per text (or pair) as a bundle serves it: its own tokenizer, cut at the model's
+    positions; None when the files hold no tokenizer.json."""
+    tok = model_tokenizer(config, tokenizer_files, config.max_tokens)
+    if tok is None:
+        return None
+    items = list(texts) if pairs is None else list(zip(texts, pairs))
+    return [sum(e.attention_mask) for e in tok.encode_batch(items)]
+
+
 def text_feeds(config, tok, texts, pairs=None) -> dict:
     """The model's int64 inputs by name (numpy) for ``texts``, or for text pairs when
     ``pairs`` is given, through ``tok`` (``model_tokenizer``)."""

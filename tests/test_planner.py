@@ -300,7 +300,7 @@ def test_auto_keeps_the_candidate_closest_to_the_full_model(profile, supernet, t
     on_disk = json.loads((tmp_path / "b" / "shaper.json").read_text())
     assert on_disk["plan"]["candidates"] == plan["candidates"]
     assert plan["batch"] == 1 and plan["seq_len"] == 16
-    assert plan["workload_source"] == "profile reference size"
+    assert plan["workload_source"] == "the profile's reference size" and plan["inputs"] is None
     assert "random token ids" in plan["calibration"]
 
 
@@ -1217,3 +1217,34 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
                                "times its x1.05 margin"), r.output
     r = CliRunner().invoke(main, search[:5] + ["--precision", "int8"])
     assert r.exit_code == 2 and "--precision go with a profile" in r.stderr
+
+
+def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_path):
+    """Texts given (--calibration or --eval) and no --seq-len: the budget is for the longest
+    of them in tokens as served, so every request of texts like these runs at or under the
+    length promised. A --seq-len shorter than some of them is kept, and the plan says how
+    many run longer than the promise."""
+    from .conftest import tiny_tokenizer_json
+
+    supernet.tokenizer_files = {"tokenizer.json": tiny_tokenizer_json().encode()}
+    texts = ["the model is fast"] * 5 + [" ".join(["the small bert model on device"] * 2)]
+    # [CLS] + 4 words + [SEP]; the long one 2 x 6 words + 2 (the tokenizer's whole words)
+    budget = _budget_for(profile, "fp32", 2, workload=(1, 14))
+    notes = []
+    m = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
+                          calibration=texts, measure=Scripted(profile, {"fp32": 1.0}),
+                          progress=notes.append)
+    plan = m.plan
+    assert (plan["batch"], plan["seq_len"]) == (1, 14), notes
+    assert plan["workload_source"] == "the longest of the 6 texts of --calibration"
+    assert plan["inputs"]["longest"] == 14 and plan["inputs"]["longer"] == 0
+    assert any(n.startswith("no --seq-len given: the budget is for 14 tokens") for n in notes)
+    notes.clear()
+    m = export_for_budget(supernet, budget, profile, tmp_path / "c", precision="fp32",
+                          workload=(None, 8), calibration=texts,
+                          measure=Scripted(profile, {"fp32": 1.0}), progress=notes.append)
+    assert (m.plan["seq_len"], m.plan["workload_source"], m.plan["inputs"]["longer"]) == (
+        8, "given", 1)
+    assert ("NOTE: 1 of the 6 texts of --calibration (16.7%) are longer than the 8 tokens the "
+            "budget is for (the longest: 14); served, they run slower than the promise (leave "
+            "out --seq-len to plan for them all)") in notes
