@@ -176,6 +176,15 @@ def predicted_by(profile, path: Path, differences: list[str]) -> str:
             + (f", FOR ANOTHER MACHINE ({'; '.join(differences)})" if differences else ""))
 
 
+def said_chosen(doing: str, path: Path, which: str) -> None:
+    """On stderr, the profile a command chose where none was given (``chosen_here``):
+    ``<doing> with <path>, the profile of this machine <which> in profiles/ (...)``."""
+    from shaper_deploy.profiling.catalog import PROFILES_ROOT
+
+    progress(f"{doing} with {path}, the profile of this machine {which} in {PROFILES_ROOT}/ "
+             "(profiles list marks it; --profile chooses another)")
+
+
 def profile_here(space, device: str, supernet: Path) -> Path:
     """A latency budget given without --profile: the profile ``profiles list`` marks for this
     machine and ``space`` in ./profiles, said on stderr; none is a one-line error saying how
@@ -191,9 +200,7 @@ def profile_here(space, device: str, supernet: Path) -> Path:
             f"says why): make one, shaperctl profile --device {device} --supernet {supernet} "
             f"--out P (add --from {PROFILES_ROOT} for a transfer in a few minutes), then pass "
             "--profile P")
-    progress(f"no --profile given: planning with {found.path}, the profile of this machine "
-             f"for this design space in {PROFILES_ROOT}/ (profiles list marks it; --profile "
-             "chooses another)")
+    said_chosen("no --profile given: planning", found.path, "for this design space")
     return found.path
 
 
@@ -222,7 +229,6 @@ def profile_holding(shape_text: str, device: str) -> Path:
                f"no reliable {device} profile of this machine whose design space holds shape "
                f"{shape_text!r:.60}") + f" (this machine's there: {spaces}); pass --profile P, "
             f"or make one: shaperctl profile --device {device} --supernet S --out P")
-    progress(f"no --profile given: predicting with {holding[0].path}, the profile of this "
-             f"machine whose design space holds the shape in {PROFILES_ROOT}/ (profiles list "
-             "marks it; --profile chooses another)")
+    said_chosen("no --profile given: predicting", holding[0].path,
+                "whose design space holds the shape")
     return holding[0].path

@@ -9,7 +9,7 @@ import click
 from shaper_deploy.runtime import DEVICES
 from shaper_deploy.serving import POOLINGS
 
-from .common import emit, json_option, progress, table
+from .common import emit, json_option, progress, said_chosen, table
 
 model_option = click.option(
     "--model", "model_file", default=None,
@@ -303,7 +303,7 @@ def _profile_to_measure_with(bundle: Path, manifest, device: str, profile_path: 
     the plan's, where it is here; else (a bundle copied to its target device alone, or
     measured from another folder) the one ``profiles list`` marks for this machine and the
     bundle's design space in ./profiles, said on stderr; else None."""
-    from shaper_deploy.profiling.catalog import PROFILES_ROOT, profile_for_here
+    from shaper_deploy.profiling.catalog import profile_for_here
     from shaper_deploy.profiling.predictor import DeviceProfile
     from shaper_deploy.shape import DesignSpace
 
@@ -312,9 +312,8 @@ def _profile_to_measure_with(bundle: Path, manifest, device: str, profile_path: 
         return DeviceProfile.load(profile_path or planned)
     found = profile_for_here(DesignSpace.from_dict(manifest.design_space), device)
     if found is not None:
-        progress(f"the plan's profile {planned} is not here: measuring with {found.path}, the "
-                 f"profile of this machine for the bundle's design space in {PROFILES_ROOT}/ "
-                 "(profiles list marks it; --profile chooses another)")
+        said_chosen(f"the plan's profile {planned} is not here: measuring", found.path,
+                    "for the bundle's design space")
     return found
 
 

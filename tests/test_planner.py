@@ -1248,3 +1248,19 @@ def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_pa
     assert ("NOTE: 1 of the 6 texts of --calibration (16.7%) are longer than the 8 tokens the "
             "budget is for (the longest: 14); served, they run slower than the promise (leave "
             "out --seq-len to plan for them all)") in notes
+
+
+def test_families_that_all_reach_one_shape_are_one_line():
+    """The screen's table: where the budget lets every family reach the same shape (a loose
+    int8 budget: the full one), one line says so instead of eight identical entries."""
+    from shaper_deploy.cli.export import candidates_table
+
+    row = lambda family, shape, score: {"family": family, "shape": shape,  # noqa: E731
+                                        "params": 23_600_000, "score": score}
+    plan = {"percentile": 90, "fidelity_metric": "accuracy on val.csv", "candidates": [],
+            "families": {"screened_on": "the first 512 of val.csv", "by_precision": {
+                "fp32": [row("cigar", [300, 240], 0.61), row("rectangle", [264, 264], 0.66)],
+                "int8": [row(f, [384, 384], 0.7227) for f in ("cigar", "rectangle", "bottle")]}}}
+    lines = candidates_table(plan).splitlines()
+    assert lines[-2:] == ["  fp32      rectangle 0.6600 (23.6M), cigar 0.6100 (23.6M)",
+                          "  int8      every family: 384,384 0.7227 (23.6M)"]
