@@ -140,10 +140,13 @@ def supernet(supernet_path: Path, data_path: Path, objective: str, steps: int, o
 @click.option("--supernet", "supernet_path", required=True, type=click.Path(path_type=Path),
               help="The (trained) super network whose shapes to measure.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Held-out text: a .txt file or a folder of them.")
+              help="Held-out text: a .txt file or a folder of them; with --metric task, "
+                   "labelled data (.csv, .tsv, .jsonl) with the task network's columns.")
 @click.option("--metric", type=click.Choice(list(QUALITY_METRICS)), default="cosine",
               show_default=True,
-              help="Embedding cosine to the full network, or masked-LM perplexity.")
+              help="Embedding cosine to the full network, masked-LM perplexity, or a task "
+                   "network's own metric on labelled --data (accuracy; Pearson for a "
+                   "regression), as export --eval screens shapes.")
 @click.option("--samples", default=200, show_default=True, type=int,
               help="Shapes to measure, spread over the parameter range.")
 @click.option("--seq-len", default=128, show_default=True, type=int)
@@ -180,10 +183,26 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
     model = load_supernet(supernet_path, widths)
     if "tokenizer.json" not in model.tokenizer_files:
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
-    corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"], seq_len,
-                      0.5, model.config)
-    shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress)
-    predictor = fit_quality(shapes, values, metric)
+    corpus, judge, measured_on = None, None, None
+    if metric == "task":
+        from shaper_deploy.judge import SCREEN_ROWS, make_judge
+        from shaper_deploy.taskdata import read_task_data
+
+        head = model.config.task_head
+        if head is None:
+            raise click.ClickException(f"--metric task needs a task super network (shaperctl "
+                                       f"train task); {supernet_path} has no task head")
+        data = read_task_data(data_path, head.text_column, head.label_column,
+                              head.pair_column or None, head.problem == "regression")
+        judge = make_judge(model, "text-classification", None, seq_len, data)
+        measured_on = (f"{judge.metric}, the first {min(SCREEN_ROWS, judge.rows)} of "
+                       f"{judge.rows} rows at {seq_len} tokens, PyTorch fp32")
+    else:
+        corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"],
+                          seq_len, 0.5, model.config)
+    shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress,
+                                     judge=judge)
+    predictor = fit_quality(shapes, values, metric, measured_on=measured_on)
     with atomic_dir(out, force) as tmp:  # the folder appears whole, or not at all
         predictor.save(tmp)
         atomic_write_bytes(tmp / "measurements.json", (json.dumps(
@@ -191,7 +210,8 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
              for s, v in zip(shapes, values)], indent=1) + "\n").encode())
     h = predictor.meta["held_out"]
     emit({"out": str(out), **predictor.meta}, as_json, lambda d: table([
-        ("predictor", f"{out} ({metric}, {d['trained_on']} shapes fitted)"),
+        ("predictor", f"{out} ({d.get('measured_on', metric)}; {d['trained_on']} shapes "
+                      "fitted)"),
         ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)")]))
 
 
@@ -419,8 +439,9 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
             "quality_predictor_held_out": held, "latency_limit": latency_limit,
             "profile": None if profile_path is None else str(profile_path)}
     b = result.best
-    label = ("fidelity (cosine to the full model)" if model.meta["metric"] == "cosine"
-             else model.meta["metric"])
+    label = {"cosine": "fidelity (cosine to the full model)",
+             "task": model.meta.get("measured_on", "task metric").split(",")[0]}.get(
+        model.meta["metric"], model.meta["metric"])
     emit(data, as_json, lambda d: table(heading + [
         ("best", f"{','.join(map(str, b.shape.widths))} ({b.params / 1e6:.1f}M params, "
                  f"predicted {label} {b.quality:.4f}"

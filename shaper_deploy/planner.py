@@ -256,7 +256,7 @@ def export_dropped(supernet) -> Callable[[Shape], list[str]]:
 
 def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile,
                       out: str | Path, device: str = "cpu", precision: str = "auto",
-                      workload: tuple[int, int] | None = None,
+                      workload: tuple[int | None, int | None] | None = None,
                       options: ExportOptions = ExportOptions(),
                       calibration: Sequence[str] | None = None, force: bool = False,
                       allow_unreliable: bool = False, max_exports: int = 4,
@@ -272,6 +272,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     ``families``: the shape families drawn from (default every one in
     ``templates.PLAN_FAMILIES``); with more than one, each precision exports the family whose
     fitting shape the judge scores best in PyTorch (:func:`choose_family`).
+    ``workload``: (batch, length), either None for the default (``_workload``: the length
+    of the longest text given, else the profile's reference size).
     ``evaluation``: labelled data of a task network's task; candidates are then judged by
     the task's metric on it (:func:`make_judge`). ``teacher``: the task's full model
     fine-tuned alone (``train task``'s ``teacher/``), a candidate at its full shape in every

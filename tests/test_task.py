@@ -424,3 +424,41 @@ def test_the_sandwich_phase_has_its_own_peak_learning_rate():
         replace(config, sandwich_lr=0.0)
     with pytest.raises(TrainingError, match="--sandwich-lr is the sandwich phase's"):
         TaskConfig(full_steps=5, steps=0, shape=(60, 60, 60), sandwich_lr=1e-4)
+
+
+def test_a_quality_predictor_of_task_accuracy_and_a_search_by_it(trained, tmp_path):
+    """``train quality --metric task``: each sampled shape's accuracy on the labelled file in
+    PyTorch, as export --eval screens shapes (judge.screen); search then maximizes the
+    predicted accuracy. A network without a task head is refused in one line."""
+    from shaper_deploy.judge import make_judge
+    from shaper_deploy.templates import sample_shapes
+
+    root, _ = trained
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "quality", "--supernet", str(root / "out" / "supernet"),
+                             "--data", str(root / "val.jsonl"), "--metric", "task",
+                             "--samples", "16", "--seq-len", "16", "--out", str(tmp_path / "q"),
+                             "--json"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads(r.stdout)
+    assert meta["metric"] == "task" and meta["higher_is_better"] is True
+    assert meta["measured_on"] == (f"accuracy on {root / 'val.jsonl'}, the first 120 of 120 "
+                                   "rows at 16 tokens, PyTorch fp32")
+    measured = json.loads((tmp_path / "q" / "measurements.json").read_text())
+    net = load_supernet(root / "out" / "supernet")
+    judge = make_judge(net, "text-classification", None, 16,
+                       read_task_data(root / "val.jsonl", **COLS))
+    shape = sample_shapes(PLAN_SPACE, 16, 0)[3]  # what the command sampled, in order
+    assert measured[3]["shape"] == list(shape.widths)
+    assert measured[3]["task"] == pytest.approx(judge.screen(net, shape))
+    assert max(m["task"] for m in measured) >= 0.85  # the large shapes classify
+    r = runner.invoke(main, ["search", "--supernet", str(root / "out" / "supernet"),
+                             "--quality-predictor", str(tmp_path / "q"), "--iterations", "3"])
+    assert r.exit_code == 0, r.output
+    assert f"predicted accuracy on {root / 'val.jsonl'} " in r.stdout
+    r = runner.invoke(main, ["train", "quality", "--supernet", str(root / "super"), "--data",
+                             str(root / "val.jsonl"), "--metric", "task", "--out",
+                             str(tmp_path / "q2")])
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"Error: --metric task needs a task super network (shaperctl train task); "
+        f"{root / 'super'} has no task head")

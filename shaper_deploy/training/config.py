@@ -13,7 +13,9 @@ from ..runtime import RUNTIMES
 from ..supernet.config import ORDERS
 
 OBJECTIVES = ("mlm", "distill")
-QUALITY_METRICS = {"cosine": True, "perplexity": False}  # quality metric -> higher is better
+# quality metric -> higher is better; task: a task network's accuracy (Pearson for a
+# regression) on labelled data
+QUALITY_METRICS = {"cosine": True, "perplexity": False, "task": True}
 DEVICES = ("auto", *RUNTIMES)  # auto: cuda when a GPU is usable, else cpu
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively
 

@@ -4,7 +4,9 @@ Metrics:
 
 * ``cosine``: mean cosine between the shape's and the full network's mean-pooled sentence
   embeddings (for encoders trained by distillation, such as all-MiniLM-L6-v2);
-* ``perplexity``: exp of the mean masked-LM loss (the paper's), lower is better.
+* ``perplexity``: exp of the mean masked-LM loss (the paper's), lower is better;
+* ``task``: a task network's metric on labelled data (accuracy, or Pearson for a regression),
+  in PyTorch fp32 on the first rows, as the planner screens shapes (``judge.Judge.screen``).
 
 The quality predictor is XGBoost on (per-layer widths, parameters), saved as ``.ubj`` beside a
 JSON file with the metric, design space and held-out R^2 and Spearman correlation.
@@ -21,7 +23,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from ..errors import TrainingError
 from ..fidelity import embedding_fidelity
@@ -48,7 +50,8 @@ class HeldOutQuality(TypedDict):
 class QualityMeta(TypedDict):
     """``quality.json``, written by :func:`fit_quality` (the booster is ``quality.ubj``)."""
     format: str
-    metric: Literal["cosine", "perplexity"]
+    metric: Literal["cosine", "perplexity", "task"]
+    measured_on: NotRequired[str]  # what the metric was measured on, in words
     higher_is_better: bool
     design_space: dict[str, Any]  # a DesignSpace, checked by its own schema
     features: str
@@ -65,6 +68,9 @@ def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus
     """The metric of every shape on (up to ``max_blocks``) held-out blocks; ``measured``
     is told how many are done after each."""
     check_choice("quality metric", metric, METRICS)
+    if metric == "task":
+        raise TrainingError("the task metric is measured on labelled data: quality_dataset "
+                            "with a judge (shaperctl train quality --metric task)")
     supernet.eval()
     ids = corpus.val[:max_blocks]
     if metric == "cosine":  # the planner's fidelity (shaper_deploy.fidelity), unpadded blocks
@@ -152,7 +158,7 @@ class QualityPredictor:
 
 
 def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
-                held_out: float = 0.25) -> QualityPredictor:
+                held_out: float = 0.25, measured_on: str | None = None) -> QualityPredictor:
     """XGBoost on the shapes' widths and parameters; held-out R^2 and Spearman recorded."""
     import xgboost as xgb
     from scipy.stats import spearmanr
@@ -173,13 +179,16 @@ def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
             "held_out": {"n": int(test.sum()),
                          "r2": 1 - float(((y[test] - pred) ** 2).sum()) / ss_tot if ss_tot else None,
                          "spearman": float(spearmanr(y[test], pred).statistic)}}
+    if measured_on:
+        meta["measured_on"] = measured_on
     return QualityPredictor(booster, meta)
 
 
-def quality_dataset(supernet: SuperBert, corpus: Corpus, metric: str, samples: int,
-                    seed: int = 0, progress: Callable[[str], None] | None = None
-                    ) -> tuple[list[Shape], list[float]]:
-    """Measure ``samples`` shapes spread over the parameter range."""
+def quality_dataset(supernet: SuperBert, corpus: Corpus | None, metric: str, samples: int,
+                    seed: int = 0, progress: Callable[[str], None] | None = None,
+                    judge=None) -> tuple[list[Shape], list[float]]:
+    """Measure ``samples`` shapes spread over the parameter range: on ``corpus`` (cosine,
+    perplexity), or by ``judge`` (task: the planner's ``judge.Judge`` of labelled data)."""
     note = progress or (lambda message: None)
     shapes = sample_shapes(supernet.config.space, samples, seed)
     start = time.monotonic()
@@ -190,4 +199,10 @@ def quality_dataset(supernet: SuperBert, corpus: Corpus, metric: str, samples: i
             note(f"[{done}/{len(shapes)}] shapes measured  {rate:.2f} shapes/s  "
                  f"ETA {_duration((len(shapes) - done) / rate)}")
 
-    return shapes, measure_quality(supernet, shapes, corpus, metric, measured=measured)
+    if metric != "task":
+        return shapes, measure_quality(supernet, shapes, corpus, metric, measured=measured)
+    values = []
+    for shape in shapes:
+        values.append(judge.screen(supernet, shape))
+        measured(len(values))
+    return shapes, values
