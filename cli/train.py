@@ -439,6 +439,14 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
             "quality_predictor_held_out": held, "latency_limit": latency_limit,
             "profile": None if profile_path is None else str(profile_path)}
     b = result.best
+    # what to run next: the best shape exported, its latency predicted by the same profile
+    data["export"] = " ".join(
+        ["shaperctl export --supernet", str(supernet_path), "--shape",
+         ",".join(map(str, b.shape.widths))]
+        + (["--task text-classification"] if model.meta["metric"] == "task" else [])
+        + (["--int8"] if profile_path is not None and precision == "int8" else [])
+        + ([f"--profile {profile_path} --percentile {percentile:g}"]
+           if profile_path is not None else []) + ["--out DIR"])
     label = {"cosine": "fidelity (cosine to the full model)",
              "task": model.meta.get("measured_on", "task metric").split(",")[0]}.get(
         model.meta["metric"], model.meta["metric"])
@@ -448,6 +456,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
                  + (f", {b.latency_ms:.2f} ms predicted with margin" if b.latency_ms is not None
                     else "") + ")"),
         ("predictor", f"quality predictor held-out R^2 {held['r2']:.3f}, Spearman "
-                      f"{held['spearman']:.3f} ({held['n']} shapes); measure the chosen shape "
-                      "with shaperctl export + run --compare"),
-        ("pareto front", f"{len(d['pareto'])} shapes; {d['evaluated']} evaluated")]))
+                      f"{held['spearman']:.3f} ({held['n']} shapes): a prediction; measure the "
+                      "export (run --compare, or export --latency's judge)"),
+        ("pareto front", f"{len(d['pareto'])} shapes; {d['evaluated']} evaluated"),
+        ("export", d["export"])]))

@@ -1211,6 +1211,9 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
     assert d["best"]["latency_ms"] == pytest.approx(float(profile.predict(
         [best], "int8", 2, 16, 90.0, [dropped(best)])[0]) * profile.margin("int8"))
     assert d["best"]["latency_ms"] <= limit
+    assert d["export"] == (f"shaperctl export --supernet {tmp_path / 'super'} --shape "
+                           f"{','.join(map(str, best.widths))} --int8 --profile "
+                           f"{profile.path} --percentile 90 --out DIR")
     r = CliRunner().invoke(main, search)
     assert r.stdout.startswith(f"latency       p90 <= {limit:.2f} ms (80% of the full fp32 "
                                f"model) at batch 2 x 16 in int8, predicted by {profile.path} "
