@@ -193,8 +193,9 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
             raise click.ClickException(f"--metric task needs a task super network (shaperctl "
                                        f"train task); {supernet_path} has no task head")
         data = read_task_data(data_path, head.text_column, head.label_column,
-                              head.pair_column or None, head.problem == "regression")
-        judge = make_judge(model, "text-classification", None, seq_len, data)
+                              head.pair_column or None, head.problem == "regression",
+                              trained_on=f"task network {supernet_path}")
+        judge = make_judge(model, "text-classification", None, seq_len, data, option="--data")
         measured_on = (f"{judge.metric}, the first {min(SCREEN_ROWS, judge.rows)} of "
                        f"{judge.rows} rows at {seq_len} tokens, PyTorch fp32")
     else:

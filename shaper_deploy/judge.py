@@ -124,7 +124,7 @@ class Judge:
 
 
 def make_judge(supernet, task: str, calibration: Sequence[str] | None, seq_len: int,
-               evaluation: TaskData | None = None) -> Judge:
+               evaluation: TaskData | None = None, option: str = "--eval") -> Judge:
     """The planner's judge: fidelity to the full fp32 model on calibration text; for a task
     network with ``evaluation`` data, the task's metric on it (accuracy, or Pearson for a
     regression); without, agreement with the full model's labels (or Pearson with its
@@ -136,11 +136,11 @@ def make_judge(supernet, task: str, calibration: Sequence[str] | None, seq_len: 
     if task == "text-classification" and evaluation is not None:
         head_d = supernet.config.to_dict()["task_head"]
         if (evaluation.pairs is None) != (not head.pair_column):
-            raise PlannerError(f"--eval file {evaluation.path} must have the columns the task "
+            raise PlannerError(f"{option} file {evaluation.path} must have the columns the task "
                                f"network was trained on ({head.text_column}, "
                                f"{head.pair_column + ', ' if head.pair_column else ''}"
                                f"{head.label_column})")
-        y = np.asarray(targets(evaluation, head.labels, "--eval file"))
+        y = np.asarray(targets(evaluation, head.labels, f"{option} file"))
         feeds, refs = [], []
         for start in range(0, len(y), EVAL_CHUNK):
             end = start + EVAL_CHUNK

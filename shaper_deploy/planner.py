@@ -406,7 +406,8 @@ def _workload(supernet, profile: DeviceProfile, workload: tuple[int | None, int 
     if seq_len is None and lengths:
         shortest = min(s for _, s in profile.model.grid)
         seq_len = max(max(lengths), shortest)
-        source = f"the longest of the {len(lengths):,} texts of {texts[2]}"
+        source = (f"the longest of the {len(lengths):,} texts of {texts[2]}" if len(lengths) > 1
+                  else f"the one text of {texts[2]}")
         note(f"no --seq-len given: the budget is for {seq_len} tokens, {source} in tokens "
              f"(median {statistics.median(lengths):g})")
     elif seq_len is None:
@@ -617,7 +618,8 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
             raise PlannerError(f"--eval needs a task super network (shaperctl train task); "
                                f"{supernet_path} has no task head")
         evaluation = read_task_data(request.evaluation, head.text_column, head.label_column,
-                                    head.pair_column or None, head.problem == "regression")
+                                    head.pair_column or None, head.problem == "regression",
+                                    trained_on=f"task network {supernet_path}")
     note(f"loading {supernet_path}")
     model = load_supernet(supernet_path, widths)
     teacher = None

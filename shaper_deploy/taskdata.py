@@ -41,9 +41,12 @@ def targets(data: TaskData, labels: tuple[str, ...], what: str) -> list[int] | l
 
 
 def read_task_data(path: str | Path, text_column: str = "text", label_column: str = "label",
-                   pair_column: str | None = None, regression: bool = False) -> TaskData:
+                   pair_column: str | None = None, regression: bool = False,
+                   trained_on: str | None = None) -> TaskData:
     """A CSV/TSV (by extension, with a header row) or JSON-lines file of labelled texts; every
-    problem is one DataError line naming the file, row and what is allowed."""
+    problem is one DataError line naming the file, row and what is allowed. ``trained_on``:
+    held-out data of a task network (its name), whose columns are the ones it was trained on
+    (not options of the command) and which may hold one label only."""
     path = Path(path)
     sep = FORMATS.get(path.suffix.lower(), "missing")
     if sep == "missing":
@@ -80,9 +83,11 @@ def read_task_data(path: str | Path, text_column: str = "text", label_column: st
     wanted = [c for c in (text_column, pair_column, label_column) if c]
     missing = [c for c in wanted if c not in rows[0]]
     if missing:
+        fix = (f"{trained_on} reads the columns it was trained on, {', '.join(wanted)}: name "
+               "the file's so" if trained_on else
+               "name them with --text-column, --pair-column, --label-column")
         raise DataError(f"{path} has no column {missing[0]!r}; its columns: "
-                            f"{', '.join(map(str, rows[0]))[:200]} (name them with "
-                            "--text-column, --pair-column, --label-column)")
+                        f"{', '.join(map(str, rows[0]))[:200]} ({fix})")
     texts, pairs, labels = [], [] if pair_column else None, []
     for n, row in enumerate(rows, 2 if sep is not None else 1):
         values = [row.get(c) for c in wanted]
@@ -104,7 +109,7 @@ def read_task_data(path: str | Path, text_column: str = "text", label_column: st
             labels.append(score)
         else:
             labels.append(str(label).strip())
-    if not regression and len(set(labels)) < 2:
+    if not regression and len(set(labels)) < 2 and not trained_on:
         raise DataError(f"{path} has one label only ({labels[0]!r}); a classifier needs "
                             "at least two")
     return TaskData(texts, pairs, labels, str(path))

@@ -462,3 +462,17 @@ def test_a_quality_predictor_of_task_accuracy_and_a_search_by_it(trained, tmp_pa
     assert r.exit_code == 1 and r.stderr.strip() == (
         f"Error: --metric task needs a task super network (shaperctl train task); "
         f"{root / 'super'} has no task head")
+    # held-out data is read with the network's own columns, named as such, and its option
+    (tmp_path / "cols.csv").write_text("text,label\nthe model is fast,fresh\n")
+    (tmp_path / "one.csv").write_text("review,sentiment\nthe model is fast,great\n")
+    quality = ["train", "quality", "--supernet", str(root / "out" / "supernet"), "--metric",
+               "task", "--out", str(tmp_path / "q3"), "--data"]
+    r = runner.invoke(main, quality + [str(tmp_path / "cols.csv")])
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"Error: {tmp_path / 'cols.csv'} has no column 'review'; its columns: text, label (task "
+        f"network {root / 'out' / 'supernet'} reads the columns it was trained on, review, "
+        "sentiment: name the file's so)")
+    r = runner.invoke(main, quality + [str(tmp_path / "one.csv")])  # one label is no error
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"Error: --data file {tmp_path / 'one.csv'} has label(s) great that the training data "
+        "does not; allowed: fresh, rotten")
