@@ -420,7 +420,8 @@ def _workload(supernet, profile: DeviceProfile, workload: tuple[int | None, int 
                   "said": f"{longer:,} of the {len(lengths):,} texts of {texts[2]} "
                           f"({longer / len(lengths):.1%}) are longer than the {seq_len} tokens "
                           f"the budget is for (the longest: {max(lengths)}); served, they run "
-                          "slower than the promise (leave out --seq-len to plan for them all)"}
+                          f"slower than the promise, and they were judged cut at {seq_len} "
+                          "tokens (leave out --seq-len to plan for them all)"}
     return batch or profile.reference_workload[0], seq_len, source, inputs
 
 

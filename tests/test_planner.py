@@ -1249,8 +1249,8 @@ def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_pa
     assert (m.plan["seq_len"], m.plan["workload_source"], m.plan["inputs"]["longer"]) == (
         8, "given", 1)
     assert ("NOTE: 1 of the 6 texts of --calibration (16.7%) are longer than the 8 tokens the "
-            "budget is for (the longest: 14); served, they run slower than the promise (leave "
-            "out --seq-len to plan for them all)") in notes
+            "budget is for (the longest: 14); served, they run slower than the promise, and "
+            "they were judged cut at 8 tokens (leave out --seq-len to plan for them all)") in notes
 
 
 def test_families_that_all_reach_one_shape_are_one_line():
