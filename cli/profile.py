@@ -414,7 +414,8 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
       shaperctl profiles list profiles
     """
     from shaper_deploy.errors import ShaperError
-    from shaper_deploy.profiling.fingerprint import cpu_name, device_fingerprint
+    from shaper_deploy.profiling.fingerprint import (cpu_name, device_fingerprint, differing_fields,
+                                                     fingerprint_differences)
     from shaper_deploy.profiling.catalog import PROFILES_ROOT, chosen_here, profiles_in
     from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
@@ -428,9 +429,11 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
             readable.append(p)
             fp = p.header.fingerprint
             try:
-                diffs = p.foreign_fields()
+                here = device_fingerprint(p.device)
+                diffs = fingerprint_differences(fp, here)
+                fields = differing_fields(fp, here)
             except ShaperError as exc:  # e.g. a cuda profile on a machine without a GPU
-                diffs = [str(exc)]
+                diffs = fields = [str(exc)]
             found.append({"path": str(p.path), "device": fp["device"],
                           "cpu_model": fp["cpu_model"], "cpu_id": fp.get("cpu_id"),
                           "isa": fp.get("isa"),
@@ -439,6 +442,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                           "mape": {k: p.model.metrics[k]["held_out"]["mape"]
                                    for k in p.precisions},
                           "matches_this_machine": not diffs, "differences": diffs,
+                          "differing_fields": fields,
                           "created": p.header.created})
     chosen = {str(p.path) for device in {p.device for p in readable}
               for p in chosen_here(readable, device).values()}  # per device and design space
@@ -448,9 +452,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     def here_cell(p: dict) -> str:
         if p["matches_this_machine"]:
             return "USE HERE" if p["use_here"] else "this machine"
-        fields = [d.partition(":")[0] if " " not in d.partition(":")[0] else d
-                  for d in p["differences"]]
-        return "another: " + ", ".join(fields)
+        return "another: " + ", ".join(p["differing_fields"])
 
     def text(d: dict) -> str:
         listed = [p for p in d["profiles"] if "error" not in p]

@@ -622,6 +622,9 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert older.endswith("  USE HERE" if DeviceProfile.load(tiny_profile).trust["reliable"]
                           else "  this machine"), older
     assert other.endswith("  another: cpu_id") and "OtherVendor family 99 model 1" in other
+    fields = {Path(p["path"]).name: p["differing_fields"] for p in json.loads(runner.invoke(
+        main, ["profiles", "list", str(tmp_path / "gen"), "--json"]).stdout)["profiles"]}
+    assert fields == {"older": [], "other-generation": ["cpu_id"]}
     assert "\nanother: the fingerprint fields that differ" in gen.stdout
     assert "no profile here" not in gen.stdout
     # only other machines' profiles: the hint is a transfer from the whole folder

@@ -55,11 +55,16 @@ def cpu_name(fp: dict[str, Any]) -> str:
     return fp["cpu_model"] + (f" ({fp['cpu_id']})" if fp.get("cpu_id") else "")
 
 
-def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The device fields on which two fingerprints disagree, as readable phrases (a field
-    that one of them predates is not compared)."""
-    return [_difference(k, a.get(k), b.get(k)) for k in DEVICE_KEYS
+def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The device fields on which two fingerprints disagree (a field that one of them
+    predates is not compared)."""
+    return [k for k in DEVICE_KEYS
             if a.get(k) != b.get(k) and (k not in LATER_KEYS or (k in a and k in b))]
+
+
+def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``differing_fields`` as readable phrases."""
+    return [_difference(k, a.get(k), b.get(k)) for k in differing_fields(a, b)]
 
 
 def _difference(key: str, a: Any, b: Any) -> str:
