@@ -178,7 +178,8 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
     from shaper_deploy.io import atomic_dir, atomic_write_bytes
     from shaper_deploy.supernet import load_supernet
     from shaper_deploy.training.data import read_texts, tokenize
-    from shaper_deploy.training.quality import fit_quality, quality_dataset
+    from shaper_deploy.training.quality import (MAX_BLOCKS, draw_quality, fit_quality,
+                                                quality_dataset)
 
     model = load_supernet(supernet_path, widths)
     if "tokenizer.json" not in model.tokenizer_files:
@@ -201,6 +202,10 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
     else:
         corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"],
                           seq_len, 0.5, model.config)
+        measured_on = (("mean cosine of mean-pooled embeddings to the full network" if
+                        metric == "cosine" else "masked-LM perplexity")
+                       + f", {min(MAX_BLOCKS, len(corpus.val))} blocks of {seq_len} tokens of "
+                         f"{data_path}, PyTorch fp32")
     shapes, values = quality_dataset(model, corpus, metric, samples, progress=progress,
                                      judge=judge)
     predictor = fit_quality(shapes, values, metric, measured_on=measured_on)
@@ -209,11 +214,13 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
         atomic_write_bytes(tmp / "measurements.json", (json.dumps(
             [{"shape": list(s.widths), "params": s.params(), metric: v}
              for s, v in zip(shapes, values)], indent=1) + "\n").encode())
+        draw_quality(tmp, shapes, values, predictor)
     h = predictor.meta["held_out"]
     emit({"out": str(out), **predictor.meta}, as_json, lambda d: table([
         ("predictor", f"{out} ({d.get('measured_on', metric)}; {d['trained_on']} shapes "
                       "fitted)"),
-        ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)")]))
+        ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)"),
+        ("plot", str(out / "quality.png"))]))
 
 
 @train.command("task")

@@ -106,6 +106,9 @@ def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer, monkeypa
                              "--seq-len", "32", "--out", str(tmp_path / "q"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["metric"] == "cosine"
+    assert json.loads(r.stdout)["measured_on"] == (
+        "mean cosine of mean-pooled embeddings to the full network, "
+        f"32 blocks of 32 tokens of {tmp_path / 'val.txt'}, PyTorch fp32")
     again = ["train", "quality", "--supernet", str(tmp_path / "super"), "--data",
              str(tmp_path / "val.txt"), "--samples", "8", "--seq-len", "32", "--out",
              str(tmp_path / "q")]
@@ -114,7 +117,7 @@ def test_cli_quality_and_search(tmp_path, tiny_supernet_with_tokenizer, monkeypa
     r = runner.invoke(main, again + ["--force", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["trained_on"] < 8, r.output
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
-        "measurements.json", "quality.json", "quality.ubj"]
+        "measurements.json", "quality.json", "quality.png", "quality.ubj"]
     assert "[8/8] shapes measured" in r.stderr and "shapes/s  ETA 0 s" in r.stderr
     r = runner.invoke(main, ["search", "--supernet", str(tmp_path / "super"),
                              "--quality-predictor", str(tmp_path / "q"), "--params", "40K",

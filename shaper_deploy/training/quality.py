@@ -38,6 +38,7 @@ from .data import Corpus
 from .sandwich import _duration, mask_tokens
 
 METRICS = QUALITY_METRICS
+MAX_BLOCKS = 64  # held-out blocks a shape's cosine or perplexity is measured on
 FORMAT = "shaper-deploy/quality-predictor"
 
 
@@ -63,7 +64,7 @@ class QualityMeta(TypedDict):
 
 @torch.no_grad()
 def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus,
-                    metric: str, max_blocks: int = 64,
+                    metric: str, max_blocks: int | None = None,
                     measured: Callable[[int], None] = lambda done: None) -> list[float]:
     """The metric of every shape on (up to ``max_blocks``) held-out blocks; ``measured``
     is told how many are done after each."""
@@ -72,7 +73,7 @@ def measure_quality(supernet: SuperBert, shapes: Sequence[Shape], corpus: Corpus
         raise TrainingError("the task metric is measured on labelled data: quality_dataset "
                             "with a judge (shaperctl train quality --metric task)")
     supernet.eval()
-    ids = corpus.val[:max_blocks]
+    ids = corpus.val[:max_blocks or MAX_BLOCKS]
     if metric == "cosine":  # the planner's fidelity (shaper_deploy.fidelity), unpadded blocks
         mask = np.ones(tuple(ids.shape), dtype=np.int64)
         full = supernet(ids).last_hidden_state.numpy()
@@ -182,6 +183,50 @@ def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
     if measured_on:
         meta["measured_on"] = measured_on
     return QualityPredictor(booster, meta)
+
+
+QUALITY_PLOT = "quality.png"
+
+
+def draw_quality(folder: Path, shapes: Sequence[Shape], values: Sequence[float],
+                 predictor: QualityPredictor) -> None:
+    """``quality.png``: every measured shape's metric against its parameters, and the held-out
+    shapes' predictions against their measurements, titled with the held-out R^2 and Spearman
+    correlation (what judges the predictor) and what the metric was measured on."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta, y = predictor.meta, np.asarray(values, dtype=np.float64)
+    test = held_out_mask([s.params() for s in shapes], 0.25)
+    params = np.array([s.params() / 1e6 for s in shapes])
+    pred = predictor.predict([s for s, t in zip(shapes, test) if t])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    try:
+        left.scatter(params[~test], y[~test], s=12, label="fitted on")
+        left.scatter(params[test], y[test], s=24, facecolors="none", edgecolors="tab:red",
+                     label="held out")
+        left.set(xlabel="parameters (M)", ylabel=meta["metric"], title="measured")
+        left.legend(fontsize=8)
+        right.scatter(y[test], pred, s=24, color="tab:red")
+        lo, hi = float(min(y[test].min(), pred.min())), float(max(y[test].max(), pred.max()))
+        right.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8)
+        right.set(xlabel=f"measured {meta['metric']}", ylabel="predicted",
+                  title="held-out shapes")
+        h = meta["held_out"]
+        r2 = "n/a" if h["r2"] is None else f"{h['r2']:.3f}"
+        fig.suptitle(f"quality predictor: held-out R^2 {r2}, Spearman {h['spearman']:.3f} "
+                     f"({h['n']} of {len(shapes)} shapes)\n"
+                     + meta.get("measured_on", meta["metric"]), fontsize=10)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        atomic_write_bytes(folder / QUALITY_PLOT, buf.getvalue())
+    finally:
+        plt.close(fig)
 
 
 def quality_dataset(supernet: SuperBert, corpus: Corpus | None, metric: str, samples: int,
