@@ -165,6 +165,10 @@ def _run_text(d: dict, items: list[str]) -> str:
               help="Rows per request (default: the plan's batch, else 1).")
 @click.option("--seq-len", default=None, type=click.IntRange(1),
               help="Tokens per row (default: the plan's length, else 128).")
+@click.option("--texts", "texts_file", type=click.Path(path_type=Path), default=None,
+              help="Your texts as the requests, in turn (cycled), tokenized as served: one "
+                   "per line, or the text column of a .csv/.tsv/.jsonl (a classifier's "
+                   "training column, else 'text'). Instead of --seq-len.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Threads sharing one session.")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
@@ -179,8 +183,8 @@ def _run_text(d: dict, items: list[str]) -> str:
                    "for this machine and the bundle's design space in ./profiles).")
 @model_option
 @json_option
-def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int,
-          duration: float,
+def bench(bundle: Path, batch: int | None, seq_len: int | None, texts_file: Path | None,
+          concurrency: int, duration: float,
           threads: int | None, device: str, profile_path: Path | None, model_file: str | None,
           as_json: bool) -> None:
     """Latency percentiles and throughput of a bundle, beside its predicted latency.
@@ -190,17 +194,32 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int
     with --latency, given a profile of this machine (--profile, the plan's, or the one
     'profiles list' marks here), is also measured with the profile's protocol at the plan's
     workload and percentile, for as long as the plan timed it (export --measure-seconds), the
-    number its budget is checked against, and says whether it is within the budget.
+    number its budget is checked against, and says whether it is within the budget. With
+    --texts, the requests are your texts, and their percentile is held to the budget where
+    every one is within the plan's length.
 
     \b
-    Example:
+    Examples:
       shaperctl bench ./bundle --concurrency 2 --duration 20
+      shaperctl bench ./classifier --texts validation.csv
     """
     from shaper_deploy.fidelity import metric_word
     from shaper_deploy.serving import Bundle
 
+    if texts_file is not None and seq_len is not None:
+        raise click.UsageError("--texts and --seq-len go apart: with --texts each request is "
+                               "as long as its texts")
     model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
     plan = model.manifest.plan
+    texts = None
+    if texts_file is not None:
+        from shaper_deploy.taskdata import read_texts
+
+        head = model.manifest.config.get("task_head") or {}
+        if head.get("pair_column"):
+            raise click.UsageError(f"--texts sends single texts; {bundle} classifies pairs of "
+                                   f"texts ({head['text_column']}, {head['pair_column']})")
+        texts = read_texts(texts_file, head.get("text_column") or "text")
     # The load a planned bundle promises (one request at a time at its workload) by default.
     batch = batch or (plan["batch"] if plan else 1)
     seq_len = seq_len or (plan["seq_len"] if plan else 128)
@@ -228,9 +247,11 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int
         if threads is None:  # the profile's threads, so the numbers compare
             threads = profile.header.protocol.threads
             model = Bundle.load(bundle, device=device, threads=threads, model=model_file)
-    result = model.bench(batch, seq_len, concurrency, duration)
-    data = {"bundle": str(bundle), "device": device, "threads": threads, **result}
     pct = (plan or {}).get("percentile", 50.0)
+    result = model.bench(batch, seq_len, concurrency, duration, texts=texts, percentile=pct)
+    data = {"bundle": str(bundle), "device": device, "threads": threads, **result}
+    if texts is not None:
+        data["texts"]["file"] = str(texts_file)
     if plan:
         data["plan"] = {k: plan.get(k) for k in ("budget_ms", "percentile", "batch", "seq_len",
                                                  "precision", "predicted_ms", "measured_ms",
@@ -249,9 +270,12 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int
         data["profile_protocol"] = {**m, "predicted_ms": plan["predicted_ms"],
                                     "within_budget": within,
                                     "advice": None if within else over_budget_advice(m)}
-    lat = result["latency_ms"]
+    lat, tx = result["latency_ms"], result["texts"]
+    shape = (f"seq {seq_len}" if tx is None else
+             f"{tx['count']:,} texts of {texts_file} in turn (median {tx['tokens']['median']:g} "
+             f"tokens, p90 {tx['tokens']['p90']:g}, longest {tx['tokens']['max']})")
     rows = [("bundle", f"{bundle} ({result['model']})"),
-            ("load", f"batch {batch}, seq {seq_len}, {concurrency} client thread(s) back to "
+            ("load", f"batch {batch}, {shape}, {concurrency} client thread(s) back to "
                      f"back, {threads or 'default'} intra-op thread(s), {duration:g} s"),
             ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms "
                         f"(p99/p50 {result['p99_over_p50']:.2f})"),
@@ -268,9 +292,25 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, concurrency: int
                              f"{metric_word(plan['fidelity_metric'])} {plan['fidelity']:.4f}"))
         # The budget promises one request at a time at the plan's workload; another load's
         # percentiles are reported, not held to it (the "now" row is).
-        data["load_is_planned"] = (concurrency, batch, seq_len) == (1, plan["batch"],
-                                                                   plan["seq_len"])
-        if not data["load_is_planned"]:
+        data["load_is_planned"] = tx is None and (concurrency, batch, seq_len) == (
+            1, plan["batch"], plan["seq_len"])
+        # Your texts, one request at a time at the plan's batch, none longer than its length:
+        # each request costs at most the planned one, so their percentile is held to the budget.
+        held = (tx is not None and (concurrency, batch) == (1, plan["batch"])
+                and tx["tokens"]["max"] <= plan["seq_len"])
+        if tx is not None:
+            tx["within_budget"] = (lat[f"p{pct:g}"] <= plan["budget_ms"]) if held else None
+        if held:
+            rows.append(("texts", f"p{pct:g} {lat[f'p{pct:g}']:.2f} ms over your texts: "
+                                  + _verdict(tx["within_budget"], plan["budget_ms"])
+                                  + f" (every request within the plan's {plan['seq_len']} "
+                                    "tokens)"))
+        elif tx is not None and tx["tokens"]["max"] > plan["seq_len"]:
+            rows.append(("note", f"the budget is for {plan['seq_len']} tokens; your texts run to "
+                                 f"{tx['tokens']['max']}, so their latency above is not held "
+                                 "to it (plan with --eval or --calibration on them: export "
+                                 "then prices their longest)"))
+        elif not data["load_is_planned"]:
             rows.append(("note", f"the budget is for one request at a time at batch "
                                  f"{plan['batch']} x {plan['seq_len']}; this load's latency "
                                  "above is not held to it"

@@ -216,8 +216,14 @@ class Bundle:
         return answers
 
     def bench(self, batch: int = 1, seq_len: int = 128, concurrency: int = 1,
-              duration: float = 10.0, warmup: int = 5) -> dict[str, Any]:
-        """Latency percentiles and throughput: ``concurrency`` threads share the session."""
+              duration: float = 10.0, warmup: int = 5,
+              texts: Sequence[str] | None = None,
+              percentile: float | None = None) -> dict[str, Any]:
+        """Latency percentiles and throughput: ``concurrency`` threads share the session.
+        Every request is ``batch`` rows of ``seq_len`` tokens, or, with ``texts``, the next
+        ``batch`` of them in turn (cycled), tokenized as served: padded to the request's
+        longest, cut at the model's length (``texts`` in the result: their lengths).
+        ``percentile``: one more level in ``latency_ms`` (a plan's, e.g. ``p95``)."""
         if batch < 1 or seq_len < 1 or concurrency < 1 or duration <= 0:
             raise ServingError("batch, seq-len and concurrency must be positive, and the "
                                "duration above zero")
@@ -225,16 +231,26 @@ class Bundle:
             raise ServingError(f"seq-len {seq_len} exceeds the model's {self.max_length} positions")
         if concurrency > MAX_CONCURRENCY:
             raise ServingError(f"--concurrency {concurrency} is above {MAX_CONCURRENCY} threads")
-        check_workload(batch * concurrency, seq_len, self.manifest.design_space)
-        feeds = self.manifest.super_config.dummy_inputs(batch, seq_len, padding="none")
-        for _ in range(warmup):
-            self.session.run(self.outputs, feeds)
+        lengths: list[int] = []
+        if texts is None:
+            check_workload(batch * concurrency, seq_len, self.manifest.design_space)
+            requests = [self.manifest.super_config.dummy_inputs(batch, seq_len, padding="none")]
+        else:
+            check_workload(batch * concurrency, self.max_length, self.manifest.design_space)
+            requests = [self.encode(texts[i:i + batch]).feeds
+                        for i in range(0, len(texts), batch)]
+            lengths = [int(n) for r in requests for n in r["attention_mask"].sum(1)]
+        for i in range(warmup):
+            self.session.run(self.outputs, requests[i % len(requests)])
         times: list[list[float]] = [[] for _ in range(concurrency)]
         failures: list[str] = []
         stop = time.perf_counter() + duration
 
-        def worker(slot: list[float]) -> None:
+        def worker(slot: list[float], start: int) -> None:
+            turn = start
             while time.perf_counter() < stop:
+                feeds = requests[turn % len(requests)]
+                turn += 1
                 t = time.perf_counter()
                 try:
                     self.session.run(self.outputs, feeds)
@@ -245,7 +261,8 @@ class Bundle:
                 slot.append((time.perf_counter() - t) * 1000.0)
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(slot,)) for slot in times]
+        threads = [threading.Thread(target=worker, args=(slot, k * len(requests) // concurrency))
+                   for k, slot in enumerate(times)]
         for t in threads:
             t.start()
         for t in threads:
@@ -256,12 +273,20 @@ class Bundle:
             raise ServingError(f"every request failed ({len(failures)}): {failures[0]}"
                                if failures else "no request finished within the duration")
         p50, p99 = float(np.percentile(every, 50)), float(np.percentile(every, 99))
-        return {"batch": batch, "seq_len": seq_len, "concurrency": concurrency,
+        levels = {} if percentile is None else {f"p{percentile:g}": float(
+            np.percentile(every, percentile))}
+        return {"batch": batch, "seq_len": seq_len if texts is None else None,
+                "concurrency": concurrency,
                 "duration_s": round(wall, 3), "requests": len(every),
                 "failed": len(failures), "first_failure": failures[0] if failures else None,
                 "p99_over_p50": p99 / p50,
                 "latency_ms": {"p50": p50, "p90": float(np.percentile(every, 90)), "p99": p99,
-                               "mean": statistics.fmean(every)},
+                               "mean": statistics.fmean(every), **levels},
                 "throughput_rps": len(every) / wall,
                 "sequences_per_s": len(every) * batch / wall,
-                "model": self.model_file}
+                "model": self.model_file,
+                "texts": None if texts is None else {
+                    "count": len(texts), "requests": len(requests),
+                    "tokens": {"median": float(np.median(lengths)),
+                               "p90": float(np.percentile(lengths, 90)),
+                               "max": max(lengths)}}}

@@ -48,38 +48,7 @@ def read_task_data(path: str | Path, text_column: str = "text", label_column: st
     held-out data of a task network (its name), whose columns are the ones it was trained on
     (not options of the command) and which may hold one label only."""
     path = Path(path)
-    sep = FORMATS.get(path.suffix.lower(), "missing")
-    if sep == "missing":
-        raise DataError(f"{path}: unknown data format {path.suffix or '(no extension)'!r}; "
-                            f"allowed: {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    raw = read_regular(path, MAX_TASK_BYTES, "data file", DataError)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    rows: list[dict[str, Any]] = []
-    if sep is None:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path} line {n} is not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {n} is not a JSON object")
-            rows.append(row)
-    else:
-        try:
-            rows = list(csv.DictReader(io.StringIO(text), delimiter=sep))
-        except csv.Error as exc:
-            raise DataError(f"{path} is not a readable {path.suffix[1:].upper()} file "
-                                f"({exc})") from None
-    if not rows:
-        raise DataError(f"{path} holds no rows (a header row and at least one labelled "
-                            "text are needed)")
+    rows, sep = _rows(path)
     wanted = [c for c in (text_column, pair_column, label_column) if c]
     missing = [c for c in wanted if c not in rows[0]]
     if missing:
@@ -113,3 +82,67 @@ def read_task_data(path: str | Path, text_column: str = "text", label_column: st
         raise DataError(f"{path} has one label only ({labels[0]!r}); a classifier needs "
                             "at least two")
     return TaskData(texts, pairs, labels, str(path))
+
+
+def read_texts(path: str | Path, column: str) -> list[str]:
+    """The texts of one column of a .csv/.tsv/.jsonl file (no labels needed), or every
+    non-empty line of any other file: the requests ``shaperctl bench --texts`` sends."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raw = read_regular(path, MAX_TASK_BYTES, "text file", DataError)
+        try:
+            lines = [line for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 (byte {exc.start}); give one text per line, "
+                            "UTF-8") from None
+        if not lines:
+            raise DataError(f"{path} has no text; give one text per line")
+        return lines
+    rows, _ = _rows(path)
+    if column not in rows[0]:
+        raise DataError(f"{path} has no column {column!r}; its columns: "
+                        f"{', '.join(map(str, rows[0]))[:200]}")
+    texts = [str(r.get(column) or "") for r in rows]
+    empty = next((n for n, x in enumerate(texts, 1) if not x.strip()), None)
+    if empty is not None:
+        raise DataError(f"{path} row {empty}: no text in column {column!r}")
+    return texts
+
+
+def _rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Every row of a .csv/.tsv (by extension, with a header row) or JSON-lines file, and its
+    separator (None: JSON lines); one DataError line for what cannot be read."""
+    sep = FORMATS.get(path.suffix.lower(), "missing")
+    if sep == "missing":
+        raise DataError(f"{path}: unknown data format {path.suffix or '(no extension)'!r}; "
+                        f"allowed: {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    raw = read_regular(path, MAX_TASK_BYTES, "data file", DataError)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    rows: list[dict[str, Any]] = []
+    if sep is None:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path} line {n} is not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {n} is not a JSON object")
+            rows.append(row)
+    else:
+        try:
+            rows = list(csv.DictReader(io.StringIO(text), delimiter=sep))
+        except csv.Error as exc:
+            raise DataError(f"{path} is not a readable {path.suffix[1:].upper()} file "
+                            f"({exc})") from None
+    if not rows:
+        raise DataError(f"{path} holds no rows (a header row and at least one row of text "
+                        "are needed)")
+    return rows, sep
+

@@ -1236,7 +1236,7 @@ def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_pa
     notes = []
     m = export_for_budget(supernet, budget, profile, tmp_path / "b", precision="fp32",
                           calibration=texts, measure=Scripted(profile, {"fp32": 1.0}),
-                          progress=notes.append)
+                          progress=notes.append, measure_seconds=1)  # bench's protocol: 1 s
     plan = m.plan
     assert (plan["batch"], plan["seq_len"]) == (1, 14), notes
     assert plan["workload_source"] == "the longest of the 6 texts of --calibration"
@@ -1244,13 +1244,27 @@ def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_pa
     assert any(n.startswith("no --seq-len given: the budget is for 14 tokens") for n in notes)
     notes.clear()
     m = export_for_budget(supernet, budget, profile, tmp_path / "c", precision="fp32",
-                          workload=(None, 8), calibration=texts,
+                          workload=(None, 8), calibration=texts, measure_seconds=1,
                           measure=Scripted(profile, {"fp32": 1.0}), progress=notes.append)
     assert (m.plan["seq_len"], m.plan["workload_source"], m.plan["inputs"]["longer"]) == (
         8, "given", 1)
     assert ("NOTE: 1 of the 6 texts of --calibration (16.7%) are longer than the 8 tokens the "
             "budget is for (the longest: 14); served, they run slower than the promise, and "
             "they were judged cut at 8 tokens (leave out --seq-len to plan for them all)") in notes
+    # bench --texts: the texts as requests, tokenized as served; their percentile is held to
+    # the budget of the plan made for them, and not to one planned shorter
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    bench = ["bench", "--texts", str(tmp_path / "texts.txt"), "--duration", "0.3", "--json"]
+    r = CliRunner().invoke(main, bench + [str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["texts"]["count"] == 6 and d["texts"]["tokens"]["max"] == 14
+    assert d["texts"]["tokens"]["median"] == 6 and d["seq_len"] is None
+    assert d["texts"]["within_budget"] == (d["latency_ms"]["p90"] <= d["plan"]["budget_ms"])
+    r = CliRunner().invoke(main, bench[:-1] + [str(tmp_path / "c")])
+    assert r.exit_code == 0 and ("note        the budget is for 8 tokens; your texts run to 14, "
+                                 "so their latency above is not held to it") in r.stdout
+    assert "texts       p90" not in r.stdout
 
 
 def test_families_that_all_reach_one_shape_are_one_line():
