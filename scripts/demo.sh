@@ -95,3 +95,5 @@ rm -rf "$RUNS/minilm-sentiment"
 "$BIN/shaperctl" run "$RUNS/minilm-sentiment-budget" \
   "A gripping, beautifully acted film that stays with you." \
   "Two hours of my life I will never get back."
+# the held-out reviews themselves as requests: their p90 beside the budget made for them
+"$BIN/shaperctl" bench "$RUNS/minilm-sentiment-budget" --texts "$DATA/validation.csv" --duration 5
