@@ -297,7 +297,8 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, texts_file: Path
         # Your texts, one request at a time at the plan's batch, none longer than its length:
         # each request costs at most the planned one, so their percentile is held to the budget.
         held = (tx is not None and (concurrency, batch) == (1, plan["batch"])
-                and tx["tokens"]["max"] <= plan["seq_len"])
+                and tx["tokens"]["max"] <= plan["seq_len"] and not other_device
+                and not elsewhere)  # a plan for another machine or device kind: not here
         if tx is not None:
             tx["within_budget"] = (lat[f"p{pct:g}"] <= plan["budget_ms"]) if held else None
         if held:
