@@ -178,8 +178,8 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
     from shaper_deploy.io import atomic_dir, atomic_write_bytes
     from shaper_deploy.supernet import load_supernet
     from shaper_deploy.training.data import read_texts, tokenize
-    from shaper_deploy.training.quality import (MAX_BLOCKS, draw_quality, fit_quality,
-                                                quality_dataset)
+    from shaper_deploy.training.quality import (MAX_BLOCKS, QUALITY_PLOT, draw_quality,
+                                                fit_quality, quality_dataset)
 
     model = load_supernet(supernet_path, widths)
     if "tokenizer.json" not in model.tokenizer_files:
@@ -220,7 +220,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
         ("predictor", f"{out} ({d.get('measured_on', metric)}; {d['trained_on']} shapes "
                       "fitted)"),
         ("held out", f"R^2 {h['r2']:.4f}, Spearman {h['spearman']:.4f} ({h['n']} shapes)"),
-        ("plot", str(out / "quality.png"))]))
+        ("plot", str(out / QUALITY_PLOT))]))
 
 
 @train.command("task")
