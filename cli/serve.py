@@ -26,6 +26,7 @@ def _finite(value: float, name: str) -> float:
 
 MAX_TEXTS = 1000  # texts per run: its output holds their similarity matrix
 MAX_TEXT_FILE = 16 << 20  # bytes of --file
+MAX_BENCH_TEXTS = 100_000  # bench --texts: requests tokenized before the clock starts
 
 
 def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
@@ -168,7 +169,7 @@ def _run_text(d: dict, items: list[str]) -> str:
 @click.option("--texts", "texts_file", type=click.Path(path_type=Path), default=None,
               help="Your texts as the requests, in turn (cycled), tokenized as served: one "
                    "per line, or the text column of a .csv/.tsv/.jsonl (a classifier's "
-                   "training column, else 'text'). Instead of --seq-len.")
+                   "training column, else 'text'; the first 100,000). Instead of --seq-len.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Threads sharing one session.")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
@@ -220,6 +221,10 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, texts_file: Path
             raise click.UsageError(f"--texts sends single texts; {bundle} classifies pairs of "
                                    f"texts ({head['text_column']}, {head['pair_column']})")
         texts = read_texts(texts_file, head.get("text_column") or "text")
+        if len(texts) > MAX_BENCH_TEXTS:  # tokenized before the clock starts
+            progress(f"--texts: {len(texts):,} texts in {texts_file}; benchmarking with the "
+                     f"first {MAX_BENCH_TEXTS:,}")
+            texts = texts[:MAX_BENCH_TEXTS]
     # The load a planned bundle promises (one request at a time at its workload) by default.
     batch = batch or (plan["batch"] if plan else 1)
     seq_len = seq_len or (plan["seq_len"] if plan else 128)
