@@ -169,7 +169,8 @@ def _run_text(d: dict, items: list[str]) -> str:
 @click.option("--texts", "texts_file", type=click.Path(path_type=Path), default=None,
               help="Your texts as the requests, in turn (cycled), tokenized as served: one "
                    "per line, or the text column of a .csv/.tsv/.jsonl (a classifier's "
-                   "training column, else 'text'; the first 100,000). Instead of --seq-len.")
+                   f"training column, else 'text'; the first {MAX_BENCH_TEXTS:,}). Instead of "
+                   "--seq-len.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Threads sharing one session.")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
