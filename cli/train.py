@@ -412,6 +412,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         ref = device_profile.reference_workload
         workload = (batch or ref[0], seq_len or ref[1])
         # the graphs export writes: exact identity projections dropped (an identity network's)
+        progress(f"loading {supernet_path} (which projections its exports drop)")
         dropped = export_dropped(load_supernet(supernet_path, supershaper_widths))
         margin = device_profile.margin(precision)
 
