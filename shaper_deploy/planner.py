@@ -267,13 +267,15 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                       evaluation: TaskData | None = None,
                       teacher=None,
                       measure_seconds: float = MEASURE_SECONDS,
-                      families: Sequence[str] | None = None) -> BundleManifest:
+                      families: Sequence[str] | None = None,
+                      calibration_name: str = "--calibration") -> BundleManifest:
     """Plan, export, measure latency and fidelity per precision, keep the best that fits.
     ``families``: the shape families drawn from (default every one in
     ``templates.PLAN_FAMILIES``); with more than one, each precision exports the family whose
     fitting shape the judge scores best in PyTorch (:func:`choose_family`).
     ``workload``: (batch, length), either None for the default (``_workload``: the length
-    of the longest text given, else the profile's reference size).
+    of the longest text given, else the profile's reference size); ``calibration_name``:
+    how the plan names the calibration texts (the CLI: ``--calibration FILE``).
     ``evaluation``: labelled data of a task network's task; candidates are then judged by
     the task's metric on it (:func:`make_judge`). ``teacher``: the task's full model
     fine-tuned alone (``train task``'s ``teacher/``), a candidate at its full shape in every
@@ -293,7 +295,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
     if not isinstance(budget, Budget):
         budget = Budget(float(budget), False, f"{budget:g}ms")
     batch, seq_len, source, inputs = _workload(supernet, profile, workload, calibration,
-                                               evaluation, note)
+                                               evaluation, note, calibration_name)
     names = check_families(families)
     allowed_precisions(profile, device, precision)
     check_profile(profile, device, options, supernet.config, allow_unreliable, for_device)
@@ -387,7 +389,8 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
 
 def _workload(supernet, profile: DeviceProfile, workload: tuple[int | None, int | None] | None,
               calibration: Sequence[str] | None, evaluation: TaskData | None,
-              note: Callable[[str], None]) -> tuple[int, int, str, dict | None]:
+              note: Callable[[str], None], calibration_name: str = "--calibration"
+              ) -> tuple[int, int, str, dict | None]:
     """The budget's batch and length, where the length came from, and the user's texts'
     lengths (``plan.inputs``; None without texts or a tokenizer). A length given is kept; else,
     with the user's texts (--eval, else --calibration), the longest of them in tokens as
@@ -398,7 +401,7 @@ def _workload(supernet, profile: DeviceProfile, workload: tuple[int | None, int 
 
     batch, seq_len = workload or (None, None)
     texts = ((evaluation.texts, evaluation.pairs, f"--eval {evaluation.path}")
-             if evaluation is not None else (calibration, None, "--calibration")
+             if evaluation is not None else (calibration, None, calibration_name)
              if calibration else None)
     lengths = None if texts is None else token_lengths(supernet.config,
                                                        supernet.tokenizer_files, *texts[:2])
@@ -637,7 +640,8 @@ def export_checkpoint_for_budget(supernet_path: str | Path, request: BudgetReque
                              percentile=request.percentile, for_device=request.for_device,
                              evaluation=evaluation, teacher=teacher,
                              measure_seconds=request.measure_seconds,
-                             families=request.families)
+                             families=request.families,
+                             calibration_name=f"--calibration {request.calibration}")
 
 
 def record_prediction(bundle: str | Path, profile: DeviceProfile, device: str,
