@@ -420,6 +420,8 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
     roots = roots or (PROFILES_ROOT,)
+    here = device_fingerprint("cpu")
+    machines: dict[str, dict | ShaperError] = {"cpu": here}  # this machine, per device kind
     found, readable = [], []
     for root in roots:
         for folder, p in profiles_in(root):
@@ -428,12 +430,16 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                 continue
             readable.append(p)
             fp = p.header.fingerprint
-            try:
-                here = device_fingerprint(p.device)
-                diffs = fingerprint_differences(fp, here)
-                fields = differing_fields(fp, here)
-            except ShaperError as exc:  # e.g. a cuda profile on a machine without a GPU
-                diffs = fields = [str(exc)]
+            if p.device not in machines:
+                try:
+                    machines[p.device] = device_fingerprint(p.device)
+                except ShaperError as exc:  # e.g. a cuda profile on a machine without a GPU
+                    machines[p.device] = exc
+            mine = machines[p.device]
+            if isinstance(mine, ShaperError):
+                diffs = fields = [str(mine)]
+            else:
+                diffs, fields = fingerprint_differences(fp, mine), differing_fields(fp, mine)
             found.append({"path": str(p.path), "device": fp["device"],
                           "cpu_model": fp["cpu_model"], "cpu_id": fp.get("cpu_id"),
                           "isa": fp.get("isa"),
@@ -499,7 +505,6 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
             f"make this machine's with shaperctl profile --device cpu --supernet SUPERNET "
             f"--out DIR (within {DIRECT_MINUTES:g} minutes by default)")
 
-    here = device_fingerprint("cpu")
     emit({"this_machine": here, "profiles": found}, as_json, text)
 
 
