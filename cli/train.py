@@ -186,7 +186,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
         raise click.ClickException(f"super network {supernet_path} has no tokenizer.json")
     corpus, judge, measured_on = None, None, None
     if metric == "task":
-        from shaper_deploy.judge import SCREEN_ROWS, make_judge
+        from shaper_deploy.judge import make_judge
         from shaper_deploy.taskdata import read_task_data
 
         head = model.config.task_head
@@ -197,7 +197,7 @@ def _quality(supernet_path, data_path, metric, samples, seq_len, out, force, wid
                               head.pair_column or None, head.problem == "regression",
                               trained_on=f"task network {supernet_path}")
         judge = make_judge(model, "text-classification", None, seq_len, data, option="--data")
-        measured_on = (f"{judge.metric}, the first {min(SCREEN_ROWS, judge.rows)} of "
+        measured_on = (f"{judge.metric}, the first {judge.screened_rows} of "
                        f"{judge.rows} rows at {seq_len} tokens, PyTorch fp32")
     else:
         corpus = tokenize(read_texts(data_path), model.tokenizer_files["tokenizer.json"],

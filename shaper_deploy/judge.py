@@ -101,6 +101,11 @@ class Judge:
         name = session.get_outputs()[0].name
         return self._metric([session.run([name], f)[0] for f in self.feeds], self.reference)
 
+    @property
+    def screened_rows(self) -> int:
+        """How many inputs :meth:`screen` runs a shape on by default."""
+        return min(SCREEN_ROWS, self.rows) if self.labelled else self.rows
+
     def screen(self, supernet, shape: Shape, rows: int = SCREEN_ROWS) -> float:
         """A shape of ``supernet`` before it is exported: run in PyTorch fp32 on the first
         ``rows`` labelled inputs (rounded up to a chunk), or on every calibration text."""

@@ -53,7 +53,7 @@ from .errors import ExportError, PlannerError, check_choice
 from .export import INT8_FILE, MODEL_FILE, ExportOptions, export_bundle
 from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
-from .judge import SCREEN_ROWS, Judge, make_judge
+from .judge import Judge, make_judge
 from .profiling.predictor import DeviceProfile, judged_phrase, unpriced_slowdown
 from .profiling.profile import graph_differences, graph_record
 from .promise import (DEFAULT_PERCENTILE, MEASURE_SECONDS, PLAN_CONFIDENCE, Budget,
@@ -363,7 +363,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
             "candidates": [c.to_dict() for c in candidates],
             "families": {"names": list(names), "by_precision": screened,
                          "screened_on": (None if len(names) == 1 else
-                                         f"the first {min(SCREEN_ROWS, judge.rows)} of "
+                                         f"the first {judge.screened_rows} of "
                                          f"{judge.used}" if judge.labelled else judge.used)},
             "method": _method(names, percentile, judge.short,
                               None if for_device else measure_seconds)}
