@@ -420,6 +420,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
             return (device_profile.predict(shapes, precision, *workload, percentile,
                                            [dropped(s) for s in shapes]) * margin)
         latency = predicted
+        said_limit = ""
         if latency_text:
             budget = parse_budget(latency_text)
             limit = device_profile.budget_ms(budget, workload, percentile,
@@ -427,13 +428,12 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
             latency_limit = {"budget": budget.text, "ms": limit, "percentile": percentile,
                              "batch": workload[0], "seq_len": workload[1],
                              "precision": precision, "margin": margin}
-        heading = [("latency", f"p{percentile:g}"
-                    + (f" <= {limit:.2f} ms" + (f" ({budget.text} of the full fp32 model)"
-                                                 if budget.relative else "")
-                       if limit is not None else "")
-                    + f" at batch {workload[0]} x {workload[1]} in {precision}, predicted by "
-                    + predicted_by(device_profile, profile_path, differences)
-                    + f" times its x{margin:.2f} margin")]
+            said_limit = f" <= {limit:.2f} ms" + (f" ({budget.text} of the full fp32 model)"
+                                                  if budget.relative else "")
+        heading = [("latency", f"p{percentile:g}{said_limit} at batch {workload[0]} x "
+                               f"{workload[1]} in {precision}, predicted by "
+                               + predicted_by(device_profile, profile_path, differences)
+                               + f" times its x{margin:.2f} margin")]
     elif latency_text:
         raise click.UsageError("--latency with --for-device needs --profile (the profile "
                                "of the machine the search is for)")

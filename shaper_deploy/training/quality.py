@@ -39,6 +39,7 @@ from .sandwich import _duration, mask_tokens
 
 METRICS = QUALITY_METRICS
 MAX_BLOCKS = 64  # held-out blocks a shape's cosine or perplexity is measured on
+HELD_OUT = 0.25  # share of the measured shapes the predictor is judged on, not fitted to
 FORMAT = "shaper-deploy/quality-predictor"
 
 
@@ -159,7 +160,8 @@ class QualityPredictor:
 
 
 def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
-                held_out: float = 0.25, measured_on: str | None = None) -> QualityPredictor:
+                held_out: float = HELD_OUT, measured_on: str | None = None
+                ) -> QualityPredictor:
     """XGBoost on the shapes' widths and parameters; held-out R^2 and Spearman recorded."""
     import xgboost as xgb
     from scipy.stats import spearmanr
@@ -189,7 +191,7 @@ QUALITY_PLOT = "quality.png"
 
 
 def draw_quality(folder: Path, shapes: Sequence[Shape], values: Sequence[float],
-                 predictor: QualityPredictor) -> None:
+                 predictor: QualityPredictor, held_out: float = HELD_OUT) -> None:
     """``quality.png``: every measured shape's metric against its parameters, and the held-out
     shapes' predictions against their measurements, titled with the held-out R^2 and Spearman
     correlation (what judges the predictor) and what the metric was measured on."""
@@ -201,7 +203,7 @@ def draw_quality(folder: Path, shapes: Sequence[Shape], values: Sequence[float],
     import matplotlib.pyplot as plt
 
     meta, y = predictor.meta, np.asarray(values, dtype=np.float64)
-    test = held_out_mask([s.params() for s in shapes], 0.25)
+    test = held_out_mask([s.params() for s in shapes], held_out)  # as fit_quality split them
     params = np.array([s.params() / 1e6 for s in shapes])
     pred = predictor.predict([s for s, t in zip(shapes, test) if t])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
