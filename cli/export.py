@@ -220,8 +220,8 @@ def _plan_chose_int8(shape_text: str) -> bool:
     """``--shape B/shaper.json`` of a bundle whose plan chose int8 (a slice fine-tuned alone
     after the plan, exported again): int8 is written too and served by default, the graph
     whose latency the plan measured; said on stderr. An fp32 model alone would be another
-    graph, which may not meet the budget (a MiniLM classifier planned in int8 at 4.0 ms under
-    7.8 ms is predicted at 9.7 ms in fp32)."""
+    graph, which may not meet the budget (Intel class: a MiniLM classifier planned in int8 at
+    a p90 of 4.0 ms under 7.8 ms is predicted at 9.7 ms in fp32)."""
     from shaper_deploy.bundle import MANIFEST, BundleManifest
 
     path = Path(shape_text)
