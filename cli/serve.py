@@ -31,21 +31,14 @@ MAX_BENCH_TEXTS = 100_000  # bench --texts: requests tokenized before the clock 
 
 def _texts(texts: tuple[str, ...], file: Path | None) -> list[str]:
     from shaper_deploy.errors import ServingError
-    from shaper_deploy.io import read_regular
+    from shaper_deploy.io import read_lines
 
     out = list(texts)
     if file is not None:
-        raw = read_regular(file, MAX_TEXT_FILE, "--file", ServingError)
         try:
-            lines = raw.decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise click.BadParameter(f"{file} is not UTF-8 text (byte {exc.start}); give one "
-                                     "text per line, UTF-8", param_hint="--file") from None
-        from_file = [line for line in lines if line.strip()]
-        if not from_file:
-            raise click.BadParameter(f"{file} has no text; give one text per line",
-                                     param_hint="--file")
-        out += from_file
+            out += read_lines(file, MAX_TEXT_FILE, "file", ServingError)
+        except ServingError as exc:
+            raise click.BadParameter(str(exc), param_hint="--file") from None
     if not out:
         raise click.UsageError("give TEXT arguments or --file (one text per line)")
     if len(out) > MAX_TEXTS:

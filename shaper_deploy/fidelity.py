@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ShaperError
-from .io import read_regular
+from .io import read_lines
 
 MAX_CALIBRATION_BYTES = 256 * 2**20  # one text per line; a larger file is refused unread
 
@@ -62,17 +62,7 @@ CALIBRATION_TEXTS = (
 
 def read_calibration(path: str | Path) -> list[str]:
     """One text per non-empty line of a UTF-8 file."""
-    path = Path(path)
-    raw = read_regular(path, MAX_CALIBRATION_BYTES, "calibration file", ShaperError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ShaperError(f"calibration file {path} is not UTF-8 text (byte {exc.start}); "
-                          "give one sentence per line, UTF-8") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ShaperError(f"calibration file {path} has no text; give one sentence per line")
-    return lines
+    return read_lines(path, MAX_CALIBRATION_BYTES, "calibration file", ShaperError)
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

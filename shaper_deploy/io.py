@@ -189,6 +189,26 @@ def read_regular(file: str | Path, limit: int, what: str, error: type[ShaperErro
     return data
 
 
+def read_lines(file: str | Path, limit: int, what: str, error: type[ShaperError], *,
+               lossy: bool = False, empty_ok: bool = False) -> list[str]:
+    """The non-empty lines of a UTF-8 text file (a byte-order mark dropped), each stripped: one
+    text per line, as calibration, request and training files are written.
+
+    ``lossy`` replaces undecodable bytes (a large training corpus) where the default refuses the
+    file in one ``error`` line; ``empty_ok`` returns [] for a file with no text.
+    """
+    raw = read_regular(file, limit, what, error)
+    try:
+        text = raw.decode("utf-8-sig", errors="replace" if lossy else "strict")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {file} is not UTF-8 text (byte {exc.start}); give one text per "
+                    "line, UTF-8") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines and not empty_ok:
+        raise error(f"{what} {file} has no text; give one text per line")
+    return lines
+
+
 def read_manifest(file: Path, fmt: str, max_version: int, what: str,
                   error: type[ShaperError], missing: str) -> dict:
     """A self-describing artifact's JSON header, its format and version checked.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .io import read_regular
+from .io import read_lines, read_regular
 
 MAX_TASK_BYTES = 1 << 30  # one labelled file
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
@@ -89,15 +89,7 @@ def read_texts(path: str | Path, column: str) -> list[str]:
     non-empty line of any other file: the requests ``shaperctl bench --texts`` sends."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raw = read_regular(path, MAX_TASK_BYTES, "text file", DataError)
-        try:
-            lines = [line for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path} is not UTF-8 (byte {exc.start}); give one text per line, "
-                            "UTF-8") from None
-        if not lines:
-            raise DataError(f"{path} has no text; give one text per line")
-        return lines
+        return read_lines(path, MAX_TASK_BYTES, "text file", DataError)
     rows, _ = _rows(path)
     if column not in rows[0]:
         raise DataError(f"{path} has no column {column!r}; its columns: "

@@ -309,10 +309,29 @@ def test_unbounded_text_files_are_refused(world, tmp_path):
     fails("supernet", "info", sup, expect="config.json")
 
 
+def test_one_text_per_line_files_are_read_one_way(tmp_path):
+    """Calibration, request (run --file, bench --texts) and training files share one reader:
+    a byte-order mark and blank lines dropped, bad UTF-8 refused unless the caller is lossy."""
+    from shaper_deploy.errors import DataError
+    from shaper_deploy.io import read_lines
+
+    f = tmp_path / "t.txt"
+    f.write_bytes("\ufeff first text \r\n\n  \nsecond\n".encode())
+    assert read_lines(f, 1000, "text file", DataError) == ["first text", "second"]
+    f.write_bytes(b"caf\xe9\nok\n")
+    with pytest.raises(DataError, match=r"^text file .* is not UTF-8 text \(byte 3\)"):
+        read_lines(f, 1000, "text file", DataError)
+    assert read_lines(f, 1000, "text file", DataError, lossy=True) == ["caf\ufffd", "ok"]
+    f.write_text("\n \n")
+    with pytest.raises(DataError, match="has no text; give one text per line"):
+        read_lines(f, 1000, "text file", DataError)
+    assert read_lines(f, 1000, "text file", DataError, empty_ok=True) == []
+
+
 def test_oversized_texts_and_threads_are_refused(world, tmp_path):
     long = tmp_path / "long.txt"
     long.write_text("the " * 30_000 + "\n")
-    fails("run", world / "b", "--file", long, expect="120,000 characters")
+    fails("run", world / "b", "--file", long, expect="characters; at most 100,000")
     fails("bench", world / "b", "--concurrency", "100000", "--seq-len", "8", expect="concurrency")
     fails("profile", "--device", "cpu", "--supernet", world / "sup", "--threads",
           "1099511627776", "--out", tmp_path / "p", expect="--threads")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainingError
-from ..io import read_regular
+from ..io import read_lines
 from ..runtime import available_memory
 
 MAX_DATA_BYTES = 8 << 30  # text read for training, all files together (and 1/8 of free memory)
@@ -24,10 +24,9 @@ def read_texts(path: str | Path) -> list[str]:
     limit = min(MAX_DATA_BYTES, available_memory() // 8)  # tokens take several times the text
     texts = []
     for f in files:
-        data = read_regular(f, limit, "data file", TrainingError)
-        limit -= len(data)
-        texts += [line.strip() for line in data.decode("utf-8", errors="replace").splitlines()
-                  if line.strip()]
+        lines = read_lines(f, limit, "data file", TrainingError, lossy=True, empty_ok=True)
+        limit -= sum(len(line) + 1 for line in lines)
+        texts += lines
     if not texts:
         raise TrainingError(f"no text found in {path} (expected .txt files with lines of text)")
     return texts
