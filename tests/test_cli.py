@@ -29,7 +29,8 @@ def test_params_human_and_json(run):
     data = json.loads(run("params", "--shape", shape, "--json").stdout)
     assert data["params_fused"] == 64_212_768 and data["params_unfused"] == 68_846_640
     assert data["shape"] == [int(w) for w in shape.split(",")]
-    assert data["flops"] > 0
+    from shaper_deploy.shape import flops
+    assert data["flops"] == flops(data["shape"], seq_len=data["seq_len"]) > 10**9  # a 64M BERT
 
 
 def test_params_bad_shape_is_one_line(run):
