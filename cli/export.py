@@ -10,7 +10,7 @@ import click
 from shaper_deploy.bundle import TASKS
 from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
-from shaper_deploy.templates import PLAN_FAMILIES
+from shaper_deploy.templates import PLAN_FAMILIES, families_said
 
 from .common import (emit, json_option, millions, percentile_option, predicted_by,
                      profile_here, progress, table, widths_option)
@@ -264,14 +264,7 @@ def candidates_table(plan: dict) -> str:
         lines.append(f"shape families, each one's largest shape predicted to fit, {column} in "
                      f"PyTorch fp32 on {families['screened_on']}:")
         for prec, rows in families["by_precision"].items():
-            if len(rows) > 1 and len({tuple(r["shape"]) for r in rows}) == 1:
-                r = rows[0]  # the budget lets every family reach one shape (the full one)
-                lines.append(f"  {prec:<9} every family: {','.join(map(str, r['shape']))} "
-                             f"{r['score']:.4f} ({r['params'] / 1e6:.1f}M)")
-                continue
-            lines.append(f"  {prec:<9} " + ", ".join(
-                f"{r['family']} {r['score']:.4f} ({r['params'] / 1e6:.1f}M)"
-                for r in sorted(rows, key=lambda r: -r["score"])))
+            lines.append(f"  {prec:<9} {families_said(rows)}")
     return "\n".join(lines)
 
 

@@ -163,6 +163,6 @@ def params(shape_text: str, supernet_path: Path | None, seq_len: int, supershape
     emit(data, as_json, lambda d: table([
         ("shape", str(shape)),
         ("params (fused)", f"{d['params_fused']:,} ({millions(d['params_fused'])})"),
-        ("params (unfused)", f"{d['params_unfused']:,} ({millions(d['params_unfused'])})"),
         *((f"  {k}", f"{v:,}") for k, v in d["breakdown_fused"].items()),
+        ("params (unfused)", f"{d['params_unfused']:,} ({millions(d['params_unfused'])})"),
         (f"GFLOPs (seq {seq_len})", f"{d['flops'] / 1e9:.2f}")]))

@@ -61,7 +61,7 @@ from .promise import (DEFAULT_PERCENTILE, MEASURE_SECONDS, PLAN_CONFIDENCE, Budg
 from .runtime import DEVICE_PRECISIONS, precision_problem
 from .shape import Shape
 from .taskdata import TaskData, read_task_data
-from .templates import PLAN_FAMILIES, shape_family
+from .templates import PLAN_FAMILIES, families_said, shape_family
 
 
 @dataclass
@@ -240,10 +240,9 @@ def choose_family(supernet, profile: DeviceProfile, plan: Plan, names: Sequence[
                                      -names.index(n)))
     if len(plans) > 1:
         note(f"{plan.precision}: {len(plans)} shape families screened ({judge.short}, PyTorch "
-             f"fp32): " + ", ".join(f"{r['family']} {r['score']:.4f} ({r['params'] / 1e6:.1f}M)"
-                                    for r in sorted(table, key=lambda r: -r["score"]))
-             + f"; exporting {best}")
+             f"fp32): {families_said(table)}; exporting {best}")
     return plans[best], shape_family(best, space), table
+
 
 
 def export_dropped(supernet) -> Callable[[Shape], list[str]]:
@@ -687,9 +686,14 @@ def _export(supernet, plan: Plan, folder: Path, options: ExportOptions,
             note: Callable[[str], None], margin: float, measured: bool = True) -> str | None:
     """Export ``plan``'s shape into ``folder``; None, or the reason an int8 export failed its
     accuracy gate (an fp32 failure is an error)."""
+    raw = plan.predicted_ms / plan.correction  # the profile's prediction, as the table lists it
     note(f"{plan.precision}: exporting {plan.shape} ({plan.shape.params() / 1e6:.1f}M params, "
-         f"predicted p{plan.percentile:g} {plan.predicted_ms:.2f} ms, {plan.upper_ms:.2f} ms "
-         f"with the x{margin:.2f} margin" + ("" if measured else "; not measured here") + ")")
+         f"predicted p{plan.percentile:g} {raw:.2f} ms, {raw * margin:.2f} ms with the "
+         f"x{margin:.2f} margin"
+         + ("" if plan.correction == 1 else
+            f"; planned at {plan.upper_ms:.2f} ms, scaled by how the shapes measured so far "
+            "ran against their predictions")
+         + ("" if measured else "; not measured here") + ")")
     try:
         export_bundle(supernet, plan.shape, folder, options,
                       progress=lambda m: None if m.startswith("wrote ") else note(m))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from typing import Callable
+from typing import Callable, Sequence
 
 from .heuristics import cigar_family, fine_chain
 from .shape import DesignSpace, Shape
@@ -146,3 +146,15 @@ def sample_shapes(space: DesignSpace, n: int, seed: int = 0,
             break
         chosen.setdefault(s.widths, s)
     return list(chosen.values())
+
+
+def families_said(rows: Sequence[dict]) -> str:
+    """A precision's screened families (the planner's ``choose_family`` table) in one line,
+    best first; where the budget lets every family reach one shape (the full one), that shape
+    once."""
+    if len(rows) > 1 and len({tuple(r["shape"]) for r in rows}) == 1:
+        r = rows[0]
+        return (f"every family: {','.join(map(str, r['shape']))} {r['score']:.4f} "
+                f"({r['params'] / 1e6:.1f}M)")
+    return ", ".join(f"{r['family']} {r['score']:.4f} ({r['params'] / 1e6:.1f}M)"
+                     for r in sorted(rows, key=lambda r: -r["score"]))

@@ -276,6 +276,12 @@ def test_closed_loop_steps_up_when_the_prediction_was_right_but_the_margin_wide(
     fits = [s for s, p in zip(family, predicted) if p * slack <= budget]
     assert c["params"] == max(s.params() for s in fits)  # the largest that fits, measured
     assert any("leaves room for a larger shape" in n for n in notes)
+    # the log's "predicted" for the step up is the profile's, as the table lists it, and it
+    # says what the loop planned with instead (the issue's "say which")
+    said = next(n for n in notes if n.startswith("fp32: exporting") and "planned at" in n
+                and f"({c['params'] / 1e6:.1f}M params" in n)
+    assert f"predicted p90 {c['predicted_ms']:.2f} ms, {c['upper_ms']:.2f} ms with the" in said
+    assert "scaled by how the shapes measured so far ran against their predictions" in said
 
 
 def test_auto_keeps_the_candidate_closest_to_the_full_model(profile, supernet, tmp_path):
@@ -1268,8 +1274,9 @@ def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_pa
 
 
 def test_families_that_all_reach_one_shape_are_one_line():
-    """The screen's table: where the budget lets every family reach the same shape (a loose
-    int8 budget: the full one), one line says so instead of eight identical entries."""
+    """The screen's table and the planner's progress line: where the budget lets every family
+    reach the same shape (a loose int8 budget: the full one), one line says so instead of
+    eight identical entries."""
     from shaper_deploy.cli.export import candidates_table
 
     row = lambda family, shape, score: {"family": family, "shape": shape,  # noqa: E731
@@ -1281,3 +1288,6 @@ def test_families_that_all_reach_one_shape_are_one_line():
     lines = candidates_table(plan).splitlines()
     assert lines[-2:] == ["  fp32      rectangle 0.6600 (23.6M), cigar 0.6100 (23.6M)",
                           "  int8      every family: 384,384 0.7227 (23.6M)"]
+    from shaper_deploy.templates import families_said  # the planner's progress line too
+    assert families_said(plan["families"]["by_precision"]["int8"]) == \
+        "every family: 384,384 0.7227 (23.6M)"
