@@ -185,6 +185,17 @@ def said_chosen(doing: str, path: Path, which: str) -> None:
              "(profiles list marks it; --profile chooses another)")
 
 
+def exports_drop(supernet: Path, widths) -> Callable:
+    """``shape -> the projections export drops`` for the super network at ``supernet`` (exact
+    identities: an identity network's), so that a command pricing its shapes with a profile
+    prices the graphs export writes, as the planner does; the model is loaded for it."""
+    from shaper_deploy.planner import export_dropped
+    from shaper_deploy.supernet import load_supernet
+
+    progress(f"loading {supernet} (which projections its exports drop)")
+    return export_dropped(load_supernet(supernet, widths))
+
+
 def profile_here(space, device: str, supernet: Path) -> Path:
     """A latency budget given without --profile: the profile ``profiles list`` marks for this
     machine and ``space`` in ./profiles, said on stderr; none is a one-line error saying how

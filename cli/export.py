@@ -12,8 +12,8 @@ from shaper_deploy.promise import MEASURE_SECONDS
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 from shaper_deploy.templates import PLAN_FAMILIES, families_said
 
-from .common import (emit, json_option, millions, percentile_option, predicted_by,
-                     profile_here, progress, table, widths_option)
+from .common import (emit, exports_drop, json_option, millions, percentile_option,
+                     predicted_by, profile_here, progress, table, widths_option)
 
 
 @click.command("export")
@@ -346,7 +346,10 @@ def _export_text(d: dict) -> str:
                    "paper's).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path), default=None,
               help="Also predict each shape's latency at the profile's reference size, per "
-                   "precision (a profile of this machine, reliable, unless the flags below).")
+                   "precision (a profile of this machine, reliable, unless the flags below); "
+                   "with --supernet, of the graph export writes from it (an identity super "
+                   "network's exact identity projections dropped, as export --latency prices "
+                   "them).")
 @percentile_option("With --profile: the percentile of request latency predicted.")
 @click.option("--for-device", is_flag=True,
               help="With --profile: accept a profile of another machine (predictions for it).")
@@ -390,6 +393,9 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
                 "out --supernet to use the profile's")
     else:
         space = profile.space if profile is not None else PAPER_SPACE
+    dropped = None  # priced as export writes them: this super network's exact identities dropped
+    if profile is not None and supernet_path is not None:
+        dropped = exports_drop(supernet_path, supershaper_widths)
     if params_texts:
         targets = [parse_count(t) for t in params_texts]
     else:
@@ -400,10 +406,12 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         shape = cigar_shape(target, space)
         row = {"target": target, "shape": list(shape.widths), "params": shape.params()}
         if profile is not None:
+            gone = [dropped(shape)] if dropped else None
             row["predicted_ms"] = {p: float(profile.predict([shape], p,
                                                              *profile.reference_workload,
-                                                             percentile)[0])
+                                                             percentile, gone)[0])
                                    for p in profile.precisions}
+            row["dropped_projections"] = len(gone[0]) if gone else 0
             row["percentile"] = percentile
         rows.append(row)
     data: dict = {"shapes": rows}
@@ -416,6 +424,9 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
                                             "differences": differences}}
         heading = [f"latency: p{percentile:g} at batch {b} x {s} tokens predicted by "
                    + predicted_by(profile, profile_path, differences)]
+        if any(r["dropped_projections"] for r in rows):
+            heading.append(f"  as export writes {supernet_path}'s shapes: its exact identity "
+                           "projections dropped (an identity super network's)")
     emit(data, as_json, lambda d: "\n".join(heading + [
         f"{millions(r['target']):>8} -> {millions(r['params']):>8}  "
         f"{','.join(map(str, r['shape']))}"

@@ -9,8 +9,9 @@ import click
 
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
-from .common import (ShaperGroup, emit, int_list, json_option, millions, percentile_option,
-                     profile_holding, progress, resumable, table, widths_option)
+from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, millions,
+                     percentile_option, profile_holding, progress, resumable, table,
+                     widths_option)
 
 
 @click.command("profile")
@@ -335,10 +336,16 @@ def _graph_line(g: dict) -> str:
 @click.option("--for-device", is_flag=True,
               help="Accept a profile of another machine: predictions for that machine.")
 @click.option("--allow-unreliable", is_flag=True, help="Accept a profile marked unreliable.")
+@click.option("--supernet", "supernet_path", type=click.Path(path_type=Path), default=None,
+              help="Predict the graph export writes from this super network (an identity "
+                   "super network's exact identity projections dropped, as export --latency "
+                   "prices them). Default: every projection computed.")
+@widths_option
 @json_option
 def predict(profile_path: Path | None, device: str | None, shape_text: str, precision: str | None,
             batch: int | None, seq_len: int | None, percentile: float, for_device: bool,
-            allow_unreliable: bool, as_json: bool) -> None:
+            allow_unreliable: bool, supernet_path: Path | None, supershaper_widths,
+            as_json: bool) -> None:
     """Predicted latency of a shape for a workload on a profiled device.
 
     Sizes between the profile's grid points are interpolated; sizes outside it are refused,
@@ -360,25 +367,42 @@ def predict(profile_path: Path | None, device: str | None, shape_text: str, prec
     differences = p.check_device(device or p.device, for_device)
     p.check_trust(allow_unreliable)
     shape = parse_shape(shape_text, p.space)
+    gone = None
+    if supernet_path is not None:
+        from shaper_deploy.errors import ProfileError
+        from shaper_deploy.supernet import read_checkpoint_header
+
+        space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
+        if space != p.space:
+            raise ProfileError(f"--supernet {supernet_path} has another design space "
+                               f"({space.describe()}) than profile {profile_path} "
+                               f"({p.space.describe()}); give a profile of its space")
+        gone = [exports_drop(supernet_path, supershaper_widths)(shape)]
     b = batch or p.reference_workload[0]
     s = seq_len or p.reference_workload[1]
     rows = []
     for prec in ([precision] if precision else p.precisions):
-        ms = float(p.predict([shape], prec, b, s, percentile)[0])
+        ms = float(p.predict([shape], prec, b, s, percentile, gone)[0])
         rows.append({"precision": prec, "predicted_ms": ms,
-                     "floor_ms": float(p.predict([shape], prec, b, s)[0]),
+                     "floor_ms": float(p.predict([shape], prec, b, s, None, gone)[0]),
                      "upper_ms": ms * p.margin(prec), "margin": p.margin(prec)})
     speed = p.machine_speed()
     data = {"shape": list(shape.widths), "params": shape.params(), "batch": b, "seq_len": s,
             "percentile": percentile, "predictions": rows, "profile": str(profile_path),
             "trust": p.trust, "machine_speed": speed,
-            "this_machine": {"matches": not differences, "differences": differences}}
+            "this_machine": {"matches": not differences, "differences": differences},
+            "supernet": None if supernet_path is None else str(supernet_path),
+            "dropped_projections": len(gone[0]) if gone else 0}
     band, within = next(iter(speed["within"].items())) if speed else ("", 1.0)  # the first band
     seconds = ((p.header.summary or {}).get("last_run") or {}).get("seconds")
     minutes = f"{seconds / 60:.1f} min" if seconds else "time"
     emit(data, as_json, lambda d: table(
         [("shape", str(shape)), ("params", millions(d["params"])),
-         ("workload", f"batch {b} x {s} tokens"), ("profile", str(profile_path))]
+         ("workload", f"batch {b} x {s} tokens"), ("profile", str(profile_path)),
+         ("graph", "every projection computed" if supernet_path is None else
+          f"as export writes it from {supernet_path}: "
+          + (f"{d['dropped_projections']} exact identity projection(s) dropped"
+             if d["dropped_projections"] else "every projection computed"))]
         + ([("machine", "FOR ANOTHER MACHINE (" + "; ".join(differences) + ")")]
            if differences else [])
         + [(r["precision"], f"p{percentile:g} {r['predicted_ms']:.2f} ms predicted (floor "

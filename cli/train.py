@@ -12,8 +12,8 @@ import click
 from shaper_deploy.training.config import (DEVICES, OBJECTIVES, ORDERS, PRECISIONS,
                                            QUALITY_METRICS, TaskConfig, TrainConfig)
 
-from .common import (ShaperGroup, emit, json_option, percentile_option, predicted_by,
-                     profile_here, progress, resumable, table, widths_option)
+from .common import (ShaperGroup, emit, exports_drop, json_option, percentile_option,
+                     predicted_by, profile_here, progress, resumable, table, widths_option)
 
 _DEFAULT = TrainConfig()
 _TASK = TaskConfig()
@@ -397,9 +397,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
                                "(--profile, or --latency)")
     limit, latency_limit, heading = None, None, []
     if profile_path is not None:
-        from shaper_deploy.planner import export_dropped
         from shaper_deploy.profiling.predictor import DeviceProfile
-        from shaper_deploy.supernet import load_supernet
 
         device_profile = DeviceProfile.load(profile_path)
         differences = device_profile.check_device(device_profile.device, for_device)
@@ -411,9 +409,7 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
                                    f"{', '.join(device_profile.precisions)} only")
         ref = device_profile.reference_workload
         workload = (batch or ref[0], seq_len or ref[1])
-        # the graphs export writes: exact identity projections dropped (an identity network's)
-        progress(f"loading {supernet_path} (which projections its exports drop)")
-        dropped = export_dropped(load_supernet(supernet_path, supershaper_widths))
+        dropped = exports_drop(supernet_path, supershaper_widths)
         margin = device_profile.margin(precision)
 
         def predicted(shapes):  # the planner's safe estimate: the percentile x margin

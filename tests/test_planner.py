@@ -1170,7 +1170,8 @@ def test_a_plans_bundle_as_shape_exports_the_plans_precision(profile, supernet, 
 def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
     """``search --latency 80%`` is 80% of the full fp32 model as export prices it (the graph
     export writes: an identity network's identity projections dropped), at the workload and
-    precision given; the table says the limit, the workload and whose predictions."""
+    precision given; the table says the limit, the workload and whose predictions. ``shapes
+    --supernet --profile`` prices its shapes the same way."""
     import hashlib
 
     from shaper_deploy.planner import export_dropped
@@ -1226,6 +1227,38 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
                                "times its x1.05 margin"), r.output
     r = CliRunner().invoke(main, search[:5] + ["--precision", "int8"])
     assert r.exit_code == 2 and "--precision go with a profile" in r.stderr
+    # shapes --supernet --profile prices its cigar shapes as export writes them too
+    r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
+                                  str(profile.path), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["shapes"]
+    for row in rows:
+        shape = Shape(tuple(row["shape"]), PLAN_SPACE)
+        assert row["predicted_ms"]["fp32"] == pytest.approx(float(profile.predict(
+            [shape], "fp32", *profile.reference_workload, 90.0, [dropped(shape)])[0]))
+        assert row["dropped_projections"] == len(dropped(shape))
+    assert rows[-1]["shape"] == list(full.widths) and rows[-1]["dropped_projections"]
+    r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
+                                  str(profile.path)])
+    assert "its exact identity projections dropped" in r.stdout.splitlines()[1], r.output
+    # and predict --supernet predicts the graph export writes from it
+    predict = ["predict", "--profile", str(profile.path), "--shape", ",".join(map(str, full.widths)),
+               "--precision", "fp32", "--batch", "2", "--seq-len", "16", "--json"]
+    r = CliRunner().invoke(main, predict + ["--supernet", str(tmp_path / "super")])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["predictions"][0]["predicted_ms"] == pytest.approx(
+        float(profile.predict([full], "fp32", 2, 16, 90.0, [dropped(full)])[0]))
+    assert d["dropped_projections"] == len(dropped(full))
+    r = CliRunner().invoke(main, predict)  # without: every projection computed
+    assert json.loads(r.stdout)["predictions"][0]["predicted_ms"] == pytest.approx(
+        float(profile.predict([full], "fp32", 2, 16, 90.0)[0]))
+    from dataclasses import replace
+
+    save_supernet(SuperBert(SuperConfig(replace(PLAN_SPACE, widths=PLAN_SPACE.widths[:2]))),
+                  tmp_path / "other")
+    r = CliRunner().invoke(main, predict + ["--supernet", str(tmp_path / "other")])
+    assert r.exit_code == 1 and "has another design space" in r.stderr, r.output
 
 
 def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_path):
