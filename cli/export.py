@@ -307,16 +307,18 @@ def _export_text(d: dict) -> str:
                        f"{plan['seq_len']} tokens ({plan['workload_source']}) on "
                        f"{plan['device']}"))
         target = plan.get("target") or {}
-        measured = (f"{pct} {plan['measured_ms']:.2f} ms measured here (predicted "
-                    f"{plan['predicted_ms']:.2f})" if plan["measured_ms"] is not None else
-                    f"{pct} {plan['predicted_ms']:.2f} ms predicted, {plan['predicted_upper_ms']:.2f} "
-                    "with the margin; UNVERIFIED: run shaperctl verify on "
-                    f"{target.get('fingerprint', {}).get('cpu_model', 'the target')}")
+        unverified = plan["measured_ms"] is None
+        measured = (f"{pct} {plan['predicted_ms']:.2f} ms predicted ("
+                    f"{plan['predicted_upper_ms']:.2f} with the margin)" if unverified else
+                    f"{pct} {plan['measured_ms']:.2f} ms measured here (predicted "
+                    f"{plan['predicted_ms']:.2f})")
         which = plan["precision"] + (" teacher" if plan.get("network") == "teacher" else "")
         metric = plan["fidelity_metric"]
         on = "" if metric.endswith(".csv") or " on " in metric else f", {plan['calibration']}"
-        rows.append(("chosen", f"{which}, {measured}, {plan['fidelity']:.4f} "
-                               f"({metric}{on})"))
+        rows.append(("chosen", f"{which}, {measured}, {plan['fidelity']:.4f} ({metric}{on})"
+                     + ("; UNVERIFIED: run shaperctl verify on "
+                        f"{target.get('fingerprint', {}).get('cpu_model', 'the target')}"
+                        if unverified else "")))
         if plan.get("machine_beyond_priced"):
             rows.append(("WARNING", plan["machine_beyond_priced"]["said"]))
         if plan.get("machine_faster"):

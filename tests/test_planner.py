@@ -826,6 +826,14 @@ def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supe
         f"  plan: p90 <= 1000000.00 ms at batch 1 x 16 ({plan['precision']}, fidelity "
         f"{plan['fidelity']:.4f}) on Some Other CPU: NOT verified on that machine; run "
         f"shaperctl verify {tmp_path / 'b'} there")
+    # the export command's own summary: the prediction, the fidelity, then what to do there
+    r = CliRunner().invoke(main, ["export", "--supernet", str(tmp_path / "super"), "--latency",
+                                  "1000000ms", "--profile", str(foreign.path), "--for-device",
+                                  "--seq-len", "16", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    chosen = next(line for line in r.stdout.splitlines() if line.startswith("chosen"))
+    assert re.search(r"ms predicted \([\d.]+ with the margin\), [\d.]+ \(.*\); UNVERIFIED: run "
+                     r"shaperctl verify on Some Other CPU$", chosen), chosen
     # shapes and search apply the same rule
     r = CliRunner().invoke(main, ["shapes", "--supernet", str(tmp_path / "super"), "--profile",
                                   str(foreign.path)])
