@@ -146,7 +146,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                            sweeps=sweeps or TRANSFER_SWEEPS,
                            calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks,
                            calm_wait=calm_wait)
-        transfer = tr.transfer_record(sources, protocol, device_fingerprint(device))
+        transfer = tr.transfer_record(sources, protocol, device_fingerprint(device), progress)
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
         usable = tuple(s for s in lens if s <= config.max_tokens)

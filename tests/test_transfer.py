@@ -228,6 +228,30 @@ def test_a_transfer_tail_is_raised_to_this_machine_sources_only():
         [1.0, 1.05, 1.1, 1.2, 1.3], [1.1, 1.3, 1.5, 1.5, 1.5]])
 
 
+def test_a_source_measured_without_parked_threads_lends_no_tail(tiny_profile):
+    """A profile of this machine made before profiles waited for ONNX Runtime's threads to
+    stop spinning (park_ms 0) is a prior, but its tail is not frozen: the spin inflated
+    short runs' tails (x2.5 at p90 where this machine's parked profile measured x1.26)."""
+    from shaper_deploy.profiling.fingerprint import device_fingerprint
+    from shaper_deploy.profiling.transfer import transfer_record
+
+    source = DeviceProfile.load(tiny_profile)
+    assert source.header.protocol.park_ms == 0  # fast_protocol's
+    said = []
+    record = transfer_record([source], source.header.protocol, device_fingerprint("cpu"),
+                             said.append)
+    assert record["differences"] == [[]]  # this very machine
+    assert "tail" not in record["sources"][0] and "speed_p90" not in record["sources"][0]
+    assert record["sources"][0]["coef"].keys() == set(source.precisions)  # still a prior
+    assert len(said) == 1 and "its latency tail is not used" in said[0]
+    # a header written before park_ms existed reads as measured without it (it read 500)
+    from shaper_deploy.profiling.folder import ProfileHeader
+
+    data = json.loads((tiny_profile / "profile.json").read_text())
+    del data["protocol"]["park_ms"]
+    assert ProfileHeader.from_dict(data, tiny_profile).protocol.park_ms == 0
+
+
 def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
     cuda = tmp_path / "cuda"
     shutil.copytree(tiny_profile, cuda)
@@ -260,6 +284,14 @@ def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
 
 def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     out = tmp_path / "t"
+    # the source as if measured with the threads parked (the tiny profile skips the wait to
+    # stay fast); its tail is frozen below, which one measured without parking's is not
+    parked = tmp_path / "parked"
+    shutil.copytree(tiny_profile, parked)
+    header = json.loads((parked / "profile.json").read_text())
+    header["protocol"]["park_ms"] = 500.0
+    (parked / "profile.json").write_text(json.dumps(header, indent=2) + "\n")
+    tiny_profile = parked
     # only the sizes served: the source's grid (1x8, 1x16, 2x8, 2x16) up to 16 tokens
     args = ["profile", "--device", "cpu", "--from", str(tiny_profile), "--samples", "8",
             "--max-tokens", "16", "--out", str(out), "--json"]

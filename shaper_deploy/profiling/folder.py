@@ -105,7 +105,8 @@ class TransferSource(TypedDict):
     held_out_mape: dict[str, float]  # the source's own trust, per precision
     coef: dict[str, dict[str, list[float]]]  # precision -> "BxS" -> coefficients
     # precision -> its tail (predictor.TailModel), frozen for a source measured on this very
-    # machine (no fingerprint differences): the transfer's tail is raised to it where larger
+    # machine (no fingerprint differences) with the threads parked (protocol.park_ms > 0):
+    # the transfer's tail is raised to it where larger
     tail: NotRequired[dict[str, dict[str, Any]]]
     # with its tail: the 90th percentile of its groups' slowdowns (``machine_speed``), the
     # slowdowns that tail prices
@@ -180,6 +181,8 @@ class ProfileHeader:
         reject_unknown_fields(cls, data, where, ProfileError)
         if "config" in data:
             data["config"] = SuperConfig.upgraded(data["config"])
+        if isinstance(data.get("protocol"), dict):
+            data["protocol"] = Protocol.upgraded(data["protocol"])
         for name, kind, whole in (("protocol", Protocol, False), ("config", SuperConfig, True)):
             if isinstance(data.get(name), dict):  # nested records: no unknown fields either
                 reject_unknown_fields(kind, data[name], f"{where} {name}", ProfileError, whole)

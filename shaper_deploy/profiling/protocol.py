@@ -159,11 +159,18 @@ class Protocol:
         d["check_workloads"] = [list(w) for w in self.check_workloads]
         return d
 
+    @staticmethod
+    def upgraded(data: dict[str, Any]) -> dict[str, Any]:
+        """A protocol record as an earlier version wrote it, with what its absent fields
+        meant then: one written before ``park_ms`` existed was measured with the fixed pause
+        alone (0), not with the parking today's default (500) would claim. Every reader of a
+        protocol record (``from_dict``, ``ProfileHeader.from_dict``) goes through here."""
+        return {"park_ms": 0.0, **data}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Protocol":
         reject_unknown_fields(cls, data, "protocol", ProfileError)
-        data = dict(data)
-        data.setdefault("park_ms", 0.0)  # written before it existed: measured without it
+        data = cls.upgraded(data)
         for key in ("precisions", "batches", "seq_lens"):
             if key in data:
                 data[key] = tuple(data[key])

@@ -186,16 +186,27 @@ def target_protocol(sources: Sequence[DeviceProfile], threads: int,
 
 
 def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
-                    fingerprint: Fingerprint) -> Transfer:
+                    fingerprint: Fingerprint,
+                    note: Callable[[str], None] = lambda message: None) -> Transfer:
     """What ``profile.json`` keeps of the sources: who they are and their coefficients at
-    this profile's grid points (so the profile refits without them)."""
+    this profile's grid points (so the profile refits without them), and the tail of each
+    source measured on this very machine (``same_machine_tails``). A source measured before
+    profiles waited for ONNX Runtime's threads to stop spinning (``park_ms`` 0) is a prior
+    but its tail is not frozen: the next session's runs shared a core with the spinning
+    threads, which priced short runs' p90 at x2.4-2.5 the floor where this machine's own
+    parked profile measures x1.26 (the 2026-11 Intel MiniLM profile at 1.6 ms, session 35)."""
     frozen = []
     for s in sources:  # DeviceProfile.load verified predictor.json against this sum
         same_machine = not fingerprint_differences(s.header.fingerprint, fingerprint)
-        speed = s.machine_speed() if same_machine else None
+        priced = same_machine and s.header.protocol.park_ms > 0
+        if same_machine and not priced:
+            note(f"{s.path}: measured on this machine before profiles waited for ONNX "
+                 "Runtime's threads to stop spinning; a prior, but its latency tail is not "
+                 "used (the spinning inflated short runs' tails)")
+        speed = s.machine_speed() if priced else None
         frozen.append({
             **({"tail": {p: s.model.tail[p] for p in protocol.precisions if p in s.model.tail}}
-               if same_machine else {}),
+               if priced else {}),
             **({"speed_p90": round(speed["p90"], 6)} if speed is not None else {}),
             "profile": str(s.path), "fingerprint": s.header.fingerprint,
             "created": s.header.created, "predictor_sha256": s.header.files[META_FILE],
