@@ -38,6 +38,7 @@ def promise(transfer: DeviceProfile, tails: list[DeviceProfile], rows: list[dict
     prices, up to ``slowdown``, times the tail, or the percentile observed if larger) against
     that prediction."""
     total, over, judged, predicted = {}, {}, [], []
+    ratios: dict[str, list[float]] = {}  # workload -> predicted / observed percentile
     for r in rows:
         shape = shape_from_key(r["shape"], transfer.space)
         floor = float(transfer.predict([shape], r["precision"], r["batch"], r["seq_len"], None,
@@ -53,8 +54,12 @@ def promise(transfer: DeviceProfile, tails: list[DeviceProfile], rows: list[dict
         now = r["floor_ms"] / priced_drift(r["drift"], slowdown)
         judged.append(max(now * factor(now), float(np.percentile(times, percentile))))
         predicted.append(floor * factor(floor))
+        ratios.setdefault(f"{r['batch']}x{r['seq_len']}", []).append(
+            predicted[-1] / float(np.percentile(times, percentile)))
     return {"runs": sum(total.values()), "runs_over": sum(over.values()) / sum(total.values()),
             "by_precision": {p: over[p] / total[p] for p in sorted(total)},
+            "predicted_over_observed_by_workload": {w: float(np.median(v))
+                                                    for w, v in ratios.items()},
             "slowdown_priced": slowdown,
             "judged": score(np.array(judged), np.array(predicted))}
 
@@ -91,7 +96,9 @@ def main() -> None:
                                                        r["by_precision"].items())
                   + f"); judged as verify does, slowdown priced to {r['slowdown_priced']:.2f}x: "
                   f"{j['median_abs_error']:.1%} median |error|, {j['within_10pct']:.0%} within "
-                  f"+-10%, {j['over_5pct']:.0%} over +5%")
+                  f"+-10%, {j['over_5pct']:.0%} over +5%; predicted / observed p"
+                  f"{args.percentile:g}, median per workload: " + ", ".join(
+                      f"{w} {v:.2f}" for w, v in r["predicted_over_observed_by_workload"].items()))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 

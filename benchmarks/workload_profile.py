@@ -45,6 +45,8 @@ WORKLOADS = [(1, 32), (1, 96), (1, 200), (2, 64), (8, 32)]
 def learning_curve(profile: DeviceProfile) -> list[dict]:
     """Held-out error against profiling time: fitted on the first k training shapes in the
     order they were measured, always checked on the profile's own held-out shapes."""
+    if profile.header.transfer:  # a few shapes on a prior: no direct refit to grow
+        return []
     records = read_measurements(profile.path)
     full = fit_model(profile.header, records)
     held = set(full.metrics[full.precisions[0]]["held_out_keys"])
@@ -170,8 +172,11 @@ def main() -> None:
                     help="Also measure real bundles exported from this super network.")
     ap.add_argument("--shapes", nargs="*", default=SHAPES)
     ap.add_argument("--percentile", type=float, default=90.0)
+    ap.add_argument("--workloads", default=",".join(f"{b}x{s}" for b, s in WORKLOADS),
+                    help="Input sizes the real bundles are timed at, BxS comma-separated.")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    workloads = [tuple(int(v) for v in w.split("x")) for w in args.workloads.split(",")]
     profile = DeviceProfile.load(args.profile)
     result = {"benchmark": "workload_profile", "profile": str(args.profile),
               "protocol": profile.header.protocol.to_dict(),
@@ -181,7 +186,7 @@ def main() -> None:
               "held_out": {p: profile.model.metrics[p] for p in profile.precisions},
               "trust": profile.trust, "learning_curve": learning_curve(profile)}
     if args.supernet is not None:
-        rows = real_bundles(profile, args.supernet, args.shapes, WORKLOADS, args.percentile)
+        rows = real_bundles(profile, args.supernet, args.shapes, workloads, args.percentile)
         result["real_bundles"] = {"rows": rows, "floor": _errors(rows, "error"),
                                   "floor_at_drift": _errors(rows, "error_at_drift"),
                                   "percentile_observed": _errors(rows, "pct_error"),
