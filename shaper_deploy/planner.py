@@ -244,7 +244,6 @@ def choose_family(supernet, profile: DeviceProfile, plan: Plan, names: Sequence[
     return plans[best], shape_family(best, space), table
 
 
-
 def export_dropped(supernet) -> Callable[[Shape], list[str]]:
     """``shape -> projections its export drops`` for this super network."""
     from .fusion import bottleneck_orders, dropped_projections
