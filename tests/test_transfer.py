@@ -244,6 +244,9 @@ def test_a_source_measured_without_parked_threads_lends_no_tail(tiny_profile):
     assert "tail" not in record["sources"][0] and "speed_p90" not in record["sources"][0]
     assert record["sources"][0]["coef"].keys() == set(source.precisions)  # still a prior
     assert len(said) == 1 and "its latency tail is not used" in said[0]
+    r = CliRunner().invoke(main, ["profiles", "show", str(tiny_profile)])  # and it says so
+    protocol = next(line for line in r.stdout.splitlines() if line.startswith("protocol"))
+    assert "did not wait for ONNX Runtime's threads to stop spinning" in protocol, r.output
     # a header written before park_ms existed reads as measured without it (it read 500)
     from shaper_deploy.profiling.folder import ProfileHeader
 
