@@ -185,13 +185,22 @@ def said_chosen(doing: str, path: Path, which: str) -> None:
              "(profiles list marks it; --profile chooses another)")
 
 
-def exports_drop(supernet: Path, widths) -> Callable:
+def exports_drop(supernet: Path, widths, profile, profile_path: Path, hint: str = ""
+                 ) -> Callable:
     """``shape -> the projections export drops`` for the super network at ``supernet`` (exact
-    identities: an identity network's), so that a command pricing its shapes with a profile
-    prices the graphs export writes, as the planner does; the model is loaded for it."""
+    identities: an identity network's), so that a command pricing its shapes with ``profile``
+    prices the graphs export writes, as the planner does. The super network is first checked
+    to have the profile's design space (one line naming both, then ``hint``), then loaded."""
+    from shaper_deploy.errors import ProfileError
     from shaper_deploy.planner import export_dropped
-    from shaper_deploy.supernet import load_supernet
+    from shaper_deploy.supernet import load_supernet, read_checkpoint_header
 
+    space = read_checkpoint_header(supernet, widths)["config"].space
+    if space != profile.space:
+        raise ProfileError(f"--profile {profile_path} covers another design space "
+                           f"({profile.space.describe()}) than --supernet {supernet} "
+                           f"({space.describe()}); give a profile of the super network's "
+                           "space" + hint)
     progress(f"loading {supernet} (which projections its exports drop)")
     return export_dropped(load_supernet(supernet, widths))
 

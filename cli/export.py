@@ -381,23 +381,16 @@ def shapes(params_texts: tuple[str, ...], supernet_path: Path | None, profile_pa
         profile = DeviceProfile.load(profile_path)
         differences = profile.check_device(profile.device, for_device)
         profile.check_trust(allow_unreliable)
+    dropped = None  # priced as export writes them: this super network's exact identities dropped
     if supernet_path is not None:
         from shaper_deploy.supernet import read_checkpoint_header
 
         space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
-        if profile is not None and profile.space != space:
-            from shaper_deploy.errors import ProfileError
-
-            raise ProfileError(
-                f"--profile {profile_path} covers another design space "
-                f"({profile.space.describe()}) than --supernet {supernet_path} "
-                f"({space.describe()}); give a profile of the super network's space, or leave "
-                "out --supernet to use the profile's")
+        if profile is not None:
+            dropped = exports_drop(supernet_path, supershaper_widths, profile, profile_path,
+                                   ", or leave out --supernet to use the profile's")
     else:
         space = profile.space if profile is not None else PAPER_SPACE
-    dropped = None  # priced as export writes them: this super network's exact identities dropped
-    if profile is not None and supernet_path is not None:
-        dropped = exports_drop(supernet_path, supershaper_widths)
     if params_texts:
         targets = [parse_count(t) for t in params_texts]
     else:

@@ -374,15 +374,7 @@ def predict(profile_path: Path | None, device: str | None, shape_text: str, prec
     shape = parse_shape(shape_text, p.space)
     gone = None
     if supernet_path is not None:
-        from shaper_deploy.errors import ProfileError
-        from shaper_deploy.supernet import read_checkpoint_header
-
-        space = read_checkpoint_header(supernet_path, supershaper_widths)["config"].space
-        if space != p.space:
-            raise ProfileError(f"--supernet {supernet_path} has another design space "
-                               f"({space.describe()}) than profile {profile_path} "
-                               f"({p.space.describe()}); give a profile of its space")
-        gone = [exports_drop(supernet_path, supershaper_widths)(shape)]
+        gone = [exports_drop(supernet_path, supershaper_widths, p, profile_path)(shape)]
     b = batch or p.reference_workload[0]
     s = seq_len or p.reference_workload[1]
     rows = []

@@ -402,14 +402,12 @@ def search(supernet_path: Path, quality_path: Path, profile_path: Path | None,
         device_profile = DeviceProfile.load(profile_path)
         differences = device_profile.check_device(device_profile.device, for_device)
         device_profile.check_trust(allow_unreliable)
-        if device_profile.space != space:
-            raise click.ClickException(f"profile {profile_path} covers another design space")
         if precision not in device_profile.precisions:
             raise click.UsageError(f"--precision {precision}: profile {profile_path} measured "
                                    f"{', '.join(device_profile.precisions)} only")
         ref = device_profile.reference_workload
         workload = (batch or ref[0], seq_len or ref[1])
-        dropped = exports_drop(supernet_path, supershaper_widths)
+        dropped = exports_drop(supernet_path, supershaper_widths, device_profile, profile_path)
         margin = device_profile.margin(precision)
 
         def predicted(shapes):  # the planner's safe estimate: the percentile x margin

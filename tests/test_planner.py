@@ -1266,7 +1266,11 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
     save_supernet(SuperBert(SuperConfig(replace(PLAN_SPACE, widths=PLAN_SPACE.widths[:2]))),
                   tmp_path / "other")
     r = CliRunner().invoke(main, predict + ["--supernet", str(tmp_path / "other")])
-    assert r.exit_code == 1 and "has another design space" in r.stderr, r.output
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"Error: --profile {profile.path} covers another design space "
+        f"({PLAN_SPACE.describe()}) than --supernet {tmp_path / 'other'} "
+        f"({replace(PLAN_SPACE, widths=PLAN_SPACE.widths[:2]).describe()}); give a profile of "
+        "the super network's space"], r.output
 
 
 def test_the_budgets_length_comes_from_the_users_texts(profile, supernet, tmp_path):
