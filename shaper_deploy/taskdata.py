@@ -137,4 +137,3 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         raise DataError(f"{path} holds no rows (a header row and at least one row of text "
                         "are needed)")
     return rows, sep
-

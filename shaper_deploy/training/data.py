@@ -24,9 +24,8 @@ def read_texts(path: str | Path) -> list[str]:
     limit = min(MAX_DATA_BYTES, available_memory() // 8)  # tokens take several times the text
     texts = []
     for f in files:
-        lines = read_lines(f, limit, "data file", TrainingError, lossy=True, empty_ok=True)
-        limit -= sum(len(line) + 1 for line in lines)
-        texts += lines
+        texts += read_lines(f, limit, "data file", TrainingError, lossy=True, empty_ok=True)
+        limit -= f.stat().st_size  # the bytes read_lines just read (a grown file is refused)
     if not texts:
         raise TrainingError(f"no text found in {path} (expected .txt files with lines of text)")
     return texts
