@@ -303,8 +303,8 @@ def _protocol_line(p: dict) -> str:
     from shaper_deploy.profiling.protocol import Protocol, describe_range
 
     protocol = Protocol.from_dict(p)
-    grid = protocol.grid
-    return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; {describe_range(grid)} "
+    return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; "
+            f"{describe_range(protocol.grid)} "
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
             f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"
             + (f", then up to {p['calm_looks']} calm look(s) at what ran over {CALM_BAND:g}x "
@@ -312,9 +312,9 @@ def _protocol_line(p: dict) -> str:
                                 "for allows" if p.get("calm_wait") else "")
                if p.get("calm_looks") else "")
             + ("" if protocol.park_ms else
-               "; turns did not wait for ONNX Runtime's threads to stop spinning (park_ms 0, as every "
-               "profile before 2026-12-03), so short runs' percentiles include the spin (a transfer takes "
-               "no tail from it)"))
+               "; turns did not wait for ONNX Runtime's threads to stop spinning (park_ms 0, "
+               "as every profile before 2026-12-03), so short runs' percentiles include the "
+               "spin (a transfer takes no tail from it)"))
 
 
 def _graph_line(g: dict) -> str:

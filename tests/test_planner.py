@@ -1250,8 +1250,9 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
                                   str(profile.path)])
     assert "its exact identity projections dropped" in r.stdout.splitlines()[1], r.output
     # and predict --supernet predicts the graph export writes from it
-    predict = ["predict", "--profile", str(profile.path), "--shape", ",".join(map(str, full.widths)),
-               "--precision", "fp32", "--batch", "2", "--seq-len", "16", "--json"]
+    predict = ["predict", "--profile", str(profile.path), "--shape",
+               ",".join(map(str, full.widths)), "--precision", "fp32", "--batch", "2",
+               "--seq-len", "16", "--json"]
     r = CliRunner().invoke(main, predict + ["--supernet", str(tmp_path / "super")])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
