@@ -43,8 +43,10 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
               help="Leave out grid points with more than this many batch x length tokens "
                    "(default 1024; with --from, the source's, or fewer: only the sizes you "
                    "serve are measured, e.g. 256, in a fraction of the time).")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1),
-              help="Intra-op threads.")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="Intra-op threads of every session timed, and of the plans and servers "
+                   "that use the profile (default 2, or 1 where this process may use one "
+                   "core only: CPU affinity, a container's CPU quota).")
 @click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
               help="Time budget for measuring (default 12; 2 with --from): a probe of the "
                    "device's speed (its first seconds) picks how many shapes and rounds fit "
@@ -74,7 +76,7 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
 @json_option
 def profile(device: str, out: Path, supernet_path: Path | None, precisions: str | None,
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
-            max_tokens: int | None, threads: int, minutes: float | None,
+            max_tokens: int | None, threads: int | None, minutes: float | None,
             samples: int | None, rounds: int | None, sweeps: int | None,
             calm_looks: int | None, calm_wait: bool, seed: int,
             supershaper_widths,
@@ -115,10 +117,11 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                                                  TRANSFER_CALM_LOOKS, TRANSFER_SWEEPS,
                                                  run_profile)
     from shaper_deploy.profiling.protocol import Protocol
-    from shaper_deploy.runtime import DEVICE_PRECISIONS
+    from shaper_deploy.runtime import DEVICE_PRECISIONS, default_threads
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
     check_not_input(out, {"--supernet": supernet_path})
+    threads = threads or default_threads()
     if supernet_path is not None:
         config = read_checkpoint_header(supernet_path, supershaper_widths)["config"]
         source = {"supernet": str(supernet_path)}
@@ -292,9 +295,12 @@ def _profile_text(d: dict) -> str:
 
 def _device_line(fp: dict) -> str:
     gpu = f", {fp['gpu']['name']}" if fp.get("gpu") else ""
-    from shaper_deploy.profiling.fingerprint import cpu_name
+    from shaper_deploy.profiling.fingerprint import cpu_name, field_value
 
-    return (f"{fp['device']}: {cpu_name(fp)}, {fp['logical_cores']} cores, "
+    usable = field_value(fp, "usable_cores")
+    cores = f"{fp['logical_cores']} cores" + (
+        f" ({usable} usable: CPU affinity or quota)" if usable != fp["logical_cores"] else "")
+    return (f"{fp['device']}: {cpu_name(fp)}, {cores}, "
             f"{' '.join(fp['isa']) or 'no SIMD flags read'}{gpu}; onnxruntime {fp['onnxruntime']}")
 
 

@@ -52,33 +52,104 @@ def precision_problem(device: str, precision: str) -> str | None:
     return f"{why}; allowed on {device}: {', '.join(DEVICE_PRECISIONS.get(device, ()))}"
 MAX_THREADS = 1024  # intra-op threads any session (here or on a server) is given
 THREADS_PER_CORE_HERE = 4  # a session made on this machine: more is oversubscription
+DEFAULT_THREADS = 2  # a profile's intra-op threads where this process may use two cores
+
+
+@lru_cache(maxsize=1)
+def usable_cores() -> int:
+    """The cores this process may run on at once: the machine's, narrowed by its CPU affinity
+    (taskset, a container's cpuset) and a container's CPU quota (cgroup v1/v2 bandwidth,
+    rounded up), as ``joblib.cpu_count`` reads them; LOKY_MAX_CPU_COUNT lowers it further.
+    ``os.cpu_count()`` counts the host's cores, which a 1-CPU container or a pinned process
+    cannot use: two intra-op threads on one usable core ran MiniLM at 1 x 128 in 49 ms
+    where one thread took 24 ms (Intel Xeon, ``taskset -c 0``, 2026-12-05)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count(only_physical_cores=False))
+
+
+def default_threads() -> int:
+    """A profile's intra-op threads when none are asked for: ``DEFAULT_THREADS``, never more
+    than the cores this process may use (one thread per usable core at most)."""
+    return min(DEFAULT_THREADS, usable_cores())
 
 
 def check_threads(threads: int | None) -> None:
-    """Intra-op threads for a session made on this machine: 1 .. 4 x its cores."""
-    import os
-
+    """Intra-op threads for a session made on this machine: 1 .. 4 x the cores it may use."""
     if threads is None:
         return
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     most = min(MAX_THREADS, THREADS_PER_CORE_HERE * cores)
     if not 1 <= threads <= most:
         raise DeviceError(f"--threads {threads} is outside 1..{most} (at most "
-                          f"{THREADS_PER_CORE_HERE} per core of this machine's {cores})")
+                          f"{THREADS_PER_CORE_HERE} per core this process may use; it may "
+                          f"use {cores})")
+
+
+NO_LIMIT = 1 << 60  # a cgroup memory limit at or above this is "none" (v1 writes 2**63 - 4096)
+# What a memory cgroup allows and uses, by version: (limit file, usage file) under its folder.
+CGROUP_MEMORY = {"v2": ("memory.max", "memory.current"),
+                 "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
+
+
+def cgroup_memory_left(root: str | Path = "/") -> int | None:
+    """Bytes a memory limit on this process's cgroup still allows (a container's ``docker
+    --memory``, a systemd unit's MemoryMax): the limit less what the cgroup uses, the lowest
+    over its folder and the folders above it as mounted (cgroup v2, else v1's memory
+    hierarchy; a container that sees the host's path reads its own at the mount's root);
+    None where no limit is set. ``root``: where /proc and /sys are (tests)."""
+    root = Path(root)
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mount, version = root / "sys/fs/cgroup", "v2"
+        elif "memory" in controllers.split(","):
+            mount, version = root / "sys/fs/cgroup/memory", "v1"
+        else:
+            continue
+        limit_file, usage_file = CGROUP_MEMORY[version]
+        left = []
+        folder = mount / path.lstrip("/")
+        for d in [folder, *folder.parents]:
+            try:
+                limit, usage = ((d / limit_file).read_text().strip(),
+                                (d / usage_file).read_text().strip())
+            except OSError:
+                limit = usage = None
+            if limit and limit != "max" and int(limit) < NO_LIMIT:
+                left.append(max(0, int(limit) - int(usage or 0)))
+            if d == mount:
+                break
+        if version == "v1" or left:  # v1's line is the memory hierarchy's; v2's the only one
+            return min(left) if left else None
+    return None
 
 
 def available_memory() -> int:
-    """Bytes the machine can still give (MemAvailable; else total physical memory)."""
+    """Bytes the machine can still give this process: MemAvailable (else total physical
+    memory), and no more than a container's memory limit leaves (``cgroup_memory_left``):
+    /proc/meminfo inside a container describes the host."""
     import os
 
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if free is None:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        left = cgroup_memory_left()
+    except (ValueError, OSError):  # a cgroup file not as the kernel writes it: not a limit
+        left = None
+    return free if left is None else min(free, left)
 
 
 def check_workload(batch: int, seq_len: int, space: dict) -> None:
@@ -94,7 +165,8 @@ def check_workload(batch: int, seq_len: int, space: dict) -> None:
         most = max(1, free // (seq_len * per_token + scores))
         raise DeviceError(f"batch {batch} x {seq_len} tokens needs about {need / 2**30:.1f} GiB "
                           f"of activations, more than half of the {free * 2 / 2**30:.1f} GiB "
-                          f"this machine has free; at this length at most --batch {most}")
+                          f"this machine (or its container's memory limit) has free; at this "
+                          f"length at most --batch {most}")
 _VNNI = ("avx512_vnni", "avx_vnni")
 _X86 = ("avx", "avx2", "fma", "avx512f")
 

@@ -216,3 +216,46 @@ def test_a_bundle_is_safe_to_share_between_threads(bundle):
     b = model.bench(batch=1, seq_len=8, concurrency=3, duration=0.3)
     assert b["failed"] == 0 and b["first_failure"] is None
     assert b["p99_over_p50"] == pytest.approx(b["latency_ms"]["p99"] / b["latency_ms"]["p50"])
+
+
+def test_a_containers_memory_limit_bounds_what_a_request_may_use(tmp_path, monkeypatch):
+    """/proc/meminfo in a container describes the host; its cgroup's limit less its usage is
+    what the process may still take (v2 and v1, the lowest over the folders above, the
+    mount's root where the host's path is not mounted), and a request sized by the host's
+    memory is refused by the container's, in one line."""
+    from shaper_deploy import runtime
+    from shaper_deploy.errors import DeviceError
+
+    def tree(name, cgroup, files):
+        root = tmp_path / name
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/cgroup").write_text(cgroup)
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text + "\n")
+        return root
+
+    gib = 1 << 30
+    v2 = tree("v2", "0::/ctr/job\n", {"sys/fs/cgroup/memory.max": "max",
+                                      "sys/fs/cgroup/memory.current": str(3 * gib),
+                                      "sys/fs/cgroup/ctr/memory.max": str(2 * gib),
+                                      "sys/fs/cgroup/ctr/memory.current": str(gib // 2),
+                                      "sys/fs/cgroup/ctr/job/memory.max": "max",
+                                      "sys/fs/cgroup/ctr/job/memory.current": str(gib // 4)})
+    assert runtime.cgroup_memory_left(v2) == 2 * gib - gib // 2
+    v1 = tree("v1", "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n",
+              {"sys/fs/cgroup/memory/memory.limit_in_bytes": str(gib),
+               "sys/fs/cgroup/memory/memory.usage_in_bytes": str(gib // 4)})
+    assert runtime.cgroup_memory_left(v1) == gib - gib // 4
+    unlimited = tree("none", "4:memory:/\n0::/\n",
+                     {"sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712",
+                      "sys/fs/cgroup/memory/memory.usage_in_bytes": str(gib)})
+    assert runtime.cgroup_memory_left(unlimited) is None
+    assert runtime.cgroup_memory_left(tmp_path / "no-proc") is None
+    space = {"intermediate_size": 1536, "hidden_size": 384, "num_heads": 12}
+    monkeypatch.setattr(runtime, "cgroup_memory_left", lambda: gib)
+    assert runtime.available_memory() <= gib
+    with pytest.raises(DeviceError, match=r"^batch 64 x 512 tokens needs about 2\.\d GiB .*"
+                                          r"container's memory limit.*at most --batch 14$"):
+        runtime.check_workload(64, 512, space)
+    runtime.check_workload(8, 512, space)

@@ -428,3 +428,58 @@ def test_a_folder_of_profiles_is_every_one_of_this_kind_and_space(tiny_profile, 
     r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(fleet / "a"),
                                   "--out", str(fleet / "a")])
     assert r.exit_code == 1 and "is the input --from" in r.stderr
+
+
+@pytest.fixture
+def one_usable_core(monkeypatch):
+    """This process as if it could run on one core only (a 1-CPU container or VM, or
+    ``taskset -c 0``): joblib's cpu_count honours LOKY_MAX_CPU_COUNT as it does affinity and
+    cgroup quotas."""
+    from shaper_deploy import runtime
+
+    if runtime.usable_cores() == 1:
+        pytest.skip("this machine already gives the process one core")
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")
+    runtime.usable_cores.cache_clear()
+    yield
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
+    runtime.usable_cores.cache_clear()
+
+
+def test_one_usable_core_is_another_device_profiled_with_one_thread(one_usable_core,
+                                                                    tiny_profile, tmp_path):
+    """Two intra-op threads on one usable core ran twice as slow as one thread: a profile made
+    with every core does not describe the same CPU behind a one-core quota (refused, the field
+    named), a profile made there defaults to one thread, and --threads is bounded by the
+    cores this process may use."""
+    from shaper_deploy.errors import DeviceError
+    from shaper_deploy.profiling.fingerprint import fingerprint_differences
+    from shaper_deploy.runtime import check_threads, default_threads
+
+    assert default_threads() == 1
+    with pytest.raises(DeviceError, match=r"--threads 5 is outside 1\.\.4 .*it may use 1\)"):
+        check_threads(5)
+    before = json.loads((tiny_profile / "profile.json").read_text())["fingerprint"]
+    older = {k: v for k, v in before.items() if k != "usable_cores"}  # read as logical_cores
+    here = dict(before, usable_cores=1)
+    assert fingerprint_differences(older, here) == [
+        f"usable_cores: {before['logical_cores']} vs 1"]
+    assert fingerprint_differences(older, dict(here, usable_cores=before["logical_cores"])) == []
+    r = CliRunner().invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "60x3",
+                                  "--seq-len", "16"])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert f"usable_cores: {before['usable_cores']} vs 1" in r.stderr, r.stderr
+    out = tmp_path / "one-core"
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
+                                  "--samples", "8", "--max-tokens", "16", "--out", str(out),
+                                  "--json"])
+    assert r.exit_code == 0, r.output + r.stderr
+    data = json.loads(r.stdout)
+    assert data["protocol"]["threads"] == 1 and data["fingerprint"]["usable_cores"] == 1
+    assert data["transfer"]["differences"] == [[
+        f"usable_cores: {before['usable_cores']} vs 1"]]
+    shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
+    assert f"{data['fingerprint']['logical_cores']} cores (1 usable" in shown.stdout
+    assert CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
+                                     "--threads", "5", "--out", str(tmp_path / "x")]
+                              ).exit_code == 1

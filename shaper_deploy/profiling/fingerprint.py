@@ -9,13 +9,16 @@ import subprocess
 from typing import Any
 
 from ..errors import DeviceError, check_choice
-from ..runtime import cpu_id, cpu_model_and_flags
+from ..runtime import cpu_id, cpu_model_and_flags, usable_cores
 
 # Fields that must agree for a profile to describe this machine.
-DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "cpu_id", "logical_cores", "isa",
-               "onnxruntime", "gpu")
+DEVICE_KEYS = ("device", "provider", "machine", "cpu_model", "cpu_id", "logical_cores",
+               "usable_cores", "isa", "onnxruntime", "gpu")
 # Recorded since 2026-12-03: a fingerprint written before lacks it and is matched without it.
 LATER_KEYS = ("cpu_id",)
+# Recorded since 2026-12-05; a fingerprint written before is read as having had every core
+# (every shipped profile was measured by a process free to use all of the VM's cores).
+READ_AS = {"usable_cores": "logical_cores"}
 
 
 def _gpu() -> dict[str, str] | None:
@@ -46,7 +49,8 @@ def device_fingerprint(device: str) -> dict[str, Any]:
         raise DeviceError("device 'cuda' was requested but no NVIDIA GPU is visible "
                           "(nvidia-smi found none)")
     return {"device": device, "provider": DEVICES[device], "machine": platform.machine(),
-            "cpu_model": model, "cpu_id": cpu_id(), "logical_cores": os.cpu_count(), "isa": isa,
+            "cpu_model": model, "cpu_id": cpu_id(), "logical_cores": os.cpu_count(),
+            "usable_cores": usable_cores(), "isa": isa,
             "onnxruntime": ort.__version__, "gpu": gpu, "os": platform.system()}
 
 
@@ -55,16 +59,23 @@ def cpu_name(fp: dict[str, Any]) -> str:
     return fp["cpu_model"] + (f" ({fp['cpu_id']})" if fp.get("cpu_id") else "")
 
 
+def field_value(fp: dict[str, Any], key: str) -> Any:
+    """One device field of a fingerprint, a field it predates read as ``READ_AS`` says."""
+    return fp.get(key, fp.get(READ_AS[key])) if key in READ_AS else fp.get(key)
+
+
 def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The device fields on which two fingerprints disagree (a field that one of them
-    predates is not compared)."""
+    """The device fields on which two fingerprints disagree (a ``LATER_KEYS`` field that one
+    of them predates is not compared)."""
     return [k for k in DEVICE_KEYS
-            if a.get(k) != b.get(k) and (k not in LATER_KEYS or (k in a and k in b))]
+            if field_value(a, k) != field_value(b, k)
+            and (k not in LATER_KEYS or (k in a and k in b))]
 
 
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """``differing_fields`` as readable phrases."""
-    return [_difference(k, a.get(k), b.get(k)) for k in differing_fields(a, b)]
+    return [_difference(k, field_value(a, k), field_value(b, k))
+            for k in differing_fields(a, b)]
 
 
 def _difference(key: str, a: Any, b: Any) -> str:

@@ -51,6 +51,7 @@ class Fingerprint(TypedDict):
     cpu_model: str
     cpu_id: NotRequired[Optional[str]]  # vendor, family, model (runtime.cpu_id); since 2026-12-03
     logical_cores: Optional[Positive]
+    usable_cores: NotRequired[Positive]  # runtime.usable_cores; since 2026-12-05
     isa: list[str]
     onnxruntime: str
     gpu: Optional[dict[str, str]]
