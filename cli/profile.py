@@ -309,7 +309,8 @@ def _protocol_line(p: dict) -> str:
     from shaper_deploy.profiling.protocol import Protocol, describe_range
 
     protocol = Protocol.from_dict(p)
-    return (f"{'+'.join(p['precisions'])}, {p['threads']} threads; "
+    return (f"{'+'.join(p['precisions'])}, {p['threads']} thread"
+            f"{'s' if p['threads'] != 1 else ''}; "
             f"{describe_range(protocol.grid)} "
             f"(<= {p['max_tokens']} tokens); reference batch {p['reference_batch']} x "
             f"{p['reference_seq_len']}; {p.get('sweeps', 1)} sweep(s) x {p['rounds']} rounds"

@@ -21,6 +21,7 @@ from shaper_deploy.profiling.folder import (MEASUREMENTS, read_measurements, sha
                                             workload_key)
 from shaper_deploy.profiling.profile import run_profile
 from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved, park_threads
+from shaper_deploy import runtime
 from shaper_deploy.runtime import make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
 from shaper_deploy.slicing import slice_subnet
@@ -548,10 +549,16 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     result = runner.invoke(main, ["profile", "--device", "cpu", "--supernet",
                                   str(tmp_path / "super"), "--precision", "fp32",
                                   "--batch", "1,2", "--seq-len", "8,16", "--samples", "12",
-                                  "--rounds", "2", "--out", str(out), "--json"])
+                                  "--rounds", "2", "--threads", "1", "--out", str(out),
+                                  "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["protocol"]["precisions"] == ["fp32"] and "held_out" in data["predictor"]["fp32"]
+    # fewer threads than the cores this process may use: said before the first measurement
+    usable = data["fingerprint"]["usable_cores"]
+    assert data["protocol"]["threads"] == 1 and usable == runtime.usable_cores()
+    assert ("1 intra-op thread(s) (this process may use "
+            f"{usable} cores" in result.stderr) == (usable > 1), result.stderr
     assert "min left" in result.stderr and "trust" in data
     # the tiny profile's sub-millisecond timings may miss the trust thresholds
     refused = runner.invoke(main, ["predict", "--profile", str(tiny_profile), "--shape", "40x3"])

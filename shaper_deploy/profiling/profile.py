@@ -444,9 +444,14 @@ class _Measuring:
         self.total += calm * protocol.calm_looks
         if self.records:
             note(f"resuming {self.out}: {len(self.records)} measurements kept")
+        usable = header.fingerprint.get("usable_cores") or protocol.threads
         note(f"profiling {len(self.planned)} shapes x {len(protocol.precisions)} precision(s) "
              f"x {len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on "
-             f"{self.device}, {protocol.rounds} rounds")
+             f"{self.device}, {protocol.rounds} rounds, {protocol.threads} intra-op thread(s)"
+             + (f" (this process may use {usable} cores: plans and servers that use the "
+                f"profile run {protocol.threads} thread(s) per session; --threads {usable} "
+                "profiles for all of them)" if self.device == "cpu" and usable > protocol.threads
+               else ""))
         self.measuring = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
             sessions = GraphSessions(Path(tmp), header.config, self.device,
