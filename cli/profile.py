@@ -46,7 +46,7 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="Intra-op threads of every session timed, and of the plans and servers "
                    "that use the profile (default 2, or 1 where this process may use one "
-                   "core only: CPU affinity, a container's CPU quota).")
+                   "core only: CPU affinity, a CPU quota under 2 on its cgroup).")
 @click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
               help="Time budget for measuring (default 12; 2 with --from): a probe of the "
                    "device's speed (its first seconds) picks how many shapes and rounds fit "

@@ -7,6 +7,7 @@ session really uses, and fails rather than silently running on the CPU.
 
 from __future__ import annotations
 
+import math
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -58,14 +59,25 @@ DEFAULT_THREADS = 2  # a profile's intra-op threads where this process may use t
 @lru_cache(maxsize=1)
 def usable_cores() -> int:
     """The cores this process may run on at once: the machine's, narrowed by its CPU affinity
-    (taskset, a container's cpuset) and a container's CPU quota (cgroup v1/v2 bandwidth,
-    rounded up), as ``joblib.cpu_count`` reads them; LOKY_MAX_CPU_COUNT lowers it further.
+    (taskset, a container's cpuset) and a CPU quota on its cgroup (v1/v2 bandwidth), as
+    ``joblib.cpu_count`` and ``cgroup_cpu_quota`` read them; LOKY_MAX_CPU_COUNT lowers it
+    further. A quota is rounded down (at least 1, as Go's automaxprocs does): threads beyond
+    it run until the period's CPU time is spent, then wait for the next period, which puts
+    the wait in the tail. Under a 1-CPU quota two threads ran MiniLM's median at x0.55 of one
+    thread's and its p90 at x2.6 (fp32; int8 x0.66 and x6.0; benchmarks/usable_cores.py).
     ``os.cpu_count()`` counts the host's cores, which a 1-CPU container or a pinned process
     cannot use: two intra-op threads on one usable core ran MiniLM at 1 x 128 in 49 ms
     where one thread took 24 ms (Intel Xeon, ``taskset -c 0``, 2026-12-05)."""
     from joblib import cpu_count
 
-    return max(1, cpu_count(only_physical_cores=False))
+    cores = cpu_count(only_physical_cores=False)
+    try:  # joblib reads a quota at the mount's root only (a container's); a unit's is deeper
+        quota = cgroup_cpu_quota()
+    except (ValueError, OSError):  # a cgroup file not as the kernel writes it: not a limit
+        quota = None
+    if quota is not None:  # rounded down: threads beyond the quota are throttled
+        cores = min(cores, math.floor(quota))
+    return max(1, cores)
 
 
 def default_threads() -> int:
@@ -87,46 +99,80 @@ def check_threads(threads: int | None) -> None:
 
 
 NO_LIMIT = 1 << 60  # a cgroup memory limit at or above this is "none" (v1 writes 2**63 - 4096)
-# What a memory cgroup allows and uses, by version: (limit file, usage file) under its folder.
-CGROUP_MEMORY = {"v2": ("memory.max", "memory.current"),
-                 "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
 
 
-def cgroup_memory_left(root: str | Path = "/") -> int | None:
-    """Bytes a memory limit on this process's cgroup still allows (a container's ``docker
-    --memory``, a systemd unit's MemoryMax): the limit less what the cgroup uses, the lowest
-    over its folder and the folders above it as mounted (cgroup v2, else v1's memory
-    hierarchy; a container that sees the host's path reads its own at the mount's root);
-    None where no limit is set. ``root``: where /proc and /sys are (tests)."""
+def cgroup_folders(controller: str, root: str | Path = "/") -> tuple[str, list[Path]] | None:
+    """Where the cgroup limits of ``controller`` ("cpu", "memory") on this process are: the
+    version ("v2", or "v1" where a v1 hierarchy holds the controller) and this process's
+    cgroup folder with the folders above it up to the mount (a container that sees the
+    host's path finds its own limits at the mount's root); None where /proc says no cgroup.
+    ``root``: where /proc and /sys are (tests)."""
     root = Path(root)
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
+    found = None
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            mount, version = root / "sys/fs/cgroup", "v2"
-        elif "memory" in controllers.split(","):
-            mount, version = root / "sys/fs/cgroup/memory", "v1"
+            version, mount = "v2", root / "sys/fs/cgroup"
+            if not (mount / "cgroup.controllers").is_file():
+                continue  # a hybrid host's empty v2 tree: the v1 hierarchies hold the limits
+        elif controller in controllers.split(","):
+            version, mount = "v1", root / "sys/fs/cgroup" / controller
         else:
             continue
-        limit_file, usage_file = CGROUP_MEMORY[version]
-        left = []
         folder = mount / path.lstrip("/")
-        for d in [folder, *folder.parents]:
-            try:
-                limit, usage = ((d / limit_file).read_text().strip(),
-                                (d / usage_file).read_text().strip())
-            except OSError:
-                limit = usage = None
-            if limit and limit != "max" and int(limit) < NO_LIMIT:
-                left.append(max(0, int(limit) - int(usage or 0)))
-            if d == mount:
-                break
-        if version == "v1" or left:  # v1's line is the memory hierarchy's; v2's the only one
-            return min(left) if left else None
-    return None
+        above = [d for d in folder.parents if d == mount or mount in d.parents]
+        found = (version, [folder, *above])
+        if version == "v1":
+            break
+    return found
+
+
+def _read(folder: Path, name: str) -> str | None:
+    try:
+        return (folder / name).read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_memory_left(root: str | Path = "/") -> int | None:
+    """Bytes a memory limit on this process's cgroup still allows (a container's ``docker
+    --memory``, a systemd unit's MemoryMax): the limit less what the cgroup uses, the lowest
+    over ``cgroup_folders``; None where no limit is set."""
+    where = cgroup_folders("memory", root)
+    if where is None:
+        return None
+    version, folders = where
+    limit_file, usage_file = {"v2": ("memory.max", "memory.current"),
+                              "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}[version]
+    left = []
+    for d in folders:
+        limit = _read(d, limit_file)
+        if limit and limit != "max" and int(limit) < NO_LIMIT:
+            left.append(max(0, int(limit) - int(_read(d, usage_file) or 0)))
+    return min(left) if left else None
+
+
+def cgroup_cpu_quota(root: str | Path = "/") -> float | None:
+    """CPUs a CPU bandwidth limit on this process's cgroup allows per period (``docker
+    --cpus``, a systemd unit's CPUQuota, a Kubernetes CPU limit): quota / period, the lowest
+    over ``cgroup_folders``; None where no limit is set."""
+    where = cgroup_folders("cpu", root)
+    if where is None:
+        return None
+    version, folders = where
+    quotas = []
+    for d in folders:
+        if version == "v2":
+            quota, _, period = (_read(d, "cpu.max") or "max").partition(" ")
+        else:
+            quota, period = _read(d, "cpu.cfs_quota_us") or "-1", _read(d, "cpu.cfs_period_us")
+        if quota not in ("max", "-1") and period and int(quota) > 0 and int(period) > 0:
+            quotas.append(int(quota) / int(period))
+    return min(quotas) if quotas else None
 
 
 def available_memory() -> int:

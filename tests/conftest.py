@@ -209,3 +209,14 @@ def tiny_profile(tmp_path_factory) -> Path:
     run_profile(out, "cpu", fast_protocol(), SuperConfig(PLAN_SPACE, pooler=True), samples=12)
     fit_profile(out)
     return out
+
+
+def cgroup_tree(root: Path, cgroup: str, files: dict[str, str]) -> Path:
+    """A fake /proc/self/cgroup and /sys/fs/cgroup under ``root`` (the runtime's cgroup
+    readers take a root): ``cgroup`` is /proc/self/cgroup's text, ``files`` path -> text."""
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(cgroup)
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text + "\n")
+    return root

@@ -15,7 +15,7 @@ from shaper_deploy.serving import Bundle
 from shaper_deploy.shape import Shape
 from shaper_deploy.slicing import slice_subnet
 
-from .conftest import TINY_SPACE
+from .conftest import TINY_SPACE, cgroup_tree
 
 SHAPE = Shape((16, 36, 8), TINY_SPACE)
 TEXTS = ["we deploy a small model", "the bert runs fast on device", "shape of a layer"]
@@ -227,16 +227,11 @@ def test_a_containers_memory_limit_bounds_what_a_request_may_use(tmp_path, monke
     from shaper_deploy.errors import DeviceError
 
     def tree(name, cgroup, files):
-        root = tmp_path / name
-        (root / "proc/self").mkdir(parents=True)
-        (root / "proc/self/cgroup").write_text(cgroup)
-        for path, text in files.items():
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_text(text + "\n")
-        return root
+        return cgroup_tree(tmp_path / name, cgroup, files)
 
     gib = 1 << 30
-    v2 = tree("v2", "0::/ctr/job\n", {"sys/fs/cgroup/memory.max": "max",
+    v2 = tree("v2", "0::/ctr/job\n", {"sys/fs/cgroup/cgroup.controllers": "cpu memory",
+                                      "sys/fs/cgroup/memory.max": "max",
                                       "sys/fs/cgroup/memory.current": str(3 * gib),
                                       "sys/fs/cgroup/ctr/memory.max": str(2 * gib),
                                       "sys/fs/cgroup/ctr/memory.current": str(gib // 2),

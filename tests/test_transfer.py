@@ -18,7 +18,7 @@ from shaper_deploy.shape import DesignSpace
 from shaper_deploy.templates import sample_shapes
 from shaper_deploy.profiling.transfer import fit_transfer, load_sources, prior_fit, transfer_advice
 
-from .conftest import PLAN_SPACE
+from .conftest import PLAN_SPACE, cgroup_tree
 
 
 def law(scale: dict[str, float]) -> dict[str, dict[str, list[float]]]:
@@ -483,3 +483,35 @@ def test_one_usable_core_is_another_device_profiled_with_one_thread(one_usable_c
     assert CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
                                      "--threads", "5", "--out", str(tmp_path / "x")]
                               ).exit_code == 1
+
+
+def test_a_cpu_quota_on_the_process_cgroup_counts_as_fewer_cores(tmp_path, monkeypatch):
+    """A CPU bandwidth limit (docker --cpus, a systemd unit's CPUQuota, a Kubernetes limit) in
+    v1 and v2, the lowest over the cgroup's folder and those above it: 1.5 CPUs is 1 usable
+    core (rounded down: a thread beyond the quota is throttled), half a CPU is 1."""
+    import joblib
+
+    from shaper_deploy import runtime
+
+    def tree(name, cgroup, files):
+        return cgroup_tree(tmp_path / name, cgroup, files)
+
+    unit = "sys/fs/cgroup/cpu/system.slice/shaper.service"
+    v1 = tree("v1", "2:cpu,cpuacct:/system.slice/shaper.service\n0::/\n",
+              {"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1",
+               "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000",
+               f"{unit}/cpu.cfs_quota_us": "150000", f"{unit}/cpu.cfs_period_us": "100000"})
+    assert runtime.cgroup_cpu_quota(v1) == pytest.approx(1.5)
+    v2 = tree("v2", "0::/ctr\n", {"sys/fs/cgroup/cgroup.controllers": "cpu memory",
+                                  "sys/fs/cgroup/cpu.max": "max 100000",
+                                  "sys/fs/cgroup/ctr/cpu.max": "50000 100000"})
+    assert runtime.cgroup_cpu_quota(v2) == pytest.approx(0.5)
+    free = tree("free", "0::/ctr\n", {"sys/fs/cgroup/cgroup.controllers": "cpu",
+                                      "sys/fs/cgroup/ctr/cpu.max": "max 100000"})
+    assert runtime.cgroup_cpu_quota(free) is None
+    assert runtime.cgroup_cpu_quota(tmp_path / "no-proc") is None
+    for quota, cores in ((0.5, 1), (1.5, 1), (2.0, 2)):
+        monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda q=quota: q)
+        runtime.usable_cores.cache_clear()
+        assert runtime.usable_cores() == min(cores, joblib.cpu_count())
+    runtime.usable_cores.cache_clear()
