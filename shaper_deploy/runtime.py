@@ -141,7 +141,8 @@ def _read(folder: Path, name: str) -> str | None:
 def cgroup_memory_left(root: str | Path = "/") -> int | None:
     """Bytes a memory limit on this process's cgroup still allows (a container's ``docker
     --memory``, a systemd unit's MemoryMax): the limit less what the cgroup uses, the lowest
-    over ``cgroup_folders``; None where no limit is set."""
+    over ``cgroup_folders``; None where no limit is set. The usage counts the page cache,
+    which the kernel would reclaim first, so the bound errs low."""
     where = cgroup_folders("memory", root)
     if where is None:
         return None
