@@ -23,6 +23,7 @@ runs as started, e.g. inside a cgroup with a CPU quota), then:
     .venv/bin/python benchmarks/usable_cores.py --supernet runs/minilm-super --from profiles \\
         --budget 20ms --rounds 10 --work /tmp/usable-cores-quota \\
         --out benchmarks/results/usable_cores_quota_intel_s36.json
+    # 1.5 CPUs (150000): --rounds 10 --no-plans --out .../usable_cores_quota15_intel_s36.json
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def main() -> None:
                     help="time each session back to back for this long in turn instead of "
                          "turn by turn (default: 2 under a CPU quota, else 0: turn by turn)")
     ap.add_argument("--verify-seconds", type=float, default=60.0)
+    ap.add_argument("--no-plans", action="store_true",
+                    help="only the interleaved threads (step 1), e.g. under other quotas")
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args()
@@ -175,10 +178,9 @@ def main() -> None:
               "interleaved_in_blocks_of_s": block_s,
               "interleaved": interleaved_threads(full, args.seq_len, args.rounds, block_s)}
     print(json.dumps(result["interleaved"], indent=1), file=sys.stderr)
-    result["plans"] = {str(t or "default"): plan(args.work, args.supernet, args.sources, t,
-                                                 args.budget, args.seq_len,
-                                                 args.verify_seconds)
-                       for t in (None, 2)}
+    result["plans"] = {} if args.no_plans else {
+        str(t or "default"): plan(args.work, args.supernet, args.sources, t, args.budget,
+                                  args.seq_len, args.verify_seconds) for t in (None, 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v.get("export_error") or {"chosen": v["chosen"],
