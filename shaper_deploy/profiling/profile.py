@@ -29,7 +29,7 @@ from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .analysis import (FLOOR_LEVEL, SPEED_BANDS, fastest_reference, group_slowdowns,
                        lowest_floors, noise_floor, point_key, reference_spread)
-from .fingerprint import device_fingerprint, fingerprint_differences
+from .fingerprint import device_fingerprint, field_value, fingerprint_differences
 from .folder import (HEADER, MEASUREMENTS, CalmWait, ProfileHeader, Transfer,
                      append_measurements, read_header, read_measurements, shape_from_key,
                      shape_key, verify_file, workload_key, write_header)
@@ -444,7 +444,7 @@ class _Measuring:
         self.total += calm * protocol.calm_looks
         if self.records:
             note(f"resuming {self.out}: {len(self.records)} measurements kept")
-        usable = header.fingerprint.get("usable_cores") or protocol.threads
+        usable = field_value(header.fingerprint, "usable_cores") or protocol.threads
         note(f"profiling {len(self.planned)} shapes x {len(protocol.precisions)} precision(s) "
              f"x {len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on "
              f"{self.device}, {protocol.rounds} rounds, {protocol.threads} intra-op thread(s)"
