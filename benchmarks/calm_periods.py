@@ -30,6 +30,7 @@ from shaper_deploy.profiling.analysis import SPEED_BANDS
 from shaper_deploy.profiling.folder import read_header
 from shaper_deploy.profiling.profile import CALM_BAND, GraphSessions, runner
 from shaper_deploy.profiling.protocol import inputs_for, measure_interleaved
+from shaper_deploy.runtime import int8_format
 from shaper_deploy.shape import Shape
 
 SIZES = ((1, 16), (1, 128), (4, 256))
@@ -60,7 +61,7 @@ def main() -> None:
     fingerprint = device_fingerprint("cpu")
     with tempfile.TemporaryDirectory(prefix="calm-periods-") as work:
         sessions = GraphSessions(Path(work), header.config, "cpu", one.threads,
-                                 fingerprint["isa"])
+                                 int8_format(fingerprint["isa"]))
         reference = Shape(tuple(header.reference_shape), header.space)
         runners = {}
         for precision in one.precisions:

@@ -32,6 +32,7 @@ from shaper_deploy.profiling.analysis import FLOOR_LEVEL
 from shaper_deploy.profiling.folder import read_header
 from shaper_deploy.profiling.profile import GraphSessions, runner
 from shaper_deploy.profiling.protocol import inputs_for, measure_interleaved
+from shaper_deploy.runtime import int8_format
 from shaper_deploy.shape import Shape
 
 SIZES = ((1, 64), (4, 64))
@@ -56,7 +57,7 @@ def main() -> None:
               "sessions": args.sessions, "rounds": args.rounds, "rows": []}
     with tempfile.TemporaryDirectory(prefix="session-lottery-") as work:
         graphs = GraphSessions(Path(work), header.config, "cpu", protocol.threads,
-                               fingerprint["isa"])
+                               int8_format(fingerprint["isa"]))
         for precision in protocol.precisions:
             sessions = [graphs.build(shape, precision) for _ in range(args.sessions)]
             for w in SIZES:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shaper_deploy.heuristics import cigar_shape
 from shaper_deploy.profiling.profile import GraphSessions, runner
-from shaper_deploy.runtime import cpu_model_and_flags
+from shaper_deploy.runtime import cpu_model_and_flags, int8_format
 from shaper_deploy.profiling.protocol import Protocol, inputs_for, measure_interleaved
 from shaper_deploy.shape import Shape
 from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -57,7 +57,7 @@ def main() -> None:
           "uniform shapes", file=sys.stderr)
     with tempfile.TemporaryDirectory() as work:
         sessions = GraphSessions(Path(work), config, "cpu", protocol.threads,
-                                 cpu_model_and_flags()[1])
+                                 int8_format(cpu_model_and_flags()[1]))
         feeds = inputs_for(protocol.reference, config)
         runners = {name: runner(sessions.build(s, "fp32"), feeds)
                    for name, s in {**same_count, **uniform}.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -145,7 +146,8 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --shape, --params or --latency"
                                + (f" (got {', '.join(chosen)})" if chosen else ""))
-    int8 = int8 or (shape_text is not None and _plan_chose_int8(shape_text))
+    plan_int8 = _plan_int8(shape_text) if shape_text is not None else None
+    int8 = int8 or plan_int8 is not None
     planning = {"--precision": precision != "auto", "--batch": batch is not None,
                 "--seq-len": seq_len is not None,
                 "--calibration": calibration_path is not None and not int8,
@@ -179,7 +181,7 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     options = ExportOptions(task=task, opset=opset, optimize=not no_optimize, int8=int8,
                             int8_min_cosine=int8_min_cosine,
                             int8_min_agreement=int8_min_agreement, int8_fallback=int8_fallback,
-                            judge_texts=judge_texts)
+                            judge_texts=judge_texts, int8_format=plan_int8)
     budget = parse_budget(latency_text) if latency_text is not None else None
     count = parse_count(params_text) if params_text is not None else None
     check_output_dir(out, force, {"--supernet": supernet_path, "--profile": profile_path,
@@ -200,9 +202,13 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
             if profile_path is not None:  # a bad profile fails before anything is written
                 from shaper_deploy.profiling.predictor import DeviceProfile
 
+                from shaper_deploy.profiling.profile import profile_int8_format
+
                 profile = DeviceProfile.load(profile_path)
                 profile.check_device(device, for_device)
                 profile.check_trust(allow_unreliable)
+                if options.int8_format is None:  # int8 as the profile timed it
+                    options = replace(options, int8_format=profile_int8_format(profile.header))
             manifest = export_checkpoint(supernet_path, out, shape_text, count, options, force,
                                          supershaper_widths, progress)
             if profile is not None:
@@ -216,23 +222,32 @@ def export(supernet_path: Path, shape_text: str | None, params_text: str | None,
     emit({"out": str(out), **manifest.to_dict()}, as_json, _export_text)
 
 
-def _plan_chose_int8(shape_text: str) -> bool:
+def _plan_int8(shape_text: str) -> dict | None:
     """``--shape B/shaper.json`` of a bundle whose plan chose int8 (a slice fine-tuned alone
-    after the plan, exported again): int8 is written too and served by default, the graph
-    whose latency the plan measured; said on stderr. An fp32 model alone would be another
+    after the plan, exported again): the int8 format of its model (None: not such a plan).
+    int8 is written too, in that format, and served by default, the graph whose latency the
+    plan measured; said on stderr. An fp32 model alone would be another
     graph, which may not meet the budget (Intel class: a MiniLM classifier planned in int8 at
     a p90 of 4.0 ms under 7.8 ms is predicted at 9.7 ms in fp32)."""
     from shaper_deploy.bundle import MANIFEST, BundleManifest
 
+    from shaper_deploy.runtime import int8_format_named
+
     path = Path(shape_text)
     if path.name != MANIFEST or not path.is_file():
-        return False
-    plan = BundleManifest.read(path.parent).plan
-    if not plan or plan["precision"] != "int8":
-        return False
-    progress(f"{path.parent}'s plan chose int8 at this shape: writing int8 too, served by "
-             "default as the plan's was (give the shape as widths for fp32 alone)")
-    return True
+        return None
+    manifest = BundleManifest.read(path.parent)
+    if not manifest.plan or manifest.plan["precision"] != "int8":
+        return None
+    q = manifest.quantization or {}
+    try:
+        fmt = int8_format_named(q, q.get("format_reason") or f"as {path.parent}'s plan")
+    except ValueError as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    progress(f"{path.parent}'s plan chose int8 at this shape: writing int8 too, in its format "
+             f"({fmt['name']}), served by default as the plan's was (give the shape as widths "
+             "for fp32 alone)")
+    return fmt
 
 
 def candidates_table(plan: dict) -> str:

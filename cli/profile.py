@@ -71,6 +71,13 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
               help="Before each size a calm look times, wait until the reference runs within "
                    "1.1x its fastest, while the rest still fits in --minutes (not with "
                    "--samples: no time budget to wait in).")
+@click.option("--int8-format", default="auto", show_default=True,
+              type=click.Choice(["auto", "U8U8", "U8S8", "U8S8-reduce-range"],
+                                case_sensitive=False),
+              help="The dynamic int8 format timed, and made by the plans that use the "
+                   "profile. auto: VNNI CPUs and ARM use U8S8; x86 without VNNI U8U8 (the "
+                   "more faithful), or U8S8-reduce-range where the probe times it 1.10x "
+                   "faster or more.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @widths_option
 @json_option
@@ -78,7 +85,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
             max_tokens: int | None, threads: int | None, minutes: float | None,
             samples: int | None, rounds: int | None, sweeps: int | None,
-            calm_looks: int | None, calm_wait: bool, seed: int,
+            calm_looks: int | None, calm_wait: bool, int8_format: str, seed: int,
             supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
@@ -86,7 +93,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     A probe first times the smallest, largest and reference shapes at every grid point and
     precision (what int8 buys here is recorded), and sizes the profile to --minutes. Every
     sampled shape is then built straight as an optimized ONNX graph with random weights (no
-    tracing), in fp32 and as the export's dynamic int8 (in this CPU's format), and timed at
+    tracing), in fp32 and as the export's dynamic int8 (in this CPU's format: where it may
+    use two, the probe times both and keeps the faster, --int8-format), and timed at
     every grid point (batch x sequence length) interleaved with a reference model whose
     slowdowns mark the machine's slow periods. Measurements are appended
     as they are made; an interrupted run resumes when the same command is run again. The
@@ -174,7 +182,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         run_profile(out, device, protocol, config, samples, seed, source, progress,
                     minutes=minutes if samples is None else None,
                     auto_precision=precisions is None, auto_rounds=rounds is None,
-                    transfer=transfer)
+                    transfer=transfer,
+                    int8_format=None if int8_format.lower() == "auto" else int8_format)
         if transfer:
             tr.refit(out, progress=progress)
         else:
@@ -206,6 +215,8 @@ def _profile_text(d: dict) -> str:
             ("measured on", _machine_line(d["this_machine"])),
             ("protocol", _protocol_line(d["protocol"])),
             ("graph", _graph_line(d["graph"]))]
+    if "int8" in d["protocol"]["precisions"]:
+        rows.append(("int8 format", _int8_line(d)))
     for i, src in enumerate((d.get("transfer") or {}).get("sources", [])):
         diff = d["transfer"]["differences"][i]
         rows.append(("transferred from" if i == 0 else "", f"{src['profile']} ("
@@ -322,6 +333,18 @@ def _protocol_line(p: dict) -> str:
                "; turns did not wait for ONNX Runtime's threads to stop spinning (park_ms 0, "
                "as every profile before 2026-12-03), so short runs' percentiles include the "
                "spin (a transfer takes no tail from it)"))
+
+
+def _int8_line(d: dict) -> str:
+    """The int8 format a profile timed, and why: its probe's choice, or the ISA's default."""
+    from shaper_deploy.runtime import int8_format_named
+
+    chosen = (d.get("probe") or {}).get("int8_format")
+    try:
+        name = int8_format_named({"reduce_range": False, **d["graph"]["int8"]}, "")["name"]
+    except ValueError as exc:
+        return str(exc)
+    return chosen["why"] if chosen else f"{name}: the default for the CPU's ISA"
 
 
 def _graph_line(g: dict) -> str:

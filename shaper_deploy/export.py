@@ -61,7 +61,9 @@ class ExportOptions:
     opset: int = 17  # ONNX opset; 17 is the first with LayerNormalization
     optimize: bool = True  # ONNX Runtime's transformer optimizer; Attention must fuse in every layer
     int8: bool = False  # also write a dynamically quantized int8 model
-    int8_isa: tuple[str, ...] | None = None  # ISA flags int8 is made for (None: this CPU's; see runtime.int8_format)
+    # the int8 format (runtime.int8_formats; a profile's when a plan makes it), None: the
+    # default of this CPU's ISA (runtime.int8_format)
+    int8_format: dict | None = None
     int8_min_cosine: float = 0.95  # fail the export if int8's mean token cosine to fp32 is lower
     # text-classification: fail if int8 keeps fp32's label on fewer of the texts than this;
     # None: no agreement gate (the planner with --eval judges int8 by accuracy, as every
@@ -327,8 +329,7 @@ def _quantize(model_path: Path, int8_path: Path, graph: _Graph, names: list[str]
     against fp32 (label agreement for a classifier, token cosine otherwise), keeping the
     matrices it loses the task on in fp32 when ``options.int8_fallback`` allows; the
     manifest's quantization record. An int8 model that misses its gate is an ExportError."""
-    fmt = int8_format(options.int8_isa if options.int8_isa is not None
-                      else cpu_model_and_flags()[1])
+    fmt = options.int8_format or int8_format(cpu_model_and_flags()[1])
     feeds, judged_on = _judge_feeds(graph, tokenizer_files, options)
     compare = _int8_judge(model_path, feeds, names[0], options.task)
 

@@ -55,10 +55,10 @@ from .heuristics import cigar_family
 from .io import atomic_dir, check_output_dir
 from .judge import Judge, make_judge
 from .profiling.predictor import DeviceProfile, judged_phrase, unpriced_slowdown
-from .profiling.profile import graph_differences, graph_record
+from .profiling.profile import graph_differences, graph_record, profile_int8_format
 from .promise import (DEFAULT_PERCENTILE, MEASURE_SECONDS, PLAN_CONFIDENCE, Budget,
                       check_percentile)
-from .runtime import DEVICE_PRECISIONS, precision_problem
+from .runtime import DEVICE_PRECISIONS, int8_format, int8_formats, precision_problem
 from .shape import Shape
 from .taskdata import TaskData, read_task_data
 from .templates import PLAN_FAMILIES, families_said, shape_family
@@ -148,8 +148,12 @@ def check_profile(profile: DeviceProfile, device: str, options: ExportOptions,
     if profile.space != supernet_config.space:
         raise PlannerError(f"profile {profile.path} covers another design space than the super "
                            "network; profile it with --supernet")
-    wanted = graph_record(supernet_config, profile.header.fingerprint["isa"], options.task,
-                          options.optimize, options.opset)
+    isa = profile.header.fingerprint["isa"]
+    fmt = profile_int8_format(profile.header)  # a plan makes int8 so, if that ISA uses it
+    if fmt["name"] not in [f["name"] for f in int8_formats(isa)]:
+        fmt = int8_format(isa)
+    wanted = graph_record(supernet_config, isa, options.task, options.optimize, options.opset,
+                          int8=fmt)
     differences = graph_differences(profile.header.graph, wanted, "int8" in profile.precisions)
     if differences:
         raise PlannerError(f"profile {profile.path} timed another graph than this export would "
@@ -304,7 +308,7 @@ def export_for_budget(supernet, budget: "Budget | float", profile: DeviceProfile
                             dropped)
     family = cigar_family(profile.space)
     target = profile.header.fingerprint
-    options = _candidate_options(options, target["isa"] if for_device else None, evaluation,
+    options = _candidate_options(options, profile_int8_format(profile.header), evaluation,
                                  calibration)
     note(f"budget {budget.text or f'{budget_ms:g} ms'}"
          + (f" = {budget_ms:.2f} ms (of the full fp32 model's p{percentile:g})"
@@ -499,16 +503,14 @@ def _faster_than_profiled(measured: list[dict], profile: DeviceProfile) -> dict 
                      f"--from {profile.path} --out DIR, a few minutes) and plan with that")}
 
 
-def _candidate_options(options: ExportOptions, target_isa: Sequence[str] | None,
+def _candidate_options(options: ExportOptions, int8: dict,
                        evaluation: TaskData | None,
                        calibration: Sequence[str] | None) -> ExportOptions:
     """The export options every candidate is made with: the graphs the profile timed (int8
     all through, no fp32 fallback: a fallback graph is slower than the profile's int8 model
-    says; export --shape makes one), in the target's int8 format when planning for another
-    device (``target_isa``), judged on the user's texts."""
-    options = replace(options, int8_fallback=False)
-    if target_isa is not None:
-        options = replace(options, int8_isa=tuple(target_isa))
+    says; export --shape makes one), in the profile's int8 format (``int8``: the one it
+    timed), judged on the user's texts."""
+    options = replace(options, int8_fallback=False, int8_format=int8)
     if evaluation is not None:
         # int8 is judged like every candidate, by its accuracy on the user's data: a label
         # agreement gate would drop an int8 model that flips borderline texts both ways (the

@@ -33,7 +33,8 @@ class DeviceRuntime:
 RUNTIMES = {
     "cpu": DeviceRuntime("CPUExecutionProvider", PRECISIONS,
                          "dynamic quantization (onnxruntime.quantization.quantize_dynamic), "
-                         "its format chosen by the CPU's ISA (int8_format)", {}),
+                         "its format chosen by the CPU's ISA and, where it allows two, by "
+                         "the profile's probe (int8_formats)", {}),
     "cuda": DeviceRuntime("CUDAExecutionProvider", ("fp32",), "",
                           {"int8": "ONNX Runtime's dynamic int8 quantization runs on the CPU "
                                    "provider only"}),
@@ -216,27 +217,66 @@ def check_workload(batch: int, seq_len: int, space: dict) -> None:
                           f"length at most --batch {most}")
 _VNNI = ("avx512_vnni", "avx_vnni")
 _X86 = ("avx", "avx2", "fma", "avx512f")
+# The dynamic int8 formats (onnxruntime.quantization.quantize_dynamic: uint8 activations,
+# per-channel weight scales), by name.
+INT8_FORMATS = {
+    "U8S8": {"activation": "QUInt8", "weight_type": "QInt8", "per_channel": True,
+             "reduce_range": False},
+    "U8U8": {"activation": "QUInt8", "weight_type": "QUInt8", "per_channel": True,
+             "reduce_range": False},
+    "U8S8-reduce-range": {"activation": "QUInt8", "weight_type": "QInt8", "per_channel": True,
+                          "reduce_range": True},
+}
 
 
-def int8_format(isa) -> dict:
-    """How dynamic int8 is made for a CPU with these ISA flags (a fingerprint's ``isa``).
+def int8_formats(isa) -> list[dict]:
+    """The dynamic int8 formats a CPU with these ISA flags (a fingerprint's ``isa``) may use,
+    the default first; a profile's probe times each and keeps another only where it is
+    clearly faster (profiling.profile.choose_int8_format), unless ``profile --int8-format``
+    names one.
 
     ONNX Runtime's quantization guide: with uint8 activations and int8 weights (U8S8), the
     x86 AVX2 / AVX-512 kernels without VNNI can saturate (their u8 x s8 multiply-add adds
-    pairs in 16 bits), and it advises U8U8 or reduce_range there. So x86 CPUs without VNNI
-    get U8U8; VNNI CPUs and ARM get U8S8. Measured on all-MiniLM-L6-v2 (200 BBC articles,
-    AMD EPYC Zen 2, AVX2 only): per-channel U8U8 mean cosine to fp32 0.9947, U8S8 0.9938,
-    U8S8 reduce_range 0.9934, none faster than another beyond noise; per-tensor scales lose
-    (0.980 U8U8, 0.957 U8S8), so scales stay per channel. On an Intel AVX-512/VNNI/AMX CPU
-    (benchmarks/int8_formats.py, a MiniLM sentiment classifier) U8U8 was 4x more faithful in its
-    logits but no faster than fp32, U8S8 2.1-2.5x faster: VNNI CPUs keep U8S8.
+    pairs in 16 bits), and it advises U8U8 or reduce_range (7-bit weights) there. So x86
+    CPUs without VNNI may use either, U8U8 by default (the more faithful); VNNI CPUs and ARM
+    use U8S8. Scales are per channel everywhere. Measured on MiniLM:
+
+    - AMD EPYC Zen 2 (AVX2): embeddings of 200 BBC articles, mean cosine to fp32 U8U8 0.9947,
+      U8S8-reduce-range 0.9934, none faster than another beyond noise; per-tensor scales lose
+      (0.980 U8U8, 0.957 U8S8). A sentiment classifier: label agreement U8U8 95.8%,
+      reduce-range 92.9%.
+    - The Intel Xeon's cores with AVX2 only, and with AVX-512 but no VNNI
+      (benchmarks/masked_isa.py; a sentiment classifier, 1,275 reviews): U8S8-reduce-range ran
+      1.24-1.26x (AVX2) and 1.21-1.33x (AVX-512) faster than U8U8, where U8U8 bought 1.21-1.45x
+      over fp32 (AVX2) and 0.95-1.09x (AVX-512); agreement 92.4% against U8U8's 95.5%,
+      accuracy 0.7906 against 0.7961 (fp32's). Faster is worth a probe; the plan judges
+      fidelity.
+    - An Intel AVX-512/VNNI/AMX CPU (benchmarks/int8_formats.py): U8U8 4x more faithful in its
+      logits but no faster than fp32, U8S8 2.1-2.5x faster: VNNI CPUs keep U8S8.
     """
     flags = set(isa or ())
-    u8u8 = bool(flags & set(_X86)) and not flags & set(_VNNI)
-    return {"activation": "QUInt8", "weight_type": "QUInt8" if u8u8 else "QInt8",
-            "per_channel": True, "reduce_range": False,
-            "why": ("x86 without VNNI: U8U8 (U8S8 can saturate)" if u8u8 else
-                    "VNNI or non-x86: U8S8")}
+    if flags & set(_X86) and not flags & set(_VNNI):
+        why = "x86 without VNNI (U8S8 can saturate)"
+        return [{"name": "U8U8", **INT8_FORMATS["U8U8"], "why": f"{why}: U8U8 by default"},
+                {"name": "U8S8-reduce-range", **INT8_FORMATS["U8S8-reduce-range"],
+                 "why": f"{why}: U8S8 with 7-bit weights"}]
+    return [{"name": "U8S8", **INT8_FORMATS["U8S8"], "why": "VNNI or non-x86: U8S8"}]
+
+
+def int8_format(isa) -> dict:
+    """The default dynamic int8 format of a CPU with these ISA flags (``int8_formats``)."""
+    return int8_formats(isa)[0]
+
+
+def int8_format_named(record: dict, why: str) -> dict:
+    """The format a profile or bundle's int8 record (quantize.int8_record) describes, named."""
+    for name, fmt in INT8_FORMATS.items():
+        if all(record.get(k, False if k == "reduce_range" else None) == v
+               for k, v in fmt.items() if k != "activation"):
+            return {"name": name, **fmt, "why": why}
+    raise ValueError(f"no dynamic int8 format has weights {record.get('weight_type')!r}, per "
+                     f"channel {record.get('per_channel')!r}, reduce range "
+                     f"{record.get('reduce_range')!r}")
 
 
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",

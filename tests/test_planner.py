@@ -783,6 +783,34 @@ def _foreign(profile, tmp_path, **fields):
     return DeviceProfile.load(out)
 
 
+def test_a_plan_makes_int8_in_the_format_its_profile_timed(profile, supernet, tmp_path):
+    from shaper_deploy.quantize import int8_record
+    from shaper_deploy.runtime import int8_formats
+
+    def copy(name, isa, fmt, why):
+        out = tmp_path / name
+        shutil.copytree(profile.path, out)
+        header = json.loads((out / "profile.json").read_text())
+        header["fingerprint"].update({"cpu_model": "Some Other CPU", "isa": isa})
+        header["graph"]["int8"] = int8_record(fmt)
+        header["probe"] = {**(header.get("probe") or {}), "int8_format": {**fmt, "why": why}}
+        (out / "profile.json").write_text(json.dumps(header))
+        return DeviceProfile.load(out)
+
+    # an AVX2 machine without VNNI whose probe found U8S8 with 7-bit weights the faster
+    avx2 = ["avx", "avx2", "fma"]
+    chosen = copy("avx2", avx2, int8_formats(avx2)[1], "measured 1.25x faster")
+    manifest = export_for_budget(supernet, 1e6, chosen, tmp_path / "b", precision="int8",
+                                 for_device=True)
+    q = manifest.quantization
+    assert (q["weight_type"], q["reduce_range"]) == ("QInt8", True)
+    assert q["format_reason"] == "measured 1.25x faster"
+    # a format the profiled ISA would not use (7-bit weights on a VNNI CPU): another graph
+    vnni = copy("vnni", ["avx2", "avx512f", "avx512_vnni"], int8_formats(avx2)[1], "?")
+    with pytest.raises(PlannerError, match=r"timed another graph .*int8 .*'reduce_range': True"):
+        export_for_budget(supernet, 1e6, vnni, tmp_path / "c", for_device=True)
+
+
 def test_a_profile_of_another_machine_is_refused_or_planned_for_it(profile, supernet,
                                                                     tmp_path):
     foreign = _foreign(profile, tmp_path)

@@ -22,7 +22,7 @@ from shaper_deploy.profiling.folder import (MEASUREMENTS, read_measurements, sha
 from shaper_deploy.profiling.profile import run_profile
 from shaper_deploy.profiling.protocol import Protocol, grid_cell, measure_interleaved, park_threads
 from shaper_deploy import runtime
-from shaper_deploy.runtime import make_session
+from shaper_deploy.runtime import int8_format, make_session
 from shaper_deploy.shape import PAPER_SPACE, DesignSpace, Shape
 from shaper_deploy.slicing import slice_subnet
 from shaper_deploy.supernet import SuperBert, SuperConfig, save_supernet
@@ -77,7 +77,7 @@ def test_an_int8_graph_is_quantized_once_and_opened_again_in_later_sweeps(tmp_pa
     calls = []
     quantize = P.quantize_int8
     monkeypatch.setattr(P, "quantize_int8", lambda *a, **k: (calls.append(a[1]), quantize(*a, **k)))
-    sessions = P.GraphSessions(tmp_path, TINY, "cpu", 1, ["avx2", "fma"])
+    sessions = P.GraphSessions(tmp_path, TINY, "cpu", 1, int8_format(["avx2", "fma"]))
     shape = Shape((16, 36, 8), TINY_SPACE)
     feeds = sample_inputs(TINY_SPACE.vocab_size, 1, 8, padding="none")
     first = sessions.build(shape, "int8").run(None, feeds)[0]
@@ -920,27 +920,100 @@ def test_a_plan_keeps_a_model_on_its_percentiles_upper_bound():
 
 
 def test_int8_format_follows_the_isa():
-    from shaper_deploy.runtime import int8_format
+    from shaper_deploy.runtime import int8_format, int8_format_named, int8_formats
 
     assert int8_format(["avx", "avx2", "fma"])["weight_type"] == "QUInt8"
     assert int8_format(["avx2", "avx512f", "avx512_vnni"])["weight_type"] == "QInt8"
     assert int8_format(["avx2", "avx_vnni"])["weight_type"] == "QInt8"
     assert int8_format(["asimd"])["weight_type"] == "QInt8"
     assert all(int8_format(i)["per_channel"] for i in ([], ["avx2"], ["asimd"]))
+    # x86 without VNNI may also use U8S8 with 7-bit weights (no saturation); the rest one
+    assert [f["name"] for f in int8_formats(["avx", "avx2", "avx512f", "fma"])] == [
+        "U8U8", "U8S8-reduce-range"]
+    assert [f["name"] for f in int8_formats(["avx2", "avx512_vnni"])] == ["U8S8"]
+    # a profile's or bundle's record names its format; one no format has is refused
+    record = {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8",
+              "per_channel": True, "reduce_range": True}
+    assert int8_format_named(record, "why")["name"] == "U8S8-reduce-range"
+    assert int8_format_named({**record, "reduce_range": False}, "")["name"] == "U8S8"
+    with pytest.raises(ValueError, match="no dynamic int8 format has weights 'QInt8', per "
+                                         "channel False"):
+        int8_format_named({**record, "per_channel": False}, "")
+
+
+def test_the_probe_keeps_another_int8_format_only_if_it_is_clearly_faster():
+    from shaper_deploy.profiling.profile import MIN_FORMAT_GAIN, choose_int8_format
+    from shaper_deploy.runtime import int8_formats
+
+    formats = int8_formats(["avx", "avx2", "fma"])
+
+    def timed(gains):  # U8S8 reduce_range this much faster than U8U8 at each size
+        return {"U8U8": {"largest": {k: 10.0 for k in gains}, "smallest": {}},
+                "U8S8-reduce-range": {"largest": {k: 10.0 / g for k, g in gains.items()},
+                                      "smallest": {}}}
+
+    fast = choose_int8_format(formats, timed({"1x16": 1.3, "1x128": 1.2}))
+    assert fast["name"] == "U8S8-reduce-range" and fast["reduce_range"]
+    assert "1.25x faster than U8U8" in fast["why"]  # the geometric mean of 1.3 and 1.2
+    # a gain under the threshold (noise, or a CPU whose kernels run alike) keeps the default
+    slow = choose_int8_format(formats, timed({"1x16": MIN_FORMAT_GAIN * 1.05,
+                                              "1x128": MIN_FORMAT_GAIN / 1.06}))
+    assert slow["name"] == "U8U8" and "U8S8-reduce-range 1.09x" in slow["why"]
+
+
+def test_the_probe_times_each_int8_format_the_isa_allows_and_the_profile_keeps_it(
+        tmp_path, monkeypatch):
+    import shaper_deploy.profiling.fingerprint as fingerprint
+    import shaper_deploy.profiling.profile as prof
+
+    monkeypatch.setattr(fingerprint, "cpu_model_and_flags",
+                        lambda: ("Some AVX2 CPU", ["avx", "avx2", "fma"]))
+    monkeypatch.setattr(prof, "MIN_FORMAT_GAIN", 0.0)  # any speed: the other format
+    made, real = [], prof.quantize_int8
+    monkeypatch.setattr(prof, "quantize_int8",
+                        lambda src, dst, fmt: (made.append(fmt["name"]), real(src, dst, fmt)))
+    header = run_profile(tmp_path / "p", "cpu", fast_protocol(), TINY, samples=12)
+    probe = header.probe
+    assert set(probe["int8_formats_ms"]) == {"U8U8", "U8S8-reduce-range"}
+    assert probe["int8_format"]["name"] == "U8S8-reduce-range"
+    assert probe["ms"]["int8"] == probe["int8_formats_ms"]["U8S8-reduce-range"]
+    assert header.graph["int8"]["weight_type"] == "QInt8" and header.graph["int8"]["reduce_range"]
+    # the probe made its 3 shapes in both formats; everything after it in the chosen one
+    assert made[:6] == ["U8U8"] * 3 + ["U8S8-reduce-range"] * 3
+    assert set(made[6:]) == {"U8S8-reduce-range"} and len(made) > 6
+    # resumed (here: finished, nothing to measure) with the format its probe chose
+    again = run_profile(tmp_path / "p", "cpu", fast_protocol(), TINY, samples=12)
+    assert again.graph["int8"] == header.graph["int8"]
+    # --int8-format: that one timed, no other; one this CPU does not use is refused
+    with pytest.raises(ProfileError, match=r"cannot be mixed with this run \(graph int8: .*'QInt8'"
+                                           r".* vs .*'QUInt8'"):
+        run_profile(tmp_path / "p", "cpu", fast_protocol(), TINY, samples=12,
+                    int8_format="u8u8")
+    made.clear()
+    asked = run_profile(tmp_path / "q", "cpu", fast_protocol(), TINY, samples=12,
+                        int8_format="u8u8")
+    assert asked.graph["int8"]["weight_type"] == "QUInt8" and set(made) == {"U8U8"}
+    assert "int8_formats_ms" not in asked.probe
+    assert "as --int8-format asked" in asked.probe["int8_format"]["why"]
+    with pytest.raises(ProfileError, match=r"^--int8-format U8S8 is not one this CPU uses \(x86 "
+                                           r"without VNNI.*allowed: U8U8, U8S8-reduce-range\)$"):
+        run_profile(tmp_path / "r", "cpu", fast_protocol(), TINY, samples=12, int8_format="U8S8")
 
 
 @pytest.mark.parametrize("isa", [("avx", "avx2", "fma"), ("avx2", "avx512_vnni")])
 def test_int8_in_each_format_stays_close_to_fp32(tmp_path, isa):
     from shaper_deploy.export import ExportOptions
+    from shaper_deploy.runtime import int8_formats
 
     model = randomize(SuperBert(TINY)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.3)
+    fmt = int8_formats(isa)[-1]  # U8S8 reduce_range without VNNI, U8S8 with
     manifest = export_bundle(model, Shape((48, 36, 24), TINY_SPACE), tmp_path / "b",
-                             ExportOptions(int8=True, int8_isa=isa, int8_min_cosine=0.9))
+                             ExportOptions(int8=True, int8_format=fmt, int8_min_cosine=0.9))
     q = manifest.quantization
-    assert q["weight_type"] == ("QUInt8" if "avx512_vnni" not in isa else "QInt8")
+    assert q["weight_type"] == "QInt8" and q["reduce_range"] == ("avx512_vnni" not in isa)
     assert q["mean_token_cosine"] > 0.95
     types = {t.data_type for t in onnx.load(str(tmp_path / "b" / "model_quantized.onnx"))
              .graph.initializer if t.name.endswith("_quantized")}

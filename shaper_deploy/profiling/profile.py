@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import ProfileError
 from ..io import sha256_file
 from ..quantize import int8_record, quantize_int8
-from ..runtime import check_threads, int8_format, make_session, precision_problem
+from ..runtime import (check_threads, int8_format, int8_format_named, int8_formats,
+                       make_session, precision_problem)
 from ..shape import Shape, held_out_mask, identity_projections
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
@@ -60,6 +61,12 @@ TRANSFER_MIN_SHAPES = 8  # ... a transfer (6 fitted, 2 held out), with a prior f
 # [5.3% / 5.0%] (benchmarks/transfer.py offline).
 TRANSFER_SWEEPS = 2
 MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much faster somewhere
+# Where the ISA leaves a choice of int8 format (runtime.int8_formats), another format is used
+# only if the probe times it at least this much faster than the default at the largest shape
+# (the geometric mean over the grid): the default (U8U8 on x86 without VNNI) was the more
+# faithful on the real MiniLM (mean cosine 0.9947 against U8S8 reduce_range's 0.9934, AMD
+# Zen 2), and 10% is beyond the probe's noise and more than a planning margin.
+MIN_FORMAT_GAIN = 1.10
 DIRECT_CALM_LOOKS = 2  # a direct profile's calm looks by default (Protocol.calm_looks)
 DIRECT_MINUTES = 12.0  # a direct profile's time by default (--minutes; a transfer's: transfer.py)
 # A transfer's (since session 23): from the Intel MiniLM profile to the AMD Zen 5 class, 5
@@ -99,15 +106,17 @@ GRAPH_DEFAULTS = {"family": "bert", "int8": {"reduce_range": False}}
 
 
 def graph_record(config: SuperConfig, isa, task: str = "feature-extraction",
-                 optimized: bool = True, opset: int = OPSET) -> dict[str, Any]:
+                 optimized: bool = True, opset: int = OPSET, int8: dict | None = None
+                 ) -> dict[str, Any]:
     """What graph a profile times, and (with the export's options) what an export writes: the
     planner compares the two records whole, so a profile of another family, activation,
-    pooler, opset or int8 format (per channel, reduce range: it follows the ISA) is refused."""
+    pooler, opset or int8 format (``int8``, by default the ISA's: runtime.int8_formats) is
+    refused."""
     import onnxruntime as ort
 
     return {"task": task, "optimized": optimized, "family": config.family.name,
             "activation": config.hidden_act, "pooler": config.pooler, "opset": opset,
-            "onnxruntime": ort.__version__, "int8": int8_record(int8_format(isa)),
+            "onnxruntime": ort.__version__, "int8": int8_record(int8 or int8_format(isa)),
             "identity_projections": IDENTITY_VARIANTS}
 
 
@@ -142,6 +151,17 @@ def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
     return []
 
 
+def profile_int8_format(header: "ProfileHeader") -> dict:
+    """The int8 format a profile times (its graph record: the ISA's default, or the one its
+    probe chose), as runtime.int8_formats gives it."""
+    record = {**GRAPH_DEFAULTS["int8"], **(header.graph.get("int8") or {})}
+    chosen = (header.probe or {}).get("int8_format") or {}
+    try:
+        return int8_format_named(record, chosen.get("why") or "the ISA's default")
+    except ValueError as exc:
+        raise ProfileError(f"the profile's int8 graphs: {exc}") from None
+
+
 def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: int, seed: int,
                source: dict[str, Any]) -> ProfileHeader:
     templates = template_shapes(config.space)
@@ -158,7 +178,7 @@ def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: in
 
 
 def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
-                     sized: bool) -> None:
+                     sized: bool, forced: bool = False) -> None:
     """The same device, model, graph and grid; the shape count and rounds the first run chose
     from its time budget (and int8, if its probe dropped it) stay as they were, and so do its
     sweeps and calm looks and whether they wait (a profile begun before a default changed
@@ -171,6 +191,8 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
         if key == "graph":  # older profiles: no identity variants, int8 without reduce_range
             old = {**old, "int8": {"reduce_range": False, **(old.get("int8") or {})}}
             new = {k: v for k, v in new.items() if k in old}
+            if (existing.probe or {}).get("int8_format") and not forced:  # as its probe chose
+                new["int8"] = old["int8"]
         differences += [f"{key} {k}: {old.get(k)!r} vs {new.get(k)!r}"
                         for k in sorted(set(old) | set(new))
                         if old.get(k) != new.get(k) and k not in free.get(key, ())]
@@ -201,13 +223,14 @@ class GraphSessions:
 
     KEEP_BYTES = 2_000_000_000
 
-    def __init__(self, work: Path, config: SuperConfig, device: str, threads: int, isa):
+    def __init__(self, work: Path, config: SuperConfig, device: str, threads: int,
+                 int8: dict):
         if config.hidden_act not in GRAPH_ACTIVATIONS:
             raise ProfileError(f"cannot profile activation {config.hidden_act!r}; supported: "
                                f"{', '.join(GRAPH_ACTIVATIONS)}")
         self.work, self.config, self.device, self.threads = work, config, device, threads
         self.random = RandomWeightFile(work)
-        self.int8 = int8_format(isa)
+        self.int8 = int8  # the format (runtime.int8_formats) int8 graphs are made in
         self.quantized: dict[tuple, Path] = {}
         self.kept_bytes = 0
 
@@ -245,20 +268,23 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
                 source: dict[str, Any] | None = None,
                 progress: Callable[[str], None] | None = None,
                 minutes: float | None = None, auto_precision: bool = False,
-                auto_rounds: bool = True, transfer: Transfer | None = None) -> ProfileHeader:
+                auto_rounds: bool = True, transfer: Transfer | None = None,
+                int8_format: str | None = None) -> ProfileHeader:
     """Measure (or finish measuring) a profile in ``out``; its updated header.
 
     ``samples=None`` sizes the profile to ``minutes`` from a probe of the device's speed;
     ``auto_precision`` lets the probe drop int8 where it buys less than ``MIN_INT8_GAIN``
     at every grid size. Both are decided once, by the first run, and kept on resume.
     ``transfer`` (``transfer.transfer_record``) makes it a transfer: fewer shapes, fitted
-    with the sources as the prior (``transfer.refit``).
+    with the sources as the prior (``transfer.refit``). ``int8_format`` names the int8 format
+    to time (runtime.int8_formats); None lets the probe choose.
     """
     note = progress or (lambda message: None)
     out = Path(out)
     least = TRANSFER_MIN_SHAPES if transfer else MIN_SHAPES
     protocol = _checked_request(device, protocol, config, samples, minutes, least)
     plan = new_header(device, protocol, config, samples or least, seed, source or {})
+    forced = _asked_int8_format(plan, int8_format)
     if transfer:  # few shapes: spread over the parameter range, not 5 templates at one size
         plan.transfer, plan.templates = transfer, {}
         plan.sampling["method"] = ("stratified by parameter count, plus smallest and "
@@ -268,10 +294,10 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         header = read_header(out)
         if MEASUREMENTS in header.files:  # finished once: what is there is what was signed
             verify_file(out, header, MEASUREMENTS)
-        _check_resumable(header, plan, out, sized=samples is None)
+        _check_resumable(header, plan, out, sized=samples is None, forced=bool(forced))
     else:
         header = _start(out, plan, device, samples, minutes, auto_precision, auto_rounds,
-                        note)
+                        note, forced)
     measured = _Measuring(out, header, device, minutes, started, note).run()
     records = read_measurements(out)
     header.status = "measured"
@@ -283,6 +309,23 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
     write_header(out, header)
     return header
+
+
+def _asked_int8_format(plan: ProfileHeader, name: str | None) -> dict | None:
+    """The int8 format ``profile --int8-format`` names (recorded in ``plan``'s graph), one this
+    CPU uses; None when the probe is to choose."""
+    if name is None:
+        return None
+    if "int8" not in plan.protocol.precisions:
+        raise ProfileError(f"--int8-format {name} needs int8 profiled (--precision)")
+    allowed = int8_formats(plan.fingerprint["isa"])
+    fmt = next((f for f in allowed if f["name"].lower() == name.lower()), None)
+    if fmt is None:
+        raise ProfileError(f"--int8-format {name} is not one this CPU uses ({allowed[0]['why']}"
+                           f"; allowed: {', '.join(f['name'] for f in allowed)})")
+    fmt = {**fmt, "why": f"{fmt['name']}, as --int8-format asked ({fmt['why']})"}
+    plan.graph["int8"] = int8_record(fmt)
+    return fmt
 
 
 def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
@@ -312,7 +355,7 @@ def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
 
 def _start(out: Path, header: ProfileHeader, device: str, samples: int | None,
            minutes: float | None, auto_precision: bool, auto_rounds: bool,
-           note: Callable[[str], None]) -> ProfileHeader:
+           note: Callable[[str], None], forced: dict | None = None) -> ProfileHeader:
     """A new profile folder: the device probed, the profile sized from the probe (shapes,
     rounds, precisions) and its header written; ``header`` is the plan, completed."""
     if out.exists() and any(out.iterdir()):
@@ -326,8 +369,10 @@ def _start(out: Path, header: ProfileHeader, device: str, samples: int | None,
     try:
         with tempfile.TemporaryDirectory(prefix="shaper-probe-") as tmp:
             sessions = GraphSessions(Path(tmp), header.config, device, protocol.threads,
-                                     header.fingerprint["isa"])
-            header.probe = probe_device(sessions, header, note)
+                                     profile_int8_format(header))
+            header.probe = probe_device(sessions, header, note, forced)
+            if "int8_format" in header.probe:  # chosen among the ISA's formats, or asked
+                header.graph["int8"] = int8_record(header.probe["int8_format"])
         header.probe.update(size_profile(header, samples, minutes, auto_precision,
                                          auto_rounds))
         protocol = header.protocol = replace(protocol, precisions=tuple(
@@ -455,7 +500,7 @@ class _Measuring:
         self.measuring = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="shaper-profile-") as tmp:
             sessions = GraphSessions(Path(tmp), header.config, self.device,
-                                     protocol.threads, header.fingerprint["isa"])
+                                     protocol.threads, profile_int8_format(header))
             self.measure(self.grouped(work), sessions)
             measured = bool(work)
             for look in range(protocol.calm_looks):
@@ -549,28 +594,43 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
     return pause / 1000 + (warm + timed) * ms / 1000
 
 
-def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict[str, Any]:
+def probe_device(sessions: "GraphSessions", header: ProfileHeader, note,
+                 forced: dict | None = None) -> dict[str, Any]:
     """The device's speed in its first seconds: the smallest and largest shapes (and, but in
     a transfer, the reference) at every grid size and precision asked for, two interleaved
     rounds (fp32 and int8 of one shape side by side, so their ratio is from one period of
-    the machine)."""
+    the machine). Where the ISA leaves a choice of int8 format (runtime.int8_formats) and
+    none was ``forced`` (--int8-format), int8 is timed in each, and the probe's int8 is the
+    one ``choose_int8_format`` picks."""
     protocol, space = header.protocol, header.space
     shapes = {"smallest": space.smallest, "largest": space.largest}
     if header.transfer is None:  # a transfer's probe is its budget's largest cost: two shapes
         shapes["reference"] = Shape(tuple(header.reference_shape), space)
+    formats = ([] if "int8" not in protocol.precisions else [forced] if forced else
+               int8_formats(header.fingerprint["isa"]))
+    kinds = list(protocol.precisions) + [f"int8 {f['name']}" for f in formats[1:]]
     note(f"probing the device: {len(shapes)} shapes x {len(protocol.precisions)} precision(s) "
-         f"x {len(protocol.grid)} input sizes")
+         f"x {len(protocol.grid)} input sizes"
+         + (f"; int8 in {len(formats)} formats ({', '.join(f['name'] for f in formats)}), "
+            "the faster kept" if len(formats) > 1 else ""))
     t0 = time.perf_counter()
     build_s: dict[str, float] = {}
     built = {}
-    for precision in protocol.precisions:
-        t = time.perf_counter()
+    for kind in kinds:
+        t, fmt = time.perf_counter(), next((f for f in formats if kind == f"int8 {f['name']}"),
+                                           None)
+        made = sessions
+        if fmt is not None:  # another format's graphs: its own sessions and folder
+            (sessions.work / f"format-{formats.index(fmt)}").mkdir()
+            made = GraphSessions(sessions.work / f"format-{formats.index(fmt)}", header.config,
+                                 sessions.device, sessions.threads, fmt)
         for name, shape in shapes.items():
-            built[(precision, name)] = sessions.build(shape, precision)
-        build_s[precision] = (time.perf_counter() - t) / len(shapes)
+            built[(kind, name)] = made.build(shape, "int8" if fmt else kind)
+        build_s[kind] = (time.perf_counter() - t) / len(shapes)
     short = replace(protocol, rounds=2)
-    ms: dict[str, dict[str, dict[str, float]]] = {p: {n: {} for n in shapes}
-                                                  for p in protocol.precisions}
+    ms: dict[str, dict[str, dict[str, float]]] = {p: {n: {} for n in shapes} for p in kinds}
+    label = {p: f"int8 {formats[0]['name']}" if p == "int8" and len(formats) > 1 else p
+             for p in kinds}
     for i, w in enumerate(sorted(protocol.grid, key=lambda w: w[0] * w[1])):
         feeds = inputs_for(w, header.config)
         results = measure_interleaved({k: runner(v, feeds) for k, v in built.items()}, short,
@@ -578,8 +638,8 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict
         for (precision, name), r in results.items():
             ms[precision][name][workload_key(w)] = round(r["median_ms"], 4)
         note(f"probe {i + 1}/{len(protocol.grid)}: batch {w[0]} x {w[1]} tokens, "
-             + ", ".join(f"{p} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
-                         for p in protocol.precisions))
+             + ", ".join(f"{label[p]} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
+                         for p in kinds))
     parked = []  # how long ONNX Runtime's threads spin after a run here (park_threads)
     if protocol.park_ms:
         for (precision, name), built_session in built.items():
@@ -590,13 +650,48 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note) -> dict
         note(f"after a run, ONNX Runtime's threads spin for about {statistics.median(parked):.0f}"
              " ms here; each turn waits until they stop (at most "
              f"{protocol.park_ms:.0f} ms)")
+    chosen, formats_ms = None, {}
+    if len(formats) > 1:  # int8 in each format, by name; the probe's int8 is the chosen one's
+        formats_ms = {f["name"]: ms.pop(f"int8 {f['name']}") if i else ms["int8"]
+                      for i, f in enumerate(formats)}
+        chosen = choose_int8_format(formats, formats_ms)
+        ms["int8"] = formats_ms[chosen["name"]]
+        builds = {f["name"]: build_s.pop(f"int8 {f['name']}") if i else build_s["int8"]
+                  for i, f in enumerate(formats)}
+        build_s["int8"] = builds[chosen["name"]]
+        note(f"int8 format: {chosen['why']}")
     gain = {}
     if {"fp32", "int8"} <= set(protocol.precisions):
         gain = {name: {k: round(ms["fp32"][name][k] / ms["int8"][name][k], 4)
                        for k in ms["fp32"][name]} for name in ("smallest", "largest")}
     return {"ms": ms, "int8_speedup": gain, "build_seconds": build_s,
+            **({"int8_format": chosen, "int8_formats_ms": formats_ms} if chosen else {}),
+            **({"int8_format": forced} if forced else {}),
             **({"park_ms": round(statistics.median(parked), 1)} if parked else {}),
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def choose_int8_format(formats: list[dict], ms: dict[str, dict[str, dict[str, float]]]
+                       ) -> dict:
+    """Of the ISA's int8 formats (``formats``, the default first), the one the probe times
+    (``ms``: format name -> shape -> size -> median ms) at least ``MIN_FORMAT_GAIN`` faster
+    than the default at the largest shape (the geometric mean over the sizes), the fastest
+    of those; else the default. The format, with why."""
+    default = formats[0]
+
+    def speedup(fmt: dict) -> float:  # over the default, at the largest shape
+        base, other = ms[default["name"]]["largest"], ms[fmt["name"]]["largest"]
+        return math.exp(statistics.fmean(math.log(base[k] / other[k]) for k in base))
+
+    gains = {f["name"]: speedup(f) for f in formats[1:]}
+    best = max(formats[1:], key=lambda f: gains[f["name"]])
+    timed = ", ".join(f"{name} {g:.2f}x" for name, g in gains.items())
+    if gains[best["name"]] >= MIN_FORMAT_GAIN:
+        return {**best, "why": f"{best['name']}, measured {gains[best['name']]:.2f}x faster "
+                               f"than {default['name']} here at the largest shape ({best['why']})"}
+    return {**default, "why": f"{default['name']} ({default['why']}): {timed} its speed here "
+                              f"at the largest shape, under the {MIN_FORMAT_GAIN:.2f}x another "
+                              "format must gain"}
 
 
 def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
@@ -852,7 +947,7 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     medians: dict[str, list[float]] = {"model": [], "reference": []}
     with tempfile.TemporaryDirectory(prefix="shaper-measure-") as work:
         sessions = GraphSessions(Path(work), header.config, device, protocol.threads,
-                                 header.fingerprint["isa"])
+                                 profile_int8_format(header))
         reference = sessions.build(Shape(tuple(header.reference_shape), header.space),
                                    precision)
         runners = {"model": runner(session, feeds), "reference": runner(reference, feeds)}
