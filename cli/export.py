@@ -84,7 +84,8 @@ from .common import (emit, exports_drop, json_option, millions, percentile_optio
                    "a task super network's class logits / score (text-classification).")
 @click.option("--int8", is_flag=True,
               help="With --shape/--params: also write model_quantized.onnx (dynamic int8) and "
-                   "make it the default model. With --latency use --precision instead.")
+                   "make it the default model, in this CPU's default int8 format (with "
+                   "--profile: the profile's). With --latency use --precision instead.")
 @click.option("--int8-min-cosine", default=0.95, show_default=True, type=float,
               help="Fail (or, with --latency, drop the int8 candidate) if int8's mean token "
                    "cosine to fp32 is below this.")
