@@ -805,6 +805,14 @@ def test_a_plan_makes_int8_in_the_format_its_profile_timed(profile, supernet, tm
     q = manifest.quantization
     assert (q["weight_type"], q["reduce_range"]) == ("QInt8", True)
     assert q["format_reason"] == "measured 1.25x faster"
+    # int8 that fails its gate in that format: fp32 kept, and the more faithful one named
+    seen = []
+    strict = export_for_budget(supernet, 1e6, chosen, tmp_path / "s", for_device=True,
+                               options=ExportOptions(int8_min_cosine=1.0), progress=seen.append)
+    assert strict.plan["precision"] == "fp32"
+    assert any(m.startswith("int8 in U8S8-reduce-range (the profile's format, the faster here) "
+                            "failed its accuracy gate; U8U8") and "--int8-format U8U8" in m
+               for m in seen), seen
     # a format the profiled ISA would not use (7-bit weights on a VNNI CPU): another graph
     vnni = copy("vnni", ["avx2", "avx512f", "avx512_vnni"], int8_formats(avx2)[1], "?")
     with pytest.raises(PlannerError, match=r"timed another graph .*int8 .*'reduce_range': True"):
