@@ -17,7 +17,10 @@ The cores' microarchitecture stays this machine's (its caches, clocks, how fast 
 instruction runs), and ``cpu_id`` still names it: this is an ISA, not a Zen 2. Needs Linux on
 x86-64 with the ``cpuid_fault`` flag, gcc and root (for the mount namespace); each missing one is
 refused in one line. Before the command runs, a probe in the masked process checks that numpy
-sees the level and /proc/cpuinfo lacks the removed flags.
+sees the level and /proc/cpuinfo lacks the removed flags. A program that installs its own
+SIGSEGV handler takes the CPUID faults over and crashes: run pytest with ``-p
+no:faulthandler``; torch's multi-process launcher (``train --nproc``) enables faulthandler in
+its workers, so those cannot run masked.
 
     .venv/bin/python benchmarks/masked_isa.py --isa avx2 -- make demo RUNS=/tmp/avx2-demo
     .venv/bin/python benchmarks/masked_isa.py --isa avx2 -- .venv/bin/shaperctl profiles list

@@ -18,6 +18,7 @@ from shaper_deploy.fusion import drop_identities, fuse_bottlenecks
 from shaper_deploy.heuristics import cigar_family, cigar_shape
 from shaper_deploy.planner import export_for_budget, plan_for_latency
 from shaper_deploy.promise import parse_budget
+from shaper_deploy.quantize import int8_record
 from shaper_deploy.profiling.predictor import DeviceProfile
 from shaper_deploy.runtime import cpu_model_and_flags, int8_format
 from shaper_deploy.slicing import slice_subnet
@@ -777,14 +778,15 @@ def _foreign(profile, tmp_path, **fields):
     isa = (["avx", "avx2", "fma"] if here & {"avx512_vnni", "avx_vnni"} else
            ["avx", "avx2", "avx512bw", "avx512f", "avx512_vnni", "fma"])
     header["fingerprint"].update({"cpu_model": "Some Other CPU", "isa": isa, **fields})
-    # as that machine's profile timed int8
-    header["graph"]["int8"]["weight_type"] = int8_format(isa)["weight_type"]
+    # as that machine's profile timed int8: its ISA's default format (a probe on a CPU without
+    # VNNI may have chosen 7-bit weights for this profile, which a VNNI CPU does not use)
+    header["graph"]["int8"] = int8_record(int8_format(isa))
+    (header.get("probe") or {}).pop("int8_format", None)
     (out / "profile.json").write_text(json.dumps(header))
     return DeviceProfile.load(out)
 
 
 def test_a_plan_makes_int8_in_the_format_its_profile_timed(profile, supernet, tmp_path):
-    from shaper_deploy.quantize import int8_record
     from shaper_deploy.runtime import int8_formats
 
     def copy(name, isa, fmt, why):
