@@ -195,8 +195,16 @@ def profile_data(p) -> dict:
     from shaper_deploy.profiling.plots import PLOTS
     from shaper_deploy.profiling.transfer import transfer_advice
 
+    from shaper_deploy.errors import ProfileError
+    from shaper_deploy.profiling.profile import profile_int8_format
+
     foreign = p.foreign_fields()
-    return {"profile": str(p.path), **p.header.to_dict(), "predictor": p.model.metrics,
+    try:
+        int8 = profile_int8_format(p.header) if "int8" in p.precisions else None
+    except ProfileError as exc:  # shown as it is: a plan refuses it
+        int8 = {"error": str(exc)}
+    return {"profile": str(p.path), **p.header.to_dict(), "int8_format": int8,
+            "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": transfer_advice(p.header, p.model),
@@ -215,7 +223,7 @@ def _profile_text(d: dict) -> str:
             ("measured on", _machine_line(d["this_machine"])),
             ("protocol", _protocol_line(d["protocol"])),
             ("graph", _graph_line(d["graph"]))]
-    if "int8" in d["protocol"]["precisions"]:
+    if d.get("int8_format"):
         rows.append(("int8 format", _int8_line(d)))
     for i, src in enumerate((d.get("transfer") or {}).get("sources", [])):
         diff = d["transfer"]["differences"][i]
@@ -337,14 +345,11 @@ def _protocol_line(p: dict) -> str:
 
 def _int8_line(d: dict) -> str:
     """The int8 format a profile timed, and why: its probe's choice, or the ISA's default."""
-    from shaper_deploy.runtime import int8_format_named
-
+    fmt = d["int8_format"]
+    if "error" in fmt:
+        return fmt["error"]
     chosen = (d.get("probe") or {}).get("int8_format")
-    try:
-        name = int8_format_named({"reduce_range": False, **d["graph"]["int8"]}, "")["name"]
-    except ValueError as exc:
-        return str(exc)
-    return chosen["why"] if chosen else f"{name}: the default for the CPU's ISA"
+    return chosen["why"] if chosen else f"{fmt['name']}: the default for the CPU's ISA"
 
 
 def _graph_line(g: dict) -> str:

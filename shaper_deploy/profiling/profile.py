@@ -153,13 +153,15 @@ def dropped_for(shape: Shape, header: "ProfileHeader") -> list[str]:
 
 def profile_int8_format(header: "ProfileHeader") -> dict:
     """The int8 format a profile times (its graph record: the ISA's default, or the one its
-    probe chose), as runtime.int8_formats gives it."""
+    probe chose or --int8-format named), as runtime.int8_formats gives it, with why."""
     record = {**GRAPH_DEFAULTS["int8"], **(header.graph.get("int8") or {})}
     chosen = (header.probe or {}).get("int8_format") or {}
+    why = {f["name"]: f["why"] for f in int8_formats(header.fingerprint["isa"])}
     try:
-        return int8_format_named(record, chosen.get("why") or "the ISA's default")
+        fmt = int8_format_named(record, "")
     except ValueError as exc:
         raise ProfileError(f"the profile's int8 graphs: {exc}") from None
+    return {**fmt, "why": chosen.get("why") or why.get(fmt["name"], "as the profile records")}
 
 
 def new_header(device: str, protocol: Protocol, config: SuperConfig, samples: int, seed: int,
@@ -608,29 +610,29 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note,
         shapes["reference"] = Shape(tuple(header.reference_shape), space)
     formats = ([] if "int8" not in protocol.precisions else [forced] if forced else
                int8_formats(header.fingerprint["isa"]))
-    kinds = list(protocol.precisions) + [f"int8 {f['name']}" for f in formats[1:]]
+    several = len(formats) > 1  # timed as "int8 U8U8", "int8 U8S8-reduce-range", ...
+    kinds = [p for p in protocol.precisions if p != "int8" or not several]
+    kinds += [f"int8 {f['name']}" for f in formats] if several else []
     note(f"probing the device: {len(shapes)} shapes x {len(protocol.precisions)} precision(s) "
          f"x {len(protocol.grid)} input sizes"
          + (f"; int8 in {len(formats)} formats ({', '.join(f['name'] for f in formats)}), "
-            "the faster kept" if len(formats) > 1 else ""))
+            "the faster kept" if several else ""))
     t0 = time.perf_counter()
     build_s: dict[str, float] = {}
     built = {}
     for kind in kinds:
         t, fmt = time.perf_counter(), next((f for f in formats if kind == f"int8 {f['name']}"),
                                            None)
-        made = sessions
-        if fmt is not None:  # another format's graphs: its own sessions and folder
-            (sessions.work / f"format-{formats.index(fmt)}").mkdir()
-            made = GraphSessions(sessions.work / f"format-{formats.index(fmt)}", header.config,
-                                 sessions.device, sessions.threads, fmt)
+        made = sessions  # fp32, and int8 in the default format (or the one asked for)
+        if fmt is not None and fmt is not formats[0]:  # its own sessions and folder
+            folder = sessions.work / f"format-{formats.index(fmt)}"
+            folder.mkdir()
+            made = GraphSessions(folder, header.config, sessions.device, sessions.threads, fmt)
         for name, shape in shapes.items():
             built[(kind, name)] = made.build(shape, "int8" if fmt else kind)
         build_s[kind] = (time.perf_counter() - t) / len(shapes)
     short = replace(protocol, rounds=2)
     ms: dict[str, dict[str, dict[str, float]]] = {p: {n: {} for n in shapes} for p in kinds}
-    label = {p: f"int8 {formats[0]['name']}" if p == "int8" and len(formats) > 1 else p
-             for p in kinds}
     for i, w in enumerate(sorted(protocol.grid, key=lambda w: w[0] * w[1])):
         feeds = inputs_for(w, header.config)
         results = measure_interleaved({k: runner(v, feeds) for k, v in built.items()}, short,
@@ -638,7 +640,7 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note,
         for (precision, name), r in results.items():
             ms[precision][name][workload_key(w)] = round(r["median_ms"], 4)
         note(f"probe {i + 1}/{len(protocol.grid)}: batch {w[0]} x {w[1]} tokens, "
-             + ", ".join(f"{label[p]} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
+             + ", ".join(f"{p} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
                          for p in kinds))
     parked = []  # how long ONNX Runtime's threads spin after a run here (park_threads)
     if protocol.park_ms:
@@ -651,14 +653,11 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note,
              " ms here; each turn waits until they stop (at most "
              f"{protocol.park_ms:.0f} ms)")
     chosen, formats_ms = None, {}
-    if len(formats) > 1:  # int8 in each format, by name; the probe's int8 is the chosen one's
-        formats_ms = {f["name"]: ms.pop(f"int8 {f['name']}") if i else ms["int8"]
-                      for i, f in enumerate(formats)}
+    if several:  # int8 in each format, by name; the probe's int8 is the chosen one's
+        formats_ms = {f["name"]: ms.pop(f"int8 {f['name']}") for f in formats}
+        builds = {f["name"]: build_s.pop(f"int8 {f['name']}") for f in formats}
         chosen = choose_int8_format(formats, formats_ms)
-        ms["int8"] = formats_ms[chosen["name"]]
-        builds = {f["name"]: build_s.pop(f"int8 {f['name']}") if i else build_s["int8"]
-                  for i, f in enumerate(formats)}
-        build_s["int8"] = builds[chosen["name"]]
+        ms["int8"], build_s["int8"] = formats_ms[chosen["name"]], builds[chosen["name"]]
         note(f"int8 format: {chosen['why']}")
     gain = {}
     if {"fp32", "int8"} <= set(protocol.precisions):
