@@ -74,11 +74,14 @@ def learning_curve(profile: DeviceProfile) -> list[dict]:
 def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
                  workloads: list[tuple[int, int]], percentile: float) -> list[dict]:
     """Bundles of the identity super network (exact identities dropped, as the demo exports
-    them) and of one with perturbed bottlenecks (as a trained network's), each timed with
+    them) and of one with perturbed bottlenecks (as a trained network's), int8 in the
+    profile's format (``profile_int8_format``; before 2026-12-05 session 38, the ISA's
+    default, which a profile choosing U8S8-reduce-range did not time), each timed with
     the profile's protocol: its floor against the predicted one, and the percentile a
     budget promises (predicted: floor x the profile's tail factor; against it as observed
     now)."""
     from shaper_deploy.export import ExportOptions, export_bundle
+    from shaper_deploy.profiling.profile import profile_int8_format
     from shaper_deploy.shape import parse_shape
     from shaper_deploy.supernet import load_supernet
 
@@ -91,6 +94,7 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
         for name, p in perturbed.named_parameters():
             if "bottleneck" in name:
                 p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    int8 = profile_int8_format(profile.header) if "int8" in profile.precisions else None
     rows = []
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
@@ -98,8 +102,9 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
             for text in shapes:
                 shape = parse_shape(text, supernet.config.space)
                 bundle = Path(work) / f"{network}_{text.replace(',', '_')}"
-                manifest = export_bundle(supernet, shape, bundle,
-                                         ExportOptions(int8=True, int8_min_cosine=0.01))
+                # int8 in the format the profile timed, as a plan made with it quantizes
+                manifest = export_bundle(supernet, shape, bundle, ExportOptions(
+                    int8=True, int8_min_cosine=0.01, int8_format=int8))
                 dropped = [list(manifest.dropped_identities)]
                 for precision, file in (("fp32", "model.onnx"), ("int8", "model_quantized.onnx")):
                     if precision not in profile.precisions:

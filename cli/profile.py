@@ -192,6 +192,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
+    from shaper_deploy.profiling.fingerprint import device_fingerprint, unchecked_fields
     from shaper_deploy.profiling.plots import PLOTS
     from shaper_deploy.profiling.transfer import transfer_advice
 
@@ -208,17 +209,24 @@ def profile_data(p) -> dict:
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": transfer_advice(p.header, p.model),
-            "this_machine": {"matches": not foreign, "differences": foreign},
+            "this_machine": {"matches": not foreign, "differences": foreign,
+                             "unchecked": unchecked_fields(p.header.fingerprint,
+                                                           device_fingerprint(p.device))},
             "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}
 
 
 def _machine_line(m: dict) -> str:
+    if m["matches"] and m["unchecked"]:
+        return (f"this machine, as far as it can tell: it predates {', '.join(m['unchecked'])}, "
+                "so any CPU of this model name and ISA matches it")
     return ("this machine" if m["matches"] else
             "ANOTHER MACHINE (" + "; ".join(m["differences"]) + "): planning here refuses it "
             "unless --for-device")
 
 
 def _profile_text(d: dict) -> str:
+    from shaper_deploy.profiling.fingerprint import unchecked_fields
+
     rows = [("profile", d["profile"]), ("device", _device_line(d["fingerprint"])),
             ("measured on", _machine_line(d["this_machine"])),
             ("protocol", _protocol_line(d["protocol"])),
@@ -227,9 +235,11 @@ def _profile_text(d: dict) -> str:
         rows.append(("int8 format", _int8_line(d)))
     for i, src in enumerate((d.get("transfer") or {}).get("sources", [])):
         diff = d["transfer"]["differences"][i]
+        unchecked = unchecked_fields(src["fingerprint"], d["fingerprint"])
+        same = "the same machine fields" + (f" (it predates {', '.join(unchecked)})"
+                                            if unchecked else "")
         rows.append(("transferred from" if i == 0 else "", f"{src['profile']} ("
-                     f"{src['fingerprint']['cpu_model']}; "
-                     + ("; ".join(diff) if diff else "the same machine fields") + ")"))
+                     f"{src['fingerprint']['cpu_model']}; " + ("; ".join(diff) or same) + ")"))
     probe = d.get("probe") or {}
     if probe.get("decision"):
         rows.append(("probe", probe["decision"]))
@@ -461,9 +471,11 @@ def profiles() -> None:
 def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """Profiles under ROOTS (default: ./profiles), one row each: design space, device, CPU,
     day made, held-out MAPE, trust, and whether it matches this machine (the others name the
-    fields that differ). Of the reliable ones that match, one per design space is marked USE
-    HERE, the one commands take without --profile: the one whose fingerprint names the CPU
-    model (cpu_id), then the newest. A profile that cannot be read is listed with the reason.
+    fields that differ; a match of a profile that predates cpu_id says "(no cpu_id)": any CPU
+    of its model name and ISA matches it). Of the reliable ones that match, one per design
+    space is marked USE HERE, the one commands take without --profile: the one whose
+    fingerprint names the CPU model (cpu_id), then the newest. A profile that cannot be read
+    is listed with the reason.
 
     \b
     Example:
@@ -471,7 +483,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
     """
     from shaper_deploy.errors import ShaperError
     from shaper_deploy.profiling.fingerprint import (cpu_name, device_fingerprint, differing_fields,
-                                                     fingerprint_differences)
+                                                     fingerprint_differences, unchecked_fields)
     from shaper_deploy.profiling.catalog import PROFILES_ROOT, chosen_here, profiles_in
     from shaper_deploy.profiling.profile import DIRECT_MINUTES
 
@@ -494,8 +506,10 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
             mine = machines[p.device]
             if isinstance(mine, ShaperError):
                 diffs = fields = [str(mine)]
+                unchecked = []
             else:
                 diffs, fields = fingerprint_differences(fp, mine), differing_fields(fp, mine)
+                unchecked = unchecked_fields(fp, mine)
             found.append({"path": str(p.path), "device": fp["device"],
                           "cpu_model": fp["cpu_model"], "cpu_id": fp.get("cpu_id"),
                           "isa": fp.get("isa"),
@@ -504,7 +518,7 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                           "mape": {k: p.model.metrics[k]["held_out"]["mape"]
                                    for k in p.precisions},
                           "matches_this_machine": not diffs, "differences": diffs,
-                          "differing_fields": fields,
+                          "differing_fields": fields, "unchecked_fields": unchecked,
                           "created": p.header.created})
     chosen = {str(p.path) for device in {p.device for p in readable}
               for p in chosen_here(readable, device).values()}  # per device and design space
@@ -513,7 +527,9 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
 
     def here_cell(p: dict) -> str:
         if p["matches_this_machine"]:
-            return "USE HERE" if p["use_here"] else "this machine"
+            return (("USE HERE" if p["use_here"] else "this machine")
+                    + (f" (no {', '.join(p['unchecked_fields'])})" if p["unchecked_fields"]
+                       else ""))
         return "another: " + ", ".join(p["differing_fields"])
 
     def text(d: dict) -> str:
@@ -540,6 +556,13 @@ def profiles_list(roots: tuple[Path, ...], as_json: bool) -> None:
                 "newest). Hosts of one fingerprint can run apart: make this host's own from it "
                 "in a few minutes, shaperctl profile --device cpu --from PROFILE --supernet "
                 "SUPERNET --out DIR")
+        unchecked = sorted({k for p in listed if p["matches_this_machine"]
+                            for k in p["unchecked_fields"]})
+        if unchecked:
+            lines.append(f"(no {', '.join(unchecked)}): the profile predates "
+                         f"{', '.join(unchecked)}, so it matched on the CPU's model name and "
+                         "ISA alone; another CPU sharing them (an AMD EPYC Zen 2 and a Zen 3, "
+                         "say) matches it too")
         if any(not p["matches_this_machine"] for p in listed):
             lines.append("another: the fingerprint fields that differ from this machine's "
                          "(shaperctl profiles show PROFILE gives both values; --json: "

@@ -626,12 +626,24 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert head.split() == ["PROFILE", "SPACE", "DEVICE", "CPU", "MADE", "HELD-OUT", "MAPE",
                             "TRUST", "HERE"]
     assert older.startswith(str(tmp_path / "gen" / "older") + " ")
-    assert older.endswith("  USE HERE" if DeviceProfile.load(tiny_profile).trust["reliable"]
-                          else "  this machine"), older
+    # ... and says it could not compare it, there and in profiles show
+    assert older.endswith("  USE HERE (no cpu_id)"
+                          if DeviceProfile.load(tiny_profile).trust["reliable"]
+                          else "  this machine (no cpu_id)"), older
     assert other.endswith("  another: cpu_id") and "OtherVendor family 99 model 1" in other
-    fields = {Path(p["path"]).name: p["differing_fields"] for p in json.loads(runner.invoke(
-        main, ["profiles", "list", str(tmp_path / "gen"), "--json"]).stdout)["profiles"]}
-    assert fields == {"older": [], "other-generation": ["cpu_id"]}
+    assert "\n(no cpu_id): the profile predates cpu_id, so it matched on the CPU's model " \
+        "name and ISA alone" in gen.stdout
+    fields = {Path(p["path"]).name: (p["differing_fields"], p["unchecked_fields"])
+              for p in json.loads(runner.invoke(
+                  main, ["profiles", "list", str(tmp_path / "gen"), "--json"]).stdout)["profiles"]}
+    assert fields == {"older": ([], ["cpu_id"]), "other-generation": (["cpu_id"], [])}
+    shown = runner.invoke(main, ["profiles", "show", str(tmp_path / "gen" / "older")])
+    assert "this machine, as far as it can tell: it predates cpu_id" in shown.stdout
+    assert json.loads(runner.invoke(main, ["profiles", "show", str(tmp_path / "gen" / "older"),
+                                           "--json"]).stdout)["this_machine"] == {
+        "matches": True, "differences": [], "unchecked": ["cpu_id"]}
+    assert "as far as it can tell" not in runner.invoke(
+        main, ["profiles", "show", str(tiny_profile)]).stdout
     assert "\nanother: the fingerprint fields that differ" in gen.stdout
     assert "no profile here" not in gen.stdout
     # only other machines' profiles: the hint is a transfer from the whole folder

@@ -363,6 +363,10 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     assert "own minutes of the machine's time alone" not in shown.stdout
     assert _profile_text(alone).count("own minutes of the machine's time alone") == len(
         p.precisions)
+    # a source of this machine's fields says whether it could compare the CPU id
+    assert f"{tiny_profile} (" in shown.stdout and "the same machine fields)" in shown.stdout
+    alone["transfer"]["sources"][0]["fingerprint"].pop("cpu_id")
+    assert "the same machine fields (it predates cpu_id)" in _profile_text(alone)
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
                                        "--samples", "12"])
     assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr

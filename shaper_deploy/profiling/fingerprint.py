@@ -72,6 +72,13 @@ def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             and (k not in LATER_KEYS or (k in a and k in b))]
 
 
+def unchecked_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The ``LATER_KEYS`` fields a match could not compare, one of the fingerprints predating
+    them: a profile without ``cpu_id`` matches every CPU of its model name and ISA (an AMD EPYC
+    Zen 2 and a Zen 3, both AVX2 only, are one 'AMD EPYC' to it)."""
+    return [k for k in LATER_KEYS if (k in a) != (k in b)]
+
+
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """``differing_fields`` as readable phrases."""
     return [_difference(k, field_value(a, k), field_value(b, k))
