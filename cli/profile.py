@@ -192,14 +192,16 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
-    from shaper_deploy.profiling.fingerprint import device_fingerprint, unchecked_fields
+    from shaper_deploy.profiling.fingerprint import (device_fingerprint, fingerprint_differences,
+                                                     unchecked_fields)
     from shaper_deploy.profiling.plots import PLOTS
     from shaper_deploy.profiling.transfer import transfer_advice
 
     from shaper_deploy.errors import ProfileError
     from shaper_deploy.profiling.profile import profile_int8_format
 
-    foreign = p.foreign_fields()
+    here = device_fingerprint(p.device)  # read once: the differences and what went unchecked
+    foreign = fingerprint_differences(p.header.fingerprint, here)
     try:
         int8 = profile_int8_format(p.header) if "int8" in p.precisions else None
     except ProfileError as exc:  # shown as it is: a plan refuses it
@@ -210,8 +212,7 @@ def profile_data(p) -> dict:
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": transfer_advice(p.header, p.model),
             "this_machine": {"matches": not foreign, "differences": foreign,
-                             "unchecked": unchecked_fields(p.header.fingerprint,
-                                                           device_fingerprint(p.device))},
+                             "unchecked": unchecked_fields(p.header.fingerprint, here)},
             "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}
 
 
