@@ -51,7 +51,9 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
               help="Time budget for measuring (default 12; 2 with --from): a probe of the "
                    "device's speed (its first seconds) picks how many shapes and rounds fit "
                    "in three quarters of it, the rest kept for the calm looks' waits "
-                   "(--calm-wait; a transfer sizes to all of it). Ignored with --samples.")
+                   "(--calm-wait; a transfer sizes to all of it; where the least profile "
+                   "fills it, the probe says so and names the --minutes that leaves the "
+                   "waits their quarter). Ignored with --samples.")
 @click.option("--samples", default=None, type=click.IntRange(8, 2000),
               help="Shapes to measure, instead of what --minutes buys (stratified over the "
                    "parameter range; 1 in 4 held out; at least 12, or 8 with --from).")

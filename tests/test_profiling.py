@@ -1,6 +1,7 @@
 import collections
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -1065,6 +1066,19 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
             for k, d in (("waits", waits), ("no_wait", no_wait))}
     assert cost["waits"] <= 0.75 * (3 * 60 - 5) < cost["no_wait"] <= 3 * 60 - 5
     assert size_profile(header, 20, None, False)["wait_reserve_minutes"] == 0.0  # no budget
+    # a minimum over the budget leaves the looks no time to wait, and says what would
+    fast = header.probe["ms"]
+    header.probe["ms"] = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
+                          for p, m in fast.items()}
+    over = size_profile(header, None, 3, auto_precision=False)
+    assert (over["samples"], over["wait_reserve_minutes"]) == (12, 0.0)
+    assert "minimum is over the budget, so the calm looks will not wait" in over["decision"]
+    need = int(re.search(r"--minutes (\d+) leaves", over["decision"]).group(1))
+    roomy = size_profile(header, None, need, auto_precision=False)
+    assert "min kept for the looks to wait" in roomy["decision"]
+    assert size_profile(header, None, need - 1, auto_precision=False)["wait_reserve_minutes"] < (
+        roomy["wait_reserve_minutes"])
+    header.probe["ms"] = fast
     # a transfer (2 sweeps): 1 round in each at first, at most 4 looks in all; --rounds kept
     header.transfer = {}
     header.protocol = dataclasses.replace(header.protocol, sweeps=2, rounds=3)
