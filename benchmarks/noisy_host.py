@@ -195,8 +195,8 @@ def percentile_errors(header, records, centred_on_model: bool) -> dict:
 def later(model, space, checks: list[dict], precision: str) -> dict | None:
     """The fit's floors against real bundles measured later (``workload_profile.py``'s
     rows: their floor then), per precision: time held out, not only shapes."""
-    rows = [r for r in checks if r["precision"] == precision and "floor_ms" in r]  # (older
-    # results kept no floor)
+    # (results made before floors were kept have no floor_ms: they score nothing here)
+    rows = [r for r in checks if r["precision"] == precision and "floor_ms" in r]
     if not rows:
         return None
     e = np.array([float(model.predict([F.shape_from_key(r["shape"], space)], precision,
