@@ -2,6 +2,7 @@
 by a known transform of a source, the refusals, the trust report, and the command."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -320,6 +321,11 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     speed = source.machine_speed()["p90"]
     assert data["transfer"]["sources"][0]["speed_p90"] == pytest.approx(speed, abs=1e-6)
     fitted = DeviceProfile.load(out)
+    # a fleet measures its first member's grid: given first, a wider one than the rest is
+    # refused, naming the order that works (the narrower grid first)
+    with pytest.raises(ProfileError, match=f"give {re.escape(str(out))} first, whose grid"):
+        load_sources([str(tiny_profile), str(out)], "cpu", None)
+    assert len(load_sources([str(out), str(tiny_profile)], "cpu", None)) == 2
     for precision in fitted.precisions:  # verify takes out what the source's tail prices
         assert fitted.priced_slowdown(precision) == pytest.approx(
             max(speed, fitted.machine_speed()["p90"]), abs=1e-6)

@@ -133,10 +133,14 @@ def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                 "spaces has not been shown to work: give a profile of this design space or "
                 "profile it directly (without --from)")
         missing = [w for w in first.model.grid if not _covers(s.model, w)]
-        if missing:
+        if missing:  # a fleet whose first member's grid every other covers is accepted
+            covered = [o for o in sources
+                       if all(_covers(x.model, w) for x in sources for w in o.model.grid)]
             raise ProfileError(f"cannot transfer {s.path}: its grid does not cover batch "
                                f"{missing[0][0]} x {missing[0][1]} tokens of {first.path}'s "
-                               "grid; give profiles with the same grid")
+                               "grid, and a transfer measures the first --from profile's grid; "
+                               + (f"give {covered[0].path} first, whose grid every other "
+                                  "covers" if covered else "give profiles with the same grid"))
     if len({str(s.path.resolve()) for s in sources}) != len(sources):
         raise ProfileError("--from names the same profile twice")
     return sources
