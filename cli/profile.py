@@ -194,8 +194,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 
 
 def profile_data(p) -> dict:
-    from shaper_deploy.profiling.fingerprint import (device_fingerprint, fingerprint_differences,
-                                                     unchecked_fields)
+    from shaper_deploy.profiling.fingerprint import device_fingerprint, unchecked_fields
     from shaper_deploy.profiling.plots import PLOTS
     from shaper_deploy.profiling.transfer import transfer_advice
 
@@ -203,7 +202,7 @@ def profile_data(p) -> dict:
     from shaper_deploy.profiling.profile import profile_int8_format
 
     here = device_fingerprint(p.device)  # read once: the differences and what went unchecked
-    foreign = fingerprint_differences(p.header.fingerprint, here)
+    foreign = p.foreign_fields(here)
     try:
         int8 = profile_int8_format(p.header) if "int8" in p.precisions else None
     except ProfileError as exc:  # shown as it is: a plan refuses it

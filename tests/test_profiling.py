@@ -1068,8 +1068,9 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
     assert size_profile(header, 20, None, False)["wait_reserve_minutes"] == 0.0  # no budget
     # a minimum over the budget leaves the looks no time to wait, and says what would
     fast = header.probe["ms"]
-    header.probe["ms"] = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
-                          for p, m in fast.items()}
+    slow = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
+            for p, m in fast.items()}  # a device 100x slower
+    header.probe["ms"] = slow
     over = size_profile(header, None, 3, auto_precision=False)
     assert (over["samples"], over["wait_reserve_minutes"]) == (12, 0.0)
     assert "minimum is over the budget, so the calm looks will not wait" in over["decision"]
@@ -1085,8 +1086,7 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
     wide = size_profile(header, None, 30, auto_precision=False)
     assert wide["rounds"] == 2 and wide["samples"] > 12 and wide["wait_reserve_minutes"] == 0.0
     assert size_profile(header, None, 30, False, auto_rounds=False)["rounds"] == 3
-    header.probe["ms"] = {p: {n: {k: v * 100 for k, v in d.items()} for n, d in m.items()}
-                          for p, m in header.probe["ms"].items()}  # a slow device
+    header.probe["ms"] = slow
     least = size_profile(header, None, 0.5, auto_precision=False)
     assert (least["samples"], least["rounds"]) == (8, 1)
 

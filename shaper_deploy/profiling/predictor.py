@@ -707,9 +707,11 @@ class DeviceProfile:
                 "priced_drift": priced,
                 **({"times": m["times"]} if keep_times else {})}
 
-    def foreign_fields(self) -> list[str]:
-        """How the machine the profile was measured on differs from this one (empty: same)."""
-        return fingerprint_differences(self.header.fingerprint, device_fingerprint(self.device))
+    def foreign_fields(self, here: dict[str, Any] | None = None) -> list[str]:
+        """How the machine the profile was measured on differs from this one (empty: same);
+        ``here``: this machine's fingerprint, when the caller has read it already."""
+        return fingerprint_differences(self.header.fingerprint,
+                                       here or device_fingerprint(self.device))
 
     def check_device(self, device: str, for_device: bool = False) -> list[str]:
         """Refuse another device kind, and a profile of another machine unless the plan is
