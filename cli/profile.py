@@ -31,7 +31,7 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
                    "devices, same design space and device kind; repeat for several) as the "
                    "prior, from a few shapes measured here. A folder of profiles (e.g. "
                    "profiles) gives every one in it of this device kind and design space. "
-                   "The grid comes from the first.")
+                   "The grid is the first's, or the part of it every one covers.")
 @click.option("--batch", "batches", default=None,
               help="Grid batch sizes (default 1,4,16; with --from, the source's); batches "
                    "between them are interpolated.")
@@ -41,7 +41,7 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
                    "between them are interpolated.")
 @click.option("--max-tokens", default=None, type=click.IntRange(1),
               help="Leave out grid points with more than this many batch x length tokens "
-                   "(default 1024; with --from, the source's, or fewer: only the sizes you "
+                   "(default 1024; with --from, the sources', or fewer: only the sizes you "
                    "serve are measured, e.g. 256, in a fraction of the time).")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="Intra-op threads of every session timed, and of the plans and servers "
@@ -104,10 +104,10 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     sizes never fitted) and three plots: the fit and its verdict, latency vs parameters with
     what int8 buys, and the machine's speed over the profile's time.
 
-    With --from, a transfer: the same protocol on the source's grid (--max-tokens narrows it
-    to the sizes you serve), but a few shapes (what --minutes, default 2, buys), fitted with
-    the source profiles' model as the prior; trust is judged as for any profile, on shapes
-    held out here.
+    With --from, a transfer: the same protocol on the grid the sources share (--max-tokens
+    narrows it to the sizes you serve), but a few shapes (what --minutes, default 2, buys),
+    fitted with the source profiles' model as the prior; trust is judged as for any profile,
+    on shapes held out here.
 
     \b
     Examples:
@@ -145,8 +145,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         given = [n for n, v in (("--batch", batches), ("--seq-len", seq_lens)) if v is not None]
         if given:
             raise click.UsageError(f"{given[0]} cannot be given with --from: a transfer "
-                                   "measures the first source profile's grid (--max-tokens "
-                                   "narrows it)")
+                                   "measures the grid its source profiles share "
+                                   "(--max-tokens narrows it)")
         space = config.space if supernet_path is not None else None
         named = tr.expand_sources(from_paths, device, space, out, progress)
         check_not_input(out, [("--from", p) for p in named])
@@ -155,7 +155,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             config = sources[0].header.config
             source = dict(sources[0].header.source)
         protocol = replace(tr.target_protocol(sources, threads, chosen if precisions else None,
-                                              rounds, max_tokens),
+                                              rounds, max_tokens, progress),
                            sweeps=sweeps or TRANSFER_SWEEPS,
                            calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks,
                            calm_wait=calm_wait)

@@ -2,7 +2,6 @@
 by a known transform of a source, the refusals, the trust report, and the command."""
 
 import json
-import re
 import shutil
 from dataclasses import replace
 
@@ -12,14 +11,16 @@ from click.testing import CliRunner
 
 from shaper_deploy.cli.main import main
 from shaper_deploy.errors import ProfileError
-from shaper_deploy.profiling.predictor import DeviceProfile, feature_names, features
+from shaper_deploy.profiling.predictor import DeviceProfile, feature_names, features, fit_profile
 from shaper_deploy.profiling.folder import read_header, shape_key, workload_key
-from shaper_deploy.profiling.profile import held_out_keys
+from shaper_deploy.profiling.profile import held_out_keys, run_profile
 from shaper_deploy.shape import DesignSpace
+from shaper_deploy.supernet import SuperConfig
 from shaper_deploy.templates import sample_shapes
-from shaper_deploy.profiling.transfer import fit_transfer, load_sources, prior_fit, transfer_advice
+from shaper_deploy.profiling.transfer import (fit_transfer, load_sources, prior_fit,
+                                             target_protocol, transfer_advice)
 
-from .conftest import PLAN_SPACE, cgroup_tree
+from .conftest import PLAN_SPACE, cgroup_tree, fast_protocol
 
 
 def law(scale: dict[str, float]) -> dict[str, dict[str, list[float]]]:
@@ -270,6 +271,18 @@ def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
         load_sources([str(tiny_profile)], "cpu", other)
     with pytest.raises(ProfileError, match="same profile twice"):
         load_sources([str(tiny_profile), str(tiny_profile)], "cpu", None)
+    # sources whose grids share no size around the first one's reference (1 x 16) are refused
+    two = tmp_path / "batch-2"
+    run_profile(two, "cpu", fast_protocol(batches=(2,), reference_batch=2,
+                                          check_workloads=((2, 12),)),
+                SuperConfig(PLAN_SPACE, pooler=True), samples=12)
+    fit_profile(two)
+    r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(tiny_profile),
+                                  "--from", str(two), "--out", str(tmp_path / "w")])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert (f"{two} does not cover batch 1 x 16 tokens of {tiny_profile}'s grid, and the grid "
+            "the --from profiles share lacks the reference size") in r.stderr
+    assert not (tmp_path / "w").exists()
     r = CliRunner().invoke(main, ["profile", "--device", "cpu", "--from", str(cuda), "--out",
                                   str(tmp_path / "x")])
     assert r.exit_code == 1 and "across device kinds" in r.stderr
@@ -321,11 +334,20 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     speed = source.machine_speed()["p90"]
     assert data["transfer"]["sources"][0]["speed_p90"] == pytest.approx(speed, abs=1e-6)
     fitted = DeviceProfile.load(out)
-    # a fleet measures its first member's grid: given first, a wider one than the rest is
-    # refused, naming the order that works (the narrower grid first)
-    with pytest.raises(ProfileError, match=f"give {re.escape(str(out))} first, whose grid"):
-        load_sources([str(tiny_profile), str(out)], "cpu", None)
-    assert len(load_sources([str(out), str(tiny_profile)], "cpu", None)) == 2
+    # a fleet is measured on the grid its members share, in either order, and says so when
+    # that is less than the first one's
+    told: list[str] = []
+    for order in ([tiny_profile, out], [out, tiny_profile]):
+        shared = target_protocol(load_sources(list(map(str, order)), "cpu", None), 2, None,
+                                 note=told.append)
+        assert shared.grid == fitted.header.protocol.grid == [(1, 8), (1, 16), (2, 8)]
+    assert len(told) == 1 and told[0].startswith(f"the --from profiles share {tiny_profile}'s "
+                                                 "grid up to 16 tokens (3 of 4 sizes; ")
+    assert f"{out} lacks batch 2 x 16)" in told[0]
+    with pytest.raises(ProfileError, match=r"--max-tokens 32 .* allowed 16\.\.16 .* the grid "
+                                           "they share"):
+        target_protocol(load_sources([str(tiny_profile), str(out)], "cpu", None), 2, None,
+                        max_tokens=32)
     for precision in fitted.precisions:  # verify takes out what the source's tail prices
         assert fitted.priced_slowdown(precision) == pytest.approx(
             max(speed, fitted.machine_speed()["p90"]), abs=1e-6)

@@ -24,12 +24,15 @@ alone missed on the held-out shapes (``prior_held_out``: whether the source's st
 holds here). Measured on the two shipped machine classes (Intel AVX-512/AMX and AMD EPYC
 Zen 4, MiniLM and BERT-base spaces): docs/benchmarks.md, ``benchmarks/transfer.py``.
 
-Refused: a source of another device kind (cpu -> cuda) or another design space (MiniLM ->
-BERT-base), neither measured to transfer; a source whose grid does not cover the target's.
+A fleet whose grids differ (one capped at 512 tokens, another at 1024) is measured on the
+grid they share (``shared_grid``). Refused: a source of another device kind (cpu -> cuda) or
+another design space (MiniLM -> BERT-base), neither measured to transfer; sources that share
+no grid holding the first one's reference size.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -110,9 +113,9 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
 
 def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                  ) -> list[DeviceProfile]:
-    """The source profiles, each checked: finished, same device kind, one design space. A
-    source marked unreliable is accepted: it is only a prior, and the transfer is judged on
-    its own held-out shapes."""
+    """The source profiles, each checked: finished, same device kind, one design space, a
+    grid shared with the others (``shared_grid``). A source marked unreliable is accepted: it
+    is only a prior, and the transfer is judged on its own held-out shapes."""
     if not paths:
         raise ProfileError("--from needs at least one profile")
     if len(paths) > MAX_SOURCES:
@@ -132,18 +135,47 @@ def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                 f"the one profiled here ({_space_text(target)}); a transfer across design "
                 "spaces has not been shown to work: give a profile of this design space or "
                 "profile it directly (without --from)")
-        missing = [w for w in first.model.grid if not _covers(s.model, w)]
-        if missing:  # a fleet whose first member's grid every other covers is accepted
-            covered = [o for o in sources
-                       if all(_covers(x.model, w) for x in sources for w in o.model.grid)]
-            raise ProfileError(f"cannot transfer {s.path}: its grid does not cover batch "
-                               f"{missing[0][0]} x {missing[0][1]} tokens of {first.path}'s "
-                               "grid, and a transfer measures the first --from profile's grid; "
-                               + (f"give {covered[0].path} first, whose grid every other "
-                                  "covers" if covered else "give profiles with the same grid"))
     if len({str(s.path.resolve()) for s in sources}) != len(sources):
         raise ProfileError("--from names the same profile twice")
+    shared_grid(sources)
     return sources
+
+
+def shared_grid(sources: Sequence[DeviceProfile]) -> tuple[Protocol, str]:
+    """The first source's protocol narrowed to the grid points every source covers (its
+    batches and lengths that remain, capped at the most tokens among them), and what was left
+    out, as a sentence ("" when nothing was). Why: the shipped BERT-base profiles are capped
+    at 512 or 1024 tokens, and a fleet given or found (``--from profiles``, name order) with
+    a 1024 one first was refused although a transfer on the sizes they share works (session
+    39's Zen 5 + x86_64 + Intel fleet: 2.8% / 4.4% on the Zen 4 class's direct profile).
+    Refused, naming a source that lacks it, when the shared grid is not a full grid (batches x
+    lengths under a cap) or does not hold the first source's reference size."""
+    p = sources[0].header.protocol
+    lacking = {w: next((s for s in sources if not _covers(s.model, w)), None) for w in p.grid}
+    kept = [w for w in p.grid if lacking[w] is None]
+    if len(kept) == len(p.grid):
+        return p, ""
+
+    def refuse(w: Workload, why: str) -> ProfileError:
+        return ProfileError(f"cannot transfer from these profiles: {lacking[w].path} does not "
+                            f"cover batch {w[0]} x {w[1]} tokens of {sources[0].path}'s grid, "
+                            f"and the grid the --from profiles share {why}; give profiles "
+                            "whose grids share the first one's reference size and a full "
+                            "grid around it")
+
+    gone = [w for w in p.grid if lacking[w] is not None]
+    if p.reference not in kept:
+        raise refuse(p.reference, "lacks the reference size")
+    narrowed = replace(p, batches=tuple(sorted({b for b, _ in kept})),
+                       seq_lens=tuple(sorted({s for _, s in kept})),
+                       max_tokens=max(b * s for b, s in kept))
+    if set(narrowed.grid) != set(kept):
+        raise refuse(gone[0], "is not whole (every batch x length under a token cap)")
+    return narrowed, (f"the --from profiles share {sources[0].path}'s grid up to "
+                      f"{narrowed.max_tokens} tokens ({len(narrowed.grid)} of {len(p.grid)} "
+                      f"sizes; {lacking[gone[0]].path} lacks batch {gone[0][0]} x {gone[0][1]}"
+                      + (f" and {len(gone) - 1} more" if len(gone) > 1 else "")
+                      + "): the transfer measures those, and the profile refuses larger sizes")
 
 
 def _covers(model: LatencyModel, w: Workload) -> bool:
@@ -161,12 +193,15 @@ def _space_text(space: DesignSpace) -> str:
 
 def target_protocol(sources: Sequence[DeviceProfile], threads: int,
                     precisions: Sequence[str] | None, rounds: int | None = None,
-                    max_tokens: int | None = None) -> Protocol:
-    """The first source's grid, checks and reference, ``threads``, ``rounds`` (default the
-    source's) and the precisions every source has (of those asked for); two re-measured
-    shapes. ``max_tokens`` narrows the grid to the sizes a user serves (at most the source's,
-    at least the reference's tokens): only those are measured here, and the profile refuses
-    larger ones, as any profile refuses sizes outside its grid."""
+                    max_tokens: int | None = None,
+                    note: Callable[[str], None] = lambda message: None) -> Protocol:
+    """The grid the sources share (``shared_grid``: the first source's, unless another
+    lacks some of it, which ``note`` is told), the first source's checks and reference,
+    ``threads``, ``rounds`` (default the source's) and the precisions every source has (of
+    those asked for); two re-measured shapes. ``max_tokens`` narrows the grid to the sizes a
+    user serves (at most the shared grid's cap, at least the reference's tokens): only those
+    are measured here, and the profile refuses larger ones, as any profile refuses sizes
+    outside its grid."""
     have = [p for p in sources[0].precisions if all(p in s.precisions for s in sources)]
     chosen = [p for p in have if precisions is None or p in precisions]
     if not chosen:
@@ -174,14 +209,18 @@ def target_protocol(sources: Sequence[DeviceProfile], threads: int,
         raise ProfileError(f"the --from profiles have no precision in common with the one(s) "
                            f"asked for ({asked or 'any'}); they have "
                            f"{', '.join(have) or 'none in common'}")
-    p = sources[0].header.protocol
+    p, narrowed = shared_grid(sources)
+    if narrowed:
+        note(narrowed)
     reference = p.reference_batch * p.reference_seq_len
     if max_tokens is not None and not reference <= max_tokens <= p.max_tokens:
-        raise ProfileError(f"--max-tokens {max_tokens} is outside what a transfer from "
-                           f"{sources[0].path} can measure: allowed {reference}.."
-                           f"{p.max_tokens} (from the source's reference size, batch "
-                           f"{p.reference_batch} x {p.reference_seq_len} tokens, to its token "
-                           "cap)")
+        whose = (f"{sources[0].path}" if not narrowed else "these --from profiles")
+        raise ProfileError(f"--max-tokens {max_tokens} is outside what a transfer from {whose} "
+                           f"can measure: allowed {reference}..{p.max_tokens} (from the "
+                           f"source's reference size, batch {p.reference_batch} x "
+                           f"{p.reference_seq_len} tokens, to the "
+                           + ("token cap of the grid they share)" if narrowed
+                              else "source's token cap)"))
     return Protocol(threads=threads, precisions=tuple(chosen), batches=p.batches,
                     seq_lens=p.seq_lens, max_tokens=max_tokens or p.max_tokens,
                     reference_batch=p.reference_batch, reference_seq_len=p.reference_seq_len,
