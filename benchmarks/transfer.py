@@ -30,6 +30,9 @@ each profile is scored on the others' measurements at those sizes only. ``--swee
 ``--calm-looks`` take several values (each combination once per ``--repeat``, in turn, so a
 period of the host falls on all alike). ``--also`` scores existing profiles beside them (the
 shipped profile of this class, made on another day: does it still describe this host?).
+``--pool both`` runs each transfer twice in turn: as ``shaperctl`` runs it (every session on
+the process's one thread pool, ``Protocol.pool`` "process") and as a library caller's process
+does (a pool per session, each turn waiting for idle threads: "session").
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
@@ -313,10 +316,13 @@ def sparse(args) -> dict:
                       for s, t in SPARSE_PAIRS]}
 
 
-def _shaperctl(*args: str) -> dict:
-    exe = str(Path(sys.executable).with_name("shaperctl"))
+def _shaperctl(*args: str, pool: str = "process") -> dict:
+    """``shaperctl ARGS --json``: the program itself (pool "process"), or its click group
+    called from a plain Python process (pool "session", as a library caller measures)."""
+    exe = ([str(Path(sys.executable).with_name("shaperctl"))] if pool == "process" else
+           [sys.executable, "-c", "from shaper_deploy.cli.main import main; main()"])
     t = time.perf_counter()
-    out = subprocess.run([exe, *args, "--json"], check=True, capture_output=False,
+    out = subprocess.run([*exe, *args, "--json"], check=True, capture_output=False,
                          stdout=subprocess.PIPE, text=True).stdout
     data = json.loads(out)
     data["_wall_seconds"] = time.perf_counter() - t
@@ -332,17 +338,19 @@ def live(args) -> dict:
     sources = [arg for p in args.sources for arg in ("--from", str(p))]
     # each repeat runs every combination in turn, so a period of the host falls on all alike
     for repeat in range(1, args.repeat + 1):
-        for minutes, sweeps, calm in product(args.minutes, args.sweeps or [None],
-                                             args.calm_looks or [None]):
+        for minutes, sweeps, calm, pool in product(
+                args.minutes, args.sweeps or [None], args.calm_looks or [None],
+                ["process", "session"] if args.pool == "both" else [args.pool]):
             # None: the product's default
             looks = [] if sweeps is None else ["--sweeps", str(sweeps)]
             looks += [] if calm is None else ["--calm-looks", str(calm)]
             name = (f"transfer {minutes:g} min" + (f", {sweeps} sweep(s)" if sweeps else "")
                     + (f", {calm} calm look(s)" if calm is not None else "")
+                    + (f", pool {pool}" if args.pool == "both" else "")
                     + (f", #{repeat}" if args.repeat > 1 else ""))
             out = work / name.replace(" ", "-").replace(",", "").replace("#", "")
             _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
-                       *looks, *cap, "--out", str(out))
+                       *looks, *cap, "--out", str(out), pool=pool)
             profiles[name] = out
             last_transfer = name
     if args.direct is None:
@@ -364,7 +372,7 @@ def live(args) -> dict:
         row = {"profile": name, "path": str(p.path),
                "minutes": (p.header.summary or {}).get("last_run", {}).get("seconds", 0) / 60,
                "shapes": p.header.sampling["samples"], "rounds": p.header.protocol.rounds,
-               "sweeps": p.header.protocol.sweeps,
+               "sweeps": p.header.protocol.sweeps, "pool": p.header.protocol.pool,
                "precisions": p.precisions, "trust": p.trust,
                "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
                "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
@@ -437,6 +445,9 @@ def main() -> None:
                     help="Existing profiles scored beside the others, and the others on their "
                          "shapes (e.g. a shipped profile of this machine class, made on "
                          "another day); a row named 'also FOLDER' each.")
+    on.add_argument("--pool", choices=["process", "session", "both"], default="process",
+                    help="How the transfers' sessions get their threads: shaperctl's one pool "
+                         "(process), a pool each (session), or both in turn")
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()

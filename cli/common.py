@@ -14,6 +14,10 @@ import click
 from shaper_deploy.errors import ShaperError
 
 NOTHING_KEPT = "nothing half-written was kept"
+# True when this process is the shaperctl command's own (cli.main.console), not a library
+# user's or a test's: only then may a command change what the whole process does
+# (``profile`` runs every session on one thread pool: runtime.share_one_pool).
+OWN_PROCESS = False
 
 
 class ShaperGroup(click.Group):

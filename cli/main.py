@@ -53,5 +53,13 @@ main.add_command(serve)
 main.add_command(verify)
 
 
-if __name__ == "__main__":  # python -m shaper_deploy.cli.main (e.g. under torchrun)
+def console() -> None:
+    """The ``shaperctl`` program: ``main`` in a process of its own (common.OWN_PROCESS)."""
+    from . import common
+
+    common.OWN_PROCESS = True
     main()
+
+
+if __name__ == "__main__":  # python -m shaper_deploy.cli.main (e.g. under torchrun)
+    console()

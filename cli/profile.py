@@ -9,6 +9,7 @@ import click
 
 from shaper_deploy.runtime import DEVICES, PRECISIONS
 
+from . import common
 from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, millions,
                      percentile_option, profile_holding, progress, resumable, table,
                      widths_option)
@@ -127,7 +128,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                                                  TRANSFER_CALM_LOOKS, TRANSFER_SWEEPS,
                                                  run_profile)
     from shaper_deploy.profiling.protocol import Protocol
-    from shaper_deploy.runtime import DEVICE_PRECISIONS, default_threads
+    from shaper_deploy.runtime import DEVICE_PRECISIONS, default_threads, share_one_pool
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
 
     check_not_input(out, {"--supernet": supernet_path})
@@ -176,6 +177,11 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                             rounds=rounds or 1, sweeps=sweeps or 3,
                             calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks,
                             calm_wait=calm_wait)
+    if common.OWN_PROCESS and device == "cpu":
+        # nothing else runs in this process: every session shares one pool, and turns need
+        # not wait for the last session's threads to stop spinning (Protocol.pool)
+        share_one_pool(threads)
+        protocol = replace(protocol, pool="process")
     if minutes is None:
         minutes = tr.DEFAULT_MINUTES if from_paths else DIRECT_MINUTES
     # the fit too: a profile stopped while fitting is fitted again by the same command

@@ -87,6 +87,38 @@ def default_threads() -> int:
     return min(DEFAULT_THREADS, usable_cores())
 
 
+# Intra-op threads of the one pool every session of this process runs on (ONNX Runtime's
+# global thread pool), or None: each session has its own (ONNX Runtime's default). See
+# share_one_pool.
+_shared_pool: int | None = None
+
+
+def share_one_pool(threads: int) -> None:
+    """Run every session this process makes from now on on one pool of ``threads`` intra-op
+    threads (ONNX Runtime's global thread pool). Sessions timed one after another then use the
+    same threads, so a turn need not wait for the last session's threads to stop spinning
+    (``profiling.protocol.Protocol.pool``). Once a global pool exists ONNX Runtime refuses
+    sessions with their own, and its size is fixed: only a process that runs nothing else
+    afterwards may call this (``shaperctl profile``'s own process, ``cli.main.console``).
+    Measured on the AMD EPYC Zen 4 class (``benchmarks/shared_pool.py``): the same floors
+    (shared / own p10 0.987-1.005, p90 median 0.999) in 56% of the time."""
+    global _shared_pool
+    if _shared_pool is not None and _shared_pool != threads:
+        raise DeviceError(f"this process runs every session on one pool of {_shared_pool} "
+                          f"intra-op threads and cannot make one of {threads}")
+    if _shared_pool is None:
+        from onnxruntime.capi import _pybind_state
+
+        _pybind_state.set_global_thread_pool_sizes(threads, 1)
+        _shared_pool = threads
+
+
+def shared_pool() -> int | None:
+    """The threads of the one pool this process's sessions share, or None (see
+    :func:`share_one_pool`)."""
+    return _shared_pool
+
+
 def check_threads(threads: int | None) -> None:
     """Intra-op threads for a session made on this machine: 1 .. 4 x the cores it may use."""
     if threads is None:
@@ -387,7 +419,12 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
                           f"lacks (it has {', '.join(ort.get_available_providers())})")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the fallback warning is checked below instead
-    if threads is not None:
+    if _shared_pool is not None:  # every session on the process's one pool (share_one_pool)
+        if threads not in (None, _shared_pool):
+            raise DeviceError(f"this process runs every session on one pool of {_shared_pool} "
+                              f"intra-op threads and cannot make a session of {threads}")
+        options.use_per_session_threads = False
+    elif threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if sequential:

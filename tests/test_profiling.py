@@ -162,6 +162,72 @@ def test_interleaved_measurement_counts_runs():
     assert calls == {"s": 2 + 1 + 1 + 1}  # round 1: 2 warm-up + 1 timed; round 2: 1 + 1
 
 
+def test_turns_wait_for_idle_threads_only_when_each_session_has_its_own_pool(monkeypatch,
+                                                                             tmp_path):
+    """A pool per session: each turn first waits until the last session's threads stop
+    spinning. One pool for the whole process (shaperctl profile's own process): the next
+    turn uses the same threads, so it waits for nothing. A run cannot use a pool its process
+    does not have, and the record says which pool was measured with."""
+    from shaper_deploy.profiling import protocol as protocol_module
+
+    parks = []
+    monkeypatch.setattr(protocol_module, "park_threads", lambda *a: parks.append(a) or 0.0)
+    runners = {"a": lambda: None, "b": lambda: None}
+    base = dict(rounds=3, warmup=1, timed=2, turn_ms=1e9, long_run_ms=1e9)
+    measure_interleaved(runners, Protocol(**base))
+    assert len(parks) == 6  # 3 rounds x 2 sessions
+    parks.clear()
+    measure_interleaved(runners, Protocol(**base, pool="process"))
+    assert parks == []
+    with pytest.raises(ProfileError, match="pool must be one of session, process, got 'x'"):
+        Protocol(pool="x")
+    # records written before the field existed were measured with a pool per session
+    older = {k: v for k, v in Protocol().to_dict().items() if k != "pool"}
+    assert Protocol.from_dict(older).pool == "session"
+    assert protocol_module.process_pool() == "session"  # this test process: a pool per session
+    with pytest.raises(ProfileError, match="measured with pool 'process' cannot be measured in "
+                                           "this process, whose sessions each have their own"):
+        run_profile(tmp_path / "p", "cpu", fast_protocol(pool="process"), TINY, samples=12)
+    assert not (tmp_path / "p").exists()
+
+
+def test_shaperctl_profile_runs_every_session_on_one_pool_in_its_own_process(tmp_path,
+                                                                               tiny_supernet):
+    """The program (python -m shaper_deploy.cli.main, as the shaperctl script) owns its
+    process: its profile shares one pool and waits for no spinning threads; once shared, the
+    pool's size is the process's, so a session of another size is refused, never made."""
+    import subprocess
+    import sys
+
+    save_supernet(tiny_supernet, tmp_path / "super")
+    out = tmp_path / "prof"
+    r = subprocess.run([sys.executable, "-m", "shaper_deploy.cli.main", "profile", "--device",
+                        "cpu", "--supernet", str(tmp_path / "super"), "--precision", "fp32",
+                        "--batch", "1,2", "--seq-len", "8,16", "--samples", "12", "--rounds",
+                        "1", "--sweeps", "1", "--calm-looks", "0", "--threads", "1", "--out",
+                        str(out), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["protocol"]["pool"] == "process" and "park_ms" not in (data["probe"] or {})
+    assert "every session runs on this process's one pool of 1 intra-op thread(s)" in r.stderr
+    relu = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    onnx.save(onnx.helper.make_model(relu, opset_imports=[onnx.helper.make_opsetid("", 17)],
+                                     ir_version=8), str(tmp_path / "relu.onnx"))
+    script = ("from shaper_deploy import runtime\n"
+              "runtime.share_one_pool(2)\n"
+              f"runtime.make_session({str(tmp_path / 'relu.onnx')!r}, threads=2)\n")
+    for tail, error in (("", None),
+                        ("runtime.make_session('m', threads=1)", "cannot make a session of 1"),
+                        ("runtime.share_one_pool(1)", "one pool of 2 intra-op threads and "
+                                                      "cannot make one of 1")):
+        run = subprocess.run([sys.executable, "-c", script + tail], capture_output=True,
+                             text=True)
+        assert (run.returncode == 0) if error is None else (error in run.stderr), run.stderr
+
+
 def test_each_turn_waits_until_the_last_sessions_threads_stop_spinning():
     """ONNX Runtime's pool threads spin after a run for a time that depends on the CPU; a turn
     waits until the process is idle (a busy thread stands in for them), at most park_ms."""

@@ -36,7 +36,7 @@ from .folder import (HEADER, MEASUREMENTS, CalmWait, ProfileHeader, Transfer,
                      shape_key, verify_file, workload_key, write_header)
 from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
 from .protocol import (Protocol, Workload, describe_range, inputs_for, measure_interleaved,
-                       park_threads)
+                       park_threads, process_pool)
 
 REFERENCE = "__reference__"
 
@@ -334,6 +334,12 @@ def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
                      samples: int | None, minutes: float | None, least: int) -> Protocol:
     """What ``run_profile`` was asked, refused in one line where it cannot be measured; the
     protocol to measure it with (a run sized by ``samples`` has no time to wait in)."""
+    here = process_pool()
+    if protocol.pool != here:
+        raise ProfileError(f"a profile measured with pool {protocol.pool!r} cannot be measured "
+                           f"in this process, whose sessions "
+                           + ("share one pool" if here == "process" else "each have their own")
+                           + f"; allowed here: pool {here!r}")
     if samples is not None and samples < least:
         raise ProfileError(f"--samples must be at least {least} (a predictor is fitted on 3 of "
                            f"every 4 shapes and checked on the rest), got {samples}")
@@ -591,8 +597,8 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
     ms = (m["smallest"][workload_key(near)] + m["largest"][workload_key(near)]) / 2
     warm = 1 if ms > protocol.long_run_ms else protocol.warmup
     timed = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / max(ms, 1e-3))))
-    pause = protocol.pause_ms if not protocol.park_ms else max(
-        protocol.pause_ms, min(protocol.park_ms, probe.get("park_ms", protocol.pause_ms)))
+    pause = 0.0 if protocol.pool == "process" else protocol.pause_ms if not protocol.park_ms \
+        else max(protocol.pause_ms, min(protocol.park_ms, probe.get("park_ms", protocol.pause_ms)))
     return pause / 1000 + (warm + timed) * ms / 1000
 
 
@@ -643,7 +649,10 @@ def probe_device(sessions: "GraphSessions", header: ProfileHeader, note,
              + ", ".join(f"{p} largest {ms[p]['largest'][workload_key(w)]:.2f} ms"
                          for p in kinds))
     parked = []  # how long ONNX Runtime's threads spin after a run here (park_threads)
-    if protocol.park_ms:
+    if protocol.pool == "process":
+        note(f"every session runs on this process's one pool of {protocol.threads} intra-op "
+             "thread(s): a turn does not wait for the last session's threads to stop spinning")
+    elif protocol.park_ms:
         for (precision, name), built_session in built.items():
             if name == "largest":
                 for _ in range(3):
@@ -957,8 +966,10 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     is now than when profiled (``DeviceProfile.measure`` takes the part of it the profile's
     tail prices out of the floor, ``predictor.priced_drift``).
     """
-    # one bundle has no later sweep: its rounds are the turns a profiled shape got in all
-    protocol = replace(header.protocol, rounds=header.protocol.rounds * header.protocol.sweeps)
+    # one bundle has no later sweep: its rounds are the turns a profiled shape got in all;
+    # its session has its own pool, as a server's has, so each turn waits for idle threads
+    protocol = replace(header.protocol, rounds=header.protocol.rounds * header.protocol.sweeps,
+                       pool=process_pool())
     feeds = inputs_for(workload, header.config)
     session = make_session(model, device, threads=protocol.threads)
     times: dict[str, list[float]] = {"model": [], "reference": []}

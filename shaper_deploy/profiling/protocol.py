@@ -15,7 +15,9 @@ Measured on this 2-core class with ONNX Runtime CPU sessions:
   onnxruntime PR #27916; 36-47 ms measured on an AMD EPYC Zen 5 VM), so after the pause the
   protocol waits until the process is idle (``park_threads``): on that VM a fixed 20 ms left
   the previous session's threads spinning on one of the 2 cores and doubled the p90 of the
-  next (4.3 -> 8.0 ms; 4.2 with 100 ms);
+  next (4.3 -> 8.0 ms; 4.2 with 100 ms). ``shaperctl profile``'s own process instead runs
+  every session on one pool (``Protocol.pool`` "process"), so no other session's threads
+  are there to wait for: the same floors in 56% of the time on the AMD EPYC Zen 4 class;
 * short runs (batch 1, 16-64 tokens, 1-5 ms) are the noisiest on a shared 2-core machine, so
   a turn times as many runs as fit in ``turn_ms`` and, in a one-sweep profile, a measurement
   whose rounds disagree by more than ``noisy_cv`` is timed again at once;
@@ -40,7 +42,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..errors import ProfileError
-from ..runtime import PRECISIONS
+from ..runtime import PRECISIONS, shared_pool
 from ..shape import reject_unknown_fields
 
 Workload = tuple[int, int]  # (batch, sequence length)
@@ -48,6 +50,7 @@ Workload = tuple[int, int]  # (batch, sequence length)
 # grid covers them: between grid lengths, and batches between grid batches.
 CHECK_WORKLOADS: tuple[Workload, ...] = ((1, 24), (1, 48), (1, 96), (1, 200), (1, 384),
                                          (2, 64), (2, 200), (8, 32), (8, 128))
+POOLS = ("session", "process")  # Protocol.pool
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ class Protocol:
     # ... and then on until they have (the process idle), at most this long in all; 0: the
     # fixed pause alone, as profiles made before 2026-12-03 were measured
     park_ms: float = 500.0
+    # "session": each session owns its intra-op pool, so a turn first waits for the last
+    # session's threads (pause, park); "process": every session runs on the process's one
+    # pool (runtime.share_one_pool, ``shaperctl profile``'s own process), whose threads the
+    # next turn uses while they spin, so nothing is waited for (the same floors in 56% of
+    # the time on the AMD EPYC Zen 4 class, benchmarks/shared_pool.py).
+    pool: str = "session"
     group_size: int = 10  # shapes whose sessions are alive and interleaved together
     noisy_cv: float = 0.1  # a measurement whose round medians vary more is repeated at once
     repeat_shapes: int = 8  # shapes measured again at the end: the protocol's noise floor
@@ -119,6 +128,9 @@ class Protocol:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ProfileError(f"calm-looks must be a non-negative integer, "
                                        f"got {value!r}")
+            elif f.name == "pool":
+                if value not in POOLS:
+                    raise ProfileError(f"pool must be one of {', '.join(POOLS)}, got {value!r}")
             elif f.name == "calm_wait":
                 if not isinstance(value, bool):
                     raise ProfileError(f"calm-wait must be true or false, got {value!r}")
@@ -246,6 +258,12 @@ def _running_threads() -> int | None:
     return running
 
 
+def process_pool() -> str:
+    """The ``Protocol.pool`` sessions made in this process are measured with: "process" once
+    it runs every session on one pool (runtime.share_one_pool), else "session"."""
+    return "process" if shared_pool() is not None else "session"
+
+
 def park_threads(pause_ms: float, park_ms: float) -> float:
     """Sleep ``pause_ms``, then on until this process is idle, at most ``park_ms`` in all;
     returns the milliseconds waited. Idle: no other thread running in two looks
@@ -287,7 +305,8 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
         rng.shuffle(order)
         for key in order:
             run = runners[key]
-            park_threads(protocol.pause_ms, protocol.park_ms)
+            if protocol.pool == "session":  # another session's threads may still spin
+                park_threads(protocol.pause_ms, protocol.park_ms)
             for i in range(warmup.get(key, protocol.warmup)):
                 start = time.perf_counter()
                 run()
