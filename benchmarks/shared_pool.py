@@ -14,6 +14,8 @@ per graph alternate between the processes in random order, the idle one parked.
 
     .venv/bin/python benchmarks/shared_pool.py --supernet runs/minilm-super --rounds 24 \\
         --out benchmarks/results/shared_pool_amd_zen4_s40.json
+    .venv/bin/python benchmarks/shared_pool.py --rounds 12 \\
+        --out benchmarks/results/shared_pool_bert_base_amd_zen4_s40.json   # BERT-base
 """
 
 from __future__ import annotations
@@ -32,21 +34,29 @@ from pathlib import Path
 import numpy as np
 
 SIZES = [(1, 16), (1, 64), (1, 128), (4, 64)]
-MIXED = (240, 120, 240, 240, 384, 384)
+MIXED = {6: (240, 120, 240, 240, 384, 384),  # MiniLM
+         12: (540, 240, 480, 120, 120, 480, 360, 360, 240, 360, 480, 240)}  # BERT-base
 
 
-def worker(variant: str, supernet: str, files: dict[str, str], threads: int, conn) -> None:
+def load_config(supernet: str | None):
+    """The super network's config, or BERT-base's (random weights need no checkpoint)."""
+    from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
+
+    return read_checkpoint_header(supernet)["config"] if supernet else SuperConfig()
+
+
+def worker(variant: str, supernet: str | None, files: dict[str, str], threads: int,
+           conn) -> None:
     """Holds one session per graph (``shared``: all on the process's global pool) and times a
     block of turns, one per graph in shuffled order, for each size it is sent."""
     import onnxruntime as ort
 
     from shaper_deploy.profiling.protocol import Protocol, inputs_for, park_threads
-    from shaper_deploy.supernet import read_checkpoint_header
 
     if variant == "shared":
         ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
     protocol = Protocol()
-    config = read_checkpoint_header(supernet)["config"]
+    config = load_config(supernet)
     sessions = {}
     for key, path in files.items():
         options = ort.SessionOptions()
@@ -83,7 +93,7 @@ def worker(variant: str, supernet: str, files: dict[str, str], threads: int, con
         conn.send({"times": times, "seconds": seconds, "parked_seconds": parked / 1000})
 
 
-def build_graphs(supernet: str, work: Path) -> dict[str, str]:
+def build_graphs(supernet: str | None, work: Path) -> dict[str, str]:
     import onnx
 
     from shaper_deploy.profiling.fingerprint import device_fingerprint
@@ -91,15 +101,14 @@ def build_graphs(supernet: str, work: Path) -> dict[str, str]:
     from shaper_deploy.quantize import quantize_int8
     from shaper_deploy.runtime import int8_formats
     from shaper_deploy.shape import Shape
-    from shaper_deploy.supernet import read_checkpoint_header
 
-    config = read_checkpoint_header(supernet)["config"]
+    config = load_config(supernet)
     space = config.space
     fmt = int8_formats(device_fingerprint("cpu")["isa"])[0]
     random_weights = RandomWeightFile(work)
     files = {}
     for name, shape in (("smallest", space.smallest), ("largest", space.largest),
-                        ("mixed", Shape(MIXED, space))):
+                        ("mixed", Shape(MIXED[space.num_layers], space))):
         fp32, int8 = work / f"{name}.onnx", work / f"{name}-int8.onnx"
         onnx.save(build_deploy_graph(config, shape, random=random_weights), str(fp32))
         quantize_int8(fp32, int8, fmt)
@@ -109,7 +118,8 @@ def build_graphs(supernet: str, work: Path) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--supernet", required=True)
+    ap.add_argument("--supernet", default=None,
+                    help="A super network checkpoint (default: BERT-base, random weights)")
     ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
