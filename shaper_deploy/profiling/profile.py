@@ -600,8 +600,13 @@ def probed_turn_seconds(probe: dict[str, Any], protocol: Protocol, precision: st
     ms = (m["smallest"][workload_key(near)] + m["largest"][workload_key(near)]) / 2
     warm = 1 if ms > protocol.long_run_ms else protocol.warmup
     timed = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / max(ms, 1e-3))))
-    pause = 0.0 if protocol.pool == "process" else protocol.pause_ms if not protocol.park_ms \
-        else max(protocol.pause_ms, min(protocol.park_ms, probe.get("park_ms", protocol.pause_ms)))
+    if protocol.pool == "process":  # one pool: nothing to wait for
+        pause = 0.0
+    elif not protocol.park_ms:  # the fixed pause alone
+        pause = protocol.pause_ms
+    else:  # the pause, and on until the threads stopped spinning (the probe timed how long)
+        pause = max(protocol.pause_ms,
+                    min(protocol.park_ms, probe.get("park_ms", protocol.pause_ms)))
     return pause / 1000 + (warm + timed) * ms / 1000
 
 
@@ -970,7 +975,8 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     tail prices out of the floor, ``predictor.priced_drift``).
     """
     # one bundle has no later sweep: its rounds are the turns a profiled shape got in all;
-    # its session has its own pool, as a server's has, so each turn waits for idle threads
+    # timed with this process's pool, whatever the profile's (a server's session, as `verify`
+    # and `bench` run it, has its own, so each turn waits for idle threads)
     protocol = replace(header.protocol, rounds=header.protocol.rounds * header.protocol.sweeps,
                        pool=process_pool())
     feeds = inputs_for(workload, header.config)

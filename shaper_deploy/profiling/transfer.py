@@ -113,9 +113,10 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
 
 def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                  ) -> list[DeviceProfile]:
-    """The source profiles, each checked: finished, same device kind, one design space, a
-    grid shared with the others (``shared_grid``). A source marked unreliable is accepted: it
-    is only a prior, and the transfer is judged on its own held-out shapes."""
+    """The source profiles, each checked: finished, same device kind, one design space (the
+    grid they share is decided, or refused, by ``target_protocol``). A source marked
+    unreliable is accepted: it is only a prior, and the transfer is judged on its own
+    held-out shapes."""
     if not paths:
         raise ProfileError("--from needs at least one profile")
     if len(paths) > MAX_SOURCES:
@@ -137,7 +138,6 @@ def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
                 "profile it directly (without --from)")
     if len({str(s.path.resolve()) for s in sources}) != len(sources):
         raise ProfileError("--from names the same profile twice")
-    shared_grid(sources)
     return sources
 
 
