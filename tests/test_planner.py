@@ -1231,7 +1231,7 @@ def test_search_limits_latency_as_export_means_it(reliable_profile, tmp_path):
     meta = json.loads((tmp_path / "profile" / "predictor.json").read_text())
     for points in meta["coef"].values():
         for coef in points.values():
-            coef[feature_names(PLAN_SPACE).index("projections")] = 1.0
+            coef[feature_names(PLAN_SPACE).index("bottlenecks")] = 1.0
     data = (json.dumps(meta) + "\n").encode()
     (tmp_path / "profile" / "predictor.json").write_bytes(data)
     header = json.loads((tmp_path / "profile" / "profile.json").read_text())

@@ -278,12 +278,15 @@ def test_prediction_is_bilinear_between_grid_points_and_refused_outside():
 
 
 def test_additive_model_learns_a_known_latency_law():
-    """Synthetic latencies from a known per-layer law: the fit recovers it on unseen shapes."""
+    """Synthetic latencies from a known per-layer law, its bottleneck matrices (transitions
+    a x b, projections D x d) costing by area: the fit recovers it on unseen shapes."""
     shapes = sample_shapes(PAPER_SPACE, 120, seed=1)
     rng = np.random.default_rng(0)
     cost = {w: 0.5 + w / 100 + (w / 300) ** 2 + (2.0 if w == 120 else 0) for w in PAPER_SPACE.widths}
-    y = np.array([sum(cost[d] for d in s.widths) + 3 + 1e-5 * sum(
-        a * b for a, b in zip(s.widths[:-1], s.widths[1:])) for s in shapes])
+    D = PAPER_SPACE.hidden_size
+    y = np.array([sum(cost[d] for d in s.widths) + 3 + 1e-5 * (sum(
+        a * b for a, b in zip(s.widths[:-1], s.widths[1:])) + D * (s.widths[0] + s.widths[-1]))
+        for s in shapes])
     y *= rng.normal(1, 0.005, len(y))
     x = features(shapes)
     coef = fit_point(x[:40], y[:40])
@@ -853,11 +856,12 @@ def test_graph_without_identity_projections_is_the_identity_networks_export(tmp_
     with pytest.raises(ProfileError, match="only square projections"):
         build_deploy_graph(TINY, Shape((16, 36, 8), TINY_SPACE), random=RandomWeightFile(
             tmp_path), dropped=["transitions.0"])
-    x = features([Shape((48, 48, 48), TINY_SPACE)] * 2, [[], identity_projections(
-        Shape((48, 48, 48), TINY_SPACE))])
-    names = feature_names(TINY_SPACE)
-    assert x[0, names.index("projection_ops")] == 4 and x[1, names.index("projection_ops")] == 0
-    assert x[1, names.index("transitions")] == 0 and x[1, names.index("projections")] == 0
+    # the bottleneck matrices enter by area over D^2 (D = 48): two 48 x 48 transitions and
+    # two 48 x 48 projections, none of them once dropped; a 16 -> 36 transition is 16 x 36
+    x = features([Shape((48, 48, 48), TINY_SPACE)] * 2 + [Shape((16, 36, 36), TINY_SPACE)],
+                 [[], identity_projections(Shape((48, 48, 48), TINY_SPACE)), ["transitions.1"]])
+    column = x[:, feature_names(TINY_SPACE).index("bottlenecks")]
+    assert column.tolist() == pytest.approx([4.0, 0.0, (16 * 36 + 48 * 16 + 48 * 36) / 48**2])
 
 
 def _record(key, group, ref, median, spread=1.0, precision="fp32", w=(1, 16)):

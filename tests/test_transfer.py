@@ -84,9 +84,9 @@ def header(tiny_profile):
 
 # Per-width costs (layers_W) make the laws something a direct fit of a few shapes cannot
 # recover (it pulls per-width corrections towards zero); the scaled prior can.
-A = law({"layer_width_sq": 1.0, "layers": 0.2, "transitions": 0.3, "layers_40": 0.5,
+A = law({"layer_width_sq": 1.0, "layers": 0.2, "bottlenecks": 0.3, "layers_40": 0.5,
          "layers_100": 0.3})
-B = law({"layer_width": 0.8, "layers": 0.1, "projections": 0.4, "layers_60": 0.6,
+B = law({"layer_width": 0.8, "layers": 0.1, "bottlenecks": 0.4, "layers_60": 0.6,
          "layers_88": 0.2})
 
 
@@ -144,7 +144,7 @@ def test_a_source_whose_structure_does_not_hold_falls_back_to_the_direct_fit(hea
     scaled source's held-out error says it did not transfer."""
     h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
                                   "sources": [source_record(B)], "direct_minutes": 3.0})
-    smooth = law({"layer_width_sq": 1.0, "layers": 0.2, "transitions": 0.3})
+    smooth = law({"layer_width_sq": 1.0, "layers": 0.2, "bottlenecks": 0.3})
 
     def truth(shape, precision, w):
         return float(features([shape])[0] @ bilinear(smooth, precision, w))
@@ -398,6 +398,42 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     direct = CliRunner().invoke(main, ["profile", "--device", "cpu", "--out", str(out),
                                        "--samples", "12"])
     assert direct.exit_code == 1 and "cannot be mixed with this run" in direct.stderr
+    # a predictor of an older format is refused with the command that refits it; for a
+    # transfer whose source was refitted since (here: its coefficients x1.1), that command
+    # takes the source's current fit and refits, measuring nothing
+    import hashlib
+
+    def rewrite(folder, meta=None, **fields):
+        header = json.loads((folder / "profile.json").read_text())
+        if meta is not None:
+            data = (json.dumps(meta, indent=2) + "\n").encode()
+            (folder / "predictor.json").write_bytes(data)
+            header["files"]["predictor.json"] = hashlib.sha256(data).hexdigest()
+        (folder / "profile.json").write_text(json.dumps({**header, **fields}, indent=2) + "\n")
+
+    meta = json.loads((tiny_profile / "predictor.json").read_text())
+    meta["coef"] = {p: {k: [1.1 * v for v in c] for k, c in points.items()}
+                    for p, points in meta["coef"].items()}
+    rewrite(tiny_profile, meta)
+    old = json.loads((out / "predictor.json").read_text())
+    rewrite(out, {**old, "format_version": 3})
+    with pytest.raises(ProfileError, match=rf"older shaper-deploy \(predictor format 3; this "
+                                           rf"one reads 4: .* again with --out {out}$"):
+        DeviceProfile.load(out)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.stderr
+    assert "refitted since this transfer froze them" in r.stderr
+    assert (out / "measurements.jsonl").read_text() == lines
+    refitted = DeviceProfile.load(out).header.transfer["sources"][0]
+    assert refitted["predictor_sha256"] == DeviceProfile.load(tiny_profile).header.files[
+        "predictor.json"]
+    assert refitted["coef"]["fp32"]["1x8"] == pytest.approx(meta["coef"]["fp32"]["1x8"])
+    # the same folder made anew (another creation time and fit) is another source: refused
+    meta["coef"] = {p: {k: [1.1 * v for v in c] for k, c in points.items()}
+                    for p, points in meta["coef"].items()}
+    rewrite(tiny_profile, meta, created="2026-12-06T00:00:00+00:00")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "cannot be mixed with this run" in r.stderr
 
 
 def _another_space_copy(tiny_profile, dest):

@@ -44,15 +44,25 @@ from .protocol import Workload, describe_range, grid_cell
 from ..shape import DesignSpace, Shape, reject_unknown_fields
 
 PREDICTOR_FORMAT = "shaper-deploy/predictor"
-PREDICTOR_VERSION = 3
+PREDICTOR_VERSION = 4
 META_FILE = "predictor.json"
 MAX_MAPE = 0.05  # a profile whose held-out MAPE exceeds this is unreliable
 MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) exceeds this
 
 
 RIDGE = 0.5  # penalty on the per-width corrections' relative effect (scale-free)
-SMOOTH = ("layers", "layer_width", "layer_width_sq", "transitions", "projections",
-          "projection_ops", "width_changes", "constant")
+# The bottleneck matrices a graph computes (transitions between layers, the input and output
+# projections) enter by area alone, one coefficient for all: they are plain dense matrices.
+# Until predictor format 4 they had a size term each (transitions, projections) and a cost
+# per matrix; the fit could not tell that cost apart from its shapes: a profile times the
+# largest shape only without its identities (0 matrices) and nearly every other shape with
+# 7, so the per-matrix cost took up whatever set the largest shape apart. On the shipped
+# AMD Zen 4 MiniLM profile it came to 0.24 ms a matrix at 1 x 128 (a 180 x 180 one computes
+# in ~0.05), and uniform shapes exported from an identity network, 5 matrices fewer, were
+# predicted up to 29% fast (60 x 6) against 1-4% with area alone; held-out MAPE fell on 14
+# of 16 profiles' precisions (benchmarks/bottleneck_features.py, docs/benchmarks.md).
+SMOOTH = ("layers", "layer_width", "layer_width_sq", "bottlenecks", "width_changes",
+          "constant")
 
 
 def feature_names(space: DesignSpace) -> list[str]:
@@ -61,19 +71,19 @@ def feature_names(space: DesignSpace) -> list[str]:
 
 def features(shapes: Sequence[Shape], dropped: Sequence[Sequence[str]] | None = None
              ) -> np.ndarray:
-    """One row per shape: the smooth layer cost's terms, the size of the transitions and
-    projections its graph computes (``dropped[i]`` names those shape i leaves out, as an
-    identity super network's export does), how many there are, width changes, 1, then
-    layers per width."""
+    """One row per shape: the smooth layer cost's terms, the area of the bottleneck
+    matrices its graph computes over D^2 (a transition between widths a and b is a x b, a
+    projection D x d; ``dropped[i]`` names those shape i leaves out, as an identity super
+    network's export does), width changes, 1, then layers per width."""
     rows = []
     for i, s in enumerate(shapes):
         w, D = s.widths, s.space.hidden_size
         gone = set(dropped[i]) if dropped is not None else set()
-        trans = [a * b for t, (a, b) in enumerate(zip(w[:-1], w[1:]))
-                 if f"transitions.{t}" not in gone]
-        proj = [d for name, d in (("proj_in", w[0]), ("proj_out", w[-1])) if name not in gone]
-        rows.append([len(w), sum(w) / D, sum(d * d for d in w) / D / D, sum(trans) / D / D,
-                     sum(proj) / D, len(trans) + len(proj),
+        area = sum(a * b for t, (a, b) in enumerate(zip(w[:-1], w[1:]))
+                   if f"transitions.{t}" not in gone)
+        area += sum(D * d for name, d in (("proj_in", w[0]), ("proj_out", w[-1]))
+                    if name not in gone)
+        rows.append([len(w), sum(w) / D, sum(d * d for d in w) / D / D, area / D / D,
                      sum(a != b for a, b in zip(w[:-1], w[1:])), 1.0,
                      *(w.count(x) for x in s.space.widths)])
     return np.asarray(rows, dtype=np.float64)
@@ -277,8 +287,9 @@ class LatencyModel:
     tail: dict[str, TailModel] = field(default_factory=dict)  # precision -> tail_model()
     method: str = ("floor (p10 of a measurement's timed runs), additive per grid point: "
                    "per-layer cost smooth in width plus "
-                   "ridge-penalized per-width corrections, transitions and projections the "
-                   "graph computes, width changes (NNLS on relative error, one trimmed refit); "
+                   "ridge-penalized per-width corrections, the bottleneck matrices the graph "
+                   "computes by area, width changes (NNLS on relative error, one trimmed "
+                   "refit); "
                    "bilinear in batch and length between grid points, refused outside; "
                    "percentiles (the median too) = floor x the profile's mixed run spread "
                    "above the floor at that latency")
@@ -570,7 +581,7 @@ class DeviceProfile:
         if data["format_version"] < PREDICTOR_VERSION:
             raise ProfileError(f"{file} was fitted by an older shaper-deploy (predictor format "
                                f"{data['format_version']}; this one reads {PREDICTOR_VERSION}: "
-                               "percentiles, identity projections); refit it, keeping every "
+                               "bottlenecks by area); refit it, keeping every "
                                "measurement, by running the same shaperctl profile command "
                                f"again with --out {path}")
         model = LatencyModel.from_dict(data, str(file))

@@ -299,6 +299,8 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
         header = read_header(out)
         if MEASUREMENTS in header.files:  # finished once: what is there is what was signed
             verify_file(out, header, MEASUREMENTS)
+        if header.status == "measured" and transfer:
+            take_refitted_sources(header, transfer, note)
         _check_resumable(header, plan, out, sized=samples is None, forced=bool(forced))
     else:
         header = _start(out, plan, device, samples, minutes, auto_precision, auto_rounds,
@@ -314,6 +316,27 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
     write_header(out, header)
     return header
+
+
+def take_refitted_sources(header: ProfileHeader, transfer: Transfer,
+                          note: Callable[[str], None]) -> None:
+    """A finished transfer whose sources were refitted since it froze them (the same
+    profiles, by path and creation time, with another predictor: e.g. one of a newer
+    predictor format) takes their current fits from ``transfer`` (its sources' record now,
+    ``transfer.transfer_record``), to be fitted anew on them; its measurements stay. Other
+    sources, or a source made anew, are still refused (``_check_resumable``)."""
+    def who(record: Transfer) -> list[tuple[str, str]]:
+        return [(s["profile"], s["created"]) for s in record["sources"]]
+
+    old = header.transfer
+    if not old or who(old) != who(transfer) or all(
+            a["predictor_sha256"] == b["predictor_sha256"]
+            for a, b in zip(old["sources"], transfer["sources"])):
+        return
+    note("the --from profiles were refitted since this transfer froze them: it is fitted "
+         "again on their current fits (its measurements kept)")
+    header.transfer = {**old, "sources": transfer["sources"],
+                       "differences": transfer["differences"]}
 
 
 def _asked_int8_format(plan: ProfileHeader, name: str | None) -> dict | None:
