@@ -55,12 +55,13 @@ RIDGE = 0.5  # penalty on the per-width corrections' relative effect (scale-free
 # projections) enter by area alone, one coefficient for all: they are plain dense matrices.
 # Until predictor format 4 they had a size term each (transitions, projections) and a cost
 # per matrix; the fit could not tell that cost apart from its shapes: a profile times the
-# largest shape only without its identities (0 matrices) and nearly every other shape with
-# 7, so the per-matrix cost took up whatever set the largest shape apart. On the shipped
-# AMD Zen 4 MiniLM profile it came to 0.24 ms a matrix at 1 x 128 (a 180 x 180 one computes
-# in ~0.05), and uniform shapes exported from an identity network, 5 matrices fewer, were
-# predicted up to 29% fast (60 x 6) against 1-4% with area alone; held-out MAPE fell on 14
-# of 16 profiles' precisions (benchmarks/bottleneck_features.py, docs/benchmarks.md).
+# largest shape only without its identities (no matrix) and nearly every other shape with
+# all of them, so the per-matrix cost took up whatever set the largest shape apart. On the
+# shipped AMD Zen 4 MiniLM profile it came to 0.24 ms a matrix at 1 x 128 (a 180 x 180 one
+# computes in ~0.05), and uniform shapes exported from an identity network (no transitions)
+# were predicted 8-30% fast at widths 60-180, within 2% by area alone; held-out MAPE fell on
+# 70 of the repository's 92 direct profile precisions, rose on 14 by at most 0.33 points
+# (benchmarks/bottleneck_features.py, docs/benchmarks.md).
 SMOOTH = ("layers", "layer_width", "layer_width_sq", "bottlenecks", "width_changes",
           "constant")
 
