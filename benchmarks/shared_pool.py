@@ -49,24 +49,14 @@ def worker(variant: str, supernet: str | None, files: dict[str, str], threads: i
            conn) -> None:
     """Holds one session per graph (``shared``: all on the process's global pool) and times a
     block of turns, one per graph in shuffled order, for each size it is sent."""
-    import onnxruntime as ort
-
     from shaper_deploy.profiling.protocol import Protocol, inputs_for, park_threads
+    from shaper_deploy.runtime import make_session, share_one_pool
 
     if variant == "shared":
-        ort.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
+        share_one_pool(threads)
     protocol = Protocol()
     config = load_config(supernet)
-    sessions = {}
-    for key, path in files.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if variant == "shared":
-            options.use_per_session_threads = False
-        else:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        sessions[key] = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    sessions = {key: make_session(path, "cpu", threads=threads) for key, path in files.items()}
     rng = random.Random(variant)
     conn.send("ready")
     while (size := conn.recv()) is not None:

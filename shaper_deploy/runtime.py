@@ -103,14 +103,20 @@ def share_one_pool(threads: int) -> None:
     Measured on the AMD EPYC Zen 4 class (``benchmarks/shared_pool.py``): the same floors
     (shared / own p10 0.987-1.005, p90 median 0.999) in 56% of the time."""
     global _shared_pool
-    if _shared_pool is not None and _shared_pool != threads:
-        raise DeviceError(f"this process runs every session on one pool of {_shared_pool} "
-                          f"intra-op threads and cannot make one of {threads}")
+    _refuse_another_pool(threads, "one of")
     if _shared_pool is None:
         from onnxruntime.capi import _pybind_state
 
         _pybind_state.set_global_thread_pool_sizes(threads, 1)
         _shared_pool = threads
+
+
+def _refuse_another_pool(threads: int | None, what: str) -> None:
+    """Refused: ``what`` (a pool, a session) of ``threads`` intra-op threads in a process
+    whose sessions share one pool of another size (None: the pool's own, accepted)."""
+    if _shared_pool is not None and threads not in (None, _shared_pool):
+        raise DeviceError(f"this process runs every session on one pool of {_shared_pool} "
+                          f"intra-op threads and cannot make {what} {threads}")
 
 
 def shared_pool() -> int | None:
@@ -420,9 +426,7 @@ def make_session(model: str | Path | bytes, device: str = "cpu", threads: int | 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the fallback warning is checked below instead
     if _shared_pool is not None:  # every session on the process's one pool (share_one_pool)
-        if threads not in (None, _shared_pool):
-            raise DeviceError(f"this process runs every session on one pool of {_shared_pool} "
-                              f"intra-op threads and cannot make a session of {threads}")
+        _refuse_another_pool(threads, "a session of")
         options.use_per_session_threads = False
     elif threads is not None:
         options.intra_op_num_threads = threads
