@@ -32,7 +32,9 @@ period of the host falls on all alike). ``--also`` scores existing profiles besi
 shipped profile of this class, made on another day: does it still describe this host?).
 ``--pool both`` runs each transfer twice in turn: as ``shaperctl`` runs it (every session on
 the process's one thread pool, ``Protocol.pool`` "process") and as a library caller's process
-does (a pool per session, each turn waiting for idle threads: "session").
+does (a pool per session, each turn waiting for idle threads: "session"). ``--sentinel both``
+runs each transfer with and without one fixed workload timed in every group
+(``Protocol.sentinel``), in turn.
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
@@ -338,15 +340,18 @@ def live(args) -> dict:
     sources = [arg for p in args.sources for arg in ("--from", str(p))]
     # each repeat runs every combination in turn, so a period of the host falls on all alike
     for repeat in range(1, args.repeat + 1):
-        for minutes, sweeps, calm, pool in product(
+        for minutes, sweeps, calm, pool, sentinel in product(
                 args.minutes, args.sweeps or [None], args.calm_looks or [None],
-                ["process", "session"] if args.pool == "both" else [args.pool]):
+                ["process", "session"] if args.pool == "both" else [args.pool],
+                ["on", "off"] if args.sentinel == "both" else [args.sentinel]):
             # None: the product's default
             looks = [] if sweeps is None else ["--sweeps", str(sweeps)]
             looks += [] if calm is None else ["--calm-looks", str(calm)]
+            looks += ["--sentinel" if sentinel == "on" else "--no-sentinel"]
             name = (f"transfer {minutes:g} min" + (f", {sweeps} sweep(s)" if sweeps else "")
                     + (f", {calm} calm look(s)" if calm is not None else "")
                     + (f", pool {pool}" if args.pool == "both" else "")
+                    + (f", sentinel {sentinel}" if args.sentinel == "both" else "")
                     + (f", #{repeat}" if args.repeat > 1 else ""))
             out = work / name.replace(" ", "-").replace(",", "").replace("#", "")
             _shaperctl("profile", "--device", "cpu", *sources, "--minutes", f"{minutes:g}",
@@ -373,6 +378,10 @@ def live(args) -> dict:
                "minutes": (p.header.summary or {}).get("last_run", {}).get("seconds", 0) / 60,
                "shapes": p.header.sampling["samples"], "rounds": p.header.protocol.rounds,
                "sweeps": p.header.protocol.sweeps, "pool": p.header.protocol.pool,
+               "sentinel": p.header.protocol.sentinel,
+               "machine_speed": p.machine_speed(),
+               "calm_looks": (p.header.summary or {}).get("calm_looks"),
+               "calm_wait": (p.header.summary or {}).get("calm_wait"),
                "precisions": p.precisions, "trust": p.trust,
                "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
                "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
@@ -448,6 +457,8 @@ def main() -> None:
     on.add_argument("--pool", choices=["process", "session", "both"], default="process",
                     help="How the transfers' sessions get their threads: shaperctl's one pool "
                          "(process), a pool each (session), or both in turn")
+    on.add_argument("--sentinel", choices=["on", "off", "both"], default="on",
+                    help="profile --sentinel / --no-sentinel, or both in turn")
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()

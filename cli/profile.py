@@ -68,12 +68,17 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
                    "with --from).")
 @click.option("--calm-looks", default=None, type=click.IntRange(0, 10),
               help="After the sweeps, up to this many more looks at each shape and size whose "
-                   "lowest floor so far was timed while the machine ran slow (the reference "
-                   "over 1.1x its fastest): default 2; 1 with --from.")
+                   "lowest floor so far was timed while the machine ran slow (the reference, "
+                   "or the sentinel, over 1.1x its fastest): default 2; 1 with --from.")
 @click.option("--calm-wait/--no-calm-wait", default=True, show_default=True,
-              help="Before each size a calm look times, wait until the reference runs within "
-                   "1.1x its fastest, while the rest still fits in --minutes (not with "
-                   "--samples: no time budget to wait in).")
+              help="Before each size a calm look times, wait until the reference (and the "
+                   "sentinel) runs within 1.1x its fastest, while the rest still fits in "
+                   "--minutes (not with --samples: no time budget to wait in).")
+@click.option("--sentinel/--no-sentinel", default=True, show_default=True,
+              help="Time one fixed workload (the reference in the first precision at the "
+                   "smallest grid size) in every group and size too, so every group is judged "
+                   "slow or calm against one calm speed (the calm looks look again at what it "
+                   "or the reference says ran slow).")
 @click.option("--int8-format", default="auto", show_default=True,
               type=click.Choice(["auto", "U8U8", "U8S8", "U8S8-reduce-range"],
                                 case_sensitive=False),
@@ -88,7 +93,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
             from_paths: tuple[Path, ...], batches: str | None, seq_lens: str | None,
             max_tokens: int | None, threads: int | None, minutes: float | None,
             samples: int | None, rounds: int | None, sweeps: int | None,
-            calm_looks: int | None, calm_wait: bool, int8_format: str, seed: int,
+            calm_looks: int | None, calm_wait: bool, sentinel: bool, int8_format: str,
+            seed: int,
             supershaper_widths,
             as_json: bool) -> None:
     """Measure latency over a design space and a grid of input sizes; fit a predictor.
@@ -159,7 +165,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                                               rounds, max_tokens, progress),
                            sweeps=sweeps or TRANSFER_SWEEPS,
                            calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks,
-                           calm_wait=calm_wait)
+                           calm_wait=calm_wait, sentinel=sentinel)
         transfer = tr.transfer_record(sources, protocol, device_fingerprint(device), progress)
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
@@ -176,7 +182,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                             reference_batch=reference[0], reference_seq_len=reference[1],
                             rounds=rounds or 1, sweeps=sweeps or 3,
                             calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks,
-                            calm_wait=calm_wait)
+                            calm_wait=calm_wait, sentinel=sentinel)
     if common.OWN_PROCESS and device == "cpu":
         # nothing else runs in this process: every session shares one pool, and turns need
         # not wait for the last session's threads to stop spinning (Protocol.pool)
@@ -256,12 +262,12 @@ def _profile_text(d: dict) -> str:
         for name, gains in (by_shape or {}).items():
             rows.append((f"int8 gain ({source})", f"{name} shape: " + ", ".join(
                 f"{k} {v:.2f}x" for k, v in gains.items())))
+    from shaper_deploy.profiling.profile import CALM_BAND
+
     summary = d.get("summary") or {}
     if summary.get("last_run"):
         rows.append(("time", f"{summary['last_run']['seconds'] / 60:.1f} min for this run"))
     if "calm_looks" in summary:
-        from shaper_deploy.profiling.profile import CALM_BAND
-
         rows.append(("calm looks", f"{summary['calm_looks']} of {summary['measurements']} "
                      "measurements: shapes and sizes looked at again because their lowest "
                      f"floor so far was timed while the reference ran over {CALM_BAND:g}x "
@@ -277,6 +283,14 @@ def _profile_text(d: dict) -> str:
         rows.append((precision, f"{s['shapes']} shapes, {s['latency_ms_range'][0]:.2f} .. "
                                 f"{s['latency_ms_range'][1]:.2f} ms; noise floor "
                                 + (f"{n['median_abs_rel_diff']:.1%}" if n else "n/a")))
+        slow = s.get("slow_floors")
+        if slow and slow["slow"]:
+            rows.append(("", f"{slow['slow']} of its {slow['points']} shape x size floors "
+                             "(the lowest of each point's looks) came from a group timed while "
+                             f"the machine ran over {CALM_BAND:g}x its calm speed (median "
+                             f"x{slow['median_slowdown']:.2f}), after the calm looks: they may "
+                             "overstate its latency, which held-out shapes timed in the same "
+                             "periods cannot show; a calmer hour or more --minutes lowers it"))
         m = d["predictor"][precision]["held_out"]
         rows.append(("", f"held-out R^2 {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
                          f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "
@@ -315,7 +329,8 @@ def _profile_text(d: dict) -> str:
     if speed:
         bands = " and ".join(f"{b}x in {v:.0%}" for b, v in speed["within"].items())
         rows.append(("machine speed", "the reference graph per group against the fastest "
-                     f"group: within {bands} of the {speed['groups']} groups; median "
+                     "group" + (" (or the sentinel's, where larger)" if d["protocol"].get(
+                         "sentinel") else "") + f": within {bands} of the {speed['groups']} groups; median "
                      f"x{speed['median']:.2f}, p90 "
                      f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}. The percentiles above "
                      "include the slow groups in these shares; a later measurement sees the "
@@ -355,6 +370,9 @@ def _protocol_line(p: dict) -> str:
                "the fastest" + (", each size once the machine runs calm while the time asked "
                                 "for allows" if p.get("calm_wait") else "")
                if p.get("calm_looks") else "")
+            + ("; every group also timed the sentinel ({0} reference at batch {1} x {2}: one "
+               "calm speed for all)".format(p["precisions"][0], *protocol.sentinel_workload)
+               if protocol.sentinel else "")
             + ("" if protocol.park_ms else
                "; turns did not wait for ONNX Runtime's threads to stop spinning (park_ms 0, "
                "as every profile before 2026-12-03), so short runs' percentiles include the "

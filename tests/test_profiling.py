@@ -17,7 +17,7 @@ from shaper_deploy.fusion import fuse_bottlenecks
 from shaper_deploy.profiling.predictor import (DeviceProfile, LatencyModel, feature_names, features,
                                      fit_point)
 from shaper_deploy.profiling.graph import GRAPH_ACTIVATIONS, RandomWeightFile, build_deploy_graph
-from shaper_deploy.profiling.analysis import group_key, machine_speed
+from shaper_deploy.profiling.analysis import group_key, group_slowdowns, machine_speed
 from shaper_deploy.profiling.folder import (MEASUREMENTS, read_measurements, shape_from_key,
                                             workload_key)
 from shaper_deploy.profiling.profile import run_profile
@@ -126,6 +126,11 @@ def test_protocol_grid_and_refusals():
         Protocol(calm_looks=-1)
     with pytest.raises(ProfileError, match="calm-wait must be true or false"):
         Protocol(calm_wait=1)
+    with pytest.raises(ProfileError, match="sentinel must be true or false"):
+        Protocol(sentinel="yes")
+    assert Protocol.from_dict({k: v for k, v in p.to_dict().items()
+                               if k != "sentinel"}).sentinel is False  # older profiles
+    assert p.sentinel_workload == (1, 16)
     assert Protocol.from_dict({k: v for k, v in p.to_dict().items()
                                if k != "calm_looks"}).calm_looks == 0  # older profiles
     with pytest.raises(ProfileError, match="seq-lens must be increasing positive integers"):
@@ -375,6 +380,51 @@ def test_a_calm_look_retries_what_ran_slow_in_every_sweep():
     assert [i[1] for i in calm_look_items(fast, protocol, TINY_SPACE, 1)] == ["repeat"]
 
 
+def test_the_sentinel_judges_every_group_against_one_calm_speed(tiny_profile):
+    """Every group at a size ran slow, both precisions' (the sentinel, one fixed workload
+    timed in each, at 1.4-1.5x its fastest elsewhere), so the reference's fastest at that
+    size was a slow one and saw nothing: with the sentinel those groups are slow and a calm
+    look takes them; records without one (profiles made before it) are judged as they were."""
+    from shaper_deploy.profiling.analysis import lowest_floors
+    from shaper_deploy.profiling.profile import calm_look_items, slow_floors
+
+    protocol = fast_protocol(sweeps=2, calm_looks=1)
+    assert protocol.sentinel and protocol.sentinel_workload == (1, 8)
+    a, w, v = "16,36,8", (1, 8), (1, 16)
+
+    def rec(precision, sweep, group, size, floor, ref, sentinel):
+        return {**_look(a, size, sweep, group, floor, ref), "precision": precision,
+                "sentinel_ms": sentinel}
+
+    records = [rec("fp32", 0, 0, w, 2.0, 1.0, 1.0), rec("fp32", 0, 0, v, 4.0, 2.0, 1.02),
+               rec("int8", 0, 1, v, 3.0, 1.6, 1.4), rec("fp32", 1, 2, v, 4.1, 2.0, 1.0),
+               rec("int8", 1, 3, v, 3.1, 1.62, 1.5)]
+    slow = group_slowdowns(records)
+    assert sorted(round(x, 3) for x in slow.values()) == [1.0, 1.0, 1.02, 1.4, 1.5]
+    assert [(i[0], i[3], i[4]) for i in calm_look_items(records, protocol, TINY_SPACE, 0)] == [
+        ("int8", [v], 2)]
+    assert machine_speed(records)["within"]["1.1"] == 0.6
+    # and the profile says how many floors came from slow groups (after the looks)
+    best = lowest_floors(records, group_slowdowns(records))
+    assert slow_floors(best, "int8") == {"points": 1, "slow": 1, "median_slowdown": 1.4}
+    assert slow_floors(best, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None}
+    # the larger of the two: a group slow by its own reference, the sentinel calm
+    mixed = records + [rec("int8", 1, 4, v, 3.05, 2.4, 1.0)]
+    assert group_slowdowns(mixed)[group_key(mixed[-1])] == pytest.approx(1.5)
+    old = [{k: x for k, x in r.items() if k != "sentinel_ms"} for r in records]
+    assert sorted(round(x, 3) for x in group_slowdowns(old).values()) == [
+        1.0, 1.0, 1.0, 1.0, 1.012]
+    assert calm_look_items(old, protocol, TINY_SPACE, 0) == []
+    # measured: every group times the sentinel at every size, in the same rounds
+    measured = read_measurements(tiny_profile)
+    assert all(r["sentinel_ms"] > 0 for r in measured)
+    assert len({(r["group"], r["sentinel_ms"]) for r in measured}) > len(
+        {r["group"] for r in measured})  # timed again at each size
+    summary = DeviceProfile.load(tiny_profile).header.summary["precisions"]
+    assert all(summary[p]["slow_floors"] == slow_floors(
+        lowest_floors(measured, group_slowdowns(measured)), p) for p in ("fp32", "int8"))
+
+
 def test_a_calm_look_takes_a_repeated_shape_beside_its_first_measurement():
     """So a look that runs out of time to wait for calm leaves a noise-floor pair alike."""
     from shaper_deploy.profiling.profile import calm_look_items
@@ -439,12 +489,12 @@ def test_wait_for_calm_checks_until_the_reference_runs_calm_or_time_is_up(monkey
     import shaper_deploy.profiling.profile as prof
 
     monkeypatch.setattr(prof, "CALM_POLL_S", 0.0)
-    seen = iter([15.0, 13.0, 10.5, 10.0])
-    got = prof.wait_for_calm(lambda: next(seen), 10.0, lambda: True, lambda m: None)
+    seen = iter([1.5, 1.3, 1.05, 1.0])
+    got = prof.wait_for_calm(lambda: next(seen), lambda: True, lambda m: None)
     assert got["ratio"] == 1.05 and got["checks"] == 3  # 1.5x, 1.3x, then within 1.1x
     # no time left: the first check is what is timed, slow as it is
-    seen = iter([15.0, 10.0])
-    got = prof.wait_for_calm(lambda: next(seen), 10.0, lambda: False, lambda m: None)
+    seen = iter([1.5, 1.0])
+    got = prof.wait_for_calm(lambda: next(seen), lambda: False, lambda m: None)
     assert got["ratio"] == 1.5 and got["checks"] == 1
 
 
@@ -464,10 +514,10 @@ def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path,
 
     real_wait = prof.wait_for_calm
 
-    def slow_at_first(check, fastest_ms, may_wait, note):
+    def slow_at_first(check, may_wait, note):
         first = iter([True])
-        return real_wait(lambda: check() * (1e6 if next(first, False) else 1.0), fastest_ms,
-                         may_wait, note)
+        return real_wait(lambda: check() * (1e6 if next(first, False) else 1.0), may_wait,
+                         note)
 
     monkeypatch.setattr(prof, "calm_look_items", items)
     monkeypatch.setattr(prof, "CALM_POLL_S", 0.0)
@@ -475,6 +525,8 @@ def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path,
     real_fastest = prof.fastest_reference  # every later check calm, however loaded the host
     monkeypatch.setattr(prof, "fastest_reference",
                         lambda records: {k: v * 1e3 for k, v in real_fastest(records).items()})
+    real_sentinel = prof.fastest_sentinel
+    monkeypatch.setattr(prof, "fastest_sentinel", lambda records: real_sentinel(records) * 1e3)
     header = run_profile(tmp_path / "p", "cpu", protocol, TINY, samples=12, minutes=60)
     records = read_measurements(tmp_path / "p")
     gated = [r for r in records if "calm_wait" in r]
@@ -649,13 +701,18 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
         by_size[k[-3:]].append(k)
     slowed = {k for same in by_size.values() for k in same[1::2]}  # every other one 3x slower
     for r in lines:
-        r["reference_ms"] = 3.0 if group_key(r) in slowed else 1.0
+        r["reference_ms"] = r["sentinel_ms"] = 3.0 if group_key(r) in slowed else 1.0
     (slow / MEASUREMENTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
     header = json.loads((slow / "profile.json").read_text())
     header["files"][MEASUREMENTS] = sha256_file(slow / MEASUREMENTS)
+    header["summary"]["precisions"]["fp32"]["slow_floors"] = {"points": 10, "slow": 4,
+                                                              "median_slowdown": 3.0}
     (slow / "profile.json").write_text(json.dumps(header))
     said = runner.invoke(main, ["predict", "--profile", str(slow), "--shape", "40x3",
                                 "--allow-unreliable"])
+    assert ("4 of its 10 shape x size floors (the lowest of each point's looks) came from a "
+            "group timed while the machine ran over 1.1x its calm speed (median x3.00)"
+            ) in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
     share = len(slowed) / len(keys)
     assert DeviceProfile.load(slow).machine_speed()["within"]["1.1"] == pytest.approx(1 - share)
     assert (f"the machine ran over 1.1x slower than its fastest in {share:.0%} of its groups "

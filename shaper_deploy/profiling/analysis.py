@@ -67,11 +67,15 @@ def group_key(record: dict[str, Any]) -> tuple:
 
 def group_slowdowns(records: list[dict[str, Any]]) -> dict[tuple, float]:
     """Per group of turns (``group_key``): the reference graph's median in it over the
-    fastest group's at the same precision and size (1.0: the fastest this profile saw). A
+    fastest group's at the same precision and size (1.0: the fastest this profile saw), or,
+    where larger, the sentinel's in it over the sentinel's fastest anywhere (a profile with
+    ``Protocol.sentinel``: one workload timed in every group, so one calm speed for all). A
     record without a positive reference time (damaged) says nothing of the speed."""
-    groups = {group_key(r): r["reference_ms"] for r in records if r["reference_ms"] > 0}
-    fastest = fastest_reference(records)
-    return {key: ms / fastest[key[-3:]] for key, ms in groups.items()}
+    groups = {group_key(r): r for r in records if r["reference_ms"] > 0}
+    fastest, sentinel = fastest_reference(records), fastest_sentinel(records)
+    return {key: max(r["reference_ms"] / fastest[key[-3:]],
+                     r.get("sentinel_ms", 0.0) / sentinel)
+            for key, r in groups.items()}
 
 
 def fastest_reference(records: list[dict[str, Any]]) -> dict[tuple[str, int, int], float]:
@@ -82,6 +86,12 @@ def fastest_reference(records: list[dict[str, Any]]) -> dict[tuple[str, int, int
             key = (r["precision"], r["batch"], r["seq_len"])
             fastest[key] = min(r["reference_ms"], fastest.get(key, math.inf))
     return fastest
+
+
+def fastest_sentinel(records: list[dict[str, Any]]) -> float:
+    """The sentinel's fastest time in any group (``Protocol.sentinel``; inf without one)."""
+    return min((r["sentinel_ms"] for r in records if r.get("sentinel_ms", 0.0) > 0),
+               default=math.inf)
 
 
 def point_key(record: dict[str, Any]) -> tuple:

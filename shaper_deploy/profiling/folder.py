@@ -67,6 +67,8 @@ class PrecisionSummary(TypedDict):
     latency_ms_range: list[float]
     noise_floor: Optional[NoiseFloor]
     reference_spread: Any
+    # points whose lowest floor came from a slow group, after the looks (profile.slow_floors)
+    slow_floors: NotRequired[dict[str, Any]]
 
 
 class Summary(TypedDict):
@@ -79,7 +81,9 @@ class Summary(TypedDict):
 
 class CalmWait(TypedDict):
     """What a calm look saw before timing one size (``wait_for_calm``)."""
-    ratio: float  # the reference's last check over its fastest group at this size
+    # the reference's last check over its fastest group at this size (with a sentinel, the
+    # larger of that and the sentinel's over its fastest)
+    ratio: float
     waited_s: float
     checks: Positive
 
@@ -134,6 +138,9 @@ class Measurement(TypedDict):
     group: Count
     params: Count
     reference_ms: float
+    # the first precision's reference at the smallest grid size, timed in the same rounds
+    # (Protocol.sentinel)
+    sentinel_ms: NotRequired[float]
     median_ms: float
     p90_ms: float
     cv: float

@@ -116,9 +116,10 @@ def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
 
 
 def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str) -> None:
-    """The machine's speed over the profile's time: every group's reference graph against the
-    fastest at its precision and size, in the order measured, with ``machine_speed``'s
-    figures."""
+    """The machine's speed over the profile's time: every group's slowdown
+    (``group_slowdowns``: its reference graph against the fastest at its precision and size,
+    or its sentinel against the sentinel's fastest where larger), in the order measured, with
+    ``machine_speed``'s figures."""
     slow = group_slowdowns(records)
     order: dict[tuple, dict[str, Any]] = {}
     for r in records:  # measurements.jsonl is in the order measured
@@ -135,7 +136,9 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str)
     for band in SPEED_BANDS:
         ax.axhline(band, color="0.6", lw=0.8, ls="--")
     speed = machine_speed(records)
-    title = ["The machine's speed over the profile: the reference graph per group / fastest"]
+    title = ["The machine's speed over the profile: the reference graph per group / fastest"
+             + (" (or the sentinel's, where larger)" if any("sentinel_ms" in r for r in records)
+                else "")]
     if speed:
         title.append(f"{speed['groups']} groups: " + ", ".join(
             f"{share:.0%} within {band}x" for band, share in speed["within"].items())

@@ -101,6 +101,17 @@ class Protocol:
     # next turn uses while they spin, so nothing is waited for (the same floors in 56% of
     # the time on the AMD EPYC Zen 4 class, benchmarks/shared_pool.py).
     pool: str = "session"
+    # Every group also times, at every size it measures, the reference graph in the first
+    # precision at the smallest grid size (the sentinel: one fixed workload, so its fastest
+    # over the whole profile is the machine's calm speed), and a group's slowdown is the
+    # larger of its reference's and the sentinel's (``analysis.group_slowdowns``). A shared
+    # host's slow periods take every workload and precision at once (the AMD EPYC Zen 4 VM:
+    # both precisions in the same state in 99% of turn pairs; small sizes slow the most,
+    # x1.4-1.8), but a transfer has two groups per precision and size, and where all of them
+    # fell in slow periods the reference saw nothing slow (int8 at 1.56-1.93x a direct
+    # profile's of the same hour, passed by its own gate). False: profiles made before
+    # 2026-12-06 (session 42).
+    sentinel: bool = True
     group_size: int = 10  # shapes whose sessions are alive and interleaved together
     noisy_cv: float = 0.1  # a measurement whose round medians vary more is repeated at once
     repeat_shapes: int = 8  # shapes measured again at the end: the protocol's noise floor
@@ -131,9 +142,10 @@ class Protocol:
             elif f.name == "pool":
                 if value not in POOLS:
                     raise ProfileError(f"pool must be one of {', '.join(POOLS)}, got {value!r}")
-            elif f.name == "calm_wait":
+            elif f.name in ("calm_wait", "sentinel"):
                 if not isinstance(value, bool):
-                    raise ProfileError(f"calm-wait must be true or false, got {value!r}")
+                    raise ProfileError(f"{f.name.replace('_', '-')} must be true or false, "
+                                       f"got {value!r}")
             elif f.name in ("pause_ms", "park_ms", "repeat_shapes", "turn_ms", "long_run_ms",
                             "noisy_cv"):
                 if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -158,6 +170,11 @@ class Protocol:
         return (self.reference_batch, self.reference_seq_len)
 
     @property
+    def sentinel_workload(self) -> Workload:
+        """Where the sentinel is timed (``sentinel``): the grid size of fewest tokens."""
+        return min(self.grid, key=lambda w: (w[0] * w[1], w))
+
+    @property
     def checks(self) -> list[Workload]:
         """The check workloads inside the grid's range and not on it."""
         grid = set(self.grid)
@@ -175,9 +192,10 @@ class Protocol:
     def upgraded(data: dict[str, Any]) -> dict[str, Any]:
         """A protocol record as an earlier version wrote it, with what its absent fields
         meant then: one written before ``park_ms`` existed was measured with the fixed pause
-        alone (0), not with the parking today's default (500) would claim. Every reader of a
-        protocol record (``from_dict``, ``ProfileHeader.from_dict``) goes through here."""
-        return {"park_ms": 0.0, **data}
+        alone (0), not with the parking today's default (500) would claim; one written before
+        ``sentinel`` timed no sentinel. Every reader of a protocol record (``from_dict``,
+        ``ProfileHeader.from_dict``) goes through here."""
+        return {"park_ms": 0.0, "sentinel": False, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Protocol":
