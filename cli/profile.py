@@ -328,9 +328,9 @@ def _profile_text(d: dict) -> str:
     speed = d.get("machine_speed")
     if speed:
         bands = " and ".join(f"{b}x in {v:.0%}" for b, v in speed["within"].items())
+        sentinel = " (or the sentinel's, where larger)" if d["protocol"].get("sentinel") else ""
         rows.append(("machine speed", "the reference graph per group against the fastest "
-                     "group" + (" (or the sentinel's, where larger)" if d["protocol"].get(
-                         "sentinel") else "") + f": within {bands} of the {speed['groups']} groups; median "
+                     f"group{sentinel}: within {bands} of the {speed['groups']} groups; median "
                      f"x{speed['median']:.2f}, p90 "
                      f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}. The percentiles above "
                      "include the slow groups in these shares; a later measurement sees the "

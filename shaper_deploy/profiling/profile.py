@@ -754,9 +754,8 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
     (priced at the nearest grid size), the repeated shapes add a group, all of it once per
     sweep and ``CALM_SHARE`` of it per calm look, and 60% more for measurements timed again
     and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the estimate
-    without it). Graphs are built in every
-    sweep and calm look, an int8 graph quantized once (``GraphSessions``): a later look's int8
-    build is priced as an fp32 one."""
+    without it). Graphs are built in every sweep and calm look, an int8 graph quantized once
+    (``GraphSessions``): a later look's int8 build is priced as an fp32 one."""
     protocol, probe = replace(header.protocol, rounds=rounds), header.probe
     sweeps = protocol.sweeps + CALM_SHARE * protocol.calm_looks  # a calm look: a share
     builds = protocol.sweeps + protocol.calm_looks  # ... but every graph may be built again
@@ -932,8 +931,9 @@ def slow_floors(best: dict[tuple, tuple[float, float]], precision: str) -> dict[
     """Of ``precision``'s shape x size points (``lowest_floors``, main phase), how many have
     their lowest floor from a group over ``CALM_BAND`` x the calm speed, after every look:
     floors that may overstate latency, which a held-out check timed in the same slow period
-    cannot see (2-minute transfers from the Intel MiniLM profile on the AMD EPYC Zen 4 VM
-    reported 8-18% of their groups calm by the sentinel, 85-93% by the reference alone)."""
+    cannot see (two 2-minute transfers from the Intel MiniLM profile on the AMD EPYC Zen 4
+    VM called 8% and 18% of their groups calm by the sentinel, 73% and 58% by the reference
+    alone; one then had all 128 of its int8 floors from slow groups, median x1.52)."""
     slow = [s for key, (_, s) in best.items() if key[0] == precision and key[1] == "main"]
     over = [s for s in slow if s > CALM_BAND]
     return {"points": len(slow), "slow": len(over),
