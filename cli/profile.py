@@ -270,8 +270,8 @@ def _profile_text(d: dict) -> str:
     if "calm_looks" in summary:
         rows.append(("calm looks", f"{summary['calm_looks']} of {summary['measurements']} "
                      "measurements: shapes and sizes looked at again because their lowest "
-                     f"floor so far was timed while the reference ran over {CALM_BAND:g}x "
-                     "its fastest"))
+                     f"floor so far was timed while the reference (or the sentinel) ran over "
+                     f"{CALM_BAND:g}x its fastest"))
     if "calm_wait" in summary:
         w = summary["calm_wait"]
         rows.append(("calm wait", f"{w['seconds'] / 60:.1f} min waited; of the calm looks' "

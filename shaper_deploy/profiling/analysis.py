@@ -113,12 +113,13 @@ def lowest_floors(records: list[dict[str, Any]], slowdown: dict[tuple, float]
 
 
 def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """How fast the machine ran over the profile's time, from the reference graph timed in
-    every group (``group_slowdowns``): the share of groups within each of ``SPEED_BANDS`` of
-    the fastest, the median, the 90th percentile and the worst. A profile's percentiles of
-    request latency include the slow groups in these shares (``predictor.tail_model``); a
-    measurement later sees the machine as it is then. Groups a calm look waited for are not
-    a sample of the machine's time and are left out. None with fewer than 4 groups."""
+    """How fast the machine ran over the profile's time, from the reference graph (and the
+    sentinel) timed in every group (``group_slowdowns``): the share of groups within each of
+    ``SPEED_BANDS`` of the fastest, the median, the 90th percentile and the worst. A
+    profile's percentiles of request latency include the slow groups in these shares
+    (``predictor.tail_model``); a measurement later sees the machine as it is then. Groups a
+    calm look waited for are not a sample of the machine's time and are left out. None with
+    fewer than 4 groups."""
     slow = np.array(list(group_slowdowns(
         [r for r in records if "calm_wait" not in r]).values()))
     if len(slow) < 4:

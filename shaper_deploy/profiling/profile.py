@@ -553,7 +553,7 @@ class _Measuring:
                 note(f"calm look {look + 1}/{protocol.calm_looks}: "
                      f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
                      f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
-                     "reference, looked at again")
+                     "(by the reference, or the sentinel), looked at again")
                 self.measure(self.grouped(items), sessions)
                 measured = True
         return measured
@@ -924,7 +924,7 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
     return summary
 
 
-CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest reference
+CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest
 
 
 def slow_floors(best: dict[tuple, tuple[float, float]], precision: str) -> dict[str, Any]:
@@ -944,8 +944,9 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
                     look: int) -> list[tuple[str, str, Shape, list[Workload], int]]:
     """The work of calm look ``look`` (0-based, after the protocol's sweeps): every precision,
     phase, shape and size whose lowest floor in the looks before this one came from a group
-    whose reference graph ran over ``CALM_BAND`` x the fastest group at that precision and
-    size (``group_slowdowns``), less what this look has measured already. Decided on the
+    over ``CALM_BAND`` x the fastest (``group_slowdowns``: its reference against the fastest
+    group at that precision and size, or the sentinel against its fastest), less what this
+    look has measured already. Decided on the
     earlier looks' records only, so an interrupted look resumes exactly.
 
     Why: a slow period lasts minutes and can cover every sweep of an item, whose floor is

@@ -77,15 +77,16 @@ class Protocol:
     # the at-once retry of a noisy measurement is for one sweep only. (Older profiles: 1.)
     sweeps: int = 1
     # After the sweeps, up to this many more looks at each shape and size whose lowest floor
-    # so far came from a group whose reference graph ran over 1.1x its fastest (a slow
-    # period can cover all of one item's sweeps); each look regroups what is left. 0: none
-    # (transfers, and profiles made before 2026-12-04).
+    # so far came from a group whose reference graph (or the sentinel) ran over 1.1x its
+    # fastest (a slow period can cover all of one item's sweeps); each look regroups what is
+    # left. 0: none (transfers, and profiles made before 2026-12-04).
     calm_looks: int = 0
-    # A calm look waits, before each size it times, until the reference graph runs within
-    # 1.1x its fastest (checked every second), for as long as the rest of the profile still
-    # fits in the time asked for (--minutes); its measurements record the wait and are left
-    # out of the machine's tail, which the sweeps sample. False: profiles made before
-    # 2026-12-04 (session 25), and runs sized by --samples (no time budget to wait in).
+    # A calm look waits, before each size it times, until the reference graph (and the
+    # sentinel) runs within 1.1x its fastest (checked every second), for as long as the rest
+    # of the profile still fits in the time asked for (--minutes); its measurements record
+    # the wait and are left out of the machine's tail, which the sweeps sample. False:
+    # profiles made before 2026-12-04 (session 25), and runs sized by --samples (no time
+    # budget to wait in).
     calm_wait: bool = False
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
