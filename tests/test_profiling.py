@@ -158,13 +158,26 @@ def test_interleaved_measurement_counts_runs():
                                  fixed)
     assert calls == {"a": 18, "b": 18}  # 3 rounds x (2 warm-up + 4 timed)
     assert len(result["a"]["round_medians"]) == 3
-    # A run slower than long_run_ms gets one warm-up; a turn times ceil(turn_ms / run) runs.
+    # A run slower than long_run_ms gets one warm-up (long_warmup, in the first round too);
+    # a turn times ceil(turn_ms / run) runs.
     import time as _time
 
     calls.clear()
     slow = Protocol(rounds=2, warmup=2, timed=20, pause_ms=0, turn_ms=1e-6, long_run_ms=1e-6)
     measure_interleaved({"s": lambda: (calls.update("s"), _time.sleep(0.001))}, slow)
-    assert calls == {"s": 2 + 1 + 1 + 1}  # round 1: 2 warm-up + 1 timed; round 2: 1 + 1
+    assert calls == {"s": 1 + 1 + 1 + 1}  # round 1: 1 warm-up + 1 timed; round 2: 1 + 1
+    calls.clear()  # a profile made before long_warmup: its first round warmed up twice
+    older = {k: v for k, v in slow.to_dict().items() if k != "long_warmup"}
+    assert Protocol.from_dict(older).long_warmup == 2
+    measure_interleaved({"s": lambda: (calls.update("s"), _time.sleep(0.001))},
+                        Protocol.from_dict(older))
+    assert calls == {"s": 2 + 1 + 1 + 1}
+    calls.clear()  # short runs: two warm-ups whatever long_warmup says
+    measure_interleaved({"s": lambda: calls.update("s")},
+                        dataclasses.replace(fixed, rounds=1, timed=3, long_warmup=5))
+    assert calls == {"s": 2 + 3}
+    with pytest.raises(ProfileError, match="long-warmup must be a positive integer"):
+        Protocol(long_warmup=0)
 
 
 def test_turns_wait_for_idle_threads_only_when_each_session_has_its_own_pool(monkeypatch,
@@ -1162,8 +1175,11 @@ def test_int8_in_each_format_stays_close_to_fp32(tmp_path, isa):
 
 
 def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped():
-    from shaper_deploy.profiling.profile import estimate_seconds, new_header, size_profile
+    from shaper_deploy.profiling.profile import (estimate_seconds, new_header, overhead,
+                                                 size_profile)
 
+    # a one-sweep profile times its noisy measurements again at once; sweeps do not
+    assert (overhead(Protocol(sweeps=1)), overhead(Protocol(sweeps=3))) == (1.6, 1.25)
     header = new_header("cpu", fast_protocol(), SuperConfig(PLAN_SPACE, pooler=True), 12, 0, {})
     ms = {n: {workload_key(w): 2.0 * w[0] * w[1] / 16 for w in header.protocol.grid}
           for n in ("smallest", "largest", "reference")}

@@ -188,7 +188,7 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
     resumes as it began)."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
     free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks", "calm_wait",
-                         "sentinel"),
+                         "sentinel", "long_warmup"),
             "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
@@ -746,16 +746,28 @@ def choose_int8_format(formats: list[dict], ms: dict[str, dict[str, dict[str, fl
                               "format must gain"}
 
 
+def overhead(protocol: Protocol) -> float:
+    """What the measured turns take over their priced runs (``probed_turn_seconds``): in a
+    one-sweep profile, 60% more, for its noisy measurements timed again at once (a first
+    profile on an AMD EPYC VM took 2.0x the estimate without it; 39% of measurements were
+    timed again on the Zen 2 class); with sweeps, which time nothing again, 25% more. Until
+    session 43 every profile was priced at 60% more: profiles of several sweeps measured in
+    0.60-0.67 of the estimate since they run on one pool (AMD EPYC Zen 4, sessions 41-43,
+    MiniLM and BERT-base, 7 profiles), 0.71-0.93 with a pool per session (Intel AMX, AMD
+    Zen 4 and Zen 5, 22 profiles without a noisy neighbour made on purpose), the most
+    1.29 with one (Intel, session 29), 1.18 on the Zen 2 class (docs/profiles.md)."""
+    return 1.6 if protocol.sweeps == 1 else 1.25
+
+
 def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
                      precisions: Iterable[str]) -> float:
     """The measuring time of ``n`` shapes at ``rounds`` rounds, from the probe: every shape
     costs the mean of the smallest's and largest's turn at each size, each group adds the
     reference and the sentinel (``Protocol.sentinel``), held-out shapes add the check sizes
     (priced at the nearest grid size), the repeated shapes add a group, all of it once per
-    sweep and ``CALM_SHARE`` of it per calm look, and 60% more for measurements timed again
-    and the turns' overheads (a first profile on an AMD EPYC VM took 2.0x the estimate
-    without it). Graphs are built in every sweep and calm look, an int8 graph quantized once
-    (``GraphSessions``): a later look's int8 build is priced as an fp32 one."""
+    sweep and ``CALM_SHARE`` of it per calm look, and more for the turns' overheads
+    (``overhead``). Graphs are built in every sweep and calm look, an int8 graph quantized
+    once (``GraphSessions``): a later look's int8 build is priced as an fp32 one."""
     protocol, probe = replace(header.protocol, rounds=rounds), header.probe
     sweeps = protocol.sweeps + CALM_SHARE * protocol.calm_looks  # a calm look: a share
     builds = protocol.sweeps + protocol.calm_looks  # ... but every graph may be built again
@@ -778,7 +790,7 @@ def estimate_seconds(header: ProfileHeader, n: int, rounds: int,
             repeat += again_groups * len(grid) * one
         build = probe["build_seconds"][p]
         again = probe["build_seconds"].get("fp32", build) if p == "int8" else build
-        seconds += (sweeps * rounds * (main + check + repeat) * 1.6
+        seconds += (sweeps * rounds * (main + check + repeat) * overhead(protocol)
                     + (n + 2) * (build + (builds - 1) * again))
     return seconds
 

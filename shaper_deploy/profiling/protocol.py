@@ -90,6 +90,14 @@ class Protocol:
     calm_wait: bool = False
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
+    # Untimed runs before a graph's first turn at a size (a measurement's first round) when
+    # the first of them takes over long_run_ms. Timed against later runs on the AMD EPYC
+    # Zen 4 class (MiniLM and BERT-base, 3 shapes, fp32 and int8, every grid size with runs
+    # over 10 ms, 132 sizes): the first run at a new size was 1-6% slower (median), the
+    # second as fast as the third to fifth (medians 0.99-1.01), so one is enough; a
+    # transfer (one round) times its long runs after it, a third of their cost saved.
+    # Profiles made before 2026-12-06 (session 43): ``warmup``, as for short runs.
+    long_warmup: int = 1
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
     turn_ms: float = 30.0  # a turn times ceil(turn_ms / one run) runs, at least one
     pause_ms: float = 20.0  # idle time before each turn, so other sessions' threads park
@@ -195,8 +203,10 @@ class Protocol:
         meant then: one written before ``park_ms`` existed was measured with the fixed pause
         alone (0), not with the parking today's default (500) would claim; one written before
         ``sentinel`` timed no sentinel. Every reader of a protocol record (``from_dict``,
-        ``ProfileHeader.from_dict``) goes through here."""
-        return {"park_ms": 0.0, "sentinel": False, **data}
+        ``ProfileHeader.from_dict``) goes through here; one written before ``long_warmup``
+        warmed long runs up as many times as short ones (``warmup``) in a first round."""
+        return {"park_ms": 0.0, "sentinel": False, "long_warmup": data.get("warmup", 2),
+                **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Protocol":
@@ -326,13 +336,20 @@ def measure_interleaved(runners: dict[Hashable, Callable[[], Any]], protocol: Pr
             run = runners[key]
             if protocol.pool == "session":  # another session's threads may still spin
                 park_threads(protocol.pause_ms, protocol.park_ms)
-            for i in range(warmup.get(key, protocol.warmup)):
-                start = time.perf_counter()
-                run()
-                if key not in timed and i == protocol.warmup - 1:
-                    one = (time.perf_counter() - start) * 1000.0
-                    timed[key] = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / one)))
-                    warmup[key] = 1 if one > protocol.long_run_ms else protocol.warmup
+            if key in warmup:
+                for _ in range(warmup[key]):
+                    run()
+            else:  # its first turn: the last warm-up run decides the turns' run counts
+                done = 0
+                while True:
+                    start = time.perf_counter()
+                    run()
+                    one, done = (time.perf_counter() - start) * 1000.0, done + 1
+                    long = one > protocol.long_run_ms
+                    if done >= (protocol.long_warmup if long else protocol.warmup):
+                        break
+                timed[key] = max(1, min(protocol.timed, math.ceil(protocol.turn_ms / one)))
+                warmup[key] = 1 if long else protocol.warmup
             times = []
             for _ in range(timed.get(key, protocol.timed)):
                 start = time.perf_counter()
