@@ -334,7 +334,12 @@ def _profile_text(d: dict) -> str:
                      f"x{speed['median']:.2f}, p90 "
                      f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}. The percentiles above "
                      "include the slow groups in these shares; a later measurement sees the "
-                     "machine as it is then"))
+                     "machine as it is then"
+                     + (". A transfer's few minutes may all fall in one slow period, which "
+                        "nothing timed within them can show: its floors then overstate "
+                        "latency; a plan measures each candidate here before it keeps it, and "
+                        "says when the machine runs faster than the profile"
+                        if d.get("transfer") else "")))
     t = d["trust"]
     rows.append(("trust", "reliable" if t["reliable"] else
                  f"UNRELIABLE: {'; '.join(t['reasons'])} (planning needs --allow-unreliable)"))

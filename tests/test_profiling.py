@@ -814,6 +814,7 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     shown = runner.invoke(main, ["profiles", "show", str(tiny_profile)])
     assert "held-out R^2" in shown.stdout and "trust" in shown.stdout
     assert "machine speed        the reference graph per group against the fastest" in shown.stdout
+    assert "A transfer's few minutes" not in shown.stdout  # a direct profile's
     assert shown.stdout.count("request latency / floor (p10 of runs) (the machine's, from "
                               "fp32 and int8") == 2
     shown_json = json.loads(runner.invoke(main, ["profiles", "show", str(tiny_profile),

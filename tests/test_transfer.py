@@ -381,6 +381,8 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
     shown = CliRunner().invoke(main, ["profiles", "show", str(out)])
     assert "transferred from" in shown.stdout and str(tiny_profile) in shown.stdout
     assert "raised where larger to the tail of this machine's" in shown.stdout
+    # what no measurement within a transfer's minutes can show is said, not hidden
+    assert "A transfer's few minutes may all fall in one slow period" in shown.stdout
     # without a source of this machine, the tail says it rests on the transfer's minutes alone
     from shaper_deploy.cli.profile import _profile_text, profile_data
 

@@ -751,11 +751,11 @@ def overhead(protocol: Protocol) -> float:
     one-sweep profile, 60% more, for its noisy measurements timed again at once (a first
     profile on an AMD EPYC VM took 2.0x the estimate without it; 39% of measurements were
     timed again on the Zen 2 class); with sweeps, which time nothing again, 25% more. Until
-    session 43 every profile was priced at 60% more: profiles of several sweeps measured in
-    0.60-0.67 of the estimate since they run on one pool (AMD EPYC Zen 4, sessions 41-43,
-    MiniLM and BERT-base, 7 profiles), 0.71-0.93 with a pool per session (Intel AMX, AMD
-    Zen 4 and Zen 5, 22 profiles without a noisy neighbour made on purpose), the most
-    1.29 with one (Intel, session 29), 1.18 on the Zen 2 class (docs/profiles.md)."""
+    session 43 every profile was priced at 60% more, and profiles of several sweeps
+    measured in 0.51-0.67 of that since they run on one pool (AMD EPYC Zen 4, sessions
+    41-43, MiniLM and BERT-base, 7 profiles), 0.66-0.95 with a pool per session (Intel AMX,
+    AMD Zen 4 and Zen 5, 33 profiles), 0.91-1.29 beside a noisy neighbour made on purpose
+    (Intel, 11), 0.59-1.18 on the Zen 2 class (3). At 25%: 0.59-0.80 (AMD Zen 4, 3)."""
     return 1.6 if protocol.sweeps == 1 else 1.25
 
 

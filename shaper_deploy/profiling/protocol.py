@@ -91,12 +91,12 @@ class Protocol:
     warmup: int = 2  # untimed runs before each turn (one when a run takes > long_run_ms)
     long_run_ms: float = 10.0  # runs this long wake the threads in one warm-up run
     # Untimed runs before a graph's first turn at a size (a measurement's first round) when
-    # the first of them takes over long_run_ms. Timed against later runs on the AMD EPYC
-    # Zen 4 class (MiniLM and BERT-base, 3 shapes, fp32 and int8, every grid size with runs
-    # over 10 ms, 132 sizes): the first run at a new size was 1-6% slower (median), the
-    # second as fast as the third to fifth (medians 0.99-1.01), so one is enough; a
-    # transfer (one round) times its long runs after it, a third of their cost saved.
-    # Profiles made before 2026-12-06 (session 43): ``warmup``, as for short runs.
+    # the first of them takes over long_run_ms. Timed both ways on the AMD EPYC Zen 4 class
+    # (benchmarks/warmup.py: 3 shapes x fp32 and int8, every grid size new to each arm's
+    # sessions): the floors of long runs with one warm-up over those with two, median 1.005
+    # for MiniLM (432 pairs) and 1.008 for BERT-base (234), in 75% and 68% of the time. A
+    # profile sweeps with one round, so every long measurement ran three times to be timed
+    # once. Profiles made before 2026-12-06 (session 43): ``warmup``, as for short runs.
     long_warmup: int = 1
     timed: int = 20  # timed runs per turn at most; fewer when a run is long (see turn_ms)
     turn_ms: float = 30.0  # a turn times ceil(turn_ms / one run) runs, at least one
