@@ -12,7 +12,7 @@ call of ``measure_interleaved`` with one round, warming long runs up once or twi
 per size and graph: the floor (p10 of the runs, what a profile fits) with one warm-up over
 the floor with two, and the seconds each arm took.
 
-    .venv/bin/python benchmarks/warmup.py --supernet runs/minilm-super --repeats 6 \\
+    .venv/bin/python benchmarks/warmup.py --supernet runs/minilm-super --repeats 8 \\
         --out benchmarks/results/warmup_amd_zen4_minilm_s43.json
     .venv/bin/python benchmarks/warmup.py --repeats 3 \\
         --out benchmarks/results/warmup_amd_zen4_bert_base_s43.json   # BERT-base
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from shaper_deploy.profiling.fingerprint import device_fingerprint
+    from shaper_deploy.profiling.profile import runner
     from shaper_deploy.profiling.protocol import Protocol, inputs_for, measure_interleaved
     from shaper_deploy.runtime import make_session, share_one_pool
 
@@ -66,10 +67,7 @@ def main() -> None:
             for i, w in enumerate(grid):
                 feeds = inputs_for(w, config)
                 for a in rng.sample(arms, len(arms)):
-                    runners = {}
-                    for key, s in sessions[a].items():
-                        names = [o.name for o in s.get_outputs()][:1]
-                        runners[key] = (lambda s=s, names=names, feeds=feeds: s.run(names, feeds))
+                    runners = {key: runner(s, feeds) for key, s in sessions[a].items()}
                     t = time.perf_counter()
                     got = measure_interleaved(runners, replace(base, long_warmup=a),
                                               seed=r * 1000 + i)
