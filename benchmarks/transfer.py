@@ -1,7 +1,7 @@
 """Profile transfer: a new device's latency model from a few measurements and the profiles of
 devices already measured, beside a direct profile of that device.
 
-Three parts, each writing its JSON:
+Five parts, each writing its JSON:
 
 ``offline``: for every pair of shipped profiles of one design space (source -> target), the
 transfer a target would fit from ``n`` of the shapes its own measurements.jsonl holds (one
@@ -20,6 +20,9 @@ device none of its members is? (``FLEET``)
 
 ``sparse``: refits only (no timing): could a transfer measure a few input sizes and
 interpolate the source-to-target scale to the rest? (``sparse_pair``)
+
+``gate``: no timing: the trust gate on ``slow_floors`` judged on ``live`` results (their rows
+record each precision's ``slow_floors`` since session 44).
 
 ``live``: on this machine, ``shaperctl profile --from SOURCE --minutes M`` for each M (the
 learning curve), and a direct profile, all in one run; each scored on its own held-out
@@ -53,6 +56,9 @@ runs each transfer with and without one fixed workload timed in every group
         --minutes 2 --max-tokens 256 --direct profiles/amd-epyc-zen2-2core-avx2-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer-256 \\
         --out benchmarks/results/transfer_live_amd_zen2_minilm_256.json
+    .venv/bin/python benchmarks/transfer.py gate \
+        benchmarks/results/transfer_live_amd_zen4_minilm_slow_floors*_s44.json \
+        --out benchmarks/results/transfer_slow_floors_gate_s44.json
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ from pathlib import Path
 import numpy as np
 
 from shaper_deploy.errors import ProfileError
-from shaper_deploy.profiling.predictor import DeviceProfile, fit_model, regression_metrics
+from shaper_deploy.profiling.predictor import (MAX_SLOW_FLOORS, DeviceProfile, fit_model,
+                                               regression_metrics)
 from shaper_deploy.profiling.analysis import dropped_by_key, measured_latency
 from shaper_deploy.profiling.folder import read_measurements, shape_from_key, workload_key
 from shaper_deploy.profiling.profile import held_out_keys
@@ -338,6 +345,7 @@ def live(args) -> dict:
     profiles = {}
     cap = [] if args.max_tokens is None else ["--max-tokens", str(args.max_tokens)]
     sources = [arg for p in args.sources for arg in ("--from", str(p))]
+    last_transfer = None  # with no --minutes, only the direct profile is made and scored
     # each repeat runs every combination in turn, so a period of the host falls on all alike
     for repeat in range(1, args.repeat + 1):
         for minutes, sweeps, calm, pool, sentinel in product(
@@ -382,6 +390,8 @@ def live(args) -> dict:
                "machine_speed": p.machine_speed(),
                "calm_looks": (p.header.summary or {}).get("calm_looks"),
                "calm_wait": (p.header.summary or {}).get("calm_wait"),
+               "slow_floors": {q: v.get("slow_floors") for q, v in
+                               (p.header.summary or {}).get("precisions", {}).items()},
                "precisions": p.precisions, "trust": p.trust,
                "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
                "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
@@ -405,7 +415,7 @@ def live(args) -> dict:
               "max_tokens": args.max_tokens,
               "machine": loaded["direct"].header.fingerprint, "rows": rows,
               "direct_learning_curve": learning_curve(loaded["direct"])}
-    if args.supernet:
+    if args.supernet and (args.bundles_from or last_transfer):
         from workload_profile import SHAPES, WORKLOADS, _errors, promise_kept, real_bundles
 
         best = loaded[args.bundles_from or last_transfer]
@@ -416,6 +426,51 @@ def live(args) -> dict:
                                   "percentile_observed": _errors(bundle_rows, "pct_error"),
                                   "promise": promise_kept(bundle_rows)}
     return result
+
+
+def gate(args) -> dict:
+    """The trust gate on ``slow_floors`` (``predictor.MAX_SLOW_FLOORS``) judged on ``live``
+    results (no timing): per transfer and precision, the share of its floors timed while the
+    machine ran slow, its error on the direct profile's shapes, the verdict before the gate
+    and with it; the direct and ``--also`` profiles' shares beside them."""
+    cases, yardsticks = [], {}
+    for path in args.results:
+        for row in json.loads(path.read_text())["rows"]:
+            for q in row["precisions"]:
+                slow = (row.get("slow_floors") or {}).get(q)
+                if not slow or not slow["points"]:
+                    continue
+                share = slow["slow"] / slow["points"]
+                if not row["profile"].startswith("transfer"):  # a direct profile, once
+                    yardsticks.setdefault(row["path"], {"results": path.name, "trust": row[
+                        "trust"], "minutes": row["minutes"], "share": {}})["share"][q] = share
+                    continue
+                on = row["on_others"]["direct"][q]
+                cases.append({"results": path.name, "profile": row["profile"], "precision": q,
+                              "share": share, "median_slowdown": slow["median_slowdown"],
+                              "own_mape": row["own_held_out"][q]["mape"],
+                              "direct_mape": on["mape"], "direct_bias": on["bias"],
+                              "direct_within_10pct": on["within_10pct"],
+                              "reliable_before": row["trust"]["reliable"]})
+    for c in cases:  # the profile's verdict with the gate: any precision over it fails it
+        c["reliable_with_gate"] = c["reliable_before"] and all(
+            o["share"] <= MAX_SLOW_FLOORS for o in cases
+            if (o["results"], o["profile"]) == (c["results"], c["profile"]))
+
+    def side(picked: list[dict]) -> dict:
+        err = [c["direct_mape"] for c in picked]
+        return {"precisions": len(picked),
+                "direct_mape_range": [min(err), max(err)] if err else None,
+                "over_5pct": sum(e > 0.05 for e in err), "over_10pct": sum(e > 0.10 for e in err)}
+
+    over = [c for c in cases if c["share"] > MAX_SLOW_FLOORS]
+    passed = [c for c in cases if c["reliable_before"]]
+    return {"benchmark": "transfer_slow_floors_gate", "max_slow_floors": MAX_SLOW_FLOORS,
+            "results": [p.name for p in args.results], "cases": cases,
+            "over": side(over), "at_most": side([c for c in cases if c not in over]),
+            "reliable": {"before": side(passed),
+                         "with_gate": side([c for c in passed if c["reliable_with_gate"]])},
+            "yardsticks": yardsticks}
 
 
 def main() -> None:
@@ -443,8 +498,8 @@ def main() -> None:
     on.add_argument("--repeat", type=int, default=1,
                     help="Run every (minutes, sweeps, calm looks) this many times, in turn.")
     on.add_argument("--bundles-from", default=None,
-                    help="The profile (row name) real bundles are measured against "
-                         "(default: the last transfer)")
+                    help="The profile (row name) real bundles are measured against, with "
+                         "--supernet (default: the last transfer; none without one)")
     on.add_argument("--max-tokens", type=int, default=None,
                     help="profile --from --max-tokens: the transfers measure sizes up to this "
                          "many tokens, and are scored there")
@@ -461,9 +516,12 @@ def main() -> None:
                     help="profile --sentinel / --no-sentinel, or both in turn")
     on.add_argument("--work", type=Path, required=True)
     on.add_argument("--out", type=Path, required=True)
+    ga = sub.add_parser("gate")
+    ga.add_argument("results", type=Path, nargs="+", help="live results (JSON) with slow_floors")
+    ga.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = {"offline": offline, "fleet": fleet, "sparse": sparse,
-              "live": live}[args.part](args)
+              "live": live, "gate": gate}[args.part](args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -262,6 +262,7 @@ def _profile_text(d: dict) -> str:
         for name, gains in (by_shape or {}).items():
             rows.append((f"int8 gain ({source})", f"{name} shape: " + ", ".join(
                 f"{k} {v:.2f}x" for k, v in gains.items())))
+    from shaper_deploy.profiling.predictor import MAX_SLOW_FLOORS
     from shaper_deploy.profiling.profile import CALM_BAND
 
     summary = d.get("summary") or {}
@@ -290,7 +291,8 @@ def _profile_text(d: dict) -> str:
                              f"the machine ran over {CALM_BAND:g}x its calm speed (median "
                              f"x{slow['median_slowdown']:.2f}), after the calm looks: they may "
                              "overstate its latency, which held-out shapes timed in the same "
-                             "periods cannot show; a calmer hour or more --minutes lowers it"))
+                             "periods cannot show; a calmer hour or more --minutes lowers it"
+                             f" (over {MAX_SLOW_FLOORS:.0%} of them: unreliable)"))
         m = d["predictor"][precision]["held_out"]
         rows.append(("", f"held-out R^2 {m['r2']:.4f}, MAPE {m['mape']:.2%}, "
                          f"{m['within_5pct']:.0%} within +-5% ({m['n']} shape x size points, "

@@ -61,6 +61,9 @@ def reliable_profile(tiny_profile, tmp_path_factory):
         meta["metrics"][precision]["held_out"]["mape"] = 0.02
         meta["margin"][precision] = 1.05
         header["summary"]["precisions"][precision]["noise_floor"]["median_abs_rel_diff"] = 0.01
+        slow = header["summary"]["precisions"][precision].get("slow_floors")
+        if slow:  # a calm machine: no floor from a slow group (the gate is tested apart)
+            slow.update(slow=0, median_slowdown=None)
         # a known spread of request latency: the median = the floor, p90 = 1.2 x the floor
         meta["tail"][precision] = {"levels": [50, 75, 90, 95, 99], "median_ms": [0.1, 10.0],
                                    "factor": [[1.0, 1.1, 1.2, 1.3, 1.5]] * 2, "records": 99}

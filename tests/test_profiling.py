@@ -673,6 +673,45 @@ def test_trust_flags_a_noisy_profile(tiny_profile, tmp_path):
     assert "int8 noise floor 20.0% > 3%" in trust["reasons"]
 
 
+def test_trust_flags_a_profile_whose_floors_were_mostly_timed_slow(tiny_profile, tmp_path):
+    """Over 70% of a precision's floors from groups timed while the machine ran slow makes the
+    profile unreliable: such floors overstate latency, and held-out shapes timed in the same
+    slow period cannot show it. 70% itself passes; a profile from before ``slow_floors``
+    is judged by the other gates alone; the refusal says that a calmer period helps. (The
+    tiny profile's other gates depend on this machine's noise: only this gate is asserted.)"""
+    slow = tmp_path / "slow"
+    shutil.copytree(tiny_profile, slow)
+    header = json.loads((slow / "profile.json").read_text())
+    summary = header["summary"]["precisions"]
+
+    def judged(count: int | None) -> dict:
+        for precision in summary.values():
+            precision["slow_floors"] = {"points": 100, "slow": 0, "median_slowdown": None}
+        if count is None:
+            del summary["int8"]["slow_floors"]
+        else:
+            summary["int8"]["slow_floors"] = {"points": 100, "slow": count,
+                                              "median_slowdown": 1.414}
+        (slow / "profile.json").write_text(json.dumps(header))
+        return DeviceProfile.load(slow).trust
+
+    for calm in (judged(70), judged(None)):
+        assert "max_slow_floors" not in calm["missed"]
+        assert not any("ran slow" in reason for reason in calm["reasons"])
+    trust = judged(71)
+    assert not trust["reliable"] and "max_slow_floors" in trust["missed"]
+    assert [r for r in trust["reasons"] if "ran slow" in r] == [
+        "int8 71 of 100 floors timed while the machine ran slow (median x1.41) > 70%"]
+    assert trust["limits"]["max_slow_floors"] == 0.7
+    with pytest.raises(ProfileError, match=r"is unreliable \(.*int8 71 of 100 floors timed "
+                                           r".*; most of its floors were timed while the "
+                                           r"machine ran slower .* overstates latency: remake "
+                                           r"it in a calmer period .*; or pass "
+                                           r"--allow-unreliable"):
+        DeviceProfile.load(slow).check_trust(False)
+    DeviceProfile.load(slow).check_trust(True)
+
+
 def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     from click.testing import CliRunner
 
@@ -726,6 +765,8 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert ("4 of its 10 shape x size floors (the lowest of each point's looks) came from a "
             "group timed while the machine ran over 1.1x its calm speed (median x3.00)"
             ) in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
+    assert "(over 70% of them: unreliable)" in " ".join(
+        runner.invoke(main, ["profiles", "show", str(slow)]).stdout.split())
     share = len(slowed) / len(keys)
     assert DeviceProfile.load(slow).machine_speed()["within"]["1.1"] == pytest.approx(1 - share)
     assert (f"the machine ran over 1.1x slower than its fastest in {share:.0%} of its groups "

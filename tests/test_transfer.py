@@ -183,6 +183,13 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     def truth(shape, precision, w):  # +-30% noise: nothing can be predicted within 5%
         return float(features([shape])[0] @ bilinear(A, precision, w)) * rng.uniform(0.7, 1.3)
 
+    def slow_floors(slow: int):  # the share of floors timed slow, 0-10 of 10
+        record = {"points": 10, "slow": slow, "median_slowdown": 1.5 if slow else None}
+        return replace(h, summary={"precisions": {
+            p: {**(h.summary or {}).get("precisions", {}).get(p, {}), "slow_floors": record}
+            for p in h.protocol.precisions}})
+
+    h = slow_floors(0)
     _, records = synthetic_records(h, truth)
     model = fit_transfer(h, records)
     advice = transfer_advice(h, model)
@@ -190,6 +197,11 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     assert advice is not None and "about 8 min for 40 shapes up to 32 tokens, --max-tokens 32" \
         in advice
     assert "held-out MAPE" in advice and "the scaled source alone" in advice
+    assert "calmer period" not in advice
+    advice = transfer_advice(slow_floors(9), model)  # one slow period under nearly all of it
+    assert "floors timed while the machine ran slow (median x1.50) > 70%" in advice
+    assert "): run it again in a calmer period (profiles show: machine speed), measure longer " \
+        "with --minutes" in advice
 
 
 def test_a_transfer_tail_is_raised_to_this_machine_sources_only():

@@ -80,7 +80,9 @@ def _fit_plot(plt, profile: Path, header: ProfileHeader, model, records, verdict
     lines.append(_wrapped(("reliable" if verdict["reliable"] else
                            "UNRELIABLE: " + "; ".join(verdict["reasons"]))
                           + f" (limits: held-out MAPE {limits['max_mape']:.0%}, noise floor "
-                          f"{limits['max_noise_floor']:.0%})", 95))
+                          f"{limits['max_noise_floor']:.0%}"
+                          + (f", floors timed slow {limits['max_slow_floors']:.0%}"
+                             if "max_slow_floors" in limits else "") + ")", 95))
     _finish(fig, ax, lines, 8, f"{machine}; {describe_range(model.grid)}", 7,
             profile / FIT_PLOT)
 

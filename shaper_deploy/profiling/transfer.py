@@ -441,7 +441,9 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
     return ("the transfer did not reach the trust targets here ("
             + "; ".join(t["reasons"]) + "; the scaled source alone: "
             + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
-            + "): measure longer with --minutes, or profile this device directly"
+            + "): " + ("run it again in a calmer period (profiles show: machine speed), "
+                       if "max_slow_floors" in t["missed"] else "")
+            + "measure longer with --minutes, or profile this device directly"
             + (f" (about {minutes:.0f} min for 40 shapes{sizes})" if minutes else ""))
 
 
