@@ -517,7 +517,7 @@ def noise_of(header: ProfileHeader, precision: str) -> float | None:
             .get("noise_floor") or {}).get("median_abs_rel_diff")
 
 
-def slow_share(header: ProfileHeader, precision: str) -> dict[str, Any] | None:
+def slow_floors_of(header: ProfileHeader, precision: str) -> dict[str, Any] | None:
     """The summary's ``slow_floors`` of ``precision`` (None for profiles made before it)."""
     slow = ((header.summary or {}).get("precisions", {}).get(precision, {})
             .get("slow_floors"))
@@ -538,7 +538,7 @@ def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
         elif noise > MAX_NOISE:
             reasons.append(f"{precision} noise floor {noise:.1%} > {MAX_NOISE:.0%}")
             missed.add("max_noise_floor")
-        slow = slow_share(header, precision)
+        slow = slow_floors_of(header, precision)
         if slow and slow["slow"] > MAX_SLOW_FLOORS * slow["points"]:
             reasons.append(f"{precision} {slow['slow']} of {slow['points']} floors timed while "
                            f"the machine ran slow (median x{slow['median_slowdown']:.2f}) > "
@@ -773,14 +773,16 @@ class DeviceProfile:
             remedies = []
             if "max_mape" in t["missed"]:  # too few shapes for the model
                 remedies.append("remake it with a larger --minutes (more shapes)")
+            calmer = []  # what a calmer period mends
             if "max_noise_floor" in t["missed"]:  # the machine moved under it
-                remedies.append("its shapes timed twice disagree, so the machine's speed moved "
-                                "while it was made: remake it in a calmer period (profiles "
-                                "show: machine speed)")
+                calmer.append("its shapes timed twice disagree, so the machine's speed moved "
+                              "while it was made")
             if "max_slow_floors" in t["missed"]:  # one slow period under most of it
-                remedies.append("most of its floors were timed while the machine ran slower "
-                                "than its calm speed, so it overstates latency: remake it in a "
-                                "calmer period (profiles show: machine speed)")
+                calmer.append("most of its floors were timed while the machine ran slower "
+                              "than its calm speed, so it overstates latency")
+            if calmer:
+                remedies.append(" and ".join(calmer) + ": remake it in a calmer period "
+                                "(profiles show: machine speed)")
             raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
                                + "; ".join(remedies or ["remake it"])
                                + "; or pass --allow-unreliable to use it anyway")
