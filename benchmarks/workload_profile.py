@@ -72,14 +72,16 @@ def learning_curve(profile: DeviceProfile) -> list[dict]:
 
 
 def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
-                 workloads: list[tuple[int, int]], percentile: float) -> list[dict]:
+                 workloads: list[tuple[int, int]], percentile: float,
+                 also: dict[str, DeviceProfile] | None = None) -> list[dict]:
     """Bundles of the identity super network (exact identities dropped, as the demo exports
     them) and of one with perturbed bottlenecks (as a trained network's), int8 in the
     profile's format (``profile_int8_format``; before 2026-12-05 session 38, the ISA's
     default, which a profile choosing U8S8-reduce-range did not time), each timed with
     the profile's protocol: its floor against the predicted one, and the percentile a
     budget promises (predicted: floor x the profile's tail factor; against it as observed
-    now)."""
+    now). ``also``: other profiles of this machine whose floor predictions are scored on the
+    same measurements (``also_error``)."""
     from shaper_deploy.export import ExportOptions, export_bundle
     from shaper_deploy.profiling.profile import profile_int8_format
     from shaper_deploy.shape import parse_shape
@@ -139,6 +141,9 @@ def real_bundles(profile: DeviceProfile, supernet_path: Path, shapes: list[str],
                                      "times": [round(t, 4) for t in m["times"]],
                                      "at_s": round(time.monotonic() - start, 1)})
                         r = rows[-1]
+                        r["also_error"] = {name: float(other.predict(
+                            [shape], precision, *w, None, dropped)[0]) / m["intrinsic_ms"] - 1
+                            for name, other in (also or {}).items()}
                         print(f"{network:<9} {text:<24} {precision} {w[0]}x{w[1]:<4} floor "
                               f"{r['floor_ms']:7.2f} predicted {floor:7.2f} ({r['error']:+.1%}); "
                               f"p{percentile:g} observed {r['observed_pct_ms']:7.2f} predicted "
@@ -179,6 +184,9 @@ def main() -> None:
     ap.add_argument("--percentile", type=float, default=90.0)
     ap.add_argument("--workloads", default=",".join(f"{b}x{s}" for b, s in WORKLOADS),
                     help="Input sizes the real bundles are timed at, BxS comma-separated.")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="Another profile of this machine whose floors are scored on the same "
+                         "real bundles (repeatable)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     workloads = [tuple(int(v) for v in w.split("x")) for w in args.workloads.split(",")]
@@ -191,7 +199,9 @@ def main() -> None:
               "held_out": {p: profile.model.metrics[p] for p in profile.precisions},
               "trust": profile.trust, "learning_curve": learning_curve(profile)}
     if args.supernet is not None:
-        rows = real_bundles(profile, args.supernet, args.shapes, workloads, args.percentile)
+        also = {str(p): DeviceProfile.load(p) for p in args.also}
+        rows = real_bundles(profile, args.supernet, args.shapes, workloads, args.percentile,
+                            also)
         result["real_bundles"] = {"rows": rows, "floor": _errors(rows, "error"),
                                   "floor_at_drift": _errors(rows, "error_at_drift"),
                                   "percentile_observed": _errors(rows, "pct_error"),
@@ -199,9 +209,14 @@ def main() -> None:
                                   "promise": promise_kept(rows),
                                   "by_network": {n: _errors([r for r in rows
                                                              if r["network"] == n], "error")
-                                                 for n in ("identity", "perturbed")}}
-        for k in ("floor", "floor_at_drift", "percentile_observed", "percentile_judged"):
-            e = result["real_bundles"][k]
+                                                 for n in ("identity", "perturbed")},
+                                  "also_floor": {n: _errors([{"e": r["also_error"][n]}
+                                                             for r in rows], "e")
+                                                 for n in also}}
+        scored = [(k, result["real_bundles"][k]) for k in
+                  ("floor", "floor_at_drift", "percentile_observed", "percentile_judged")]
+        for k, e in scored + [(f"floor of {n}", e) for n, e in
+                              result["real_bundles"]["also_floor"].items()]:
             print(f"real bundles, {k}: median |error| {e['median_abs_error']:.2%}, "
                   f"{e['within_10pct']:.0%} within 10% over {e['n']}", file=sys.stderr)
         k = result["real_bundles"]["promise"]
