@@ -16,10 +16,14 @@ bundles, and accuracy vs profiling minutes.
    (``judged_ms``: the floor taken back to the profile's speed as far as its tail prices the
    slowdown, times the tail, or the percentile observed if larger) against the prediction.
    Every run's time is kept (``times``), so another tail model can be scored on them later
-   (``benchmarks/tail_pooling.py``).
+   (``benchmarks/tail_pooling.py``). With ``--also PROFILE`` (repeatable) the floors of another
+   profile of this machine are scored on the same measurements (``also_error``, ``also_floor``).
 
     .venv/bin/python benchmarks/workload_profile.py profiles/x86_64-2core-avx512-minilm \\
         --supernet runs/minilm-super --out benchmarks/results/workload_profile_minilm.json
+    .venv/bin/python benchmarks/workload_profile.py \\
+        benchmarks/data/amd-zen4-minilm-direct-slow-s44 --supernet runs/minilm-super --also benchmarks/data/amd-zen4-minilm-direct-s43 \\
+        --out benchmarks/results/workload_profile_amd_zen4_minilm_direct_slow_s44.json
 """
 
 from __future__ import annotations
