@@ -23,7 +23,8 @@ bundles, and accuracy vs profiling minutes.
         --supernet runs/minilm-super --out benchmarks/results/workload_profile_minilm.json
     .venv/bin/python benchmarks/workload_profile.py \\
         benchmarks/data/amd-zen4-minilm-direct-slow-s44 --supernet runs/minilm-super \\
-        --also benchmarks/data/amd-zen4-minilm-direct-s43 --out benchmarks/results/workload_profile_amd_zen4_minilm_direct_slow_s44.json
+        --also benchmarks/data/amd-zen4-minilm-direct-s43 \\
+        --out benchmarks/results/workload_profile_amd_zen4_minilm_direct_slow_s44.json
 """
 
 from __future__ import annotations
