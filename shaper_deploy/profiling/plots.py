@@ -38,7 +38,7 @@ def draw_plots(profile: Path, header: ProfileHeader, model, records: list[dict[s
     try:
         _fit_plot(plt, profile, header, model, records, verdict, noise, machine)
         _params_plot(plt, profile, header, model, records, machine)
-        _speed_plot(plt, profile, records, machine)
+        _speed_plot(plt, profile, header, records, verdict, machine)
     finally:
         plt.close("all")
 
@@ -117,11 +117,13 @@ def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
     _finish(fig, ax, title, 10, machine, 8, profile / PARAMS_PLOT)
 
 
-def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str) -> None:
+def _speed_plot(plt, profile: Path, header: ProfileHeader, records: list[dict[str, Any]],
+                verdict: dict[str, Any], machine: str) -> None:
     """The machine's speed over the profile's time: every group's slowdown
     (``group_slowdowns``: its reference graph against the fastest at its precision and size,
     or its sentinel against the sentinel's fastest where larger), in the order measured, with
-    ``machine_speed``'s figures."""
+    ``machine_speed``'s figures and each precision's floors timed slow (``slow_floors``)
+    against the trust gate's limit."""
     slow = group_slowdowns(records)
     order: dict[tuple, dict[str, Any]] = {}
     for r in records:  # measurements.jsonl is in the order measured
@@ -146,9 +148,16 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]], machine: str)
             f"{share:.0%} within {band}x" for band, share in speed["within"].items())
             + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
             f"{speed['max']:.2f}x")
+    slow = {p: v["slow_floors"] for p, v in (header.summary or {}).get("precisions", {}).items()
+            if (v.get("slow_floors") or {}).get("points")}
+    if slow and "max_slow_floors" in verdict["limits"]:
+        title.append(f"floors timed over {SPEED_BANDS[0]:g}x after the looks: " + ", ".join(
+            f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
+            for p, v in slow.items())
+            + f" (trust limit {verdict['limits']['max_slow_floors']:.0%})")
     ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
     ax.legend(fontsize=8)
-    _finish(fig, ax, title, 9, machine, 8, profile / SPEED_PLOT)
+    _finish(fig, ax, [_wrapped(t, 100) for t in title], 9, machine, 8, profile / SPEED_PLOT)
 
 
 def _finish(fig, ax, title: list[str], title_size: float, machine: str, machine_size: float,
