@@ -451,7 +451,11 @@ def gate(args) -> dict:
                               "own_mape": row["own_held_out"][q]["mape"],
                               "direct_mape": on["mape"], "direct_bias": on["bias"],
                               "direct_within_10pct": on["within_10pct"],
-                              "reliable_before": row["trust"]["reliable"]})
+                              # the other gates' verdict: rows made since the gate (its
+                              # masked-AVX2 rows, at 80% then) carry its reasons too
+                              "reliable_before": not [
+                                  r for r in row["trust"]["reasons"]
+                                  if "floors timed while the machine ran slow" not in r]})
     for c in cases:  # the profile's verdict with the gate: any precision over it fails it
         c["reliable_with_gate"] = c["reliable_before"] and all(
             o["share"] <= MAX_SLOW_FLOORS for o in cases

@@ -25,9 +25,11 @@ FIT_PLOT, PARAMS_PLOT, SPEED_PLOT = PLOTS = ("actual_vs_predicted.png", "latency
 
 
 def draw_plots(profile: Path, header: ProfileHeader, model, records: list[dict[str, Any]],
-               verdict: dict[str, Any], noise: dict[str, float | None]) -> None:
+               verdict: dict[str, Any], noise: dict[str, float | None],
+               slow_floors: dict[str, dict[str, Any] | None]) -> None:
     """The three plots of a fitted ``model`` (a ``predictor.LatencyModel``), with its trust
-    ``verdict`` (``predictor.trust``) and each precision's noise floor."""
+    ``verdict`` (``predictor.trust``), each precision's noise floor and its floors timed slow
+    (``predictor.slow_floors_of``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +40,8 @@ def draw_plots(profile: Path, header: ProfileHeader, model, records: list[dict[s
     try:
         _fit_plot(plt, profile, header, model, records, verdict, noise, machine)
         _params_plot(plt, profile, header, model, records, machine)
-        _speed_plot(plt, profile, header, records, verdict, machine)
+        _speed_plot(plt, profile, records, slow_floors, verdict["limits"]["max_slow_floors"],
+                    machine)
     finally:
         plt.close("all")
 
@@ -80,9 +83,8 @@ def _fit_plot(plt, profile: Path, header: ProfileHeader, model, records, verdict
     lines.append(_wrapped(("reliable" if verdict["reliable"] else
                            "UNRELIABLE: " + "; ".join(verdict["reasons"]))
                           + f" (limits: held-out MAPE {limits['max_mape']:.0%}, noise floor "
-                          f"{limits['max_noise_floor']:.0%}"
-                          + (f", floors timed slow {limits['max_slow_floors']:.0%}"
-                             if "max_slow_floors" in limits else "") + ")", 95))
+                          f"{limits['max_noise_floor']:.0%}, floors timed slow "
+                          f"{limits['max_slow_floors']:.0%})", 95))
     _finish(fig, ax, lines, 8, f"{machine}; {describe_range(model.grid)}", 7,
             profile / FIT_PLOT)
 
@@ -117,13 +119,14 @@ def _params_plot(plt, profile: Path, header: ProfileHeader, model, records,
     _finish(fig, ax, title, 10, machine, 8, profile / PARAMS_PLOT)
 
 
-def _speed_plot(plt, profile: Path, header: ProfileHeader, records: list[dict[str, Any]],
-                verdict: dict[str, Any], machine: str) -> None:
+def _speed_plot(plt, profile: Path, records: list[dict[str, Any]],
+                slow_floors: dict[str, dict[str, Any] | None], limit: float,
+                machine: str) -> None:
     """The machine's speed over the profile's time: every group's slowdown
     (``group_slowdowns``: its reference graph against the fastest at its precision and size,
     or its sentinel against the sentinel's fastest where larger), in the order measured, with
     ``machine_speed``'s figures and each precision's floors timed slow (``slow_floors``)
-    against the trust gate's limit."""
+    against the trust gate's ``limit``."""
     slow = group_slowdowns(records)
     order: dict[tuple, dict[str, Any]] = {}
     for r in records:  # measurements.jsonl is in the order measured
@@ -148,13 +151,11 @@ def _speed_plot(plt, profile: Path, header: ProfileHeader, records: list[dict[st
             f"{share:.0%} within {band}x" for band, share in speed["within"].items())
             + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
             f"{speed['max']:.2f}x")
-    slow = {p: v["slow_floors"] for p, v in (header.summary or {}).get("precisions", {}).items()
-            if (v.get("slow_floors") or {}).get("points")}
-    if slow and "max_slow_floors" in verdict["limits"]:
+    counted = {p: v for p, v in slow_floors.items() if v}  # none before session 42
+    if counted:
         title.append(f"floors timed over {SPEED_BANDS[0]:g}x after the looks: " + ", ".join(
             f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
-            for p, v in slow.items())
-            + f" (trust limit {verdict['limits']['max_slow_floors']:.0%})")
+            for p, v in counted.items()) + f" (trust limit {limit:.0%})")
     ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
     ax.legend(fontsize=8)
     _finish(fig, ax, [_wrapped(t, 100) for t in title], 9, machine, 8, profile / SPEED_PLOT)

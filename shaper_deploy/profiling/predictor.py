@@ -572,7 +572,8 @@ def fit_profile(profile: str | Path, progress=None,
     atomic_write_bytes(profile / META_FILE, data)
     header.files[META_FILE] = _sha256(data)
     draw_plots(profile, header, model, records, trust(header, model),
-               {p: noise_of(header, p) for p in model.precisions})
+               {p: noise_of(header, p) for p in model.precisions},
+               {p: slow_floors_of(header, p) for p in model.precisions})
     write_header(profile, header)
     return model
 
