@@ -76,7 +76,7 @@ import numpy as np
 
 from shaper_deploy.errors import ProfileError
 from shaper_deploy.profiling.predictor import (MAX_SLOW_FLOORS, DeviceProfile, fit_model,
-                                               regression_metrics)
+                                               regression_metrics, slow_floors_of)
 from shaper_deploy.profiling.analysis import dropped_by_key, measured_latency
 from shaper_deploy.profiling.folder import read_measurements, shape_from_key, workload_key
 from shaper_deploy.profiling.profile import held_out_keys
@@ -390,8 +390,7 @@ def live(args) -> dict:
                "machine_speed": p.machine_speed(),
                "calm_looks": (p.header.summary or {}).get("calm_looks"),
                "calm_wait": (p.header.summary or {}).get("calm_wait"),
-               "slow_floors": {q: v.get("slow_floors") for q, v in
-                               (p.header.summary or {}).get("precisions", {}).items()},
+               "slow_floors": {q: slow_floors_of(p.header, q) for q in p.precisions},
                "precisions": p.precisions, "trust": p.trust,
                "own_held_out": {q: p.model.metrics[q]["held_out"] for q in p.precisions},
                "prior_held_out": {q: p.model.metrics[q].get("transfer", {}).get("prior_held_out")
@@ -452,10 +451,9 @@ def gate(args) -> dict:
                               "direct_mape": on["mape"], "direct_bias": on["bias"],
                               "direct_within_10pct": on["within_10pct"],
                               # the other gates' verdict: rows made since the gate (its
-                              # masked-AVX2 rows, at 80% then) carry its reasons too
-                              "reliable_before": not [
-                                  r for r in row["trust"]["reasons"]
-                                  if "floors timed while the machine ran slow" not in r]})
+                              # masked-AVX2 rows, at 80% then) have missed it too
+                              "reliable_before": not set(row["trust"]["missed"])
+                              - {"max_slow_floors"}})
     for c in cases:  # the profile's verdict with the gate: any precision over it fails it
         c["reliable_with_gate"] = c["reliable_before"] and all(
             o["share"] <= MAX_SLOW_FLOORS for o in cases
