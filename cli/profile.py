@@ -131,8 +131,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
     from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
     from shaper_deploy.profiling.fingerprint import device_fingerprint
     from shaper_deploy.profiling.profile import (DIRECT_CALM_LOOKS, DIRECT_MINUTES,
-                                                 TRANSFER_CALM_LOOKS, TRANSFER_SWEEPS,
-                                                 run_profile)
+                                                 DIRECT_SWEEPS, TRANSFER_CALM_LOOKS,
+                                                 TRANSFER_SWEEPS, run_profile)
     from shaper_deploy.profiling.protocol import Protocol
     from shaper_deploy.runtime import DEVICE_PRECISIONS, default_threads, share_one_pool
     from shaper_deploy.supernet import SuperConfig, read_checkpoint_header
@@ -180,7 +180,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
         protocol = Protocol(threads=threads, precisions=chosen, batches=grid_batches,
                             seq_lens=usable, max_tokens=max_tokens or 1024,
                             reference_batch=reference[0], reference_seq_len=reference[1],
-                            rounds=rounds or 1, sweeps=sweeps or 3,
+                            rounds=rounds or 1, sweeps=sweeps or DIRECT_SWEEPS,
                             calm_looks=DIRECT_CALM_LOOKS if calm_looks is None else calm_looks,
                             calm_wait=calm_wait, sentinel=sentinel)
     if common.OWN_PROCESS and device == "cpu":

@@ -301,6 +301,23 @@ def int8_formats(isa) -> list[dict]:
     return [{"name": "U8S8", **INT8_FORMATS["U8S8"], "why": "VNNI or non-x86: U8S8"}]
 
 
+def int8_kernels(isa) -> str:
+    """Which family of ONNX Runtime's int8 matrix kernels (MLAS's QGEMM) a CPU with these ISA
+    flags runs: AMX tiles (U8S8; small products fall back to VNNI), VNNI, x86 without VNNI
+    (AVX2 / AVX-512 multiply-adds through 16 bits), or another architecture's. What int8 buys
+    over fp32 changes with shape differently in each, so a profile transfers int8 from a
+    source of the same family: the BERT-base space from the Intel AMX profile alone was
+    UNRELIABLE in int8 on the AMD Zen 4 class (VNNI, sessions 39 and 43) and on its cores
+    masked to AVX2 (twice, session 46: the scaled source 11.7-13.5% off), and reliable with
+    the Zen 5 (VNNI) or the Zen 2 (AVX2) profile beside it (the scaled sources 3.8-4.2%)."""
+    flags = set(isa or ())
+    if "amx_int8" in flags:
+        return "AMX"
+    if flags & set(_VNNI):
+        return "VNNI"
+    return "x86 without VNNI" if flags & set(_X86) else "non-x86"
+
+
 def int8_format(isa) -> dict:
     """The default dynamic int8 format of a CPU with these ISA flags (``int8_formats``)."""
     return int8_formats(isa)[0]

@@ -1217,7 +1217,8 @@ def test_int8_in_each_format_stays_close_to_fp32(tmp_path, isa):
 
 
 def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped():
-    from shaper_deploy.profiling.profile import (estimate_seconds, new_header, overhead,
+    from shaper_deploy.profiling.profile import (DIRECT_MINUTES, direct_default_minutes,
+                                                 estimate_seconds, new_header, overhead,
                                                  size_profile)
 
     # a one-sweep profile times its noisy measurements again at once; sweeps do not
@@ -1258,6 +1259,17 @@ def test_a_time_budget_sizes_the_profile_and_int8_that_buys_nothing_is_dropped()
     header.probe["ms"] = slow
     over = size_profile(header, None, 3, auto_precision=False)
     assert (over["samples"], over["wait_reserve_minutes"]) == (12, 0.0)
+    # what a transfer tells a default direct profile would take: its budget, or the price of
+    # its 12-shape minimum (3 sweeps, 2 calm looks) and the probe where that is more
+    header.probe["ms"] = {p: {n: {k: v * 3 for k, v in d.items()} for n, d in m.items()}
+                          for p, m in slow.items()}  # 300x slower
+    direct = dataclasses.replace(header, protocol=dataclasses.replace(
+        header.protocol, sweeps=3, calm_looks=2, rounds=1))
+    priced = (estimate_seconds(direct, 12, 1, ["fp32", "int8"]) + 5.0) / 60
+    assert priced > DIRECT_MINUTES and direct_default_minutes(header) == round(priced, 1)
+    header.probe["ms"] = fast
+    assert direct_default_minutes(header) == DIRECT_MINUTES
+    header.probe["ms"] = slow
     assert "minimum is over the budget, so the calm looks will not wait" in over["decision"]
     need = int(re.search(r"--minutes (\d+) leaves", over["decision"]).group(1))
     roomy = size_profile(header, None, need, auto_precision=False)

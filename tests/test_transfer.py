@@ -13,7 +13,7 @@ from shaper_deploy.cli.main import main
 from shaper_deploy.errors import ProfileError
 from shaper_deploy.profiling.predictor import DeviceProfile, feature_names, features, fit_profile
 from shaper_deploy.profiling.folder import read_header, shape_key, workload_key
-from shaper_deploy.profiling.profile import held_out_keys, run_profile
+from shaper_deploy.profiling.profile import DIRECT_MINUTES, held_out_keys, run_profile
 from shaper_deploy.shape import DesignSpace
 from shaper_deploy.supernet import SuperConfig
 from shaper_deploy.templates import sample_shapes
@@ -94,7 +94,7 @@ def test_a_scaled_source_is_recovered_exactly(header):
     """Target = 1.7 x source + 0.3 ms at every size: the transfer predicts it exactly on
     shapes it never measured, and says the prior was used."""
     h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
-                                  "sources": [source_record(A)], "direct_minutes": 3.0})
+                                  "sources": [source_record(A)], "direct_default_minutes": 3.0})
 
     def truth(shape, precision, w):
         return float(1.7 * features([shape])[0] @ bilinear(A, precision, w) + 0.3)
@@ -117,7 +117,7 @@ def test_a_scaled_source_is_recovered_exactly(header):
 
 def test_two_sources_are_mixed_when_the_device_lies_between_them(header):
     h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10],
-                                  "differences": [[], []], "direct_minutes": None,
+                                  "differences": [[], []], "direct_default_minutes": None,
                                   "sources": [source_record(A, "a"), source_record(B, "b")]})
 
     def truth(shape, precision, w):
@@ -143,7 +143,7 @@ def test_a_source_whose_structure_does_not_hold_falls_back_to_the_direct_fit(hea
     direct fit recovers): the leave-one-shape-out choice does not use the prior, and the
     scaled source's held-out error says it did not transfer."""
     h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
-                                  "sources": [source_record(B)], "direct_minutes": 3.0})
+                                  "sources": [source_record(B)], "direct_default_minutes": 3.0})
     smooth = law({"layer_width_sq": 1.0, "layers": 0.2, "bottlenecks": 0.3})
 
     def truth(shape, precision, w):
@@ -177,7 +177,7 @@ def test_ridge_towards_the_prior_keeps_an_unmeasured_width_at_its_prior():
 
 def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     h = replace(header, transfer={"method": "", "ridges": [0, 1, 3, 10], "differences": [[]],
-                                  "sources": [source_record(A)], "direct_minutes": 7.5})
+                                  "sources": [source_record(A)], "direct_default_minutes": 7.5})
     rng = np.random.default_rng(0)
 
     def truth(shape, precision, w):  # +-30% noise: nothing can be predicted within 5%
@@ -194,10 +194,26 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     model = fit_transfer(h, records)
     advice = transfer_advice(h, model)
     # the tiny grid stops at 32 tokens: the direct profile priced is of those sizes
-    assert advice is not None and "about 8 min for 40 shapes up to 32 tokens, --max-tokens 32" \
-        in advice
+    assert advice is not None and ("or profile this device directly (profile without --from, "
+                                   "--max-tokens 32: up to about 8 min here)") in advice
     assert "held-out MAPE" in advice and "the scaled source alone" in advice
     assert "calmer period" not in advice
+    legacy = {**h.transfer, "direct_minutes": 79.0}  # made before session 46: 40 shapes' price
+    del legacy["direct_default_minutes"]
+    assert "(about 79 min for 40 shapes, --max-tokens 32)" in transfer_advice(
+        replace(h, transfer=legacy), model)
+
+    def kernels(here, *sources):  # this CPU's ISA flags, and the sources'
+        return transfer_advice(replace(h, fingerprint={**h.fingerprint, "isa": here}, transfer={
+            **h.transfer, "sources": [{**source_record(A), "fingerprint": {"isa": isa}}
+                                      for isa in sources]}), model)
+
+    avx2, vnni, amx = ["avx2", "fma"], ["avx2", "avx512_vnni"], ["avx512_vnni", "amx_int8"]
+    # int8 failed, and no source runs this CPU's int8 kernels: add one that does
+    assert ("int8's sources ran AMX int8 kernels, this CPU runs x86 without VNNI: add to --from "
+            "a profile of a CPU that runs x86 without VNNI") in kernels(avx2, amx)
+    assert "sources ran AMX and VNNI int8 kernels, this CPU runs x86" in kernels(avx2, amx, vnni)
+    assert "int8 kernels" not in kernels(avx2, amx, avx2) + kernels(vnni, vnni)
     advice = transfer_advice(slow_floors(9), model)  # one slow period under nearly all of it
     assert "floors timed while the machine ran slow (median x1.50) > 70%" in advice
     assert "): run it again in a calmer period (profiles show: machine speed), measure longer " \
@@ -373,7 +389,7 @@ def test_transfer_command_end_to_end_and_resume(tiny_profile, tmp_path):
                                   "--allow-unreliable"])
     assert r.exit_code == 1 and "outside the profiled range" in r.stderr
     assert data["transfer"]["sources"][0]["profile"] == str(tiny_profile)
-    assert data["transfer"]["direct_minutes"] > 0
+    assert data["transfer"]["direct_default_minutes"] >= DIRECT_MINUTES  # the default's
     assert data["sampling"]["samples"] == 8 and data["templates"] == {}
     for precision in data["protocol"]["precisions"]:
         m = data["predictor"][precision]

@@ -123,7 +123,10 @@ class Transfer(TypedDict):
     ridges: list[float]  # ridges towards the prior compared per precision (0: no prior)
     sources: list[TransferSource]
     differences: list[list[str]]  # per source: how its machine differs from this one
-    direct_minutes: Optional[float]  # what a direct profile of 40 shapes would take here
+    # what a default direct profile (--minutes 12) would take here, at most (since session 46)
+    direct_default_minutes: NotRequired[Optional[float]]
+    # before session 46, read only: what 40 shapes x 4 rounds would take here
+    direct_minutes: NotRequired[Optional[float]]
 
 
 class Measurement(TypedDict):

@@ -525,9 +525,11 @@ def slow_floors_of(header: ProfileHeader, precision: str) -> dict[str, Any] | No
 
 
 def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
-    """Whether the profile can be planned with, and why not."""
-    reasons, missed = [], set()
+    """Whether the profile can be planned with, and why not: the reasons, the gates
+    ``missed`` and the precisions that ``failed`` one."""
+    reasons, missed, failed = [], set(), []
     for precision in model.precisions:
+        before = len(reasons)
         mape = model.metrics[precision]["held_out"]["mape"]
         if mape > MAX_MAPE:
             reasons.append(f"{precision} held-out MAPE {mape:.1%} > {MAX_MAPE:.0%}")
@@ -544,7 +546,10 @@ def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
                            f"the machine ran slow (median x{slow['median_slowdown']:.2f}) > "
                            f"{MAX_SLOW_FLOORS:.0%}")
             missed.add("max_slow_floors")
+        if len(reasons) > before:
+            failed.append(precision)
     return {"reliable": not reasons, "reasons": reasons, "missed": sorted(missed),
+            "failed": failed,
             "limits": {"max_mape": MAX_MAPE, "max_noise_floor": MAX_NOISE,
                        "max_slow_floors": MAX_SLOW_FLOORS}}
 

@@ -69,6 +69,7 @@ MIN_INT8_GAIN = 1.10  # int8 is profiled only where it is at least this much fas
 # Zen 2), and 10% is beyond the probe's noise and more than a planning margin.
 MIN_FORMAT_GAIN = 1.10
 DIRECT_CALM_LOOKS = 2  # a direct profile's calm looks by default (Protocol.calm_looks)
+DIRECT_SWEEPS = 3  # ... and its sweeps (Protocol.sweeps)
 DIRECT_MINUTES = 12.0  # a direct profile's time by default (--minutes; a transfer's: transfer.py)
 # A transfer's (since session 23): from the Intel MiniLM profile to the AMD Zen 5 class, 5
 # pairs of 2-minute transfers run in turn (1.70-1.79 min measured either way), scored on the
@@ -413,10 +414,8 @@ def _start(out: Path, header: ProfileHeader, device: str, samples: int | None,
                                          auto_rounds))
         protocol = header.protocol = replace(protocol, precisions=tuple(
             header.probe["precisions"]), rounds=header.probe["rounds"])
-        if header.transfer is not None:  # 40 shapes x 4 looks (4 rounds, 1 sweep)
-            direct = replace(header, protocol=replace(protocol, sweeps=1))
-            header.transfer["direct_minutes"] = round(estimate_seconds(
-                direct, 40, 4, protocol.precisions) / 60, 1)
+        if header.transfer is not None:
+            header.transfer["direct_default_minutes"] = direct_default_minutes(header)
         header.sampling["samples"] = header.probe["samples"]
         write_header(out, header)
     except BaseException:  # nothing was measured yet: the folder goes with the failure
@@ -869,6 +868,22 @@ def size_profile(header: ProfileHeader, samples: int | None, minutes: float | No
                          + (f" (budget {minutes:g} min)" if samples is None else "")
                          + (_short_wait(n, wait, estimate, header.probe["seconds"])
                             if kept and wait < kept else ""))}
+
+
+def direct_default_minutes(header: ProfileHeader) -> float:
+    """What ``shaperctl profile`` without ``--from`` would take on this device and grid, priced
+    by this (a transfer's) probe: its default ``--minutes``, or its 12-shape minimum's price
+    and the probe where that is more (``size_profile``'s estimate, on the safe side: measured
+    runs took 0.64-0.80 of it). Transfers made before session 46 record instead the price of
+    40 shapes x 4 rounds (``direct_minutes``), the protocol of session 17: 78 min where the
+    default direct profile took 16.2 (BERT-base, the AMD Zen 4 class's cores masked to AVX2)."""
+    direct = replace(header, transfer=None, protocol=replace(
+        header.protocol, sweeps=DIRECT_SWEEPS, calm_looks=DIRECT_CALM_LOOKS, rounds=1))
+    # the precisions this transfer measures (int8 already dropped where it buys nothing)
+    sized = size_profile(direct, None, DIRECT_MINUTES, auto_precision=False, auto_rounds=True)
+    priced = (estimate_seconds(direct, sized["samples"], sized["rounds"], sized["precisions"])
+              + header.probe["seconds"]) / 60
+    return round(max(DIRECT_MINUTES, priced), 1)
 
 
 def _short_wait(n: int, wait: float, estimate: float, probe: float) -> str:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from ..errors import ProfileError, ShaperError
+from ..runtime import int8_kernels
 from .catalog import profiles_in
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
                         fit_point, fit_profile, grid_data, raised_tail, trust)
@@ -259,7 +260,7 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
                          for w in protocol.grid} for p in protocol.precisions}})
     return {"method": METHOD, "ridges": list(CANDIDATES), "sources": frozen,
             "differences": [fingerprint_differences(s.header.fingerprint, fingerprint)
-                            for s in sources], "direct_minutes": None}
+                            for s in sources], "direct_default_minutes": None}
 
 
 def penalty_scale(x: np.ndarray, space: DesignSpace) -> np.ndarray:
@@ -435,16 +436,24 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
         return None
     prior = {p: model.metrics[p].get("transfer", {}).get("prior_held_out", {}).get("mape")
              for p in model.precisions}
-    minutes = record.get("direct_minutes")
+    minutes = record.get("direct_default_minutes")
+    legacy = record.get("direct_minutes")  # a transfer made before session 46
     cap = header.protocol.max_tokens
-    sizes = "" if cap == Protocol().max_tokens else f" up to {cap} tokens, --max-tokens {cap}"
+    sizes = "" if cap == Protocol().max_tokens else f", --max-tokens {cap}"
+    here = int8_kernels(header.fingerprint.get("isa"))
+    theirs = sorted({int8_kernels(s["fingerprint"].get("isa")) for s in record["sources"]})
+    kernels = ("; int8's sources ran " + " and ".join(theirs) + f" int8 kernels, this CPU "
+               f"runs {here}: add to --from a profile of a CPU that runs {here} (profiles "
+               "show: device)" if "int8" in t["failed"] and here not in theirs else "")
     return ("the transfer did not reach the trust targets here ("
             + "; ".join(t["reasons"]) + "; the scaled source alone: "
             + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
             + "): " + ("run it again in a calmer period (profiles show: machine speed), "
                        if "max_slow_floors" in t["missed"] else "")
             + "measure longer with --minutes, or profile this device directly"
-            + (f" (about {minutes:.0f} min for 40 shapes{sizes})" if minutes else ""))
+            + (f" (profile without --from{sizes}: up to about {minutes:.0f} min here)"
+               if minutes else f" (about {legacy:.0f} min for 40 shapes{sizes})" if legacy
+               else "") + kernels)
 
 
 def refit(profile, progress=None) -> LatencyModel:
