@@ -255,6 +255,7 @@ def check_workload(batch: int, seq_len: int, space: dict) -> None:
                           f"length at most --batch {most}")
 _VNNI = ("avx512_vnni", "avx_vnni")
 _X86 = ("avx", "avx2", "fma", "avx512f")
+NO_VNNI = "x86 without VNNI"  # the int8 kernels (int8_kernels) whose U8S8 can saturate
 # The dynamic int8 formats (onnxruntime.quantization.quantize_dynamic: uint8 activations,
 # per-channel weight scales), by name.
 INT8_FORMATS = {
@@ -292,9 +293,9 @@ def int8_formats(isa) -> list[dict]:
     - An Intel AVX-512/VNNI/AMX CPU (benchmarks/int8_formats.py): U8U8 4x more faithful in its
       logits but no faster than fp32, U8S8 2.1-2.5x faster: VNNI CPUs keep U8S8.
     """
-    flags = set(isa or ())
-    if flags & set(_X86) and not flags & set(_VNNI):
-        why = "x86 without VNNI (U8S8 can saturate)"
+    kernels = int8_kernels(isa)
+    if kernels == NO_VNNI:
+        why = f"{kernels} (U8S8 can saturate)"
         return [{"name": "U8U8", **INT8_FORMATS["U8U8"], "why": f"{why}: U8U8 by default"},
                 {"name": "U8S8-reduce-range", **INT8_FORMATS["U8S8-reduce-range"],
                  "why": f"{why}: U8S8 with 7-bit weights"}]
@@ -311,11 +312,11 @@ def int8_kernels(isa) -> str:
     masked to AVX2 (twice, session 46: the scaled source 11.7-13.5% off), and reliable with
     the Zen 5 (VNNI) or the Zen 2 (AVX2) profile beside it (the scaled sources 3.8-4.2%)."""
     flags = set(isa or ())
+    if flags & set(_X86) and not flags & set(_VNNI):
+        return NO_VNNI
     if "amx_int8" in flags:
         return "AMX"
-    if flags & set(_VNNI):
-        return "VNNI"
-    return "x86 without VNNI" if flags & set(_X86) else "non-x86"
+    return "VNNI" if flags & set(_VNNI) else "non-x86"
 
 
 def int8_format(isa) -> dict:
