@@ -2,22 +2,27 @@
 if "calm" were measured from another baseline (no timing; seconds).
 
 The gate counts a shape x size point as timed slow when the group that gave its lowest floor
-ran over ``profile.CALM_BAND`` (1.1) x the calm speed, and the calm speed is the fastest group
-this profile saw (``analysis.group_slowdowns``: the reference against its fastest at that
-precision and size, or the sentinel against its fastest). A minimum moves with one lucky
-stretch: a profile whose first minute ran 10% faster than the rest judges the rest slow.
-This re-judges each profile's points with the calm speed taken instead as a low percentile of
-its groups' slowdowns, so the fastest few groups no longer set it alone, and prints, per
-precision and baseline, the share of points timed slow, beside the profile's trust and
-held-out MAPE. Whether a profile's floors overstated latency is judged by what real bundles
+ran over ``profile.CALM_BAND`` (1.1) x the calm speed. Until session 48 the calm speed was the
+fastest group the profile saw (``analysis.group_slowdowns``: the reference against its fastest
+at that precision and size, or the sentinel against its fastest); a minimum moves with one
+lucky group. Since, it is the fastest speed held over 5 groups in a row
+(``analysis.calm_speed``, ``run5`` here). This re-judges each profile's points against each
+candidate (``baselines``: the fastest group, low percentiles of the groups' slowdowns, the
+fastest held over 3, 5 or 9 groups in a row) and prints, per precision and baseline, the share
+of points timed slow, beside the trust the profile was saved with and its held-out MAPE.
+Whether a profile's floors overstated latency is judged by what real bundles
 measured later (``workload_profile.py``) and by other profiles of the same machine:
 ``--against`` scores each profile given there on every profile's measured floors (its
-predictions over the floors, signed bias and MAPE, as ``transfer.py live``'s ``on_others``).
+predictions over the floors, signed bias and MAPE, as ``transfer.py live``'s ``on_others``);
+``--checks`` reads ``workload_profile.py`` results and prints, beside each profile they name,
+what its real bundles measured later (floors and the promised percentile as ``verify`` judges
+it: median |error| and within +-10%).
 
     .venv/bin/python benchmarks/calm_baseline.py benchmarks/data/intel-minilm-direct-s47 \\
         benchmarks/data/amd-zen4-minilm-direct-slow-s44 ... \\
         --against profiles/intel-xeon-amx-2core-avx512-minilm \\
-        --out benchmarks/results/calm_baseline_s47.json
+        --checks benchmarks/results/workload_profile_*.json \\
+        --out benchmarks/results/calm_baseline_s48.json
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.profiling.analysis import group_slowdowns, lowest_floors
+from shaper_deploy.profiling.analysis import group_key, group_slowdowns, lowest_floors
 from shaper_deploy.profiling.fingerprint import differing_fields
 from shaper_deploy.profiling.folder import read_measurements
 from shaper_deploy.profiling.predictor import MAX_SLOW_FLOORS, DeviceProfile
@@ -36,6 +41,26 @@ from shaper_deploy.profiling.profile import CALM_BAND
 from transfer import score_by_precision
 
 LEVELS = (0, 5, 10)  # percentiles of the groups' slowdowns taken as the calm speed (0: fastest)
+RUNS = (3, 5, 9)  # sustained: the fastest median of this many groups in a row, as measured
+
+
+def baselines(records: list[dict], slowdown: dict[tuple, float]) -> dict[str, float]:
+    """Each candidate calm speed, over the fastest group: low percentiles of the groups'
+    slowdowns (``pN``), and the fastest speed the machine held over ``k`` groups in a row in
+    the order measured (``runK``: the lowest rolling median), which a lone fast group cannot
+    set but a calm period of a few seconds can."""
+    values = np.array(list(slowdown.values()))
+    order: dict[tuple, None] = {}
+    for r in records:  # measurements.jsonl is in the order measured
+        order.setdefault(group_key(r))
+    seq = np.array([slowdown[k] for k in order if k in slowdown])
+    out = {(f"p{level}" if level else "fastest"):
+           (float(np.percentile(values, level)) if level else 1.0) for level in LEVELS}
+    for k in RUNS:
+        if len(seq) >= k:
+            out[f"run{k}"] = float(min(np.median(seq[i:i + k])
+                                       for i in range(len(seq) - k + 1)))
+    return out
 
 
 def judge(folder: Path, against: list[DeviceProfile]) -> dict:
@@ -58,16 +83,34 @@ def judge(folder: Path, against: list[DeviceProfile]) -> dict:
                 and not differing_fields(other.header.fingerprint, profile.header.fingerprint)):
             out["against"][str(other.path)] = score_by_precision(other.model, profile,
                                                                  records, keys)
-    for level in LEVELS:
-        base = float(np.percentile(values, level)) if level else 1.0
+    for name, base in baselines(records, slowdown).items():
         shares = {}
         for precision in profile.precisions:
             slow = [s / base for key, (_, s) in best.items() if key[0] == precision]
             shares[precision] = {"points": len(slow),
                                  "slow": int(np.sum(np.array(slow) > CALM_BAND)),
                                  "share": float(np.mean(np.array(slow) > CALM_BAND))}
-        out["baselines"][f"p{level}" if level else "fastest"] = {"over_fastest": base,
-                                                                 "precisions": shares}
+        out["baselines"][name] = {"over_fastest": base, "precisions": shares}
+    return out
+
+
+def later_bundles(results: list[Path]) -> dict[Path, list[dict]]:
+    """Per profile folder (resolved): what each ``workload_profile.py`` result measured of
+    real bundles against it, as "median |error| (within +-10%)"."""
+    out: dict[Path, list[dict]] = {}
+    for path in results:
+        data = json.loads(path.read_text())
+        bundles = data.get("real_bundles")
+        if not bundles or not bundles.get("percentile_judged"):
+            continue
+        cell = (lambda s: f"{s['median_abs_error']:.2%} ({s['within_10pct']:.0%})")
+        folder = Path(data["profile"])
+        if not folder.is_absolute():
+            folder = Path.cwd() / folder
+        out.setdefault(folder.resolve(), []).append({
+            "result": path.name, "percentile": bundles["promise"]["percentile"],
+            "floor": cell(bundles["floor"]), "judged": cell(bundles["percentile_judged"]),
+            "floor_signed": bundles["floor"]["mean_signed_error"]})
     return out
 
 
@@ -77,15 +120,23 @@ def main() -> None:
     parser.add_argument("--against", type=Path, action="append", default=[],
                         help="scored on the floors of each profile of its machine and space")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checks", type=Path, nargs="*", default=[],
+                        help="workload_profile.py results: later bundles of these profiles")
     args = parser.parse_args()
     against = [DeviceProfile.load(p) for p in args.against]
     rows = [judge(p, against) for p in args.profiles]
+    checks = later_bundles(args.checks)
+    for r in rows:
+        r["later_bundles"] = checks.get(Path(r["profile"]).resolve(), [])
     for r in rows:
         cells = [f"{name} (x{b['over_fastest']:.3f}): " + " / ".join(
             f"{v['share']:.0%}" for v in b["precisions"].values())
             for name, b in r["baselines"].items()]
         print(f"{r['profile']}: {'reliable' if r['trust'] else 'UNRELIABLE'}; slow floors, "
               f"limit {MAX_SLOW_FLOORS:.0%}: " + "; ".join(cells))
+        for c in r["later_bundles"]:
+            print(f"  later bundles ({c['result']}): floors {c['floor']}; p{c['percentile']:g} "
+                  f"as verify judges it {c['judged']}")
         for name, scores in r["against"].items():
             print(f"  {name} on its floors: " + "; ".join(
                 f"{q} MAPE {v['mape']:.2%}, bias {v['bias']:+.2%}" for q, v in scores.items()))

@@ -398,8 +398,8 @@ def test_the_sentinel_judges_every_group_against_one_calm_speed(tiny_profile):
     timed in each, at 1.4-1.5x its fastest elsewhere), so the reference's fastest at that
     size was a slow one and saw nothing: with the sentinel those groups are slow and a calm
     look takes them; records without one (profiles made before it) are judged as they were."""
-    from shaper_deploy.profiling.analysis import lowest_floors
-    from shaper_deploy.profiling.profile import calm_look_items, slow_floors
+    from shaper_deploy.profiling.analysis import slow_floors
+    from shaper_deploy.profiling.profile import calm_look_items
 
     protocol = fast_protocol(sweeps=2, calm_looks=1)
     assert protocol.sentinel and protocol.sentinel_workload == (1, 8)
@@ -417,10 +417,12 @@ def test_the_sentinel_judges_every_group_against_one_calm_speed(tiny_profile):
     assert [(i[0], i[3], i[4]) for i in calm_look_items(records, protocol, TINY_SPACE, 0)] == [
         ("int8", [v], 2)]
     assert machine_speed(records)["within"]["1.1"] == 0.6
-    # and the profile says how many floors came from slow groups (after the looks)
-    best = lowest_floors(records, group_slowdowns(records))
-    assert slow_floors(best, "int8") == {"points": 1, "slow": 1, "median_slowdown": 1.4}
-    assert slow_floors(best, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None}
+    # and the profile says how many floors came from slow groups (after the looks), against
+    # the fastest speed held over 5 groups in a row (here the median of all five, 1.02)
+    assert slow_floors(records, "int8") == {"points": 1, "slow": 1, "median_slowdown": 1.3725,
+                                            "calm_over_fastest": 1.02}
+    assert slow_floors(records, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None,
+                                            "calm_over_fastest": 1.02}
     # the larger of the two: a group slow by its own reference, the sentinel calm
     mixed = records + [rec("int8", 1, 4, v, 3.05, 2.4, 1.0)]
     assert group_slowdowns(mixed)[group_key(mixed[-1])] == pytest.approx(1.5)
@@ -434,8 +436,57 @@ def test_the_sentinel_judges_every_group_against_one_calm_speed(tiny_profile):
     assert len({(r["group"], r["sentinel_ms"]) for r in measured}) > len(
         {r["group"] for r in measured})  # timed again at each size
     summary = DeviceProfile.load(tiny_profile).header.summary["precisions"]
-    assert all(summary[p]["slow_floors"] == slow_floors(
-        lowest_floors(measured, group_slowdowns(measured)), p) for p in ("fp32", "int8"))
+    assert all(summary[p]["slow_floors"] == slow_floors(measured, p) for p in ("fp32", "int8"))
+
+
+def test_the_calm_speed_is_one_the_machine_held_not_one_fast_group():
+    """A point timed while the machine ran 1.15x its fastest group is slow when the machine
+    held that fastest speed over a stretch of groups (a calm period it returns to), and not
+    when one group alone was that fast: the machine's calm speed is then where it stayed. With
+    fewer groups than a stretch the fastest group is the calm speed."""
+    from shaper_deploy.profiling.analysis import CALM_RUN, calm_speed, slow_floors
+
+    a, b, v = "16,36,8", "8,8,8", (1, 16)
+
+    def run(fast_groups: int) -> list[dict]:
+        records = []
+        for g in range(20):
+            sentinel = 1.0 if g < fast_groups else 1.15
+            records.append({**_look(b, v, 0, g, 1.0, 2.0), "sentinel_ms": sentinel})
+            if g == 10:  # a's only measurement, in a group at 1.15x the fastest
+                records.append({**_look(a, v, 0, g, 4.6, 2.0), "sentinel_ms": sentinel})
+        return records
+
+    lone, stretch = run(1), run(CALM_RUN)
+    assert slow_floors(lone, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None,
+                                         "calm_over_fastest": 1.15}
+    assert slow_floors(stretch, "fp32") == {"points": 2, "slow": 1, "median_slowdown": 1.15,
+                                            "calm_over_fastest": 1.0}
+    few = [r for r in lone if r["group"] < CALM_RUN - 1]
+    assert calm_speed(few, group_slowdowns(few)) == 1.0
+    assert calm_speed(run(CALM_RUN // 2 + 1), group_slowdowns(run(CALM_RUN // 2 + 1))) == 1.0
+    assert calm_speed(run(CALM_RUN // 2), group_slowdowns(run(CALM_RUN // 2))) == 1.15
+
+
+def test_a_refit_counts_floors_timed_slow_against_todays_calm_speed(tiny_profile, tmp_path):
+    """A profile whose ``slow_floors`` were counted against its fastest group (before session
+    48) is counted again, from its measurements, when it is fitted again (the same
+    ``shaperctl profile`` command run once more)."""
+    from shaper_deploy.profiling.analysis import slow_floors
+    from shaper_deploy.profiling.predictor import fit_profile
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_profile, old)
+    header = json.loads((old / "profile.json").read_text())
+    for precision in header["summary"]["precisions"].values():
+        precision["slow_floors"] = {"points": 100, "slow": 99, "median_slowdown": 1.2}
+    (old / "profile.json").write_text(json.dumps(header))
+    assert "max_slow_floors" in DeviceProfile.load(old).trust["missed"]
+    fit_profile(old)
+    measured = read_measurements(old)
+    summary = DeviceProfile.load(old).header.summary["precisions"]
+    assert all(summary[p]["slow_floors"] == slow_floors(measured, p) for p in ("fp32", "int8"))
+    assert all("calm_over_fastest" in summary[p]["slow_floors"] for p in ("fp32", "int8"))
 
 
 def test_a_calm_look_takes_a_repeated_shape_beside_its_first_measurement():

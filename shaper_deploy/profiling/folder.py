@@ -67,7 +67,7 @@ class PrecisionSummary(TypedDict):
     latency_ms_range: list[float]
     noise_floor: Optional[NoiseFloor]
     reference_spread: Any
-    # points whose lowest floor came from a slow group, after the looks (profile.slow_floors)
+    # points whose lowest floor came from a slow group, after the looks (analysis.slow_floors)
     slow_floors: NotRequired[dict[str, Any]]
 
 

@@ -152,10 +152,15 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]],
             + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
             f"{speed['max']:.2f}x")
     counted = {p: v for p, v in slow_floors.items() if v}  # none before session 42
+    calm = next((v["calm_over_fastest"] for v in counted.values() if "calm_over_fastest" in v),
+                None)  # since session 48: the fastest speed held over a few groups in a row
+    if calm is not None:
+        ax.axhline(SPEED_BANDS[0] * calm, color="C3", lw=1.0, ls=":",
+                   label=f"{SPEED_BANDS[0]:g}x the calm speed (x{calm:.3f} the fastest)")
     if counted:
-        title.append(f"floors timed over {SPEED_BANDS[0]:g}x after the looks: " + ", ".join(
-            f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
-            for p, v in counted.items()) + f" (trust limit {limit:.0%})")
+        title.append(f"floors timed over {SPEED_BANDS[0]:g}x the calm speed after the looks: "
+                     + ", ".join(f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
+                                 for p, v in counted.items()) + f" (trust limit {limit:.0%})")
     ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
     ax.legend(fontsize=8)
     _finish(fig, ax, [_wrapped(t, 100) for t in title], 9, machine, 8, profile / SPEED_PLOT)

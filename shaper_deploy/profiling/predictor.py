@@ -34,7 +34,7 @@ from ..io import atomic_write_bytes, read_manifest
 from ..promise import DEFAULT_PERCENTILE, PLAN_CONFIDENCE, TAIL_LEVELS, Budget
 from ..schema import Count, validated
 from .analysis import (dropped_by_key, machine_speed, measured_latency, noise_floor,
-                       record_floor, reference_spread)
+                       record_floor, reference_spread, slow_floors)
 from .fingerprint import device_fingerprint, fingerprint_differences
 from .folder import (HEADER, MEASUREMENTS, ProfileHeader, read_header, read_measurements,
                      shape_from_key, verify_file, workload_key, write_header)
@@ -49,13 +49,15 @@ META_FILE = "predictor.json"
 MAX_MAPE = 0.05  # a profile whose held-out MAPE exceeds this is unreliable
 MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) exceeds this
 # ... or more than this share of whose shape x size floors came from a group timed while the
-# machine ran slow (``profile.slow_floors``): such floors overstate latency, and held-out
+# machine ran slow (``analysis.slow_floors``): such floors overstate latency, and held-out
 # shapes timed in the same slow period cannot show it. Of 36 precisions of 2-minute MiniLM
 # transfers from the Intel profile on the AMD EPYC Zen 4 VM in its slowest hours (session 44;
 # 8 with the ISA masked to AVX2, timed after the limit was chosen), the 25 over 70% were
 # 4.2-47% off a direct profile of the machine (23 over 5%), the 11 at 33-69% 2.7-6.0% (3 over
 # 5%). Direct profiles: 11-60% in earlier hours; 90-93% in this session's slowest, whose
-# floors were 5-9% over theirs (``benchmarks/transfer.py gate``).
+# floors were 5-9% over theirs (``benchmarks/transfer.py gate``). Counted against the fastest
+# group until session 48, since against the fastest speed held over a few groups in a row
+# (``analysis.calm_speed``), which the limit was then checked against.
 MAX_SLOW_FLOORS = 0.7
 
 
@@ -573,6 +575,8 @@ def fit_profile(profile: str | Path, progress=None,
         # Analysis of the measurements, redone with the fit (the measurements are final).
         summary["noise_floor"] = noise_floor(records, precision)
         summary["reference_spread"] = reference_spread(records, precision)
+        if "slow_floors" in summary:  # counted since session 42, against this calm speed
+            summary["slow_floors"] = slow_floors(records, precision)  # since session 48
     data = (json.dumps(model.to_dict(), indent=2) + "\n").encode()
     atomic_write_bytes(profile / META_FILE, data)
     header.files[META_FILE] = _sha256(data)

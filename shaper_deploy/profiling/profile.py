@@ -29,7 +29,8 @@ from ..shape import Shape, held_out_mask, identity_projections
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
 from .analysis import (FLOOR_LEVEL, SPEED_BANDS, fastest_reference, fastest_sentinel,
-                       group_slowdowns, lowest_floors, noise_floor, point_key, reference_spread)
+                       group_slowdowns, lowest_floors, noise_floor, point_key, reference_spread,
+                       slow_floors)
 from .fingerprint import device_fingerprint, field_value, fingerprint_differences
 from .folder import (HEADER, MEASUREMENTS, CalmWait, ProfileHeader, Transfer,
                      append_measurements, read_header, read_measurements, shape_from_key,
@@ -924,7 +925,6 @@ def planned_shapes(header: ProfileHeader) -> list[Shape]:
 def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
              measured_now: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {"measurements": len(records), "precisions": {}}
-    best = lowest_floors(records, group_slowdowns(records))
     for precision in protocol.precisions:
         mine = [r for r in records if r["precision"] == precision and r["phase"] == "main"]
         if not mine:
@@ -935,7 +935,7 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
                                  max(r["median_ms"] for r in mine)],
             "noise_floor": noise_floor(records, precision),
             "reference_spread": reference_spread(records, precision),
-            "slow_floors": slow_floors(best, precision)}
+            "slow_floors": slow_floors(records, precision)}
     if protocol.calm_looks:
         summary["calm_looks"] = sum(r.get("sweep", 0) >= protocol.sweeps for r in records)
     if protocol.calm_wait:
@@ -952,19 +952,6 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
 
 
 CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest
-
-
-def slow_floors(best: dict[tuple, tuple[float, float]], precision: str) -> dict[str, Any]:
-    """Of ``precision``'s shape x size points (``lowest_floors``, main phase), how many have
-    their lowest floor from a group over ``CALM_BAND`` x the calm speed, after every look:
-    floors that may overstate latency, which a held-out check timed in the same slow period
-    cannot see (two 2-minute transfers from the Intel MiniLM profile on the AMD EPYC Zen 4
-    VM called 8% and 18% of their groups calm by the sentinel, 73% and 58% by the reference
-    alone; one then had all 128 of its int8 floors from slow groups, median x1.52)."""
-    slow = [s for key, (_, s) in best.items() if key[0] == precision and key[1] == "main"]
-    over = [s for s in slow if s > CALM_BAND]
-    return {"points": len(slow), "slow": len(over),
-            "median_slowdown": round(float(np.median(over)), 4) if over else None}
 
 
 def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
