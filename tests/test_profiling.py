@@ -814,10 +814,15 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     said = runner.invoke(main, ["predict", "--profile", str(slow), "--shape", "40x3",
                                 "--allow-unreliable"])
     assert ("4 of its 10 shape x size floors (the lowest of each point's looks) came from a "
-            "group timed while the machine ran over 1.1x its calm speed (median x3.00)"
+            "group timed while the machine ran over 1.1x its calm speed (median x3.00; the "
+            "calm speed: its fastest group)"  # counted before session 48
             ) in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
     assert "(over 70% of them: unreliable)" in " ".join(
         runner.invoke(main, ["profiles", "show", str(slow)]).stdout.split())
+    header["summary"]["precisions"]["fp32"]["slow_floors"]["calm_over_fastest"] = 1.046
+    (slow / "profile.json").write_text(json.dumps(header))
+    assert ("(median x3.00; the calm speed: the fastest it held over 5 groups in a row, x1.046 "
+            "its fastest group)") in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
     share = len(slowed) / len(keys)
     assert DeviceProfile.load(slow).machine_speed()["within"]["1.1"] == pytest.approx(1 - share)
     assert (f"the machine ran over 1.1x slower than its fastest in {share:.0%} of its groups "
