@@ -94,8 +94,15 @@ def judge(folder: Path, against: list[DeviceProfile]) -> dict:
     return out
 
 
-def later_bundles(results: list[Path]) -> dict[Path, list[dict]]:
-    """Per profile folder (resolved): what each ``workload_profile.py`` result measured of
+def _key(folder: str) -> str:
+    """A profile folder as results name it: from ``benchmarks/data/`` on where it is kept there
+    (a benchmark may have run from another clone), else resolved."""
+    text = str(Path(folder).resolve())
+    return text[text.index("benchmarks/data/"):] if "benchmarks/data/" in text else text
+
+
+def later_bundles(results: list[Path]) -> dict[str, list[dict]]:
+    """Per profile folder (``_key``): what each ``workload_profile.py`` result measured of
     real bundles against it, as "median |error| (within +-10%)"."""
     out: dict[Path, list[dict]] = {}
     for path in results:
@@ -104,10 +111,7 @@ def later_bundles(results: list[Path]) -> dict[Path, list[dict]]:
         if not bundles or not bundles.get("percentile_judged"):
             continue
         cell = (lambda s: f"{s['median_abs_error']:.2%} ({s['within_10pct']:.0%})")
-        folder = Path(data["profile"])
-        if not folder.is_absolute():
-            folder = Path.cwd() / folder
-        out.setdefault(folder.resolve(), []).append({
+        out.setdefault(_key(data["profile"]), []).append({
             "result": path.name, "percentile": bundles["promise"]["percentile"],
             "floor": cell(bundles["floor"]), "judged": cell(bundles["percentile_judged"]),
             "floor_signed": bundles["floor"]["mean_signed_error"]})
@@ -127,7 +131,7 @@ def main() -> None:
     rows = [judge(p, against) for p in args.profiles]
     checks = later_bundles(args.checks)
     for r in rows:
-        r["later_bundles"] = checks.get(Path(r["profile"]).resolve(), [])
+        r["later_bundles"] = checks.get(_key(r["profile"]), [])
     for r in rows:
         cells = [f"{name} (x{b['over_fastest']:.3f}): " + " / ".join(
             f"{v['share']:.0%}" for v in b["precisions"].values())
