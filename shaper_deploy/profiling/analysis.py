@@ -127,7 +127,7 @@ def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float]) -> f
     and 81% of a precision's floors counted slow against them, and real bundles 30 minutes
     later met #19's target against both (the p90 as ``verify`` judges it 3.04% and 2.60%
     off, 91-92% within +-10%): the fast groups were a state the machine did not return to.
-    Against this calm speed they count 14-23%. Transfers made beside a noisy neighbour on
+    Against this calm speed they count 13-23%. Transfers made beside a noisy neighbour on
     purpose (``benchmarks/noisy_neighbour.py``, session 48) whose floors were 22-35% over a
     quiet transfer's count 77-87% (the fastest group: 83-95%), and the Zen 4 direct profile
     of session 44's slowest hour, 5.5-6.9% over two other direct profiles, 81-82% (90-93%):
