@@ -122,11 +122,12 @@ def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float]) -> f
     (1.0 with fewer groups).
 
     Why not the fastest group: its time is one sample, and the lowest of more samples is
-    lower, so a longer profile judged the same machine slower. On the Intel Xeon VM (session
-    47) both default direct profiles had one fast stretch or a few isolated fast groups, 71%
-    and 81% of a precision's floors counted slow against them, and real bundles 30 minutes
-    later met #19's target against both (the p90 as ``verify`` judges it 3.04% and 2.60%
-    off, 91-92% within +-10%): the fast groups were a state the machine did not return to.
+    lower, so a longer profile judges the same machine against a rarer speed. On the Intel
+    Xeon VM (session 47) both default direct profiles had one fast stretch or a few isolated
+    fast groups, 71% and 81% of a precision's floors counted slow against them, and real
+    bundles 30 minutes later met #19's target against both (the p90 as ``verify`` judges it
+    3.04% and 2.60% off, 91-92% within +-10%): the fast groups were a state the machine did
+    not return to.
     Against this calm speed they count 13-23%. Transfers made beside a noisy neighbour on
     purpose (``benchmarks/noisy_neighbour.py``, session 48) whose floors were 22-35% over a
     quiet transfer's count 77-87% (the fastest group: 83-95%), and the Zen 4 direct profile
