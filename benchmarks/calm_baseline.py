@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.profiling.analysis import group_key, group_slowdowns, lowest_floors
+from shaper_deploy.profiling.analysis import calm_speed, group_slowdowns, lowest_floors
 from shaper_deploy.profiling.fingerprint import differing_fields
 from shaper_deploy.profiling.folder import read_measurements
 from shaper_deploy.profiling.predictor import MAX_SLOW_FLOORS, DeviceProfile
@@ -47,19 +47,12 @@ RUNS = (3, 5, 9)  # sustained: the fastest median of this many groups in a row, 
 def baselines(records: list[dict], slowdown: dict[tuple, float]) -> dict[str, float]:
     """Each candidate calm speed, over the fastest group: low percentiles of the groups'
     slowdowns (``pN``), and the fastest speed the machine held over ``k`` groups in a row in
-    the order measured (``runK``: the lowest rolling median), which a lone fast group cannot
-    set but a calm period of a few seconds can."""
+    the order measured (``runK``: ``analysis.calm_speed`` with that run; ``run5`` is the
+    gate's), which a lone fast group cannot set but a calm period of a few seconds can."""
     values = np.array(list(slowdown.values()))
-    order: dict[tuple, None] = {}
-    for r in records:  # measurements.jsonl is in the order measured
-        order.setdefault(group_key(r))
-    seq = np.array([slowdown[k] for k in order if k in slowdown])
     out = {(f"p{level}" if level else "fastest"):
            (float(np.percentile(values, level)) if level else 1.0) for level in LEVELS}
-    for k in RUNS:
-        if len(seq) >= k:
-            out[f"run{k}"] = float(min(np.median(seq[i:i + k])
-                                       for i in range(len(seq) - k + 1)))
+    out.update({f"run{k}": float(calm_speed(records, slowdown, k)) for k in RUNS})
     return out
 
 
@@ -104,7 +97,7 @@ def _key(folder: str) -> str:
 def later_bundles(results: list[Path]) -> dict[str, list[dict]]:
     """Per profile folder (``_key``): what each ``workload_profile.py`` result measured of
     real bundles against it, as "median |error| (within +-10%)"."""
-    out: dict[Path, list[dict]] = {}
+    out: dict[str, list[dict]] = {}
     for path in results:
         data = json.loads(path.read_text())
         bundles = data.get("real_bundles")

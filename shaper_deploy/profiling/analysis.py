@@ -115,11 +115,12 @@ def lowest_floors(records: list[dict[str, Any]], slowdown: dict[tuple, float]
 CALM_RUN = 5  # groups in a row: the calm speed is the fastest the machine held over so many
 
 
-def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float]) -> float:
+def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float],
+               run: int = CALM_RUN) -> float:
     """The machine's calm speed, as a slowdown over its fastest group (``group_slowdowns``):
-    the fastest it held over ``CALM_RUN`` groups in a row in the order measured (the lowest
-    rolling median), so a calm period of a few seconds sets it and a lone fast group does not
-    (1.0 with fewer groups).
+    the fastest it held over ``run`` groups in a row in the order measured (the lowest rolling
+    median), so a calm period of a few seconds sets it and a lone fast group does not (1.0
+    with fewer groups).
 
     Why not the fastest group: its time is one sample, and the lowest of more samples is
     lower, so a longer profile judges the same machine against a rarer speed. On the Intel
@@ -139,9 +140,9 @@ def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float]) -> f
     for r in records:  # measurements.jsonl is in the order measured
         order.setdefault(group_key(r))
     seq = [slowdown[k] for k in order if k in slowdown]
-    if len(seq) < CALM_RUN:
+    if len(seq) < run:
         return 1.0
-    return min(statistics.median(seq[i:i + CALM_RUN]) for i in range(len(seq) - CALM_RUN + 1))
+    return min(statistics.median(seq[i:i + run]) for i in range(len(seq) - run + 1))
 
 
 def slow_floors(records: list[dict[str, Any]], precision: str) -> dict[str, Any]:
