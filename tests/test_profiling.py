@@ -756,7 +756,8 @@ def test_trust_flags_a_profile_whose_floors_were_mostly_timed_slow(tiny_profile,
     assert trust["limits"]["max_slow_floors"] == 0.7
     with pytest.raises(ProfileError, match=r"is unreliable \(.*int8 71 of 100 floors timed "
                                            r".*\); .*most of its floors were timed while the "
-                                           r"machine ran slower .* overstates latency: remake "
+                                           r"machine ran slower .* overstates latency whenever "
+                                           r"the machine runs calm: remake "
                                            r"it in a calmer period .*; or pass "
                                            r"--allow-unreliable"):
         DeviceProfile.load(slow).check_trust(False)

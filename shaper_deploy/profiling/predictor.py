@@ -788,8 +788,12 @@ class DeviceProfile:
                 calmer.append("its shapes timed twice disagree, so the machine's speed moved "
                               "while it was made")
             if "max_slow_floors" in t["missed"]:  # one slow period under most of it
+                # It describes the slow state: too slow for a host that returns to its calm
+                # speed (noisy-neighbour transfers 22-35% over), right for one that stays
+                # slow (session 49's AMD Zen 5 direct: bundles 30 min later 5% over its floors)
                 calmer.append("most of its floors were timed while the machine ran slower "
-                              "than its calm speed, so it overstates latency")
+                              "than its calm speed, so it overstates latency whenever the "
+                              "machine runs calm")
             if calmer:
                 remedies.append(" and ".join(calmer) + ": remake it in a calmer period "
                                 "(profiles show: machine speed)")
