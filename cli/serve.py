@@ -268,7 +268,8 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, texts_file: Path
         within = m["judged_ms"] <= plan["budget_ms"]
         data["profile_protocol"] = {**m, "predicted_ms": plan["predicted_ms"],
                                     "within_budget": within,
-                                    "advice": None if within else over_budget_advice(m)}
+                                    "advice": None if within else over_budget_advice(
+                                        m, plan["budget_ms"])}
     lat, tx = result["latency_ms"], result["texts"]
     shape = (f"seq {seq_len}" if tx is None else
              f"{tx['count']:,} texts of {texts_file} in turn (median {tx['tokens']['median']:g} "
@@ -446,7 +447,8 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, device: str
               "error_vs_prediction": m["estimated_ms"] / plan["predicted_ms"] - 1,
               "when": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds")}
-    result["advice"] = None if result["within_budget"] else over_budget_advice(m)
+    result["advice"] = (None if result["within_budget"] else
+                        over_budget_advice(m, plan["budget_ms"]))
     with output_lock(bundle):
         manifest = BundleManifest.read(bundle)
         manifest.plan["verification"] = result

@@ -449,6 +449,26 @@ def test_a_plan_measured_while_the_machine_ran_beyond_its_profile_says_so(
     assert mixed["max_beyond_priced"] == pytest.approx(1.5)
 
 
+def test_over_budget_advice_tells_a_slow_window_from_a_missed_prediction():
+    """Over the budget, three causes and three remedies: a slowdown beyond what the profile's
+    tail prices (profile the machine as it runs now); a model within the budget at the
+    profiled speed that ran over only in the window just timed, a slowdown the tail prices
+    (measure longer); a model over at the profiled speed (plan again). Without a budget the
+    second cannot be told, and the advice is the third's."""
+    from shaper_deploy.profiling.predictor import over_budget_advice
+
+    m = {"profile": "P", "estimated_ms": 11.78, "observed_ms": 17.50, "judged_ms": 17.50,
+         "drift": 1.22, "priced_drift": 1.22, "seconds": 11.0}
+    window = over_budget_advice(m, 16.69)
+    assert window.startswith("within the budget at the speed P priced (11.78 ms), over only "
+                             "in the 11 s just timed (17.50 ms, the machine 1.22x")
+    assert "measure longer" in window and "prediction missed" not in window
+    assert "its prediction missed" in over_budget_advice(m, 11.0)  # over at the profiled speed
+    assert "its prediction missed" in over_budget_advice(m)
+    beyond = over_budget_advice({**m, "drift": 1.8}, 16.69)  # the tail prices up to 1.22x
+    assert beyond.startswith("the machine runs 1.80x slower than when P was made")
+
+
 def test_a_plan_on_a_machine_faster_than_its_profile_says_so(
         profile, supernet, tmp_path, monkeypatch):
     """Every measurement seeing the machine at 0.75x the profile's time (a host faster than
