@@ -458,11 +458,16 @@ def test_over_budget_advice_tells_a_slow_window_from_a_missed_prediction():
     from shaper_deploy.profiling.predictor import over_budget_advice
 
     m = {"profile": "P", "estimated_ms": 11.78, "observed_ms": 17.50, "judged_ms": 17.50,
-         "drift": 1.22, "priced_drift": 1.22, "seconds": 11.0}
+         "drift": 1.22, "priced_drift": 1.22, "seconds": 11.0, "percentile": 90.0}
     window = over_budget_advice(m, 16.69)
     assert window.startswith("within the budget at the speed P priced (11.78 ms), over only "
                              "in the 11 s just timed (17.50 ms, the machine 1.22x")
-    assert "measure longer" in window and "prediction missed" not in window
+    assert "measure longer (shaperctl verify BUNDLE --duration 60) to judge the p90" in window
+    assert "prediction missed" not in window
+    # a minute already timed: five; five already timed: another hour, not the same window
+    assert "--duration 300" in over_budget_advice({**m, "seconds": 60.0}, 16.69)
+    later = over_budget_advice({**m, "seconds": 300.0}, 16.69)
+    assert "--duration" not in later and "verify again in another hour" in later
     assert "its prediction missed" in over_budget_advice(m, 11.0)  # over at the profiled speed
     assert "its prediction missed" in over_budget_advice(m)
     beyond = over_budget_advice({**m, "drift": 1.8}, 16.69)  # the tail prices up to 1.22x

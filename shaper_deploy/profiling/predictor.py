@@ -842,6 +842,10 @@ def judged_phrase(m: dict[str, Any], bound: bool = False) -> str:
             f"{now}; {floor}, machine {m['drift']:.2f}x its profiled speed now{beyond}")
 
 
+# The windows over_budget_advice suggests, each well over the last: a minute, then five
+LONGER_SECONDS = (60, 300)
+
+
 def over_budget_advice(m: dict[str, Any], budget_ms: float | None = None) -> str:
     """What to do about a planned model that a ``DeviceProfile.measure`` result ``m`` judged
     over its budget (``budget_ms``). A machine slower than its profile's tail prices (a slower
@@ -859,12 +863,15 @@ def over_budget_advice(m: dict[str, Any], budget_ms: float | None = None) -> str
                 "minutes) and plan again with export --latency ... --profile DIR; if the slow "
                 "period passes, verify again then")
     if budget_ms is not None and m["estimated_ms"] <= budget_ms:
+        longer = next((s for s in LONGER_SECONDS if s > m["seconds"] * 1.5), None)
+        how = (f"measure longer (shaperctl verify BUNDLE --duration {longer}) to judge the "
+               f"p{m['percentile']:g} over more of the machine's time" if longer is not None
+               else "verify again in another hour, when the machine may run nearer its "
+               "profiled speed")
         return (f"within the budget at the speed {m['profile']} priced "
                 f"({m['estimated_ms']:.2f} ms), over only in the {m['seconds']:.0f} s just "
                 f"timed ({m['observed_ms']:.2f} ms, the machine {m['drift']:.2f}x its profiled "
-                "speed, a slowdown its tail prices): measure longer (shaperctl verify BUNDLE "
-                "--duration 60) to judge the p90 over more of the machine's time; if it stays "
-                "over, plan again")
+                f"speed, a slowdown its tail prices): {how}; if it stays over, plan again")
     return (f"over the budget at the speed {m['profile']} priced, so its prediction missed "
             "for this model: plan again (export --latency measures each candidate and steps "
             "down), or remake the profile with a larger --minutes")
