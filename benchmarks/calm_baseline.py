@@ -9,7 +9,10 @@ lucky group. Since, it is the fastest speed held over 5 groups in a row
 (``analysis.calm_speed``, ``run5`` here). This re-judges each profile's points against each
 candidate (``baselines``: the fastest group, low percentiles of the groups' slowdowns, the
 fastest held over 3, 5 or 9 groups in a row) and prints, per precision and baseline, the share
-of points timed slow, beside the trust the profile was saved with and its held-out MAPE.
+of points timed slow, beside the trust the profile was saved with and its held-out MAPE. Since
+session 50 the gate counts each group by its own size's reference against that reference's
+time in the groups the sentinel found calm (``analysis.own_slowdowns``): the ``own`` column,
+beside ``run5``, the count of sessions 48-49.
 Whether a profile's floors overstated latency is judged by what real bundles
 measured later (``workload_profile.py``) and by other profiles of the same machine:
 ``--against`` scores each profile given there on every profile's measured floors (its
@@ -23,6 +26,10 @@ it: median |error| and within +-10%).
         --against profiles/intel-xeon-amx-2core-avx512-minilm \\
         --checks benchmarks/results/workload_profile_*.json \\
         --out benchmarks/results/calm_baseline_s48.json
+
+Session 50 re-judged every kept profile with a sentinel (the folders under benchmarks/data/
+whose measurements carry ``sentinel_ms``) ``--checks benchmarks/results/workload_profile_*.json
+--out benchmarks/results/calm_baseline_s50.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.profiling.analysis import calm_speed, group_slowdowns, lowest_floors
+from shaper_deploy.profiling.analysis import (calm_speed, group_slowdowns, lowest_floors,
+                                              slow_floors)
 from shaper_deploy.profiling.fingerprint import differing_fields
 from shaper_deploy.profiling.folder import read_measurements
 from shaper_deploy.profiling.predictor import MAX_SLOW_FLOORS, DeviceProfile
@@ -84,6 +92,11 @@ def judge(folder: Path, against: list[DeviceProfile]) -> dict:
                                  "slow": int(np.sum(np.array(slow) > CALM_BAND)),
                                  "share": float(np.mean(np.array(slow) > CALM_BAND))}
         out["baselines"][name] = {"over_fastest": base, "precisions": shares}
+    # the gate since session 50: each size's own reference over its time when the sentinel
+    # found the machine calm (analysis.own_slowdowns)
+    own = {precision: slow_floors(records, precision) for precision in profile.precisions}
+    out["own"] = {precision: {**v, "share": v["slow"] / v["points"] if v["points"] else None}
+                  for precision, v in own.items()}
     return out
 
 
@@ -129,6 +142,8 @@ def main() -> None:
         cells = [f"{name} (x{b['over_fastest']:.3f}): " + " / ".join(
             f"{v['share']:.0%}" for v in b["precisions"].values())
             for name, b in r["baselines"].items()]
+        cells.append("own reference (the gate since session 50): " + " / ".join(
+            f"{v['share']:.0%}" for v in r["own"].values()))
         print(f"{r['profile']}: {'reliable' if r['trust'] else 'UNRELIABLE'}; slow floors, "
               f"limit {MAX_SLOW_FLOORS:.0%}: " + "; ".join(cells))
         for c in r["later_bundles"]:

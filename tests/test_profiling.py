@@ -420,9 +420,11 @@ def test_the_sentinel_judges_every_group_against_one_calm_speed(tiny_profile):
     # and the profile says how many floors came from slow groups (after the looks), against
     # the fastest speed held over 5 groups in a row (here the median of all five, 1.02)
     assert slow_floors(records, "int8") == {"points": 1, "slow": 1, "median_slowdown": 1.3725,
-                                            "calm_over_fastest": 1.02}
+                                            "calm_over_fastest": 1.02,
+                                            "yardstick": "own reference"}
     assert slow_floors(records, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None,
-                                            "calm_over_fastest": 1.02}
+                                            "calm_over_fastest": 1.02,
+                                            "yardstick": "own reference"}
     # the larger of the two: a group slow by its own reference, the sentinel calm
     mixed = records + [rec("int8", 1, 4, v, 3.05, 2.4, 1.0)]
     assert group_slowdowns(mixed)[group_key(mixed[-1])] == pytest.approx(1.5)
@@ -450,22 +452,57 @@ def test_the_calm_speed_is_one_the_machine_held_not_one_fast_group():
 
     def run(fast_groups: int) -> list[dict]:
         records = []
-        for g in range(20):
+        for g in range(20):  # the reference slows as the sentinel does
             sentinel = 1.0 if g < fast_groups else 1.15
-            records.append({**_look(b, v, 0, g, 1.0, 2.0), "sentinel_ms": sentinel})
+            records.append({**_look(b, v, 0, g, 1.0, 2.0 * sentinel), "sentinel_ms": sentinel})
             if g == 10:  # a's only measurement, in a group at 1.15x the fastest
-                records.append({**_look(a, v, 0, g, 4.6, 2.0), "sentinel_ms": sentinel})
+                records.append({**_look(a, v, 0, g, 4.6, 2.0 * sentinel),
+                                "sentinel_ms": sentinel})
         return records
 
     lone, stretch = run(1), run(CALM_RUN)
     assert slow_floors(lone, "fp32") == {"points": 2, "slow": 0, "median_slowdown": None,
-                                         "calm_over_fastest": 1.15}
+                                         "calm_over_fastest": 1.15,
+                                         "yardstick": "own reference"}
     assert slow_floors(stretch, "fp32") == {"points": 2, "slow": 1, "median_slowdown": 1.15,
-                                            "calm_over_fastest": 1.0}
+                                            "calm_over_fastest": 1.0,
+                                            "yardstick": "own reference"}
     few = [r for r in lone if r["group"] < CALM_RUN - 1]
     assert calm_speed(few, group_slowdowns(few)) == 1.0
     assert calm_speed(run(CALM_RUN // 2 + 1), group_slowdowns(run(CALM_RUN // 2 + 1))) == 1.0
     assert calm_speed(run(CALM_RUN // 2), group_slowdowns(run(CALM_RUN // 2))) == 1.15
+
+
+def test_a_floor_is_slow_by_its_own_reference_when_the_sentinel_found_the_machine_calm():
+    """The sentinel (the reference at the smallest size) says when the machine ran calm; each
+    size's own reference says how slow a group ran there. In the AMD slow states of sessions
+    49-50 the sentinel ran x1.5 where references at 200+ tokens ran x1.15: a floor timed in a
+    group where the sentinel ran 1.5x but its own reference 1.05x its calm time is not slow;
+    one where its reference ran 1.3x is; and at a size the sentinel never found calm, the
+    sentinel judges, as before session 50."""
+    from shaper_deploy.profiling.analysis import own_slowdowns, slow_floors
+
+    a, b, big, never = "16,36,8", "8,8,8", (1, 16), (4, 16)
+
+    def rec(shape, size, group, floor, ref, sentinel):
+        return {**_look(shape, size, 0, group, floor, ref), "sentinel_ms": sentinel}
+
+    calm = [rec(b, big, g, 1.0, 10.0, 1.0) for g in range(6)]  # a calm stretch
+    records = calm + [rec(a, big, 6, 4.0, 10.5, 1.5),  # the sentinel 1.5x, this size 1.05x
+                      rec(b, big, 7, 1.2, 13.0, 1.5),  # this size 1.3x too
+                      rec(a, never, 8, 6.0, 20.0, 1.4), rec(b, never, 9, 2.0, 20.0, 1.45)]
+    slowdown, calm_speed = own_slowdowns(records)
+    assert calm_speed == 1.0
+    by_group = {r["group"]: slowdown[group_key(r)] for r in records}
+    assert by_group[6] == pytest.approx(1.05) and by_group[7] == pytest.approx(1.3)
+    assert by_group[8] == pytest.approx(1.4) and by_group[9] == pytest.approx(1.45)
+    # b's floor at the big size came from a calm group (1.0 < 1.2): of 4 points, a at big
+    # (1.05) is calm, both at the never-calm size are slow
+    assert slow_floors(records, "fp32") == {"points": 4, "slow": 2, "median_slowdown": 1.425,
+                                            "calm_over_fastest": 1.0,
+                                            "yardstick": "own reference"}
+    # what the sentinel alone would have said of a at the big size: slow
+    assert group_slowdowns(records)[group_key(records[6])] == pytest.approx(1.5)
 
 
 def test_a_refit_counts_floors_timed_slow_against_todays_calm_speed(tiny_profile, tmp_path):
@@ -824,6 +861,12 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     (slow / "profile.json").write_text(json.dumps(header))
     assert ("(median x3.00; the calm speed: the fastest it held over 5 groups in a row, x1.046 "
             "its fastest group)") in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
+    header["summary"]["precisions"]["fp32"]["slow_floors"]["yardstick"] = "own reference"
+    (slow / "profile.json").write_text(json.dumps(header))
+    assert ("came from a group whose own reference ran over 1.1x its time while the machine "
+            "ran calm (median x3.00; calm by the sentinel: the fastest it held over 5 groups "
+            "in a row, x1.046 its fastest group)"  # counted since session 50
+            ) in runner.invoke(main, ["profiles", "show", str(slow)]).stdout
     share = len(slowed) / len(keys)
     assert DeviceProfile.load(slow).machine_speed()["within"]["1.1"] == pytest.approx(1 - share)
     assert (f"the machine ran over 1.1x slower than its fastest in {share:.0%} of its groups "

@@ -145,24 +145,62 @@ def calm_speed(records: list[dict[str, Any]], slowdown: dict[tuple, float],
     return min(statistics.median(seq[i:i + run]) for i in range(len(seq) - run + 1))
 
 
+def own_slowdowns(records: list[dict[str, Any]]) -> tuple[dict[tuple, float], float]:
+    """Per group of turns (``group_key``): how slow the machine ran for the work it timed,
+    over a calm machine (1.0), and the calm speed that says which groups were calm (over the
+    fastest group, ``calm_speed``).
+
+    With a sentinel (``Protocol.sentinel``), the sentinel says *when* the machine ran calm
+    (within ``SPEED_BANDS[0]`` of its own calm speed, held over 5 groups in a row: it is timed
+    in every group, so a calm moment anywhere sets it) and each size's own reference says *how
+    slow* a group ran: its time there over its median in the groups the sentinel found calm.
+    A group at a size the sentinel never found calm is judged by ``group_slowdowns`` over the
+    calm speed, as before session 50. Why not the sentinel's slowdown itself: it is the
+    reference at the smallest size, which a slow host slows most. In the AMD slow states of
+    sessions 49 (Zen 5) and 50 (Zen 4), the sentinel's median group ran x1.43-1.52 its fastest
+    while the references at 200-1,024 tokens ran x1.13-1.20 theirs, and the floors it counted
+    slow did not overstate latency: session 49's refused Zen 5 direct came 5.4% *under* real
+    bundles 30 minutes later (``benchmarks/calm_baseline.py``, docs/benchmarks.md session 50).
+    Without a sentinel (profiles made before session 42): ``group_slowdowns`` over the calm
+    speed."""
+    slowdown = group_slowdowns(records)
+    sentinel = fastest_sentinel(records)
+    groups = {group_key(r): r for r in records if r["reference_ms"] > 0}
+    by_sentinel = {k: r["sentinel_ms"] / sentinel for k, r in groups.items()
+                   if r.get("sentinel_ms", 0.0) > 0}
+    if not by_sentinel:
+        calm = calm_speed(records, slowdown)
+        return {k: s / calm for k, s in slowdown.items()}, calm
+    calm = calm_speed(records, by_sentinel)
+    calm_refs: dict[tuple, list[float]] = {}
+    for key, r in groups.items():
+        if by_sentinel.get(key, math.inf) <= SPEED_BANDS[0] * calm:
+            calm_refs.setdefault(key[-3:], []).append(r["reference_ms"])
+    base = {size: statistics.median(times) for size, times in calm_refs.items()}
+    return {key: (r["reference_ms"] / base[key[-3:]] if key[-3:] in base
+                  else slowdown[key] / calm) for key, r in groups.items()}, calm
+
+
 def slow_floors(records: list[dict[str, Any]], precision: str) -> dict[str, Any]:
     """Of ``precision``'s shape x size points (``lowest_floors``, main phase), how many have
-    their lowest floor, after every look, from a group over ``SPEED_BANDS[0]`` (1.1) x the
-    calm speed (``calm_speed``), and their ``median_slowdown`` over it: floors that may
+    their lowest floor, after every look, from a group that ran over ``SPEED_BANDS[0]`` (1.1)
+    x a calm machine by ``own_slowdowns``, and their ``median_slowdown``: floors that may
     overstate latency, which a held-out check timed in the same slow period cannot see (two
     2-minute transfers from the Intel MiniLM profile on the AMD EPYC Zen 4 VM called 8% and
     18% of their groups calm by the sentinel, 73% and 58% by the reference alone; one then had
     all 128 of its int8 floors from slow groups, median x1.52). ``calm_over_fastest``: the
-    calm speed over the fastest group (since session 48; counts made before it have none and
-    were against the fastest group)."""
-    slowdown = group_slowdowns(records)
-    calm = calm_speed(records, slowdown)
-    slow = [s / calm for key, (_, s) in lowest_floors(records, slowdown).items()
+    calm speed over the fastest group (the sentinel's since session 50; since session 48 the
+    fastest speed held over 5 groups in a row; counts made before it have none and were
+    against the fastest group)."""
+    slowdown, calm = own_slowdowns(records)
+    slow = [s for key, (_, s) in lowest_floors(records, slowdown).items()
             if key[0] == precision and key[1] == "main"]
     over = [s for s in slow if s > SPEED_BANDS[0]]
+    sentinel = any(r.get("sentinel_ms", 0.0) > 0 for r in records)
     return {"points": len(slow), "slow": len(over),
             "median_slowdown": round(float(np.median(over)), 4) if over else None,
-            "calm_over_fastest": round(calm, 4)}
+            "calm_over_fastest": round(calm, 4),
+            "yardstick": "own reference" if sentinel else "reference"}
 
 
 def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -158,7 +158,10 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]],
         ax.axhline(SPEED_BANDS[0] * calm, color="C3", lw=1.0, ls=":",
                    label=f"{SPEED_BANDS[0]:g}x the calm speed (x{calm:.3f} the fastest)")
     if counted:
-        title.append(f"floors timed over {SPEED_BANDS[0]:g}x the calm speed after the looks: "
+        own = any(v.get("yardstick") == "own reference" for v in counted.values())
+        what = (f"floors from groups whose own reference ran over {SPEED_BANDS[0]:g}x its "
+                "calm time" if own else f"floors timed over {SPEED_BANDS[0]:g}x the calm speed")
+        title.append(f"{what} after the looks: "
                      + ", ".join(f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
                                  for p, v in counted.items()) + f" (trust limit {limit:.0%})")
     ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
