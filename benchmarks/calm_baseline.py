@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shaper_deploy.profiling.analysis import (calm_speed, group_slowdowns, lowest_floors,
+from shaper_deploy.profiling.analysis import (calm_speed, fastest_reference, fastest_sentinel,
+                                              group_key, group_slowdowns, lowest_floors,
                                               slow_floors)
 from shaper_deploy.profiling.fingerprint import differing_fields
 from shaper_deploy.profiling.folder import read_measurements
@@ -62,6 +63,22 @@ def baselines(records: list[dict], slowdown: dict[tuple, float]) -> dict[str, fl
            (float(np.percentile(values, level)) if level else 1.0) for level in LEVELS}
     out.update({f"run{k}": float(calm_speed(records, slowdown, k)) for k in RUNS})
     return out
+
+
+def by_tokens(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per size in tokens (batch x length): the median group's reference over its fastest at
+    that precision and size, and the same groups' sentinel over the sentinel's fastest (empty
+    without a sentinel): how much more a slow host slows the smallest workload."""
+    fastest, sentinel = fastest_reference(records), fastest_sentinel(records)
+    pairs: dict[int, list[tuple[float, float]]] = {}
+    for r in {group_key(r): r for r in records if r["reference_ms"] > 0}.values():
+        if r.get("sentinel_ms", 0.0) > 0:
+            pairs.setdefault(r["batch"] * r["seq_len"], []).append(
+                (r["reference_ms"] / fastest[(r["precision"], r["batch"], r["seq_len"])],
+                 r["sentinel_ms"] / sentinel))
+    return {str(tokens): {"groups": len(v), "reference": float(np.median([a for a, _ in v])),
+                          "sentinel": float(np.median([b for _, b in v]))}
+            for tokens, v in sorted(pairs.items())}
 
 
 def judge(folder: Path, against: list[DeviceProfile]) -> dict:
@@ -94,6 +111,7 @@ def judge(folder: Path, against: list[DeviceProfile]) -> dict:
         out["baselines"][name] = {"over_fastest": base, "precisions": shares}
     # the gate since session 50: each size's own reference over its time when the sentinel
     # found the machine calm (analysis.own_slowdowns)
+    out["sentinel_vs_reference"] = by_tokens(records)
     own = {precision: slow_floors(records, precision) for precision in profile.precisions}
     out["own"] = {precision: {**v, "share": v["slow"] / v["points"] if v["points"] else None}
                   for precision, v in own.items()}
@@ -146,6 +164,10 @@ def main() -> None:
             f"{v['share']:.0%}" for v in r["own"].values()))
         print(f"{r['profile']}: {'reliable' if r['trust'] else 'UNRELIABLE'}; slow floors, "
               f"limit {MAX_SLOW_FLOORS:.0%}: " + "; ".join(cells))
+        if r["sentinel_vs_reference"]:
+            print("  median group over its fastest, reference / sentinel, by tokens: " + ", ".join(
+                f"{t} x{v['reference']:.2f} / x{v['sentinel']:.2f}"
+                for t, v in r["sentinel_vs_reference"].items()))
         for c in r["later_bundles"]:
             print(f"  later bundles ({c['result']}): floors {c['floor']}; p{c['percentile']:g} "
                   f"as verify judges it {c['judged']}")

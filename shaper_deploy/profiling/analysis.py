@@ -157,7 +157,7 @@ def own_slowdowns(records: list[dict[str, Any]]) -> tuple[dict[tuple, float], fl
     A group at a size the sentinel never found calm is judged by ``group_slowdowns`` over the
     calm speed, as before session 50. Why not the sentinel's slowdown itself: it is the
     reference at the smallest size, which a slow host slows most. In the AMD slow states of
-    sessions 49 (Zen 5) and 50 (Zen 4), the sentinel's median group ran x1.43-1.52 its fastest
+    sessions 49 (Zen 5) and 50 (Zen 4), the sentinel's median group ran x1.40-1.53 its fastest
     while the references at 200-1,024 tokens ran x1.13-1.20 theirs, and the floors it counted
     slow did not overstate latency: session 49's refused Zen 5 direct came 5.4% *under* real
     bundles 30 minutes later (``benchmarks/calm_baseline.py``, docs/benchmarks.md session 50).
@@ -191,7 +191,10 @@ def slow_floors(records: list[dict[str, Any]], precision: str) -> dict[str, Any]
     all 128 of its int8 floors from slow groups, median x1.52). ``calm_over_fastest``: the
     calm speed over the fastest group (the sentinel's since session 50; since session 48 the
     fastest speed held over 5 groups in a row; counts made before it have none and were
-    against the fastest group)."""
+    against the fastest group). ``yardstick``: ``own reference`` (since session 50, with a
+    sentinel) or ``reference`` (without one: the reference over the calm speed); counts made
+    before session 50 have none and took the larger of the reference's and the sentinel's
+    slowdown over the calm speed."""
     slowdown, calm = own_slowdowns(records)
     slow = [s for key, (_, s) in lowest_floors(records, slowdown).items()
             if key[0] == precision and key[1] == "main"]
