@@ -290,14 +290,15 @@ def _profile_text(d: dict) -> str:
             held = (f"the fastest it held over {CALM_RUN} groups in a row, "
                     f"x{slow['calm_over_fastest']:.3f} its fastest group"
                     if "calm_over_fastest" in slow else "its fastest group")
+            own = slow.get("yardstick") == "own reference"  # since session 50
             how = (f"whose own reference ran over {CALM_BAND:g}x its time while the machine "
-                   f"ran calm (median x{slow['median_slowdown']:.2f}; calm by the sentinel: "
-                   if slow.get("yardstick") == "own reference" else
-                   f"timed while the machine ran over {CALM_BAND:g}x its calm speed (median "
-                   f"x{slow['median_slowdown']:.2f}; the calm speed: ")
+                   "ran calm" if own else
+                   f"timed while the machine ran over {CALM_BAND:g}x its calm speed")
             rows.append(("", f"{slow['slow']} of its {slow['points']} shape x size floors "
-                             f"(the lowest of each point's looks) came from a group {how}{held}"
-                             "), after the calm looks: they may "
+                             f"(the lowest of each point's looks) came from a group {how} "
+                             f"(median x{slow['median_slowdown']:.2f}; "
+                             + ("calm by the sentinel: " if own else "the calm speed: ")
+                             + f"{held}), after the calm looks: they may "
                              "overstate its latency, which held-out shapes timed in the same "
                              "periods cannot show; a calmer hour or more --minutes lowers it"
                              f" (over {MAX_SLOW_FLOORS:.0%} of them: unreliable)"))
