@@ -810,7 +810,8 @@ class _ClosedLoop:
     measured again later (verify, bench), not only now. (Keeping a shape at anything up to
     the budget itself broke the promise on the AMD Zen 2 class: a plan measured 15.96 ms
     under a 17.27 ms budget, 7.6% to spare at an 8% noise floor, measured 17.52 ms in
-    verify.)"""
+    verify.) A shape the profile predicts over ``limit`` that measures under it is measured
+    again and judged on the slower of the two (since session 51)."""
 
     def __init__(self, supernet, profile: DeviceProfile, plan: Plan, family: Sequence[Shape],
                  folder: Path, options: ExportOptions, measure, max_exports: int,
@@ -889,11 +890,23 @@ class _ClosedLoop:
         """Measure an exported shape, keep it if it fits; what to export next (None: stop)."""
         prec, limit, note = self.prec, self.limit, self.note
         ms = self.measure(attempt, _model_file(prec), prec, self.w)
+        predicted = shape_plan.predicted_ms / shape_plan.correction  # the profile's
         if ms > limit:
             note(f"{prec}: measured {ms:.2f} ms > {limit:.2f} ms; measuring again to rule out "
                  "noise")
             ms = statistics.median([ms, self.measure(attempt, _model_file(prec), prec, self.w)])
-        ratio = ms / (shape_plan.predicted_ms / shape_plan.correction)
+        elif predicted > limit:
+            # Kept on a measurement alone, against the profile's prediction: measured again and
+            # judged on the slower of the two. On the AMD Zen 4 VM (session 51) a step up to
+            # the full fp32 model at 95% of its own p90 at 1 x 32 measured 7.20 ms under a
+            # 7.57 ms budget (predicted 7.97) in one 10-s window and 8.25 ms in `verify`'s
+            # minute: a fast window bought a shape the profile said does not fit. Of 118
+            # budget plans verified in benchmarks/results/relative_budgets*.json, verify
+            # judged a median 1.00x and a p90 1.08x what export had measured, the worst 1.36x.
+            note(f"{prec}: measured {ms:.2f} ms <= {limit:.2f} ms though predicted "
+                 f"{predicted:.2f} ms; measuring again, the slower of the two kept")
+            ms = max(ms, self.measure(attempt, _model_file(prec), prec, self.w))
+        ratio = ms / predicted
         self.tried[shape_plan.shape.widths] = ms
         self.cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
                                   "within_budget": ms <= self.budget, "kept_under_ms": limit})
