@@ -340,10 +340,18 @@ def _profile_text(d: dict) -> str:
     if speed:
         bands = " and ".join(f"{b}x in {v:.0%}" for b, v in speed["within"].items())
         sentinel = " (or the sentinel's, where larger)" if d["protocol"].get("sentinel") else ""
+        own = speed.get("own")
         rows.append(("machine speed", "the reference graph per group against the fastest "
                      f"group{sentinel}: within {bands} of the {speed['groups']} groups; median "
                      f"x{speed['median']:.2f}, p90 "
-                     f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}. The percentiles above "
+                     f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}"
+                     + (". By each group's own reference against its size's time while the "
+                        "machine ran calm (the slow-floors count's yardstick; the sentinel, the "
+                        "smallest size, slows most): within " + " and ".join(
+                            f"{b}x in {v:.0%}" for b, v in own["within"].items())
+                        + f"; median x{own['median']:.2f}, p90 x{own['p90']:.2f}, worst "
+                        f"x{own['max']:.2f}" if own else "")
+                     + ". The percentiles above "
                      "include the slow groups in these shares; a later measurement sees the "
                      "machine as it is then"
                      + (". A transfer's few minutes may all fall in one slow period, which "
@@ -494,7 +502,11 @@ def predict(profile_path: Path | None, device: str | None, shape_text: str, prec
                             f"the planning margin (x{r['margin']:.3f})") for r in rows]
         + ([("host speed", f"over the profile's {minutes} the machine ran over {band}x slower "
                            f"than its fastest in {1 - within:.0%} of its groups (worst "
-                           f"x{speed['max']:.2f}); the p{percentile:g}s include that share, and "
+                           f"x{speed['max']:.2f})"
+                           + (f", over {band}x its calm time by each size's own reference in "
+                              f"{1 - speed['own']['within'][band]:.0%} (worst "
+                              f"x{speed['own']['max']:.2f})" if speed.get("own") else "")
+                           + f"; the p{percentile:g}s include that share, and "
                            "a host that slows for minutes at a time shows it only to a profile "
                            "long enough (profiles show: machine speed)")]
            if speed else [])

@@ -503,6 +503,14 @@ def test_a_floor_is_slow_by_its_own_reference_when_the_sentinel_found_the_machin
                                             "yardstick": "own reference"}
     # what the sentinel alone would have said of a at the big size: slow
     assert group_slowdowns(records)[group_key(records[6])] == pytest.approx(1.5)
+    # the machine's speed says both: by the larger slowdown (what the tail's pricing takes)
+    # and by the gate's yardstick, where group 6 ran calm
+    speed = machine_speed(records)
+    assert speed["within"]["1.1"] == pytest.approx(0.6) and speed["max"] == pytest.approx(1.5)
+    assert speed["own"]["within"]["1.1"] == pytest.approx(0.7)
+    assert speed["own"]["max"] == pytest.approx(1.45) and speed["own"]["groups"] == 10
+    assert "own" not in machine_speed([{k: v for k, v in r.items() if k != "sentinel_ms"}
+                                       for r in records])
 
 
 def test_a_refit_counts_floors_timed_slow_against_todays_calm_speed(tiny_profile, tmp_path):
@@ -870,7 +878,8 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     share = len(slowed) / len(keys)
     assert DeviceProfile.load(slow).machine_speed()["within"]["1.1"] == pytest.approx(1 - share)
     assert (f"the machine ran over 1.1x slower than its fastest in {share:.0%} of its groups "
-            "(worst x3.00)") in said.stdout
+            "(worst x3.00), over 1.1x its calm time by each size's own reference in "
+            f"{share:.0%} (worst x3.00)") in " ".join(said.stdout.split())
     assert "host speed  over the profile's " in said.stdout
     del header["files"][MEASUREMENTS]  # a profile from before measurement checksums
     (slow / "profile.json").write_text(json.dumps(header))
@@ -965,6 +974,10 @@ def test_cli_profile_predict_and_listing(tmp_path, tiny_supernet, tiny_profile):
     assert f"plots                {tiny_profile / 'actual_vs_predicted.png'}, " in shown.stdout
     speed = shown_json["machine_speed"]
     assert speed["groups"] >= 4 and speed["max"] >= speed["p90"] >= speed["median"] >= 1.0
+    # with a sentinel, also by the slow-floors count's yardstick, the same groups
+    assert speed["own"]["groups"] == speed["groups"]
+    assert ("By each group's own reference against its size's time while the machine ran "
+            "calm (the slow-floors count's yardstick" in " ".join(shown.stdout.split()))
     bad = runner.invoke(main, ["profile", "--device", "tpu", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda'" in bad.stderr
     gpu = runner.invoke(main, ["profile", "--device", "cuda", "--out", str(tmp_path / "g")])

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write_bytes
-from .analysis import (SPEED_BANDS, dropped_by_key, group_key, group_slowdowns,
-                       machine_speed, measured_latency)
+from .analysis import (SPEED_BANDS, dropped_by_key, group_key, group_slowdowns, machine_speed,
+                       measured_latency, own_slowdowns)
 from .fingerprint import cpu_name
 from .folder import ProfileHeader, shape_from_key
 from .protocol import describe_range, grid_cell
@@ -125,14 +125,60 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]],
     """The machine's speed over the profile's time: every group's slowdown
     (``group_slowdowns``: its reference graph against the fastest at its precision and size,
     or its sentinel against the sentinel's fastest where larger), in the order measured, with
-    ``machine_speed``'s figures and each precision's floors timed slow (``slow_floors``)
-    against the trust gate's ``limit``."""
-    slow = group_slowdowns(records)
+    ``machine_speed``'s figures; below it, with a sentinel, every group's slowdown by its own
+    reference (``own_slowdowns``, the slow-floors count's yardstick) with ``machine_speed``'s
+    ``own`` figures; and each precision's floors timed slow (``slow_floors``) against the
+    trust gate's ``limit``."""
+    speed = machine_speed(records)
+    own = own_slowdowns(records)[0] if speed and "own" in speed else None
     order: dict[tuple, dict[str, Any]] = {}
     for r in records:  # measurements.jsonl is in the order measured
         order.setdefault(group_key(r), r)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for precision in sorted({r["precision"] for r in records}):
+    fig, axes = plt.subplots(2 if own else 1, 1, figsize=(7, 8 if own else 4.5), sharex=True,
+                             squeeze=False)
+    top = axes[0][0]
+    _speed_points(top, group_slowdowns(records), order)
+    if own:
+        _speed_points(axes[1][0], own, order)
+    title = ["The machine's speed over the profile: the reference graph per group / fastest"
+             + (" (or the sentinel's, where larger)" if any("sentinel_ms" in r for r in records)
+                else "")]
+    if speed:
+        title.append(_speed_line(speed))
+    counted = {p: v for p, v in slow_floors.items() if v}  # none before session 42
+    calm = next((v["calm_over_fastest"] for v in counted.values() if "calm_over_fastest" in v),
+                None)  # since session 48: the fastest speed held over a few groups in a row
+    if calm is not None:
+        top.axhline(SPEED_BANDS[0] * calm, color="C3", lw=1.0, ls=":",
+                    label=f"{SPEED_BANDS[0]:g}x the calm speed (x{calm:.3f} the fastest)")
+    floors = []
+    if counted:
+        mine = any(v.get("yardstick") == "own reference" for v in counted.values())
+        what = (f"floors from groups whose own reference ran over {SPEED_BANDS[0]:g}x its "
+                "calm time" if mine else f"floors timed over {SPEED_BANDS[0]:g}x the calm speed")
+        floors.append(f"{what} after the looks: "
+                      + ", ".join(f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
+                                  for p, v in counted.items()) + f" (trust limit {limit:.0%})")
+    top.set(ylabel="slowdown (x the fastest)")
+    top.legend(fontsize=8)
+    if own:
+        low = axes[1][0]
+        low.set(xlabel="group of turns, in the order measured",
+                ylabel="slowdown (x its size's calm time)")
+        low.set_title("\n".join(_wrapped(t, 100) for t in [
+            "By each group's own reference over its size's time while the sentinel found the "
+            "machine calm (the slow-floors count's yardstick)", _speed_line(speed["own"])]
+            + floors), fontsize=9)
+    else:
+        top.set(xlabel="group of turns, in the order measured")
+        title += floors
+    _finish(fig, top, [_wrapped(t, 100) for t in title], 9, machine, 8, profile / SPEED_PLOT)
+
+
+def _speed_points(ax, slow: dict[tuple, float], order: dict[tuple, dict[str, Any]]) -> None:
+    """Each group's slowdown in ``slow`` in the order measured, per precision, a calm look's
+    waited groups marked, with ``SPEED_BANDS`` drawn."""
+    for precision in sorted({r["precision"] for r in order.values()}):
         for calm in (False, True):
             pts = [(i, slow[k]) for i, (k, r) in enumerate(order.items())
                    if k in slow and r["precision"] == precision and ("calm_wait" in r) == calm]
@@ -142,31 +188,13 @@ def _speed_plot(plt, profile: Path, records: list[dict[str, Any]],
                            label=precision + (", a calm look (waited)" if calm else ""))
     for band in SPEED_BANDS:
         ax.axhline(band, color="0.6", lw=0.8, ls="--")
-    speed = machine_speed(records)
-    title = ["The machine's speed over the profile: the reference graph per group / fastest"
-             + (" (or the sentinel's, where larger)" if any("sentinel_ms" in r for r in records)
-                else "")]
-    if speed:
-        title.append(f"{speed['groups']} groups: " + ", ".join(
-            f"{share:.0%} within {band}x" for band, share in speed["within"].items())
-            + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst "
-            f"{speed['max']:.2f}x")
-    counted = {p: v for p, v in slow_floors.items() if v}  # none before session 42
-    calm = next((v["calm_over_fastest"] for v in counted.values() if "calm_over_fastest" in v),
-                None)  # since session 48: the fastest speed held over a few groups in a row
-    if calm is not None:
-        ax.axhline(SPEED_BANDS[0] * calm, color="C3", lw=1.0, ls=":",
-                   label=f"{SPEED_BANDS[0]:g}x the calm speed (x{calm:.3f} the fastest)")
-    if counted:
-        own = any(v.get("yardstick") == "own reference" for v in counted.values())
-        what = (f"floors from groups whose own reference ran over {SPEED_BANDS[0]:g}x its "
-                "calm time" if own else f"floors timed over {SPEED_BANDS[0]:g}x the calm speed")
-        title.append(f"{what} after the looks: "
-                     + ", ".join(f"{p} {v['slow']}/{v['points']} ({v['slow'] / v['points']:.0%})"
-                                 for p, v in counted.items()) + f" (trust limit {limit:.0%})")
-    ax.set(xlabel="group of turns, in the order measured", ylabel="slowdown (x the fastest)")
-    ax.legend(fontsize=8)
-    _finish(fig, ax, [_wrapped(t, 100) for t in title], 9, machine, 8, profile / SPEED_PLOT)
+
+
+def _speed_line(speed: dict[str, Any]) -> str:
+    """``machine_speed``'s figures in one line."""
+    return (f"{speed['groups']} groups: " + ", ".join(
+        f"{share:.0%} within {band}x" for band, share in speed["within"].items())
+        + f"; median {speed['median']:.2f}x, p90 {speed['p90']:.2f}x, worst {speed['max']:.2f}x")
 
 
 def _finish(fig, ax, title: list[str], title_size: float, machine: str, machine_size: float,
