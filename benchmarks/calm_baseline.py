@@ -19,7 +19,9 @@ measured later (``workload_profile.py``) and by other profiles of the same machi
 predictions over the floors, signed bias and MAPE, as ``transfer.py live``'s ``on_others``);
 ``--checks`` reads ``workload_profile.py`` results and prints, beside each profile they name,
 what its real bundles measured later (floors and the promised percentile as ``verify`` judges
-it: median |error| and within +-10%).
+it: median |error| and within +-10%). ``looks``: what the first calm look selected by the larger
+of the reference's and the sentinel's slowdown (as the profiler does) against the own-reference
+count, and how far the looks moved each part's floors.
 
     .venv/bin/python benchmarks/calm_baseline.py benchmarks/data/intel-minilm-direct-s47 \\
         benchmarks/data/amd-zen4-minilm-direct-slow-s44 ... \\
@@ -29,7 +31,8 @@ it: median |error| and within +-10%).
 
 Session 50 re-judged every kept profile with a sentinel (the folders under benchmarks/data/
 whose measurements carry ``sentinel_ms``) ``--checks benchmarks/results/workload_profile_*.json
---out benchmarks/results/calm_baseline_s50.json``.
+--out benchmarks/results/calm_baseline_s50.json``; session 51 again, with the calm looks'
+selections (``looks``), ``--out benchmarks/results/calm_baseline_s51.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 
 from shaper_deploy.profiling.analysis import (calm_speed, fastest_reference, fastest_sentinel,
                                               group_key, group_slowdowns, lowest_floors,
-                                              slow_floors)
+                                              own_slowdowns, slow_floors)
 from shaper_deploy.profiling.fingerprint import differing_fields
 from shaper_deploy.profiling.folder import read_measurements
 from shaper_deploy.profiling.predictor import MAX_SLOW_FLOORS, DeviceProfile
@@ -81,6 +84,35 @@ def by_tokens(records: list[dict]) -> dict[str, dict[str, float]]:
             for tokens, v in sorted(pairs.items())}
 
 
+def looks(records: list[dict], sweeps: int) -> dict[str, dict]:
+    """What the first calm look selected from the sweeps' records (``profile.calm_look_items``:
+    points whose lowest floor came from a group over ``CALM_BAND`` x the fastest by
+    ``group_slowdowns``, the reference or the sentinel) against what the own-reference count
+    of the gate (``analysis.own_slowdowns``) would select, and per precision how far every look
+    moved the lowest floors of the points both select (``both``) and of those only the first
+    selects (``first_only``): the median change and the share lowered by over 3%. Empty for a
+    profile without looks."""
+    if not any(r.get("sweep", 0) >= sweeps for r in records):
+        return {}
+    first = [r for r in records if r.get("sweep", 0) < sweeps]
+    by_larger = lowest_floors(first, group_slowdowns(first))
+    by_own = lowest_floors(first, own_slowdowns(first)[0])
+    final = lowest_floors(records, group_slowdowns(records))
+    out = {}
+    for precision in sorted({key[0] for key in by_larger}):
+        keys = [k for k in by_larger if k[0] == precision and by_larger[k][1] > CALM_BAND]
+        sets = {"both": [k for k in keys if by_own[k][1] > CALM_BAND],
+                "first_only": [k for k in keys if by_own[k][1] <= CALM_BAND]}
+        row = {"points": sum(k[0] == precision for k in by_larger), "selected": len(keys)}
+        for name, chosen in sets.items():
+            moved = np.array([final[k][0] / by_larger[k][0] - 1 for k in chosen])
+            row[name] = {"points": len(chosen),
+                         "median_change": float(np.median(moved)) if len(moved) else None,
+                         "lowered_3pct": float(np.mean(moved < -0.03)) if len(moved) else None}
+        out[precision] = row
+    return out
+
+
 def judge(folder: Path, against: list[DeviceProfile]) -> dict:
     """Per precision and baseline: the points whose lowest floor came from a group over
     ``CALM_BAND`` x that baseline, and the share; each of ``against`` of the same design space
@@ -115,6 +147,7 @@ def judge(folder: Path, against: list[DeviceProfile]) -> dict:
     own = {precision: slow_floors(records, precision) for precision in profile.precisions}
     out["own"] = {precision: {**v, "share": v["slow"] / v["points"] if v["points"] else None}
                   for precision, v in own.items()}
+    out["looks"] = looks(records, profile.header.protocol.sweeps)
     return out
 
 
@@ -168,6 +201,12 @@ def main() -> None:
             print("  median group over its fastest, reference / sentinel, by tokens: " + ", ".join(
                 f"{t} x{v['reference']:.2f} / x{v['sentinel']:.2f}"
                 for t, v in r["sentinel_vs_reference"].items()))
+        for precision, v in r["looks"].items():
+            cell = (lambda w: f"{w['points']} moved {w['median_change']:+.1%} (lowered over 3%: "
+                    f"{w['lowered_3pct']:.0%})" if w["points"] else "none")
+            print(f"  {precision}'s first calm look: {v['selected']} of {v['points']} points by "
+                  f"the larger slowdown; by the own reference too: {cell(v['both'])}; by the "
+                  f"larger alone: {cell(v['first_only'])}")
         for c in r["later_bundles"]:
             print(f"  later bundles ({c['result']}): floors {c['floor']}; p{c['percentile']:g} "
                   f"as verify judges it {c['judged']}")
