@@ -338,17 +338,19 @@ def _profile_text(d: dict) -> str:
                 for ms, row in zip(tail["median_ms"][::3], tail["factor"][::3]))))
     speed = d.get("machine_speed")
     if speed:
-        bands = " and ".join(f"{b}x in {v:.0%}" for b, v in speed["within"].items())
+        def shares(within: dict[str, float]) -> str:  # machine_speed's bands, in words
+            return " and ".join(f"{b}x in {v:.0%}" for b, v in within.items())
+
         sentinel = " (or the sentinel's, where larger)" if d["protocol"].get("sentinel") else ""
         own = speed.get("own")
         rows.append(("machine speed", "the reference graph per group against the fastest "
-                     f"group{sentinel}: within {bands} of the {speed['groups']} groups; median "
+                     f"group{sentinel}: within {shares(speed['within'])} of the "
+                     f"{speed['groups']} groups; median "
                      f"x{speed['median']:.2f}, p90 "
                      f"x{speed['p90']:.2f}, worst x{speed['max']:.2f}"
                      + (". By each group's own reference against its size's time while the "
                         "machine ran calm (the slow-floors count's yardstick; the sentinel, the "
-                        "smallest size, slows most): within " + " and ".join(
-                            f"{b}x in {v:.0%}" for b, v in own["within"].items())
+                        "smallest size, slows most): within " + shares(own["within"])
                         + f"; median x{own['median']:.2f}, p90 x{own['p90']:.2f}, worst "
                         f"x{own['max']:.2f}" if own else "")
                      + ". The percentiles above "

@@ -199,7 +199,7 @@ def slow_floors(records: list[dict[str, Any]], precision: str) -> dict[str, Any]
     slow = [s for key, (_, s) in lowest_floors(records, slowdown).items()
             if key[0] == precision and key[1] == "main"]
     over = [s for s in slow if s > SPEED_BANDS[0]]
-    sentinel = any(r.get("sentinel_ms", 0.0) > 0 for r in records)
+    sentinel = fastest_sentinel(records) < math.inf  # timed in any group
     return {"points": len(slow), "slow": len(over),
             "median_slowdown": round(float(np.median(over)), 4) if over else None,
             "calm_over_fastest": round(calm, 4),
@@ -227,7 +227,7 @@ def machine_speed(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     if len(slow) < 4:
         return None
     out = _speed_figures(slow)
-    if any(r.get("sentinel_ms", 0.0) > 0 for r in records):
+    if fastest_sentinel(records) < math.inf:  # a sentinel timed in any group
         own, _ = own_slowdowns(records)  # the calm bases from every group, waited ones too
         mine = np.array([own[k] for k in {group_key(r): None for r in kept} if k in own])
         if len(mine) >= 4:
