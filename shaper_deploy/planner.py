@@ -70,7 +70,7 @@ class Plan:
 
     shape: Shape
     precision: str
-    predicted_ms: float  # the predicted percentile of request latency at the workload (x correction)
+    predicted_ms: float  # the predicted percentile of latency at the workload (x correction)
     upper_ms: float  # with the profile's margin
     budget_ms: float
     batch: int
@@ -446,6 +446,13 @@ def _measurer(profile: DeviceProfile, device: str, percentile: float, seconds: f
     return measure
 
 
+def _versus(ms: float, relation: str, limit: float) -> str:
+    """``ms`` against ``limit`` in milliseconds, with two decimals or as many more (up to four)
+    as tell them apart: "measured 10.93 ms > 10.93 ms" read as a contradiction (session 52)."""
+    digits = next((d for d in (2, 3) if f"{ms:.{d}f}" != f"{limit:.{d}f}"), 4)
+    return f"{ms:.{digits}f} ms {relation} {limit:.{digits}f} ms"
+
+
 def _nothing_fits(profile: DeviceProfile, prec: str, fastest: Shape, workload: tuple[int, int],
                   percentile: float, dropped: Callable[[Shape], list[str]],
                   note: Callable[[str], None]) -> "Candidate":
@@ -765,7 +772,7 @@ def _teacher_candidate(teacher, profile: DeviceProfile, prec: str, budget_ms: fl
         cand.status = "fits"
     else:
         cand.status = "over budget"
-        cand.reason = (f"measured {cand.measured_ms:.2f} ms > {limit:.2f} ms ({budget_ms:.2f} "
+        cand.reason = (f"measured {_versus(cand.measured_ms, '>', limit)} ({budget_ms:.2f} "
                        f"ms with the {profile.noise(prec):.1%} noise floor to spare)")
     return cand
 
@@ -892,7 +899,7 @@ class _ClosedLoop:
         ms = self.measure(attempt, _model_file(prec), prec, self.w)
         predicted = shape_plan.predicted_ms / shape_plan.correction  # the profile's
         if ms > limit:
-            note(f"{prec}: measured {ms:.2f} ms > {limit:.2f} ms; measuring again to rule out "
+            note(f"{prec}: measured {_versus(ms, '>', limit)}; measuring again to rule out "
                  "noise")
             ms = statistics.median([ms, self.measure(attempt, _model_file(prec), prec, self.w)])
         elif predicted > limit:
@@ -903,7 +910,7 @@ class _ClosedLoop:
             # minute: a fast window bought a shape the profile said does not fit. Of 118
             # budget plans verified in benchmarks/results/relative_budgets*.json, verify
             # judged a median 1.00x and a p90 1.08x what export had measured, the worst 1.36x.
-            note(f"{prec}: measured {ms:.2f} ms <= {limit:.2f} ms though predicted "
+            note(f"{prec}: measured {_versus(ms, '<=', limit)} though predicted "
                  f"{predicted:.2f} ms; measuring again, the slower of the two kept")
             ms = max(ms, self.measure(attempt, _model_file(prec), prec, self.w))
         ratio = ms / predicted
@@ -926,11 +933,11 @@ class _ClosedLoop:
         if self.best is not None:  # a step up missed: one between it and the kept shape, if any
             nxt = self._step_up(ratio, self.best[0])
             if nxt is not None:
-                note(f"{prec}: {shape_plan.shape} measured {ms:.2f} ms > {limit:.2f} ms; trying "
+                note(f"{prec}: {shape_plan.shape} measured {_versus(ms, '>', limit)}; trying "
                      f"{nxt.shape} between it and {self.best[0].shape}")
             return nxt
         correction = max(shape_plan.correction, ratio)
-        note(f"{prec}: missed the budget ({ms:.2f} ms > {limit:.2f} ms, the budget with the "
+        note(f"{prec}: missed the budget ({_versus(ms, '>', limit)}, the budget with the "
              f"{self.slack - 1:.1%} noise floor to spare); re-planning with predictions scaled "
              f"by {correction:.3f}")
         nxt = self._replan(self.family, correction)

@@ -1435,3 +1435,11 @@ def test_families_that_all_reach_one_shape_are_one_line():
     from shaper_deploy.templates import families_said  # the planner's progress line too
     assert families_said(plan["families"]["by_precision"]["int8"]) == \
         "every family: 384,384 0.7227 (23.6M)"
+
+
+def test_a_measurement_and_its_limit_print_apart_where_two_decimals_would_not():
+    from shaper_deploy.planner import _versus
+
+    assert _versus(12.0149, ">", 10.93) == "12.01 ms > 10.93 ms"
+    assert _versus(10.934, ">", 10.9301) == "10.934 ms > 10.930 ms"  # not "10.93 ms > 10.93 ms"
+    assert _versus(10.93012, "<=", 10.93037) == "10.9301 ms <= 10.9304 ms"
