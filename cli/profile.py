@@ -30,9 +30,10 @@ from .common import (ShaperGroup, emit, exports_drop, int_list, json_option, mil
 @click.option("--from", "from_paths", multiple=True, type=click.Path(path_type=Path),
               help="Transfer: fit this device's model with these profiles (of other "
                    "devices, same design space and device kind; repeat for several) as the "
-                   "prior, from a few shapes measured here. A folder of profiles (e.g. "
-                   "profiles) gives every one in it of this device kind and design space. "
-                   "The grid is the first's, or the part of it every one covers.")
+                   "prior, from a few shapes measured here; at most 8. A folder of profiles "
+                   "(e.g. profiles) gives every one in it of this device kind and design "
+                   "space (over 8 in all: the 8 closest to this machine). The grid is the "
+                   "first's, or the part of it every one covers.")
 @click.option("--batch", "batches", default=None,
               help="Grid batch sizes (default 1,4,16; with --from, the source's); batches "
                    "between them are interpolated.")
@@ -155,7 +156,8 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                                    "measures the grid its source profiles share "
                                    "(--max-tokens narrows it)")
         space = config.space if supernet_path is not None else None
-        named = tr.expand_sources(from_paths, device, space, out, progress)
+        here = device_fingerprint(device)
+        named = tr.expand_sources(from_paths, device, space, out, progress, here)
         check_not_input(out, [("--from", p) for p in named])
         sources = tr.load_sources(named, device, space)
         if supernet_path is None:  # the design space is the sources'
@@ -166,7 +168,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
                            sweeps=sweeps or TRANSFER_SWEEPS,
                            calm_looks=TRANSFER_CALM_LOOKS if calm_looks is None else calm_looks,
                            calm_wait=calm_wait, sentinel=sentinel)
-        transfer = tr.transfer_record(sources, protocol, device_fingerprint(device), progress)
+        transfer = tr.transfer_record(sources, protocol, here, progress)
     else:
         lens = int_list(seq_lens or "16,32,64,128,256,512", "--seq-len")
         usable = tuple(s for s in lens if s <= config.max_tokens)

@@ -616,3 +616,33 @@ def test_a_cpu_quota_on_the_process_cgroup_counts_as_fewer_cores(tmp_path, monke
         runtime.usable_cores.cache_clear()
         assert runtime.usable_cores() == min(cores, joblib.cpu_count())
     runtime.usable_cores.cache_clear()
+
+
+def test_a_folder_of_more_profiles_than_a_transfer_mixes_keeps_the_closest(tiny_profile,
+                                                                            tmp_path):
+    """`--from profiles` with a user's own profile beside the 8 shipped MiniLM ones was 9, and
+    refused (session 52): a folder is cut to the 8 closest to this machine, named."""
+    from shaper_deploy.profiling.transfer import MAX_SOURCES, expand_sources
+
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    names = [f"p{i}" for i in range(MAX_SOURCES + 1)]
+    for name in names:
+        shutil.copytree(tiny_profile, fleet / name)
+    here = json.loads((tiny_profile / "profile.json").read_text())["fingerprint"]
+    for name, changed in (("p3", {"cpu_model": "Another CPU", "isa": ["avx2"]}),
+                          ("p5", {"cpu_model": "Another CPU"})):
+        header = json.loads((fleet / name / "profile.json").read_text())
+        header["fingerprint"].update(changed)
+        (fleet / name / "profile.json").write_text(json.dumps(header))
+    space = DeviceProfile.load(tiny_profile).space
+    notes = []
+    got = expand_sources([fleet], "cpu", space, note=notes.append, here=here)
+    # the farthest (two fields differ) left out, the rest in name order, the cut named
+    assert got == [str(fleet / n) for n in names if n != "p3"]
+    assert "left out: p3 (cpu_model, isa differ)" in notes[-1]
+    assert len(load_sources(got, "cpu", space)) == MAX_SOURCES
+    # named one by one, more than a transfer mixes is refused, saying what a folder does
+    with pytest.raises(ProfileError, match=f"at most {MAX_SOURCES} profiles, got 9: name "
+                                           "fewer .a folder given to --from keeps the 8"):
+        load_sources([str(fleet / n) for n in names], "cpu", space)

@@ -42,7 +42,7 @@ from ..runtime import int8_kernels
 from .catalog import profiles_in
 from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
                         fit_point, fit_profile, grid_data, raised_tail, trust)
-from .fingerprint import fingerprint_differences
+from .fingerprint import differing_fields, fingerprint_differences, unchecked_fields
 from .analysis import dropped_by_key, measured_latency
 from .folder import HEADER, Fingerprint, ProfileHeader, Transfer, workload_key
 from .profile import TRANSFER_MIN_SHAPES
@@ -52,6 +52,8 @@ from ..shape import DesignSpace, Shape
 CANDIDATES = (0.0, 1.0, 3.0, 10.0)  # ridges compared by leave-one-shape-out (0: no prior)
 REPEAT_SHAPES = 2  # shapes re-measured at the end for the noise floor
 DEFAULT_MINUTES = 2.0
+# The most sources a transfer mixes: their weights are fitted at each grid point on as few as
+# 6 shapes (TRANSFER_MIN_SHAPES less the 2 held out), and each source is one more weight.
 MAX_SOURCES = 8
 METHOD = ("transfer: per precision, the fit with the least leave-one-shape-out error: direct "
           "(as a profile without sources) or, per grid point, a non-negative mix of the "
@@ -64,7 +66,8 @@ METHOD = ("transfer: per precision, the fit with the least leave-one-shape-out e
 
 def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace | None,
                    out: str | Path | None = None,
-                   note: Callable[[str], None] | None = None) -> list[str]:
+                   note: Callable[[str], None] | None = None,
+                   here: Fingerprint | None = None) -> list[str]:
     """``--from`` as given, a folder of profiles (``DIR/*/profile.json``, e.g. ``profiles``)
     standing for every finished profile in it of ``device``'s kind and of the design space
     (``space``, else the one the folder's profiles share), in name order; ``out`` (the
@@ -72,10 +75,17 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
     and the other classes as sources, all of them together came within 0.4 points of MAPE of
     the best one alone at 8 and 12 shapes, whose lead over the worst reached 1.9, so a fleet
     spares guessing which machine is closest (docs/benchmarks.md). A profile folder is kept
-    as given; ``load_sources`` checks every one."""
+    as given; ``load_sources`` checks every one.
+
+    Where the folders hold more than ``MAX_SOURCES`` with the profiles named one by one, the
+    ones found in folders are cut to those closest to this machine (``here``, by
+    ``closest_first``), and ``note`` names the ones left out: a user's own profile added to
+    the shipped ``profiles`` folder made `--from profiles` 9 MiniLM profiles, which the
+    limit refused (session 52)."""
     tell = note or (lambda message: None)
     skip = Path(out).resolve() if out is not None else None
     chosen: list[str] = []
+    in_folders: list[DeviceProfile] = []
     for given in map(Path, paths):
         if (given / HEADER).exists() or not given.is_dir():
             chosen.append(str(given))
@@ -109,7 +119,33 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
              + ", ".join(p.path.name for p in found)
              + (f"; skipped {', '.join(skipped)}" if skipped else ""))
         chosen += [str(p.path) for p in found]
-    return chosen
+        in_folders += found
+    room = MAX_SOURCES - (len(chosen) - len(in_folders))
+    if len(chosen) <= MAX_SOURCES or here is None or room <= 0:
+        return chosen  # load_sources refuses more than MAX_SOURCES named one by one
+    ranked = closest_first(in_folders, here)
+    out_of_room = {str(p.path) for p in ranked[room:]}
+
+    def unlike(p: DeviceProfile) -> str:
+        fields = differing_fields(p.header.fingerprint, here)
+        return f"{', '.join(fields)} differ" if fields else "this machine's"
+
+    tell(f"--from: {len(chosen)} profiles, at most {MAX_SOURCES} as the prior: the "
+         f"{room} found in folders closest to this machine are used (fewest fingerprint "
+         "fields differing, then reliable, then newest); left out: "
+         + ", ".join(f"{p.path.name} ({unlike(p)})" for p in ranked[room:]))
+    return [c for c in chosen if c not in out_of_room]
+
+
+def closest_first(profiles: Sequence[DeviceProfile], here: Fingerprint
+                  ) -> list[DeviceProfile]:
+    """``profiles`` in order of closeness to this machine: fewest fingerprint fields that
+    differ from ``here``, then fewest that could not be compared (a profile predating
+    ``cpu_id``), then reliable before unreliable, then newest first."""
+    newest = sorted(profiles, key=lambda p: p.header.created, reverse=True)
+    return sorted(newest, key=lambda p: (len(differing_fields(p.header.fingerprint, here)),
+                                         len(unchecked_fields(p.header.fingerprint, here)),
+                                         not p.trust["reliable"]))
 
 
 def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
@@ -121,7 +157,9 @@ def load_sources(paths: Sequence[str], device: str, space: DesignSpace | None
     if not paths:
         raise ProfileError("--from needs at least one profile")
     if len(paths) > MAX_SOURCES:
-        raise ProfileError(f"--from takes at most {MAX_SOURCES} profiles, got {len(paths)}")
+        raise ProfileError(f"--from takes at most {MAX_SOURCES} profiles, got {len(paths)}: "
+                           f"name fewer (a folder given to --from keeps the {MAX_SOURCES} "
+                           "closest to this machine)")
     sources = [DeviceProfile.load(p) for p in paths]
     first = sources[0]
     for s in sources:
