@@ -130,9 +130,9 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
         fields = differing_fields(p.header.fingerprint, here)
         return f"{', '.join(fields)} differ" if fields else "this machine's"
 
-    tell(f"--from: {len(chosen)} profiles, at most {MAX_SOURCES} as the prior: the "
-         f"{room} found in folders closest to this machine are used (fewest fingerprint "
-         "fields differing, then reliable, then newest); left out: "
+    tell(f"--from: a transfer mixes at most {MAX_SOURCES} of these {len(chosen)} profiles: "
+         f"the {room} found in folders closest to this machine (fewest fingerprint fields "
+         "differing, then reliable, then newest); left out: "
          + ", ".join(f"{p.path.name} ({unlike(p)})" for p in ranked[room:]))
     return [c for c in chosen if c not in out_of_room]
 
