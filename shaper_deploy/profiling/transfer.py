@@ -77,11 +77,11 @@ def expand_sources(paths: Sequence[str | Path], device: str, space: DesignSpace 
     spares guessing which machine is closest (docs/benchmarks.md). A profile folder is kept
     as given; ``load_sources`` checks every one.
 
-    Where the folders hold more than ``MAX_SOURCES`` with the profiles named one by one, the
-    ones found in folders are cut to those closest to this machine (``here``, by
-    ``closest_first``), and ``note`` names the ones left out: a user's own profile added to
-    the shipped ``profiles`` folder made `--from profiles` 9 MiniLM profiles, which the
-    limit refused (session 52)."""
+    Where the profiles found in folders and those named one by one come to more than
+    ``MAX_SOURCES``, the ones found in folders are cut to those closest to this machine
+    (``here``, by ``closest_first``), and ``note`` names the ones left out: a user's own
+    profile added to the shipped ``profiles`` folder made `--from profiles` 9 MiniLM
+    profiles, which the limit refused (session 52)."""
     tell = note or (lambda message: None)
     skip = Path(out).resolve() if out is not None else None
     chosen: list[str] = []
