@@ -1,4 +1,4 @@
-"""``shaperctl profile``, ``shaperctl predict`` and ``shaperctl profiles list|show``."""
+"""``shaperctl profile``, ``shaperctl predict`` and ``shaperctl profiles list|show|retake``."""
 
 from __future__ import annotations
 
@@ -210,6 +210,7 @@ def profile(device: str, out: Path, supernet_path: Path | None, precisions: str 
 def profile_data(p) -> dict:
     from shaper_deploy.profiling.fingerprint import device_fingerprint, unchecked_fields
     from shaper_deploy.profiling.plots import PLOTS
+    from shaper_deploy.profiling.predictor import retake_hint
     from shaper_deploy.profiling.transfer import transfer_advice
 
     from shaper_deploy.errors import ProfileError
@@ -225,7 +226,8 @@ def profile_data(p) -> dict:
             "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
-            "advice": transfer_advice(p.header, p.model),
+            "advice": (transfer_advice(p.header, p.model, p.path) if p.header.transfer
+                       else retake_hint(p.path, p.header, p.trust)),
             "this_machine": {"matches": not foreign, "differences": foreign,
                              "unchecked": unchecked_fields(p.header.fingerprint, here)},
             "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}
@@ -275,7 +277,13 @@ def _profile_text(d: dict) -> str:
         rows.append(("calm looks", f"{summary['calm_looks']} of {summary['measurements']} "
                      "measurements: shapes and sizes looked at again because their lowest "
                      f"floor so far was timed while the reference (or the sentinel) ran over "
-                     f"{CALM_BAND:g}x its fastest"))
+                     f"{CALM_BAND:g}x its fastest"
+                     + (", or, in a retake, its own reference over its calm time"
+                        if summary.get("retakes") else "")))
+    for i, r in enumerate(summary.get("retakes", []), 1):
+        rows.append((f"retake {i}", f"{r['measurements']} measurements of floors timed slow "
+                     f"in {r['seconds'] / 60:.1f} min, {r['waited_s'] / 60:.1f} of them "
+                     "waiting for calm moments (shaperctl profiles retake)"))
     if "calm_wait" in summary:
         w = summary["calm_wait"]
         rows.append(("calm wait", f"{w['seconds'] / 60:.1f} min waited; of the calm looks' "
@@ -520,7 +528,7 @@ def predict(profile_path: Path | None, device: str | None, shape_text: str, prec
 
 @click.group(cls=ShaperGroup)
 def profiles() -> None:
-    """List and inspect latency profiles."""
+    """List, inspect and retake latency profiles."""
 
 
 @profiles.command("list")
@@ -659,3 +667,110 @@ def profiles_show(path: Path, as_json: bool) -> None:
     from shaper_deploy.profiling.predictor import DeviceProfile
 
     emit(profile_data(DeviceProfile.load(path)), as_json, _profile_text)
+
+
+@profiles.command("retake")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
+              help="Time for the retake, waits included [default: its measuring as priced, "
+                   "and as long again to wait for calm moments].")
+@json_option
+def profiles_retake(path: Path, minutes: float | None, as_json: bool) -> None:
+    """Time again, each once the machine runs calm, what a profile timed while this machine
+    ran slow; fit the profile again.
+
+    On a shared host a profile's floors can fall in a slow stretch: the profile then says
+    UNRELIABLE on floors timed slow (profiles show: trust), or misses its held-out error or
+    noise floor because of them. The slow-floors count says which shape x size points: those
+    whose lowest floor came from a group whose own reference graph ran over 1.1x its calm
+    time. A retake measures only those (and their repeats) as one more calm look, waiting
+    before each size until that reference runs within 1.1x while --minutes allows, then fits
+    the profile and judges it as any profile. Only on the machine the profile describes;
+    an interrupted retake resumes when run again.
+
+    \b
+    Examples:
+      shaperctl profiles retake profiles/my-machine
+      shaperctl profiles retake profiles/my-vm-minilm --minutes 10 --json
+    """
+    from shaper_deploy.errors import ProfileError
+    from shaper_deploy.io import output_lock
+    from shaper_deploy.profiling.folder import read_header
+    from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
+    from shaper_deploy.profiling.profile import retake_profile
+    from shaper_deploy.profiling.transfer import refit
+    from shaper_deploy.runtime import share_one_pool
+
+    header = read_header(path)
+    if (common.OWN_PROCESS and header.protocol.pool == "process"
+            and header.fingerprint["device"] == "cpu"):
+        share_one_pool(header.protocol.threads)  # measured as shaperctl profile measured it
+    try:
+        before = _retake_figures(DeviceProfile.load(path))
+    except ProfileError:  # a retake stopped before it was fitted
+        before = None
+    with output_lock(path), resumable(f"what was retaken is kept in {path}: run the same "
+                                      "command again to resume"):
+        report = retake_profile(path, minutes, progress)
+        if report["points"] or report["fit_only"] or before is None:
+            (refit if read_header(path).transfer else fit_profile)(path, progress=progress)
+    after = _retake_figures(DeviceProfile.load(path))
+    emit({"profile": str(path), "retake": report, "before": before, "after": after}, as_json,
+         _retake_text)
+
+
+def _retake_figures(p) -> dict:
+    """What a retake changes in a profile: per precision its floors timed slow, held-out MAPE
+    and noise floor; its trust."""
+    from shaper_deploy.profiling.predictor import noise_of, slow_floors_of
+
+    return {"trust": p.trust, "precisions": {
+        q: {"slow_floors": slow_floors_of(p.header, q),
+            "mape": p.model.metrics[q]["held_out"]["mape"], "noise_floor": noise_of(p.header, q)}
+        for q in p.precisions}}
+
+
+def _retake_text(d: dict) -> str:
+    r, before, after = d["retake"], d["before"], d["after"]
+    if not r["points"] and not r["fit_only"] and before is not None:
+        return table([("profile", d["profile"]), ("retaken", "nothing: no floor was timed "
+                                                  "while the machine ran slow")])
+
+    def each(figure) -> str:  # before -> after, per precision
+        return "; ".join(f"{q} " + (f"{figure(before['precisions'][q])} -> " if before else "")
+                         + figure(v) for q, v in after["precisions"].items())
+
+    def slow(v) -> str:
+        s = v["slow_floors"]
+        return f"{s['slow']}/{s['points']}" if s else "not counted"
+
+    def trust(t) -> str:
+        return "reliable" if t["reliable"] else "UNRELIABLE: " + "; ".join(t["reasons"])
+
+    return table([
+        ("profile", d["profile"]),
+        ("retaken", (", ".join(f"{q} {n}" for q, n in r["points"].items()) or "nothing new")
+         + f" shape x size measurement(s) in {r['seconds'] / 60:.1f} min, "
+         f"{r['waited_s'] / 60:.1f} of them waiting for calm moments (priced "
+         f"{r['priced_s'] / 60:.1f} min, within {r['minutes']:.1f})"),
+        ("floors timed slow", each(slow)),
+        ("held-out MAPE", each(lambda v: f"{v['mape']:.2%}")),
+        ("noise floor", each(lambda v: "none" if v["noise_floor"] is None
+                             else f"{v['noise_floor']:.1%}")),
+        ("machine now", _retake_speed_line(r["reference_now"])),
+        ("trust", (f"{trust(before['trust'])} -> " if before else "") + trust(after["trust"]))])
+
+
+def _retake_speed_line(now: float | None) -> str:
+    from shaper_deploy.profiling.profile import CALM_BAND, RETAKE_MOVED
+
+    if now is None:
+        return "not compared (no size of the retake was timed calm in the profile)"
+    return (f"the reference at x{now:.2f} its calm time in the profile (the median of the "
+            "retake's sizes)" + (
+                f": over {CALM_BAND:g}x, the retake found no calm moment and its floors are "
+                "of a slow state; retake it again later" if now > CALM_BAND else
+                f": under {RETAKE_MOVED:g}x, the machine runs faster than in the profile's "
+                "calm moments, so its calm state has moved since and the retaken floors are "
+                "of another one; remake the profile (shaperctl profile ... --out NEW)"
+                if now < RETAKE_MOVED else ""))

@@ -124,6 +124,8 @@ def test_protocol_grid_and_refusals():
         Protocol(rounds=0)
     with pytest.raises(ProfileError, match="calm-looks must be a non-negative integer"):
         Protocol(calm_looks=-1)
+    with pytest.raises(ProfileError, match=r"retakes \(2\) are calm looks and cannot outnumber"):
+        Protocol(calm_looks=1, retakes=2)
     with pytest.raises(ProfileError, match="calm-wait must be true or false"):
         Protocol(calm_wait=1)
     with pytest.raises(ProfileError, match="sentinel must be true or false"):

@@ -192,7 +192,7 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     h = slow_floors(0)
     _, records = synthetic_records(h, truth)
     model = fit_transfer(h, records)
-    advice = transfer_advice(h, model)
+    advice = transfer_advice(h, model, "P")
     # the tiny grid stops at 32 tokens: the direct profile priced is of those sizes
     assert advice is not None and ("or profile this device directly (profile without --from, "
                                    "--max-tokens 32: up to about 8 min here)") in advice
@@ -201,12 +201,12 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
     legacy = {**h.transfer, "direct_minutes": 79.0}  # made before session 46: 40 shapes' price
     del legacy["direct_default_minutes"]
     assert "(about 79 min for 40 shapes, --max-tokens 32)" in transfer_advice(
-        replace(h, transfer=legacy), model)
+        replace(h, transfer=legacy), model, "P")
 
     def kernels(here, *sources):  # this CPU's ISA flags, and the sources'
         return transfer_advice(replace(h, fingerprint={**h.fingerprint, "isa": here}, transfer={
             **h.transfer, "sources": [{**source_record(A), "fingerprint": {"isa": isa}}
-                                      for isa in sources]}), model)
+                                      for isa in sources]}), model, "P")
 
     avx2, vnni, amx = ["avx2", "fma"], ["avx2", "avx512_vnni"], ["avx512_vnni", "amx_int8"]
     # int8 failed, and no source runs this CPU's int8 kernels: add one that does
@@ -214,10 +214,10 @@ def test_an_unreliable_transfer_says_what_a_direct_profile_would_take(header):
             "a profile of a CPU that runs x86 without VNNI") in kernels(avx2, amx)
     assert "sources ran AMX and VNNI int8 kernels, this CPU runs x86" in kernels(avx2, amx, vnni)
     assert "int8 kernels" not in kernels(avx2, amx, avx2) + kernels(vnni, vnni)
-    advice = transfer_advice(slow_floors(9), model)  # one slow period under nearly all of it
+    advice = transfer_advice(slow_floors(9), model, "P")  # one slow period under nearly all of it
     assert "floors timed while the machine ran slow (median x1.50) > 70%" in advice
-    assert "): run it again in a calmer period (profiles show: machine speed), measure longer " \
-        "with --minutes" in advice
+    assert ("): retake its 18 floor(s) timed while the machine ran slow, each once it runs "
+            "calm: shaperctl profiles retake P, measure longer with --minutes") in advice
 
 
 def test_a_transfer_tail_is_raised_to_this_machine_sources_only():

@@ -164,21 +164,32 @@ def own_slowdowns(records: list[dict[str, Any]]) -> tuple[dict[tuple, float], fl
     Without a sentinel (profiles made before session 42): ``group_slowdowns`` over the calm
     speed."""
     slowdown = group_slowdowns(records)
+    base, calm = calm_bases(records)
+    if not base:
+        return {k: s / calm for k, s in slowdown.items()}, calm
+    groups = {group_key(r): r for r in records if r["reference_ms"] > 0}
+    return {key: (r["reference_ms"] / base[key[-3:]] if key[-3:] in base
+                  else slowdown[key] / calm) for key, r in groups.items()}, calm
+
+
+def calm_bases(records: list[dict[str, Any]]
+               ) -> tuple[dict[tuple[str, int, int], float], float]:
+    """``own_slowdowns``' yardstick: per precision and size, the reference graph's median time
+    in the groups the sentinel found calm (within ``SPEED_BANDS[0]`` of its calm speed), and
+    that calm speed over the fastest group (``calm_speed``). Without a sentinel, no times and
+    the calm speed of ``group_slowdowns``."""
     sentinel = fastest_sentinel(records)
     groups = {group_key(r): r for r in records if r["reference_ms"] > 0}
     by_sentinel = {k: r["sentinel_ms"] / sentinel for k, r in groups.items()
                    if r.get("sentinel_ms", 0.0) > 0}
     if not by_sentinel:
-        calm = calm_speed(records, slowdown)
-        return {k: s / calm for k, s in slowdown.items()}, calm
+        return {}, calm_speed(records, group_slowdowns(records))
     calm = calm_speed(records, by_sentinel)
     calm_refs: dict[tuple, list[float]] = {}
     for key, r in groups.items():
         if by_sentinel.get(key, math.inf) <= SPEED_BANDS[0] * calm:
             calm_refs.setdefault(key[-3:], []).append(r["reference_ms"])
-    base = {size: statistics.median(times) for size, times in calm_refs.items()}
-    return {key: (r["reference_ms"] / base[key[-3:]] if key[-3:] in base
-                  else slowdown[key] / calm) for key, r in groups.items()}, calm
+    return {size: statistics.median(times) for size, times in calm_refs.items()}, calm
 
 
 def slow_floors(records: list[dict[str, Any]], precision: str) -> dict[str, Any]:

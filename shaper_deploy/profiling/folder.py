@@ -28,6 +28,7 @@ PROFILE_FORMAT = "shaper-deploy/profile"
 PROFILE_VERSION = 2
 HEADER = "profile.json"
 MEASUREMENTS = "measurements.jsonl"
+META_FILE = "predictor.json"  # the fitted latency model (predictor.LatencyModel)
 REMAKE = "shaperctl profile --device {device} --supernet SUPERNET --out NEW_FOLDER"
 
 
@@ -77,6 +78,14 @@ class Summary(TypedDict):
     last_run: NotRequired[dict[str, float]]
     calm_looks: NotRequired[Count]  # measurements made by calm looks (Protocol.calm_looks)
     calm_wait: NotRequired["CalmWaitSummary"]  # how the calm looks waited (Protocol.calm_wait)
+    retakes: NotRequired[list["RetakeSummary"]]  # profiles retake, one a run (Protocol.retakes)
+
+
+class RetakeSummary(TypedDict):
+    look: Count  # its sweep index in measurements.jsonl
+    seconds: float  # the run's time, waits included
+    waited_s: float
+    measurements: Count
 
 
 class CalmWait(TypedDict):

@@ -36,8 +36,8 @@ from ..schema import Count, validated
 from .analysis import (dropped_by_key, machine_speed, measured_latency, noise_floor,
                        record_floor, reference_spread, slow_floors)
 from .fingerprint import device_fingerprint, fingerprint_differences
-from .folder import (HEADER, MEASUREMENTS, ProfileHeader, read_header, read_measurements,
-                     shape_from_key, verify_file, workload_key, write_header)
+from .folder import (HEADER, MEASUREMENTS, META_FILE, ProfileHeader, read_header,
+                     read_measurements, shape_from_key, verify_file, workload_key, write_header)
 from .plots import draw_plots
 from .profile import MIN_SHAPES, held_out_keys, measure_model
 from .protocol import Workload, describe_range, grid_cell
@@ -45,7 +45,6 @@ from ..shape import DesignSpace, Shape, reject_unknown_fields
 
 PREDICTOR_FORMAT = "shaper-deploy/predictor"
 PREDICTOR_VERSION = 4
-META_FILE = "predictor.json"
 MAX_MAPE = 0.05  # a profile whose held-out MAPE exceeds this is unreliable
 MAX_NOISE = 0.03  # ... or whose noise floor (median re-measurement difference) exceeds this
 # ... or more than this share of whose shape x size floors came from a group timed while the
@@ -526,6 +525,14 @@ def slow_floors_of(header: ProfileHeader, precision: str) -> dict[str, Any] | No
     return slow if slow and slow.get("points") else None
 
 
+def retake_hint(path: str | Path, header: ProfileHeader, t: dict[str, Any]) -> str | None:
+    """For a profile unreliable (``trust``: ``t``) in a precision that has floors timed while
+    the machine ran slow: the retake that times them again (``profile.retake_profile``)."""
+    n = sum((slow_floors_of(header, p) or {}).get("slow", 0) for p in t["failed"])
+    return (f"retake its {n} floor(s) timed while the machine ran slow, each once it runs "
+            f"calm: shaperctl profiles retake {path}" if n and not t["reliable"] else None)
+
+
 def trust(header: ProfileHeader, model: LatencyModel) -> dict[str, Any]:
     """Whether the profile can be planned with, and why not: the reasons, the gates
     ``missed`` and the precisions that ``failed`` one."""
@@ -608,7 +615,10 @@ class DeviceProfile:
         header = read_header(path)
         if header.status != "measured" or META_FILE not in header.files:
             raise ProfileError(f"profile {path} is not finished (no fitted predictor); finish "
-                               f"it by running the same shaperctl profile command again")
+                               + (f"its retake with shaperctl profiles retake {path}"
+                                  if header.protocol.retakes and header.status != "measured"
+                                  else "it by running the same shaperctl profile command "
+                                  "again"))
         file = verify_file(path, header, META_FILE)
         data = read_manifest(file, PREDICTOR_FORMAT, PREDICTOR_VERSION, "predictor",
                              ProfileError, f"{file} is missing")
@@ -797,6 +807,9 @@ class DeviceProfile:
             if calmer:
                 remedies.append(" and ".join(calmer) + ": remake it in a calmer period "
                                 "(profiles show: machine speed)")
+            retake = retake_hint(self.path, self.header, t)
+            if retake:  # cheaper than any remaking: the floors timed slow alone
+                remedies.insert(0, retake)
             raise ProfileError(f"profile {self.path} is unreliable ({'; '.join(t['reasons'])}); "
                                + "; ".join(remedies or ["remake it"])
                                + "; or pass --allow-unreliable to use it anyway")

@@ -28,11 +28,11 @@ from ..runtime import (check_threads, int8_format, int8_format_named, int8_forma
 from ..shape import Shape, held_out_mask, identity_projections
 from ..supernet.config import SuperConfig
 from ..templates import sample_shapes, template_shapes
-from .analysis import (FLOOR_LEVEL, SPEED_BANDS, fastest_reference, fastest_sentinel,
-                       group_slowdowns, lowest_floors, noise_floor, point_key, reference_spread,
-                       slow_floors)
+from .analysis import (FLOOR_LEVEL, SPEED_BANDS, calm_bases, fastest_reference,
+                       fastest_sentinel, group_slowdowns, lowest_floors, noise_floor,
+                       own_slowdowns, point_key, reference_spread, slow_floors)
 from .fingerprint import device_fingerprint, field_value, fingerprint_differences
-from .folder import (HEADER, MEASUREMENTS, CalmWait, ProfileHeader, Transfer,
+from .folder import (HEADER, MEASUREMENTS, META_FILE, CalmWait, ProfileHeader, Transfer,
                      append_measurements, read_header, read_measurements, shape_from_key,
                      shape_key, verify_file, workload_key, write_header)
 from .graph import GRAPH_ACTIVATIONS, OPSET, RandomWeightFile, build_deploy_graph
@@ -189,8 +189,8 @@ def _check_resumable(existing: ProfileHeader, plan: ProfileHeader, path: Path,
     sweeps and calm looks and whether they wait (a profile begun before a default changed
     resumes as it began)."""
     differences = fingerprint_differences(existing.fingerprint, plan.fingerprint)
-    free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks", "calm_wait",
-                         "sentinel", "long_warmup"),
+    free = {"protocol": ("precisions", "rounds", "sweeps", "calm_looks", "retakes",
+                         "calm_wait", "sentinel", "long_warmup"),
             "sampling": ("samples", "method") if sized else ("method",)}
     for key in ("protocol", "config", "sampling", "graph"):
         old, new = existing.to_dict()[key], plan.to_dict()[key]
@@ -322,6 +322,148 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     return header
 
 
+RETAKE_WAIT = 1.0  # a retake's default time: its measuring as priced, and this much more
+# A retake whose reference ran under this x the profile's calm time (retake_speed): the
+# machine's calm state has moved since the profile, and the retaken floors are of another one
+RETAKE_MOVED = 0.95
+
+
+def retake_profile(out: str | Path, minutes: float | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time again, each once the machine runs calm, what a finished profile timed while it ran
+    slow (the slow-floors count: ``analysis.slow_floors``, each point's lowest floor against
+    its own size's reference), as one more calm look, a retake (``Protocol.retakes``), within
+    ``minutes`` (None: the look's price and ``RETAKE_WAIT`` times it to wait in). The caller
+    fits the profile again. An interrupted retake resumes exactly when run again.
+
+    What was retaken: the measurements per precision (``points``; none when no floor was
+    timed slow, the profile then untouched), the price and window (``priced_s``,
+    ``minutes``), the time spent and waited (``seconds``, ``waited_s``), how fast the
+    machine ran in it against the profile's calm time (``reference_now``, ``retake_speed``),
+    each precision's
+    slow floors before (``slow_before``; None when resumed), and ``fit_only``: the profile
+    was measured but its fit had stopped, so nothing was retaken and it is only to fit.
+
+    Why: on a shared host a default direct profile's floors can fall in one slow stretch and
+    the profile says UNRELIABLE on them, while its calm looks had no time left to wait (the
+    AMD EPYC Zen 4 BERT-base direct profile of session 52: 88 of 192 int8 floors timed slow,
+    its looks waited 0 s of 13 min). Making it again costs the whole profile and may meet the
+    same stretch; a retake measures only what the gate counted, and waits."""
+    note = progress or (lambda message: None)
+    out = Path(out)
+    header = read_header(out)
+    resuming = header.status != "measured"
+    if resuming and not header.protocol.retakes:
+        raise ProfileError(f"profile {out} is not finished: finish it by running the same "
+                           "shaperctl profile command again, then retake it")
+    if MEASUREMENTS in header.files:
+        verify_file(out, header, MEASUREMENTS)
+    device = header.fingerprint["device"]
+    differences = fingerprint_differences(header.fingerprint, device_fingerprint(device))
+    if differences:
+        raise ProfileError(f"profile {out} was measured on another machine "
+                           f"({'; '.join(differences)}): a retake here would mix two machines' "
+                           "floors; retake it there, or profile this machine")
+    protocol = header.protocol
+    here = process_pool()
+    if protocol.pool != here:
+        raise ProfileError(f"profile {out} was measured with pool {protocol.pool!r}; this "
+                           f"process measures with pool {here!r}: retake it with shaperctl, "
+                           "whose own process measures as shaperctl profile does")
+    if minutes is not None and not (math.isfinite(minutes) and 0.5 <= minutes <= 24 * 60):
+        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
+    report: dict[str, Any] = {"points": {}, "slow_before": None, "priced_s": 0.0,
+                              "minutes": 0.0, "seconds": 0.0, "waited_s": 0.0,
+                              "reference_now": None,
+                              "fit_only": not resuming and META_FILE not in header.files}
+    if report["fit_only"]:  # measured, its fit stopped: the caller fits it, nothing to retake
+        return report
+    records = read_measurements(out, repair=resuming, note=note)
+    if not resuming:
+        report["slow_before"] = {p: v.get("slow_floors") for p, v in
+                                 ((header.summary or {}).get("precisions") or {}).items()}
+        protocol = replace(protocol, calm_looks=protocol.calm_looks + 1,
+                           retakes=protocol.retakes + 1)
+    look = protocol.calm_looks - 1
+    items = calm_look_items(records, protocol, header.space, look)
+    points = {p: sum(len(i[3]) for i in items if i[0] == p) for p in protocol.precisions}
+    report["points"] = {p: n for p, n in points.items() if n}
+    if not items and not resuming:  # no floor timed slow: the profile stays as it is
+        return report
+    priced = look_seconds(header, protocol, items)
+    if minutes is None:
+        minutes = min(24 * 60.0, max(1.0, (1 + RETAKE_WAIT) * priced / 60))
+    note(f"retaking {out}: " + ", ".join(f"{p} {n}" for p, n in report["points"].items())
+         + " shape x size measurement(s), the floors timed while the machine ran slow and "
+         f"their repeats, priced {priced / 60:.1f} min; within {minutes:.1f} min, the rest "
+         "waits for calm moments")
+    if not resuming:  # nothing is signed while measuring: the profile is refused until done
+        header.protocol, header.status, header.files = protocol, "measuring", {}
+        write_header(out, header)
+    started = time.perf_counter()
+    measuring = _Measuring(out, header, device, minutes, started, note)
+    measuring.run(announce=False)
+    records = read_measurements(out)
+    old = header.summary or {}
+    header.status = "measured"
+    header.summary = _summary(records, protocol, 0.0, False)
+    seconds = time.perf_counter() - started
+    if "last_run" in old:  # the run that measured the profile, not the retake
+        header.summary["last_run"] = old["last_run"]
+    header.summary["retakes"] = old.get("retakes", []) + [
+        {"look": protocol.sweeps + look, "seconds": round(seconds, 1),
+         "waited_s": round(measuring.waited, 1),
+         "measurements": sum(r.get("sweep", 0) == protocol.sweeps + look for r in records)}]
+    header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
+    write_header(out, header)
+    report.update(priced_s=round(priced, 1), minutes=round(minutes, 2),
+                  seconds=round(seconds, 1), waited_s=round(measuring.waited, 1),
+                  reference_now=retake_speed(records, protocol.sweeps + look))
+    return report
+
+
+def retake_speed(records: list[dict[str, Any]], look: int) -> float | None:
+    """How fast the machine ran in retake ``look`` (its sweep index) against the profile's
+    calm time: the median, over the look's groups and sizes, of the reference's time over its
+    size's ``calm_bases`` in the records before it (None where none compares). Near 1: the
+    retaken floors are of the state the rest were timed in; over ``CALM_BAND``: the retake
+    found no calm moment; well under 1: the machine's calm state has moved since the profile
+    (a retake mixes two states: remake the profile)."""
+    bases, _ = calm_bases([r for r in records if r.get("sweep", 0) < look])
+    now = {(r["group"], r["precision"], r["batch"], r["seq_len"]):
+           r["reference_ms"] / bases[(r["precision"], r["batch"], r["seq_len"])]
+           for r in records if r.get("sweep", 0) == look and r["reference_ms"] > 0
+           and (r["precision"], r["batch"], r["seq_len"]) in bases}
+    return round(statistics.median(now.values()), 4) if now else None
+
+
+def look_seconds(header: ProfileHeader, protocol: Protocol, items: list) -> float:
+    """A look's measuring time (``calm_look_items``' ``items``), priced as ``estimate_seconds``
+    prices a profile from its probe: each item's turns, and per group and size the reference
+    and the sentinel, with the turns' ``overhead``; each shape's graph built once (an int8
+    one quantized). Without a probe (older profiles): a turn per 1,000 tokens a second."""
+    probe, first = header.probe, protocol.precisions[0]
+
+    def turn(precision: str, w: Workload) -> float:
+        return (probed_turn_seconds(probe, protocol, precision, w) if probe
+                else w[0] * w[1] / 1000)
+
+    seconds = 0.0
+    for p in protocol.precisions:
+        mine = [i for i in items if i[0] == p]
+        for k in range(0, len(mine), protocol.group_size):
+            group = mine[k:k + protocol.group_size]
+            sizes = {w for i in group for w in i[3]}
+            turns = (sum(turn(p, w) for i in group for w in i[3])
+                     + sum(turn(p, w) for w in sizes)
+                     + (len(sizes) * turn(first, protocol.sentinel_workload)
+                        if protocol.sentinel else 0.0))
+            seconds += protocol.rounds * turns * overhead(protocol)
+        shapes = {shape_key(i[2].widths) for i in mine}
+        seconds += len(shapes) * ((probe or {}).get("build_seconds") or {}).get(p, 1.0)
+    return seconds
+
+
 def take_refitted_sources(header: ProfileHeader, transfer: Transfer,
                           note: Callable[[str], None]) -> None:
     """A finished transfer whose sources were refitted since it froze them (the same
@@ -448,6 +590,9 @@ class _Measuring:
         self.measuring = 0.0  # when measuring began (``run``): the rate ``left`` extrapolates
         self.fastest: dict[tuple[str, int, int], float] = {}
         self.fastest_sentinel = math.inf
+        self.retaking = False  # a retake's look (is_retake): it waits by its own yardstick
+        self.bases: dict[tuple[str, int, int], float] = {}  # ... calm_bases, for a retake
+        self.calm = 1.0
         self.refs: dict[str, Any] = {}
 
     def work(self) -> list[tuple[str, str, Shape, list[Workload], int]]:
@@ -509,12 +654,14 @@ class _Measuring:
         return max(0.0, spent / self.done * (self.total - self.done)) if self.done else self.total
 
     def may_wait(self) -> bool:
-        """A calm look may wait while the rest still fits in the time asked for."""
-        return (self.protocol.calm_wait and self.minutes is not None
+        """A calm look may wait while the rest still fits in the time asked for (a retake's
+        whatever ``Protocol.calm_wait`` says: waiting is what it is for)."""
+        return ((self.protocol.calm_wait or self.retaking) and self.minutes is not None
                 and time.perf_counter() + self.left() < self.started + self.minutes * 60)
 
-    def run(self) -> bool:
-        """Measure everything missing, then the calm looks; whether anything was measured."""
+    def run(self, announce: bool = True) -> bool:
+        """Measure everything missing, then the calm looks; whether anything was measured.
+        ``announce``: say what the profile measures first (a retake says what it retakes)."""
         protocol, header, note = self.protocol, self.header, self.note
         work = self.work()
         self.total = sum(self.cost(item[0], w) for item in work for w in item[3])
@@ -524,10 +671,11 @@ class _Measuring:
             self.cost(p, w) for p in protocol.precisions for is_held in self.held
             for w in self.sizes(is_held)) if protocol.calm_looks else 0.0
         self.total += calm * protocol.calm_looks
+        say = note if announce else (lambda message: None)
         if self.records:
-            note(f"resuming {self.out}: {len(self.records)} measurements kept")
+            say(f"resuming {self.out}: {len(self.records)} measurements kept")
         usable = field_value(header.fingerprint, "usable_cores") or protocol.threads
-        note(f"profiling {len(self.planned)} shapes x {len(protocol.precisions)} precision(s) "
+        say(f"profiling {len(self.planned)} shapes x {len(protocol.precisions)} precision(s) "
              f"x {len(protocol.grid)} input sizes ({describe_range(protocol.grid)}) on "
              f"{self.device}, {protocol.rounds} rounds, {protocol.threads} intra-op thread(s)"
              + (f" (this process may use {usable} cores: plans and servers that use the "
@@ -545,15 +693,24 @@ class _Measuring:
                 items = calm_look_items(records, protocol, header.space, look)
                 self.fastest = fastest_reference(records)
                 self.fastest_sentinel = fastest_sentinel(records)
+                self.retaking = is_retake(protocol, look)
+                if self.retaking:
+                    self.bases, self.calm = calm_bases(records)
                 if not items:  # nothing ran slow, or a resumed run's look already done
                     self.total -= calm  # its share, priced up front, is not to come
                     continue
                 self.total += sum(self.cost(item[0], w) for item in items
                                   for w in item[3]) - calm
-                note(f"calm look {look + 1}/{protocol.calm_looks}: "
-                     f"{sum(len(item[3]) for item in items)} shape x size measurement(s) whose "
-                     f"lowest floor so far came from a group over {CALM_BAND:g}x the fastest "
-                     "(by the reference, or the sentinel), looked at again")
+                n = sum(len(item[3]) for item in items)
+                note(f"retake {protocol.retakes - protocol.calm_looks + look + 1}: {n} shape x "
+                     "size measurement(s) whose lowest floor came from a group whose own "
+                     f"reference ran over {CALM_BAND:g}x its calm time (the slow-floors count), "
+                     "timed again, each once the machine runs calm while the time allows"
+                     if self.retaking else
+                     f"calm look {look + 1}/{protocol.calm_looks}: {n} shape x size "
+                     f"measurement(s) whose lowest floor so far came from a group over "
+                     f"{CALM_BAND:g}x the fastest (by the reference, or the sentinel), looked "
+                     "at again")
                 self.measure(self.grouped(items), sessions)
                 measured = True
         return measured
@@ -575,7 +732,8 @@ class _Measuring:
             workloads = sorted({w for item in batch_items for w in item[3]},
                                key=lambda w: w[0] * w[1])
             look, group = batch_items[0][4], self.group
-            label = (f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
+            label = ("retake, " if self.retaking and look >= protocol.sweeps else
+                     f"calm look {look - protocol.sweeps + 1}/{protocol.calm_looks}, "
                      if look >= protocol.sweeps else
                      f"sweep {look + 1}/{protocol.sweeps}, " if protocol.sweeps > 1 else "")
             for w in workloads:
@@ -593,10 +751,16 @@ class _Measuring:
                     t = time.perf_counter()
                     fastest = {REFERENCE: self.fastest[(precision, *w)],
                                SENTINEL: self.fastest_sentinel}
+                    base = self.bases.get((precision, *w)) if self.retaking else None
+                    calm = self.calm if self.retaking else 1.0
 
                     def slowdown() -> float:  # the larger of the references' (both judged)
+                        if base:  # a retake: this size's reference over its calm time
+                            now = measure_interleaved({REFERENCE: refs[REFERENCE]},
+                                                      replace(protocol, rounds=1), seed=group)
+                            return now[REFERENCE]["median_ms"] / base
                         now = measure_interleaved(refs, replace(protocol, rounds=1), seed=group)
-                        return max(now[k]["median_ms"] / fastest[k] for k in refs)
+                        return max(now[k]["median_ms"] / fastest[k] for k in refs) / calm
                     gate = wait_for_calm(
                         slowdown, self.may_wait,
                         lambda m: self.note(f"{label}{precision} group {group} at batch "
@@ -963,6 +1127,10 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     look has measured already. Decided on the
     earlier looks' records only, so an interrupted look resumes exactly.
 
+    A retake (the last ``protocol.retakes`` looks, ``retake_profile``) takes instead what the
+    slow-floors count counts: every point whose lowest floor came from a group over
+    ``SPEED_BANDS[0]`` x a calm machine by ``own_slowdowns``.
+
     Why: a slow period lasts minutes and can cover every sweep of an item, whose floor is
     then the slow period's. On the AMD Zen 4 and Zen 5 profiles the held-out points whose
     lowest floor came from such a group were 1.1-4x as far off as the rest (int8 of a Zen 5
@@ -976,7 +1144,8 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     compared calm first measurements with slow repeats (repeats 3.6% slower in the median)."""
     this = protocol.sweeps + look
     earlier = [r for r in records if r.get("sweep", 0) < this]
-    best = lowest_floors(earlier, group_slowdowns(earlier))
+    best = lowest_floors(earlier, own_slowdowns(earlier)[0] if is_retake(protocol, look)
+                         else group_slowdowns(earlier))
     done, first = set(), {}
     for i, r in enumerate(records):
         sweep = r.get("sweep", 0)
@@ -996,6 +1165,11 @@ def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
     return [(p, phase, shape_from_key(k, space), sorted(todo[(p, phase, k)],
                                                         key=lambda w: (w[0] * w[1], w)), this)
             for p, phase, k in sorted(todo, key=order)]
+
+
+def is_retake(protocol: Protocol, look: int) -> bool:
+    """Whether calm look ``look`` (0-based) is a retake (``Protocol.retakes``)."""
+    return look >= protocol.calm_looks - protocol.retakes
 
 
 CALM_POLL_S = 1.0  # how often a waiting calm look times the reference again

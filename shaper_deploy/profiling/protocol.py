@@ -81,6 +81,11 @@ class Protocol:
     # fastest (a slow period can cover all of one item's sweeps); each look regroups what is
     # left. 0: none (transfers, and profiles made before 2026-12-04).
     calm_looks: int = 0
+    # How many of the calm looks, the last ones, are retakes (``shaperctl profiles retake``,
+    # since session 53): a look at a finished profile's floors that the slow-floors count
+    # says were timed slow (by each size's own reference), waiting for a calm moment by that
+    # yardstick whatever ``calm_wait`` says. 0: none (profiles never retaken).
+    retakes: int = 0
     # A calm look waits, before each size it times, until the reference graph (and the
     # sentinel) runs within 1.1x its fastest (checked every second), for as long as the rest
     # of the profile still fits in the time asked for (--minutes); its measurements record
@@ -144,10 +149,10 @@ class Protocol:
                 if any(len(w) != 2 or min(w) < 1 for w in value):
                     raise ProfileError(f"check workloads must be (batch, seq_len) pairs, "
                                        f"got {value!r}")
-            elif f.name == "calm_looks":
+            elif f.name in ("calm_looks", "retakes"):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ProfileError(f"calm-looks must be a non-negative integer, "
-                                       f"got {value!r}")
+                    raise ProfileError(f"{f.name.replace('_', '-')} must be a non-negative "
+                                       f"integer, got {value!r}")
             elif f.name == "pool":
                 if value not in POOLS:
                     raise ProfileError(f"pool must be one of {', '.join(POOLS)}, got {value!r}")
@@ -163,6 +168,9 @@ class Protocol:
             elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProfileError(f"{f.name.replace('_', '-')} must be a positive integer, "
                                    f"got {value!r}")
+        if self.retakes > self.calm_looks:
+            raise ProfileError(f"retakes ({self.retakes}) are calm looks and cannot outnumber "
+                               f"them ({self.calm_looks})")
         if not self.grid:
             raise ProfileError(f"no grid point has at most {self.max_tokens} tokens; raise "
                                "--max-tokens or choose smaller --batch/--seq-len values")

@@ -40,11 +40,11 @@ import numpy as np
 from ..errors import ProfileError, ShaperError
 from ..runtime import int8_kernels
 from .catalog import profiles_in
-from .predictor import (META_FILE, SMOOTH, DeviceProfile, LatencyModel, features, fit_model,
-                        fit_point, fit_profile, grid_data, raised_tail, trust)
+from .predictor import (SMOOTH, DeviceProfile, LatencyModel, features, fit_model, fit_point,
+                        fit_profile, grid_data, raised_tail, retake_hint, trust)
 from .fingerprint import differing_fields, fingerprint_differences, unchecked_fields
 from .analysis import dropped_by_key, measured_latency
-from .folder import HEADER, Fingerprint, ProfileHeader, Transfer, workload_key
+from .folder import HEADER, META_FILE, Fingerprint, ProfileHeader, Transfer, workload_key
 from .profile import TRANSFER_MIN_SHAPES
 from .protocol import Protocol, Workload
 from ..shape import DesignSpace, Shape
@@ -466,8 +466,10 @@ def same_machine_tails(tails: dict[str, Any], record: Transfer) -> dict[str, Any
     return out
 
 
-def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
-    """For an unreliable transfer: what failed and what a direct profile would cost."""
+def transfer_advice(header: ProfileHeader, model: LatencyModel, path: str | Path
+                    ) -> str | None:
+    """For an unreliable transfer (in ``path``): what failed, the retake of its floors timed
+    slow (``retake_hint``), and what a direct profile would cost."""
     record = header.transfer
     t = trust(header, model)
     if not record or t["reliable"]:
@@ -486,8 +488,8 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel) -> str | None:
     return ("the transfer did not reach the trust targets here ("
             + "; ".join(t["reasons"]) + "; the scaled source alone: "
             + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
-            + "): " + ("run it again in a calmer period (profiles show: machine speed), "
-                       if "max_slow_floors" in t["missed"] else "")
+            + "): " + (f"{retake_hint(path, header, t)}, "
+                       if retake_hint(path, header, t) else "")
             + "measure longer with --minutes, or profile this device directly"
             + (f" (profile without --from{sizes}: up to about {minutes:.0f} min here)"
                if minutes else f" (about {legacy:.0f} min for 40 shapes{sizes})" if legacy

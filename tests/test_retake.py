@@ -1,0 +1,188 @@
+"""``shaperctl profiles retake``: a finished profile's floors timed slow, timed again."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from shaper_deploy.errors import ProfileError
+from shaper_deploy.io import sha256_file
+from shaper_deploy.profiling.analysis import group_slowdowns, point_key, slow_floors
+from shaper_deploy.profiling.folder import MEASUREMENTS, read_measurements
+from shaper_deploy.profiling.predictor import DeviceProfile, fit_profile
+from shaper_deploy.profiling.profile import calm_look_items, retake_profile
+
+from .conftest import TINY_SPACE, fast_protocol
+from .test_profiling import _look
+
+SLOW = 20.0  # the slow stretch made by hand: every int8 group 20x slower, floors and all
+
+
+def _slowed(tiny_profile, out):
+    """``tiny_profile`` as if fp32 had been timed on a calm machine and int8 in one slow
+    stretch: every fp32 group's reference and sentinel alike, every int8 group's floors and
+    reference 20x and its sentinel 20x the fp32 groups', the checksum signed again (a profile
+    the slow-floors gate turns away on int8 alone); the int8 points it then counts slow."""
+    shutil.copytree(tiny_profile, out)
+    lines = [json.loads(line) for line in (out / MEASUREMENTS).read_text().splitlines()]
+    for r in lines:
+        r["sentinel_ms"] = 1.0
+        if r["precision"] == "fp32":
+            r["reference_ms"] = 1.0
+        else:
+            for key in ("median_ms", "p90_ms", "reference_ms", "sentinel_ms"):
+                r[key] *= SLOW
+            r["round_medians"] = [v * SLOW for v in r["round_medians"]]
+            r["run_ms"] = {k: v * SLOW for k, v in r["run_ms"].items()}
+    (out / MEASUREMENTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    header = json.loads((out / "profile.json").read_text())
+    header["files"][MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
+    (out / "profile.json").write_text(json.dumps(header))
+    fit_profile(out)  # counted again, as a fit counts them
+    assert "max_slow_floors" in DeviceProfile.load(out).trust["missed"]
+    assert slow_floors(lines, "fp32")["slow"] == 0
+    return {point_key(r) for r in lines if r["precision"] == "int8"}
+
+
+def test_a_retake_takes_what_the_slow_floors_gate_counts_not_the_looks_rule():
+    """A calm look takes what ran over 1.1x by the larger of the reference's and the
+    sentinel's slowdown; a retake what the slow-floors count counts, by each size's own
+    reference: where the sentinel ran 1.5x and this size's reference 1.05x its calm time,
+    the look takes the point and the retake does not."""
+    a, b, big, never = "16,36,8", "8,8,8", (1, 16), (4, 16)
+
+    def rec(shape, size, group, floor, ref, sentinel):
+        return {**_look(shape, size, 0, group, floor, ref), "sentinel_ms": sentinel}
+
+    records = ([rec(b, big, g, 1.0, 10.0, 1.0) for g in range(6)]  # a calm stretch
+               + [rec(a, big, 6, 4.0, 10.5, 1.5),  # the sentinel 1.5x, this size 1.05x
+                  rec(a, never, 8, 6.0, 20.0, 1.4), rec(b, never, 9, 2.0, 20.0, 1.45)])
+    looks = fast_protocol(precisions=("fp32",), sweeps=1, calm_looks=2, retakes=1)
+
+    def taken(look):
+        return {(",".join(map(str, i[2].widths)), w)
+                for i in calm_look_items(records, looks, TINY_SPACE, look) for w in i[3]}
+
+    assert taken(0) == {(a, big), (a, never), (b, never)}  # the look: the larger slowdown
+    assert taken(1) == {(a, never), (b, never)}  # the retake: what slow_floors counts
+    assert slow_floors(records, "fp32")["slow"] == 2
+    assert group_slowdowns(records)[("main", 0, 6, False, "fp32", *big)] == 1.5
+
+
+def test_a_retake_times_the_slow_floors_again_resumes_and_refuses(tiny_profile, tmp_path,
+                                                                  monkeypatch):
+    import shaper_deploy.profiling.profile as prof
+
+    out = tmp_path / "slowed"
+    slow = _slowed(tiny_profile, out)
+    before = read_measurements(out)
+    waits = []
+    real_wait = prof.wait_for_calm
+
+    def recorded(check, may_wait, note):  # one check: a test does not wait for calm
+        waits.append((check(), may_wait()))
+        return real_wait(check, lambda: False, note)
+
+    monkeypatch.setattr(prof, "wait_for_calm", recorded)
+
+    def stop_in_the_retake(message):
+        if message.startswith("[") and "retake, int8" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        retake_profile(out, minutes=60, progress=stop_in_the_retake)
+    with pytest.raises(ProfileError, match="finish its retake with shaperctl profiles retake"):
+        DeviceProfile.load(out)
+    report = retake_profile(out, minutes=60)  # resumed: what the first run left
+    assert report["slow_before"] is None and report["fit_only"] is False
+    fit_profile(out)
+    p = DeviceProfile.load(out)
+    records = read_measurements(out)
+    look = p.header.protocol.sweeps + p.header.protocol.calm_looks - 1
+    retaken = [r for r in records if r["sweep"] == look]
+    # exactly the int8 floors timed slow, each once (a noisy one also timed again at once)
+    assert {point_key(r) for r in retaken} == slow
+    assert len([r for r in retaken if not r["retry"]]) == len(slow)
+    assert records[:len(before)] == before  # nothing else measured, nothing rewritten
+    assert p.header.protocol.retakes == 1 and p.header.protocol.calm_looks == 1
+    assert p.header.summary["retakes"][0]["look"] == look
+    assert p.header.summary["retakes"][0]["measurements"] == len(retaken)
+    # a retake waits (for calm by its size's own reference) though the profile did not
+    assert p.header.protocol.calm_wait is False
+    assert waits and all(ratio > 0 and may for ratio, may in waits)
+    # the 20x floors are no longer any point's lowest: the retake's are
+    floors = {}
+    for r in records:
+        k = point_key(r)
+        if r["precision"] == "int8" and (k not in floors or r["median_ms"] < floors[k][0]):
+            floors[k] = (r["median_ms"], r["sweep"])
+    assert {s for _, s in floors.values()} == {look}
+    # refusals: another machine's profile, an unfinished one, a bad time
+    other = tmp_path / "other"
+    shutil.copytree(tiny_profile, other)
+    header = json.loads((other / "profile.json").read_text())
+    header["fingerprint"]["cpu_model"] = "Another CPU"
+    (other / "profile.json").write_text(json.dumps(header))
+    with pytest.raises(ProfileError, match=r"measured on another machine \(cpu_model"):
+        retake_profile(other)
+    header = json.loads((tiny_profile / "profile.json").read_text())
+    header["status"] = "measuring"
+    (other / "profile.json").write_text(json.dumps(header))
+    with pytest.raises(ProfileError, match="is not finished: finish it by running the same"):
+        retake_profile(other)
+    with pytest.raises(ProfileError, match="--minutes must be between 0.5 and 1440"):
+        retake_profile(out, minutes=0.1)
+
+
+def test_a_profile_with_no_floor_timed_slow_is_left_as_it_is(tiny_profile, tmp_path):
+    out = tmp_path / "calm"
+    shutil.copytree(tiny_profile, out)
+    lines = [json.loads(line) for line in (out / MEASUREMENTS).read_text().splitlines()]
+    for r in lines:  # every group as calm as the next
+        r["reference_ms"] = r["sentinel_ms"] = 1.0
+    (out / MEASUREMENTS).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    header = json.loads((out / "profile.json").read_text())
+    header["files"][MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
+    (out / "profile.json").write_text(json.dumps(header))
+    fit_profile(out)
+    files = {f.name: f.read_bytes() for f in out.iterdir()}
+    said = CliRunner().invoke(main, ["profiles", "retake", str(out)])
+    assert said.exit_code == 0, said.output
+    assert "nothing: no floor was timed while the machine ran slow" in said.stdout
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == files
+
+
+def test_profiles_retake_command_says_before_and_after(tiny_profile, tmp_path, monkeypatch):
+    import shaper_deploy.profiling.profile as prof
+
+    out = tmp_path / "slowed"
+    slow = _slowed(tiny_profile, out)
+    real_wait = prof.wait_for_calm
+    monkeypatch.setattr(prof, "wait_for_calm",
+                        lambda check, may_wait, note: real_wait(check, lambda: False, note))
+    runner = CliRunner()
+    done = runner.invoke(main, ["profiles", "retake", str(out), "--minutes", "5", "--json"])
+    assert done.exit_code == 0, done.output
+    d = json.loads(done.stdout)
+    assert d["retake"]["points"]["int8"] == len(slow) and "fp32" not in d["retake"]["points"]
+    assert d["retake"]["minutes"] == 5 and d["retake"]["priced_s"] > 0
+    int8 = d["before"]["precisions"]["int8"]["slow_floors"]
+    assert int8["slow"] == int8["points"] and "max_slow_floors" in d["before"]["trust"]["missed"]
+    assert d["after"]["trust"] == DeviceProfile.load(out).trust
+    assert "retaking" in done.stderr  # what it retakes and its price, from the first seconds
+    # the text: before -> after for each figure that judges the profile
+    again = tmp_path / "again"
+    _slowed(tiny_profile, again)
+    shown = runner.invoke(main, ["profiles", "retake", str(again)])
+    assert shown.exit_code == 0, shown.output
+    n = int8["points"]
+    assert f"int8 {n}/{n} -> " in shown.stdout and "trust" in shown.stdout
+    verdict = shown.stdout.split("\ntrust", 1)[1]  # before -> after
+    assert f"int8 {n} of {n} floors timed while the machine ran slow" in verdict.split(" -> ")[0]
+    assert "machine now" in shown.stdout and "retake 1" in runner.invoke(
+        main, ["profiles", "show", str(again)]).stdout
+    missing = runner.invoke(main, ["profiles", "retake", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "is not a profile" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
