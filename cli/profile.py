@@ -280,10 +280,13 @@ def _profile_text(d: dict) -> str:
                      f"{CALM_BAND:g}x its fastest"
                      + (", or, in a retake, its own reference over its calm time"
                         if summary.get("retakes") else "")))
-    for i, r in enumerate(summary.get("retakes", []), 1):
-        rows.append((f"retake {i}", f"{r['measurements']} measurements of floors timed slow "
-                     f"in {r['seconds'] / 60:.1f} min, {r['waited_s'] / 60:.1f} of them "
-                     "waiting for calm moments (shaperctl profiles retake)"))
+    retakes = summary.get("retakes", [])
+    if retakes:
+        rows.append(("retakes", f"{len(retakes)} look(s) at floors timed slow (shaperctl "
+                     f"profiles retake): {sum(r['measurements'] for r in retakes)} "
+                     f"measurements in {sum(r['seconds'] for r in retakes) / 60:.1f} min, "
+                     f"{sum(r['waited_s'] for r in retakes) / 60:.1f} of them waiting for calm "
+                     "moments"))
     if "calm_wait" in summary:
         w = summary["calm_wait"]
         rows.append(("calm wait", f"{w['seconds'] / 60:.1f} min waited; of the calm looks' "
@@ -750,9 +753,10 @@ def _retake_text(d: dict) -> str:
     return table([
         ("profile", d["profile"]),
         ("retaken", (", ".join(f"{q} {n}" for q, n in r["points"].items()) or "nothing new")
-         + f" shape x size measurement(s) in {r['seconds'] / 60:.1f} min, "
-         f"{r['waited_s'] / 60:.1f} of them waiting for calm moments (priced "
-         f"{r['priced_s'] / 60:.1f} min, within {r['minutes']:.1f})"),
+         + f" shape x size measurement(s) (priced {r['priced_s'] / 60:.1f} min), looked at "
+         + (f"{len(r['looks'])} times, each time what was still slow: " if len(r["looks"]) > 1
+            else "once: ") + f"{r['seconds'] / 60:.1f} min within {r['minutes']:.1f}, "
+         f"{r['waited_s'] / 60:.1f} of them waiting for calm moments"),
         ("floors timed slow", each(slow)),
         ("held-out MAPE", each(lambda v: f"{v['mape']:.2%}")),
         ("noise floor", each(lambda v: "none" if v["noise_floor"] is None

@@ -625,10 +625,10 @@ def test_a_calm_look_waits_for_calm_and_its_wait_stays_out_of_the_tail(tmp_path,
 
     real_wait = prof.wait_for_calm
 
-    def slow_at_first(check, may_wait, note):
+    def slow_at_first(check, may_wait, note, against):
         first = iter([True])
         return real_wait(lambda: check() * (1e6 if next(first, False) else 1.0), may_wait,
-                         note)
+                         note, against)
 
     monkeypatch.setattr(prof, "calm_look_items", items)
     monkeypatch.setattr(prof, "CALM_POLL_S", 0.0)

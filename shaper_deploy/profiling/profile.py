@@ -322,7 +322,11 @@ def run_profile(out: str | Path, device: str = "cpu", protocol: Protocol = Proto
     return header
 
 
-RETAKE_WAIT = 1.0  # a retake's default time: its measuring as priced, and this much more
+# A retake's default time: its first look's measuring as priced, and this many times more to
+# wait for calm moments and to look again at what is still slow
+RETAKE_WAIT = 2.0
+RETAKE_LEAST_MINUTES = 2.0  # ... and at least this
+RETAKE_LOOKS = 3  # looks a retake takes at most: the first, then at what is still slow
 # A retake whose reference ran under this x the profile's calm time (retake_speed): the
 # machine's calm state has moved since the profile, and the retaken floors are of another one
 RETAKE_MOVED = 0.95
@@ -332,17 +336,20 @@ def retake_profile(out: str | Path, minutes: float | None = None,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time again, each once the machine runs calm, what a finished profile timed while it ran
     slow (the slow-floors count: ``analysis.slow_floors``, each point's lowest floor against
-    its own size's reference), as one more calm look, a retake (``Protocol.retakes``), within
-    ``minutes`` (None: the look's price and ``RETAKE_WAIT`` times it to wait in). The caller
-    fits the profile again. An interrupted retake resumes exactly when run again.
+    its own size's reference), as calm looks that are retakes (``Protocol.retakes``): one,
+    then up to ``RETAKE_LOOKS`` in all at what is still slow while ``minutes`` allows (None:
+    the first look's price
+    and ``RETAKE_WAIT`` times it, at least ``RETAKE_LEAST_MINUTES``). The caller fits the
+    profile again. An interrupted retake resumes exactly when run again.
 
-    What was retaken: the measurements per precision (``points``; none when no floor was
-    timed slow, the profile then untouched), the price and window (``priced_s``,
-    ``minutes``), the time spent and waited (``seconds``, ``waited_s``), how fast the
-    machine ran in it against the profile's calm time (``reference_now``, ``retake_speed``),
-    each precision's
-    slow floors before (``slow_before``; None when resumed), and ``fit_only``: the profile
-    was measured but its fit had stopped, so nothing was retaken and it is only to fit.
+    What was retaken: the first look's measurements per precision (``points``; none when no
+    floor was timed slow, the profile then untouched), its price and the window
+    (``priced_s``, ``minutes``), each look's measurements, time, wait and speed (``looks``),
+    the time spent and waited in all (``seconds``, ``waited_s``), how fast the machine ran in
+    them against the profile's calm time (``reference_now``, ``retake_speed``), each
+    precision's slow floors before (``slow_before``; None when resumed), and ``fit_only``:
+    the profile was measured but its fit had stopped, so nothing was retaken and it is only
+    to fit.
 
     Why: on a shared host a default direct profile's floors can fall in one slow stretch and
     the profile says UNRELIABLE on them, while its calm looks had no time left to wait (the
@@ -364,16 +371,15 @@ def retake_profile(out: str | Path, minutes: float | None = None,
         raise ProfileError(f"profile {out} was measured on another machine "
                            f"({'; '.join(differences)}): a retake here would mix two machines' "
                            "floors; retake it there, or profile this machine")
-    protocol = header.protocol
     here = process_pool()
-    if protocol.pool != here:
-        raise ProfileError(f"profile {out} was measured with pool {protocol.pool!r}; this "
-                           f"process measures with pool {here!r}: retake it with shaperctl, "
-                           "whose own process measures as shaperctl profile does")
+    if header.protocol.pool != here:
+        raise ProfileError(f"profile {out} was measured with pool {header.protocol.pool!r}; "
+                           f"this process measures with pool {here!r}: retake it with "
+                           "shaperctl, whose own process measures as shaperctl profile does")
     if minutes is not None and not (math.isfinite(minutes) and 0.5 <= minutes <= 24 * 60):
         raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
     report: dict[str, Any] = {"points": {}, "slow_before": None, "priced_s": 0.0,
-                              "minutes": 0.0, "seconds": 0.0, "waited_s": 0.0,
+                              "minutes": 0.0, "looks": [], "seconds": 0.0, "waited_s": 0.0,
                               "reference_now": None,
                               "fit_only": not resuming and META_FILE not in header.files}
     if report["fit_only"]:  # measured, its fit stopped: the caller fits it, nothing to retake
@@ -382,57 +388,76 @@ def retake_profile(out: str | Path, minutes: float | None = None,
     if not resuming:
         report["slow_before"] = {p: v.get("slow_floors") for p, v in
                                  ((header.summary or {}).get("precisions") or {}).items()}
-        protocol = replace(protocol, calm_looks=protocol.calm_looks + 1,
-                           retakes=protocol.retakes + 1)
-    look = protocol.calm_looks - 1
-    items = calm_look_items(records, protocol, header.space, look)
-    points = {p: sum(len(i[3]) for i in items if i[0] == p) for p in protocol.precisions}
-    report["points"] = {p: n for p, n in points.items() if n}
-    if not items and not resuming:  # no floor timed slow: the profile stays as it is
-        return report
-    priced = look_seconds(header, protocol, items)
-    if minutes is None:
-        minutes = min(24 * 60.0, max(1.0, (1 + RETAKE_WAIT) * priced / 60))
-    note(f"retaking {out}: " + ", ".join(f"{p} {n}" for p, n in report["points"].items())
-         + " shape x size measurement(s), the floors timed while the machine ran slow and "
-         f"their repeats, priced {priced / 60:.1f} min; within {minutes:.1f} min, the rest "
-         "waits for calm moments")
-    if not resuming:  # nothing is signed while measuring: the profile is refused until done
-        header.protocol, header.status, header.files = protocol, "measuring", {}
-        write_header(out, header)
     started = time.perf_counter()
-    measuring = _Measuring(out, header, device, minutes, started, note)
-    measuring.run(announce=False)
-    records = read_measurements(out)
+    while True:
+        protocol = header.protocol if resuming else replace(
+            header.protocol, calm_looks=header.protocol.calm_looks + 1,
+            retakes=header.protocol.retakes + 1)
+        look = protocol.calm_looks - 1
+        items = calm_look_items(records, protocol, header.space, look)
+        points = {p: n for p in protocol.precisions
+                  if (n := sum(len(i[3]) for i in items if i[0] == p))}
+        priced = look_seconds(header, protocol, items)
+        if not report["looks"]:  # the first look of this run
+            report.update(points=points, priced_s=round(priced, 1))
+            minutes = minutes or min(24 * 60.0, max(RETAKE_LEAST_MINUTES,
+                                                    (1 + RETAKE_WAIT) * priced / 60))
+            report["minutes"] = round(minutes, 2)
+        left = started + minutes * 60 - time.perf_counter()
+        if (not items and not resuming
+                or report["looks"] and (left < priced or len(report["looks"]) >= RETAKE_LOOKS)):
+            break  # nothing (more) timed slow, or no time (or turn) for another look
+        note(("retaking" if not report["looks"] else "looking again at") + f" {out}: "
+             + ", ".join(f"{p} {n}" for p, n in points.items()) + " shape x size "
+             "measurement(s), the floors timed while the machine ran slow and their repeats, "
+             f"priced {priced / 60:.1f} min; {left / 60:.1f} min left for it, the rest of it "
+             "waiting for calm moments")
+        if not resuming:  # nothing is signed while measuring: the profile is refused until done
+            header.protocol, header.status, header.files = protocol, "measuring", {}
+            write_header(out, header)
+        begun = time.perf_counter()
+        measuring = _Measuring(out, header, device, minutes, started, note)
+        measuring.run(announce=False)
+        records = read_measurements(out)
+        this = protocol.sweeps + look
+        report["looks"].append({
+            "look": this, "points": points, "seconds": round(time.perf_counter() - begun, 1),
+            "waited_s": round(measuring.waited, 1),
+            "measurements": sum(r.get("sweep", 0) == this for r in records),
+            "reference_now": retake_speed(records, [this])})
+        header.summary = {**(header.summary or {}), "retakes": (header.summary or {}).get(
+            "retakes", []) + [{k: v for k, v in report["looks"][-1].items()
+                               if k not in ("points", "reference_now")}]}
+        write_header(out, header)  # still measuring: what each look took, kept as it ends
+        resuming = False
+    if not report["looks"]:  # no floor timed slow: the profile stays as it is
+        return report
     old = header.summary or {}
     header.status = "measured"
-    header.summary = _summary(records, protocol, 0.0, False)
-    seconds = time.perf_counter() - started
-    if "last_run" in old:  # the run that measured the profile, not the retake
-        header.summary["last_run"] = old["last_run"]
-    header.summary["retakes"] = old.get("retakes", []) + [
-        {"look": protocol.sweeps + look, "seconds": round(seconds, 1),
-         "waited_s": round(measuring.waited, 1),
-         "measurements": sum(r.get("sweep", 0) == protocol.sweeps + look for r in records)}]
+    header.summary = _summary(records, header.protocol, 0.0, False)
+    for key in ("last_run", "retakes"):  # the run that measured the profile; the retakes
+        if key in old:
+            header.summary[key] = old[key]
     header.files[MEASUREMENTS] = sha256_file(out / MEASUREMENTS)
     write_header(out, header)
-    report.update(priced_s=round(priced, 1), minutes=round(minutes, 2),
-                  seconds=round(seconds, 1), waited_s=round(measuring.waited, 1),
-                  reference_now=retake_speed(records, protocol.sweeps + look))
+    report.update(seconds=round(time.perf_counter() - started, 1),
+                  waited_s=round(sum(x["waited_s"] for x in report["looks"]), 1),
+                  reference_now=retake_speed(records, [x["look"] for x in report["looks"]]))
     return report
 
 
-def retake_speed(records: list[dict[str, Any]], look: int) -> float | None:
-    """How fast the machine ran in retake ``look`` (its sweep index) against the profile's
-    calm time: the median, over the look's groups and sizes, of the reference's time over its
-    size's ``calm_bases`` in the records before it (None where none compares). Near 1: the
-    retaken floors are of the state the rest were timed in; over ``CALM_BAND``: the retake
-    found no calm moment; well under 1: the machine's calm state has moved since the profile
-    (a retake mixes two states: remake the profile)."""
-    bases, _ = calm_bases([r for r in records if r.get("sweep", 0) < look])
+def retake_speed(records: list[dict[str, Any]], looks: list[int]) -> float | None:
+    """How fast the machine ran in the retakes ``looks`` (their sweep indexes) against the
+    profile's calm time: the median, over their groups and sizes, of the reference's time
+    over its size's ``calm_bases`` in the records before the first (None where none
+    compares). Near 1: the retaken floors are of the state the rest were timed in; over
+    ``CALM_BAND``: the retake found no calm moment; under ``RETAKE_MOVED``: the machine's
+    calm state has moved since the profile (a retake mixes two states: remake the
+    profile)."""
+    bases, _ = calm_bases([r for r in records if r.get("sweep", 0) < min(looks)])
     now = {(r["group"], r["precision"], r["batch"], r["seq_len"]):
            r["reference_ms"] / bases[(r["precision"], r["batch"], r["seq_len"])]
-           for r in records if r.get("sweep", 0) == look and r["reference_ms"] > 0
+           for r in records if r.get("sweep", 0) in looks and r["reference_ms"] > 0
            and (r["precision"], r["batch"], r["seq_len"]) in bases}
     return round(statistics.median(now.values()), 4) if now else None
 
@@ -764,7 +789,8 @@ class _Measuring:
                     gate = wait_for_calm(
                         slowdown, self.may_wait,
                         lambda m: self.note(f"{label}{precision} group {group} at batch "
-                                            f"{w[0]} x {w[1]} tokens: {m}"))
+                                            f"{w[0]} x {w[1]} tokens: {m}"),
+                        "its calm time" if self.retaking else "its fastest")
                     self.waited += time.perf_counter() - t
                 results = measure_interleaved(runners, protocol, seed=group)
                 lines = _records(members, results, precision, w, group, header, gate=gate)
@@ -1176,9 +1202,10 @@ CALM_POLL_S = 1.0  # how often a waiting calm look times the reference again
 
 
 def wait_for_calm(check: Callable[[], float], may_wait: Callable[[], bool],
-                  note: Callable[[str], None]) -> CalmWait:
+                  note: Callable[[str], None], against: str = "its fastest") -> CalmWait:
     """Time the reference (``check``: one turn, its median over its fastest group at this
-    size so far; with a sentinel, the larger of that and the sentinel's) every ``CALM_POLL_S``
+    size so far; with a sentinel, the larger of that and the sentinel's; in a retake, over
+    its size's calm time: ``against`` says which, in the note) every ``CALM_POLL_S``
     seconds until it runs within ``CALM_BAND`` or ``may_wait()`` says the time is up; what
     the last check saw.
 
@@ -1201,7 +1228,7 @@ def wait_for_calm(check: Callable[[], float], may_wait: Callable[[], bool],
             return {"ratio": round(ratio, 4), "waited_s": round(now - start, 1),
                     "checks": checks}
         if now - start >= 5 and now - told >= 15:
-            note(f"waiting for a calm moment, the reference at {ratio:.2f}x its fastest "
+            note(f"waiting for a calm moment, the reference at {ratio:.2f}x {against} "
                  f"({now - start:.0f} s so far)")
             told = now
         time.sleep(CALM_POLL_S)
