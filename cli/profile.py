@@ -675,8 +675,8 @@ def profiles_show(path: Path, as_json: bool) -> None:
 @profiles.command("retake")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--minutes", default=None, type=click.FloatRange(0.5, 1440),
-              help="Time for the retake, waits included [default: its measuring as priced, "
-                   "and as long again to wait for calm moments].")
+              help="Time for the retake, waits included [default: 3x its first look's "
+                   "measuring as priced, at least 2 minutes].")
 @json_option
 def profiles_retake(path: Path, minutes: float | None, as_json: bool) -> None:
     """Time again, each once the machine runs calm, what a profile timed while this machine
@@ -687,9 +687,11 @@ def profiles_retake(path: Path, minutes: float | None, as_json: bool) -> None:
     noise floor because of them. The slow-floors count says which shape x size points: those
     whose lowest floor came from a group whose own reference graph ran over 1.1x its calm
     time. A retake measures only those (and their repeats) as one more calm look, waiting
-    before each size until that reference runs within 1.1x while --minutes allows, then fits
-    the profile and judges it as any profile. Only on the machine the profile describes;
-    an interrupted retake resumes when run again.
+    before each size until that reference runs within 1.1x, then looks again at what is still
+    slow (up to 3 looks) while --minutes allows; it fits the profile and judges it as any
+    profile, each figure before and after. Only on the machine the profile describes; while
+    it runs the profile is refused by every command, and an interrupted retake resumes when
+    run again.
 
     \b
     Examples:
