@@ -199,3 +199,24 @@ def test_profiles_retake_command_says_before_and_after(tiny_profile, tmp_path, m
     missing = runner.invoke(main, ["profiles", "retake", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "is not a profile" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_retake_says_how_fast_the_machine_ran_against_the_profiles_calm_time():
+    """The median of a retake's references over their sizes' calm times in the profile: a
+    machine faster now than in the profile's calm moments has moved to another state, and the
+    command says to make a new profile; one still slow, to retake later."""
+    from cli.profile import _retake_speed_line
+    from shaper_deploy.profiling.profile import retake_speed
+
+    a, big = "16,36,8", (1, 16)
+
+    def rec(sweep, group, ref):
+        return {**_look(a, big, sweep, group, 1.0, ref), "sentinel_ms": 1.0}
+
+    profile = [rec(0, g, 10.0) for g in range(6)]  # calm: the reference's calm time 10 ms
+    faster = profile + [rec(1, 6, 9.0), rec(1, 7, 9.2), rec(2, 8, 9.4)]
+    assert retake_speed(faster, [1]) == 0.91 and retake_speed(faster, [1, 2]) == 0.92
+    assert retake_speed(profile, [1]) is None
+    assert "remake the profile" in _retake_speed_line(0.92)
+    assert "found no calm moment" in _retake_speed_line(1.2)
+    assert not any(w in _retake_speed_line(1.0) for w in ("remake", "no calm"))
