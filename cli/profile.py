@@ -710,12 +710,12 @@ def profiles_retake(path: Path, minutes: float | None, as_json: bool) -> None:
     if (common.OWN_PROCESS and header.protocol.pool == "process"
             and header.fingerprint["device"] == "cpu"):
         share_one_pool(header.protocol.threads)  # measured as shaperctl profile measured it
-    try:
-        before = _retake_figures(DeviceProfile.load(path))
-    except ProfileError:  # a retake stopped before it was fitted
-        before = None
     with output_lock(path), resumable(f"what was retaken is kept in {path}: run the same "
                                       "command again to resume"):
+        try:
+            before = _retake_figures(DeviceProfile.load(path))
+        except ProfileError:  # a retake stopped before it was fitted
+            before = None
         report = retake_profile(path, minutes, progress)
         if report["points"] or report["fit_only"] or before is None:
             (refit if read_header(path).transfer else fit_profile)(path, progress=progress)

@@ -78,12 +78,12 @@ class Summary(TypedDict):
     last_run: NotRequired[dict[str, float]]
     calm_looks: NotRequired[Count]  # measurements made by calm looks (Protocol.calm_looks)
     calm_wait: NotRequired["CalmWaitSummary"]  # how the calm looks waited (Protocol.calm_wait)
-    retakes: NotRequired[list["RetakeSummary"]]  # profiles retake, one a run (Protocol.retakes)
+    retakes: NotRequired[list["RetakeSummary"]]  # profiles retake's looks (Protocol.retakes)
 
 
 class RetakeSummary(TypedDict):
     look: Count  # its sweep index in measurements.jsonl
-    seconds: float  # the run's time, waits included
+    seconds: float  # the look's time, waits included
     waited_s: float
     measurements: Count
 
