@@ -371,13 +371,9 @@ def retake_profile(out: str | Path, minutes: float | None = None,
         raise ProfileError(f"profile {out} was measured on another machine "
                            f"({'; '.join(differences)}): a retake here would mix two machines' "
                            "floors; retake it there, or profile this machine")
-    here = process_pool()
-    if header.protocol.pool != here:
-        raise ProfileError(f"profile {out} was measured with pool {header.protocol.pool!r}; "
-                           f"this process measures with pool {here!r}: retake it with "
-                           "shaperctl, whose own process measures as shaperctl profile does")
-    if minutes is not None and not (math.isfinite(minutes) and 0.5 <= minutes <= 24 * 60):
-        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
+    _check_pool(header.protocol)
+    if minutes is not None:
+        _check_minutes(minutes)
     report: dict[str, Any] = {"points": {}, "slow_before": None, "priced_s": 0.0,
                               "minutes": 0.0, "looks": [], "seconds": 0.0, "waited_s": 0.0,
                               "reference_now": None,
@@ -531,18 +527,12 @@ def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
                      samples: int | None, minutes: float | None, least: int) -> Protocol:
     """What ``run_profile`` was asked, refused in one line where it cannot be measured; the
     protocol to measure it with (a run sized by ``samples`` has no time to wait in)."""
-    here = process_pool()
-    if protocol.pool != here:
-        raise ProfileError(f"a profile measured with pool {protocol.pool!r} cannot be measured "
-                           f"in this process, whose sessions "
-                           + ("share one pool" if here == "process" else "each have their own")
-                           + f"; allowed here: pool {here!r}")
+    _check_pool(protocol)
     if samples is not None and samples < least:
         raise ProfileError(f"--samples must be at least {least} (a predictor is fitted on 3 of "
                            f"every 4 shapes and checked on the rest), got {samples}")
-    if samples is None and not (minutes is not None and math.isfinite(minutes)
-                                and 0.5 <= minutes <= 24 * 60):
-        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
+    if samples is None:
+        _check_minutes(minutes)
     check_threads(protocol.threads)
     too_long = [s for s in protocol.seq_lens if s > config.max_tokens]
     if too_long:
@@ -556,6 +546,23 @@ def _checked_request(device: str, protocol: Protocol, config: SuperConfig,
     if minutes is None:  # sized by --samples: no time budget for a calm look to wait in
         protocol = replace(protocol, calm_wait=False)
     return protocol
+
+
+def _check_pool(protocol: Protocol) -> None:
+    """Refused: measuring a profile of ``protocol.pool`` in a process whose sessions use the
+    other (``process_pool``)."""
+    here = process_pool()
+    if protocol.pool != here:
+        raise ProfileError(f"a profile measured with pool {protocol.pool!r} cannot be measured "
+                           f"in this process, whose sessions "
+                           + ("share one pool" if here == "process" else "each have their own")
+                           + f"; allowed here: pool {here!r}")
+
+
+def _check_minutes(minutes: float | None) -> None:
+    """Refused: a time budget (``--minutes``) outside 0.5-1440 minutes."""
+    if not (minutes is not None and math.isfinite(minutes) and 0.5 <= minutes <= 24 * 60):
+        raise ProfileError(f"--minutes must be between 0.5 and 1440, got {minutes!r}")
 
 
 def _start(out: Path, header: ProfileHeader, device: str, samples: int | None,
