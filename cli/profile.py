@@ -228,6 +228,7 @@ def profile_data(p) -> dict:
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": (transfer_advice(p.header, p.model, p.path) if p.header.transfer
                        else retake_hint(p.path, p.header, p.trust)),
+            "retake": retake_hint(p.path, p.header, p.trust),
             "this_machine": {"matches": not foreign, "differences": foreign,
                              "unchecked": unchecked_fields(p.header.fingerprint, here)},
             "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}

@@ -160,6 +160,8 @@ def test_a_profile_with_no_floor_timed_slow_is_left_as_it_is(tiny_profile, tmp_p
     (out / "profile.json").write_text(json.dumps(header))
     fit_profile(out)
     files = {f.name: f.read_bytes() for f in out.iterdir()}
+    shown = CliRunner().invoke(main, ["profiles", "show", str(out), "--json"]).stdout
+    assert json.loads(shown)["retake"] is None  # nothing advised
     said = CliRunner().invoke(main, ["profiles", "retake", str(out)])
     assert said.exit_code == 0, said.output
     assert "nothing: no floor was timed while the machine ran slow" in said.stdout
@@ -176,6 +178,10 @@ def test_profiles_retake_command_says_before_and_after(tiny_profile, tmp_path, m
                         lambda check, may_wait, note, against: real_wait(
                             check, lambda: False, note, against))
     runner = CliRunner()
+    shown = json.loads(runner.invoke(main, ["profiles", "show", str(out), "--json"]).stdout)
+    counted = slow_floors(read_measurements(out), "int8")["slow"]  # the gate's count: main only
+    assert shown["retake"] == f"retake its {counted} floor(s) timed while the machine ran " \
+        f"slow, each once it runs calm: shaperctl profiles retake {out}"  # what the demo reads
     done = runner.invoke(main, ["profiles", "retake", str(out), "--minutes", "0.5", "--json"])
     assert done.exit_code == 0, done.output
     d = json.loads(done.stdout)
