@@ -271,7 +271,8 @@ def candidates_table(plan: dict) -> str:
             f"{'*' if c['status'] == 'chosen' else ' ':2}"
             f"{c['precision'] + (' T' if c.get('network') == 'teacher' else ''):<9} {shape:<34} "
             f"{num(c['params'] and c['params'] / 1e6, '7.1f') + ('M' if c['params'] else ''):>8} "
-            f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} {num(c['measured_ms'], '7.2f') + ' ms':>10} "
+            f"{num(c['predicted_ms'], '8.2f') + ' ms':>10} "
+            f"{num(c['measured_ms'], '7.2f') + ' ms':>10} "
             f"{num(c['fidelity'], '8.4f'):>8}  {c['status']}"
             + (f" ({c['family']})" if c.get("family") else "")
             + (f": {c['reason']}" if c["reason"] else ""))

@@ -149,7 +149,8 @@ def _run_text(d: dict, items: list[str]) -> str:
     if "compare" in d:
         c = d["compare"]
         lines.append(f"\ncosine to {c['bundle']} per text: "
-                     + ", ".join(f"{v:.3f}" for v in c["cosine"]) + f" (mean {c['mean_cosine']:.3f})")
+                     + ", ".join(f"{v:.3f}" for v in c["cosine"])
+                     + f" (mean {c['mean_cosine']:.3f})")
     return "\n".join(lines)
 
 
@@ -277,8 +278,8 @@ def bench(bundle: Path, batch: int | None, seq_len: int | None, texts_file: Path
     rows = [("bundle", f"{bundle} ({result['model']})"),
             ("load", f"batch {batch}, {shape}, {concurrency} client thread(s) back to "
                      f"back, {threads or 'default'} intra-op thread(s), {duration:g} s"),
-            ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms "
-                        f"(p99/p50 {result['p99_over_p50']:.2f})"),
+            ("latency", f"p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, "
+                        f"p99 {lat['p99']:.2f} ms (p99/p50 {result['p99_over_p50']:.2f})"),
             ("failed", f"{result['failed']} request(s)"
                        + (f": {result['first_failure']}" if result["failed"] else "")),
             ("throughput", f"{result['throughput_rps']:.1f} requests/s, "

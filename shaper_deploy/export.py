@@ -59,7 +59,8 @@ class ExportOptions:
     # text-classification: logits (B, labels), a task super network's (train task)
     task: str = "feature-extraction"
     opset: int = 17  # ONNX opset; 17 is the first with LayerNormalization
-    optimize: bool = True  # ONNX Runtime's transformer optimizer; Attention must fuse in every layer
+    # ONNX Runtime's transformer optimizer; Attention must fuse in every layer
+    optimize: bool = True
     int8: bool = False  # also write a dynamically quantized int8 model
     # the int8 format (runtime.int8_formats; a profile's when a plan makes it), None: the
     # default of this CPU's ISA (runtime.int8_format)
@@ -174,7 +175,8 @@ def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"onnx.checker rejected {path.name}: {str(exc).splitlines()[0]}") from None
+        raise ExportError(f"onnx.checker rejected {path.name}: "
+                          f"{str(exc).splitlines()[0]}") from None
 
 
 def validation_cases(max_positions: int) -> list[tuple[int, int, str]]:

@@ -130,8 +130,8 @@ def parse_count(text: str) -> int:
     """'60M', '60m', '1.2B', '500K', '60000000' -> an integer parameter count."""
     m = _COUNT.match(str(text)) if len(str(text)) <= 32 else None
     if not m:
-        raise ShapeError(f"cannot read parameter count {str(text)[:40]!r}: expected a number with an "
-                         "optional K, M or B suffix, like 60M")
+        raise ShapeError(f"cannot read parameter count {str(text)[:40]!r}: expected a number "
+                         "with an optional K, M or B suffix, like 60M")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}[m.group(2).lower()]
     number = float(m.group(1)) * scale
     if not 0 < number <= MAX_COUNT:

@@ -195,7 +195,8 @@ class Bundle:
                                 "scores": {n: float(p) for n, p in zip(head["labels"], row)}})
         return answers
 
-    def fill_mask(self, texts: Sequence[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
+    def fill_mask(self, texts: Sequence[str], top_k: int = 5
+                  ) -> list[list[list[tuple[str, float]]]]:
         """Per text, per mask token (BERT's [MASK], RoBERTa's <mask>): the top-k (token,
         probability)."""
         if self.manifest.task != "fill-mask":

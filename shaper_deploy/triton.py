@@ -75,7 +75,8 @@ class TritonOptions:
     max_batch: int = 8  # Triton's max_batch_size (dynamic batching up to it)
     instances: int = 1  # model instances (sessions) in the instance group
     device: str = "cpu"  # instance kind: cpu -> KIND_CPU, cuda -> KIND_GPU
-    threads: int | None = None  # onnxruntime intra-op threads (None: the plan's profile's, else ORT's)
+    # onnxruntime intra-op threads (None: the plan's profile's, else ORT's)
+    threads: int | None = None
     queue_delay_us: int = 100  # how long dynamic batching may hold a request
 
     def __post_init__(self) -> None:

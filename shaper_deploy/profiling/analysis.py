@@ -41,7 +41,8 @@ def measured_latency(records: list[dict[str, Any]], phase: str = "main"
     group): AMD Zen 2 (one sweep) 9.0% / 9.4% vs 12.4% / 14.1%, AMD Zen 4 6.7% / 9.6% vs
     12.3% / 13.3%; the reference's division alone made every MiniLM profile worse, the
     quiet Intel one included (median undivided 3.2% / 2.9% vs 4.2% / 4.9%), since two
-    graphs slow down unequally. The exception: int8 on the AMD Zen 4 BERT-base profile (9.2% vs 7.1%).
+    graphs slow down unequally. The exception: int8 on the AMD Zen 4 BERT-base profile (9.2%
+    vs 7.1%).
     """
     pooled: dict[tuple[str, int, int], dict[str, list[float]]] = {}
     for r in records:

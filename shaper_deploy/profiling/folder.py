@@ -221,7 +221,8 @@ def read_header(path: str | Path) -> ProfileHeader:
         raise ProfileError(
             f"profile {path} has format version {data['format_version']} (one fp32 setting at "
             "batch 1 x 128 tokens); this shaper-deploy plans with version 2 profiles covering "
-            f"fp32, int8 and a range of input sizes: remake it with: {REMAKE.format(device=device)}")
+            "fp32, int8 and a range of input sizes: remake it with: "
+            f"{REMAKE.format(device=device)}")
     return ProfileHeader.from_dict(data, path)
 
 

@@ -180,7 +180,8 @@ def fit_quality(shapes: Sequence[Shape], quality: Sequence[float], metric: str,
             "design_space": shapes[0].space.to_dict(), "features": "widths + params",
             "xgboost": params, "trained_on": int((~test).sum()),
             "held_out": {"n": int(test.sum()),
-                         "r2": 1 - float(((y[test] - pred) ** 2).sum()) / ss_tot if ss_tot else None,
+                         "r2": (1 - float(((y[test] - pred) ** 2).sum()) / ss_tot
+                                if ss_tot else None),
                          "spearman": float(spearmanr(y[test], pred).statistic)}}
     if measured_on:
         meta["measured_on"] = measured_on
