@@ -222,13 +222,14 @@ def profile_data(p) -> dict:
         int8 = profile_int8_format(p.header) if "int8" in p.precisions else None
     except ProfileError as exc:  # shown as it is: a plan refuses it
         int8 = {"error": str(exc)}
+    retake = retake_hint(p.path, p.header, p.trust)  # a transfer's advice names it too
     return {"profile": str(p.path), **p.header.to_dict(), "int8_format": int8,
             "predictor": p.model.metrics,
             "margin": p.model.margin, "tail": p.model.tail, "trust": p.trust,
             "int8_gain": p.int8_gain(), "machine_speed": p.machine_speed(),
             "advice": (transfer_advice(p.header, p.model, p.path) if p.header.transfer
-                       else retake_hint(p.path, p.header, p.trust)),
-            "retake": retake_hint(p.path, p.header, p.trust),
+                       else retake),
+            "retake": retake,
             "this_machine": {"matches": not foreign, "differences": foreign,
                              "unchecked": unchecked_fields(p.header.fingerprint, here)},
             "plots": [str(p.path / n) for n in PLOTS if (p.path / n).is_file()]}

@@ -821,8 +821,8 @@ def priced_drift(drift: float, slowdown: float | None) -> float:
     (``DeviceProfile.priced_slowdown``: the 90th percentile of the slowdowns the groups behind
     its tail saw, its own or, for a transfer, a same-machine source's), no more; a speed-up
     is taken whole (a fast minute judged as the profile's time); 1 for a profile that kept no
-    record of its machine's speed. On 1,280 windows of real bundles (16 checks after four AMD Zen 5
-    profiles and a Zen 2 one), the floor now x tail missed the profile's prediction by a
+    record of its machine's speed. On 1,280 windows of real bundles (16 checks after four AMD
+    Zen 5 profiles and a Zen 2 one), the floor now x tail missed the profile's prediction by a
     median 2.2-13.2% per check (26-92% within +-10%), and taken back by this by 1.8-3.5%
     (86-100%): a slow window's floor carried the slowdown the tail adds again; on two checks
     made after the rule was chosen, 4.6% and 1.9% before, 4.1% and 1.5% now
