@@ -761,6 +761,7 @@ def _retake_text(d: dict) -> str:
          + (f"{len(r['looks'])} times, each time what was still slow: " if len(r["looks"]) > 1
             else "once: ") + f"{r['seconds'] / 60:.1f} min within {r['minutes']:.1f}, "
          f"{r['waited_s'] / 60:.1f} of them waiting for calm moments"),
+        *([("timed calm", _retake_calm_line(r["looks"]))] if r["looks"] else []),
         ("floors timed slow", each(slow)),
         ("held-out MAPE", each(lambda v: f"{v['mape']:.2%}")),
         ("noise floor", each(lambda v: "none" if v["noise_floor"] is None
@@ -769,13 +770,29 @@ def _retake_text(d: dict) -> str:
         ("trust", (f"{trust(before['trust'])} -> " if before else "") + trust(after["trust"]))])
 
 
-def _retake_speed_line(now: float | None) -> str:
+def _retake_calm_line(looks: list[dict]) -> str:
+    """How many of a retake's group x size measurements a check found the machine calm for
+    (``profile.wait_counts`` of each look)."""
+    timed = [x["timed"] for x in looks if x.get("timed")]
+    sizes, calm = sum(t["sizes"] for t in timed), sum(t["calm"] for t in timed)
+    if not sizes:
+        return "not recorded"
+    return (f"{calm} of {sizes} group x size measurement(s), after a check of the machine"
+            + ("" if calm == sizes else
+               f"; the other {sizes - calm} were timed with the machine slow or once the time "
+               "ran short, so their floors may still count slow: retake again in a calmer "
+               "moment, or with more --minutes"))
+
+
+def _retake_speed_line(speed: dict | None) -> str:
     from shaper_deploy.profiling.profile import CALM_BAND, RETAKE_MOVED
 
+    now = (speed or {}).get("median")  # None: nothing retaken in this run (a fit only)
     if now is None:
         return "not compared (no size of the retake was timed calm in the profile)"
-    return (f"the reference at x{now:.2f} its calm time in the profile (the median of the "
-            "retake's sizes)" + (
+    return (f"the reference at x{now:.2f} its calm time in the profile (the median of "
+            f"{speed['sizes']} of the retake's {speed['of']} group x size measurements, those "
+            "at sizes the profile timed calm)" + (
                 f": over {CALM_BAND:g}x, the retake found no calm moment and its floors are "
                 "of a slow state; retake it again later" if now > CALM_BAND else
                 f": under {RETAKE_MOVED:g}x, the machine runs faster than in the profile's "

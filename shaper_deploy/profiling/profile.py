@@ -344,7 +344,8 @@ def retake_profile(out: str | Path, minutes: float | None = None,
 
     What was retaken: the first look's measurements per precision (``points``; none when no
     floor was timed slow, the profile then untouched), its price and the window
-    (``priced_s``, ``minutes``), each look's measurements, time, wait and speed (``looks``),
+    (``priced_s``, ``minutes``), each look's measurements, time, wait, speed and how many of its
+    group x size measurements were timed calm (``looks``; ``timed``: ``wait_counts``),
     the time spent and waited in all (``seconds``, ``waited_s``), how fast the machine ran in
     them against the profile's calm time (``reference_now``, ``retake_speed``), each
     precision's slow floors before (``slow_before``; None when resumed), and ``fit_only``:
@@ -420,10 +421,11 @@ def retake_profile(out: str | Path, minutes: float | None = None,
             "look": this, "points": points, "seconds": round(time.perf_counter() - begun, 1),
             "waited_s": round(measuring.waited, 1),
             "measurements": sum(r.get("sweep", 0) == this for r in records),
-            "reference_now": retake_speed(records, [this])})
+            "reference_now": retake_speed(records, [this]),
+            "timed": wait_counts(records, {this})})
         header.summary = {**(header.summary or {}), "retakes": (header.summary or {}).get(
             "retakes", []) + [{k: v for k, v in report["looks"][-1].items()
-                               if k not in ("points", "reference_now")}]}
+                               if k not in ("points", "reference_now", "timed")}]}
         write_header(out, header)  # still measuring: what each look took, kept as it ends
         resuming = False
     if not report["looks"]:  # no floor timed slow: the profile stays as it is
@@ -442,20 +444,22 @@ def retake_profile(out: str | Path, minutes: float | None = None,
     return report
 
 
-def retake_speed(records: list[dict[str, Any]], looks: list[int]) -> float | None:
+def retake_speed(records: list[dict[str, Any]], looks: list[int]) -> dict[str, Any]:
     """How fast the machine ran in the retakes ``looks`` (their sweep indexes) against the
-    profile's calm time: the median, over their groups and sizes, of the reference's time
-    over its size's ``calm_bases`` in the records before the first (None where none
-    compares). Near 1: the retaken floors are of the state the rest were timed in; over
-    ``CALM_BAND``: the retake found no calm moment; under ``RETAKE_MOVED``: the machine's
-    calm state has moved since the profile (a retake mixes two states: remake the
-    profile)."""
+    profile's calm time: the ``median``, over their group x size measurements at sizes with a
+    ``calm_bases`` time in the records before the first (``sizes`` of the ``of``), of the
+    reference's time over it (None where none compares). Near 1: the retaken floors are of
+    the state the rest were timed in; over ``CALM_BAND``: the retake found no calm moment;
+    under ``RETAKE_MOVED``: the machine's calm state has moved since the profile (a retake
+    mixes two states: remake the profile). A profile timed mostly slow has a calm time at few
+    sizes (session 50's transfer from the Intel MiniLM profile at 14 of 44, and 1 of the 31
+    its retake timed), so ``sizes`` says what the median rests on."""
     bases, _ = calm_bases([r for r in records if r.get("sweep", 0) < min(looks)])
-    now = {(r["group"], r["precision"], r["batch"], r["seq_len"]):
-           r["reference_ms"] / bases[(r["precision"], r["batch"], r["seq_len"])]
-           for r in records if r.get("sweep", 0) in looks and r["reference_ms"] > 0
-           and (r["precision"], r["batch"], r["seq_len"]) in bases}
-    return round(statistics.median(now.values()), 4) if now else None
+    timed = {(r["group"], r["precision"], r["batch"], r["seq_len"]): r for r in records
+             if r.get("sweep", 0) in looks and r["reference_ms"] > 0}
+    now = [r["reference_ms"] / bases[k[1:]] for k, r in timed.items() if k[1:] in bases]
+    return {"median": round(statistics.median(now), 4) if now else None, "sizes": len(now),
+            "of": len(timed)}
 
 
 def look_seconds(header: ProfileHeader, protocol: Protocol, items: list) -> float:
@@ -1136,19 +1140,27 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
     if protocol.calm_looks:
         summary["calm_looks"] = sum(r.get("sweep", 0) >= protocol.sweeps for r in records)
     if protocol.calm_wait:
-        looked = {(r["group"], r["precision"], r["batch"], r["seq_len"]): r.get("calm_wait")
-                  for r in records if r.get("sweep", 0) >= protocol.sweeps}
-        gates = [g for g in looked.values() if g]
-        summary["calm_wait"] = {
-            "sizes": len(looked), "checked": len(gates),
-            "calm": sum(g["ratio"] <= CALM_BAND for g in gates),
-            "seconds": round(sum(g["waited_s"] for g in gates), 1)}
+        summary["calm_wait"] = wait_counts(
+            records, {r.get("sweep", 0) for r in records if r.get("sweep", 0) >= protocol.sweeps})
     if measured_now:
         summary["last_run"] = {"seconds": round(seconds, 1)}
     return summary
 
 
 CALM_BAND = SPEED_BANDS[0]  # a calm look retries what ran over this x the fastest
+
+
+def wait_counts(records: list[dict[str, Any]], looks: set[int]) -> dict[str, Any]:
+    """Of the group x size measurements of the calm looks ``looks`` (their sweep indexes):
+    how many (``sizes``), how many were timed after a check of the machine (``checked``; the
+    rest once the time asked for ran short), how many of those found it calm (``calm``), and
+    the seconds waited."""
+    looked = {(r["group"], r["precision"], r["batch"], r["seq_len"]): r.get("calm_wait")
+              for r in records if r.get("sweep", 0) in looks}
+    gates = [g for g in looked.values() if g]
+    return {"sizes": len(looked), "checked": len(gates),
+            "calm": sum(g["ratio"] <= CALM_BAND for g in gates),
+            "seconds": round(sum(g["waited_s"] for g in gates), 1)}
 
 
 def calm_look_items(records: list[dict[str, Any]], protocol: Protocol, space,
