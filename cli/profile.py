@@ -773,10 +773,7 @@ def _retake_text(d: dict) -> str:
 def _retake_calm_line(looks: list[dict]) -> str:
     """How many of a retake's group x size measurements a check found the machine calm for
     (``profile.wait_counts`` of each look)."""
-    timed = [x["timed"] for x in looks if x.get("timed")]
-    sizes, calm = sum(t["sizes"] for t in timed), sum(t["calm"] for t in timed)
-    if not sizes:
-        return "not recorded"
+    sizes, calm = (sum(x["timed"][k] for x in looks) for k in ("sizes", "calm"))
     return (f"{calm} of {sizes} group x size measurement(s), after a check of the machine"
             + ("" if calm == sizes else
                f"; the other {sizes - calm} were timed with the machine slow or once the time "

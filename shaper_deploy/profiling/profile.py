@@ -1141,7 +1141,7 @@ def _summary(records: list[dict[str, Any]], protocol: Protocol, seconds: float,
         summary["calm_looks"] = sum(r.get("sweep", 0) >= protocol.sweeps for r in records)
     if protocol.calm_wait:
         summary["calm_wait"] = wait_counts(
-            records, {r.get("sweep", 0) for r in records if r.get("sweep", 0) >= protocol.sweeps})
+            records, set(range(protocol.sweeps, protocol.sweeps + protocol.calm_looks)))
     if measured_now:
         summary["last_run"] = {"seconds": round(seconds, 1)}
     return summary

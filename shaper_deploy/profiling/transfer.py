@@ -474,6 +474,7 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel, path: str | Path
     t = trust(header, model)
     if not record or t["reliable"]:
         return None
+    retake = retake_hint(path, header, t)
     prior = {p: model.metrics[p].get("transfer", {}).get("prior_held_out", {}).get("mape")
              for p in model.precisions}
     minutes = record.get("direct_default_minutes")
@@ -488,8 +489,7 @@ def transfer_advice(header: ProfileHeader, model: LatencyModel, path: str | Path
     return ("the transfer did not reach the trust targets here ("
             + "; ".join(t["reasons"]) + "; the scaled source alone: "
             + ", ".join(f"{p} MAPE {v:.1%}" for p, v in prior.items() if v is not None)
-            + "): " + (f"{retake_hint(path, header, t)}, "
-                       if retake_hint(path, header, t) else "")
+            + "): " + (f"{retake}, " if retake else "")
             + "measure longer with --minutes, or profile this device directly"
             + (f" (profile without --from{sizes}: up to about {minutes:.0f} min here)"
                if minutes else f" (about {legacy:.0f} min for 40 shapes{sizes})" if legacy
