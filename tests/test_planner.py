@@ -1127,7 +1127,7 @@ def test_a_slowdown_the_profile_priced_is_not_counted_twice(profile, supernet, t
     (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
     floor_now = 0.7 * drift
 
-    def timed(model, header, ref_ms, precision, workload, device, seconds):
+    def timed(model, header, ref_ms, precision, workload, device, seconds, extend=None):
         return {"measured_ms": floor_now, "intrinsic_ms": floor_now, "drift": drift,
                 "times": [floor_now] * 50, "seconds": 1.0}
 
@@ -1154,6 +1154,109 @@ def test_a_slowdown_the_profile_priced_is_not_counted_twice(profile, supernet, t
     assert ("beyond the slowdowns the profile's tail prices" in human.stdout) is (drift == 3.0)
     # a profile that kept no record of its machine's speed: nothing is taken out
     assert predictor.priced_drift(drift, None) == 1.0
+
+
+def test_longer_window_follows_the_advice_to_measure_longer():
+    """Over only in the window just timed (within at the profiled speed, a slowdown the tail
+    prices): the next of 60 s and 300 s well over what was timed; every other verdict
+    stands."""
+    from shaper_deploy.profiling.predictor import longer_window
+
+    m = {"estimated_ms": 0.84, "observed_ms": 1.2, "judged_ms": 1.2, "drift": 1.4,
+         "priced_drift": 1.4, "seconds": 20.2}
+    assert longer_window(m, 1.0) == 60
+    assert longer_window({**m, "seconds": 45.0}, 1.0) == 300  # 60 is not well over 45
+    assert longer_window({**m, "seconds": 300.4}, 1.0) is None  # five minutes: it stands
+    assert longer_window(m, 1.3) is None  # within
+    assert longer_window({**m, "estimated_ms": 1.1, "judged_ms": 1.2}, 1.0) is None
+    assert longer_window({**m, "drift": 2.1}, 1.0) is None  # beyond what the tail prices
+
+
+def test_verify_times_on_while_over_only_in_a_slow_window(profile, supernet, tmp_path,
+                                                          monkeypatch):
+    """The model's floor is 0.7 ms at the profiled speed (0.84 ms at p90, the scripted tail
+    1.2) against a 1 ms budget. Its first 20 s run with the machine 1.4x slow, a slowdown the
+    profile's tail prices (its groups' p90 1.5x): 50 runs at 1.2 ms, a p90 over the budget in
+    the requests just timed alone. verify times on to 60 s (70 runs at 0.75 ms: the p90 of
+    all 120 still 1.2 ms), then to 300 s (480 more: 1.2 ms is now 8% of the runs), and judges
+    all 600: within (0.84 ms, the floor at the profiled speed x the tail). --longest 60
+    stops at the minute: OVER, exit 3, with the advice to measure five minutes."""
+    import shaper_deploy.profiling.predictor as predictor
+
+    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                      measure=Scripted(profile, {"fp32": 1.0}))
+    manifest = json.loads((tmp_path / "b" / "shaper.json").read_text())
+    manifest["plan"]["budget_ms"] = 1.0
+    (tmp_path / "b" / "shaper.json").write_text(json.dumps(manifest))
+    asked = []
+
+    def timed(model, header, ref_ms, precision, workload, device, seconds, extend=None):
+        times, total = [], seconds
+        while True:  # the runs of each window: 50 slow ones, then calm
+            times += [1.2] * 50 if not times else [0.75] * (2 * round(total) - len(times))
+            m = {"measured_ms": float(np.median(times)), "intrinsic_ms": 0.98 if total < 50
+                 else 0.75, "drift": 1.4 if total < 50 else 1.07, "times": list(times),
+                 "seconds": float(total)}
+            more = extend(m) if extend is not None else None
+            asked.append(more)
+            if more is None:
+                return m
+            total = more
+
+    monkeypatch.setattr(predictor, "measure_model", timed)
+    monkeypatch.setattr(predictor.DeviceProfile, "machine_speed",
+                        lambda self: {"groups": 8, "median": 1.1, "p90": 1.5, "max": 2.0})
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "25", "--json"])
+    assert r.exit_code == 0, r.output
+    assert asked == [60, 300, None]
+    v = json.loads(r.stdout)["verification"]
+    assert v["within_budget"] is True and v["advice"] is None
+    assert (v["runs"], v["seconds"]) == (600, 300.0)
+    assert v["observed_ms"] == pytest.approx(0.75)
+    assert [(w["seconds"], w["runs"], w["judged_ms"]) for w in v["windows"]] == [
+        (25.0, 50, pytest.approx(1.2)), (60.0, 120, pytest.approx(1.2)),
+        (300.0, 600, pytest.approx(0.75 / 1.07 * 1.2))]
+    assert v["windows"][0]["estimated_ms"] == pytest.approx(0.98 / 1.4 * 1.2)
+    told = [line for line in r.stderr.splitlines() if "timing on" in line]
+    assert len(told) == 2 and told[0].startswith("p90 1.20 ms in the 25 s timed, over the "
+                                                 "1.00 ms budget with the machine 1.40x")
+    assert told[0].endswith("timing on to 60 s, judged on all the runs"), told
+    human = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "25"])
+    assert re.search(r"^windows +25 s: p90 1\.20 ms \(OVER; .*; 60 s: .*; 300 s: p90 0\.84 ms "
+                     r"\(within; ", human.stdout, re.M), human.stdout
+    asked.clear()
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "25",
+                                  "--longest", "60", "--json"])
+    assert r.exit_code == 3 and asked == [60, None], r.output
+    v = json.loads(r.stdout)["verification"]
+    assert v["seconds"] == 60.0 and len(v["windows"]) == 2
+    assert "verify BUNDLE --duration 300" in v["advice"]
+    # one window as long as --longest: nothing more
+    asked.clear()
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "60",
+                                  "--longest", "60", "--json"])
+    assert r.exit_code == 3 and asked == [None], r.output
+
+
+def test_measure_model_times_on_with_the_same_sessions(profile, supernet, tmp_path):
+    """The real timing loop: asked for more when its seconds are up, it goes on and returns
+    all the runs; each window it was asked at is kept with the runs up to its end."""
+    export_for_budget(supernet, 1e6, profile, tmp_path / "b", precision="fp32",
+                      measure=Scripted(profile, {"fp32": 1.0}))
+    from shaper_deploy.bundle import BundleManifest
+
+    model = tmp_path / "b" / BundleManifest.read(tmp_path / "b").default_model
+    seen = []
+
+    def go_on(m):
+        seen.append(m)
+        return 0.6 if len(seen) == 1 else None
+    m = profile.measure(model, "fp32", (1, 16), "cpu", seconds=0.2, go_on=go_on)
+    assert len(seen) == 2 and seen[0]["runs"] < seen[1]["runs"] == m["runs"]
+    assert seen[0]["seconds"] >= 0.2 and m["seconds"] >= 0.6
+    assert [w["runs"] for w in m["windows"]] == [seen[0]["runs"], m["runs"]]
+    assert m["windows"][-1]["judged_ms"] == m["judged_ms"]
+    assert "windows" not in profile.measure(model, "fp32", (1, 16), "cpu", seconds=0.2)
 
 
 def test_an_int8_fallback_is_predicted_between_int8_and_fp32(reliable_profile, supernet,

@@ -1255,7 +1255,9 @@ def wait_for_calm(check: Callable[[], float], may_wait: Callable[[], bool],
 
 def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: float,
                   precision: str, workload: Workload, device: str,
-                  seconds: float | None = None) -> dict[str, Any]:
+                  seconds: float | None = None,
+                  extend: Callable[[dict[str, Any]], float | None] | None = None
+                  ) -> dict[str, Any]:
     """A model file's latency at ``workload``, timed with the profile's protocol, interleaved
     with the profile's reference graph; for ``seconds`` if given (rounds repeat until then),
     else as many rounds as the profile gave each shape and size (rounds x sweeps).
@@ -1266,7 +1268,9 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     slow period moves least). ``drift`` = the reference graph's floor now over
     ``profile_ref_ms`` (its floor in the profile at this size): how much slower the machine
     is now than when profiled (``DeviceProfile.measure`` takes the part of it the profile's
-    tail prices out of the floor, ``predictor.priced_drift``).
+    tail prices out of the floor, ``predictor.priced_drift``). When the time is up,
+    ``extend`` (if given) sees the result so far and may name a longer total in seconds: the
+    same sessions go on timing, and the result is of all the runs.
     """
     # one bundle has no later sweep: its rounds are the turns a profiled shape got in all;
     # timed with this process's pool, whatever the profile's (a server's session, as `verify`
@@ -1284,18 +1288,26 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
                                    precision)
         runners = {"model": runner(session, feeds), "reference": runner(reference, feeds)}
         start, seed = time.perf_counter(), 7
+
+        def so_far() -> dict[str, Any]:
+            floor = {k: float(np.percentile(v, FLOOR_LEVEL)) for k, v in times.items()}
+            return {"measured_ms": statistics.median(medians["model"]),
+                    "intrinsic_ms": floor["model"], "times": list(times["model"]),
+                    "reference_ms_now": floor["reference"],
+                    "reference_ms_profile": profile_ref_ms,
+                    "drift": floor["reference"] / profile_ref_ms, "batch": workload[0],
+                    "seq_len": workload[1], "precision": precision,
+                    "seconds": round(time.perf_counter() - start, 1)}
         while True:
             results = measure_interleaved(runners, protocol, seed=seed, keep_times=True)
             for k, r in results.items():
                 times[k] += r["times"]
                 medians[k] += r["round_medians"]
             seed += 1
-            if seconds is None or time.perf_counter() - start >= seconds:
-                break
-    floor = {k: float(np.percentile(v, FLOOR_LEVEL)) for k, v in times.items()}
-    return {"measured_ms": statistics.median(medians["model"]), "intrinsic_ms": floor["model"],
-            "times": times["model"], "reference_ms_now": floor["reference"],
-            "reference_ms_profile": profile_ref_ms,
-            "drift": floor["reference"] / profile_ref_ms, "batch": workload[0],
-            "seq_len": workload[1],
-            "precision": precision, "seconds": round(time.perf_counter() - start, 1)}
+            elapsed = time.perf_counter() - start
+            if seconds is not None and elapsed < seconds:
+                continue
+            more = extend(so_far()) if extend is not None and seconds is not None else None
+            if more is None or more <= elapsed:
+                return so_far()
+            seconds = more
