@@ -406,8 +406,8 @@ def _verdict(within: bool, budget_ms: float) -> str:
 @click.option("--longest", default=300.0, show_default=True, type=click.FloatRange(5, 3600),
               callback=lambda ctx, param, v: _finite(v, "--longest"),
               help="Seconds in all it may go on timing when a window is over the budget only "
-                   "in the requests just timed: the model within it at the profiled speed, "
-                   "the machine slowed as the profile's tail prices. It goes on to 60 s, then "
+                   "in the requests just timed (the model within it at the profiled speed, "
+                   "the machine no slower than the profile's tail prices): to 60 s, then "
                    "300 s (at most this), judged on all the runs; --longest as --duration "
                    "times one window.")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default=None,
@@ -420,11 +420,11 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, longest: fl
     For a bundle from export --latency (with or without --for-device): times it for
     --duration seconds with the profile's protocol at the plan's workload, interleaved with
     the profile's reference graph, and writes the verdict into its shaper.json. The profile
-    must describe this machine. A window over the budget only because the machine ran slow
-    in it (a slowdown the profile prices, the model within the budget at the profiled speed)
-    is not the verdict: on a host whose speed moves in periods of minutes it times on, to
-    60 s then 300 s (--longest), and judges all the runs. Exit status 3 when the budget is
-    not met.
+    must describe this machine. A window over the budget only in the requests just timed
+    (the model within it at the profiled speed, the machine no slower than the profile's
+    tail prices) is not the verdict: on a host whose speed moves in periods of minutes it
+    times on, to 60 s then 300 s (--longest), and judges all the runs. Exit status 3 when
+    the budget is not met.
 
     \b
     Example (on the target device):
@@ -468,9 +468,9 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, longest: fl
             return None
         total = min(total, longest)
         progress(f"p{pct:g} {m['observed_ms']:.2f} ms in the {m['seconds']:.0f} s timed, over "
-                 f"the {plan['budget_ms']:.2f} ms budget with the machine {m['drift']:.2f}x "
-                 f"its profiled speed, a slowdown the profile's tail prices "
-                 f"({m['estimated_ms']:.2f} ms at the speed it priced): timing on to "
+                 f"the {plan['budget_ms']:.2f} ms budget; {m['estimated_ms']:.2f} ms at the "
+                 f"profiled speed (the machine {m['drift']:.2f}x it by the reference's floor, "
+                 "within what the profile's tail prices): timing on to "
                  f"{total:g} s, judged on all the runs")
         return total
     m = profile.measure(bundle / manifest.default_model, plan["precision"],
