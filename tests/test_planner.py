@@ -1129,7 +1129,8 @@ def test_a_slowdown_the_profile_priced_is_not_counted_twice(profile, supernet, t
 
     def timed(model, header, ref_ms, precision, workload, device, seconds, extend=None):
         return {"measured_ms": floor_now, "intrinsic_ms": floor_now, "drift": drift,
-                "times": [floor_now] * 50, "seconds": 1.0}
+                "times": [floor_now] * 50, "seconds": 1.0, "batch": workload[0],
+                "seq_len": workload[1]}
 
     monkeypatch.setattr(predictor, "measure_model", timed)
     monkeypatch.setattr(predictor.DeviceProfile, "machine_speed",
@@ -1196,7 +1197,7 @@ def test_verify_times_on_while_over_only_in_a_slow_window(profile, supernet, tmp
             times += [1.2] * 50 if not times else [0.75] * (2 * round(total) - len(times))
             m = {"measured_ms": float(np.median(times)), "intrinsic_ms": 0.98 if total < 50
                  else 0.75, "drift": 1.4 if total < 50 else 1.07, "times": list(times),
-                 "seconds": float(total)}
+                 "seconds": float(total), "batch": workload[0], "seq_len": workload[1]}
             more = extend(m) if extend is not None else None
             asked.append(more)
             if more is None:

@@ -751,20 +751,7 @@ class DeviceProfile:
         windows: list[dict[str, Any]] = []
 
         def judged(m: dict[str, Any]) -> dict[str, Any]:
-            priced = priced_drift(m["drift"], self.priced_slowdown(precision))
-            floor = m["intrinsic_ms"] / priced
-            estimated = float(floor * self.tail_factor(precision, percentile, floor))
-            observed = float(np.percentile(m["times"], percentile))
-            upper = percentile_upper_bound(m["times"], percentile)
-            r = {"profile": str(self.path), "batch": workload[0], "seq_len": workload[1],
-                 "precision": precision, "percentile": percentile,
-                 "measured_ms": m["measured_ms"], "intrinsic_ms": m["intrinsic_ms"],
-                 "estimated_ms": estimated, "observed_ms": observed,
-                 "judged_ms": max(estimated, observed),
-                 "observed_upper_ms": upper, "confidence": PLAN_CONFIDENCE,
-                 "kept_on_ms": max(estimated, upper),
-                 "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"],
-                 "priced_drift": priced}
+            r = self.judge(m, precision, percentile)
             windows.append({k: r[k] for k in WINDOW_FIELDS})
             return r
 
@@ -778,6 +765,25 @@ class DeviceProfile:
             windows.pop()  # the last window go_on saw: judged again below, once
         return {**judged(m), **({"windows": windows} if go_on is not None else {}),
                 **({"times": m["times"]} if keep_times else {})}
+
+    def judge(self, m: dict[str, Any], precision: str,
+              percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
+        """A ``measure_model`` result ``m`` judged as :meth:`measure` says (its figures
+        without ``windows`` and ``times``)."""
+        priced = priced_drift(m["drift"], self.priced_slowdown(precision))
+        floor = m["intrinsic_ms"] / priced
+        estimated = float(floor * self.tail_factor(precision, percentile, floor))
+        observed = float(np.percentile(m["times"], percentile))
+        upper = percentile_upper_bound(m["times"], percentile)
+        return {"profile": str(self.path), "batch": m["batch"], "seq_len": m["seq_len"],
+                "precision": precision, "percentile": percentile,
+                "measured_ms": m["measured_ms"], "intrinsic_ms": m["intrinsic_ms"],
+                "estimated_ms": estimated, "observed_ms": observed,
+                "judged_ms": max(estimated, observed),
+                "observed_upper_ms": upper, "confidence": PLAN_CONFIDENCE,
+                "kept_on_ms": max(estimated, upper),
+                "runs": len(m["times"]), "seconds": m["seconds"], "drift": m["drift"],
+                "priced_drift": priced}
 
     def foreign_fields(self, here: dict[str, Any] | None = None) -> list[str]:
         """How the machine the profile was measured on differs from this one (empty: same);

@@ -1263,7 +1263,8 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
     else as many rounds as the profile gave each shape and size (rounds x sweeps).
 
     ``measured_ms`` is the model's median now; ``times`` every timed run (each a request
-    after an idle pause, as the protocol times them); ``intrinsic_ms`` its floor now (the
+    after an idle pause, as the protocol times them; the reference's in
+    ``reference_times``); ``intrinsic_ms`` its floor now (the
     ``FLOOR_LEVEL``-th percentile of those runs: what the latency model predicts, which a
     slow period moves least). ``drift`` = the reference graph's floor now over
     ``profile_ref_ms`` (its floor in the profile at this size): how much slower the machine
@@ -1293,6 +1294,7 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
             floor = {k: float(np.percentile(v, FLOOR_LEVEL)) for k, v in times.items()}
             return {"measured_ms": statistics.median(medians["model"]),
                     "intrinsic_ms": floor["model"], "times": list(times["model"]),
+                    "reference_times": list(times["reference"]),
                     "reference_ms_now": floor["reference"],
                     "reference_ms_profile": profile_ref_ms,
                     "drift": floor["reference"] / profile_ref_ms, "batch": workload[0],
