@@ -173,11 +173,8 @@ def replay(chunks: list[dict], profile: DeviceProfile, plan: dict, budget: float
         first = judged(i, upto(chunks, i, duration))
         rules["one window"].append((first["judged_ms"] <= budget, first["seconds"]))
         r, n = first, 1
-        while True:
-            total = longer_window(r, budget)
-            if total is None or r["seconds"] >= longest * 0.99:
-                break
-            r, n = judged(i, upto(chunks, i, min(total, longest))), n + 1
+        while (total := longer_window(r, budget, longest)) is not None:
+            r, n = judged(i, upto(chunks, i, total)), n + 1
         rules["ladder"].append((r["judged_ms"] <= budget, r["seconds"]))
         steps.append(n)
         long = judged(i, upto(chunks, i, longest))

@@ -463,10 +463,9 @@ def verify(bundle: Path, profile_path: Path | None, duration: float, longest: fl
     progress(f"timing {bundle} for {duration:g} s at batch {plan['batch']} x {plan['seq_len']}")
 
     def go_on(m: dict) -> float | None:  # the advice to measure longer, followed
-        total = longer_window(m, plan["budget_ms"])
-        if total is None or m["seconds"] >= longest * 0.99:
+        total = longer_window(m, plan["budget_ms"], longest)
+        if total is None:
             return None
-        total = min(total, longest)
         progress(f"p{pct:g} {m['observed_ms']:.2f} ms in the {m['seconds']:.0f} s timed, over "
                  f"the {plan['budget_ms']:.2f} ms budget; {m['estimated_ms']:.2f} ms at the "
                  f"profiled speed (the machine {m['drift']:.2f}x it by the reference's floor, "

@@ -1171,6 +1171,8 @@ def test_longer_window_follows_the_advice_to_measure_longer():
     assert longer_window(m, 1.3) is None  # within
     assert longer_window({**m, "estimated_ms": 1.1, "judged_ms": 1.2}, 1.0) is None
     assert longer_window({**m, "drift": 2.1}, 1.0) is None  # beyond what the tail prices
+    assert longer_window(m, 1.0, longest=45) == 45  # --longest caps the ladder
+    assert longer_window({**m, "seconds": 45.0}, 1.0, longest=45) is None
 
 
 def test_verify_times_on_while_over_only_in_a_slow_window(profile, supernet, tmp_path,
@@ -1209,7 +1211,7 @@ def test_verify_times_on_while_over_only_in_a_slow_window(profile, supernet, tmp
                         lambda self: {"groups": 8, "median": 1.1, "p90": 1.5, "max": 2.0})
     r = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--duration", "25", "--json"])
     assert r.exit_code == 0, r.output
-    assert asked == [60, 300, None]
+    assert asked == [60.0, 300.0, None]
     v = json.loads(r.stdout)["verification"]
     assert v["within_budget"] is True and v["advice"] is None
     assert (v["runs"], v["seconds"]) == (600, 300.0)

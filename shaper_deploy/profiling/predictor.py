@@ -889,22 +889,25 @@ def _next_window(seconds: float) -> int | None:
     return next((s for s in LONGER_SECONDS if s > seconds * 1.5), None)
 
 
-def longer_window(m: dict[str, Any], budget_ms: float) -> int | None:
+def longer_window(m: dict[str, Any], budget_ms: float,
+                  longest: float = LONGER_SECONDS[-1]) -> float | None:
     """How long to go on timing a ``DeviceProfile.measure`` result ``m`` (its total, in
     seconds) when it is over ``budget_ms`` only in the window just timed: the model within
     the budget at the profiled speed and the machine's slowdown one the profile's tail
-    prices. The next of ``LONGER_SECONDS`` well over what was timed; None when the verdict
-    stands (within; over at the profiled speed; a slowdown beyond the tail's; five minutes
-    timed). ``verify`` follows it (its ``--longest``), ``over_budget_advice`` words it.
+    prices. The next of ``LONGER_SECONDS`` well over what was timed, at most ``longest``
+    (``verify --longest``); None when the verdict stands (within; over at the profiled
+    speed; a slowdown beyond the tail's; ``longest`` or five minutes timed).
+    ``over_budget_advice`` words the same case.
 
     Why: on a host whose speed moves in periods of minutes, a short window samples one
     period. The AVX2-masked demo of session 54 verified its plan for 20 s at 20.83 ms
     against 18.87 (the machine 1.21x its profiled speed, 15.69 ms at it), then 60 s at
     19.49 ms, both OVER; 300 s gave 17.68 ms, within (docs/benchmarks.md)."""
     if (m["judged_ms"] <= budget_ms or m["estimated_ms"] > budget_ms
-            or unpriced_slowdown(m) is not None):
+            or unpriced_slowdown(m) is not None or m["seconds"] >= longest * 0.99):
         return None
-    return _next_window(m["seconds"])
+    total = _next_window(m["seconds"])
+    return None if total is None else min(float(total), longest)
 
 
 def over_budget_advice(m: dict[str, Any], budget_ms: float | None = None) -> str:
