@@ -70,8 +70,8 @@ step "4. the plan checked again in a separate process: 20 s of requests (on to 6
 # bound of its p90 with the noise floor to spare, but on a noisy host (docs/profiles.md) a
 # slow period longer than the plan's 10 s can still make it. A window over only in the
 # requests just timed (within at the profiled speed, the machine no slower than the
-# profile's tail prices) times on by itself (--longest, 300 s); over in the end, the demo says so and goes on (the verdict is in the
-# bundle).
+# profile's tail prices) times on by itself (--longest, 300 s); over in the end, the demo
+# says so and goes on (the verdict is in the bundle).
 over=
 "$BIN/shaperctl" verify "$RUNS/minilm-budget" --duration 20 || { [ $? -eq 3 ] && over=1; } || exit 1
 [ -z "$over" ] || echo "demo: the plan measured OVER its budget in this check (above): this host's speed moves; re-plan, or verify again later" >&2

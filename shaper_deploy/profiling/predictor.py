@@ -748,22 +748,19 @@ class DeviceProfile:
         longer total: timing goes on and the result is of all the runs, with each window's
         figures, judged on the runs up to its end, in ``windows`` (with ``go_on`` only).
         """
-        windows: list[dict[str, Any]] = []
-
-        def judged(m: dict[str, Any]) -> dict[str, Any]:
-            r = self.judge(m, precision, percentile)
-            windows.append({k: r[k] for k in WINDOW_FIELDS})
-            return r
+        seen: list[tuple[dict[str, Any], dict[str, Any]]] = []  # each window: runs, verdict
 
         def extend(m: dict[str, Any]) -> float | None:
-            return go_on(judged(m))
+            seen.append((m, self.judge(m, precision, percentile)))
+            return go_on(seen[-1][1])
 
         m = measure_model(Path(model_file), self.header,
                           self.reference_ms(precision, *workload), precision, workload, device,
                           seconds, extend=extend if go_on is not None else None)
-        if windows and windows[-1]["runs"] == len(m["times"]):
-            windows.pop()  # the last window go_on saw: judged again below, once
-        return {**judged(m), **({"windows": windows} if go_on is not None else {}),
+        # the result is the last window go_on saw, already judged (none without go_on)
+        r = seen[-1][1] if seen and seen[-1][0] is m else self.judge(m, precision, percentile)
+        windows = [{k: w[k] for k in WINDOW_FIELDS} for _, w in seen or [(m, r)]]
+        return {**r, **({"windows": windows} if go_on is not None else {}),
                 **({"times": m["times"]} if keep_times else {})}
 
     def judge(self, m: dict[str, Any], precision: str,

@@ -1309,7 +1309,8 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
             elapsed = time.perf_counter() - start
             if seconds is not None and elapsed < seconds:
                 continue
-            more = extend(so_far()) if extend is not None and seconds is not None else None
+            m = so_far()
+            more = extend(m) if extend is not None and seconds is not None else None
             if more is None or more <= elapsed:
-                return so_far()
+                return m
             seconds = more
