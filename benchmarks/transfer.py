@@ -16,7 +16,9 @@ more looks at fewer shapes buy on a host whose speed moves.
 
 ``fleet``: as ``offline``, with each MiniLM machine class as the target and the other classes'
 profiles as sources, each alone and all together (``--from`` several): does a fleet help on a
-device none of its members is? (``FLEET``)
+device none of its members is? (``FLEET``) With ``--target T --sources A,B --sources DIR``: T
+from each set in turn, a folder taken as ``--from DIR`` takes it on T (is a source worth
+shipping in ``profiles/`` for devices like T?).
 
 ``sparse``: refits only (no timing): could a transfer measure a few input sizes and
 interpolate the source-to-target scale to the rest? (``sparse_pair``)
@@ -41,6 +43,10 @@ runs each transfer with and without one fixed workload timed in every group
 
     .venv/bin/python benchmarks/transfer.py offline --out benchmarks/results/transfer_offline.json
     .venv/bin/python benchmarks/transfer.py fleet --out benchmarks/results/transfer_fleet.json
+    .venv/bin/python benchmarks/transfer.py fleet \\
+        --target benchmarks/data/amd-zen5-masked-avx2-minilm-direct-s49 --sources profiles \\
+        --sources profiles,benchmarks/data/amd-zen4-masked-avx2-minilm-direct-s51 \\
+        --out benchmarks/results/transfer_fleet_avx2.json
     .venv/bin/python benchmarks/transfer.py sparse --out benchmarks/results/transfer_sparse.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer \\
@@ -81,7 +87,8 @@ from shaper_deploy.profiling.analysis import dropped_by_key, measured_latency
 from shaper_deploy.profiling.folder import read_measurements, shape_from_key, workload_key
 from shaper_deploy.profiling.profile import held_out_keys
 from shaper_deploy.profiling.protocol import Protocol
-from shaper_deploy.profiling.transfer import _covers, fit_transfer, transfer_record
+from shaper_deploy.profiling.transfer import (_covers, expand_sources, fit_transfer,
+                                              transfer_record)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pairs of profiles (paths from the repository root): the shipped ones, and the AMD Zen 2
@@ -242,7 +249,10 @@ def offline(args) -> dict:
 
 
 def fleet(args) -> dict:
-    """Several sources used together against each alone, for a device none of them is."""
+    """Several sources used together against each alone, for a device none of them is
+    (``FLEET``); with ``--target``, that profile from each ``--sources`` set in turn."""
+    if args.target is not None:
+        return fleet_sets(args.target, args.sources)
     rows = []
     loaded = {p: DeviceProfile.load(ROOT / p)
               for target, others, same in FLEET for p in [target, *others, *same]}
@@ -255,6 +265,26 @@ def fleet(args) -> dict:
             rows.append(pair)
     return {"benchmark": "transfer_fleet", "plan": [list(v) for v in FLEET_PLAN],
             "draws": DRAWS, "pairs": rows}
+
+
+def fleet_sets(target_path: Path, sets: list[str]) -> dict:
+    """``target_path`` as a new device, transferred from each set of ``sets`` (comma-separated
+    profile folders; a folder of profiles stands for its profiles of the target's design
+    space, cut to the ``MAX_SOURCES`` closest to the target's fingerprint, the target left
+    out: what ``shaperctl profile --from profiles`` would take on that device)."""
+    target = DeviceProfile.load(ROOT / target_path)
+    rows = []
+    for given in sets:
+        names = expand_sources([ROOT / g for g in given.split(",")], target.device,
+                               target.space, out=target.path,
+                               here=target.header.fingerprint)
+        chosen = [DeviceProfile.load(n) for n in names]
+        pair = offline_pair(chosen, target, FLEET_PLAN)
+        pair["sources"] = [str(Path(n).relative_to(ROOT)) for n in names]
+        pair["given"] = given
+        rows.append(pair)
+    return {"benchmark": "transfer_fleet", "target": str(target_path),
+            "plan": [list(v) for v in FLEET_PLAN], "draws": DRAWS, "pairs": rows}
 
 
 ANCHORS = {"reference only": [(1, 128)],
@@ -484,6 +514,13 @@ def main() -> None:
                           "root (repeatable; default: the shipped pairs, PAIRS)")
     off.add_argument("--out", type=Path, required=True)
     fl = sub.add_parser("fleet")
+    fl.add_argument("--target", type=Path, default=None,
+                    help="A profile folder as the new device (default: each MiniLM class, "
+                         "FLEET)")
+    fl.add_argument("--sources", action="append", default=[],
+                    help="With --target: comma-separated profile folders transferred from "
+                         "together (a folder of profiles as --from takes it); repeatable, "
+                         "one row each")
     fl.add_argument("--out", type=Path, required=True)
     sp = sub.add_parser("sparse")
     sp.add_argument("--out", type=Path, required=True)
