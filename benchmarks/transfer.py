@@ -46,7 +46,9 @@ runs each transfer with and without one fixed workload timed in every group
     .venv/bin/python benchmarks/transfer.py fleet \\
         --target benchmarks/data/amd-zen5-masked-avx2-minilm-direct-s49 --sources profiles \\
         --sources profiles,benchmarks/data/amd-zen4-masked-avx2-minilm-direct-s51 \\
-        --out benchmarks/results/transfer_fleet_avx2.json
+        --sources benchmarks/data/amd-zen4-masked-avx2-minilm-direct-s51 \\
+        --sources profiles/intel-xeon-amx-2core-avx512-minilm \\
+        --out benchmarks/results/transfer_fleet_avx2_source_to_zen5_masked_avx2_s56.json
     .venv/bin/python benchmarks/transfer.py sparse --out benchmarks/results/transfer_sparse.json
     .venv/bin/python benchmarks/transfer.py live --from profiles/amd-epyc-zen4-2core-avx512-minilm \\
         --supernet runs/minilm-super --bundles-from "transfer 2 min" --work runs/transfer \\

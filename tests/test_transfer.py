@@ -285,6 +285,33 @@ def test_a_source_measured_without_parked_threads_lends_no_tail(tiny_profile):
     assert ProfileHeader.from_dict(data, tiny_profile).protocol.park_ms == 0
 
 
+def test_a_source_whose_fingerprint_predates_cpu_id_lends_no_tail(tiny_profile):
+    """A parked profile whose fingerprint has no cpu_id matches this machine on the fields it
+    has, as any CPU of its model name and ISA would (the AMD Zen 2 profile matched the Zen 4
+    cores masked to AVX2): a prior, but its tail is not frozen as this machine's, and the note
+    says why instead of calling it this machine's."""
+    from dataclasses import replace
+
+    from shaper_deploy.profiling.fingerprint import device_fingerprint
+    from shaper_deploy.profiling.transfer import transfer_record
+
+    here = device_fingerprint("cpu")
+    assert "cpu_id" in here
+    source = DeviceProfile.load(tiny_profile)
+    source.header.protocol = replace(source.header.protocol, park_ms=50.0)
+    said = []
+    record = transfer_record([source], source.header.protocol, here, said.append)
+    assert "tail" in record["sources"][0] and said == []  # this very machine, parked: priced
+    source.header.fingerprint = {k: v for k, v in here.items() if k != "cpu_id"}
+    said = []
+    record = transfer_record([source], source.header.protocol, here, said.append)
+    assert record["differences"] == [[]]  # it matches on every field it has
+    assert "tail" not in record["sources"][0] and "speed_p90" not in record["sources"][0]
+    assert record["sources"][0]["coef"].keys() == set(source.precisions)  # still a prior
+    assert len(said) == 1 and "predates cpu_id" in said[0], said
+    assert "measured on this machine" not in said[0] and "spinning" not in said[0]
+
+
 def test_transfer_across_kinds_and_spaces_is_refused(tiny_profile, tmp_path):
     cuda = tmp_path / "cuda"
     shutil.copytree(tiny_profile, cuda)

@@ -276,15 +276,24 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
     profiles waited for ONNX Runtime's threads to stop spinning (``park_ms`` 0) is a prior
     but its tail is not frozen: the next session's runs shared a core with the spinning
     threads, which priced short runs' p90 at x2.4-2.5 the floor where this machine's own
-    parked profile measures x1.26 (the 2026-11 Intel MiniLM profile at 1.6 ms, session 35)."""
+    parked profile measures x1.26 (the 2026-11 Intel MiniLM profile at 1.6 ms, session 35).
+    Nor is the tail of a source whose fingerprint predates a field this machine's records
+    (``unchecked_fields``: no ``cpu_id``): it matches every CPU of its model name and ISA, as
+    the AMD Zen 2 profile matched the Zen 4 cores masked to AVX2 (session 56)."""
     frozen = []
     for s in sources:  # DeviceProfile.load verified predictor.json against this sum
         same_machine = not fingerprint_differences(s.header.fingerprint, fingerprint)
-        priced = same_machine and s.header.protocol.park_ms > 0
+        unchecked = unchecked_fields(s.header.fingerprint, fingerprint)
+        parked = s.header.protocol.park_ms > 0
+        priced = same_machine and parked and not unchecked
         if same_machine and not priced:
-            note(f"{s.path}: measured on this machine before profiles waited for ONNX "
-                 "Runtime's threads to stop spinning; a prior, but its latency tail is not "
-                 "used (the spinning inflated short runs' tails)")
+            where = ("this machine" if not unchecked else "a machine whose fingerprint "
+                     f"matches this one's but predates {', '.join(unchecked)} (another CPU of "
+                     "this model name and ISA matches it too)")
+            when = ("" if parked else ", before profiles waited for ONNX Runtime's threads to "
+                    "stop spinning")
+            note(f"{s.path}: measured on {where}{when}; a prior, but its latency tail is not "
+                 "used" + ("" if parked else " (the spinning inflated short runs' tails)"))
         speed = s.machine_speed() if priced else None
         frozen.append({
             **({"tail": {p: s.model.tail[p] for p in protocol.precisions if p in s.model.tail}}
