@@ -47,7 +47,7 @@ import numpy as np
 from shaper_deploy.bundle import BundleManifest
 from shaper_deploy.io import atomic_write_bytes
 from shaper_deploy.profiling.predictor import DeviceProfile, longer_window
-from shaper_deploy.profiling.profile import FLOOR_LEVEL, measure_model
+from shaper_deploy.profiling.profile import FLOOR_LEVEL, measure_model, timed_result
 
 SCALES = (0.95, 1.00, 1.05, 1.10)
 
@@ -136,14 +136,12 @@ def record(bundle: Path | None, profile: DeviceProfile, minutes: float, chunk: f
 
 
 def pooled(chunks: list[dict], ref_ms: float, plan: dict) -> dict:
-    """Chunks as one ``measure_model`` result: their runs together."""
+    """Chunks as one ``measure_model`` result: their runs together (the chunks keep no round
+    medians, so ``measured_ms`` is the runs' median; ``judge`` passes it through)."""
     times = [t for c in chunks for t in c["times"]]
-    ref = [t for c in chunks for t in c["reference_times"]]
-    return {"measured_ms": float(np.median(times)),
-            "intrinsic_ms": float(np.percentile(times, FLOOR_LEVEL)), "times": times,
-            "drift": float(np.percentile(ref, FLOOR_LEVEL)) / ref_ms,
-            "seconds": round(sum(c["seconds"] for c in chunks), 1),
-            "batch": plan["batch"], "seq_len": plan["seq_len"]}
+    return timed_result(times, [t for c in chunks for t in c["reference_times"]], ref_ms,
+                        plan["precision"], (plan["batch"], plan["seq_len"]),
+                        sum(c["seconds"] for c in chunks), float(np.median(times)))
 
 
 def upto(chunks: list[dict], i: int, seconds: float) -> int:
@@ -156,14 +154,15 @@ def upto(chunks: list[dict], i: int, seconds: float) -> int:
 
 
 def replay(chunks: list[dict], profile: DeviceProfile, plan: dict, budget: float,
-           duration: float, longest: float) -> dict:
+           duration: float, longest: float, whole: dict) -> dict:
+    """The three rules' verdicts at ``budget`` from every start, against ``whole`` (the whole
+    recording judged at once)."""
     ref_ms = profile.reference_ms(plan["precision"], plan["batch"], plan["seq_len"])
     pct = plan["percentile"]
 
     def judged(i: int, j: int) -> dict:
         return profile.judge(pooled(chunks[i:j], ref_ms, plan), plan["precision"], pct)
 
-    whole = judged(0, len(chunks))
     truth = whole["judged_ms"] <= budget
     rules = {"one window": [], "ladder": [], "one long window": []}
     steps = []
@@ -224,8 +223,8 @@ def main() -> None:
                             "whole": {k: whole[k] for k in ("observed_ms", "estimated_ms",
                                                             "judged_ms", "drift")}},
               "duration": args.duration, "longest": args.longest,
-              "budgets": {name: replay(chunks, profile, plan, b, args.duration, args.longest)
-                          for name, b in budgets.items()}}
+              "budgets": {name: replay(chunks, profile, plan, b, args.duration, args.longest,
+                                       whole) for name, b in budgets.items()}}
     atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     for name, r in result["budgets"].items():
         print(f"{name} {r['budget_ms']:.2f} ms (whole: {r['whole_judged_ms']:.2f}, "

@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -1253,6 +1253,20 @@ def wait_for_calm(check: Callable[[], float], may_wait: Callable[[], bool],
         time.sleep(CALM_POLL_S)
 
 
+def timed_result(times: Sequence[float], reference_times: Sequence[float],
+                 profile_ref_ms: float, precision: str, workload: Workload, seconds: float,
+                 measured_ms: float) -> dict[str, Any]:
+    """A ``measure_model`` result from a model's timed runs and its reference graph's
+    (``measured_ms``: the model's median now; ``measure_model`` takes its round medians')."""
+    floor = float(np.percentile(times, FLOOR_LEVEL))
+    reference_floor = float(np.percentile(reference_times, FLOOR_LEVEL))
+    return {"measured_ms": measured_ms, "intrinsic_ms": floor, "times": list(times),
+            "reference_times": list(reference_times), "reference_ms_now": reference_floor,
+            "reference_ms_profile": profile_ref_ms, "drift": reference_floor / profile_ref_ms,
+            "batch": workload[0], "seq_len": workload[1], "precision": precision,
+            "seconds": round(seconds, 1)}
+
+
 def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: float,
                   precision: str, workload: Workload, device: str,
                   seconds: float | None = None,
@@ -1291,15 +1305,9 @@ def measure_model(model: str | Path, header: ProfileHeader, profile_ref_ms: floa
         start, seed = time.perf_counter(), 7
 
         def so_far() -> dict[str, Any]:
-            floor = {k: float(np.percentile(v, FLOOR_LEVEL)) for k, v in times.items()}
-            return {"measured_ms": statistics.median(medians["model"]),
-                    "intrinsic_ms": floor["model"], "times": list(times["model"]),
-                    "reference_times": list(times["reference"]),
-                    "reference_ms_now": floor["reference"],
-                    "reference_ms_profile": profile_ref_ms,
-                    "drift": floor["reference"] / profile_ref_ms, "batch": workload[0],
-                    "seq_len": workload[1], "precision": precision,
-                    "seconds": round(time.perf_counter() - start, 1)}
+            return timed_result(times["model"], times["reference"], profile_ref_ms, precision,
+                                workload, time.perf_counter() - start,
+                                statistics.median(medians["model"]))
         while True:
             results = measure_interleaved(runners, protocol, seed=seed, keep_times=True)
             for k, r in results.items():

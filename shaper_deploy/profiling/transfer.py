@@ -281,8 +281,9 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
     (``unchecked_fields``: no ``cpu_id``): it matches every CPU of its model name and ISA, as
     the AMD Zen 2 profile matched the Zen 4 cores masked to AVX2 (session 56)."""
     frozen = []
-    for s in sources:  # DeviceProfile.load verified predictor.json against this sum
-        same_machine = not fingerprint_differences(s.header.fingerprint, fingerprint)
+    differences = [fingerprint_differences(s.header.fingerprint, fingerprint) for s in sources]
+    for s, differ in zip(sources, differences):  # load verified predictor.json by this sum
+        same_machine = not differ
         unchecked = unchecked_fields(s.header.fingerprint, fingerprint)
         parked = s.header.protocol.park_ms > 0
         priced = same_machine and parked and not unchecked
@@ -306,8 +307,7 @@ def transfer_record(sources: Sequence[DeviceProfile], protocol: Protocol,
             "coef": {p: {workload_key(w): [round(float(v), 10) for v in s.model.coef_at(p, *w)]
                          for w in protocol.grid} for p in protocol.precisions}})
     return {"method": METHOD, "ridges": list(CANDIDATES), "sources": frozen,
-            "differences": [fingerprint_differences(s.header.fingerprint, fingerprint)
-                            for s in sources], "direct_default_minutes": None}
+            "differences": differences, "direct_default_minutes": None}
 
 
 def penalty_scale(x: np.ndarray, space: DesignSpace) -> np.ndarray:
