@@ -8,7 +8,9 @@ between, so they are one ``d_i -> d_{i+1}`` map (paper, Appendix C)::
 The first input bottleneck (D -> d_1) and the last output bottleneck (d_L -> D) stay. One step
 past the paper: when only a head's output is wanted, the last output bottleneck is folded into
 the head's first dense layer as well (``fold_last=True``), since the MLM transform and the
-pooler both begin with an affine map of the D-wide state.
+pooler both begin with an affine map of the D-wide state. Before export, projections that are
+exactly identities are dropped, after the input and output projections' permutations (a super
+network ordered by importance has them) are moved into the layers next to them.
 """
 
 from __future__ import annotations
@@ -112,14 +114,102 @@ def _is_identity(linear: nn.Module) -> bool:
     return bool(torch.equal(linear.weight, eye) and not linear.bias.any())
 
 
+def _index_of(linear: nn.Module | None) -> list[int] | None:
+    """``index`` when ``linear`` is exactly a square permutation with zero bias (output
+    feature r is input feature ``index[r]``), else None."""
+    if not isinstance(linear, nn.Linear) or linear.in_features != linear.out_features:
+        return None
+    w = linear.weight
+    if linear.bias.any() or not bool(((w == 0) | (w == 1)).all()):
+        return None
+    if not (bool((w.sum(0) == 1).all()) and bool((w.sum(1) == 1).all())):
+        return None
+    return [int(c) for c in w.argmax(1)]
+
+
+def _runs(fused: FusedBert) -> tuple[range, range]:
+    """The layers joined to the first one (and to the last one) by exact identities, every
+    one of the model's width: the first and last runs a permutation can be moved through."""
+    L, D = len(fused.layers), fused.config.space.hidden_size
+    joined = [fused.shape.widths[i] == D and fused.shape.widths[i + 1] == D
+              and _is_identity(fused.transitions[i]) for i in range(L - 1)]
+    first = next((i for i, j in enumerate(joined) if not j), L - 1) + 1
+    last = L - 1 - next((i for i, j in enumerate(reversed(joined)) if not j), L - 1)
+    return range(first), range(last, L)
+
+
+def _rebase(fused: FusedBert, run: range, order: list[int]) -> None:
+    """Express the layers of ``run`` in another order of their features (feature j of the
+    new state is feature ``order[j]`` of the old): a post-LN layer computes the same in any
+    order of its state's features once its weights follow (input columns of the query, key,
+    value and FFN matrices; output rows, biases and LayerNorms of the attention output and
+    FFN output), and so do the matrices into and out of the run. Exact: every number is
+    only moved."""
+    p = torch.tensor(order)
+    last = len(fused.layers) - 1
+    reading = ([fused.proj_out] if fused.proj_out is not None else
+               [m for m in (fused.pooler and fused.pooler.dense,
+                            fused.mlm_head and fused.mlm_head.transform,
+                            fused.classifier and fused.classifier.out) if m is not None])
+    into = [fused.proj_in if run.start == 0 else fused.transitions[run.start - 1]]
+    out = reading if run.stop - 1 == last else [fused.transitions[run.stop - 1]]
+    with torch.no_grad():
+        for i in run:
+            layer = fused.layers[i]
+            into.append(layer.attn_out)
+            into.append(layer.ffn_out)
+            out += [layer.query, layer.key, layer.value, layer.ffn_in]
+            for norm in (layer.attn_norm, layer.ffn_norm):
+                norm.weight.copy_(norm.weight[p])
+                norm.bias.copy_(norm.bias[p])
+        for i in run[:-1]:  # transitions within the run are identities: P I P^T = I
+            assert _is_identity(fused.transitions[i])
+        for m in into:
+            m.weight.copy_(m.weight[p])
+            m.bias.copy_(m.bias[p])
+        for m in out:
+            m.weight.copy_(m.weight[:, p])
+
+
+def align_orders(fused: FusedBert) -> None:
+    """Move the permutation of the output projection (and of the input one) into the layers
+    next to it, where it costs nothing, so that the projection becomes the identity.
+
+    A super network whose features were ordered by importance (``supernet init --order``)
+    has permutations for bottlenecks: at the full shape the transitions are ``P P^T = I``,
+    but the input and output projections are P and P^T, two D x D matrices that computed
+    nothing but an order, cost 2.5-7% of the full MiniLM's latency on 2 cores, and in int8
+    rounded the embeddings and the final state to 8 bits (docs/benchmarks.md). The last run
+    of full-width layers takes the output projection's order, and then the first run takes
+    the input projection's (the same run at the full shape, where one order is both). A
+    permutation in a transition that stays a matrix costs nothing more."""
+    first, last = _runs(fused)
+    out_order = _index_of(fused.proj_out)
+    if out_order is not None and not _is_identity(fused.proj_out):
+        _rebase(fused, last, out_order)
+    in_order = _index_of(fused.proj_in)
+    if in_order is None or _is_identity(fused.proj_in):
+        return
+    if first.stop == len(fused.layers) and out_order is not None:
+        return  # one run, ordered by the output projection: the input one keeps the rest
+    inverse = [0] * len(in_order)
+    for j, c in enumerate(in_order):
+        inverse[c] = j
+    _rebase(fused, first, inverse)
+
+
 def drop_identities(fused: FusedBert) -> list[str]:
-    """Replace every projection that is exactly the identity with zero bias by nothing.
+    """Replace every projection that is exactly the identity with zero bias by nothing,
+    after moving the input and output projections' permutations into the layers
+    (:func:`align_orders`).
 
     A super network made from a BERT starts with identity bottlenecks, so at the full shape
     every transition is ``I @ I = I`` (computed in float64, exact in float32): computing them
     cost 8-12% of the latency of the plain BERT graph. Only exact identities are dropped, so
-    outputs are bit-for-bit those of the unpruned network. Returns the dropped modules' names.
+    outputs are those of the unpruned network (bit-for-bit, up to the order of the sums the
+    moved permutations change). Returns the dropped modules' names.
     """
+    align_orders(fused)
     dropped = []
     for name in ("proj_in", "proj_out"):
         if _is_identity(getattr(fused, name)):
@@ -200,22 +290,28 @@ def bottleneck_orders(supernet) -> list[tuple[Order, Order]]:
 def dropped_projections(orders: list[tuple[Order, Order]], shape) -> list[str]:
     """What :func:`drop_identities` removes from ``shape``'s fused network, from the super
     network's :func:`bottleneck_orders` alone. Only square projections can be identities
-    (:func:`~shaper_deploy.shape.identity_projections`); the input projection is one when the
-    first input bottleneck is the identity, the output one likewise, and the transition
-    between layers i and i + 1 (both of width d) when their first d features are the same:
-    ``P_{i+1}[:d] @ P_i^T[:, :d] = I`` exactly when the two orders agree there."""
-    widths = shape.widths
+    (:func:`~shaper_deploy.shape.identity_projections`). The transition between layers i and
+    i + 1 (both of width d) is one when their first d features are the same:
+    ``P_{i+1}[:d] @ P_i^T[:, :d] = I`` exactly when the two orders agree there. The output
+    projection is one whenever the last output bottleneck is a permutation
+    (:func:`align_orders` moves it into the layers), and the input projection whenever the
+    first input bottleneck is one, unless every layer is one run joined by identities with a
+    permutation at the output, which then orders that run: the input one is the identity
+    exactly when the two orders are the same."""
+    widths, D = shape.widths, shape.space.hidden_size
 
-    def identity(order: Order, d: int) -> bool:
-        return order is not None and order[:d] == tuple(range(d))
-
-    def is_dropped(name: str) -> bool:
-        if name == "proj_in":
-            return identity(orders[0][0], len(orders[0][0] or ()))
-        if name == "proj_out":
-            return identity(orders[-1][1], len(orders[-1][1] or ()))
-        i = int(name.split(".")[1])  # transitions.i = output of layer i, input of i + 1
+    def joined(i: int) -> bool:  # transitions.i = output of layer i, input of i + 1
         out, into, d = orders[i][1], orders[i + 1][0], widths[i]
         return out is not None and into is not None and out[:d] == into[:d]
+
+    first, last = orders[0][0], orders[-1][1]
+    one_run = set(widths) == {D} and all(joined(i) for i in range(len(widths) - 1))
+
+    def is_dropped(name: str) -> bool:
+        if name == "proj_out":
+            return last is not None
+        if name == "proj_in":
+            return first is not None and (not one_run or last is None or first == last)
+        return joined(int(name.split(".")[1]))
 
     return [n for n in identity_projections(shape) if is_dropped(n)]

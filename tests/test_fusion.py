@@ -73,3 +73,72 @@ def test_fusing_leaves_the_subnet_untouched(tiny_supernet):
     before = {k: v.clone() for k, v in subnet.state_dict().items()}
     fuse_bottlenecks(subnet, fold_last=True)
     assert all(torch.equal(before[k], v) for k, v in subnet.state_dict().items())
+
+
+def _permuted(net, orders_in, order_out):
+    """``net`` with permutation bottlenecks: layer i's input one takes feature
+    ``orders_in[i][r]`` to r, every output one puts r back where its layer's input took it
+    from, the last one at ``order_out[r]`` (as supernet init --order writes them)."""
+    D = net.config.space.hidden_size
+    with torch.no_grad():
+        for i, layer in enumerate(net.layers):
+            for lin, order in ((layer.input_bottleneck, orders_in[i]),
+                               (layer.output_bottleneck, order_out if i == len(net.layers) - 1
+                                else orders_in[i])):
+                eye = torch.zeros(D, D)
+                eye[torch.arange(D), torch.tensor(order)] = 1
+                lin.weight.copy_(eye if lin is layer.input_bottleneck else eye.T)
+                lin.bias.zero_()
+    return net
+
+
+def _orders(kind: str, D: int, layers: int):
+    g = torch.Generator().manual_seed(5)
+    p, q = (torch.randperm(D, generator=g).tolist() for _ in range(2))
+    if kind == "shared":
+        return [p] * layers, p
+    if kind == "per layer":
+        return [torch.randperm(D, generator=g).tolist() for _ in range(layers)], q
+    return [p] * layers, q  # one order, a different one out of the last layer
+
+
+@pytest.mark.parametrize("kind", ["shared", "per layer", "another out"])
+def test_permutations_moved_into_the_layers_compute_the_same(tiny_supernet, kind):
+    """A super network with permutation bottlenecks (supernet init --order): the input and
+    output projections' orders move into the layers next to them (fusion.align_orders),
+    which then compute the same outputs, heads folded or not, and the projections left as
+    identities are dropped, as dropped_projections predicts from the orders alone."""
+    from shaper_deploy.fusion import bottleneck_orders, drop_identities, dropped_projections
+    from shaper_deploy.shape import identity_projections
+
+    s = TINY_SPACE
+    D, w, L = s.hidden_size, sorted(s.widths)[-2], s.num_layers
+    net = _permuted(tiny_supernet, *_orders(kind, D, L))
+    orders = bottleneck_orders(net)
+    ids, mask, types = make_inputs(97, batch=3, seq=11)
+    for widths in ((D,) * L, (w,) * (L - 1) + (D,), (D,) + (w,) * (L - 1),
+                   (D,) + (w,) * (L - 2) + (D,), (w,) + (D,) * (L - 1)):
+        shape = Shape(widths, s)
+        subnet = slice_subnet(net, shape)
+        with torch.no_grad():
+            ref = subnet(ids, mask, types)
+            for fold in (False, True):
+                fused = fuse_bottlenecks(subnet, fold_last=fold)
+                dropped = drop_identities(fused)
+                out = fused(ids, mask, types)
+                if not fold:
+                    assert torch.allclose(out.last_hidden_state, ref.last_hidden_state,
+                                          atol=TOL)
+                    assert sorted(dropped) == sorted(dropped_projections(orders, shape))
+                assert torch.allclose(out.pooler_output, ref.pooler_output, atol=TOL)
+                assert torch.allclose(fused.mlm_logits(ids, mask, types),
+                                      subnet.mlm_logits(ref.last_hidden_state), atol=TOL)
+        gone = dropped_projections(orders, shape)
+        assert ("proj_out" in gone) == (widths[-1] == D)  # a permutation there, always moved
+        if kind == "shared" and widths[0] == D:
+            assert "proj_in" in gone
+        if widths == (D,) * L:
+            full = sorted(identity_projections(shape))
+            assert (sorted(gone) == full) == (kind == "shared")  # the original network
+            if kind == "another out":  # one run, ordered by the output: the input keeps one
+                assert sorted(gone) == sorted(set(full) - {"proj_in"})

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -5,7 +6,7 @@ from shaper_deploy.errors import ShaperError
 from shaper_deploy.supernet import load_supernet, supernet_from_hf
 from shaper_deploy.supernet.rewire import _stats, importance_order
 
-from .conftest import make_inputs, random_shapes, save_tiny_bert
+from .conftest import make_inputs, random_shapes, sample_inputs, save_tiny_bert
 
 
 def _ids(model, n=24, seq=12, seed=3):
@@ -78,11 +79,15 @@ def test_padding_is_not_counted(tiny_supernet):
 
 def test_one_shared_order_keeps_the_identity_networks_graph(tmp_path):
     """supernet init --order: one residual order for every layer, so the fused transition
-    between two layers of equal width is still exactly the identity and export drops it (the
-    planner's prediction of what is dropped agrees); an order per layer would not."""
+    between two layers of equal width is still exactly the identity and export drops it, and
+    the input and output projections' orders move into the layers, so at the full width
+    those are dropped too (the planner's prediction of what is dropped agrees); an order per
+    layer keeps its transitions. The export computes the super network's outputs."""
     from shaper_deploy.export import export_bundle
     from shaper_deploy.fusion import bottleneck_orders, dropped_projections
+    from shaper_deploy.runtime import make_session
     from shaper_deploy.shape import Shape
+    from shaper_deploy.slicing import slice_subnet
 
     save_tiny_bert(tmp_path / "bert", masked_lm=False)
     model = supernet_from_hf(tmp_path / "bert").eval()
@@ -102,9 +107,19 @@ def test_one_shared_order_keeps_the_identity_networks_graph(tmp_path):
     for widths in ((D,) * 3, (w, w, D), (D, w, w)):
         shape = Shape(widths, space)
         between = [f"transitions.{i}" for i in range(2) if widths[i] == widths[i + 1]]
+        moved = ["proj_in"] * (widths[0] == D) + ["proj_out"] * (widths[-1] == D)
         manifest = export_bundle(shared, shape, tmp_path / f"s{widths}")
-        assert sorted(manifest.dropped_identities) == between  # never proj_in / proj_out
-        assert sorted(dropped_projections(orders, shape)) == between
+        assert sorted(manifest.dropped_identities) == sorted(between + moved)
+        assert sorted(dropped_projections(orders, shape)) == sorted(between + moved)
+        feeds = sample_inputs(model.config.space.vocab_size, batch=2, seq_len=9,
+                              padding="mixed")
+        got = make_session(tmp_path / f"s{widths}" / "model.onnx").run(
+            ["last_hidden_state"], feeds)[0]
+        with torch.no_grad():
+            want = slice_subnet(shared, shape)(
+                *(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask",
+                                                       "token_type_ids")))
+        assert np.abs(got - want.last_hidden_state.numpy()).max() < 1e-5
         manifest = export_bundle(per_layer, shape, tmp_path / f"p{widths}")
         assert sorted(dropped_projections(bottleneck_orders(per_layer), shape)) == sorted(
             manifest.dropped_identities)
