@@ -78,13 +78,16 @@ def test_fusing_leaves_the_subnet_untouched(tiny_supernet):
 def _permuted(net, orders_in, order_out):
     """``net`` with permutation bottlenecks: layer i's input one takes feature
     ``orders_in[i][r]`` to r, every output one puts r back where its layer's input took it
-    from, the last one at ``order_out[r]`` (as supernet init --order writes them)."""
+    from, the last one at ``order_out[r]`` (as supernet init --order writes them; None: the
+    last one stays dense, as trained)."""
     D = net.config.space.hidden_size
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
             for lin, order in ((layer.input_bottleneck, orders_in[i]),
                                (layer.output_bottleneck, order_out if i == len(net.layers) - 1
                                 else orders_in[i])):
+                if order is None:
+                    continue
                 eye = torch.zeros(D, D)
                 eye[torch.arange(D), torch.tensor(order)] = 1
                 lin.weight.copy_(eye if lin is layer.input_bottleneck else eye.T)
@@ -99,10 +102,12 @@ def _orders(kind: str, D: int, layers: int):
         return [p] * layers, p
     if kind == "per layer":
         return [torch.randperm(D, generator=g).tolist() for _ in range(layers)], q
+    if kind == "dense out":
+        return [p] * layers, None
     return [p] * layers, q  # one order, a different one out of the last layer
 
 
-@pytest.mark.parametrize("kind", ["shared", "per layer", "another out"])
+@pytest.mark.parametrize("kind", ["shared", "per layer", "another out", "dense out"])
 def test_permutations_moved_into_the_layers_compute_the_same(tiny_supernet, kind):
     """A super network with permutation bottlenecks (supernet init --order): the input and
     output projections' orders move into the layers next to them (fusion.align_orders),
@@ -134,11 +139,14 @@ def test_permutations_moved_into_the_layers_compute_the_same(tiny_supernet, kind
                 assert torch.allclose(fused.mlm_logits(ids, mask, types),
                                       subnet.mlm_logits(ref.last_hidden_state), atol=TOL)
         gone = dropped_projections(orders, shape)
-        assert ("proj_out" in gone) == (widths[-1] == D)  # a permutation there, always moved
-        if kind == "shared" and widths[0] == D:
+        # a permutation there is always moved; a dense one stays and takes the input's order
+        assert ("proj_out" in gone) == (widths[-1] == D and kind != "dense out")
+        if kind in ("shared", "dense out") and widths[0] == D:
             assert "proj_in" in gone
         if widths == (D,) * L:
             full = sorted(identity_projections(shape))
             assert (sorted(gone) == full) == (kind == "shared")  # the original network
+            if kind == "dense out":
+                assert sorted(gone) == sorted(set(full) - {"proj_out"})
             if kind == "another out":  # one run, ordered by the output: the input keeps one
                 assert sorted(gone) == sorted(set(full) - {"proj_in"})
