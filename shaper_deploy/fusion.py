@@ -15,7 +15,7 @@ network ordered by importance has them) are moved into the layers next to them.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -114,17 +114,10 @@ def _is_identity(linear: nn.Module) -> bool:
     return bool(torch.equal(linear.weight, eye) and not linear.bias.any())
 
 
-def _index_of(linear: nn.Module | None) -> list[int] | None:
+def _index_of(linear: nn.Module | None) -> Order:
     """``index`` when ``linear`` is exactly a square permutation with zero bias (output
-    feature r is input feature ``index[r]``), else None."""
-    if not isinstance(linear, nn.Linear) or linear.in_features != linear.out_features:
-        return None
-    w = linear.weight
-    if linear.bias.any() or not bool(((w == 0) | (w == 1)).all()):
-        return None
-    if not (bool((w.sum(0) == 1).all()) and bool((w.sum(1) == 1).all())):
-        return None
-    return [int(c) for c in w.argmax(1)]
+    feature r is input feature ``index[r]``: :func:`_permutation`), else None."""
+    return _permutation(linear.weight, linear.bias) if isinstance(linear, nn.Linear) else None
 
 
 def _runs(fused: FusedBert) -> tuple[range, range]:
@@ -138,7 +131,7 @@ def _runs(fused: FusedBert) -> tuple[range, range]:
     return range(first), range(last, L)
 
 
-def _rebase(fused: FusedBert, run: range, order: list[int]) -> None:
+def _rebase(fused: FusedBert, run: range, order: Sequence[int]) -> None:
     """Express the layers of ``run`` in another order of their features (feature j of the
     new state is feature ``order[j]`` of the old): a post-LN layer computes the same in any
     order of its state's features once its weights follow (input columns of the query, key,
@@ -190,10 +183,7 @@ def align_orders(fused: FusedBert) -> None:
         return
     if first.stop == len(fused.layers) and out_order is not None:
         return  # one run, ordered by the output projection: the input one keeps the rest
-    inverse = [0] * len(in_order)
-    for j, c in enumerate(in_order):
-        inverse[c] = j
-    _rebase(fused, first, inverse)
+    _rebase(fused, first, torch.tensor(in_order).argsort().tolist())  # the inverse order
 
 
 def drop_identities(fused: FusedBert) -> list[str]:
