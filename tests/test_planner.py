@@ -240,6 +240,39 @@ def test_a_shape_predicted_over_the_budget_is_kept_only_if_measured_under_it_twi
     assert any("measuring again, the slower of the two kept" in n for n in notes)
 
 
+def test_the_teacher_is_judged_by_the_same_second_look_as_the_slices(profile, supernet,
+                                                                     tmp_path):
+    """A teacher whose first window runs slow (1.1x its prediction, over the limit) and whose
+    second runs at 0.95x is kept on their median, as a slice would be (session 58: the
+    teacher was judged on its one window); one slow window still over after the second look
+    drops it, with the note of both."""
+    teacher = randomize(SuperBert(CONFIG), seed=5).eval()
+    full = PLAN_SPACE.largest
+    budget = float(profile.predict([full], "fp32", 1, 16, 90.0)[0]) * profile.margin("fp32")
+    budget *= 1.0001
+    for second, kept in ((0.95, True), (1.2, False)):
+        scripted, looks = Scripted(profile, {"fp32": 1.0}), collections.Counter()
+
+        def measure(bundle, model_file, precision, workload):
+            ms = scripted(bundle, model_file, precision, workload)
+            if "teacher" not in Path(bundle).name:
+                return ms
+            looks["teacher"] += 1
+            return ms * (1.1 if looks["teacher"] == 1 else second)
+
+        notes = []
+        manifest = export_for_budget(supernet, budget, profile, tmp_path / f"b{second}",
+                                     precision="fp32", measure=measure, progress=notes.append,
+                                     families=CIGAR, teacher=teacher, workload=(1, 16))
+        t = next(c for c in manifest.plan["candidates"] if c["network"] == "teacher")
+        assert looks["teacher"] == 2, notes
+        assert any(n.startswith("teacher fp32: measured") and "measuring again" in n
+                   for n in notes)
+        assert (t["status"] in ("chosen", "fits")) == kept, t
+        assert t["measured_ms"] == pytest.approx(
+            float(profile.predict([full], "fp32", 1, 16, 90.0)[0]) * (1.1 + second) / 2)
+
+
 def test_after_a_miss_the_sizes_between_are_tried(profile, supernet, tmp_path):
     """The first shape misses by far (x1.6: its p90's upper bound on a host's spikes), so the
     re-plan, scaled by that ratio, falls several sizes below; that one measures as predicted,
