@@ -797,7 +797,7 @@ def _retake_speed_line(speed: dict | None, calm: int = 0) -> str:
             f"{speed['sizes']} of the retake's {speed['of']} group x size measurements, those "
             "at sizes the profile timed calm)" + (
                 (f": over {CALM_BAND:g}x, though its checks found the machine calm for {calm}"
-                 " of them: a slowdown at these sizes that the sentinel's small workload does "
+                 f" of the {speed['of']}: a slowdown at these sizes that the sentinel's small workload does "
                  "not show, so its floors may still be of a slow state; retake it again later"
                  if calm else f": over {CALM_BAND:g}x, the retake found no calm moment and its "
                  "floors are of a slow state; retake it again later") if now > CALM_BAND else

@@ -260,7 +260,7 @@ def test_a_retake_says_how_fast_the_machine_ran_against_the_profiles_calm_time()
     # checks that found the machine calm while the reference ran slow: both said, no claim
     # that no calm moment was found
     both = _retake_speed_line({"median": 1.19, "sizes": 7, "of": 19}, calm=17)
-    assert "found the machine calm for 17 of them" in both and "no calm moment" not in both
+    assert "found the machine calm for 17 of the 19" in both and "no calm moment" not in both
     assert "retake it again later" in both
     assert not any(w in line(1.0) for w in ("remake", "no calm"))
     assert "the median of 2 of the retake's 3 group x size measurements" in line(1.0)
