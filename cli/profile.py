@@ -793,15 +793,19 @@ def _retake_speed_line(speed: dict | None, calm: int = 0) -> str:
     now = (speed or {}).get("median")  # None: nothing retaken in this run (a fit only)
     if now is None:
         return "not compared (no size of the retake was timed calm in the profile)"
-    return (f"the reference at x{now:.2f} its calm time in the profile (the median of "
+    line = (f"the reference at x{now:.2f} its calm time in the profile (the median of "
             f"{speed['sizes']} of the retake's {speed['of']} group x size measurements, those "
-            "at sizes the profile timed calm)" + (
-                (f": over {CALM_BAND:g}x, though its checks found the machine calm for {calm}"
-                 f" of the {speed['of']}: a slowdown at these sizes that the sentinel's small workload does "
-                 "not show, so its floors may still be of a slow state; retake it again later"
-                 if calm else f": over {CALM_BAND:g}x, the retake found no calm moment and its "
-                 "floors are of a slow state; retake it again later") if now > CALM_BAND else
-                f": under {RETAKE_MOVED:g}x, the machine runs faster than in the profile's "
-                "calm moments, so its calm state has moved since and the retaken floors are "
-                "of another one; remake the profile (shaperctl profile ... --out NEW)"
-                if now < RETAKE_MOVED else ""))
+            "at sizes the profile timed calm)")
+    if now > CALM_BAND and calm:
+        return (line + f": over {CALM_BAND:g}x, though its checks found the machine calm for "
+                f"{calm} of the {speed['of']}: a slowdown at these sizes that the sentinel's "
+                "small workload does not show, so its floors may still be of a slow state; "
+                "retake it again later")
+    if now > CALM_BAND:
+        return (line + f": over {CALM_BAND:g}x, the retake found no calm moment and its floors "
+                "are of a slow state; retake it again later")
+    if now < RETAKE_MOVED:
+        return (line + f": under {RETAKE_MOVED:g}x, the machine runs faster than in the "
+                "profile's calm moments, so its calm state has moved since and the retaken "
+                "floors are of another one; remake the profile (shaperctl profile ... --out NEW)")
+    return line
