@@ -754,6 +754,9 @@ def _retake_text(d: dict) -> str:
     def trust(t) -> str:
         return "reliable" if t["reliable"] else "UNRELIABLE: " + "; ".join(t["reasons"])
 
+    # of the looks' group x size measurements, how many a check found the machine calm for
+    sizes, calm = (sum(x["timed"][k] for x in r["looks"]) for k in ("sizes", "calm"))
+
     return table([
         ("profile", d["profile"]),
         ("retaken", (", ".join(f"{q} {n}" for q, n in r["points"].items()) or "nothing new")
@@ -761,20 +764,18 @@ def _retake_text(d: dict) -> str:
          + (f"{len(r['looks'])} times, each time what was still slow: " if len(r["looks"]) > 1
             else "once: ") + f"{r['seconds'] / 60:.1f} min within {r['minutes']:.1f}, "
          f"{r['waited_s'] / 60:.1f} of them waiting for calm moments"),
-        *([("timed calm", _retake_calm_line(r["looks"]))] if r["looks"] else []),
+        *([("timed calm", _retake_calm_line(sizes, calm))] if r["looks"] else []),
         ("floors timed slow", each(slow)),
         ("held-out MAPE", each(lambda v: f"{v['mape']:.2%}")),
         ("noise floor", each(lambda v: "none" if v["noise_floor"] is None
                              else f"{v['noise_floor']:.1%}")),
-        ("machine now", _retake_speed_line(r["reference_now"], sum(
-            x["timed"]["calm"] for x in r["looks"]))),
+        ("machine now", _retake_speed_line(r["reference_now"], calm)),
         ("trust", (f"{trust(before['trust'])} -> " if before else "") + trust(after["trust"]))])
 
 
-def _retake_calm_line(looks: list[dict]) -> str:
-    """How many of a retake's group x size measurements a check found the machine calm for
-    (``profile.wait_counts`` of each look)."""
-    sizes, calm = (sum(x["timed"][k] for x in looks) for k in ("sizes", "calm"))
+def _retake_calm_line(sizes: int, calm: int) -> str:
+    """How many (``calm``) of a retake's ``sizes`` group x size measurements a check found the
+    machine calm for (``profile.wait_counts``, summed over the looks)."""
     return (f"{calm} of {sizes} group x size measurement(s), after a check of the machine"
             + ("" if calm == sizes else
                f"; the other {sizes - calm} were timed with the machine slow or once the time "
@@ -783,11 +784,13 @@ def _retake_calm_line(looks: list[dict]) -> str:
 
 
 def _retake_speed_line(speed: dict | None, calm: int = 0) -> str:
-    """``calm``: how many of the retake's measurements a check of the machine (the sentinel)
-    found calm. Where it found some and the reference still ran over ``CALM_BAND`` at sizes
-    the profile timed calm, the line says both (session 58, Intel family 6 model 207: 17 of
-    19 checked calm, the reference at x1.19): the slowdown is one the sentinel's small
-    workload does not show."""
+    """``calm``: how many of the retake's measurements a check of the machine found calm (one
+    round of the size's reference within ``CALM_BAND`` of its calm time). Where it found
+    some and the reference still ran over ``CALM_BAND`` in the measurements, the line says
+    both (session 58, Intel family 6 model 207: 17 of 19 checked calm, the reference at
+    x1.19): on a noisy host one calm round often does not last into the measurement after
+    it. Session 59 on the same class (``benchmarks/calm_check.py``, the machine slow): of the
+    measurements right after a calm check 58% ran over 1.1x, after a slow one 85%."""
     from shaper_deploy.profiling.profile import CALM_BAND, RETAKE_MOVED
 
     now = (speed or {}).get("median")  # None: nothing retaken in this run (a fit only)
@@ -797,10 +800,10 @@ def _retake_speed_line(speed: dict | None, calm: int = 0) -> str:
             f"{speed['sizes']} of the retake's {speed['of']} group x size measurements, those "
             "at sizes the profile timed calm)")
     if now > CALM_BAND and calm:
-        return (line + f": over {CALM_BAND:g}x, though its checks found the machine calm for "
-                f"{calm} of the {speed['of']}: a slowdown at these sizes that the sentinel's "
-                "small workload does not show, so its floors may still be of a slow state; "
-                "retake it again later")
+        return (line + f": over {CALM_BAND:g}x, though its checks found the machine calm "
+                f"before {calm} of the {speed['of']}: a check is one round of the reference, "
+                "and on a noisy host a calm round often does not last into the measurement "
+                "after it, so its floors may still be of a slow state; retake it again later")
     if now > CALM_BAND:
         return (line + f": over {CALM_BAND:g}x, the retake found no calm moment and its floors "
                 "are of a slow state; retake it again later")
