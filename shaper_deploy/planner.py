@@ -21,7 +21,9 @@ fast and a slow machine).
    tail prices the machine's slowdown now) times the profile's tail factor and the upper
    confidence bound of the percentile observed now is checked against the budget with the
    profile's noise floor to spare (``kept_on_ms``, ``kept_under``). A miss is measured once
-   more; if it stands, the plan steps down with predictions scaled by the observed ratio.
+   more; if it stands, the plan steps down with predictions scaled by the observed ratio. A
+   fit within one more noise floor of that limit is measured once more too, and the slower
+   look counts (``judged_ms``).
    A bundle well under budget (by more than the margin) steps up to the largest shape the
    observed ratio allows below every shape that measured over; if that misses, the last
    one that fit is kept. Exports are bounded.
@@ -735,11 +737,12 @@ def kept_under(profile: DeviceProfile, precision: str, budget_ms: float) -> floa
 
 
 def judged_ms(measure_once: Callable[[], float], label: str, predicted: float, limit: float,
-              note: Callable[[str], None]) -> float:
+              noise: float, note: Callable[[str], None]) -> float:
     """A candidate's measured latency as the plan judges it, the same for every candidate
     (a slice in the closed loop, the teacher): ``measure_once`` times it once; a miss of
-    ``limit`` (``kept_under``) is measured once more and judged on the median of the two, a
-    fit the profile's prediction says is over ``limit`` on the slower of the two.
+    ``limit`` (``kept_under``) is measured once more and judged on the median of the two; a
+    fit the profile's prediction says is over ``limit``, or one within the profile's
+    ``noise`` floor under it, on the slower of the two.
 
     The second look at a miss: no candidate drops out on one window of a shared host alone
     (until session 58 the teacher did: on the Intel family 6 model 207 VM the fine-tuned
@@ -750,14 +753,22 @@ def judged_ms(measure_once: Callable[[], float], label: str, predicted: float, l
     (predicted 7.97) in one 10-s window and 8.25 ms in `verify`'s minute: a fast window
     bought a shape the profile said does not fit. Of 118 budget plans verified in
     benchmarks/results/relative_budgets*.json, verify judged a median 1.00x and a p90 1.08x
-    what export had measured, the worst 1.36x."""
+    what export had measured, the worst 1.36x. The second look at a fit within the noise
+    floor of ``limit``: of 136 such plans, the 2 that `verify` found over had measured at
+    0.95x and 0.96x their budget at export, none of the 123 under 0.95x did; and in session
+    59's demo on the Intel family 6 model 207 VM with its ISA masked to AVX2 the int8 full
+    model measured 20.33 ms under a limit of 20.34 (the 20.71 ms budget with its 1.8% noise
+    floor to spare, predicted 16.62) in one 10-s window and p90 21.88 ms in `verify`'s 300
+    s: a window at the edge is as likely as not to be the fast one."""
     ms = measure_once()
     if ms > limit:
         note(f"{label}: measured {_versus(ms, '>', limit)}; measuring again to rule out noise")
         return statistics.median([ms, measure_once()])
-    if predicted > limit:
-        note(f"{label}: measured {_versus(ms, '<=', limit)} though predicted "
-             f"{predicted:.2f} ms; measuring again, the slower of the two kept")
+    if predicted > limit or ms > limit / (1 + noise):
+        why = (f"though predicted {predicted:.2f} ms" if predicted > limit else
+               f"within its {noise:.1%} noise floor")
+        note(f"{label}: measured {_versus(ms, '<=', limit)} {why}; measuring again, the "
+             "slower of the two kept")
         return max(ms, measure_once())
     return ms
 
@@ -794,7 +805,7 @@ def _teacher_candidate(teacher, profile: DeviceProfile, prec: str, budget_ms: fl
         return cand
     limit = kept_under(profile, prec, budget_ms)
     cand.measured_ms = judged_ms(lambda: measure(folder, _model_file(prec), prec, workload),
-                                 f"teacher {prec}", ms, limit, note)
+                                 f"teacher {prec}", ms, limit, profile.noise(prec), note)
     cand.exports.append({"shape": list(full.widths), "measured_ms": cand.measured_ms,
                          "kept_under_ms": limit})
     if cand.measured_ms <= limit:
@@ -927,7 +938,7 @@ class _ClosedLoop:
         prec, limit, note = self.prec, self.limit, self.note
         predicted = shape_plan.predicted_ms / shape_plan.correction  # the profile's
         ms = judged_ms(lambda: self.measure(attempt, _model_file(prec), prec, self.w), prec,
-                       predicted, limit, note)
+                       predicted, limit, self.slack - 1, note)
         ratio = ms / predicted
         self.tried[shape_plan.shape.widths] = ms
         self.cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,

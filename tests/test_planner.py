@@ -324,6 +324,45 @@ def test_the_first_shape_must_fit_with_the_noise_floor_to_spare(profile, superne
     assert any("8.0% noise floor to spare" in n for n in notes)
 
 
+def test_a_fit_within_the_noise_floor_of_the_limit_is_measured_again(profile, supernet,
+                                                                      tmp_path):
+    """A first shape measured just under the limit (the budget with the noise floor to spare)
+    is within one noise floor of it, as likely a fast window as not (session 59: the int8 full
+    model at 20.33 ms under 20.34, 21.88 ms in `verify`): it is measured again and the slower
+    look counts. Over the limit on that look, it is not kept; under it again, it is, at the
+    slower of its two. A fit well under the limit is measured once."""
+    profile = _noisy_host(profile, tmp_path, noise=0.08)
+    budget = _budget_for(profile, "fp32", len(cigar_family(PLAN_SPACE)) * 2 // 3)
+    limit = budget / 1.08
+    for second, kept in ((1.02, False), (0.99, True)):
+        scripted, looks = Scripted(profile, {"fp32": 1.0}), collections.Counter()
+        first = []
+
+        def measure(bundle, model_file, precision, workload):
+            ms = scripted(bundle, model_file, precision, workload)
+            first[:] = first or [scripted.calls[-1][0]]
+            if scripted.calls[-1][0] != first[0]:
+                return ms
+            looks["first"] += 1
+            return limit * (0.995 if looks["first"] == 1 else second)
+
+        notes = []
+        manifest = export_for_budget(supernet, budget, profile, tmp_path / f"b{second}",
+                                     precision="fp32", measure=measure,
+                                     progress=notes.append, families=CIGAR,
+                                     allow_unreliable=True)
+        c = manifest.plan["candidates"][0]
+        assert looks["first"] == 2, notes
+        assert any("within its 8.0% noise floor; measuring again, the slower of the two kept"
+                   in n for n in notes), notes
+        first_export = c["exports"][0]
+        assert first_export["measured_ms"] == pytest.approx(limit * max(0.995, second))
+        assert (tuple(c["shape"]) == first[0]) == kept, notes
+        # the rule fires for the exports measured within the band and for no other
+        edge = [e for e in c["exports"][1:] if limit / 1.08 < e["measured_ms"] <= limit]
+        assert sum("noise floor; measuring again" in n for n in notes) == 1 + len(edge)
+
+
 def test_closed_loop_steps_up_when_the_prediction_was_right_but_the_margin_wide(
         profile, supernet, tmp_path):
     """Measured 10% over its prediction, the first shape uses 1.1/1.5 of the budget: the
