@@ -76,10 +76,10 @@ def summary(pairs: list[dict]) -> dict:
 def report(result: dict) -> None:
     """The summaries per precision and size and over all of them (``result['sizes']``, each
     with its ``pairs_detail``), printed on stderr."""
-    every = [p for v in result["sizes"].values() for p in v["pairs_detail"]]
-    result["all"] = summary(every)
+    for v in result["sizes"].values():
+        v.update(summary(v["pairs_detail"]))
+    result["all"] = summary([p for v in result["sizes"].values() for p in v["pairs_detail"]])
     for name, v in [*result["sizes"].items(), ("all", result["all"])]:
-        v.update(summary(v["pairs_detail"]) if name != "all" else {})
         a = v["after"]
         print(f"{name:<14} alone x{v['alone_over_calm']:.2f} group x{v['group_over_calm']:.2f} "
               f"alone/group {v['alone_over_group'][1]:.3f} (IQR {v['alone_over_group'][0]:.3f}"

@@ -756,11 +756,10 @@ def judged_ms(measure_once: Callable[[], float], label: str, predicted: float, l
     what export had measured, the worst 1.36x. The second look at a fit within the noise
     floor of ``limit``: of the 136 plans verified there by session 59, the 2 that `verify`
     found over had measured at 0.95x and 0.96x their budget at export, none of the 123 under
-    0.95x did; and in session
-    59's demo on the Intel family 6 model 207 VM with its ISA masked to AVX2 the int8 full
-    model measured 20.33 ms under a limit of 20.34 (the 20.71 ms budget with its 1.8% noise
-    floor to spare, predicted 16.62) in one 10-s window and p90 21.88 ms in `verify`'s 300
-    s: one window at the edge may have been a fast one."""
+    0.95x did; and in session 59's demo on the Intel family 6 model 207 VM with its ISA
+    masked to AVX2 the int8 full model measured 20.33 ms under a limit of 20.34 (the 20.71
+    ms budget with its 1.8% noise floor to spare, predicted 16.62) in one 10-s window and
+    p90 21.88 ms in `verify`'s 300 s: one window at the edge may have been a fast one."""
     ms = measure_once()
     if ms > limit:
         note(f"{label}: measured {_versus(ms, '>', limit)}; measuring again to rule out noise")
@@ -939,7 +938,7 @@ class _ClosedLoop:
         prec, limit, note = self.prec, self.limit, self.note
         predicted = shape_plan.predicted_ms / shape_plan.correction  # the profile's
         ms = judged_ms(lambda: self.measure(attempt, _model_file(prec), prec, self.w), prec,
-                       predicted, limit, self.slack - 1, note)
+                       predicted, limit, self.profile.noise(prec), note)
         ratio = ms / predicted
         self.tried[shape_plan.shape.widths] = ms
         self.cand.exports.append({**shape_plan.to_dict(), "measured_ms": ms,
